@@ -1,0 +1,199 @@
+"""Input validation, done in plain Python while values are concrete.
+
+Every check names the argument, the value it got and what was expected.
+Values that are tracers (``fit`` called under ``jax.jit`` or ``jax.vmap``)
+cannot be inspected; their checks are skipped so that tracing still works.
+"""
+
+import functools
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x):
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_int(value, name, *, minimum):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {value!r} of type {type(value).__name__}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {value}.")
+    return int(value)
+
+
+def check_key(key, name):
+    """Accepts new-style typed keys and legacy ``uint32[2]`` keys."""
+    if key is None:
+        raise TypeError(f"{name} is required: pass a jax.random key, e.g. jax.random.key(0).")
+    if not hasattr(key, "dtype") or not hasattr(key, "shape"):
+        raise TypeError(
+            f"{name} must be a jax.random key, e.g. jax.random.key(0); got {key!r} "
+            f"of type {type(key).__name__}.")
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"{name} must be a single key (shape ()); got shape {key.shape}.")
+    elif not (key.dtype == jnp.uint32 and key.shape == (2,)):
+        raise TypeError(
+            f"{name} must be a jax.random key, e.g. jax.random.key(0); got an array "
+            f"of dtype {key.dtype} and shape {key.shape}.")
+
+
+def check_start(start):
+    if not is_concrete(start):
+        return
+    if isinstance(start, (bool, np.bool_)):
+        raise TypeError(f"start must be an int; got {start!r}.")
+    if isinstance(start, numbers.Integral):
+        value = int(start)
+    else:
+        array = np.asarray(start)
+        if array.shape != () or not np.issubdtype(array.dtype, np.integer):
+            raise TypeError(f"start must be an integer scalar; got {start!r}.")
+        value = int(array)
+    if value < 0:
+        raise ValueError(f"start must be >= 0; got {value}.")
+
+
+def check_lr(lr, optimizer):
+    if optimizer is not None:
+        if lr is not None:
+            raise ValueError(
+                "pass either lr or optimizer, not both: an optax optimizer carries its "
+                "own learning rate (e.g. optax.sgd(0.1)).")
+        if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+            raise TypeError(
+                "optimizer must be an optax GradientTransformation (with init and update); "
+                f"got {type(optimizer).__name__}.")
+        return None
+    if lr is None:
+        raise TypeError("lr is required when no optimizer is given, e.g. lr=0.1.")
+    if is_concrete(lr):
+        array = np.asarray(lr)
+        if array.shape != () or not np.issubdtype(array.dtype, np.number):
+            raise TypeError(f"lr must be a real scalar; got {lr!r}.")
+        value = float(array)
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"lr must be a finite number > 0; got {value}.")
+    return lr
+
+
+def check_data(data, check_finite):
+    """Returns data as a tuple of arrays and its number of rows (None if empty)."""
+    if not isinstance(data, (tuple, list)):
+        raise TypeError(
+            "data must be a tuple of arrays sharing their leading axis, e.g. (x, y), or () "
+            f"for a data-free objective; got {type(data).__name__}. Wrap a single array "
+            "as (x,).")
+    data = tuple(data)
+    for i, a in enumerate(data):
+        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+            raise TypeError(f"data[{i}] must be an array; got {type(a).__name__}.")
+        if len(a.shape) == 0:
+            raise ValueError(f"data[{i}] must have a leading axis of rows; got a scalar.")
+    if not data:
+        return data, None
+    rows = [a.shape[0] for a in data]
+    if len(set(rows)) > 1:
+        shapes = ", ".join(f"data[{i}].shape={tuple(a.shape)}" for i, a in enumerate(data))
+        raise ValueError(
+            f"data arrays must share their leading axis (the rows); got {shapes}.")
+    if rows[0] == 0:
+        raise ValueError("data has no rows (leading axis of length 0).")
+    if check_finite:
+        for i, a in enumerate(data):
+            if is_concrete(a) and jnp.issubdtype(a.dtype, jnp.inexact) and not _all_finite(a):
+                raise ValueError(
+                    f"data[{i}] contains NaN or inf values; clean or drop those rows "
+                    "(or pass check_finite=False to skip this check).")
+    return data, rows[0]
+
+
+def _all_finite(a):
+    if isinstance(a, np.ndarray):
+        return bool(np.isfinite(a).all())
+    return bool(_jit_all_finite(a))
+
+
+@jax.jit
+def _jit_all_finite(a):
+    return jnp.isfinite(a).all()
+
+
+def check_indices(indices, n):
+    if n is None:
+        raise ValueError("indices need data to index: data is ().")
+    if not hasattr(indices, "shape") or not hasattr(indices, "dtype"):
+        raise TypeError(f"indices must be an integer array; got {type(indices).__name__}.")
+    if len(indices.shape) != 2:
+        raise ValueError(
+            "indices must have shape (steps, batch_size); got shape "
+            f"{tuple(indices.shape)}.")
+    if not jnp.issubdtype(indices.dtype, jnp.integer):
+        raise TypeError(f"indices must be an integer array; got dtype {indices.dtype}.")
+    if indices.shape[0] == 0 or indices.shape[1] == 0:
+        raise ValueError(f"indices must not be empty; got shape {tuple(indices.shape)}.")
+    if is_concrete(indices):
+        low, high = (np.min(indices), np.max(indices)) if isinstance(indices, np.ndarray) \
+            else map(int, _jit_min_max(indices))
+        if low < 0 or high >= n:
+            raise ValueError(
+                f"indices must lie in [0, {n}) (data has n={n} rows); got values from "
+                f"{int(low)} to {int(high)}.")
+
+
+@jax.jit
+def _jit_min_max(a):
+    return a.min(), a.max()
+
+
+def check_loss(loss, params, batch):
+    """Traces ``loss(params, *batch)`` once per signature and checks it is a scalar.
+
+    A shape error inside the loss (params that do not fit the model) surfaces
+    here with the shapes of both arguments, instead of deep inside the loop.
+    """
+    if not callable(loss):
+        raise TypeError(f"loss must be callable as loss(params, *batch); got {loss!r}.")
+    params_spec = jax.tree.map(_spec, params)
+    batch_spec = tuple(_spec(a) for a in batch)
+    leaves, treedef = jax.tree.flatten((params_spec, batch_spec))
+    try:
+        hash(loss)
+    except TypeError:
+        return _trace_loss(loss, params_spec, batch_spec)
+    return _cached_trace_loss(loss, treedef, tuple(leaves))
+
+
+def _spec(x):
+    return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_trace_loss(loss, treedef, leaves):
+    params_spec, batch_spec = jax.tree.unflatten(treedef, leaves)
+    return _trace_loss(loss, params_spec, batch_spec)
+
+
+def _trace_loss(loss, params_spec, batch_spec):
+    try:
+        out = jax.eval_shape(loss, params_spec, *batch_spec)
+    except (TypeError, ValueError, AttributeError) as error:
+        raise ValueError(
+            f"loss(params, *batch) failed for params of shape {_shapes(params_spec)} and a "
+            f"batch of shape {_shapes(batch_spec)}; check that params fit the model "
+            f"and data. The loss said: {error}") from error
+    if not hasattr(out, "shape") or out.shape != () \
+            or not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(
+            f"loss must return a real scalar; got {_shapes(out)}. Reduce it, e.g. with "
+            ".mean().")
+    return out
+
+
+def _shapes(tree):
+    return jax.tree.map(lambda s: f"{s.dtype}{list(s.shape)}", tree)

@@ -1,0 +1,276 @@
+"""The training loop: the lesson's seven steps in one compiled call.
+
+1. initialize  -- the caller's ``params`` (and ``optimizer.init``)
+2. predict     -- inside ``loss``, e.g. :func:`linear`
+3. loss        -- ``loss(params, *batch)``, e.g. :func:`mse`
+4. gradient    -- :func:`gradient`, ``jax.value_and_grad`` of the loss
+5. step        -- :func:`sgd_update`, ``p <- p - lr * g`` (or an optax optimizer)
+6. repeat      -- ``jax.lax.scan`` over the schedule of batches
+7. stop        -- after ``steps``, or earlier by ``tol`` / ``patience``
+                  (then ``jax.lax.while_loop``)
+
+Batch, mini-batch and stochastic descent share :func:`_train_step`; only the
+rows each step sees differ.
+"""
+
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from . import _checks
+from ._sampling import _schedule
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns (a pytree, so it passes through ``jit``/``vmap``).
+
+    Attributes:
+      params: the parameters after the last update.
+      losses: ``(steps,)``; ``losses[t]`` is the loss of step ``t``'s batch,
+        before that step's update. Steps not run (stop rule) hold NaN.
+      diverged_at: first step whose loss is not finite, ``-1`` if none.
+      steps_run: number of updates made (``steps`` unless a stop rule fired).
+      step: global step count after the run; pass it as ``start_step`` (with
+        ``opt_state``) to continue the run.
+      opt_state: the optimizer's state, ``None`` for plain SGD.
+      trajectory: with ``record_params=True``, the params before every step
+        and after the last, stacked on a leading axis of ``steps + 1``;
+        otherwise ``None``.
+    """
+
+    params: Any
+    losses: jax.Array
+    diverged_at: jax.Array
+    steps_run: jax.Array
+    step: jax.Array
+    opt_state: Any
+    trajectory: Any = None
+
+
+def gradient(loss, params, *batch):
+    """Step 4: the loss and its gradient with respect to ``params``.
+
+    >>> import jax.numpy as jnp
+    >>> gradient(lambda x: (x ** 2).sum(), jnp.array([3.0, 4.0, 10.0]))
+    (Array(125., dtype=float32), Array([ 6.,  8., 20.], dtype=float32))
+    """
+    return jax.value_and_grad(loss)(params, *batch)
+
+
+def sgd_update(params, grads, lr):
+    """Step 5: ``p <- p - lr * g`` for every leaf, kept in the leaf's dtype.
+
+    ``lr`` is cast to each parameter's dtype first, as torch's
+    ``p.sub_(lr * p.grad)`` computes in the parameter's precision.
+
+    >>> import jax.numpy as jnp
+    >>> sgd_update(jnp.array([1.0, 2.0]), jnp.array([10.0, -10.0]), 0.1)
+    Array([0., 3.], dtype=float32)
+    """
+    return jax.tree.map(lambda p, g: p - jnp.asarray(lr, p.dtype) * g, params, grads)
+
+
+def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None,
+        indices=None, optimizer=None, replace=True, tol=None, patience=None,
+        record_params=False, opt_state=None, start_step=0, check_finite=True):
+    """Fits ``params`` by gradient descent on ``loss``, in one compiled call.
+
+    Each step ``t`` takes a batch ``B_t`` of rows and applies
+    ``p <- p - lr * grad L_{B_t}(p)`` (or the given optax optimizer), where
+    ``L_B(p) = loss(p, *(a[B] for a in data))``.
+
+    * ``batch_size=None``: batch gradient descent, every step sees all rows;
+    * ``batch_size=k`` with ``key``: mini-batch descent, ``k`` random rows
+      a step (see :func:`sample_indices` for ``replace``);
+    * ``batch_size=1`` with ``key``: stochastic descent, one row a step;
+    * ``indices`` of shape ``(steps, batch_size)``: an explicit schedule.
+
+    ``lr``, ``key``, ``params``, ``data``, ``tol``, ``patience`` and
+    ``start_step`` are traced: a new learning rate or new data of the same
+    shape reuses the compiled loop, and ``jax.vmap(fit)`` over any of them is
+    a sweep. ``loss``, ``optimizer``, ``steps`` and ``batch_size`` shape the
+    program: changing them compiles again (so define ``loss`` once, not as a
+    fresh ``lambda`` per call).
+
+    Args:
+      loss: ``loss(params, *batch) -> scalar``.
+      params: initial parameters, any pytree of arrays (NumPy or JAX).
+      data: tuple of arrays sharing their leading axis ``n``, or ``()``.
+        Like all JAX inputs, float64 NumPy data becomes float32 unless
+        ``jax_enable_x64`` is on.
+      lr: learning rate ``> 0``; required unless ``optimizer`` is given.
+      steps: number of updates; may be omitted when ``indices`` is given.
+      batch_size: rows per step, ``1 <= batch_size <= n``; ``None`` for all.
+      key: ``jax.random`` key for drawing batches; required with
+        ``batch_size``. Step ``t`` draws from ``fold_in(key, t)``.
+      indices: explicit ``(steps, batch_size)`` integer schedule.
+      optimizer: an optax ``GradientTransformation`` used instead of plain SGD.
+      replace: with ``key``: ``True`` draws every step's rows independently
+        (the lesson's ``rand_idx``), ``False`` runs shuffled epochs.
+      tol: stop once a step's loss is ``<= tol``.
+      patience: stop once the best loss has not improved for this many steps.
+        With either stop rule, a non-finite loss also stops the run.
+      record_params: also return the parameter trajectory.
+      opt_state: optimizer state to continue from (``result.opt_state``).
+      start_step: global index of the first step (``result.step`` to
+        continue); it selects the batches drawn from ``key``.
+      check_finite: refuse data containing NaN or inf.
+
+    Returns:
+      A :class:`FitResult`.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from functional_sgd import fit, lesson_data, linear_mse
+    >>> x, y = lesson_data(jax.random.key(0))
+    >>> result = fit(linear_mse, jnp.array([0.5, 0.75]), (x, y), lr=0.1, steps=100)
+    >>> bool(result.losses[-1] < 0.1 < result.losses[0])
+    True
+    >>> [round(float(a), 1) for a in result.params]
+    [3.1, 2.4]
+    """
+    data, n = _checks.check_data(data, check_finite)
+    lr = _checks.check_lr(lr, optimizer)
+    batch_size, steps = _check_schedule(data, n, steps, batch_size, key, indices)
+    _checks.check_start(start_step)
+    if tol is not None and _checks.is_concrete(tol) and not jnp.isfinite(tol):
+        raise ValueError(f"tol must be a finite number; got {tol}.")
+    if patience is not None and _checks.is_concrete(patience):
+        _checks.check_int(patience, "patience", minimum=1)
+    batch = data if batch_size is None else tuple(
+        jax.ShapeDtypeStruct((batch_size,) + tuple(a.shape[1:]), jnp.result_type(a))
+        for a in data)
+    _checks.check_loss(loss, params, batch)
+    return _fit_loop(
+        params, data, lr, key, indices, opt_state, start_step, tol, patience,
+        loss=loss, optimizer=optimizer, steps=steps, batch_size=batch_size,
+        replace=bool(replace), use_tol=tol is not None,
+        use_patience=patience is not None, record_params=bool(record_params))
+
+
+def _check_schedule(data, n, steps, batch_size, key, indices):
+    """Returns ``(batch_size, steps)``; batch_size None means full batch."""
+    if steps is not None:
+        steps = _checks.check_int(steps, "steps", minimum=1)
+    if indices is not None:
+        if key is not None:
+            raise ValueError("pass key or indices, not both: indices fix every batch.")
+        _checks.check_indices(indices, n)
+        if steps is not None and steps != indices.shape[0]:
+            raise ValueError(
+                f"steps={steps} disagrees with indices of shape {tuple(indices.shape)}; "
+                "omit steps or pass as many rows of indices.")
+        if batch_size is not None and batch_size != indices.shape[1]:
+            raise ValueError(
+                f"batch_size={batch_size} disagrees with indices of shape "
+                f"{tuple(indices.shape)}; omit batch_size or make them match.")
+        return int(indices.shape[1]), int(indices.shape[0])
+    if steps is None:
+        raise TypeError("steps is required (or pass an indices schedule), e.g. steps=100.")
+    if batch_size is None:
+        if key is not None:
+            raise ValueError(
+                "key is given but batch_size is None: full-batch descent draws no rows. "
+                "Pass batch_size for mini-batch descent, or drop key.")
+        return None, steps
+    if n is None:
+        raise ValueError("batch_size needs data to draw rows from: data is ().")
+    batch_size = _checks.check_int(batch_size, "batch_size", minimum=1)
+    if batch_size > n:
+        raise ValueError(f"batch_size must be at most n={n} (rows of data); got {batch_size}.")
+    _checks.check_key(key, "key")
+    return batch_size, steps
+
+
+@partial(jax.jit, static_argnames=(
+    "loss", "optimizer", "steps", "batch_size", "replace", "use_tol", "use_patience",
+    "record_params"))
+def _fit_loop(params, data, lr, key, indices, opt_state, start_step, tol, patience, *,
+              loss, optimizer, steps, batch_size, replace, use_tol, use_patience,
+              record_params):
+    start_step = jnp.asarray(start_step, jnp.int32)
+    if key is not None:
+        n = data[0].shape[0]
+        indices = _schedule(key, start_step, n=n, steps=steps, batch_size=batch_size,
+                            replace=replace)
+    if optimizer is not None and opt_state is None:
+        opt_state = optimizer.init(params)
+    train_step = partial(_train_step, loss, optimizer, lr)
+
+    def batch_at(t):
+        return data if indices is None else tuple(a[indices[t]] for a in data)
+
+    if use_tol or use_patience:
+        params, opt_state, losses, trajectory, steps_run = _run_until_stop(
+            train_step, batch_at, params, opt_state, tol, patience, steps=steps,
+            use_tol=use_tol, use_patience=use_patience, record_params=record_params)
+    else:
+        def body(carry, t):
+            params, opt_state = carry
+            value, new_params, opt_state = train_step(params, opt_state, batch_at(t))
+            return (new_params, opt_state), (value, params if record_params else None)
+
+        (params, opt_state), (losses, trajectory) = jax.lax.scan(
+            body, (params, opt_state), jnp.arange(steps, dtype=jnp.int32))
+        steps_run = jnp.asarray(steps, jnp.int32)
+        if record_params:
+            trajectory = jax.tree.map(
+                lambda path, last: jnp.concatenate([path, last[None]]), trajectory, params)
+
+    ran = jnp.arange(steps, dtype=jnp.int32) < steps_run
+    bad = ~jnp.isfinite(losses) & ran
+    diverged_at = jnp.where(bad.any(), jnp.argmax(bad), -1).astype(jnp.int32)
+    return FitResult(params, losses, diverged_at, steps_run, start_step + steps_run,
+                     opt_state, trajectory)
+
+
+def _train_step(loss, optimizer, lr, params, opt_state, batch):
+    """Steps 2-5 on one batch: predict, loss, gradient, update."""
+    value, grads = gradient(loss, params, *batch)
+    if optimizer is None:
+        return value, sgd_update(params, grads, lr), opt_state
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, updates)
+    return value, params, opt_state
+
+
+def _run_until_stop(train_step, batch_at, params, opt_state, tol, patience, *, steps,
+                    use_tol, use_patience, record_params):
+    """Step 7 on the device: a while loop that ends at ``steps`` or when a rule fires."""
+    value_spec = jax.eval_shape(lambda: train_step(params, opt_state, batch_at(0))[0])
+    losses = jnp.full((steps,), jnp.nan, value_spec.dtype)
+    trajectory = jax.tree.map(
+        lambda p: jnp.zeros((steps + 1,) + jnp.shape(p), jnp.result_type(p)), params) \
+        if record_params else None
+
+    def keep_going(carry):
+        t, done = carry[0], carry[1]
+        return (t < steps) & ~done
+
+    def body(carry):
+        t, _, params, opt_state, losses, trajectory, best, waited = carry
+        if record_params:
+            trajectory = jax.tree.map(lambda path, p: path.at[t].set(p), trajectory, params)
+        value, params, opt_state = train_step(params, opt_state, batch_at(t))
+        losses = losses.at[t].set(value)
+        done = ~jnp.isfinite(value)
+        improved = value < best
+        best = jnp.where(improved, value, best)
+        waited = jnp.where(improved, 0, waited + 1)
+        if use_tol:
+            done |= value <= tol
+        if use_patience:
+            done |= waited >= patience
+        return t + 1, done, params, opt_state, losses, trajectory, best, waited
+
+    carry = (jnp.int32(0), jnp.bool_(False), params, opt_state, losses, trajectory,
+             jnp.array(jnp.inf, value_spec.dtype), jnp.int32(0))
+    t, _, params, opt_state, losses, trajectory, _, _ = jax.lax.while_loop(
+        keep_going, body, carry)
+    if record_params:  # steps after the stop hold the final params
+        after = jnp.arange(steps + 1, dtype=jnp.int32) >= t
+        trajectory = jax.tree.map(
+            lambda path, p: jnp.where(after.reshape((-1,) + (1,) * p.ndim), p, path),
+            trajectory, params)
+    return params, opt_state, losses, trajectory, t

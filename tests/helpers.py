@@ -1,0 +1,45 @@
+"""Shared test helpers: comparing pytrees and counting compilations."""
+
+import contextlib
+
+import jax
+import jax.monitoring
+import numpy as np
+
+
+def assert_trees_close(actual, expected, *, rtol=0.0, atol=0.0, equal_nan=True):
+    """Same structure first, then every leaf close within ``rtol``/``atol``."""
+    actual_leaves, actual_def = jax.tree.flatten(actual)
+    expected_leaves, expected_def = jax.tree.flatten(expected)
+    assert actual_def == expected_def, f"structure {actual_def} != {expected_def}"
+    for i, (a, e) in enumerate(zip(actual_leaves, expected_leaves)):
+        a, e = np.asarray(a), np.asarray(e)
+        assert a.shape == e.shape, f"leaf {i}: shape {a.shape} != {e.shape}"
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, equal_nan=equal_nan,
+                                   err_msg=f"leaf {i}")
+
+
+def max_relative_error(actual, expected):
+    """Largest ``|a - e| / |e|`` over all leaves (``|e|`` floored at tiny)."""
+    worst = 0.0
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        a, e = np.asarray(a, np.float64), np.asarray(e, np.float64)
+        scale = np.maximum(np.abs(e), np.finfo(np.float64).tiny)
+        worst = max(worst, float(np.max(np.abs(a - e) / scale)))
+    return worst
+
+
+@contextlib.contextmanager
+def count_compilations():
+    """Counts XLA backend compilations inside the block: ``with ... as n: n[0]``."""
+    count = [0]
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            count[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield count
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

@@ -1,0 +1,95 @@
+"""The schedule of rows: shapes, ranges, epochs, determinism, continuation."""
+
+import jax
+import numpy as np
+import pytest
+
+import functional_sgd as fsgd
+
+KEY = jax.random.key(0)
+
+
+@pytest.mark.parametrize("replace", [True, False])
+def test_shape_dtype_and_range(replace):
+    rows = fsgd.sample_indices(KEY, 37, 50, 8, replace=replace)
+    assert rows.shape == (50, 8) and rows.dtype == np.int32
+    rows = np.asarray(rows)
+    assert rows.min() >= 0 and rows.max() < 37
+
+
+@pytest.mark.parametrize("replace", [True, False])
+def test_same_key_same_bits_other_key_other_rows(replace):
+    first = np.asarray(fsgd.sample_indices(KEY, 100, 20, 5, replace=replace))
+    again = np.asarray(fsgd.sample_indices(jax.random.key(0), 100, 20, 5, replace=replace))
+    other = np.asarray(fsgd.sample_indices(jax.random.key(1), 100, 20, 5, replace=replace))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_legacy_uint32_keys_work():
+    rows = fsgd.sample_indices(jax.random.PRNGKey(3), 10, 4, 2)
+    assert rows.shape == (4, 2)
+
+
+@pytest.mark.parametrize("n, batch_size", [(10, 5), (10, 3), (7, 1), (7, 7)])
+def test_epochs_never_repeat_a_row(n, batch_size):
+    per_epoch = n // batch_size
+    epochs = 4
+    rows = np.asarray(fsgd.sample_indices(KEY, n, epochs * per_epoch, batch_size,
+                                          replace=False))
+    for epoch in rows.reshape(epochs, per_epoch * batch_size):
+        assert len(set(epoch.tolist())) == per_epoch * batch_size
+    # The epochs are shuffled differently (when there is anything to shuffle).
+    if n > 1 and batch_size < n:
+        flat = rows.reshape(epochs, -1)
+        assert any(not np.array_equal(flat[0], e) for e in flat[1:])
+
+
+def test_stochastic_epoch_is_a_permutation():
+    rows = np.asarray(fsgd.sample_indices(KEY, 1000, 1000, 1, replace=False))
+    np.testing.assert_array_equal(np.sort(rows[:, 0]), np.arange(1000))
+
+
+@pytest.mark.parametrize("replace", [True, False])
+@pytest.mark.parametrize("start", [1, 50, 77])
+def test_a_schedule_cut_in_two_is_the_same_schedule(replace, start):
+    whole = np.asarray(fsgd.sample_indices(KEY, 30, 120, 4, replace=replace))
+    head = np.asarray(fsgd.sample_indices(KEY, 30, start, 4, replace=replace))
+    tail = np.asarray(fsgd.sample_indices(KEY, 30, 120 - start, 4, replace=replace,
+                                          start=start))
+    np.testing.assert_array_equal(np.concatenate([head, tail]), whole)
+
+
+def test_with_replacement_is_uniform():
+    """Chi-square over 10 bins of 200 000 draws; fixed key, so deterministic.
+
+    The 0.999 quantile of chi2(9) is 27.9: a biased sampler fails, a fair one
+    passes for this key (and for all but 1 in 1000 keys).
+    """
+    rows = np.asarray(fsgd.sample_indices(KEY, 10, 20_000, 10)).ravel()
+    counts = np.bincount(rows, minlength=10)
+    expected = rows.size / 10
+    assert ((counts - expected) ** 2 / expected).sum() < 27.9
+
+
+def test_without_replacement_positions_are_uniform():
+    """Each row is equally likely at the head of a shuffled epoch."""
+    rows = np.asarray(fsgd.sample_indices(KEY, 5, 5000, 1, replace=False))[:, 0]
+    firsts = rows.reshape(1000, 5)[:, 0]  # first row of each of 1000 epochs
+    counts = np.bincount(firsts, minlength=5)
+    # chi2(4) 0.999 quantile is 18.5
+    assert ((counts - 200) ** 2 / 200).sum() < 18.5
+
+
+@pytest.mark.parametrize("args, kwargs, error, match", [
+    ((0, 10, 20, 2), {}, TypeError, "key must be a jax.random key"),
+    ((KEY, 0, 10, 1), {}, ValueError, "n must be >= 1"),
+    ((KEY, 10, 0, 1), {}, ValueError, "steps must be >= 1"),
+    ((KEY, 10, 5, 0), {}, ValueError, "batch_size must be >= 1"),
+    ((KEY, 10, 5, 11), {}, ValueError, "batch_size must be at most n=10"),
+    ((KEY, 10, 5, 2.0), {}, TypeError, "batch_size must be an int"),
+    ((KEY, 10, 5, 2), {"start": -1}, ValueError, "start must be >= 0"),
+])
+def test_bad_input_names_the_argument(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        fsgd.sample_indices(*args, **kwargs)
