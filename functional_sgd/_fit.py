@@ -18,8 +18,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _checks
+from ._chunks import run_in_chunks
 from ._sampling import _schedule
 
 
@@ -74,7 +76,8 @@ def sgd_update(params, grads, lr):
 
 def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None,
         indices=None, optimizer=None, replace=True, tol=None, patience=None,
-        record_params=False, opt_state=None, start_step=0, check_finite=True):
+        record_params=False, opt_state=None, start_step=0, check_finite=True,
+        chunk_size=None, on_chunk=None):
     """Fits ``params`` by gradient descent on ``loss``, in one compiled call.
 
     Each step ``t`` takes a batch ``B_t`` of rows and applies
@@ -117,6 +120,12 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
       start_step: global index of the first step (``result.step`` to
         continue); it selects the batches drawn from ``key``.
       check_finite: refuse data containing NaN or inf.
+      chunk_size: run the loop as compiled chunks of this many steps, with a
+        host step between chunks (for progress bars and checkpoints). The
+        result has the same bits as one call; each chunk syncs once.
+      on_chunk: called after each chunk with that chunk's :class:`FitResult`
+        (its ``losses`` cover the chunk; ``step`` is the global step after
+        it). Needs ``chunk_size``.
 
     Returns:
       A :class:`FitResult`.
@@ -141,12 +150,29 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     batch = data if batch_size is None else tuple(
         jax.ShapeDtypeStruct((batch_size,) + tuple(a.shape[1:]), jnp.result_type(a))
         for a in data)
-    _checks.check_loss(loss, params, batch)
-    return _fit_loop(
-        params, data, lr, key, indices, opt_state, start_step, tol, patience,
-        loss=loss, optimizer=optimizer, steps=steps, batch_size=batch_size,
-        replace=bool(replace), use_tol=tol is not None,
-        use_patience=patience is not None, record_params=bool(record_params))
+    loss_spec = _checks.check_loss(loss, params, batch)
+    # Typed scalars, so a first call and a continuation (device int32) share one compile.
+    start_step = np.int32(start_step) if _checks.is_concrete(start_step) else start_step
+    stop_start = StopState(np.array(np.inf, loss_spec.dtype), np.int32(0), np.bool_(False))
+    static = dict(loss=loss, optimizer=optimizer, batch_size=batch_size,
+                  replace=bool(replace), use_tol=tol is not None,
+                  use_patience=patience is not None, record_params=bool(record_params))
+    if chunk_size is None:
+        if on_chunk is not None:
+            raise ValueError("on_chunk needs chunk_size: pass e.g. chunk_size=1000.")
+        result, _ = _fit_loop(params, data, lr, key, indices, opt_state, start_step, tol,
+                              patience, stop_start, steps=steps, **static)
+        return result
+    chunk_size = _checks.check_int(chunk_size, "chunk_size", minimum=1)
+    if not all(map(_checks.is_concrete, jax.tree.leaves((params, data, lr, start_step)))):
+        raise ValueError("chunk_size runs a host loop between chunks, so fit cannot be "
+                         "traced by jax.jit or jax.vmap with it; drop chunk_size there.")
+    run_chunk = partial(_fit_loop, data=data, lr=lr, key=key, tol=tol, patience=patience,
+                        **static)
+    return run_in_chunks(run_chunk, params, opt_state, start_step, indices, stop_start,
+                         steps=steps,
+                         chunk_size=chunk_size, on_chunk=on_chunk,
+                         record_params=bool(record_params))
 
 
 def _check_schedule(data, n, steps, batch_size, key, indices):
@@ -183,12 +209,22 @@ def _check_schedule(data, n, steps, batch_size, key, indices):
     return batch_size, steps
 
 
+class StopState(NamedTuple):
+    """The stop rule's memory: best loss so far, steps since it, whether it fired."""
+
+    best: Any
+    waited: Any
+    stopped: Any
+
+
+
 @partial(jax.jit, static_argnames=(
     "loss", "optimizer", "steps", "batch_size", "replace", "use_tol", "use_patience",
     "record_params"))
-def _fit_loop(params, data, lr, key, indices, opt_state, start_step, tol, patience, *,
-              loss, optimizer, steps, batch_size, replace, use_tol, use_patience,
-              record_params):
+def _fit_loop(params, data, lr, key, indices, opt_state, start_step, tol, patience,
+              stop_state, *, loss, optimizer, steps, batch_size, replace, use_tol,
+              use_patience, record_params):
+    """The compiled loop; returns ``(FitResult, StopState)``."""
     start_step = jnp.asarray(start_step, jnp.int32)
     if key is not None:
         n = data[0].shape[0]
@@ -202,8 +238,8 @@ def _fit_loop(params, data, lr, key, indices, opt_state, start_step, tol, patien
         return data if indices is None else tuple(a[indices[t]] for a in data)
 
     if use_tol or use_patience:
-        params, opt_state, losses, trajectory, steps_run = _run_until_stop(
-            train_step, batch_at, params, opt_state, tol, patience, steps=steps,
+        params, opt_state, losses, trajectory, steps_run, stop_state = _run_until_stop(
+            train_step, batch_at, params, opt_state, tol, patience, stop_state, steps=steps,
             use_tol=use_tol, use_patience=use_patience, record_params=record_params)
     else:
         def body(carry, t):
@@ -221,8 +257,9 @@ def _fit_loop(params, data, lr, key, indices, opt_state, start_step, tol, patien
     ran = jnp.arange(steps, dtype=jnp.int32) < steps_run
     bad = ~jnp.isfinite(losses) & ran
     diverged_at = jnp.where(bad.any(), jnp.argmax(bad), -1).astype(jnp.int32)
-    return FitResult(params, losses, diverged_at, steps_run, start_step + steps_run,
-                     opt_state, trajectory)
+    result = FitResult(params, losses, diverged_at, steps_run, start_step + steps_run,
+                       opt_state, trajectory)
+    return result, stop_state
 
 
 def _train_step(loss, optimizer, lr, params, opt_state, batch):
@@ -235,8 +272,8 @@ def _train_step(loss, optimizer, lr, params, opt_state, batch):
     return value, params, opt_state
 
 
-def _run_until_stop(train_step, batch_at, params, opt_state, tol, patience, *, steps,
-                    use_tol, use_patience, record_params):
+def _run_until_stop(train_step, batch_at, params, opt_state, tol, patience, stop_state, *,
+                    steps, use_tol, use_patience, record_params):
     """Step 7 on the device: a while loop that ends at ``steps`` or when a rule fires."""
     value_spec = jax.eval_shape(lambda: train_step(params, opt_state, batch_at(0))[0])
     losses = jnp.full((steps,), jnp.nan, value_spec.dtype)
@@ -265,12 +302,13 @@ def _run_until_stop(train_step, batch_at, params, opt_state, tol, patience, *, s
         return t + 1, done, params, opt_state, losses, trajectory, best, waited
 
     carry = (jnp.int32(0), jnp.bool_(False), params, opt_state, losses, trajectory,
-             jnp.array(jnp.inf, value_spec.dtype), jnp.int32(0))
-    t, _, params, opt_state, losses, trajectory, _, _ = jax.lax.while_loop(
+             jnp.asarray(stop_state.best, value_spec.dtype),
+             jnp.asarray(stop_state.waited, jnp.int32))
+    t, stopped, params, opt_state, losses, trajectory, best, waited = jax.lax.while_loop(
         keep_going, body, carry)
     if record_params:  # steps after the stop hold the final params
         after = jnp.arange(steps + 1, dtype=jnp.int32) >= t
         trajectory = jax.tree.map(
             lambda path, p: jnp.where(after.reshape((-1,) + (1,) * p.ndim), p, path),
             trajectory, params)
-    return params, opt_state, losses, trajectory, t
+    return params, opt_state, losses, trajectory, t, StopState(best, waited, stopped)

@@ -185,6 +185,8 @@ def test_new_lr_data_or_params_do_not_recompile():
         fit(data=(x2, y2), **kwargs).params.block_until_ready()
         fit(params=jnp.array([-1.0, 1.0]), **kwargs).params.block_until_ready()
         fit(start_step=30, **{**kwargs, "key": jax.random.key(5)}).params.block_until_ready()
+        first = fit(**kwargs)
+        fit(start_step=first.step, **kwargs).params.block_until_ready()  # a continuation
     assert compiled[0] == 0
     with count_compilations() as compiled:  # the counter can count
         fit(steps=31).params.block_until_ready()
