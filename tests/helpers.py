@@ -4,7 +4,21 @@ import contextlib
 
 import jax
 import jax.monitoring
+import jax.numpy as jnp
 import numpy as np
+
+import functional_sgd as fsgd
+
+KEY = jax.random.key(0)
+X, Y = fsgd.lesson_data(KEY)  # the lesson's data, float32
+START = jnp.array(fsgd.LESSON_START)
+
+
+def fit_lesson(**kwargs):
+    """``fsgd.fit`` of the lesson's line: lr 0.1, 100 steps unless overridden."""
+    kwargs = {"lr": 0.1, "steps": 100, **kwargs}
+    return fsgd.fit(fsgd.linear_mse, kwargs.pop("params", START), kwargs.pop("data", (X, Y)),
+                    **kwargs)
 
 
 def assert_trees_close(actual, expected, *, rtol=0.0, atol=0.0, equal_nan=True):

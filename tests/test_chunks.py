@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from helpers import assert_trees_close, count_compilations
+from helpers import KEY, assert_trees_close, count_compilations, fit_lesson
 
-KEY = jax.random.key(0)
-X, Y = fsgd.lesson_data(KEY)
-START = jnp.array(fsgd.LESSON_START)
 MODES = {
     "batch": {},
     "mini-batch": {"batch_size": 10, "key": jax.random.key(1)},
@@ -20,8 +17,7 @@ MODES = {
 
 
 def fit(**kwargs):
-    kwargs = {"lr": 0.1, "steps": 95, **kwargs}
-    return fsgd.fit(fsgd.linear_mse, kwargs.pop("params", START), (X, Y), **kwargs)
+    return fit_lesson(**{"steps": 95, **kwargs})
 
 
 def assert_same_run(actual, expected):

@@ -7,23 +7,15 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from helpers import assert_trees_close, count_compilations
+from helpers import KEY, START, X, Y, assert_trees_close, count_compilations
+from helpers import fit_lesson as fit
 
-KEY = jax.random.key(0)
-X, Y = fsgd.lesson_data(KEY)
-START = jnp.array(fsgd.LESSON_START)
 MODES = {
     "batch": {},
     "mini-batch": {"batch_size": 10, "key": jax.random.key(1)},
     "epochs": {"batch_size": 10, "key": jax.random.key(1), "replace": False},
     "stochastic": {"batch_size": 1, "key": jax.random.key(1)},
 }
-
-
-def fit(**kwargs):
-    kwargs = {"lr": 0.1, "steps": 100, **kwargs}
-    return fsgd.fit(fsgd.linear_mse, kwargs.pop("params", START),
-                    kwargs.pop("data", (X, Y)), **kwargs)
 
 
 @pytest.mark.parametrize("mode", MODES)
