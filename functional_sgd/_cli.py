@@ -57,7 +57,8 @@ def _fraction(text):
 
 def _line_options(parser, *, steps_help, batch_help):
     """Options of the commands that fit the lesson's line."""
-    parser.add_argument("--n", type=_int_at_least(1), default=100, help="rows of data (default 100)")
+    parser.add_argument("--n", type=_int_at_least(1), default=100,
+                        help="rows of data (default 100)")
     parser.add_argument("--steps", type=_int_at_least(1), default=100, help=steps_help)
     parser.add_argument("--batch-size", type=_int_at_least(1), default=None, help=batch_help)
 

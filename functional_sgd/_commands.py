@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._cli import DIGITS_FILES, LESSON_FILES, SWEEP_FILES, check_batch_size, out_folder
+from ._cli import (DIGITS_FILES, LESSON_FILES, SWEEP_FILES, UsageError, check_batch_size,
+                   out_folder)
 from ._data import LESSON_START, lesson_data
 from ._lesson import LEARNING_RATES, fit_modes, learning_rate_runs, reference_agreement
 from ._model import linear_mse
@@ -36,7 +37,7 @@ def lesson(args):
         for t in range(0, args.steps, every):
             print(f"  step {t:6d}  loss {losses[t]:.4f}")
         a = np.asarray(run.result.params)
-        print(f"  fitted a = ({a[0]:.3f}, {a[1]:.3f})  [{run.timing}]")
+        print(f"  fitted a = ({a[0]:.4g}, {a[1]:.4g})  [{run.timing}]")
         if int(run.result.diverged_at) >= 0:
             print(f"  diverged at step {int(run.result.diverged_at)}: lr = {args.lr} is too "
                   "high (try lr-sweep)")
@@ -83,8 +84,8 @@ def _print_reference(args, runs, x, y, start):
     if differences is None:
         print("\ntorch reference: torch is not installed (pip install -e \".[torch]\").")
         return
-    print("\ntorch reference (the lesson's loop, same batches): largest |difference| in "
-          "params and losses, float32")
+    print("\ntorch reference (the lesson's loop, same batches): largest difference in params "
+          "and losses, |jax - torch| / max(1, |torch|), float32")
     print("  " + ", ".join(f"{name} {value:.1e}" for name, value in differences.items()))
 
 
@@ -98,7 +99,6 @@ def lr_sweep(args):
 
     check_batch_size(args, args.n, "--n")
     if args.lr_min >= args.lr_max:
-        from ._cli import UsageError
         raise UsageError(f"--lr-min {args.lr_min} must be below --lr-max {args.lr_max}.")
     folder = out_folder(args)
     data_key, batch_key = jax.random.split(jax.random.key(args.seed))

@@ -70,8 +70,9 @@ def learning_rate_runs(x, y, start, *, steps):
 
 
 def reference_agreement(runs, x, y, start, *, lr):
-    """Largest difference between each mode's params and losses and the torch
-    reference's on the same batches; ``None`` when torch does not import."""
+    """Largest difference (see :func:`_max_difference`) between each mode's
+    params and losses and the torch reference's on the same batches; ``None``
+    when torch does not import."""
     try:
         import reference
     except ImportError:
@@ -90,5 +91,10 @@ def reference_agreement(runs, x, y, start, *, lr):
 
 
 def _max_difference(ours, theirs):
+    """``max |ours - theirs| / max(1, |theirs|)``: absolute near the optimum,
+    relative on a diverging run whose values reach 1e30."""
     ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    return float(np.max(np.abs(ours - theirs)))
+    both_diverged = ~np.isfinite(ours) & ~np.isfinite(theirs)
+    with np.errstate(invalid="ignore"):  # inf - inf, where both diverged
+        difference = np.abs(ours - theirs) / np.maximum(1.0, np.abs(theirs))
+    return float(np.max(np.where(both_diverged, 0.0, difference)))

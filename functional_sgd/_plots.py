@@ -5,7 +5,10 @@ figure state and no GUI backend); matplotlib is imported only here, when a
 figure is drawn.
 """
 
+import jax
 import numpy as np
+
+from ._lesson import LEARNING_RATES, parabola
 
 COLORS = {"batch": "tab:blue", "mini-batch": "tab:orange", "stochastic": "tab:green"}
 RATE_COLORS = {"too low": "tab:gray", "good": "tab:green", "bouncing": "tab:orange",
@@ -66,7 +69,7 @@ def plot_learning_rates(path, runs, x, y, shown_steps=12):
     axes = figure.subplots(3, len(runs))
     for column, (label, (on_parabola, on_line)) in enumerate(runs.items()):
         color = RATE_COLORS.get(label, "black")
-        lr = _lr_of(label)
+        lr = LEARNING_RATES.get(label, "?")
         path_x = np.asarray(on_parabola.trajectory)[:shown_steps + 1]
         shown = path_x[np.isfinite(path_x)]
         reach = max(np.max(np.abs(shown)), 3.2)
@@ -98,12 +101,6 @@ def plot_learning_rates(path, runs, x, y, shown_steps=12):
     return _save(figure, path)
 
 
-def _lr_of(label):
-    from ._lesson import LEARNING_RATES
-
-    return LEARNING_RATES.get(label, "?")
-
-
 def _parabola_note(ax, result):
     at = int(result.diverged_at)
     note = (f"diverges: f = inf at step {at}" if at >= 0
@@ -123,10 +120,6 @@ def _loss_contours(ax, x, y):
 def plot_gradient(path, slope_at=(-1.5, 3.0), lr=0.1):
     """``f(x) = x**2`` with its slope (``jax.grad``) drawn at a few points and
     the step ``-lr * slope`` that gradient descent takes from each."""
-    import jax
-
-    from ._lesson import parabola
-
     figure = _figure(6, 4)
     ax = figure.add_subplot()
     grid = np.linspace(-4, 4, 200)

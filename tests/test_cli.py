@@ -68,7 +68,7 @@ def test_lesson_without_figures_writes_nothing(tmp_path, capsys):
 
 def test_lr_sweep_prints_best_and_edge_and_plots(tmp_path, capsys):
     out = tmp_path / "new" / "folder"  # created, parents too
-    status, text, err = run_main(capsys, "lr-sweep", "--num", "16", "--out", str(out))
+    status, text, err = run_main(capsys, "lr-sweep", "--out", str(out))
     assert status == 0, err
     best = float(re.search(r"best: lr = ([\d.e+-]+)", text).group(1))
     edge = float(re.search(r"edge of divergence: lr = ([\d.e+-]+) diverged at step", text)
