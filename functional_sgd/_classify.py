@@ -141,6 +141,13 @@ def fit_classifier(digits, *, key, loss="mnist", lr=1.0, epochs=20, batch_size=3
     Returns:
       ``(params, reports)``: the trained ``(w, b)`` and one
       :class:`EpochReport` per epoch.
+
+    >>> import jax
+    >>> from functional_sgd import digits_3_vs_7
+    >>> digits = digits_3_vs_7(jax.random.key(0))
+    >>> (w, b), reports = fit_classifier(digits, key=jax.random.key(1))
+    >>> len(reports), reports[-1].valid_accuracy >= 0.97
+    (20, True)
     """
     from ._checks import check_int
     from ._fit import fit

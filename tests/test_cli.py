@@ -66,6 +66,13 @@ def test_lesson_without_figures_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "unused").exists()
 
 
+def test_lesson_without_torch_says_so(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "reference", None)  # `import reference` now fails
+    status, text, _ = run_main(capsys, "lesson", "--no-figures")
+    assert status == 0 and "torch reference: torch is not installed" in text
+    assert "fitted a" in text
+
+
 def test_lr_sweep_prints_best_and_edge_and_plots(tmp_path, capsys):
     out = tmp_path / "new" / "folder"  # created, parents too
     status, text, err = run_main(capsys, "lr-sweep", "--out", str(out))
