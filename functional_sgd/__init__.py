@@ -23,3 +23,13 @@ from ._model import mse as mse
 from ._sampling import sample_indices as sample_indices
 
 __version__ = "0.1.0"
+
+# The lesson, runnable and visible: learning-rate finder and the 3-vs-7 classifier.
+from ._classify import binary_cross_entropy as binary_cross_entropy
+from ._classify import fit_classifier as fit_classifier
+from ._classify import linear_classifier as linear_classifier
+from ._classify import mnist_loss as mnist_loss
+from ._digits import digits_3_vs_7 as digits_3_vs_7
+from ._digits import load_image_folder as load_image_folder
+from ._lr_find import LRSweep as LRSweep
+from ._lr_find import lr_sweep as lr_sweep

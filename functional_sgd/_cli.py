@@ -1,64 +1,179 @@
-"""The command line: ``python -m functional_sgd lesson``."""
+"""The command line: ``python -m functional_sgd lesson | lr-sweep | digits``.
+
+Bad input gets one line on stderr and exit status 2, never a traceback.
+"""
 
 import argparse
-import time
+import math
+import sys
+from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+PROG = "python -m functional_sgd"
+USAGE_ERROR = 2
 
-from ._data import LESSON_START, lesson_data
-from ._fit import fit
-from ._model import linear_mse
+LESSON_FILES = ("lesson_fit.png", "lesson_losses.png", "learning_rates.png", "gradient.png",
+                "lesson_fit.gif")
+SWEEP_FILES = ("lr_sweep.png",)
+DIGITS_FILES = ("digits_weights.png",)
+
+
+class UsageError(Exception):
+    """Bad input from the command line; printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print the usage and exit
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
+def _int_at_least(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}; got {value}")
+        return value
+    return parse
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text}")
+    return value
+
+
+def _fraction(text):
+    value = _positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must lie between 0 and 1; got {text}")
+    return value
+
+
+def _line_options(parser, *, steps_help, batch_help):
+    """Options of the commands that fit the lesson's line."""
+    parser.add_argument("--n", type=_int_at_least(1), default=100,
+                        help="rows of data (default 100)")
+    parser.add_argument("--steps", type=_int_at_least(1), default=100, help=steps_help)
+    parser.add_argument("--batch-size", type=_int_at_least(1), default=None, help=batch_help)
+
+
+def _common(parser, *, out_files):
+    parser.add_argument("--seed", type=_int_at_least(0), default=0,
+                        help="seed of every jax.random key (default 0)")
+    parser.add_argument("--out", default="out", metavar="FOLDER",
+                        help="folder for the figures, created if missing; only "
+                             f"{', '.join(out_files)} are written there (default ./out)")
+    parser.add_argument("--no-figures", action="store_true", help="print only, draw nothing")
 
 
 def _parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m functional_sgd",
-        description="The fast.ai lesson on stochastic gradient descent, in JAX.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(
+        prog=PROG, description="The fast.ai lesson on stochastic gradient descent, in JAX: "
+        "every training loop runs as one compiled call.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     lesson = commands.add_parser(
-        "lesson", help="fit the lesson's line by batch, mini-batch and stochastic descent")
-    lesson.add_argument("--n", type=int, default=100, help="rows of data (default 100)")
-    lesson.add_argument("--steps", type=int, default=100, help="updates (default 100)")
-    lesson.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
-    lesson.add_argument("--batch-size", type=int, default=10,
-                        help="rows per mini-batch step (default 10)")
-    lesson.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        "lesson", help="fit the lesson's line by batch, mini-batch and stochastic descent",
+        description="Fits y = 3x + 2 + U(0, 1) from a = (0.5, 0.75) by batch, mini-batch and "
+        "stochastic descent; prints the loss as the lesson does, the fitted a, the agreement "
+        "with the torch reference (when torch is installed) and the time taken; draws the "
+        "fit, the losses, the learning-rate lesson, the gradient and a GIF of the training.")
+    _line_options(lesson, steps_help="updates per mode (default 100)",
+                  batch_help="rows per mini-batch step, at most --n (default 10, or n if smaller)")
+    lesson.add_argument("--lr", type=_positive_float, default=0.1,
+                        help="learning rate > 0 (default 0.1)")
+    lesson.add_argument("--every", type=_int_at_least(1), default=None,
+                        help="print the loss every this many steps (default 10; steps/10 "
+                             "on runs longer than 100 steps)")
+    lesson.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar while training (default: only on a terminal)")
+    lesson.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                        help="check against the torch reference when torch imports "
+                             "(default on, up to 10000 steps)")
+    _common(lesson, out_files=LESSON_FILES)
+
+    sweep = commands.add_parser(
+        "lr-sweep", help="train many learning rates at once and plot loss against rate",
+        description="Trains the lesson's line once per learning rate, every rate from the "
+        "same start on the same batches, all in one compiled call (jax.vmap over fit); "
+        "prints the best rate and the edge of divergence and plots final loss against rate.")
+    _line_options(sweep, steps_help="updates per run (default 100)",
+                  batch_help="rows per step, at most --n (default: full batch)")
+    sweep.add_argument("--lr-min", type=_positive_float, default=1e-3,
+                       help="smallest rate (default 0.001)")
+    sweep.add_argument("--lr-max", type=_positive_float, default=3.0,
+                       help="largest rate (default 3)")
+    sweep.add_argument("--num", type=_int_at_least(2), default=64,
+                       help="rates, spaced evenly on a log scale (default 64)")
+    _common(sweep, out_files=SWEEP_FILES)
+
+    digits = commands.add_parser(
+        "digits", help="the lesson's linear classifier of 3s versus 7s",
+        description="Trains the score (x * w).sum() + b of each image to tell 3s from 7s by "
+        "mini-batch SGD, reporting the held-out accuracy every epoch; on scikit-learn's "
+        "bundled 8x8 digits, or on a folder laid out like fastai's MNIST_SAMPLE.")
+    digits.add_argument("--data", metavar="FOLDER", default=None,
+                        help="folder with train/3, train/7, valid/3, valid/7 of PNG images "
+                             "(default: scikit-learn's 8x8 digits, split at random)")
+    digits.add_argument("--loss", choices=("mnist", "cross-entropy"), default="mnist",
+                        help="the lesson's mnist_loss or binary cross-entropy (default mnist)")
+    digits.add_argument("--lr", type=_positive_float, default=1.0,
+                        help="learning rate > 0 (default 1)")
+    digits.add_argument("--epochs", type=_int_at_least(1), default=20,
+                        help="passes over the training images (default 20)")
+    digits.add_argument("--batch-size", type=_int_at_least(1), default=32,
+                        help="images per step (default 32)")
+    digits.add_argument("--valid-fraction", type=_fraction, default=0.2,
+                        help="share of the 8x8 digits held out (default 0.2)")
+    _common(digits, out_files=DIGITS_FILES)
     return parser
 
 
-def _lesson(args):
-    data_key, batch_key = jax.random.split(jax.random.key(args.seed))
-    x, y = lesson_data(data_key, args.n)
-    start = jnp.array(LESSON_START)
-    modes = {
-        "batch": {},
-        "mini-batch": {"batch_size": args.batch_size, "key": batch_key},
-        "stochastic": {"batch_size": 1, "key": batch_key},
-    }
-    for name, kwargs in modes.items():
-        began = time.perf_counter()
-        result = fit(linear_mse, start, (x, y), lr=args.lr, steps=args.steps, **kwargs)
-        losses = np.asarray(result.losses)
-        elapsed = time.perf_counter() - began
-        print(f"{name} descent, lr={args.lr}, {args.steps} steps")
-        for t in range(0, args.steps, 10):
-            print(f"  step {t:4d}  loss {losses[t]:.4f}")
-        a = np.asarray(result.params)
-        print(f"  fitted a = ({a[0]:.3f}, {a[1]:.3f}) in {elapsed * 1e3:.1f} ms "
-              "(first call: compile + run)")
-        if int(result.diverged_at) >= 0:
-            print(f"  diverged at step {int(result.diverged_at)}")
-    return 0
+def out_folder(args):
+    """The output folder, created if missing; None with --no-figures."""
+    if args.no_figures:
+        return None
+    folder = Path(args.out)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {args.out!r} is a file, not a folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--out {args.out!r} cannot be created: {error.strerror}.") from None
+    return folder
+
+
+def check_batch_size(args, rows, what):
+    if args.batch_size is not None and args.batch_size > rows:
+        raise UsageError(f"--batch-size {args.batch_size} is larger than {what} ({rows}); "
+                         f"pass at most {rows}.")
 
 
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    """Runs the command line; returns the exit status (0 when all went well)."""
     try:
-        if args.command == "lesson":
-            return _lesson(args)
-    except (TypeError, ValueError) as error:
-        print(f"error: {error}")
-        return 2
-    return 0
+        try:
+            args = _parser().parse_args(argv)
+        except SystemExit as done:  # --help
+            return done.code
+        from . import _commands
+
+        run = {"lesson": _commands.lesson, "lr-sweep": _commands.lr_sweep,
+               "digits": _commands.digits}[args.command]
+        return run(args)
+    except UsageError as error:
+        message = str(error)
+        print(message if message.startswith(PROG) else f"{PROG}: error: {message}",
+              file=sys.stderr)
+        return USAGE_ERROR
+    except (ValueError, OSError) as error:  # from the library: bad data, unreadable files
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130

@@ -1,9 +1,9 @@
-"""``import functional_sgd`` stays light: no torch, matplotlib or scikit-learn."""
+"""``import functional_sgd`` stays light: no torch, matplotlib, scikit-learn, tqdm or PIL."""
 
 import subprocess
 import sys
 
-HEAVY = ("torch", "matplotlib", "sklearn", "optax")
+HEAVY = ("torch", "matplotlib", "sklearn", "optax", "tqdm", "PIL")
 
 
 def run(code):

@@ -1,0 +1,162 @@
+"""What each command of the command line does and prints (see ``_cli``)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._cli import (DIGITS_FILES, LESSON_FILES, SWEEP_FILES, UsageError, check_batch_size,
+                   out_folder)
+from ._data import LESSON_START, lesson_data
+from ._lesson import LEARNING_RATES, fit_modes, learning_rate_runs, reference_agreement
+from ._model import linear_mse
+from ._progress import wants_progress
+from ._timing import timed
+
+REFERENCE_MAX_STEPS = 10_000
+"""Longer runs skip the torch check: its eager loop takes ~0.1 ms a step."""
+
+LR_LESSON_STEPS = 100
+"""The learning-rate lesson runs the lesson's 100 steps whatever --steps says."""
+
+
+def lesson(args):
+    check_batch_size(args, args.n, "--n")
+    folder = out_folder(args)
+    batch_size = min(10, args.n) if args.batch_size is None else args.batch_size
+    every = args.every or (10 if args.steps <= 100 else max(args.steps // 10, 1))
+    data_key, batch_key = jax.random.split(jax.random.key(args.seed))
+    x, y = lesson_data(data_key, args.n)
+    start = jnp.array(LESSON_START)
+    print(f"The lesson: y = 3x + 2 + U(0, 1), n = {args.n}, a starts at {LESSON_START}, "
+          f"lr = {args.lr}, {args.steps} steps; mini-batches of {batch_size} rows.")
+    runs = fit_modes(x, y, start, lr=args.lr, steps=args.steps, batch_size=batch_size,
+                     key=batch_key, progress=wants_progress(args.progress))
+    for name, run in runs.items():
+        losses = np.asarray(run.result.losses)
+        print(f"\n{name} descent")
+        for t in range(0, args.steps, every):
+            print(f"  step {t:6d}  loss {losses[t]:.4f}")
+        a = np.asarray(run.result.params)
+        print(f"  fitted a = ({a[0]:.4g}, {a[1]:.4g})  [{run.timing}]")
+        if int(run.result.diverged_at) >= 0:
+            print(f"  diverged at step {int(run.result.diverged_at)}: lr = {args.lr} is too "
+                  "high (try lr-sweep)")
+    _print_reference(args, runs, x, y, start)
+
+    rate_runs = learning_rate_runs(x, y, start, steps=LR_LESSON_STEPS)
+    print(f"\nLearning rates, {LR_LESSON_STEPS} full-batch steps on f(x) = x^2 from x = 3 "
+          "and on the line:")
+    for label, (on_parabola, on_line) in rate_runs.items():
+        print(f"  {label:9s} lr = {LEARNING_RATES[label]:<5}  f(x) = x^2: {_outcome(on_parabola)};"
+              f"  line: {_outcome(on_line)}")
+    if folder is not None:
+        from . import _plots
+
+        fitted = {name: run.result.params for name, run in runs.items()}
+        batch = runs["batch"].result
+        paths = [
+            _plots.plot_fit(folder / LESSON_FILES[0], x, y, start, fitted),
+            _plots.plot_losses(folder / LESSON_FILES[1],
+                               {name: run.result.losses for name, run in runs.items()}),
+            _plots.plot_learning_rates(folder / LESSON_FILES[2], rate_runs, x, y),
+            _plots.plot_gradient(folder / LESSON_FILES[3]),
+            _plots.animate_fit(folder / LESSON_FILES[4], x, y, batch.trajectory, batch.losses),
+        ]
+        _print_written(paths)
+    return 0
+
+
+def _outcome(result):
+    at = int(result.diverged_at)
+    if at >= 0:
+        return f"diverged at step {at}"
+    losses = np.asarray(result.losses)
+    return f"loss {losses[0]:.3g} -> {losses[-1]:.3g}"
+
+
+def _print_reference(args, runs, x, y, start):
+    if not args.reference:
+        return
+    if args.steps > REFERENCE_MAX_STEPS:
+        print(f"\ntorch reference: skipped (more than {REFERENCE_MAX_STEPS} steps).")
+        return
+    differences = reference_agreement(runs, x, y, start, lr=args.lr)
+    if differences is None:
+        print("\ntorch reference: torch is not installed (pip install -e \".[torch]\").")
+        return
+    print("\ntorch reference (the lesson's loop, same batches): largest difference in params "
+          "and losses, |jax - torch| / max(1, |torch|), float32")
+    print("  " + ", ".join(f"{name} {value:.1e}" for name, value in differences.items()))
+
+
+def _print_written(paths):
+    folder = paths[0].parent
+    print(f"\nWrote to {folder}/: {', '.join(p.name for p in paths)}")
+
+
+def lr_sweep(args):
+    from ._lr_find import lr_sweep as sweep_rates
+
+    check_batch_size(args, args.n, "--n")
+    if args.lr_min >= args.lr_max:
+        raise UsageError(f"--lr-min {args.lr_min} must be below --lr-max {args.lr_max}.")
+    folder = out_folder(args)
+    data_key, batch_key = jax.random.split(jax.random.key(args.seed))
+    x, y = lesson_data(data_key, args.n)
+    lrs = jnp.geomspace(args.lr_min, args.lr_max, args.num)
+    schedule = {} if args.batch_size is None else {"batch_size": args.batch_size,
+                                                   "key": batch_key}
+    with timed() as timing:
+        sweep = sweep_rates(linear_mse, jnp.array(LESSON_START), (x, y), lrs=lrs,
+                            steps=args.steps, **schedule)
+        jax.block_until_ready(sweep)
+    mode = "full batch" if args.batch_size is None else f"mini-batches of {args.batch_size}"
+    print(f"{args.num} learning rates from {args.lr_min:g} to {args.lr_max:g}, {args.steps} "
+          f"steps each, {mode}, in one compiled call  [{timing}]")
+    final, lrs = np.asarray(sweep.final_loss), np.asarray(sweep.lrs)
+    for i in range(0, args.num, max(args.num // 8, 1)):
+        print(f"  lr {lrs[i]:9.4g}  final loss {final[i]:.4g}")
+    best, edge = int(sweep.best), int(sweep.edge)
+    if best >= 0:
+        print(f"best: lr = {lrs[best]:.4g}, final loss {final[best]:.4g}")
+    else:
+        print("best: none, every rate diverged; lower --lr-min")
+    if edge >= 0:
+        print(f"edge of divergence: lr = {lrs[edge]:.4g} diverged at step "
+              f"{int(sweep.diverged_at[edge])}")
+    else:
+        print(f"edge of divergence: not reached up to lr = {lrs[-1]:.4g}")
+    if folder is not None:
+        from ._plots import plot_lr_sweep
+
+        _print_written([plot_lr_sweep(folder / SWEEP_FILES[0], sweep)])
+    return 0
+
+
+def digits(args):
+    from ._classify import fit_classifier
+    from ._digits import digits_3_vs_7, load_image_folder
+
+    data_key, train_key = jax.random.split(jax.random.key(args.seed))
+    if args.data is None:
+        data = digits_3_vs_7(data_key, valid_fraction=args.valid_fraction)
+    else:
+        data = load_image_folder(args.data)
+    check_batch_size(args, len(data.train_y), "the training images")
+    folder = out_folder(args)
+    print(f"3 vs 7 on {data.source}: {len(data.train_y)} training images, "
+          f"{len(data.valid_y)} held out, {data.image_shape[0]}x{data.image_shape[1]} pixels; "
+          f"loss {args.loss}, lr {args.lr}, batches of {args.batch_size}.")
+    report = lambda r: print(f"  epoch {r.epoch:3d}  train loss {r.train_loss:.4f}  "
+                             f"valid accuracy {r.valid_accuracy:.3f}")
+    with timed() as timing:
+        params, reports = fit_classifier(data, key=train_key, loss=args.loss, lr=args.lr,
+                                         epochs=args.epochs, batch_size=args.batch_size,
+                                         on_epoch=report)
+    print(f"valid accuracy after {args.epochs} epochs: {reports[-1].valid_accuracy:.3f}  "
+          f"[{timing}]")
+    if folder is not None:
+        from ._plots import plot_digit_weights
+
+        _print_written([plot_digit_weights(folder / DIGITS_FILES[0], params, data)])
+    return 0

@@ -1,0 +1,224 @@
+"""The lesson's pictures: PNG figures and the GIF of the line as it trains.
+
+Figures are built on ``matplotlib.figure.Figure`` (no pyplot, so no global
+figure state and no GUI backend); matplotlib is imported only here, when a
+figure is drawn.
+"""
+
+import jax
+import numpy as np
+
+from ._lesson import LEARNING_RATES, parabola
+
+COLORS = {"batch": "tab:blue", "mini-batch": "tab:orange", "stochastic": "tab:green"}
+RATE_COLORS = {"too low": "tab:gray", "good": "tab:green", "bouncing": "tab:orange",
+               "too high": "tab:red"}
+
+
+def _figure(width, height, layout="constrained"):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout=layout)
+
+
+def _save(figure, path):
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def _line_ends(x):
+    xs = np.array([np.min(x[:, 0]), np.max(x[:, 0])])
+    return xs, np.stack([xs, np.ones_like(xs)], axis=1)
+
+
+def plot_fit(path, x, y, start, fitted):
+    """The data, the initial guess and the line each mode fitted."""
+    x, y = np.asarray(x), np.asarray(y)
+    xs, ends = _line_ends(x)
+    figure = _figure(6, 4)
+    ax = figure.add_subplot()
+    ax.scatter(x[:, 0], y, s=12, color="black", alpha=0.6, label="data")
+    ax.plot(xs, ends @ np.asarray(start), "--", color="gray",
+            label=f"initial guess a = ({start[0]:.2f}, {start[1]:.2f})")
+    for name, params in fitted.items():
+        a = np.asarray(params)
+        ax.plot(xs, ends @ a, color=COLORS[name], label=f"{name}: a = ({a[0]:.2f}, {a[1]:.2f})")
+    ax.set(xlabel="x", ylabel="y", title="y = 3x + 2 + U(0, 1): the fitted lines")
+    ax.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def plot_losses(path, losses):
+    """Loss per step of every mode on one log-scale plot."""
+    figure = _figure(6, 4)
+    ax = figure.add_subplot()
+    for name, values in losses.items():
+        ax.plot(np.asarray(values), color=COLORS[name], label=name, lw=1)
+    ax.set(yscale="log", xlabel="step", ylabel="loss of the step's batch (before update)",
+           title="Batch, mini-batch and stochastic descent")
+    ax.legend()
+    return _save(figure, path)
+
+
+def plot_learning_rates(path, runs, x, y, shown_steps=12):
+    """The learning-rate lesson: one column per rate. Top: the path of
+    ``x`` on ``f(x) = x**2``; middle: the path of ``a`` over the line's loss
+    contours; bottom: the line's loss per step, with the divergence step."""
+    x, y = np.asarray(x), np.asarray(y)
+    figure = _figure(15, 10)
+    axes = figure.subplots(3, len(runs))
+    for column, (label, (on_parabola, on_line)) in enumerate(runs.items()):
+        color = RATE_COLORS.get(label, "black")
+        lr = LEARNING_RATES.get(label, "?")
+        path_x = np.asarray(on_parabola.trajectory)[:shown_steps + 1]
+        shown = path_x[np.isfinite(path_x)]
+        reach = max(np.max(np.abs(shown)), 3.2)
+        grid = np.linspace(-reach, reach, 200)
+        ax = axes[0, column]
+        ax.plot(grid, grid ** 2, color="black", lw=1)
+        ax.plot(shown, shown ** 2, "o-", color=color, ms=4, lw=1)
+        ax.set(title=f"{label}: lr = {lr}\nf(x) = x², first {shown_steps} steps",
+               xlabel="x", ylabel="f(x)")
+        _parabola_note(ax, on_parabola)
+
+        ax = axes[1, column]
+        _loss_contours(ax, x, y)
+        path_a = np.asarray(on_line.trajectory)[:40]
+        path_a = path_a[np.isfinite(path_a).all(axis=1)]
+        ax.plot(path_a[:, 0], path_a[:, 1], "o-", color=color, ms=3, lw=1)
+        ax.set(xlim=(-0.5, 4.5), ylim=(0.0, 4.0), xlabel="a[0] (slope)",
+               ylabel="a[1] (intercept)", title="the line: a over 40 steps")
+
+        ax = axes[2, column]
+        losses = np.asarray(on_line.losses)
+        ax.plot(np.where(np.isfinite(losses), losses, np.nan), color=color)
+        ax.set(yscale="log", xlabel="step", ylabel="loss", title="the line: loss per step")
+        at = int(on_line.diverged_at)
+        if at >= 0:
+            ax.axvline(at, color="red", ls="--")
+            ax.text(at, 0.5, f" diverged\n at step {at}", color="red",
+                    transform=ax.get_xaxis_transform(), ha="right", va="center")
+    return _save(figure, path)
+
+
+def _parabola_note(ax, result):
+    at = int(result.diverged_at)
+    note = (f"diverges: f = inf at step {at}" if at >= 0
+            else f"after {result.losses.shape[0]} steps: x = {float(result.params):.3g}")
+    ax.text(0.5, 0.9, note, transform=ax.transAxes, ha="center", fontsize=9,
+            color="red" if at >= 0 else "black")
+
+
+def _loss_contours(ax, x, y):
+    a0, a1 = np.meshgrid(np.linspace(-0.5, 4.5, 120), np.linspace(0.0, 4.0, 120))
+    grid = np.stack([a0.ravel(), a1.ravel()])
+    loss = ((x @ grid - y[:, None]) ** 2).mean(axis=0).reshape(a0.shape)
+    ax.contour(a0, a1, loss, levels=np.geomspace(loss.min() * 1.05, loss.max(), 12),
+               colors="lightgray", linewidths=0.8)
+
+
+def plot_gradient(path, slope_at=(-1.5, 3.0), lr=0.1):
+    """``f(x) = x**2`` with its slope (``jax.grad``) drawn at a few points and
+    the step ``-lr * slope`` that gradient descent takes from each."""
+    figure = _figure(6, 4)
+    ax = figure.add_subplot()
+    grid = np.linspace(-4, 4, 200)
+    ax.plot(grid, grid ** 2, color="black", label="f(x) = x²")
+    for point in slope_at:
+        value, slope = (float(v) for v in jax.value_and_grad(parabola)(float(point)))
+        near = np.linspace(point - 1.2, point + 1.2, 2)
+        ax.plot(near, value + slope * (near - point), color="tab:blue")
+        ax.plot([point], [value], "o", color="tab:blue")
+        ax.annotate(f"f'({point:g}) = {slope:g}", (point, value), textcoords="offset points",
+                    xytext=(-75 if point > 0 else 10, 14))
+        step = -lr * slope
+        ax.annotate("", (point + step, value), (point, value),
+                    arrowprops=dict(arrowstyle="->", color="tab:red"))
+    ax.plot([], [], color="tab:red", label=f"step -lr·f'(x), lr = {lr}")
+    ax.plot([], [], color="tab:blue", label="slope (jax.grad)")
+    ax.set(xlabel="x", ylabel="f(x)", title="The gradient is the slope; the step goes downhill")
+    ax.legend(loc="upper center")
+    return _save(figure, path)
+
+
+def animate_fit(path, x, y, trajectory, losses, *, frames=50, fps=10):
+    """A GIF of the line moving as it trains, one frame per recorded step
+    (``fit(..., record_params=True).trajectory``), at most ``frames`` frames."""
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    x, y = np.asarray(x), np.asarray(y)
+    trajectory, losses = np.asarray(trajectory), np.asarray(losses)
+    steps = trajectory.shape[0] - 1
+    shown = np.unique(np.linspace(0, steps, min(frames, steps + 1)).round().astype(int))
+    xs, ends = _line_ends(x)
+    figure = _figure(4.5, 3.2, layout=None)  # a fixed layout: constrained layout per frame is slow
+    figure.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.9)
+    ax = figure.add_subplot()
+    ax.scatter(x[:, 0], y, s=8, color="black", alpha=0.5)
+    (line,) = ax.plot(xs, ends @ trajectory[0], color="tab:blue", lw=2)
+    ax.set(xlabel="x", ylabel="y", ylim=(min(y.min(), 0) - 0.5, y.max() + 0.5))
+    title = ax.set_title("")
+
+    def draw(t):
+        line.set_ydata(ends @ trajectory[t])
+        loss = f"loss {losses[t]:.3f}" if t < steps else "done"
+        title.set_text(f"step {t}: a = ({trajectory[t][0]:.2f}, {trajectory[t][1]:.2f}), {loss}")
+        return line, title
+
+    animation = FuncAnimation(figure, draw, frames=shown, blit=False)
+    animation.save(path, writer=PillowWriter(fps=fps), dpi=80)
+    return path
+
+
+def plot_lr_sweep(path, sweep):
+    """Final loss against learning rate, marking the best rate and the edge
+    of divergence (rates that diverged are drawn as crosses on the top edge)."""
+    lrs, final = np.asarray(sweep.lrs), np.asarray(sweep.final_loss)
+    best, edge = int(sweep.best), int(sweep.edge)
+    # The view ends at 10x the starting loss: runs that ended above it blew up,
+    # and drawing 1e33 on the same axis would flatten every other point.
+    start = np.asarray(sweep.losses)[:, 0]
+    top = 10 * np.max(start[np.isfinite(start)], initial=1.0)
+    shown = np.isfinite(final) & (final <= top)
+    blew_up = np.isfinite(final) & (final > top)
+    figure = _figure(6.5, 4)
+    ax = figure.add_subplot()
+    ax.plot(lrs[shown], final[shown], "o-", ms=3, color="tab:blue", label="final loss")
+    if blew_up.any():
+        ax.plot(lrs[blew_up], np.full(blew_up.sum(), top), "^", color="tab:orange",
+                label=f"ended above {top:.3g} (off the scale)")
+    if (~np.isfinite(final)).any():
+        ax.plot(lrs[~np.isfinite(final)], np.full((~np.isfinite(final)).sum(), top), "x",
+                color="tab:red", label="diverged (loss not finite)")
+    if best >= 0:
+        ax.plot([lrs[best]], [final[best]], "*", ms=16, color="tab:green",
+                label=f"best lr = {lrs[best]:.3g} (loss {final[best]:.3g})")
+    if edge >= 0:
+        ax.axvspan(lrs[edge], lrs[-1], color="tab:red", alpha=0.1)
+        ax.axvline(lrs[edge], color="tab:red", ls="--",
+                   label=f"edge of divergence: lr = {lrs[edge]:.3g}")
+    ax.set(xscale="log", yscale="log", xlabel="learning rate", ylim=(None, top * 1.5),
+           ylabel=f"loss after {sweep.losses.shape[1]} steps",
+           title=f"Learning-rate sweep: {len(lrs)} runs in one compiled call")
+    ax.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def plot_digit_weights(path, params, digits):
+    """The classifier's weights as images: the average 3 and 7 of the training
+    set, then the pixels that vote for a 3 (``w > 0``) and for a 7 (``w < 0``)."""
+    w = np.asarray(params[0]).reshape(digits.image_shape)
+    train_x, train_y = np.asarray(digits.train_x), np.asarray(digits.train_y)
+    mean = lambda target: train_x[train_y == target].mean(axis=0).reshape(digits.image_shape)
+    figure = _figure(10, 3)
+    axes = figure.subplots(1, 4)
+    panels = [("average 3", mean(1.0), "gray_r"), ("average 7", mean(0.0), "gray_r"),
+              ("weights for 3 (w > 0)", np.maximum(w, 0), "Reds"),
+              ("weights for 7 (w < 0)", np.maximum(-w, 0), "Blues")]
+    for ax, (title, image, cmap) in zip(axes, panels):
+        shown = ax.imshow(image, cmap=cmap, vmin=0)
+        ax.set(title=title, xticks=[], yticks=[])
+        figure.colorbar(shown, ax=ax, shrink=0.8)
+    figure.suptitle(f"Linear classifier, 3 vs 7 ({digits.source}): "
+                    f"score = (x * w).sum() + b, b = {float(params[1]):.2f}")
+    return _save(figure, path)

@@ -1,0 +1,54 @@
+"""Progress on long runs: a tqdm bar that advances between compiled chunks.
+
+The loop stays compiled: ``fit(..., chunk_size=K, on_chunk=...)`` runs K
+steps on the device and comes back to the host once per chunk, where the
+bar moves. Nothing syncs per step.
+"""
+
+import contextlib
+import sys
+
+MAX_CHUNKS = 100
+"""At most this many host round trips per run: enough to keep a bar lively."""
+
+MIN_CHUNK = 1000
+"""Fewer steps than this per chunk would spend more time on the host than on the device."""
+
+
+def chunk_size_for(steps):
+    """Steps per chunk for a run of ``steps``: at most ``MAX_CHUNKS`` chunks of at
+    least ``MIN_CHUNK`` steps (one chunk for short runs).
+
+    Equal chunks share one compiled program; only a shorter last chunk compiles again.
+
+    >>> chunk_size_for(100), chunk_size_for(50_000), chunk_size_for(1_000_000)
+    (100, 1000, 10000)
+    """
+    return max(-(-steps // MAX_CHUNKS), min(steps, MIN_CHUNK))
+
+
+def wants_progress(flag, stream=None):
+    """Whether to draw a bar: ``flag`` if given, else only when ``stream``
+    (default stderr, where tqdm writes) is a terminal."""
+    if flag is not None:
+        return bool(flag)
+    stream = sys.stderr if stream is None else stream
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+@contextlib.contextmanager
+def progress_bar(steps, *, enabled, desc):
+    """Yields the ``fit`` keyword arguments that drive a bar of ``steps`` steps.
+
+    ``fit(..., **kwargs)`` with the yielded ``kwargs``: empty when the bar is
+    off (one compiled call), else ``chunk_size`` and an ``on_chunk`` that
+    moves the bar by each chunk's steps.
+    """
+    if not enabled:
+        yield {}
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=steps, desc=desc, unit="step", leave=False, file=sys.stderr) as bar:
+        yield {"chunk_size": chunk_size_for(steps),
+               "on_chunk": lambda chunk: bar.update(int(chunk.steps_run))}

@@ -1,0 +1,147 @@
+"""The command line: what `lesson` prints and writes, and bad input."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from functional_sgd._cli import LESSON_FILES, SWEEP_FILES, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_main(capsys, *argv):
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_lesson_prints_the_lesson_and_writes_every_figure(tmp_path, capsys):
+    out = tmp_path / "figures"
+    out.mkdir()
+    (out / "lesson_fit.png").write_bytes(b"stale")
+    (out / "notes.txt").write_text("mine")
+    status, text, err = run_main(capsys, "lesson", "--out", str(out), "--no-progress")
+    assert status == 0, err
+
+    # the loss every 10 steps, in each mode, as the lesson prints it
+    for mode in ("batch", "mini-batch", "stochastic"):
+        section = text.split(f"\n{mode} descent\n")[1]
+        steps = re.findall(r"step\s+(\d+)\s+loss", section.split("fitted")[0])
+        assert [int(s) for s in steps] == list(range(0, 100, 10))
+    fitted = [tuple(map(float, a)) for a in re.findall(r"fitted a = \(([-\d.]+), ([-\d.]+)\)",
+                                                       text)]
+    assert len(fitted) == 3
+    # the noise is U(0, 1): the best line is near (3, 2.5); 100 steps of lr 0.1 get close
+    np.testing.assert_allclose(fitted, [(3.0, 2.5)] * 3, atol=0.2)
+    assert len(re.findall(r"\[run [\d.]+ m?s, compile [\d.]+ m?s\]", text)) == 3
+
+    # float32 agreement with the lesson's torch loop on the same batches
+    agreement = re.search(r"batch ([\d.e+-]+), mini-batch ([\d.e+-]+), stochastic ([\d.e+-]+)",
+                          text)
+    assert agreement and max(map(float, agreement.groups())) < 1e-4
+    assert "too high  lr = 1.5" in text and "line: diverged at step" in text
+
+    for name in LESSON_FILES:
+        assert (out / name).stat().st_size > 1000, name
+    assert (out / "notes.txt").read_text() == "mine"  # not ours: left alone
+    with Image.open(out / "lesson_fit.png") as image:  # ours: overwritten
+        assert image.format == "PNG" and image.size == (600, 400)
+    with Image.open(out / "lesson_fit.gif") as gif:
+        assert gif.format == "GIF" and gif.n_frames == 50
+    assert (out / "lesson_fit.gif").stat().st_size < 1_000_000
+    assert sorted(p.name for p in out.iterdir()) == sorted([*LESSON_FILES, "notes.txt"])
+
+
+def test_lesson_without_figures_writes_nothing(tmp_path, capsys):
+    # the lesson's sizes, so the compiled loops of the test above are reused
+    status, text, _ = run_main(capsys, "lesson", "--no-figures", "--no-reference",
+                               "--out", str(tmp_path / "unused"))
+    assert status == 0 and "Wrote" not in text and "torch reference" not in text
+    assert not (tmp_path / "unused").exists()
+
+
+def test_lesson_without_torch_says_so(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "reference", None)  # `import reference` now fails
+    status, text, _ = run_main(capsys, "lesson", "--no-figures")
+    assert status == 0 and "torch reference: torch is not installed" in text
+    assert "fitted a" in text
+
+
+def test_lr_sweep_prints_best_and_edge_and_plots(tmp_path, capsys):
+    out = tmp_path / "new" / "folder"  # created, parents too
+    status, text, err = run_main(capsys, "lr-sweep", "--out", str(out))
+    assert status == 0, err
+    best = float(re.search(r"best: lr = ([\d.e+-]+)", text).group(1))
+    edge = float(re.search(r"edge of divergence: lr = ([\d.e+-]+) diverged at step", text)
+                 .group(1))
+    # the line's curvature is about 2: rates above ~1 diverge, 0.1-0.9 converge
+    assert 0.05 < best < 1.0 < edge < 3.0
+    with Image.open(out / SWEEP_FILES[0]) as image:
+        assert image.format == "PNG"
+
+
+BAD_INPUT = [
+    (["lesson", "--n", "0"], "argument --n: must be >= 1; got 0"),
+    (["lesson", "--lr", "0"], "argument --lr: must be a finite number > 0; got 0"),
+    (["lesson", "--lr", "-1"], "argument --lr: must be a finite number > 0; got -1"),
+    (["lesson", "--lr", "nan"], "argument --lr: must be a finite number > 0"),
+    (["lesson", "--lr", "fast"], "argument --lr: expected a number; got 'fast'"),
+    (["lesson", "--steps", "2.5"], "argument --steps: expected a whole number"),
+    (["lesson", "--batch-size", "101"], "--batch-size 101 is larger than --n (100)"),
+    (["lesson", "--n", "5", "--batch-size", "6"], "--batch-size 6 is larger than --n (5)"),
+    (["lesson", "--bogus"], "unrecognized arguments: --bogus"),
+    (["teach"], "invalid choice: 'teach'"),
+    ([], "the following arguments are required: COMMAND"),
+    (["lr-sweep", "--lr-min", "2", "--lr-max", "1"], "--lr-min 2.0 must be below --lr-max 1.0"),
+    (["lr-sweep", "--num", "1"], "argument --num: must be >= 2; got 1"),
+    (["digits", "--valid-fraction", "1.5"], "must lie between 0 and 1"),
+    (["digits", "--loss", "hinge"], "argument --loss: invalid choice: 'hinge'"),
+    (["digits", "--batch-size", "1000"], "--batch-size 1000 is larger than the training images"),
+    (["digits", "--data", "/no/such/folder"], "data folder '/no/such/folder' does not exist"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    status, text, err = run_main(capsys, *argv)
+    assert status == 2
+    assert text == ""
+    assert err.count("\n") == 1 and err.startswith("python -m functional_sgd"), err
+    assert message in err
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    target = tmp_path / "taken"
+    target.write_text("keep")
+    status, _, err = run_main(capsys, "lesson", "--out", str(target))
+    assert status == 2 and f"--out '{target}' is a file, not a folder" in err
+    assert target.read_text() == "keep"
+
+
+def test_help_explains_every_option(capsys):
+    status, text, _ = run_main(capsys, "lesson", "--help")
+    assert status == 0
+    for option in ("--n", "--steps", "--lr", "--batch-size", "--seed", "--out", "--progress"):
+        assert option in text
+
+
+def run_module(*argv):
+    """`python -m functional_sgd` on this checkout, as a user runs it."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "functional_sgd", *argv], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=300)
+
+
+def test_module_exit_codes():
+    bad = run_module("lesson", "--n", "0")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.strip().splitlines() == [
+        "python -m functional_sgd lesson: error: argument --n: must be >= 1; got 0"]
+    assert run_module("--help").returncode == 0

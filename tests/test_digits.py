@@ -1,0 +1,160 @@
+"""The lesson's 3-vs-7 classifier: losses, data, accuracy, and the CLI."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+import functional_sgd as fsgd
+from functional_sgd._cli import DIGITS_FILES, main
+
+SCORES = jnp.array([-3.0, -0.5, 0.0, 0.7, 4.0])
+TARGETS = jnp.array([0.0, 1.0, 1.0, 0.0, 1.0])
+
+
+def sigmoid(s):
+    return 1 / (1 + np.exp(-np.asarray(s, np.float64)))
+
+
+def test_linear_classifier_is_the_lessons_sum_per_image():
+    x = jax.random.uniform(jax.random.key(0), (5, 64))
+    w, b = jax.random.normal(jax.random.key(1), (64,)), jnp.array(0.3)
+    lesson = np.array([(np.asarray(image) * np.asarray(w)).sum() + 0.3 for image in x])
+    np.testing.assert_allclose(fsgd.linear_classifier((w, b), x), lesson, rtol=1e-5)
+
+
+def test_mnist_loss_is_the_lessons_formula():
+    p = sigmoid(SCORES)
+    expected = np.where(np.asarray(TARGETS) == 1, 1 - p, p).mean()
+    # float32 sigmoid against float64: a few ulps
+    np.testing.assert_allclose(fsgd.mnist_loss(SCORES, TARGETS), expected, rtol=1e-6)
+
+
+def test_cross_entropy_is_the_textbook_formula_and_stays_finite():
+    p, t = sigmoid(SCORES), np.asarray(TARGETS)
+    expected = (-t * np.log(p) - (1 - t) * np.log(1 - p)).mean()
+    np.testing.assert_allclose(fsgd.binary_cross_entropy(SCORES, TARGETS), expected, rtol=1e-6)
+    # a confident wrong score: sigmoid(100) is 1.0 in float32 and log(1 - p) would be -inf
+    wrong = fsgd.binary_cross_entropy(jnp.array([100.0]), jnp.array([0.0]))
+    np.testing.assert_allclose(wrong, 100.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("function", [fsgd.mnist_loss, fsgd.binary_cross_entropy])
+def test_losses_refuse_shapes_that_would_broadcast(function):
+    with pytest.raises(ValueError, match=r"scores have shape \(5,\) but targets have shape"):
+        function(SCORES, TARGETS[:, None])
+
+
+def test_classifier_refuses_weights_that_do_not_fit():
+    with pytest.raises(ValueError, match=r"need w of shape \(64,\).*got w of shape \(63,\)"):
+        fsgd.linear_classifier((jnp.zeros(63), jnp.array(0.0)), jnp.zeros((2, 64)))
+
+
+def test_digits_split_is_held_out_and_labelled():
+    data = fsgd.digits_3_vs_7(jax.random.key(0), valid_fraction=0.25)
+    assert data.train_x.shape == (272, 64) and data.valid_x.shape == (90, 64)  # 362 images
+    assert 0 <= data.train_x.min() and data.train_x.max() <= 1
+    # a partition of the 3s and 7s: every image in exactly one of the two sets
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    keep = np.isin(digits.target, (3, 7))
+    original = sorted(row.tobytes() for row in (digits.data[keep] / 16).astype(np.float32))
+    split = sorted(row.tobytes() for row in np.concatenate([data.train_x, data.valid_x]))
+    assert split == original
+    assert set(np.unique(data.train_y)) == {0.0, 1.0}
+    assert int(data.train_y.sum() + data.valid_y.sum()) == 183  # the 3s of the data set
+
+
+def test_digits_command_reaches_97_percent(tmp_path, capsys):
+    status = main(["digits", "--out", str(tmp_path)])
+    text = capsys.readouterr().out
+    assert status == 0
+    accuracies = [float(a) for a in re.findall(r"epoch\s+\d+\s+train loss [\d.]+\s+valid "
+                                               r"accuracy ([\d.]+)", text)]
+    assert len(accuracies) == 20
+    assert accuracies[-1] >= 0.97 and accuracies[-1] > accuracies[0] - 0.01
+    with Image.open(tmp_path / DIGITS_FILES[0]) as image:
+        assert image.format == "PNG" and image.size[0] > image.size[1]
+
+
+def test_cross_entropy_also_reaches_97_percent():
+    data = fsgd.digits_3_vs_7(jax.random.key(1))
+    _, reports = fsgd.fit_classifier(data, key=jax.random.key(2), loss="cross-entropy",
+                                     epochs=10)
+    assert [r.epoch for r in reports] == list(range(1, 11))
+    assert reports[-1].valid_accuracy >= 0.97
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """A tiny MNIST_SAMPLE-style folder of real 8x8 digits saved as PNG."""
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("mnist_sample")
+    digits = load_digits()
+    for digit, label in (("3", 3), ("7", 7)):
+        images = digits.images[digits.target == label]
+        for part, chosen in (("train", images[:24]), ("valid", images[24:30])):
+            folder = root / part / digit
+            folder.mkdir(parents=True)
+            for i, image in enumerate(chosen):
+                pixels = np.round(image * 255 / 16).astype(np.uint8)
+                Image.fromarray(pixels, mode="L").save(folder / f"{i}.png")
+    return root
+
+
+def test_image_folder_is_read_as_the_lesson_lays_it_out(image_folder):
+    data = fsgd.load_image_folder(image_folder)
+    assert data.train_x.shape == (48, 64) and data.valid_x.shape == (12, 64)
+    assert data.image_shape == (8, 8)
+    np.testing.assert_array_equal(data.train_y, [1.0] * 24 + [0.0] * 24)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    first_three = digits.images[digits.target == 3][0].reshape(-1) / 16
+    np.testing.assert_allclose(data.train_x[0], first_three, atol=0.5 / 255 + 1e-7)
+
+
+def test_digits_command_trains_on_an_image_folder(image_folder, tmp_path, capsys):
+    status = main(["digits", "--data", str(image_folder), "--batch-size", "8", "--epochs", "5",
+                   "--out", str(tmp_path)])
+    text = capsys.readouterr().out
+    assert status == 0
+    assert "48 training images, 12 held out, 8x8 pixels" in text
+    assert len(re.findall(r"epoch\s+\d+\s+train loss", text)) == 5
+    assert (tmp_path / DIGITS_FILES[0]).exists()
+
+
+def _broken(root, how):
+    for part in ("train", "valid"):
+        for digit in ("3", "7"):
+            (root / part / digit).mkdir(parents=True)
+            Image.new("L", (8, 8)).save(root / part / digit / "a.png")
+    if how == "missing":
+        (root / "valid" / "7" / "a.png").unlink()
+        (root / "valid" / "7").rmdir()
+    elif how == "empty":
+        (root / "train" / "3" / "a.png").unlink()
+    elif how == "not an image":
+        (root / "train" / "7" / "a.png").write_text("hello")
+    elif how == "sizes":
+        Image.new("L", (28, 28)).save(root / "valid" / "3" / "b.png")
+
+
+@pytest.mark.parametrize("how, message", [
+    ("missing", "has no valid/7 sub-folder"),
+    ("empty", r"train/3' holds no \.png images"),
+    ("not an image", "is not a readable image"),
+    ("sizes", r"differ in size: \[\(8, 8\), \(28, 28\)\]"),
+])
+def test_malformed_folders_get_a_one_line_error(how, message, tmp_path, capsys):
+    _broken(tmp_path, how)
+    with pytest.raises(ValueError, match=message):
+        fsgd.load_image_folder(tmp_path)
+    assert main(["digits", "--data", str(tmp_path), "--no-figures"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err) and "Traceback" not in err

@@ -1,0 +1,69 @@
+"""The learning-rate finder: a vmap of whole runs that equals the runs one by one."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import functional_sgd as fsgd
+from helpers import assert_trees_close, count_compilations
+
+X, Y = fsgd.lesson_data(jax.random.key(0))
+START = jnp.array(fsgd.LESSON_START)
+LRS = jnp.array([0.01, 0.1, 0.5, 0.9, 2.0, 3.0])
+
+
+@pytest.mark.parametrize("schedule", [{}, {"batch_size": 10, "key": jax.random.key(1)}],
+                         ids=["batch", "mini-batch"])
+def test_sweep_equals_one_run_per_rate(schedule):
+    sweep = fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=LRS, steps=60, **schedule)
+    assert sweep.losses.shape == (6, 60)
+    finals = []
+    for i, lr in enumerate(LRS):
+        one = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=float(lr), steps=60, **schedule)
+        assert int(sweep.diverged_at[i]) == int(one.diverged_at)
+        final = float(fsgd.linear_mse(one.params, X, Y))
+        finals.append(final if int(one.diverged_at) < 0 else np.inf)
+        # vmap batches the same float32 ops; XLA may fuse them differently: a few ulps
+        assert_trees_close(sweep.losses[i, :10], one.losses[:10], rtol=1e-5)
+    assert_trees_close(sweep.final_loss, np.array(finals, np.float32), rtol=1e-5)
+    assert int(sweep.best) == int(np.argmin(finals))
+    assert int(sweep.edge) == 4  # 2.0 is the first rate past the curvature limit (~1)
+    assert float(sweep.lrs[sweep.best]) < 1.0
+
+
+def test_best_and_edge_when_nothing_or_everything_diverges():
+    calm = fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=LRS[:3], steps=60)
+    assert int(calm.edge) == -1 and int(calm.best) == 2
+    wild = fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=LRS[4:], steps=60)
+    assert int(wild.edge) == 0 and int(wild.best) == -1
+    assert np.isinf(np.asarray(wild.final_loss)).all()
+
+
+def test_new_rates_do_not_recompile():
+    kwargs = dict(steps=40, batch_size=5, key=jax.random.key(2))
+    fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=LRS, **kwargs).best.block_until_ready()
+    other_rates = np.asarray(LRS) * 0.5
+    with count_compilations() as compiled:
+        fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=other_rates,
+                      **kwargs).best.block_until_ready()
+    assert compiled[0] == 0
+
+
+@pytest.mark.parametrize("lrs, match", [
+    (jnp.array([0.1]), "at least 2 learning rates"),
+    (jnp.array([[0.1, 0.2]]), "1-D float array"),
+    (jnp.array([1, 2]), "1-D float array"),
+    (jnp.array([0.1, -0.2]), "finite and > 0"),
+    (jnp.array([0.1, jnp.nan]), "finite and > 0"),
+    (jnp.array([0.2, 0.1]), "strictly increasing"),
+])
+def test_bad_rates_are_refused(lrs, match):
+    with pytest.raises(ValueError, match=match):
+        fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=lrs, steps=10)
+
+
+def test_bad_schedule_is_refused_by_fit():
+    with pytest.raises(ValueError, match="batch_size must be at most n=100"):
+        fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=LRS, steps=10, batch_size=101,
+                      key=jax.random.key(0))

@@ -1,0 +1,41 @@
+"""The progress bar: on a terminal or when asked, moved between compiled chunks."""
+
+import io
+
+import jax
+import jax.numpy as jnp
+
+import functional_sgd as fsgd
+from functional_sgd._progress import chunk_size_for, progress_bar, wants_progress
+from helpers import assert_trees_close
+
+X, Y = fsgd.lesson_data(jax.random.key(0))
+START = jnp.array(fsgd.LESSON_START)
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_shows_on_a_terminal_or_when_asked():
+    assert wants_progress(None, io.StringIO()) is False
+    assert wants_progress(None, Terminal()) is True
+    assert wants_progress(False, Terminal()) is False
+    assert wants_progress(True, io.StringIO()) is True
+
+
+def test_progress_bar_advances_between_chunks_and_changes_no_bits(capsys):
+    steps = 2500
+    assert chunk_size_for(steps) == 1000  # 3 chunks: 1000, 1000, 500 (two programs)
+    seen = []
+    with progress_bar(steps, enabled=True, desc="test") as bar:
+        on_chunk = bar["on_chunk"]
+        bar = {**bar, "on_chunk": lambda chunk: (seen.append(int(chunk.step)), on_chunk(chunk))}
+        chunked = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=steps, **bar)
+    assert seen == [1000, 2000, 2500]
+    assert "/2500" in capsys.readouterr().err  # tqdm drew on stderr
+    whole = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=steps)
+    assert_trees_close(chunked.params, whole.params)
+    with progress_bar(steps, enabled=False, desc="off") as bar:
+        assert bar == {}  # one compiled call

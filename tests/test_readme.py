@@ -1,0 +1,26 @@
+"""The README's tour runs as written: the ```python block after `<!-- tour -->`."""
+
+import re
+from pathlib import Path
+
+import jax
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def tour_blocks():
+    return re.findall(r"<!-- tour -->\n```python\n(.*?)```", README.read_text(), re.S)
+
+
+def test_the_tour_runs(capsys):
+    blocks = tour_blocks()
+    assert blocks
+    namespace = {}
+    # the README's code is a user's: no strict promotion there
+    with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+        for block in blocks:
+            exec(compile(block, str(README), "exec"), namespace)
+    printed = capsys.readouterr().out
+    accuracy = float(re.search(r"validation accuracy ([\d.]+)", printed).group(1))
+    assert accuracy >= 0.97
+    assert 0.05 < float(namespace["sweep"].lrs[namespace["sweep"].best]) < 1.0
