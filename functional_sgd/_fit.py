@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks, _parallel
+from . import _checkpoint, _checks, _parallel
 from ._chunks import run_in_chunks
 from ._sampling import _schedule
 
@@ -77,7 +77,7 @@ def sgd_update(params, grads, lr):
 def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None,
         indices=None, optimizer=None, replace=True, tol=None, patience=None,
         record_params=False, opt_state=None, start_step=0, check_finite=True,
-        chunk_size=None, on_chunk=None, mesh=None):
+        chunk_size=None, on_chunk=None, mesh=None, checkpoint=None):
     """Fits ``params`` by gradient descent on ``loss``, in one compiled call.
 
     Each step ``t`` takes a batch ``B_t`` of rows and applies
@@ -130,6 +130,9 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         sharded over all its axes, params replicated, gradients all-reduced
         every step (the same result as one device, up to the order of
         additions). ``loss`` must be a mean over the rows of its batch.
+      checkpoint: a file path: after every chunk the run's state is written
+        there atomically, and a run started again with the same arguments
+        resumes from it with the same bits. Needs ``chunk_size``.
 
     Returns:
       A :class:`FitResult`.
@@ -166,6 +169,9 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     if chunk_size is None:
         if on_chunk is not None:
             raise ValueError("on_chunk needs chunk_size: pass e.g. chunk_size=1000.")
+        if checkpoint is not None:
+            raise ValueError("checkpoint needs chunk_size: the state is written after "
+                             "every chunk; pass e.g. chunk_size=1000.")
         result, _ = loop(params, data, lr, key, indices, opt_state, start_step, tol,
                          patience, stop_start, steps=steps, **static)
         return result
@@ -175,6 +181,13 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
                          "traced by jax.jit or jax.vmap with it; drop chunk_size there.")
     run_chunk = partial(loop, data=data, lr=lr, key=key, tol=tol, patience=patience,
                         **static)
+    if checkpoint is not None:
+        return _checkpoint.run_with_checkpoints(
+            checkpoint, run_chunk, params, opt_state, start_step, indices, stop_start,
+            steps=steps, chunk_size=chunk_size, on_chunk=on_chunk,
+            record_params=bool(record_params), run=dict(
+                data=data, lr=lr, key=key, tol=tol, patience=patience,
+                batch_size=batch_size, replace=bool(replace), optimizer=optimizer))
     return run_in_chunks(run_chunk, params, opt_state, start_step, indices, stop_start,
                          steps=steps,
                          chunk_size=chunk_size, on_chunk=on_chunk,
