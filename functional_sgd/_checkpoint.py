@@ -20,6 +20,17 @@ flushed, ``fsync``-ed and renamed over the old checkpoint (``os.replace``),
 so a crash mid-write leaves the previous checkpoint whole. Under
 ``jax.distributed`` every process writes the same replicated state to
 ``path``; with a file system shared between hosts the rename keeps that safe.
+
+>>> import os, tempfile, jax, jax.numpy as jnp
+>>> import functional_sgd as fsgd
+>>> x, y = fsgd.lesson_data(jax.random.key(0))
+>>> path = os.path.join(tempfile.mkdtemp(), "run.npz")
+>>> run = lambda: fsgd.fit(fsgd.linear_mse, jnp.array(fsgd.LESSON_START), (x, y), lr=0.1,
+...                        steps=100, chunk_size=50, checkpoint=path)
+>>> first, again = run(), run()  # the second call finds the finished run's checkpoint
+>>> bool((first.params == again.params).all()), int(again.step)
+(True, 100)
+>>> os.remove(path)
 """
 
 import hashlib
@@ -79,8 +90,7 @@ def run_with_checkpoints(path, run_chunk, params, opt_state, start_step, indices
         last = run_in_chunks(run_and_save, params, opt_state, start_step + done, rest,
                              stop_state, steps=steps - done, chunk_size=chunk_size,
                              on_chunk=on_chunk, record_params=False)
-    return _whole_run(last, params, opt_state, np.concatenate(history) if history else
-                      np.zeros(0), steps, start_step)
+    return _whole_run(last, params, opt_state, np.concatenate(history), steps, start_step)
 
 
 def _whole_run(last, params, opt_state, history, steps, start_step):
@@ -91,9 +101,10 @@ def _whole_run(last, params, opt_state, history, steps, start_step):
     if last is not None:
         params, opt_state = last.params, last.opt_state
     bad = np.flatnonzero(~np.isfinite(losses[:steps_run]))
-    return FitResult(params, *jax.device_put((
-        losses, np.int32(bad[0] if bad.size else -1), np.int32(steps_run),
-        np.int32(start_step + steps_run))), opt_state, None)
+    # device_put moves host arrays without compiling (jnp.asarray stages a jit per shape).
+    return FitResult(*jax.device_put((
+        params, losses, np.int32(bad[0] if bad.size else -1), np.int32(steps_run),
+        np.int32(start_step + steps_run), opt_state)), trajectory=None)
 
 
 def _fingerprint(run, params, opt_state, indices, start_step, steps):
@@ -142,6 +153,8 @@ def write_atomically(path, arrays):
     handle, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".",
                                          suffix=".tmp", dir=directory)
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes the file private (0o600)
+            os.fchmod(handle, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") as file:
             np.savez(file, **arrays)
             file.flush()
@@ -156,6 +169,12 @@ def write_atomically(path, arrays):
             os.fsync(directory_handle)
         finally:
             os.close(directory_handle)
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class _NotACheckpoint(Exception):

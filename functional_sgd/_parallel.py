@@ -13,6 +13,11 @@ all-reduces (``psum``) the devices' partial losses and gradients.
   reduce-scatter (each row is added once to zeros, so it arrives exactly);
   inside the loop only the gradient crosses devices. Each device holds
   ``steps * ceil(batch_size / devices)`` routed rows: ``chunk_size`` bounds it.
+  Routing looks at every slot of every batch on every device (static shapes
+  cannot know in advance how many of a batch's rows a device holds), so it
+  pays off when the loss costs more per row than copying the row does;
+  full batch needs no routing and is where a mesh pays off first
+  (bench/scaling.py measures both).
 
 Rows that don't divide evenly are padded (with real rows, so every value stays
 finite) and masked out. That needs one assumption about ``loss``: it is the
@@ -20,6 +25,15 @@ mean of a per-row loss, ``loss(p, B) = mean over rows r of B of loss(p, {r})``,
 as ``mse`` and cross-entropy are. Each device sums the per-row losses of its
 real rows, the sums are all-reduced and divided by the global row count:
 the mean single-device ``fit`` computes, in another order of additions.
+
+>>> import jax, jax.numpy as jnp
+>>> import functional_sgd as fsgd
+>>> mesh = jax.make_mesh((jax.device_count(),), ("data",))  # every device
+>>> x, y = fsgd.lesson_data(jax.random.key(0))
+>>> result = fsgd.fit(fsgd.linear_mse, jnp.array(fsgd.LESSON_START), (x, y), lr=0.1,
+...                   steps=100, mesh=mesh)
+>>> [round(float(a), 1) for a in result.params]
+[3.1, 2.4]
 """
 
 import dataclasses
