@@ -66,8 +66,34 @@ def agreement(n, devices, modes):
     return out
 
 
+def resumed_on_mesh(data, start, mesh, **kwargs):
+    """A checkpointed run crashed after its first chunk, then resumed: the step it
+    resumed from, and its relative error to the run uninterrupted."""
+    import tempfile
+
+    class Crash(Exception):
+        pass
+
+    def crash(result):
+        raise Crash
+
+    kwargs = {**kwargs, "chunk_size": STEPS // 2}
+    whole = fit(data, start, mesh=mesh, **kwargs)
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "run.npz")
+        try:
+            fit(data, start, mesh=mesh, checkpoint=path, on_chunk=crash, **kwargs)
+        except Crash:
+            pass
+        starts = []
+        resumed = fit(data, start, mesh=mesh, checkpoint=path, **kwargs,
+                      on_chunk=lambda r: starts.append(int(r.step) - int(r.steps_run)))
+    return {"error": max_relative_error(resumed, whole), "resumed_from": starts[0]}
+
+
 def extras():
-    """A 2 x 4 mesh with optax momentum, a trajectory, chunks and a stop rule."""
+    """A 2 x 4 mesh with optax momentum, a trajectory, chunks, a stop rule and a
+    checkpoint."""
     import optax
     x, y, start = lesson(37)
     mesh = mesh_of((2, 4), ("hosts", "data"))
@@ -82,7 +108,9 @@ def extras():
     with count_compilations() as compiled:
         again = fit((x * 0.5, y), start * 2, mesh=mesh, **{**kwargs, "key": jax.random.key(4)})
         again.params.block_until_ready()
+    del kwargs["record_params"]  # a checkpoint does not store the trajectory
     return {
+        "2x4-checkpoint-resumed": resumed_on_mesh((x, y), start, mesh, **kwargs),
         "2x4-momentum": max_relative_error(many, one),
         "2x4-chunks-vs-one-call": max_relative_error(chunked, many),
         "2x4-tol-steps": [int(stop_many.steps_run), int(stop_one.steps_run)],

@@ -23,7 +23,7 @@ import pytest
 
 import functional_sgd as fsgd
 from helpers import max_relative_error
-from multidevice_checks import MESHES
+from multidevice_checks import MESHES, STEPS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-12
@@ -55,8 +55,11 @@ def test_data_parallel_equals_one_device(report, mesh, mode):
     assert measured["trained"] < 0.05  # agreement on a run that learned the line
 
 
-def test_2x4_mesh_momentum_trajectory_chunks_and_stop_rule(report):
+def test_2x4_mesh_momentum_trajectory_chunks_stop_rule_and_checkpoint(report):
     extras = report["extras"]
+    resumed = extras["2x4-checkpoint-resumed"]
+    assert resumed["resumed_from"] == STEPS // 2  # from the checkpoint, not the start
+    assert resumed["error"] == 0.0  # crashed, resumed: the same bits
     assert extras["2x4-momentum"] <= TOLERANCE  # params, losses, opt_state, trajectory
     assert extras["2x4-chunks-vs-one-call"] == 0.0  # chunks give the same bits
     steps_many, steps_one = extras["2x4-tol-steps"]
