@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks
+from . import _checkpoint, _checks, _parallel
 from ._chunks import run_in_chunks
 from ._sampling import _schedule
 
@@ -77,7 +77,7 @@ def sgd_update(params, grads, lr):
 def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None,
         indices=None, optimizer=None, replace=True, tol=None, patience=None,
         record_params=False, opt_state=None, start_step=0, check_finite=True,
-        chunk_size=None, on_chunk=None):
+        chunk_size=None, on_chunk=None, mesh=None, checkpoint=None):
     """Fits ``params`` by gradient descent on ``loss``, in one compiled call.
 
     Each step ``t`` takes a batch ``B_t`` of rows and applies
@@ -126,6 +126,13 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
       on_chunk: called after each chunk with that chunk's :class:`FitResult`
         (its ``losses`` cover the chunk; ``step`` is the global step after
         it). Needs ``chunk_size``.
+      mesh: a ``jax.sharding.Mesh``: run data-parallel, rows of ``data``
+        sharded over all its axes, params replicated, gradients all-reduced
+        every step (the same result as one device, up to the order of
+        additions). ``loss`` must be a mean over the rows of its batch.
+      checkpoint: a file path: after every chunk the run's state is written
+        there atomically, and a run started again with the same arguments
+        resumes from it with the same bits. Needs ``chunk_size``.
 
     Returns:
       A :class:`FitResult`.
@@ -157,18 +164,30 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     static = dict(loss=loss, optimizer=optimizer, batch_size=batch_size,
                   replace=bool(replace), use_tol=tol is not None,
                   use_patience=patience is not None, record_params=bool(record_params))
+    loop = _fit_loop if mesh is None else _parallel.data_parallel(_fit_loop, mesh, loss,
+                                                                  params, data)
     if chunk_size is None:
         if on_chunk is not None:
             raise ValueError("on_chunk needs chunk_size: pass e.g. chunk_size=1000.")
-        result, _ = _fit_loop(params, data, lr, key, indices, opt_state, start_step, tol,
-                              patience, stop_start, steps=steps, **static)
+        if checkpoint is not None:
+            raise ValueError("checkpoint needs chunk_size: the state is written after "
+                             "every chunk; pass e.g. chunk_size=1000.")
+        result, _ = loop(params, data, lr, key, indices, opt_state, start_step, tol,
+                         patience, stop_start, steps=steps, **static)
         return result
     chunk_size = _checks.check_int(chunk_size, "chunk_size", minimum=1)
     if not all(map(_checks.is_concrete, jax.tree.leaves((params, data, lr, start_step)))):
         raise ValueError("chunk_size runs a host loop between chunks, so fit cannot be "
                          "traced by jax.jit or jax.vmap with it; drop chunk_size there.")
-    run_chunk = partial(_fit_loop, data=data, lr=lr, key=key, tol=tol, patience=patience,
+    run_chunk = partial(loop, data=data, lr=lr, key=key, tol=tol, patience=patience,
                         **static)
+    if checkpoint is not None:
+        return _checkpoint.run_with_checkpoints(
+            checkpoint, run_chunk, params, opt_state, start_step, indices, stop_start,
+            steps=steps, chunk_size=chunk_size, on_chunk=on_chunk,
+            record_params=bool(record_params), run=dict(
+                data=data, lr=lr, key=key, tol=tol, patience=patience,
+                batch_size=batch_size, replace=bool(replace), optimizer=optimizer))
     return run_in_chunks(run_chunk, params, opt_state, start_step, indices, stop_start,
                          steps=steps,
                          chunk_size=chunk_size, on_chunk=on_chunk,

@@ -1,0 +1,166 @@
+"""Data-parallel fitting: rows sharded over a device mesh, gradients all-reduced.
+
+``fit(..., mesh=mesh)`` runs the same compiled loop as on one device, inside
+``jax.shard_map``: parameters and optimizer state are replicated, the rows of
+``data`` are split in equal blocks over all axes of the mesh, and every step
+all-reduces (``psum``) the devices' partial losses and gradients.
+
+* Full batch: each device evaluates its own block of rows; data never moves.
+* Mini-batch and stochastic: the global batch of step ``t`` (from ``indices``,
+  or drawn from ``key`` exactly as on one device) is cut into equal slices of
+  ``ceil(batch_size / devices)`` slots, one slice a device. The rows of a
+  call's batches are routed to their slots before the loop, in one
+  reduce-scatter (each row is added once to zeros, so it arrives exactly);
+  inside the loop only the gradient crosses devices. Each device holds
+  ``steps * ceil(batch_size / devices)`` routed rows: ``chunk_size`` bounds it.
+  Routing looks at every slot of every batch on every device (static shapes
+  cannot know in advance how many of a batch's rows a device holds), so it
+  pays off when the loss costs more per row than copying the row does;
+  full batch needs no routing and is where a mesh pays off first
+  (bench/scaling.py measures both).
+
+Rows that don't divide evenly are padded (with real rows, so every value stays
+finite) and masked out. That needs one assumption about ``loss``: it is the
+mean of a per-row loss, ``loss(p, B) = mean over rows r of B of loss(p, {r})``,
+as ``mse`` and cross-entropy are. Each device sums the per-row losses of its
+real rows, the sums are all-reduced and divided by the global row count:
+the mean single-device ``fit`` computes, in another order of additions.
+
+>>> import jax, jax.numpy as jnp
+>>> import functional_sgd as fsgd
+>>> mesh = jax.make_mesh((jax.device_count(),), ("data",))  # every device
+>>> x, y = fsgd.lesson_data(jax.random.key(0))
+>>> result = fsgd.fit(fsgd.linear_mse, jnp.array(fsgd.LESSON_START), (x, y), lr=0.1,
+...                   steps=100, mesh=mesh)
+>>> [round(float(a), 1) for a in result.params]
+[3.1, 2.4]
+"""
+
+import dataclasses
+from functools import partial
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from . import _checks
+from ._sampling import _schedule
+
+
+def data_parallel(loop, mesh, loss, params, data):
+    """Checks ``mesh`` and ``loss``; returns ``loop`` run data-parallel over ``mesh``.
+
+    ``loop`` is the single-device compiled loop; the returned function has its
+    signature and returns its ``(FitResult, StopState)``, replicated.
+    """
+    if not isinstance(mesh, Mesh):
+        raise TypeError(
+            "mesh must be a jax.sharding.Mesh, e.g. "
+            f"jax.make_mesh((jax.device_count(),), ('data',)); got {type(mesh).__name__}.")
+    if not data:
+        raise ValueError("mesh splits the rows of data across devices, but data is (): "
+                         "a data-free objective has nothing to split; drop mesh.")
+    one_row = tuple(jax.ShapeDtypeStruct((1,) + tuple(a.shape[1:]), jnp.result_type(a))
+                    for a in data)
+    try:
+        _checks.check_loss(loss, params, one_row)
+    except ValueError as error:
+        raise ValueError(f"with mesh, loss is evaluated on batches of one row and must "
+                         f"be a mean over rows; that failed: {error}") from error
+    return partial(_sharded_loop, loop=loop, mesh=mesh)
+
+
+@dataclasses.dataclass(frozen=True)
+class _GlobalMean:
+    """The loss of the global batch, from the rows one device holds.
+
+    ``sum over real local rows of loss(p, {r})``, all-reduced over the mesh and
+    divided by the global row count. Frozen, so equal instances hash alike
+    and the compiled loop is reused.
+    """
+
+    loss: Callable
+    axes: Any
+    count: int
+
+    def __call__(self, params, real, *rows):
+        per_row = jax.vmap(lambda *row: self.loss(params, *(r[None] for r in row)))(*rows)
+        local = jnp.where(real, per_row, jnp.zeros((), per_row.dtype)).sum()
+        return jax.lax.psum(local, self.axes) / self.count
+
+
+@partial(jax.jit, static_argnames=(
+    "loop", "mesh", "loss", "optimizer", "steps", "batch_size", "replace", "use_tol",
+    "use_patience", "record_params"))
+def _sharded_loop(params, data, lr, key, indices, opt_state, start_step, tol, patience,
+                  stop_state, *, loop, mesh, loss, optimizer, steps, batch_size, replace,
+                  use_tol, use_patience, record_params):
+    axes = mesh.axis_names
+    devices = mesh.size
+    n = data[0].shape[0]
+    per_device = -(-n // devices)
+    # Padding repeats the last row: real values, masked out below.
+    if n % devices:
+        rows = jnp.minimum(jnp.arange(devices * per_device, dtype=jnp.int32), n - 1)
+        data = tuple(a[rows] for a in data)
+    blocks = tuple(_place(a, mesh, P(axes)) for a in data)
+    if key is not None:
+        indices = _schedule(key, start_step, n=n, steps=steps, batch_size=batch_size,
+                            replace=replace)
+
+    def on_each_device(blocks, replicated):
+        params, lr, opt_state, start_step, tol, patience, stop_state, indices = replicated
+        device = jax.lax.axis_index(axes)
+        if indices is None:
+            real = device * per_device + jnp.arange(per_device, dtype=jnp.int32) < n
+            rows, schedule, count, slots = (real,) + blocks, None, n, None
+        else:
+            rows, slots = _route_batches(indices, blocks, device, axes=axes,
+                                         per_device=per_device, devices=devices)
+            schedule = jnp.arange(steps * slots, dtype=jnp.int32).reshape(steps, slots)
+            count = indices.shape[1]
+        return loop(params, rows, lr, None, schedule, opt_state, start_step, tol, patience,
+                    stop_state, loss=_GlobalMean(loss, axes, count), optimizer=optimizer,
+                    steps=steps, batch_size=slots, replace=replace, use_tol=use_tol,
+                    use_patience=use_patience, record_params=record_params)
+
+    replicated = (params, lr, opt_state, start_step, tol, patience, stop_state, indices)
+    return jax.shard_map(on_each_device, mesh=mesh, in_specs=(P(axes), P()),
+                         out_specs=P())(blocks, replicated)
+
+
+def _route_batches(indices, blocks, device, *, axes, per_device, devices):
+    """Each device's slice of every step's global batch, flattened to rows.
+
+    Returns ``((real, *rows), slots)``: ``rows[t * slots + j]`` is slot
+    ``device * slots + j`` of step ``t``; ``real`` masks the padding slots.
+    """
+    steps, batch = indices.shape
+    slots = -(-batch // devices)
+    # Padding slots point at row 0: a real row, masked out by `real`.
+    padded = jnp.pad(indices, ((0, 0), (0, devices * slots - batch)))
+    local = padded - device * per_device
+    mine = (local >= 0) & (local < per_device)
+    local = jnp.where(mine, local, 0)
+
+    def route(block):
+        held = block[local]
+        mask = mine.reshape(mine.shape + (1,) * (block.ndim - 1))
+        held = jnp.where(mask, held, jnp.zeros((), block.dtype))
+        # Exactly one device holds each row: the sum over devices is that row.
+        routed = jax.lax.psum_scatter(held, axes, scatter_dimension=1, tiled=True)
+        return routed.reshape((steps * slots,) + block.shape[1:])
+
+    real = device * slots + jnp.arange(slots, dtype=jnp.int32) < batch
+    real = jnp.broadcast_to(real, (steps, slots)).reshape(-1)
+    return (real,) + tuple(route(b) for b in blocks), slots
+
+
+def _place(array, mesh, spec):
+    """Lays ``array`` out on ``mesh``: ``reshard`` for explicit axes, else a constraint."""
+    sharding = NamedSharding(mesh, spec)
+    if all(kind == AxisType.Explicit for kind in mesh.axis_types):
+        return jax.reshard(array, sharding)
+    return jax.lax.with_sharding_constraint(array, sharding)
