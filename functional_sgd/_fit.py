@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks
+from . import _checks, _fastpath
 from ._chunks import run_in_chunks
 from ._sampling import _schedule
 
@@ -77,7 +77,7 @@ def sgd_update(params, grads, lr):
 def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None,
         indices=None, optimizer=None, replace=True, tol=None, patience=None,
         record_params=False, opt_state=None, start_step=0, check_finite=True,
-        chunk_size=None, on_chunk=None):
+        chunk_size=None, on_chunk=None, fast_path="auto"):
     """Fits ``params`` by gradient descent on ``loss``, in one compiled call.
 
     Each step ``t`` takes a batch ``B_t`` of rows and applies
@@ -126,6 +126,13 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
       on_chunk: called after each chunk with that chunk's :class:`FitResult`
         (its ``losses`` cover the chunk; ``step`` is the global step after
         it). Needs ``chunk_size``.
+      fast_path: ``"auto"``, ``True`` or ``False``. Full-batch descent on
+        ``linear_mse`` (by identity) with data ``(x, y)`` and one params
+        array can run from sufficient statistics (``XᵀX`` and friends, one
+        pass over the data, then ``O(d²)`` a step; see ``_fastpath``), with
+        any optimizer and any float dtype. ``"auto"`` uses it where it
+        applies and is cheaper (``d <= 2 * steps``); ``True`` insists (and
+        says why it cannot); ``False`` always runs the plain loop.
 
     Returns:
       A :class:`FitResult`.
@@ -156,7 +163,8 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     stop_start = StopState(np.array(np.inf, loss_spec.dtype), np.int32(0), np.bool_(False))
     static = dict(loss=loss, optimizer=optimizer, batch_size=batch_size,
                   replace=bool(replace), use_tol=tol is not None,
-                  use_patience=patience is not None, record_params=bool(record_params))
+                  use_patience=patience is not None, record_params=bool(record_params),
+                  fast_path=_fastpath.choose(fast_path, loss, params, data, batch_size, steps))
     if chunk_size is None:
         if on_chunk is not None:
             raise ValueError("on_chunk needs chunk_size: pass e.g. chunk_size=1000.")
@@ -220,12 +228,14 @@ class StopState(NamedTuple):
 
 @partial(jax.jit, static_argnames=(
     "loss", "optimizer", "steps", "batch_size", "replace", "use_tol", "use_patience",
-    "record_params"))
+    "record_params", "fast_path"))
 def _fit_loop(params, data, lr, key, indices, opt_state, start_step, tol, patience,
               stop_state, *, loss, optimizer, steps, batch_size, replace, use_tol,
-              use_patience, record_params):
+              use_patience, record_params, fast_path=False):
     """The compiled loop; returns ``(FitResult, StopState)``."""
     start_step = jnp.asarray(start_step, jnp.int32)
+    if fast_path:  # every full batch is the same: its moments stand in for the data
+        loss, data = _fastpath.quadratic_mse, (_fastpath.moments(*data),)
     if key is not None:
         n = data[0].shape[0]
         indices = _schedule(key, start_step, n=n, steps=steps, batch_size=batch_size,
