@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks, _fastpath
+from . import _checks, _fastpath, _layout
 from ._chunks import run_in_chunks
 from ._sampling import _schedule
 
@@ -236,6 +236,8 @@ def _fit_loop(params, data, lr, key, indices, opt_state, start_step, tol, patien
     start_step = jnp.asarray(start_step, jnp.int32)
     if fast_path:  # every full batch is the same: its moments stand in for the data
         loss, data = _fastpath.quadratic_mse, (_fastpath.moments(*data),)
+    elif key is None and indices is None and data:  # full batch: a layout for fast matmuls
+        loss, data = _layout.column_major(loss, params, data)
     if key is not None:
         n = data[0].shape[0]
         indices = _schedule(key, start_step, n=n, steps=steps, batch_size=batch_size,
