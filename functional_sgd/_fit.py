@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _checks, _fastpath, _layout
 from ._chunks import run_in_chunks
-from ._sampling import _schedule
+from ._sampling import _schedule, chunk_steps
 
 
 class FitResult(NamedTuple):
@@ -238,29 +238,39 @@ def _fit_loop(params, data, lr, key, indices, opt_state, start_step, tol, patien
         loss, data = _fastpath.quadratic_mse, (_fastpath.moments(*data),)
     elif key is None and indices is None and data:  # full batch: a layout for fast matmuls
         loss, data = _layout.column_major(loss, params, data)
-    if key is not None:
-        n = data[0].shape[0]
-        indices = _schedule(key, start_step, n=n, steps=steps, batch_size=batch_size,
-                            replace=replace)
+    n = data[0].shape[0] if key is not None else None
+    chunk = None if key is None else chunk_steps(n, steps, batch_size, replace)
+    draw = partial(_schedule, key, n=n, batch_size=batch_size, replace=replace)
+    if key is not None and chunk is None:
+        indices = draw(start_step, steps=steps)
     if optimizer is not None and opt_state is None:
         opt_state = optimizer.init(params)
     train_step = partial(_train_step, loss, optimizer, lr)
+    # A long keyed schedule is carried a chunk at a time, drawn when step t starts one.
+    rows = None if chunk is None else jnp.zeros((chunk, batch_size), jnp.int32)
 
-    def batch_at(t):
-        return data if indices is None else tuple(a[indices[t]] for a in data)
+    def batch_at(t, rows):
+        """Step t's batch, and the chunk of rows carried to the next step."""
+        if chunk is not None:
+            rows = jax.lax.cond(t % chunk == 0, lambda: draw(start_step + t, steps=chunk),
+                                lambda: rows)
+            return tuple(a[rows[t % chunk]] for a in data), rows
+        return (data if indices is None else tuple(a[indices[t]] for a in data)), rows
 
     if use_tol or use_patience:
         params, opt_state, losses, trajectory, steps_run, stop_state = _run_until_stop(
-            train_step, batch_at, params, opt_state, tol, patience, stop_state, steps=steps,
-            use_tol=use_tol, use_patience=use_patience, record_params=record_params)
+            train_step, batch_at, rows, params, opt_state, tol, patience, stop_state,
+            steps=steps, use_tol=use_tol, use_patience=use_patience,
+            record_params=record_params)
     else:
         def body(carry, t):
-            params, opt_state = carry
-            value, new_params, opt_state = train_step(params, opt_state, batch_at(t))
-            return (new_params, opt_state), (value, params if record_params else None)
+            params, opt_state, rows = carry
+            batch, rows = batch_at(t, rows)
+            value, new_params, opt_state = train_step(params, opt_state, batch)
+            return (new_params, opt_state, rows), (value, params if record_params else None)
 
-        (params, opt_state), (losses, trajectory) = jax.lax.scan(
-            body, (params, opt_state), jnp.arange(steps, dtype=jnp.int32))
+        (params, opt_state, _), (losses, trajectory) = jax.lax.scan(
+            body, (params, opt_state, rows), jnp.arange(steps, dtype=jnp.int32))
         steps_run = jnp.asarray(steps, jnp.int32)
         if record_params:
             trajectory = jax.tree.map(
@@ -284,10 +294,11 @@ def _train_step(loss, optimizer, lr, params, opt_state, batch):
     return value, params, opt_state
 
 
-def _run_until_stop(train_step, batch_at, params, opt_state, tol, patience, stop_state, *,
-                    steps, use_tol, use_patience, record_params):
+def _run_until_stop(train_step, batch_at, rows, params, opt_state, tol, patience, stop_state,
+                    *, steps, use_tol, use_patience, record_params):
     """Step 7 on the device: a while loop that ends at ``steps`` or when a rule fires."""
-    value_spec = jax.eval_shape(lambda: train_step(params, opt_state, batch_at(0))[0])
+    value_spec = jax.eval_shape(
+        lambda: train_step(params, opt_state, batch_at(jnp.int32(0), rows)[0])[0])
     losses = jnp.full((steps,), jnp.nan, value_spec.dtype)
     trajectory = jax.tree.map(
         lambda p: jnp.zeros((steps + 1,) + jnp.shape(p), jnp.result_type(p)), params) \
@@ -298,10 +309,11 @@ def _run_until_stop(train_step, batch_at, params, opt_state, tol, patience, stop
         return (t < steps) & ~done
 
     def body(carry):
-        t, _, params, opt_state, losses, trajectory, best, waited = carry
+        t, _, params, opt_state, losses, trajectory, best, waited, rows = carry
         if record_params:
             trajectory = jax.tree.map(lambda path, p: path.at[t].set(p), trajectory, params)
-        value, params, opt_state = train_step(params, opt_state, batch_at(t))
+        batch, rows = batch_at(t, rows)
+        value, params, opt_state = train_step(params, opt_state, batch)
         losses = losses.at[t].set(value)
         done = ~jnp.isfinite(value)
         improved = value < best
@@ -311,12 +323,12 @@ def _run_until_stop(train_step, batch_at, params, opt_state, tol, patience, stop
             done |= value <= tol
         if use_patience:
             done |= waited >= patience
-        return t + 1, done, params, opt_state, losses, trajectory, best, waited
+        return t + 1, done, params, opt_state, losses, trajectory, best, waited, rows
 
     carry = (jnp.int32(0), jnp.bool_(False), params, opt_state, losses, trajectory,
              jnp.asarray(stop_state.best, value_spec.dtype),
-             jnp.asarray(stop_state.waited, jnp.int32))
-    t, stopped, params, opt_state, losses, trajectory, best, waited = jax.lax.while_loop(
+             jnp.asarray(stop_state.waited, jnp.int32), rows)
+    t, stopped, params, opt_state, losses, trajectory, best, waited, _ = jax.lax.while_loop(
         keep_going, body, carry)
     if record_params:  # steps after the stop hold the final params
         after = jnp.arange(steps + 1, dtype=jnp.int32) >= t
