@@ -29,6 +29,13 @@ def column_major(loss, params, data):
     Returns a loss taking the stored arrays and the stored data; the values
     and gradients it gives are those of ``loss`` (a matmul's rounding may
     differ in its last bits, as any change of summation order does).
+
+    >>> import jax.numpy as jnp
+    >>> from functional_sgd import linear_mse
+    >>> x, y = jnp.ones((4, 2)), jnp.zeros(4)
+    >>> loss, (stored_x, _) = column_major(linear_mse, jnp.zeros(2), (x, y))
+    >>> stored_x.shape, float(loss(jnp.ones(2), stored_x, y))
+    ((2, 4), 4.0)
     """
     closed = jax.make_jaxpr(loss)(params, *data)
     n_params = len(jax.tree.leaves(params))
