@@ -129,6 +129,23 @@ def test_auto_uses_the_fast_path_only_where_it_applies_and_pays():
                                 (wide_x, wide_y), None, 100)  # d > 2 * steps
 
 
+def test_auto_in_fit_runs_the_fast_path_where_chosen():
+    x, y = regression(400, 2, np.float32)
+    start = np.zeros(2, np.float32)
+    runs = {mode: fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.2, steps=STEPS,
+                           fast_path=mode).losses for mode in ("auto", True, False)}
+    assert np.array_equal(runs["auto"], runs[True])
+    assert not np.array_equal(runs[True], runs[False])  # rounding tells the paths apart
+
+
+def test_float32_data_accumulates_in_float64_under_x64(x64):
+    x, y = regression(50_000, 3, np.float32, seed=2)
+    stats = _fastpath.moments(jnp.asarray(x), jnp.asarray(y))
+    assert stats.gram.dtype == jnp.float64
+    exact = x.astype(np.float64).T @ x.astype(np.float64)
+    assert max_relative_error(stats.gram, exact) <= 1e-12
+
+
 def test_moments_give_the_loss_exactly_where_naive_moments_cancel():
     """Naive ``(aᵀGa - 2aᵀXᵀy + yᵀy)/n`` in float32 against the centred quadratic."""
     x, y = regression(200_000, 2, np.float32, seed=3)
