@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checkpoint, _checks, _parallel
+from . import _checkpoint, _checks, _fastpath, _layout, _parallel
 from ._chunks import run_in_chunks
-from ._sampling import _schedule
+from ._sampling import _schedule, chunk_steps
 
 
 class FitResult(NamedTuple):
@@ -77,7 +77,7 @@ def sgd_update(params, grads, lr):
 def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None,
         indices=None, optimizer=None, replace=True, tol=None, patience=None,
         record_params=False, opt_state=None, start_step=0, check_finite=True,
-        chunk_size=None, on_chunk=None, mesh=None, checkpoint=None):
+        chunk_size=None, on_chunk=None, mesh=None, checkpoint=None, fast_path="auto"):
     """Fits ``params`` by gradient descent on ``loss``, in one compiled call.
 
     Each step ``t`` takes a batch ``B_t`` of rows and applies
@@ -133,6 +133,13 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
       checkpoint: a file path: after every chunk the run's state is written
         there atomically, and a run started again with the same arguments
         resumes from it with the same bits. Needs ``chunk_size``.
+      fast_path: ``"auto"``, ``True`` or ``False``. Full-batch descent on
+        ``linear_mse`` (by identity) with data ``(x, y)`` and one params
+        array can run from sufficient statistics (``XᵀX`` and friends, one
+        pass over the data, then ``O(d²)`` a step; see ``_fastpath``), with
+        any optimizer and any float dtype. ``"auto"`` uses it where it
+        applies and is cheaper (``d <= 2 * steps``); ``True`` insists (and
+        says why it cannot); ``False`` always runs the plain loop.
 
     Returns:
       A :class:`FitResult`.
@@ -163,7 +170,13 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     stop_start = StopState(np.array(np.inf, loss_spec.dtype), np.int32(0), np.bool_(False))
     static = dict(loss=loss, optimizer=optimizer, batch_size=batch_size,
                   replace=bool(replace), use_tol=tol is not None,
-                  use_patience=patience is not None, record_params=bool(record_params))
+                  use_patience=patience is not None, record_params=bool(record_params),
+                  fast_path=_fastpath.choose(fast_path, loss, params, data, batch_size, steps))
+    if mesh is not None and static["fast_path"]:
+        if fast_path is True:
+            raise ValueError("fast_path=True runs on one device and cannot be combined with "
+                             "mesh; drop one of them.")
+        static["fast_path"] = False  # the moments would be of one shard only
     loop = _fit_loop if mesh is None else _parallel.data_parallel(_fit_loop, mesh, loss,
                                                                   params, data)
     if chunk_size is None:
@@ -239,35 +252,49 @@ class StopState(NamedTuple):
 
 @partial(jax.jit, static_argnames=(
     "loss", "optimizer", "steps", "batch_size", "replace", "use_tol", "use_patience",
-    "record_params"))
+    "record_params", "fast_path"))
 def _fit_loop(params, data, lr, key, indices, opt_state, start_step, tol, patience,
               stop_state, *, loss, optimizer, steps, batch_size, replace, use_tol,
-              use_patience, record_params):
+              use_patience, record_params, fast_path=False):
     """The compiled loop; returns ``(FitResult, StopState)``."""
     start_step = jnp.asarray(start_step, jnp.int32)
-    if key is not None:
-        n = data[0].shape[0]
-        indices = _schedule(key, start_step, n=n, steps=steps, batch_size=batch_size,
-                            replace=replace)
+    if fast_path:  # every full batch is the same: its moments stand in for the data
+        loss, data = _fastpath.quadratic_mse, (_fastpath.moments(*data),)
+    elif key is None and indices is None and data:  # full batch: a layout for fast matmuls
+        loss, data = _layout.column_major(loss, params, data)
+    n = data[0].shape[0] if key is not None else None
+    chunk = None if key is None else chunk_steps(n, steps, batch_size, replace)
+    draw = partial(_schedule, key, n=n, batch_size=batch_size, replace=replace)
+    if key is not None and chunk is None:
+        indices = draw(start_step, steps=steps)
     if optimizer is not None and opt_state is None:
         opt_state = optimizer.init(params)
     train_step = partial(_train_step, loss, optimizer, lr)
+    # A long keyed schedule is carried a chunk at a time, drawn when step t starts one.
+    rows = None if chunk is None else jnp.zeros((chunk, batch_size), jnp.int32)
 
-    def batch_at(t):
-        return data if indices is None else tuple(a[indices[t]] for a in data)
+    def batch_at(t, rows):
+        """Step t's batch, and the chunk of rows carried to the next step."""
+        if chunk is not None:
+            rows = jax.lax.cond(t % chunk == 0, lambda: draw(start_step + t, steps=chunk),
+                                lambda: rows)
+            return tuple(a[rows[t % chunk]] for a in data), rows
+        return (data if indices is None else tuple(a[indices[t]] for a in data)), rows
 
     if use_tol or use_patience:
         params, opt_state, losses, trajectory, steps_run, stop_state = _run_until_stop(
-            train_step, batch_at, params, opt_state, tol, patience, stop_state, steps=steps,
-            use_tol=use_tol, use_patience=use_patience, record_params=record_params)
+            train_step, batch_at, rows, params, opt_state, tol, patience, stop_state,
+            steps=steps, use_tol=use_tol, use_patience=use_patience,
+            record_params=record_params)
     else:
         def body(carry, t):
-            params, opt_state = carry
-            value, new_params, opt_state = train_step(params, opt_state, batch_at(t))
-            return (new_params, opt_state), (value, params if record_params else None)
+            params, opt_state, rows = carry
+            batch, rows = batch_at(t, rows)
+            value, new_params, opt_state = train_step(params, opt_state, batch)
+            return (new_params, opt_state, rows), (value, params if record_params else None)
 
-        (params, opt_state), (losses, trajectory) = jax.lax.scan(
-            body, (params, opt_state), jnp.arange(steps, dtype=jnp.int32))
+        (params, opt_state, _), (losses, trajectory) = jax.lax.scan(
+            body, (params, opt_state, rows), jnp.arange(steps, dtype=jnp.int32))
         steps_run = jnp.asarray(steps, jnp.int32)
         if record_params:
             trajectory = jax.tree.map(
@@ -291,10 +318,11 @@ def _train_step(loss, optimizer, lr, params, opt_state, batch):
     return value, params, opt_state
 
 
-def _run_until_stop(train_step, batch_at, params, opt_state, tol, patience, stop_state, *,
-                    steps, use_tol, use_patience, record_params):
+def _run_until_stop(train_step, batch_at, rows, params, opt_state, tol, patience, stop_state,
+                    *, steps, use_tol, use_patience, record_params):
     """Step 7 on the device: a while loop that ends at ``steps`` or when a rule fires."""
-    value_spec = jax.eval_shape(lambda: train_step(params, opt_state, batch_at(0))[0])
+    value_spec = jax.eval_shape(
+        lambda: train_step(params, opt_state, batch_at(jnp.int32(0), rows)[0])[0])
     losses = jnp.full((steps,), jnp.nan, value_spec.dtype)
     trajectory = jax.tree.map(
         lambda p: jnp.zeros((steps + 1,) + jnp.shape(p), jnp.result_type(p)), params) \
@@ -305,10 +333,11 @@ def _run_until_stop(train_step, batch_at, params, opt_state, tol, patience, stop
         return (t < steps) & ~done
 
     def body(carry):
-        t, _, params, opt_state, losses, trajectory, best, waited = carry
+        t, _, params, opt_state, losses, trajectory, best, waited, rows = carry
         if record_params:
             trajectory = jax.tree.map(lambda path, p: path.at[t].set(p), trajectory, params)
-        value, params, opt_state = train_step(params, opt_state, batch_at(t))
+        batch, rows = batch_at(t, rows)
+        value, params, opt_state = train_step(params, opt_state, batch)
         losses = losses.at[t].set(value)
         done = ~jnp.isfinite(value)
         improved = value < best
@@ -318,12 +347,12 @@ def _run_until_stop(train_step, batch_at, params, opt_state, tol, patience, stop
             done |= value <= tol
         if use_patience:
             done |= waited >= patience
-        return t + 1, done, params, opt_state, losses, trajectory, best, waited
+        return t + 1, done, params, opt_state, losses, trajectory, best, waited, rows
 
     carry = (jnp.int32(0), jnp.bool_(False), params, opt_state, losses, trajectory,
              jnp.asarray(stop_state.best, value_spec.dtype),
-             jnp.asarray(stop_state.waited, jnp.int32))
-    t, stopped, params, opt_state, losses, trajectory, best, waited = jax.lax.while_loop(
+             jnp.asarray(stop_state.waited, jnp.int32), rows)
+    t, stopped, params, opt_state, losses, trajectory, best, waited, _ = jax.lax.while_loop(
         keep_going, body, carry)
     if record_params:  # steps after the stop hold the final params
         after = jnp.arange(steps + 1, dtype=jnp.int32) >= t

@@ -93,10 +93,13 @@ class _GlobalMean:
 
 @partial(jax.jit, static_argnames=(
     "loop", "mesh", "loss", "optimizer", "steps", "batch_size", "replace", "use_tol",
-    "use_patience", "record_params"))
+    "use_patience", "record_params", "fast_path"))
 def _sharded_loop(params, data, lr, key, indices, opt_state, start_step, tol, patience,
                   stop_state, *, loop, mesh, loss, optimizer, steps, batch_size, replace,
-                  use_tol, use_patience, record_params):
+                  use_tol, use_patience, record_params, fast_path=False):
+    """``_fit_loop`` under ``shard_map``; ``fit`` never asks it for the fast path
+    (moments of one shard would not be the global ones)."""
+    del fast_path
     axes = mesh.axis_names
     devices = mesh.size
     n = data[0].shape[0]

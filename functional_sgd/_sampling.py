@@ -13,6 +13,10 @@ import jax.numpy as jnp
 
 from . import _checks
 
+SCHEDULE_BUDGET = 1 << 22
+"""Row indices (int32, 16 MiB) a keyed run may hold at once; longer schedules
+are drawn in chunks inside the loop (see :func:`chunk_steps`)."""
+
 
 def sample_indices(key, n, steps, batch_size, *, replace=True, start=0):
     """Draws the row indices of ``steps`` batches of ``batch_size`` rows.
@@ -55,6 +59,23 @@ def sample_indices(key, n, steps, batch_size, *, replace=True, start=0):
     _checks.check_start(start)
     return _schedule(key, start, n=n, steps=steps, batch_size=batch_size,
                      replace=bool(replace))
+
+
+def chunk_steps(n, steps, batch_size, replace):
+    """Steps whose rows ``fit`` draws at once, or ``None`` to draw the whole schedule.
+
+    A schedule of ``steps * batch_size`` indices above ``SCHEDULE_BUDGET`` is
+    drawn a chunk at a time. Without replacement a chunk spans at least one
+    epoch, so each epoch's permutation is sorted at most a few times. The
+    rows of step ``t`` depend only on ``(key, t)``: chunked or not, they are
+    the bits :func:`sample_indices` gives.
+    """
+    if steps * batch_size <= SCHEDULE_BUDGET:
+        return None
+    chunk = max(1, SCHEDULE_BUDGET // batch_size)
+    if not replace:
+        chunk = max(chunk, n // batch_size)
+    return min(chunk, steps)
 
 
 @partial(jax.jit, static_argnames=("n", "steps", "batch_size", "replace"))

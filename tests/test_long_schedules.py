@@ -1,0 +1,58 @@
+"""Long keyed runs draw their rows a chunk at a time, with the same bits."""
+
+import jax
+import numpy as np
+import pytest
+
+import functional_sgd as fsgd
+from functional_sgd import _sampling
+from helpers import assert_trees_close
+
+X, Y = fsgd.lesson_data(jax.random.key(0), n=60)
+START = jax.numpy.array(fsgd.LESSON_START)
+KEY = jax.random.key(5)
+
+
+@pytest.fixture
+def small_budget(monkeypatch):
+    """A 64-index budget, so a 90-step run of 4 rows is drawn in chunks."""
+    monkeypatch.setattr(_sampling, "SCHEDULE_BUDGET", 64)
+    jax.clear_caches()  # compiled loops traced under the default budget
+    yield
+    jax.clear_caches()
+
+
+def keyed_and_replayed(**kwargs):
+    kwargs = {"lr": 0.1, "steps": 90, "batch_size": 4, **kwargs}
+    start = kwargs.pop("start_step", 0)
+    keyed = fsgd.fit(fsgd.linear_mse, START, (X, Y), key=KEY, start_step=start,
+                     **kwargs)
+    rows = fsgd.sample_indices(KEY, 60, kwargs.pop("steps"), kwargs.pop("batch_size"),
+                               replace=kwargs.get("replace", True), start=start)
+    kwargs.pop("replace", None)
+    replayed = fsgd.fit(fsgd.linear_mse, START, (X, Y), indices=rows, **kwargs)
+    return keyed, replayed
+
+
+@pytest.mark.parametrize("replace, chunk", [(True, 16), (False, 16)])
+def test_chunk_sizes_follow_the_budget(small_budget, replace, chunk):
+    assert _sampling.chunk_steps(60, 90, 4, replace) == chunk  # 64 // 4; an epoch is 15
+    assert _sampling.chunk_steps(60, 90, 1, False) == 64
+    assert _sampling.chunk_steps(60, 10, 4, True) is None  # 40 indices fit
+
+
+@pytest.mark.parametrize("kwargs", [
+    {}, {"replace": False}, {"start_step": 37}, {"tol": 0.3},
+    {"replace": False, "record_params": True, "patience": 5},
+])
+def test_chunked_draws_equal_the_whole_schedule(small_budget, kwargs):
+    keyed, replayed = keyed_and_replayed(**kwargs)
+    assert_trees_close(keyed._replace(step=0), replayed._replace(step=0))
+    assert int(keyed.step) == int(replayed.step) + kwargs.get("start_step", 0)
+
+
+def test_without_chunks_the_schedule_is_drawn_whole():
+    keyed, replayed = keyed_and_replayed(steps=40)
+    assert _sampling.chunk_steps(60, 40, 4, True) is None
+    assert_trees_close(keyed._replace(step=0), replayed._replace(step=0))
+    assert np.isfinite(np.asarray(keyed.losses)).all()
