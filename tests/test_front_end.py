@@ -1,0 +1,68 @@
+"""fit's Python front end: every check still fires, and a warm call does no
+per-call tracing (the loss is traced once per signature)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import functional_sgd as fsgd
+
+X, Y = fsgd.lesson_data(jax.random.key(0))
+START = jnp.array(fsgd.LESSON_START)
+
+
+def counting_loss():
+    calls = [0]
+
+    def loss(params, x, y):
+        calls[0] += 1
+        return fsgd.linear_mse(params, x, y)
+
+    return loss, calls
+
+
+def test_a_warm_call_traces_the_loss_no_more():
+    loss, calls = counting_loss()
+    fsgd.fit(loss, START, (X, Y), lr=0.1, steps=5).params.block_until_ready()
+    assert calls[0] >= 1  # traced by the check and by the compiled loop
+    traced = calls[0]
+    x2, y2 = fsgd.lesson_data(jax.random.key(1))
+    fsgd.fit(loss, START, (X, Y), lr=0.3, steps=5).params.block_until_ready()
+    fsgd.fit(loss, START + 1, (x2, np.asarray(y2)), lr=0.1, steps=5).params.block_until_ready()
+    assert calls[0] == traced
+    fsgd.fit(loss, START, (X[:50], Y[:50]), lr=0.1, steps=5).params.block_until_ready()
+    assert calls[0] > traced  # a new shape is a new signature
+
+
+def test_a_new_dtype_is_a_new_signature(x64):
+    loss, calls = counting_loss()
+    fsgd.fit(loss, START, (X, Y), lr=0.1, steps=3)
+    traced = calls[0]
+    x64_data = (np.asarray(X, np.float64), np.asarray(Y, np.float64))
+    result = fsgd.fit(loss, np.asarray(START, np.float64), x64_data, lr=0.1, steps=3)
+    assert calls[0] > traced and result.params.dtype == jnp.float64
+
+
+@pytest.mark.parametrize("bad", [0, 1, 2])
+@pytest.mark.parametrize("kind", ["jax", "numpy", "mixed"])
+def test_every_non_finite_array_is_found(bad, kind):
+    arrays = [X, Y, Y * 2]
+    arrays[bad] = arrays[bad].at[(3,) + (0,) * (arrays[bad].ndim - 1)].set(jnp.inf)
+    if kind == "numpy":
+        arrays = [np.asarray(a) for a in arrays]
+    elif kind == "mixed":
+        arrays[1] = np.asarray(arrays[1])
+
+    def loss(params, x, y, z):
+        return fsgd.linear_mse(params, x, y) + fsgd.mse(y, z)
+
+    with pytest.raises(ValueError, match=rf"data\[{bad}\] contains NaN or inf"):
+        fsgd.fit(loss, START, tuple(arrays), lr=0.1, steps=3)
+
+
+def test_integer_data_is_not_checked_for_finiteness():
+    rows = jnp.arange(100, dtype=jnp.int32)
+    result = fsgd.fit(lambda p, x, y, i: fsgd.linear_mse(p, x, y), START, (X, Y, rows),
+                      lr=0.1, steps=3)
+    assert int(result.diverged_at) == -1
