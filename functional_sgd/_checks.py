@@ -124,7 +124,8 @@ def _non_finite(data):
     on_host = [i for i, a in floats if isinstance(a, np.ndarray) and not np.isfinite(a).all()]
     on_device = [(i, a) for i, a in floats if not isinstance(a, np.ndarray)]
     if on_device:
-        finite = np.asarray(_jit_all_finite(tuple(a for _, a in on_device)))
+        with jax.ensure_compile_time_eval():  # concrete data closed over by a jit trace
+            finite = np.asarray(_jit_all_finite(tuple(a for _, a in on_device)))
         on_host += [i for (i, _), ok in zip(on_device, finite) if not ok]
     return sorted(on_host)
 
@@ -148,8 +149,11 @@ def check_indices(indices, n):
     if indices.shape[0] == 0 or indices.shape[1] == 0:
         raise ValueError(f"indices must not be empty; got shape {tuple(indices.shape)}.")
     if is_concrete(indices):
-        low, high = (np.min(indices), np.max(indices)) if isinstance(indices, np.ndarray) \
-            else map(int, _jit_min_max(indices))
+        if isinstance(indices, np.ndarray):
+            low, high = np.min(indices), np.max(indices)
+        else:
+            with jax.ensure_compile_time_eval():  # as in _non_finite
+                low, high = map(int, _jit_min_max(indices))
         if low < 0 or high >= n:
             raise ValueError(
                 f"indices must lie in [0, {n}) (data has n={n} rows); got values from "

@@ -66,3 +66,20 @@ def test_integer_data_is_not_checked_for_finiteness():
     result = fsgd.fit(lambda p, x, y, i: fsgd.linear_mse(p, x, y), START, (X, Y, rows),
                       lr=0.1, steps=3)
     assert int(result.diverged_at) == -1
+
+
+def test_checks_run_on_data_closed_over_by_jit():
+    """Concrete data inside a jit trace is still checked (and no tracer leaks)."""
+    lrs = jnp.array([0.05, 0.1])
+    indices = jnp.zeros((5, 2), jnp.int32)
+
+    def sweep(data, **kwargs):
+        return jax.jit(jax.vmap(lambda lr: fsgd.fit(fsgd.linear_mse, START, data, lr=lr,
+                                                    steps=5, **kwargs).params))(lrs)
+
+    assert sweep((X, Y)).shape == (2, 2)
+    assert sweep((X, Y), indices=indices).shape == (2, 2)
+    with pytest.raises(ValueError, match=r"data\[1\] contains NaN or inf"):
+        sweep((X, Y.at[0].set(jnp.nan)))
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 100\)"):
+        sweep((X, Y), indices=indices.at[0, 0].set(100))
