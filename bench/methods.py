@@ -122,7 +122,7 @@ def _python_loop(step, state, problem, device):
         for rows in rows_per_step:
             loss, params, opt_state = step(params, opt_state, x, y, rows)
             losses.append(loss)
-        jnp.stack(losses).block_until_ready()
+        jax.block_until_ready(losses)  # no jnp.stack: one op of `steps` operands
         return np.asarray(params)
 
     return run

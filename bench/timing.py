@@ -33,12 +33,14 @@ def rounds_for(seconds_per_call, *, budget, min_rounds, max_rounds):
     return max(min_rounds, min(max_rounds, wanted))
 
 
-def median_seconds(run, *, budget, min_rounds=3, max_rounds=1000):
-    """Median of warm calls: one warm-up call, then rounds filling ``budget``."""
-    began = time.perf_counter()
-    run()  # warm-up: nothing compiled or lazily set up is timed below
-    rounds = rounds_for(time.perf_counter() - began, budget=budget,
-                        min_rounds=min_rounds, max_rounds=max_rounds)
+def median_seconds(run, *, budget, min_rounds=3, max_rounds=1000, call_s=None):
+    """Median of warm calls filling ``budget``. ``call_s``: the time of a warm
+    call already made; without it, one warm-up call is made and timed first."""
+    if call_s is None:
+        began = time.perf_counter()
+        run()  # warm-up: nothing compiled or lazily set up is timed below
+        call_s = time.perf_counter() - began
+    rounds = rounds_for(call_s, budget=budget, min_rounds=min_rounds, max_rounds=max_rounds)
     times = []
     for _ in range(rounds):
         began = time.perf_counter()

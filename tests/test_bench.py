@@ -139,6 +139,6 @@ def test_torch_full_precision_restores_the_settings():
 
 
 def test_bandwidth_is_a_plausible_number():
-    gbs = machine.memory_read_bandwidth(2**24, threads=2)
+    gbs = machine.memory_read_bandwidth(2**24)
     assert 0.1 < gbs < 10_000
     assert 0.1 < machine.in_cache_read_bandwidth(np.ones(2**18, np.float32)) < 10_000
