@@ -112,17 +112,24 @@ def check_data(data, check_finite):
     return data, rows[0]
 
 
+_HOST_CHECK_BYTES = 1 << 16
+"""JAX arrays up to this size are checked on the host: copying them costs less
+than compiling a check (~0.1 s, once per shape) and dispatching it."""
+
+
 def _non_finite(data):
     """Positions of the concrete float arrays in ``data`` holding NaN or inf.
 
-    NumPy arrays are checked on the host; JAX arrays all together in one
-    compiled call, so a warm ``fit`` pays one dispatch and one host sync for
-    this check, not one per array.
+    NumPy arrays and small JAX arrays are checked on the host; larger JAX
+    arrays all together in one compiled call on their device, so a warm
+    ``fit`` pays at most one dispatch and one host sync for this check.
     """
     floats = [(i, a) for i, a in enumerate(data)
               if is_concrete(a) and jnp.issubdtype(a.dtype, jnp.inexact)]
-    on_host = [i for i, a in floats if isinstance(a, np.ndarray) and not np.isfinite(a).all()]
-    on_device = [(i, a) for i, a in floats if not isinstance(a, np.ndarray)]
+    host = [(i, a) for i, a in floats
+            if isinstance(a, np.ndarray) or a.size * a.dtype.itemsize <= _HOST_CHECK_BYTES]
+    on_host = [i for i, a in host if not np.isfinite(np.asarray(a)).all()]
+    on_device = [(i, a) for i, a in floats if all(i != j for j, _ in host)]
     if on_device:
         with jax.ensure_compile_time_eval():  # concrete data closed over by a jit trace
             finite = np.asarray(_jit_all_finite(tuple(a for _, a in on_device)))

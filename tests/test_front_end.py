@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
+from functional_sgd import _checks
 
 X, Y = fsgd.lesson_data(jax.random.key(0))
 START = jnp.array(fsgd.LESSON_START)
@@ -44,10 +45,16 @@ def test_a_new_dtype_is_a_new_signature(x64):
     assert calls[0] > traced and result.params.dtype == jnp.float64
 
 
+BIG_X, BIG_Y = fsgd.lesson_data(jax.random.key(2), 20_000)  # checked on the device
+
+
+@pytest.mark.parametrize("rows", [100, 20_000], ids=["small", "big"])
 @pytest.mark.parametrize("bad", [0, 1, 2])
 @pytest.mark.parametrize("kind", ["jax", "numpy", "mixed"])
-def test_every_non_finite_array_is_found(bad, kind):
-    arrays = [X, Y, Y * 2]
+def test_every_non_finite_array_is_found(bad, kind, rows):
+    x, y = (X, Y) if rows == 100 else (BIG_X, BIG_Y)
+    assert (x.nbytes > _checks._HOST_CHECK_BYTES) == (rows > 100)
+    arrays = [x, y, y * 2]
     arrays[bad] = arrays[bad].at[(3,) + (0,) * (arrays[bad].ndim - 1)].set(jnp.inf)
     if kind == "numpy":
         arrays = [np.asarray(a) for a in arrays]
