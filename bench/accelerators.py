@@ -123,8 +123,9 @@ def compare(size="full", names=None):
     return rows
 
 
-def write(rows, out):
-    """``accelerators.md`` (one cross-device table) and ``accelerators.png``."""
+def write(rows, out, note=""):
+    """``accelerators.md`` (one cross-device table) and ``accelerators.png``;
+    ``note``, if any, is printed under the title."""
     from bench import plots
 
     header = ("workload", "engine", "device", "method", "median", "vs torch cpu",
@@ -140,8 +141,10 @@ def write(rows, out):
             f"{r['first_s'] * 1e3:,.1f} ms | {r['error']:.1e} | "
             f"{'yes' if r['agrees'] else '**no**'} |")
     info = machine.machine_info()
-    text = (f"# functional-sgd across devices\n\nWritten by `python -m bench.accelerators` "
-            f"on {info['cpu']} ({info['cores']} cores); JAX devices: {info['jax devices']}; "
+    heading = f"{note}\n\n" if note else ""
+    text = (f"# functional-sgd across devices\n\n{heading}"
+            f"Written by `python -m bench.accelerators` on {info['cpu']} "
+            f"({info['cores']} cores); JAX devices: {info['jax devices']}; "
             f"torch devices: {info['torch devices']}. Full float32 matmul precision "
             f"everywhere; agreement is max |p - p64| / (1 + |p64|) <= {AGREEMENT:g} "
             "against a float64 NumPy run.\n\n" + "\n".join(lines) + "\n\n"
@@ -158,6 +161,7 @@ def main(argv=None):
     parser.add_argument("--size", choices=("full", "smoke"), default="full")
     parser.add_argument("--workloads", help="comma-separated workload names (default: all)")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--note", default="", help="a line to print under the title")
     args = parser.parse_args(argv)
     names = set(args.workloads.split(",")) if args.workloads else None
     known = {w.name for w in SIZES[args.size]}
@@ -165,7 +169,7 @@ def main(argv=None):
         parser.error(f"unknown workloads {sorted(names - known)}; known: {sorted(known)}")
     rows = compare(args.size, names)
     args.out.mkdir(parents=True, exist_ok=True)
-    write(rows, args.out)
+    write(rows, args.out, args.note)
     print(f"wrote {args.out / 'accelerators.md'}")
     return 0 if all(r["agrees"] for r in rows) else 1
 

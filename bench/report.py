@@ -164,6 +164,9 @@ that speed, not at DRAM's).
 ```bash
 pip install -e ".[bench]" && python -m bench.report
 ```
+
+The same workloads on every device JAX and torch can see:
+`python -m bench.accelerators` writes [accelerators.md](accelerators.md).
 """
     (out / "REPORT.md").write_text(text)
     return text

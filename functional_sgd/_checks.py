@@ -129,7 +129,8 @@ def _non_finite(data):
     host = [(i, a) for i, a in floats
             if isinstance(a, np.ndarray) or a.size * a.dtype.itemsize <= _HOST_CHECK_BYTES]
     on_host = [i for i, a in host if not np.isfinite(np.asarray(a)).all()]
-    on_device = [(i, a) for i, a in floats if all(i != j for j, _ in host)]
+    checked = {i for i, _ in host}
+    on_device = [(i, a) for i, a in floats if i not in checked]
     if on_device:
         with jax.ensure_compile_time_eval():  # concrete data closed over by a jit trace
             finite = np.asarray(_jit_all_finite(tuple(a for _, a in on_device)))
