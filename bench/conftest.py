@@ -18,3 +18,7 @@ def bench_size(config):
         return size
     enabled = not config.getoption("benchmark_disable") or config.getoption("benchmark_enable")
     return "full" if enabled else "smoke"
+
+
+# A standalone probe script (issue 6) is run by hand, not collected by pytest.
+collect_ignore = ["scale_probe.py"]
