@@ -105,23 +105,42 @@ def check_data(data, check_finite):
     if rows[0] == 0:
         raise ValueError("data has no rows (leading axis of length 0).")
     if check_finite:
-        for i, a in enumerate(data):
-            if is_concrete(a) and jnp.issubdtype(a.dtype, jnp.inexact) and not _all_finite(a):
-                raise ValueError(
-                    f"data[{i}] contains NaN or inf values; clean or drop those rows "
-                    "(or pass check_finite=False to skip this check).")
+        for i in _non_finite(data):
+            raise ValueError(
+                f"data[{i}] contains NaN or inf values; clean or drop those rows "
+                "(or pass check_finite=False to skip this check).")
     return data, rows[0]
 
 
-def _all_finite(a):
-    if isinstance(a, np.ndarray):
-        return bool(np.isfinite(a).all())
-    return bool(_jit_all_finite(a))
+_HOST_CHECK_BYTES = 1 << 16
+"""JAX arrays up to this size are checked on the host: copying them costs less
+than compiling a check (~0.1 s, once per shape) and dispatching it."""
+
+
+def _non_finite(data):
+    """Positions of the concrete float arrays in ``data`` holding NaN or inf.
+
+    NumPy arrays and small JAX arrays are checked on the host; larger JAX
+    arrays all together in one compiled call on their device, so a warm
+    ``fit`` pays at most one dispatch and one host sync for this check.
+    """
+    floats = [(i, a) for i, a in enumerate(data)
+              if is_concrete(a) and jnp.issubdtype(a.dtype, jnp.inexact)]
+    host = [(i, a) for i, a in floats
+            if isinstance(a, np.ndarray) or a.size * a.dtype.itemsize <= _HOST_CHECK_BYTES]
+    on_host = [i for i, a in host if not np.isfinite(np.asarray(a)).all()]
+    checked = {i for i, _ in host}
+    on_device = [(i, a) for i, a in floats if i not in checked]
+    if on_device:
+        with jax.ensure_compile_time_eval():  # concrete data closed over by a jit trace
+            finite = np.asarray(_jit_all_finite(tuple(a for _, a in on_device)))
+        on_host += [i for (i, _), ok in zip(on_device, finite) if not ok]
+    return sorted(on_host)
 
 
 @jax.jit
-def _jit_all_finite(a):
-    return jnp.isfinite(a).all()
+def _jit_all_finite(arrays):
+    return jnp.stack([jnp.isfinite(a).all() for a in arrays])
 
 
 def check_indices(indices, n):
@@ -138,8 +157,11 @@ def check_indices(indices, n):
     if indices.shape[0] == 0 or indices.shape[1] == 0:
         raise ValueError(f"indices must not be empty; got shape {tuple(indices.shape)}.")
     if is_concrete(indices):
-        low, high = (np.min(indices), np.max(indices)) if isinstance(indices, np.ndarray) \
-            else map(int, _jit_min_max(indices))
+        if isinstance(indices, np.ndarray):
+            low, high = np.min(indices), np.max(indices)
+        else:
+            with jax.ensure_compile_time_eval():  # as in _non_finite
+                low, high = map(int, _jit_min_max(indices))
         if low < 0 or high >= n:
             raise ValueError(
                 f"indices must lie in [0, {n}) (data has n={n} rows); got values from "
@@ -156,30 +178,43 @@ def check_loss(loss, params, batch):
 
     A shape error inside the loss (params that do not fit the model) surfaces
     here with the shapes of both arguments, instead of deep inside the loop.
+    The signature (structure, shapes, dtypes) is built from plain attributes,
+    so a warm call with a known signature costs a dictionary look-up.
     """
     if not callable(loss):
         raise TypeError(f"loss must be callable as loss(params, *batch); got {loss!r}.")
-    params_spec = jax.tree.map(_spec, params)
-    batch_spec = tuple(_spec(a) for a in batch)
-    leaves, treedef = jax.tree.flatten((params_spec, batch_spec))
+    leaves, treedef = jax.tree.flatten(params)
+    signature = (tuple(_signature(a) for a in leaves), tuple(_signature(a) for a in batch))
     try:
         hash(loss)
     except TypeError:
-        return _trace_loss(loss, params_spec, batch_spec)
-    return _cached_trace_loss(loss, treedef, tuple(leaves))
+        return _trace_loss(loss, treedef, signature)
+    return _cached_trace_loss(loss, treedef, signature)
 
 
-def _spec(x):
-    return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
+def _signature(x):
+    """``(shape, dtype, weak_type)`` as JAX will see ``x``, without building an aval."""
+    if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
+        return tuple(x.shape), x.dtype, bool(x.weak_type)
+    if isinstance(x, np.ndarray):
+        return x.shape, jax.dtypes.canonicalize_dtype(x.dtype), False
+    spec = jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))  # Python scalars
+    return spec.shape, spec.dtype, bool(jax.dtypes.is_weakly_typed(x))
+
+
+def _spec(signature):
+    shape, dtype, weak_type = signature
+    return jax.ShapeDtypeStruct(shape, dtype, weak_type=weak_type)
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_trace_loss(loss, treedef, leaves):
-    params_spec, batch_spec = jax.tree.unflatten(treedef, leaves)
-    return _trace_loss(loss, params_spec, batch_spec)
+def _cached_trace_loss(loss, treedef, signature):
+    return _trace_loss(loss, treedef, signature)
 
 
-def _trace_loss(loss, params_spec, batch_spec):
+def _trace_loss(loss, treedef, signature):
+    params_spec = jax.tree.unflatten(treedef, [_spec(s) for s in signature[0]])
+    batch_spec = tuple(_spec(s) for s in signature[1])
     try:
         out = jax.eval_shape(loss, params_spec, *batch_spec)
     except (TypeError, ValueError, AttributeError) as error:

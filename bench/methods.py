@@ -1,0 +1,233 @@
+"""The methods compared: one entry of :data:`METHODS` each.
+
+A method's ``prepare(problem, device)`` does everything that is not the
+training run (moving data to the device, building jitted steps) and returns
+``run()``, which trains on the whole workload and returns the final params
+as NumPy (so every run ends synchronised with the host). Adding a method,
+e.g. a data-parallel ``fit``, is one more entry in the table.
+"""
+
+import dataclasses
+import itertools
+from functools import partial
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import functional_sgd as fsgd
+
+BASELINE = "torch reference"
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    engine: str  # "jax", "torch" or "sklearn": which devices it can run on
+    prepare: Callable  # (problem, device) -> run
+    applies: Callable  # (workload) -> bool
+
+
+def single(workload):
+    return workload.sweep == 0
+
+
+def sweep(workload):
+    return workload.sweep > 0
+
+
+def _jax_inputs(problem, device):
+    put = lambda a: None if a is None else jax.device_put(a, device)
+    return (put(problem.start), put(problem.x), put(problem.y), put(problem.indices),
+            put(problem.lrs))
+
+
+def _fit_fused(problem, device):
+    start, x, y, indices, _ = _jax_inputs(problem, device)
+    w = problem.workload
+
+    def run():
+        result = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=w.lr, steps=w.steps,
+                          indices=indices)
+        return np.asarray(result.params)
+
+    return run
+
+
+def _fit_new_inputs(problem, device, *, new_lr):
+    """``fit`` called with a new lr, or new data arrays of the same shape, on
+    every call: what a user's own sweep or data pipeline does. Nothing may
+    recompile, and the checks must stay cheap."""
+    start, x, y, indices, _ = _jax_inputs(problem, device)
+    w = problem.workload
+    variants = 16
+    # lrs within 0.2% of the workload's (the result stays comparable); data
+    # arrays are fresh copies, each checked anew for NaN and inf.
+    lrs = [w.lr * (1 + 1e-4 * k) for k in range(variants)]
+    data = [(x, y)] * variants if new_lr else [
+        (jnp.array(x, copy=True), jnp.array(y, copy=True)) for _ in range(variants)]
+    calls = itertools.count()
+
+    def run():
+        k = next(calls) % variants
+        lr = lrs[k] if new_lr else w.lr
+        result = fsgd.fit(fsgd.linear_mse, start, data[k], lr=lr, steps=w.steps,
+                          indices=indices)
+        return np.asarray(result.params)
+
+    return run
+
+
+def _fit_vmap(problem, device, *, jitted):
+    """The sweep as ``jax.vmap`` of ``fit`` over the learning rates. Without
+    ``jax.jit`` around it, JAX re-runs the batching machinery on every call."""
+    start, x, y, indices, lrs = _jax_inputs(problem, device)
+    steps = problem.workload.steps
+
+    def one(lr):
+        return fsgd.fit(fsgd.linear_mse, start, (x, y), lr=lr, steps=steps,
+                        indices=indices).params
+
+    train_all = jax.jit(jax.vmap(one)) if jitted else jax.vmap(one)
+    return lambda: np.asarray(train_all(lrs))
+
+
+def _fit_each_lr(problem, device):
+    start, x, y, indices, lrs = _jax_inputs(problem, device)
+    steps = problem.workload.steps
+
+    def run():
+        return np.stack([np.asarray(fsgd.fit(fsgd.linear_mse, start, (x, y), lr=lr,
+                                             steps=steps, indices=indices).params)
+                         for lr in lrs])
+
+    return run
+
+
+def _batches(problem):
+    """The row schedule as host rows per step, ``None`` rows for full batch."""
+    if problem.indices is None:
+        return [None] * problem.workload.steps
+    return list(problem.indices)
+
+
+def _python_loop(step, state, problem, device):
+    """Python drives the steps; each step is one jitted call (no host sync)."""
+    start, x, y, _, _ = _jax_inputs(problem, device)
+    rows_per_step = _batches(problem)
+
+    def run():
+        params, opt_state, losses = start, state(start), []
+        for rows in rows_per_step:
+            loss, params, opt_state = step(params, opt_state, x, y, rows)
+            losses.append(loss)
+        jax.block_until_ready(losses)  # no jnp.stack: one op of `steps` operands
+        return np.asarray(params)
+
+    return run
+
+
+def _gather(x, y, rows):
+    return (x, y) if rows is None else (x[rows], y[rows])
+
+
+def _jitted_step(problem, device):
+    lr = np.float32(problem.workload.lr)
+
+    @jax.jit
+    def step(params, opt_state, x, y, rows):
+        loss, grads = jax.value_and_grad(fsgd.linear_mse)(params, *_gather(x, y, rows))
+        return loss, params - lr * grads, opt_state
+
+    return _python_loop(step, lambda params: None, problem, device)
+
+
+def _optax_loop(problem, device):
+    import optax
+
+    optimizer = optax.sgd(problem.workload.lr)
+
+    @jax.jit
+    def step(params, opt_state, x, y, rows):
+        loss, grads = jax.value_and_grad(fsgd.linear_mse)(params, *_gather(x, y, rows))
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return loss, optax.apply_updates(params, updates), opt_state
+
+    return _python_loop(step, optimizer.init, problem, device)
+
+
+def _torch_inputs(problem, device):
+    import torch
+
+    as_tensor = lambda a: torch.as_tensor(np.array(a), device=device)
+    return as_tensor(problem.start), (as_tensor(problem.x), as_tensor(problem.y))
+
+
+def _torch_reference(problem, device):
+    import reference
+
+    start, data = _torch_inputs(problem, device)
+    w = problem.workload
+    lrs = [w.lr] if problem.lrs is None else [float(lr) for lr in problem.lrs]
+
+    def run():
+        finals = [reference.fit(fsgd.linear_mse, start, data, lr=lr, steps=w.steps,
+                                indices=problem.indices)[0] for lr in lrs]
+        return finals[0] if problem.lrs is None else np.stack(finals)
+
+    return run
+
+
+def _sklearn_sgd(problem, device):
+    """scikit-learn's per-sample SGD on the rows in the schedule's order.
+
+    Its squared loss is ``(x w - y)^2 / 2``, so ``eta0 = 2 lr`` makes each
+    update ``w -= lr * grad (x w - y)^2``: the same step as ``fit``'s.
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import SGDRegressor
+
+    order = problem.indices[:, 0]
+    x, y = problem.x[order].astype(np.float64), problem.y[order].astype(np.float64)
+    start = problem.start.astype(np.float64)
+
+    def run():
+        model = SGDRegressor(penalty=None, learning_rate="constant",
+                             eta0=2 * problem.workload.lr, fit_intercept=False,
+                             shuffle=False, max_iter=1, tol=None)
+        with warnings.catch_warnings():  # one pass is what we ask for, not a failure
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(x, y, coef_init=start)
+        return model.coef_
+
+    return run
+
+
+def _lesson(workload):
+    return workload.name == "lesson"
+
+
+def _epoch(workload):
+    return workload.schedule == "epoch"
+
+
+METHODS = (
+    Method(BASELINE, "torch", _torch_reference, lambda w: True),
+    Method("jax: Python loop of a jitted step", "jax", _jitted_step, single),
+    Method("optax.sgd, Python loop", "jax", _optax_loop, single),
+    Method("sklearn SGDRegressor", "sklearn", _sklearn_sgd, _epoch),
+    Method("fit", "jax", _fit_fused, single),
+    Method("fit, new lr each call", "jax", partial(_fit_new_inputs, new_lr=True), _lesson),
+    Method("fit, new data each call", "jax", partial(_fit_new_inputs, new_lr=False), _lesson),
+    Method("fit, Python loop over lrs", "jax", _fit_each_lr, sweep),
+    Method("jax.vmap(fit)", "jax", partial(_fit_vmap, jitted=False), sweep),
+    Method("jax.jit(jax.vmap(fit))", "jax", partial(_fit_vmap, jitted=True), sweep),
+)
+
+
+def methods_for(workload, engines=("jax", "torch", "sklearn")):
+    """The methods that run ``workload``, in table order."""
+    return [m for m in METHODS if m.applies(workload) and m.engine in engines]

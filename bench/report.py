@@ -1,0 +1,209 @@
+"""``python -m bench.report``: run the benchmark suite and write the report.
+
+Runs ``bench/bench_workloads.py`` under pytest-benchmark (full sizes by
+default), measures this machine's memory read bandwidth, then writes
+``REPORT.md``, ``speedup.png``, ``time_per_step.png`` and the raw
+``benchmarks.json`` into the output folder (``bench/results`` by default).
+``--json FILE`` skips the run and reports on an earlier one.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+from bench import machine, plots
+from bench.methods import BASELINE
+from bench.results_table import TARGETS, by_workload, load
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "bench" / "results"
+
+
+def run_suite(json_path, size, select=None):
+    """Runs the suite in a child pytest that imports this checkout; ``select``
+    is a pytest ``-k`` expression choosing cases."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "pytest", str(ROOT / "bench" / "bench_workloads.py"),
+               "-p", "no:cacheprovider", "-q", "--benchmark-enable",
+               f"--bench-size={size}", f"--benchmark-json={json_path}"]
+    if select:
+        command += ["-k", select]
+    subprocess.run(command, cwd=ROOT, env=env, check=True)
+
+
+def _drop_round_times(json_path):
+    """Keeps the statistics, drops every round's time (megabytes of JSON)."""
+    with open(json_path) as file:
+        data = json.load(file)
+    for benchmark in data["benchmarks"]:
+        benchmark["stats"].pop("data", None)
+    with open(json_path, "w") as file:
+        json.dump(data, file, indent=1)
+
+
+def _time(seconds):
+    if seconds is None:
+        return "-"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:,.3g} {unit}"
+    return f"{seconds * 1e9:,.3g} ns"
+
+
+def _ratio(value):
+    return "-" if value is None else f"{value:,.1f}x" if value >= 10 else f"{value:,.2f}x"
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def workload_sections(table):
+    parts = []
+    for w, runs in table.items():
+        base = runs.get(BASELINE)
+        any_run = next(iter(runs.values()))
+        sweep = any_run.extra["sweep"]
+        label = any_run.extra["label"] + (f", {sweep} learning rates" if sweep else "")
+        rows = [(m, _time(r.median_s), _ratio(base.median_s / r.median_s if base else None),
+                 f"{r.steps_per_s:,.0f}", _time(r.extra["first_call_s"]),
+                 f"{r.extra['error']:.1e}", r.rounds)
+                for m, r in sorted(runs.items(), key=lambda item: item[1].median_s)]
+        parts.append(f"### {w} ({label})\n\n" + _table(
+            ("method", "median", "vs torch reference", "steps/s", "first call",
+             "error vs float64", "rounds"), rows))
+    return "\n\n".join(parts)
+
+
+def bandwidth_section(table, dram_gbs, in_cache_gbs):
+    """Large full-batch workloads: each step reads ``x`` at least twice
+    (forward ``x @ a`` and backward ``x^T r``)."""
+    rows = []
+    for w, runs in table.items():
+        if w not in in_cache_gbs:
+            continue
+        for m, r in sorted(runs.items(), key=lambda item: item[1].median_s):
+            moved = 2 * r.extra["x_bytes"]
+            gbs = moved / r.step_s / 1e9
+            rows.append((w, m, _time(r.step_s), f"{gbs:,.1f}",
+                         f"{100 * gbs / in_cache_gbs[w]:.0f}%", f"{100 * gbs / dram_gbs:.0f}%"))
+    return _table(("workload", "method", "time per step", "effective GB/s (2 reads of x)",
+                   "of in-cache read bandwidth", "of DRAM read bandwidth"), rows)
+
+
+def write_report(results, out, *, dram_gbs, bandwidth_bytes, in_cache_gbs, note=""):
+    table = by_workload(results)
+    info = machine.machine_info()
+    info["memory read bandwidth"] = (f"{dram_gbs:.1f} GB/s (a float32 array of "
+                                     f"{bandwidth_bytes / 2**30:g} GiB read once by BLAS)")
+    info["in-cache read bandwidth"] = ", ".join(
+        f"{w}: {g:.1f} GB/s" for w, g in in_cache_gbs.items()) or "-"
+    floors = {w: 2 * next(iter(table[w].values())).extra["x_bytes"] / (g * 1e9)
+              for w, g in in_cache_gbs.items() if w in table}
+    plots.speedup_bars(table, out / "speedup.png",
+                       title="functional-sgd against the lesson's torch loop")
+    full_batch = [w for w in table if w == "lesson" or w in in_cache_gbs]
+    full_batch.sort(key=lambda w: next(iter(table[w].values())).extra["x_bytes"])
+    plots.time_per_step(table, full_batch, floors, out / "time_per_step.png",
+                        title="Full-batch descent: time per step against data size")
+    targets = []
+    for target in TARGETS:
+        value = target.measure(table)
+        shown = "-" if value is None else (_time(value) if target.unit == "s"
+                                           else f"{value:,.2f} {target.unit}")
+        goal = f"{'<=' if target.at_most else '>='} {target.goal:g} {target.unit}"
+        targets.append((target.text, shown, goal, "yes" if target.met(value) else "**no**"))
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = f"""# functional-sgd benchmark report
+
+Written {stamp} by `python -m bench.report`. Times are medians of warm calls
+(compilation is never timed as run time; the first call, compile included, is
+its own column); every JAX result is synchronised with the host. Ratios are
+measured side by side in one run. Every method's final params are checked
+against a float64 NumPy run of the same schedule (column "error vs float64",
+max |p - p64| / (1 + |p64|); the suite fails above 1e-3).
+{note}
+## Machine
+
+{_table(("", ""), info.items())}
+
+## Targets (issue 3)
+
+{_table(("target", "measured", "goal", "met"), targets)}
+
+![speed-up per workload](speedup.png)
+
+## Workloads
+
+{workload_sections(table)}
+
+## Large full batch against memory bandwidth
+
+A full-batch step of the linear model reads `x` at least twice: `x @ a`
+forward and `x^T r` backward. "Effective GB/s" counts just those two reads;
+the in-cache figure is BLAS re-reading an array of the workload's shape
+right after reading it (arrays that fit in the last-level cache are read at
+that speed, not at DRAM's).
+
+{bandwidth_section(table, dram_gbs, in_cache_gbs)}
+
+![time per step against data size](time_per_step.png)
+
+## Reproduce
+
+```bash
+pip install -e ".[bench]" && python -m bench.report
+```
+
+The same workloads on every device JAX and torch can see:
+`python -m bench.accelerators` writes [accelerators.md](accelerators.md).
+"""
+    (out / "REPORT.md").write_text(text)
+    return text
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split(
+        "\n")[0])
+    parser.add_argument("--json", type=pathlib.Path, help="report on this benchmark JSON "
+                        "instead of running the suite")
+    parser.add_argument("--size", choices=("full", "smoke"), default="full")
+    parser.add_argument("-k", dest="select", help="pytest -k expression choosing cases")
+    parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
+    parser.add_argument("--bandwidth-bytes", type=int, default=2 * 2**30,
+                        help="size of the array read to measure memory bandwidth")
+    parser.add_argument("--note", default="", help="a line to print under the title")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / "benchmarks.json"
+    if args.json is None:
+        run_suite(json_path, args.size, args.select)
+    elif args.json.resolve() != json_path.resolve():
+        shutil.copyfile(args.json, json_path)
+    _drop_round_times(json_path)
+    results = load(json_path)
+    in_cache = {}
+    for r in results:
+        if r.extra["large"] and r.workload not in in_cache:
+            array = np.ones((r.extra["n"], r.extra["d"]), np.float32)
+            in_cache[r.workload] = machine.in_cache_read_bandwidth(array)
+    write_report(results, args.out, note=f"\n{args.note}\n" if args.note else "",
+                 dram_gbs=machine.memory_read_bandwidth(args.bandwidth_bytes),
+                 bandwidth_bytes=args.bandwidth_bytes,
+                 in_cache_gbs=in_cache)
+    print(f"wrote {args.out / 'REPORT.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Benchmark results read from pytest-benchmark's JSON, and the targets of issue 3."""
+
+import dataclasses
+import json
+
+from bench.methods import BASELINE
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    workload: str
+    method: str
+    median_s: float
+    rounds: int
+    extra: dict
+
+    @property
+    def runs(self):
+        """Training runs in one call: the learning rates of a sweep, else 1."""
+        return max(1, self.extra["sweep"])
+
+    @property
+    def steps_per_s(self):
+        return self.extra["steps"] * self.runs / self.median_s
+
+    @property
+    def step_s(self):
+        return self.median_s / (self.extra["steps"] * self.runs)
+
+
+def load(path):
+    """Results in the order the suite ran them."""
+    with open(path) as file:
+        benchmarks = json.load(file)["benchmarks"]
+    return [Result(b["extra_info"]["workload"], b["extra_info"]["method"],
+                   b["stats"]["median"], b["stats"]["rounds"], b["extra_info"])
+            for b in benchmarks]
+
+
+def by_workload(results):
+    """``{workload: {method: Result}}``, workloads in suite order."""
+    table = {}
+    for r in results:
+        table.setdefault(r.workload, {})[r.method] = r
+    return table
+
+
+def speedup(table, workload, method, baseline=BASELINE):
+    """How many times faster ``method`` ran than ``baseline`` (None if either is missing)."""
+    runs = table.get(workload, {})
+    if method not in runs or baseline not in runs:
+        return None
+    return runs[baseline].median_s / runs[method].median_s
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """``measure(table)`` must reach ``goal``: at least, or at most with ``at_most``."""
+
+    text: str
+    measure: object
+    goal: float
+    unit: str
+    at_most: bool = False
+
+    def met(self, value):
+        return value is not None and (value <= self.goal if self.at_most else value >= self.goal)
+
+
+def _first_call(table):
+    run = table.get("lesson", {}).get("fit")
+    return None if run is None else run.extra["first_call_s"]
+
+
+def _cost_against_warm(method):
+    """Time of a ``method`` call over the time of a warm ``fit`` call."""
+    return lambda table: speedup(table, "lesson", "fit", baseline=method)
+
+
+TARGETS = (
+    Target("lesson: fit vs torch reference", lambda t: speedup(t, "lesson", "fit"), 100, "x"),
+    Target("long lesson: fit vs torch reference",
+           lambda t: speedup(t, "long lesson", "fit"), 100, "x"),
+    Target("mini-batch: fit vs torch reference",
+           lambda t: speedup(t, "mini-batch", "fit"), 40, "x"),
+    Target("stochastic: fit vs sklearn SGDRegressor",
+           lambda t: speedup(t, "stochastic", "fit", baseline="sklearn SGDRegressor"), 2, "x"),
+    Target("sweep: jax.jit(jax.vmap(fit)) vs a torch loop over the lrs",
+           lambda t: speedup(t, "sweep", "jax.jit(jax.vmap(fit))"), 1000, "x"),
+    Target("sweep: jax.vmap(fit), not jitted, vs a torch loop over the lrs",
+           lambda t: speedup(t, "sweep", "jax.vmap(fit)"), 1000, "x"),
+    Target("lesson: first call of fit (compile + run)", _first_call, 0.3, "s", at_most=True),
+    Target("lesson: a call with a new lr, against a warm call",
+           _cost_against_warm("fit, new lr each call"), 1.25, "x the time", at_most=True),
+    Target("lesson: a call with new data of the same shape, against a warm call",
+           _cost_against_warm("fit, new data each call"), 1.25, "x the time", at_most=True),
+)

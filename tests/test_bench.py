@@ -1,0 +1,144 @@
+"""The benchmark tooling: the float64 answer, the agreement check, the report
+writer and the accelerator comparison (on CPU, with 1 and with 8 devices)."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import functional_sgd as fsgd
+
+pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+from bench import accelerators, machine, workloads  # noqa: E402
+from bench.results_table import TARGETS, by_workload, load  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run_module(module, *args, xla_flags=None, timeout=300):
+    """``python -m module args`` importing this checkout, in the parent's environment."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if xla_flags is not None:
+        env["XLA_FLAGS"] = xla_flags
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+CHECKED = ("mini-batch", "stochastic", "full batch 1e4x1000", "sweep")  # every schedule
+
+
+@pytest.mark.parametrize("workload", [w for w in workloads.SMOKE if w.name in CHECKED],
+                         ids=lambda w: w.name)
+def test_truth_is_fit_in_float64(x64, workload):
+    """Two independent float64 implementations (NumPy loop, JAX scan) agree to
+    1e-10 relative: they differ by rounding order only, ~1e-15 a step."""
+    problem = workloads.make_problem(workload)
+    expected = workloads.truth(problem)
+    x, y = problem.x.astype(np.float64), problem.y.astype(np.float64)
+
+    def one(lr):
+        return fsgd.fit(fsgd.linear_mse, problem.start.astype(np.float64), (x, y), lr=lr,
+                        steps=workload.steps, indices=problem.indices).params
+
+    lrs = problem.lrs.astype(np.float64) if workload.sweep else None
+    params = jax.vmap(one)(lrs) if workload.sweep else one(np.float64(workload.lr))
+    np.testing.assert_allclose(params, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_agreement_check_catches_a_wrong_schedule():
+    problem = workloads.make_problem(workloads.SMOKE[2])  # mini-batch
+    expected = workloads.truth(problem)
+    right = fsgd.fit(fsgd.linear_mse, problem.start, (problem.x, problem.y), lr=0.1,
+                     indices=problem.indices).params
+    wrong = fsgd.fit(fsgd.linear_mse, problem.start, (problem.x, problem.y), lr=0.1,
+                     indices=problem.indices[::-1]).params
+    assert workloads.close_to_truth(right, expected) <= workloads.AGREEMENT
+    assert workloads.close_to_truth(wrong, expected) > 10 * workloads.AGREEMENT
+
+
+def test_report_from_a_smoke_run(tmp_path):
+    done = run_module("bench.report", "--size", "smoke", "-k", "lesson and not long",
+                      "--out", str(tmp_path), "--bandwidth-bytes", str(2**26),
+                      "--note", "a smoke run")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = (tmp_path / "REPORT.md").read_text()
+    results = load(tmp_path / "benchmarks.json")
+    methods = {r.method for r in results}
+    assert {"torch reference", "fit", "fit, new lr each call"} <= methods
+    assert all(r.workload == "lesson" and r.median_s > 0 for r in results)
+    for heading in ("## Machine", "## Targets", "### lesson", "memory read bandwidth",
+                    "a smoke run", machine.cpu_model()):
+        assert heading in report
+    for method in methods:
+        assert f"| {method} |" in report
+    for target in TARGETS:
+        assert target.text in report
+    for name in ("speedup.png", "time_per_step.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG" and image.width >= 600 and image.height >= 300
+
+
+def test_targets_read_the_ratios():
+    results = load_fake({"fit": 1e-4, "torch reference": 2e-2, "fit, new lr each call": 2e-4})
+    table = by_workload(results)
+    lesson, *_ = [t for t in TARGETS if t.text.startswith("lesson: fit vs")]
+    new_lr, *_ = [t for t in TARGETS if "new lr" in t.text]
+    assert lesson.measure(table) == pytest.approx(200) and lesson.met(200)
+    assert new_lr.measure(table) == pytest.approx(2) and not new_lr.met(2)
+    assert not lesson.met(None)
+
+
+def load_fake(medians):
+    from bench.results_table import Result
+    extra = dict(sweep=0, steps=100, first_call_s=0.1)
+    return [Result("lesson", m, s, 10, extra) for m, s in medians.items()]
+
+
+def test_accelerator_comparison_on_cpu(tmp_path):
+    rows = accelerators.compare("smoke", {"lesson", "sweep"})
+    places = {(r["workload"], r["engine"], r["device"], r["method"]) for r in rows}
+    assert ("lesson", "jax", "cpu:0", "fit") in places
+    assert ("sweep", "jax", "cpu:0", "jax.jit(jax.vmap(fit))") in places
+    assert ("lesson", "torch", "cpu", "torch reference") in places
+    assert all(r["agrees"] and r["median_s"] > 0 for r in rows)
+    text = accelerators.write(rows, tmp_path)
+    assert text.count("| lesson |") == len([r for r in rows if r["workload"] == "lesson"])
+    with Image.open(tmp_path / "accelerators.png") as image:
+        assert image.format == "PNG"
+
+
+def test_accelerator_comparison_iterates_8_devices(tmp_path):
+    done = run_module("bench.accelerators", "--size", "smoke", "--workloads", "lesson",
+                      "--out", str(tmp_path),
+                      xla_flags="--xla_force_host_platform_device_count=8")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = (tmp_path / "accelerators.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| lesson | jax |")]
+    assert sorted(row.split(" | ")[2] for row in rows) == [f"cpu:{i}" for i in range(8)]
+    assert all(row.endswith("| yes |") for row in rows)
+
+
+def test_torch_full_precision_restores_the_settings():
+    import torch
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        with accelerators.torch_full_precision():
+            assert torch.get_float32_matmul_precision() == "highest"
+            assert not torch.backends.cuda.matmul.allow_tf32
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_bandwidth_is_a_plausible_number():
+    gbs = machine.memory_read_bandwidth(2**24)
+    assert 0.1 < gbs < 10_000
+    assert 0.1 < machine.in_cache_read_bandwidth(np.ones(2**18, np.float32)) < 10_000

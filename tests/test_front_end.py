@@ -1,0 +1,92 @@
+"""fit's Python front end: every check still fires, and a warm call does no
+per-call tracing (the loss is traced once per signature)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import functional_sgd as fsgd
+from functional_sgd import _checks
+
+X, Y = fsgd.lesson_data(jax.random.key(0))
+START = jnp.array(fsgd.LESSON_START)
+
+
+def counting_loss():
+    calls = [0]
+
+    def loss(params, x, y):
+        calls[0] += 1
+        return fsgd.linear_mse(params, x, y)
+
+    return loss, calls
+
+
+def test_a_warm_call_traces_the_loss_no_more():
+    loss, calls = counting_loss()
+    fsgd.fit(loss, START, (X, Y), lr=0.1, steps=5).params.block_until_ready()
+    assert calls[0] >= 1  # traced by the check and by the compiled loop
+    traced = calls[0]
+    x2, y2 = fsgd.lesson_data(jax.random.key(1))
+    fsgd.fit(loss, START, (X, Y), lr=0.3, steps=5).params.block_until_ready()
+    fsgd.fit(loss, START + 1, (x2, np.asarray(y2)), lr=0.1, steps=5).params.block_until_ready()
+    assert calls[0] == traced
+    fsgd.fit(loss, START, (X[:50], Y[:50]), lr=0.1, steps=5).params.block_until_ready()
+    assert calls[0] > traced  # a new shape is a new signature
+
+
+def test_a_new_dtype_is_a_new_signature(x64):
+    loss, calls = counting_loss()
+    fsgd.fit(loss, START, (X, Y), lr=0.1, steps=3)
+    traced = calls[0]
+    x64_data = (np.asarray(X, np.float64), np.asarray(Y, np.float64))
+    result = fsgd.fit(loss, np.asarray(START, np.float64), x64_data, lr=0.1, steps=3)
+    assert calls[0] > traced and result.params.dtype == jnp.float64
+
+
+BIG_X, BIG_Y = fsgd.lesson_data(jax.random.key(2), 20_000)  # checked on the device
+
+
+@pytest.mark.parametrize("rows", [100, 20_000], ids=["small", "big"])
+@pytest.mark.parametrize("bad", [0, 1, 2])
+@pytest.mark.parametrize("kind", ["jax", "numpy", "mixed"])
+def test_every_non_finite_array_is_found(bad, kind, rows):
+    x, y = (X, Y) if rows == 100 else (BIG_X, BIG_Y)
+    assert (x.nbytes > _checks._HOST_CHECK_BYTES) == (rows > 100)
+    arrays = [x, y, y * 2]
+    arrays[bad] = arrays[bad].at[(3,) + (0,) * (arrays[bad].ndim - 1)].set(jnp.inf)
+    if kind == "numpy":
+        arrays = [np.asarray(a) for a in arrays]
+    elif kind == "mixed":
+        arrays[1] = np.asarray(arrays[1])
+
+    def loss(params, x, y, z):
+        return fsgd.linear_mse(params, x, y) + fsgd.mse(y, z)
+
+    with pytest.raises(ValueError, match=rf"data\[{bad}\] contains NaN or inf"):
+        fsgd.fit(loss, START, tuple(arrays), lr=0.1, steps=3)
+
+
+def test_integer_data_is_not_checked_for_finiteness():
+    rows = jnp.arange(100, dtype=jnp.int32)
+    result = fsgd.fit(lambda p, x, y, i: fsgd.linear_mse(p, x, y), START, (X, Y, rows),
+                      lr=0.1, steps=3)
+    assert int(result.diverged_at) == -1
+
+
+def test_checks_run_on_data_closed_over_by_jit():
+    """Concrete data inside a jit trace is still checked (and no tracer leaks)."""
+    lrs = jnp.array([0.05, 0.1])
+    indices = jnp.zeros((5, 2), jnp.int32)
+
+    def sweep(data, **kwargs):
+        return jax.jit(jax.vmap(lambda lr: fsgd.fit(fsgd.linear_mse, START, data, lr=lr,
+                                                    steps=5, **kwargs).params))(lrs)
+
+    assert sweep((X, Y)).shape == (2, 2)
+    assert sweep((X, Y), indices=indices).shape == (2, 2)
+    with pytest.raises(ValueError, match=r"data\[1\] contains NaN or inf"):
+        sweep((X, Y.at[0].set(jnp.nan)))
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 100\)"):
+        sweep((X, Y), indices=indices.at[0, 0].set(100))
