@@ -43,13 +43,16 @@ def _jax_inputs(problem, device):
             put(problem.lrs))
 
 
-def _fit_fused(problem, device):
+def _fit_fused(problem, device, fast_path="auto"):
+    """``fit`` as users call it (``fast_path="auto"``), or with the exact
+    full-batch MSE path forced on (``True``) or off (``False``, the general
+    ``jax.grad`` path that any loss takes)."""
     start, x, y, indices, _ = _jax_inputs(problem, device)
     w = problem.workload
 
     def run():
         result = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=w.lr, steps=w.steps,
-                          indices=indices)
+                          indices=indices, fast_path=fast_path)
         return np.asarray(result.params)
 
     return run
@@ -210,6 +213,10 @@ def _lesson(workload):
     return workload.name == "lesson"
 
 
+def _large(workload):
+    return workload.large
+
+
 def _epoch(workload):
     return workload.schedule == "epoch"
 
@@ -220,6 +227,10 @@ METHODS = (
     Method("optax.sgd, Python loop", "jax", _optax_loop, single),
     Method("sklearn SGDRegressor", "sklearn", _sklearn_sgd, _epoch),
     Method("fit", "jax", _fit_fused, single),
+    Method("fit, general path (fast_path=False)", "jax",
+           partial(_fit_fused, fast_path=False), _large),
+    Method("fit, exact MSE path (fast_path=True)", "jax",
+           partial(_fit_fused, fast_path=True), _large),
     Method("fit, new lr each call", "jax", partial(_fit_new_inputs, new_lr=True), _lesson),
     Method("fit, new data each call", "jax", partial(_fit_new_inputs, new_lr=False), _lesson),
     Method("fit, Python loop over lrs", "jax", _fit_each_lr, sweep),

@@ -1,6 +1,7 @@
 """Benchmark results read from pytest-benchmark's JSON, and the targets of issue 3."""
 
 import dataclasses
+from functools import partial
 import json
 
 from bench.methods import BASELINE
@@ -94,4 +95,10 @@ TARGETS = (
            _cost_against_warm("fit, new lr each call"), 1.25, "x the time", at_most=True),
     Target("lesson: a call with new data of the same shape, against a warm call",
            _cost_against_warm("fit, new data each call"), 1.25, "x the time", at_most=True),
-)
+) + tuple(
+    Target(f"{workload}: fit, {path} vs torch reference",
+           partial(lambda t, w, m: speedup(t, w, m), w=workload, m=method), goal, "x")
+    for workload in ("full batch 1e6x2", "full batch 1e5x100", "full batch 1e4x1000")
+    for path, method, goal in (
+        ("general path", "fit, general path (fast_path=False)", 1.25),
+        ("exact MSE path", "fit, exact MSE path (fast_path=True)", 5)))
