@@ -213,6 +213,11 @@ def _lesson(workload):
     return workload.name == "lesson"
 
 
+def _full_batch_lesson(workload):
+    """Where ``fast_path="auto"`` picks the moments on the lesson's own data."""
+    return workload.name in ("lesson", "long lesson")
+
+
 def _large(workload):
     return workload.large
 
@@ -228,7 +233,7 @@ METHODS = (
     Method("sklearn SGDRegressor", "sklearn", _sklearn_sgd, _epoch),
     Method("fit", "jax", _fit_fused, single),
     Method("fit, general path (fast_path=False)", "jax",
-           partial(_fit_fused, fast_path=False), _large),
+           partial(_fit_fused, fast_path=False), lambda w: w.large or _full_batch_lesson(w)),
     Method("fit, exact MSE path (fast_path=True)", "jax",
            partial(_fit_fused, fast_path=True), _large),
     Method("fit, new lr each call", "jax", partial(_fit_new_inputs, new_lr=True), _lesson),

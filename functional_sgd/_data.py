@@ -34,7 +34,9 @@ def lesson_data(key, n=100, *, a=LESSON_A, dtype=None):
     from ._checks import check_int, check_key
     check_key(key, "key")
     n = check_int(n, "n", minimum=1)
-    a = jnp.asarray(a, dtype)
+    a = jnp.asarray(a, jnp.result_type(float) if dtype is None else dtype)
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        raise TypeError(f"dtype must be a float dtype; got {a.dtype}.")
     if a.ndim != 1 or a.shape[0] < 1:
         raise ValueError(f"a must be a 1-D sequence of weights; got shape {a.shape}.")
     key_x, key_noise = jax.random.split(key)

@@ -80,3 +80,10 @@ def test_lesson_data_matches_the_lesson(x64):
     noise = y - x @ np.array(fsgd.LESSON_A)
     assert noise.min() >= 0 and noise.max() < 1
     assert abs(noise.mean() - 0.5) < 0.05  # U(0, 1): sd of the mean is 0.009
+
+
+def test_lesson_data_with_integer_weights_is_float():
+    x, y = fsgd.lesson_data(jax.random.key(0), n=5, a=(1, 2, 3))
+    assert x.dtype == y.dtype == jnp.float32 and x.shape == (5, 3)
+    with pytest.raises(TypeError, match="dtype must be a float dtype"):
+        fsgd.lesson_data(jax.random.key(0), n=5, dtype=jnp.int32)
