@@ -57,7 +57,8 @@ def applies(loss, params, data, batch_size):
     if len(data) != 2 or not hasattr(params, "shape"):
         return "it needs data=(x, y) and params as one array"
     x, y = data
-    dtypes = {jnp.result_type(x), jnp.result_type(y), jnp.result_type(params)}
+    # Canonical dtypes from the attributes: jnp.result_type costs ~10 us a call.
+    dtypes = {jax.dtypes.canonicalize_dtype(a.dtype) for a in (x, y, params)}
     if len(dtypes) != 1 or not jnp.issubdtype(dtypes.pop(), jnp.floating):
         return "x, y and params must share one floating dtype"
     if x.ndim != 2 or params.shape[:1] != x.shape[1:] or params.shape[1:] != y.shape[1:] \
@@ -82,15 +83,23 @@ def choose(fast_path, loss, params, data, batch_size, steps):
     return why_not is None and worth_it(*data[0].shape, steps)
 
 
+MIN_LOOP_WORK = 100_000
+"""Below this many multiply-adds of the plain loop (``steps * n * d``) the
+moments' fixed cost (two passes, a Cholesky solve, a larger program to
+compile) is not repaid: on the lesson itself (n = 100, 100 steps) the plain
+loop runs as fast and compiles in about half the time."""
+
+
 def worth_it(n, d, steps):
     """The cost model of ``fast_path="auto"``: use moments when they are cheaper.
 
     The moments cost a ``d x d`` Gram matrix (``n d²`` multiply-adds, at
     matmul speed) and a ``d³/3`` solve; the plain loop reads ``X`` twice a
     step (``2 n d`` multiply-adds per step, at memory speed, several times
-    slower per operation). Measured by ``bench/scale_probe.py``.
+    slower per operation). Measured by ``bench/scale_probe.py`` and
+    ``python -m bench.report``.
     """
-    return d <= 2 * steps
+    return d <= 2 * steps and steps * n * d >= MIN_LOOP_WORK
 
 
 def moments(x, y):

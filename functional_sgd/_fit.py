@@ -138,8 +138,9 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         array can run from sufficient statistics (``XᵀX`` and friends, one
         pass over the data, then ``O(d²)`` a step; see ``_fastpath``), with
         any optimizer and any float dtype. ``"auto"`` uses it where it
-        applies and is cheaper (``d <= 2 * steps``); ``True`` insists (and
-        says why it cannot); ``False`` always runs the plain loop.
+        applies and is cheaper (``d <= 2 * steps`` and ``steps * n * d >= 1e5``);
+        ``True`` insists (and says why it cannot); ``False`` always runs the
+        plain loop.
 
     Returns:
       A :class:`FitResult`.

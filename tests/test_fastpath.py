@@ -120,8 +120,9 @@ def test_vmap_over_learning_rates_and_no_recompile():
 def test_auto_uses_the_fast_path_only_where_it_applies_and_pays():
     x, y = regression(100, 2, np.float32)
     start = np.zeros(2, np.float32)
-    assert _fastpath.choose("auto", fsgd.linear_mse, start, (x, y), None, 100)
-    assert not _fastpath.choose("auto", fsgd.linear_mse, start, (x, y), 10, 100)
+    assert _fastpath.choose("auto", fsgd.linear_mse, start, (x, y), None, 1000)
+    assert not _fastpath.choose("auto", fsgd.linear_mse, start, (x, y), None, 100)  # tiny
+    assert not _fastpath.choose("auto", fsgd.linear_mse, start, (x, y), 10, 1000)
     assert not _fastpath.choose("auto", lambda a, x, y: fsgd.linear_mse(a, x, y),
                                 start, (x, y), None, 100)
     wide_x, wide_y = regression(50, 300, np.float32)
@@ -130,7 +131,7 @@ def test_auto_uses_the_fast_path_only_where_it_applies_and_pays():
 
 
 def test_auto_in_fit_runs_the_fast_path_where_chosen():
-    x, y = regression(400, 2, np.float32)
+    x, y = regression(1000, 2, np.float32)
     start = np.zeros(2, np.float32)
     runs = {mode: fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.2, steps=STEPS,
                            fast_path=mode).losses for mode in ("auto", True, False)}
