@@ -242,6 +242,16 @@ def _check_schedule(data, n, steps, batch_size, key, indices):
     return batch_size, steps
 
 
+PREGATHER_BYTES = 64 * 2**20
+"""Largest copy of the scheduled rows (``steps x batch_size`` rows of every
+data array) gathered before the loop; longer schedules gather step by step."""
+
+
+def _gathered_bytes(data, indices):
+    return sum(indices.size * np.prod(a.shape[1:], dtype=int) * a.dtype.itemsize
+               for a in data)
+
+
 class StopState(NamedTuple):
     """The stop rule's memory: best loss so far, steps since it, whether it fired."""
 
@@ -273,6 +283,11 @@ def _fit_loop(params, data, lr, key, indices, opt_state, start_step, tol, patien
     train_step = partial(_train_step, loss, optimizer, lr)
     # A long keyed schedule is carried a chunk at a time, drawn when step t starts one.
     rows = None if chunk is None else jnp.zeros((chunk, batch_size), jnp.int32)
+    batches = None
+    if indices is not None and _gathered_bytes(data, indices) <= PREGATHER_BYTES:
+        # One gather of every batch before the loop: a per-step gather of a few
+        # rows costs XLA:CPU ~3 us a step, a slice of the gathered array ~0.3 us.
+        batches = tuple(a[indices] for a in data)
 
     def batch_at(t, rows):
         """Step t's batch, and the chunk of rows carried to the next step."""
@@ -280,6 +295,8 @@ def _fit_loop(params, data, lr, key, indices, opt_state, start_step, tol, patien
             rows = jax.lax.cond(t % chunk == 0, lambda: draw(start_step + t, steps=chunk),
                                 lambda: rows)
             return tuple(a[rows[t % chunk]] for a in data), rows
+        if batches is not None:
+            return tuple(b[t] for b in batches), rows
         return (data if indices is None else tuple(a[indices[t]] for a in data)), rows
 
     if use_tol or use_patience:

@@ -245,3 +245,14 @@ def test_loss_that_is_not_a_scalar_is_refused():
 def test_non_finite_check_can_be_skipped_and_then_divergence_shows():
     result = fit(data=(X, Y.at[3].set(jnp.nan)), check_finite=False, steps=3)
     assert int(result.diverged_at) == 0
+
+
+@pytest.mark.parametrize("mode", ["mini-batch", "epochs", "stochastic"])
+def test_batches_gathered_before_the_loop_equal_gathering_step_by_step(mode, monkeypatch):
+    import functional_sgd._fit as fit_module
+    gathered = fit(steps=37, **MODES[mode])  # small: gathered before the loop
+    monkeypatch.setattr(fit_module, "PREGATHER_BYTES", 0)
+    fit_module._fit_loop.clear_cache()  # the budget is read while tracing
+    step_by_step = fit(steps=37, **MODES[mode])
+    fit_module._fit_loop.clear_cache()
+    assert_trees_close(step_by_step, gathered)
