@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._chunks import run_in_chunks
+from ._chunks import run_in_chunks, run_result
 
 FORMAT = "functional-sgd checkpoint"
 VERSION = 1
@@ -84,27 +84,15 @@ def run_with_checkpoints(path, run_chunk, params, opt_state, start_step, indices
                stop_state)
         return result, stop_state
 
-    last = None
     if done < steps and not bool(stop_state.stopped):
         rest = None if indices is None else indices[done:]
         last = run_in_chunks(run_and_save, params, opt_state, start_step + done, rest,
                              stop_state, steps=steps - done, chunk_size=chunk_size,
                              on_chunk=on_chunk, record_params=False)
-    return _whole_run(last, params, opt_state, np.concatenate(history), steps, start_step)
-
-
-def _whole_run(last, params, opt_state, history, steps, start_step):
-    """The run's result: the checkpointed prefix joined to the steps run now."""
-    from ._fit import FitResult  # _fit imports this module
-    steps_run = history.shape[0]
-    losses = np.concatenate([history, np.full(steps - steps_run, np.nan, history.dtype)])
-    if last is not None:
         params, opt_state = last.params, last.opt_state
-    bad = np.flatnonzero(~np.isfinite(losses[:steps_run]))
-    # device_put moves host arrays without compiling (jnp.asarray stages a jit per shape).
-    return FitResult(*jax.device_put((
-        params, losses, np.int32(bad[0] if bad.size else -1), np.int32(steps_run),
-        np.int32(start_step + steps_run), opt_state)), trajectory=None)
+    losses = np.concatenate(history)  # the checkpointed prefix and the steps run now
+    return run_result(params, opt_state, np.int32(start_step + losses.shape[0]), losses,
+                      steps)
 
 
 def _fingerprint(run, params, opt_state, indices, start_step, steps):

@@ -40,17 +40,7 @@ def _join(chunks, steps, record_params):
     """One result for the whole run, joined on the host: eager device
     concatenation would compile anew for every number of chunks."""
     last = chunks[-1]
-    losses = np.concatenate([np.asarray(c.losses) for c in chunks])
-    losses = np.concatenate([losses, np.full(steps - losses.shape[0], np.nan, losses.dtype)])
-    offsets = [0]
-    for chunk in chunks[:-1]:
-        offsets.append(offsets[-1] + int(chunk.steps_run))
-    diverged_at = -1
-    for offset, chunk in zip(offsets, chunks):
-        if int(chunk.diverged_at) >= 0:
-            diverged_at = offset + int(chunk.diverged_at)
-            break
-    steps_run = offsets[-1] + int(last.steps_run)
+    losses = np.concatenate([np.asarray(c.losses)[:int(c.steps_run)] for c in chunks])
     trajectory = None
     if record_params:
         # Each chunk's path starts where the previous one ended: keep that point once.
@@ -61,7 +51,17 @@ def _join(chunks, steps, record_params):
         trajectory = jax.tree.map(
             lambda path, p: np.concatenate([path, np.broadcast_to(p, (missing,) + p.shape)]),
             trajectory, last.params)
+    return run_result(last.params, last.opt_state, last.step, losses, steps, trajectory)
+
+
+def run_result(params, opt_state, step, losses, steps, trajectory=None):
+    """The ``FitResult`` of a run of ``steps`` whose first ``len(losses)`` steps
+    ran: losses padded with NaN, ``steps_run`` and ``diverged_at`` read off them."""
+    from ._fit import FitResult  # _fit imports this module
+    steps_run = losses.shape[0]
+    bad = np.flatnonzero(~np.isfinite(losses))
+    padded = np.concatenate([losses, np.full(steps - steps_run, np.nan, losses.dtype)])
     # device_put moves host arrays without compiling (jnp.asarray stages a jit per shape).
-    return last._replace(**jax.device_put(dict(
-        losses=losses, diverged_at=np.int32(diverged_at), steps_run=np.int32(steps_run),
-        trajectory=trajectory)))
+    return FitResult(*jax.device_put((
+        params, padded, np.int32(bad[0] if bad.size else -1), np.int32(steps_run), step,
+        opt_state, trajectory)))

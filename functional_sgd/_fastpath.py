@@ -41,15 +41,18 @@ class Moments(NamedTuple):
     size: Any      # m = y.size, in acc precision
 
 
-def applies(loss, params, data, batch_size):
+def applies(loss, params, data, batch_size, mesh=None):
     """Why the fast path cannot run, or ``None`` when it can.
 
-    It needs full-batch descent on the library's own ``linear_mse`` (checked
+    It needs one device (no ``mesh``: moments of one shard are not the
+    data's), full-batch descent on the library's own ``linear_mse`` (checked
     by identity: an arbitrary loss is never guessed to be an MSE), data
     ``(x, y)`` with ``x`` of shape ``(n, d)``, one params array of shape
     ``(d,)`` or ``(d, k)`` with ``y`` of shape ``(n,)`` or ``(n, k)``, all
     of one floating dtype.
     """
+    if mesh is not None:
+        return "it runs on one device, and mesh shards the data"
     if loss is not linear_mse:
         return "loss is not functional_sgd.linear_mse"
     if batch_size is not None:
@@ -68,13 +71,13 @@ def applies(loss, params, data, batch_size):
     return None
 
 
-def choose(fast_path, loss, params, data, batch_size, steps):
+def choose(fast_path, loss, params, data, batch_size, steps, mesh=None):
     """Resolves ``fit``'s ``fast_path`` argument to ``True`` or ``False``."""
     if fast_path not in ("auto", True, False):
         raise ValueError(f'fast_path must be "auto", True or False; got {fast_path!r}.')
     if fast_path is False:
         return False
-    why_not = applies(loss, params, data, batch_size)
+    why_not = applies(loss, params, data, batch_size, mesh)
     if fast_path is True:
         if why_not is not None:
             raise ValueError(f"fast_path=True cannot run: {why_not}. Use fast_path=\"auto\" "

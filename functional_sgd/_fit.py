@@ -172,12 +172,8 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     static = dict(loss=loss, optimizer=optimizer, batch_size=batch_size,
                   replace=bool(replace), use_tol=tol is not None,
                   use_patience=patience is not None, record_params=bool(record_params),
-                  fast_path=_fastpath.choose(fast_path, loss, params, data, batch_size, steps))
-    if mesh is not None and static["fast_path"]:
-        if fast_path is True:
-            raise ValueError("fast_path=True runs on one device and cannot be combined with "
-                             "mesh; drop one of them.")
-        static["fast_path"] = False  # the moments would be of one shard only
+                  fast_path=_fastpath.choose(fast_path, loss, params, data, batch_size, steps,
+                                             mesh))
     loop = _fit_loop if mesh is None else _parallel.data_parallel(_fit_loop, mesh, loss,
                                                                   params, data)
     if chunk_size is None:

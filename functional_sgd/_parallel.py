@@ -97,9 +97,7 @@ class _GlobalMean:
 def _sharded_loop(params, data, lr, key, indices, opt_state, start_step, tol, patience,
                   stop_state, *, loop, mesh, loss, optimizer, steps, batch_size, replace,
                   use_tol, use_patience, record_params, fast_path=False):
-    """``_fit_loop`` under ``shard_map``; ``fit`` never asks it for the fast path
-    (moments of one shard would not be the global ones)."""
-    del fast_path
+    """``_fit_loop`` under ``shard_map`` (``fit`` never picks the fast path here)."""
     axes = mesh.axis_names
     devices = mesh.size
     n = data[0].shape[0]
@@ -127,7 +125,8 @@ def _sharded_loop(params, data, lr, key, indices, opt_state, start_step, tol, pa
         return loop(params, rows, lr, None, schedule, opt_state, start_step, tol, patience,
                     stop_state, loss=_GlobalMean(loss, axes, count), optimizer=optimizer,
                     steps=steps, batch_size=slots, replace=replace, use_tol=use_tol,
-                    use_patience=use_patience, record_params=record_params)
+                    use_patience=use_patience, record_params=record_params,
+                    fast_path=fast_path)
 
     replicated = (params, lr, opt_state, start_step, tol, patience, stop_state, indices)
     return jax.shard_map(on_each_device, mesh=mesh, in_specs=(P(axes), P()),

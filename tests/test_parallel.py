@@ -105,3 +105,15 @@ def test_bad_mesh_arguments_are_refused():
 
     with pytest.raises(ValueError, match="loss is evaluated on batches of one row"):
         fsgd.fit(over_pairs_of_rows, start, (x, y), lr=0.1, steps=3, mesh=one_device_mesh())
+
+
+def test_mesh_runs_the_plain_loop_where_auto_would_pick_the_moments(x64):
+    x, y = fsgd.lesson_data(jax.random.key(0), n=1000, dtype=jnp.float64)
+    start = np.array(fsgd.LESSON_START)
+    kwargs = dict(lr=0.1, steps=60)  # steps * n * d = 120 000: auto picks the moments
+    with pytest.raises(ValueError, match="fast_path=True cannot run: it runs on one device"):
+        fsgd.fit(fsgd.linear_mse, start, (x, y), mesh=one_device_mesh(), fast_path=True,
+                 **kwargs)
+    plain = fsgd.fit(fsgd.linear_mse, start, (x, y), fast_path=False, **kwargs)
+    mesh = fsgd.fit(fsgd.linear_mse, start, (x, y), mesh=one_device_mesh(), **kwargs)
+    assert max_relative_error(mesh, plain) <= TOLERANCE
