@@ -8,6 +8,7 @@ cannot be inspected; their checks are skipped so that tracing still works.
 import functools
 import math
 import numbers
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -113,29 +114,73 @@ def check_data(data, check_finite):
 
 
 _HOST_CHECK_BYTES = 1 << 16
-"""JAX arrays up to this size are checked on the host: copying them costs less
-than compiling a check (~0.1 s, once per shape) and dispatching it."""
+"""JAX arrays on an accelerator up to this size are copied to the host and
+checked there: the copy costs less than dispatching a compiled check."""
+
+
+def _host_view(a):
+    """``a`` as a NumPy array when that needs no copy (NumPy arrays, and JAX
+    arrays on one CPU device, which NumPy reads in place), else ``None``."""
+    if isinstance(a, np.ndarray):
+        return a
+    devices = a.devices()
+    if len(devices) == 1 and next(iter(devices)).platform == "cpu":
+        return np.asarray(a)
+    return None
+
+
+def _finite_on_host(a):
+    """Whether ``a`` holds no NaN or inf. Its min and max propagate NaN and
+    show an inf, and NumPy vectorises them: on CPU this reads 1.6 MB in
+    ~30 us, where XLA:CPU's reduction took ~270 us."""
+    if np.issubdtype(a.dtype, np.complexfloating) or a.size == 0:
+        return bool(np.isfinite(a).all())
+    return bool(np.isfinite(a.min()) and np.isfinite(a.max()))
 
 
 def _non_finite(data):
     """Positions of the concrete float arrays in ``data`` holding NaN or inf.
 
-    NumPy arrays and small JAX arrays are checked on the host; larger JAX
-    arrays all together in one compiled call on their device, so a warm
-    ``fit`` pays at most one dispatch and one host sync for this check.
+    Arrays NumPy can read in place (host and CPU arrays) and small arrays are
+    checked on the host; larger arrays on an accelerator all together in one
+    compiled call on their device, so a warm ``fit`` pays at most one
+    dispatch and one host sync for this check.
     """
-    floats = [(i, a) for i, a in enumerate(data)
-              if is_concrete(a) and jnp.issubdtype(a.dtype, jnp.inexact)]
-    host = [(i, a) for i, a in floats
-            if isinstance(a, np.ndarray) or a.size * a.dtype.itemsize <= _HOST_CHECK_BYTES]
-    on_host = [i for i, a in host if not np.isfinite(np.asarray(a)).all()]
-    checked = {i for i, _ in host}
-    on_device = [(i, a) for i, a in floats if i not in checked]
+    bad, on_device = [], []
+    for i, a in enumerate(data):
+        if not (is_concrete(a) and jnp.issubdtype(a.dtype, jnp.inexact)) or _known_finite(a):
+            continue
+        view = _host_view(a)
+        if view is None and a.size * a.dtype.itemsize <= _HOST_CHECK_BYTES:
+            view = np.asarray(a)
+        if view is None:
+            on_device.append((i, a))
+        elif not _finite_on_host(view):
+            bad.append(i)
     if on_device:
         with jax.ensure_compile_time_eval():  # concrete data closed over by a jit trace
             finite = np.asarray(_jit_all_finite(tuple(a for _, a in on_device)))
-        on_host += [i for (i, _), ok in zip(on_device, finite) if not ok]
-    return sorted(on_host)
+        bad += [i for (i, _), ok in zip(on_device, finite) if not ok]
+    for i, a in enumerate(data):
+        if i not in bad and isinstance(a, jax.Array) and is_concrete(a):
+            _remember_finite(a)
+    return sorted(bad)
+
+
+_FINITE = {}
+"""``id -> weakref`` of JAX arrays found finite. A JAX array never changes
+its values, so one check per array object is enough; NumPy arrays can be
+written to and are checked on every call. An entry leaves with its array."""
+
+
+def _known_finite(a):
+    ref = _FINITE.get(id(a))
+    return ref is not None and ref() is a
+
+
+def _remember_finite(a):
+    key = id(a)
+    _FINITE[key] = weakref.ref(a, lambda _: _FINITE.pop(key, None))
 
 
 @jax.jit
@@ -157,8 +202,9 @@ def check_indices(indices, n):
     if indices.shape[0] == 0 or indices.shape[1] == 0:
         raise ValueError(f"indices must not be empty; got shape {tuple(indices.shape)}.")
     if is_concrete(indices):
-        if isinstance(indices, np.ndarray):
-            low, high = np.min(indices), np.max(indices)
+        view = _host_view(indices)
+        if view is not None:
+            low, high = view.min(), view.max()
         else:
             with jax.ensure_compile_time_eval():  # as in _non_finite
                 low, high = map(int, _jit_min_max(indices))

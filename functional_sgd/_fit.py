@@ -13,6 +13,7 @@ Batch, mini-batch and stochastic descent share :func:`_train_step`; only the
 rows each step sees differ.
 """
 
+import functools
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -243,6 +244,10 @@ PREGATHER_BYTES = 64 * 2**20
 data array) gathered before the loop; longer schedules gather step by step."""
 
 
+TINY_STEP_BYTES = 256
+"""Steps whose rows take at most this many bytes gather them inside the loop."""
+
+
 def _gathered_bytes(data, indices):
     return sum(indices.size * np.prod(a.shape[1:], dtype=int) * a.dtype.itemsize
                for a in data)
@@ -257,13 +262,46 @@ class StopState(NamedTuple):
 
 
 
-@partial(jax.jit, static_argnames=(
-    "loss", "optimizer", "steps", "batch_size", "replace", "use_tol", "use_patience",
-    "record_params", "fast_path"))
 def _fit_loop(params, data, lr, key, indices, opt_state, start_step, tol, patience,
-              stop_state, *, loss, optimizer, steps, batch_size, replace, use_tol,
-              use_patience, record_params, fast_path=False):
-    """The compiled loop; returns ``(FitResult, StopState)``."""
+              stop_state, *, steps, **static):
+    """The compiled loop; returns ``(FitResult, StopState)``.
+
+    What the program would only copy through (the stop state without a stop
+    rule, ``steps_run = steps``, ``step = start_step + steps``) is filled in
+    here instead: every extra output is another task for XLA:CPU's runtime,
+    and on the lesson they cost a quarter of the call.
+    """
+    args = (params, data, lr, key, indices, opt_state, start_step, tol, patience, stop_state)
+    try:
+        outputs = _compiled_loop(*args, steps=steps, **static)
+    except ValueError as error:  # inside another jit, whose own options apply
+        if "compiler_options" not in str(error):
+            raise
+        outputs = _nested_loop(*args, steps=steps, **static)
+    params, losses, diverged_at, steps_run, opt_state, trajectory, new_stop = outputs
+    if steps_run is None:
+        steps_run = _int32_constant(steps)
+        step = (_int32_constant(int(start_step) + steps)
+                if isinstance(start_step, (int, np.integer)) else start_step + steps_run)
+    else:
+        step = start_step + steps_run
+    result = FitResult(params, losses, diverged_at, steps_run, step, opt_state, trajectory)
+    return result, stop_state if new_stop is None else new_stop
+
+
+@functools.lru_cache(maxsize=256)
+def _int32_constant(value):
+    """One device scalar per value (JAX arrays are immutable, so sharing is safe)."""
+    with jax.ensure_compile_time_eval():
+        return jnp.asarray(value, jnp.int32)
+
+
+def _loop(params, data, lr, key, indices, opt_state, start_step, tol, patience,
+          stop_state, *, loss, optimizer, steps, batch_size, replace, use_tol,
+          use_patience, record_params, fast_path=False):
+    """The loop itself: ``(params, losses, diverged_at, steps_run, opt_state,
+    trajectory, stop_state)``, with ``steps_run`` and ``stop_state`` ``None``
+    when no stop rule can end the run early."""
     start_step = jnp.asarray(start_step, jnp.int32)
     if fast_path:  # every full batch is the same: its moments stand in for the data
         loss, data = _fastpath.quadratic_mse, (_fastpath.moments(*data),)
@@ -279,25 +317,34 @@ def _fit_loop(params, data, lr, key, indices, opt_state, start_step, tol, patien
     train_step = partial(_train_step, loss, optimizer, lr)
     # A long keyed schedule is carried a chunk at a time, drawn when step t starts one.
     rows = None if chunk is None else jnp.zeros((chunk, batch_size), jnp.int32)
-    batches = None
-    if indices is not None and _gathered_bytes(data, indices) <= PREGATHER_BYTES:
-        # One gather of every batch before the loop: a per-step gather of a few
-        # rows costs XLA:CPU ~3 us a step, a slice of the gathered array ~0.3 us.
-        batches = tuple(a[indices] for a in data)
+    # Where step t's rows come from. Tiny steps (one row, say) make a loop that
+    # XLA:CPU compiles into one kernel, where a row gather costs nanoseconds:
+    # those gather in the loop. Larger steps run as separate kernels, where a
+    # gather costs ~3 us a step and a slice of batches gathered up front ~0.3 us.
+    tiny_steps = indices is not None and _gathered_bytes(data, indices[0]) <= TINY_STEP_BYTES
+    batches = rows_per_step = None
+    if indices is not None:
+        if tiny_steps or _gathered_bytes(data, indices) > PREGATHER_BYTES:
+            rows_per_step = indices
+        else:
+            batches = tuple(a[indices] for a in data)
 
     def batch_at(t, rows):
-        """Step t's batch, and the chunk of rows carried to the next step."""
+        """Step t's batch (``t`` is the step's rows when they are gathered in
+        the loop), and the chunk of rows carried to the next step."""
         if chunk is not None:
             rows = jax.lax.cond(t % chunk == 0, lambda: draw(start_step + t, steps=chunk),
                                 lambda: rows)
             return tuple(a[rows[t % chunk]] for a in data), rows
         if batches is not None:
             return tuple(b[t] for b in batches), rows
-        return (data if indices is None else tuple(a[indices[t]] for a in data)), rows
+        return (data if rows_per_step is None else tuple(a[t] for a in data)), rows
 
     if use_tol or use_patience:
+        at = batch_at if rows_per_step is None else (
+            lambda t, rows: batch_at(rows_per_step[t], rows))
         params, opt_state, losses, trajectory, steps_run, stop_state = _run_until_stop(
-            train_step, batch_at, rows, params, opt_state, tol, patience, stop_state,
+            train_step, at, rows, params, opt_state, tol, patience, stop_state,
             steps=steps, use_tol=use_tol, use_patience=use_patience,
             record_params=record_params)
     else:
@@ -307,19 +354,37 @@ def _fit_loop(params, data, lr, key, indices, opt_state, start_step, tol, patien
             value, new_params, opt_state = train_step(params, opt_state, batch)
             return (new_params, opt_state, rows), (value, params if record_params else None)
 
+        step_inputs = (jnp.arange(steps, dtype=jnp.int32) if rows_per_step is None
+                       else rows_per_step)
+        # Unrolling by two halves the loop overhead of tiny steps (10% per sample).
         (params, opt_state, _), (losses, trajectory) = jax.lax.scan(
-            body, (params, opt_state, rows), jnp.arange(steps, dtype=jnp.int32))
-        steps_run = jnp.asarray(steps, jnp.int32)
+            body, (params, opt_state, rows), step_inputs, unroll=2 if tiny_steps else 1)
+        steps_run = stop_state = None
         if record_params:
             trajectory = jax.tree.map(
                 lambda path, last: jnp.concatenate([path, last[None]]), trajectory, params)
+    return (params, losses, _first_bad(losses, steps_run), steps_run, opt_state, trajectory,
+            stop_state)
 
-    ran = jnp.arange(steps, dtype=jnp.int32) < steps_run
-    bad = ~jnp.isfinite(losses) & ran
-    diverged_at = jnp.where(bad.any(), jnp.argmax(bad), -1).astype(jnp.int32)
-    result = FitResult(params, losses, diverged_at, steps_run, start_step + steps_run,
-                       opt_state, trajectory)
-    return result, stop_state
+
+_STATIC = ("loss", "optimizer", "steps", "batch_size", "replace", "use_tol", "use_patience",
+           "record_params", "fast_path")
+CPU_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+"""Lets XLA:CPU drop a copy of the step counter, so a small step runs as one
+sequence of kernels instead of a graph spread over threads (the lesson's loop:
+122 -> 90 us, median of 30). Other backends ignore XLA:CPU's options."""
+_compiled_loop = jax.jit(_loop, static_argnames=_STATIC, compiler_options=CPU_COMPILER_OPTIONS)
+_nested_loop = jax.jit(_loop, static_argnames=_STATIC)  # options apply only at the top
+
+
+def _first_bad(losses, steps_run):
+    """Index of the first non-finite loss among the steps run, ``-1`` if none
+    (one reduction: the smallest index whose loss is bad, else ``steps``)."""
+    steps = losses.shape[0]
+    t = jnp.arange(steps, dtype=jnp.int32)
+    good = jnp.isfinite(losses) if steps_run is None else jnp.isfinite(losses) | (t >= steps_run)
+    first = jnp.min(jnp.where(good, steps, t))
+    return jnp.where(first == steps, -1, first)
 
 
 def _train_step(loss, optimizer, lr, params, opt_state, batch):

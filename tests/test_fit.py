@@ -248,11 +248,19 @@ def test_non_finite_check_can_be_skipped_and_then_divergence_shows():
 
 
 @pytest.mark.parametrize("mode", ["mini-batch", "epochs", "stochastic"])
-def test_batches_gathered_before_the_loop_equal_gathering_step_by_step(mode, monkeypatch):
+@pytest.mark.parametrize("route", ["gathered in the loop", "gathered step by step"])
+def test_every_way_of_gathering_batches_gives_the_same_bits(mode, route, monkeypatch):
+    """Batches gathered before the loop, gathered in the loop (tiny steps) or
+    step by step (over the pre-gather budget) are the same rows."""
     import functional_sgd._fit as fit_module
-    gathered = fit(steps=37, **MODES[mode])  # small: gathered before the loop
-    monkeypatch.setattr(fit_module, "PREGATHER_BYTES", 0)
-    fit_module._fit_loop.clear_cache()  # the budget is read while tracing
-    step_by_step = fit(steps=37, **MODES[mode])
-    fit_module._fit_loop.clear_cache()
-    assert_trees_close(step_by_step, gathered)
+    monkeypatch.setattr(fit_module, "TINY_STEP_BYTES", 0)
+    jax.clear_caches()  # both budgets are read while tracing
+    gathered = fit(steps=37, **MODES[mode])
+    if route == "gathered in the loop":
+        monkeypatch.setattr(fit_module, "TINY_STEP_BYTES", 1 << 20)
+    else:
+        monkeypatch.setattr(fit_module, "PREGATHER_BYTES", 0)
+    jax.clear_caches()
+    other = fit(steps=37, **MODES[mode])
+    jax.clear_caches()
+    assert_trees_close(other, gathered, rtol=0, atol=0)

@@ -45,13 +45,23 @@ def test_a_new_dtype_is_a_new_signature(x64):
     assert calls[0] > traced and result.params.dtype == jnp.float64
 
 
-BIG_X, BIG_Y = fsgd.lesson_data(jax.random.key(2), 20_000)  # checked on the device
+BIG_X, BIG_Y = fsgd.lesson_data(jax.random.key(2), 20_000)
+
+
+@pytest.fixture(params=["read in place", "on the device"])
+def where_checked(request, monkeypatch):
+    """CPU arrays are read by NumPy in place; on an accelerator, arrays over
+    _HOST_CHECK_BYTES are checked by a compiled call: force that route too."""
+    if request.param == "on the device":
+        monkeypatch.setattr(_checks, "_host_view",
+                            lambda a: a if isinstance(a, np.ndarray) else None)
+    return request.param
 
 
 @pytest.mark.parametrize("rows", [100, 20_000], ids=["small", "big"])
 @pytest.mark.parametrize("bad", [0, 1, 2])
 @pytest.mark.parametrize("kind", ["jax", "numpy", "mixed"])
-def test_every_non_finite_array_is_found(bad, kind, rows):
+def test_every_non_finite_array_is_found(bad, kind, rows, where_checked):
     x, y = (X, Y) if rows == 100 else (BIG_X, BIG_Y)
     assert (x.nbytes > _checks._HOST_CHECK_BYTES) == (rows > 100)
     arrays = [x, y, y * 2]
@@ -90,3 +100,33 @@ def test_checks_run_on_data_closed_over_by_jit():
         sweep((X, Y.at[0].set(jnp.nan)))
     with pytest.raises(ValueError, match=r"indices must lie in \[0, 100\)"):
         sweep((X, Y), indices=indices.at[0, 0].set(100))
+
+
+@pytest.mark.parametrize("rows", [100, 20_000], ids=["small", "big"])
+def test_indices_out_of_range_are_found(rows, where_checked):
+    x, y = (X, Y) if rows == 100 else (BIG_X, BIG_Y)
+    indices = jnp.zeros((rows, 1), jnp.int32)
+    fsgd.fit(fsgd.linear_mse, START, (x, y), lr=0.1, indices=indices)
+    for bad, value in ((0, -1), (rows - 1, rows)):
+        with pytest.raises(ValueError, match=rf"indices must lie in \[0, {rows}\)"):
+            fsgd.fit(fsgd.linear_mse, START, (x, y), lr=0.1,
+                     indices=indices.at[bad, 0].set(value))
+
+
+def test_a_jax_array_is_checked_once_and_a_numpy_array_every_call(monkeypatch):
+    """JAX arrays never change, so one finite check per array object holds;
+    a NumPy array can be written to between calls and is checked again."""
+    checked = []
+    check = _checks._finite_on_host
+    monkeypatch.setattr(_checks, "_finite_on_host", lambda a: checked.append(a) or check(a))
+    x, y = jnp.array(BIG_X), np.array(BIG_Y)  # fresh objects, never seen before
+    fsgd.fit(fsgd.linear_mse, START, (x, y), lr=0.1, steps=2)
+    assert len(checked) == 2
+    fsgd.fit(fsgd.linear_mse, START, (x, y), lr=0.1, steps=2)
+    assert len(checked) == 3 and checked[-1] is y
+    y[7] = np.nan
+    with pytest.raises(ValueError, match=r"data\[1\] contains NaN or inf"):
+        fsgd.fit(fsgd.linear_mse, START, (x, y), lr=0.1, steps=2)
+    bad_x = x.at[5, 0].set(jnp.inf)  # a new array: checked
+    with pytest.raises(ValueError, match=r"data\[0\] contains NaN or inf"):
+        fsgd.fit(fsgd.linear_mse, START, (bad_x, np.asarray(BIG_Y)), lr=0.1, steps=2)
