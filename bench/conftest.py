@@ -3,7 +3,18 @@
 ``--bench-size=full`` gives the issue's sizes, ``smoke`` tiny ones; the
 default is ``full`` with ``--benchmark-enable`` and ``smoke`` otherwise, so
 the plain test command runs every benchmark body once, small and untimed.
+
+With ``FSGD_BENCH_TUNE_CPU=1`` in the environment the run measures
+``functional_sgd.tune_cpu()`` (set here, before JAX starts) on the workloads
+and methods it is meant for; ``python -m bench.report`` runs that second.
 """
+
+import os
+
+if os.environ.get("FSGD_BENCH_TUNE_CPU") == "1":
+    import functional_sgd
+
+    functional_sgd.tune_cpu()
 
 
 def pytest_addoption(parser):

@@ -9,6 +9,7 @@ e.g. a data-parallel ``fit``, is one more entry in the table.
 
 import dataclasses
 import itertools
+import os
 from functools import partial
 from typing import Callable
 
@@ -244,6 +245,16 @@ METHODS = (
 )
 
 
+TUNED_METHODS = (BASELINE, "sklearn SGDRegressor", "fit", "jax.vmap(fit)",
+                 "jax.jit(jax.vmap(fit))")
+"""What a run under ``functional_sgd.tune_cpu()`` measures: ``fit`` on the
+small workloads it is for, each beside its baseline."""
+
+
 def methods_for(workload, engines=("jax", "torch", "sklearn")):
-    """The methods that run ``workload``, in table order."""
-    return [m for m in METHODS if m.applies(workload) and m.engine in engines]
+    """The methods that run ``workload``, in table order (under
+    ``FSGD_BENCH_TUNE_CPU=1``, only :data:`TUNED_METHODS` on small workloads)."""
+    methods = [m for m in METHODS if m.applies(workload) and m.engine in engines]
+    if os.environ.get("FSGD_BENCH_TUNE_CPU") == "1":
+        methods = [m for m in methods if m.name in TUNED_METHODS and not workload.large]
+    return methods

@@ -21,6 +21,7 @@ from ._model import linear as linear
 from ._model import linear_mse as linear_mse
 from ._model import mse as mse
 from ._sampling import sample_indices as sample_indices
+from ._tuning import tune_cpu as tune_cpu
 
 __version__ = "0.1.0"
 

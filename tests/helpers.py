@@ -12,6 +12,11 @@ import functional_sgd as fsgd
 KEY = jax.random.key(0)
 X, Y = fsgd.lesson_data(KEY)  # the lesson's data, float32
 START = jnp.array(fsgd.LESSON_START)
+MODES_FOR_TUNING = {  # one case per way a step finds its rows
+    "batch": {},
+    "mini-batch": {"batch_size": 10, "key": jax.random.key(1)},
+    "stochastic": {"batch_size": 1, "key": jax.random.key(1)},
+}
 
 
 def fit_lesson(**kwargs):

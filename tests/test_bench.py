@@ -80,6 +80,15 @@ def test_report_from_a_smoke_run(tmp_path):
         assert f"| {method} |" in report
     for target in TARGETS:
         assert target.text in report
+    tuned = load(tmp_path / "benchmarks_tune_cpu.json")
+    assert {r.method for r in tuned} == {"torch reference", "fit"}  # TUNED_METHODS only
+    section = report.split("## With `functional_sgd.tune_cpu()`")[1].split("\n## ")[0]
+    assert "### lesson" in section and "| fit |" in section
+    lesson_row = next(line for line in report.splitlines()
+                      if line.startswith("| lesson: fit vs torch reference |"))
+    cells = [c.strip() for c in lesson_row.split("|")[1:-1]]
+    for measured in (cells[1], cells[3]):  # as users get it, and with tune_cpu()
+        assert measured.endswith(" x") and float(measured[:-2].replace(",", "")) > 0
     for name in ("speedup.png", "time_per_step.png"):
         with Image.open(tmp_path / name) as image:
             assert image.format == "PNG" and image.width >= 600 and image.height >= 300
