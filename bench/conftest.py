@@ -31,5 +31,5 @@ def bench_size(config):
     return "full" if enabled else "smoke"
 
 
-# A standalone probe script (issue 6) is run by hand, not collected by pytest.
-collect_ignore = ["scale_probe.py"]
+# Standalone probe scripts (issue 6) are run by hand, not collected by pytest.
+collect_ignore = ["scale_probe.py", "profile_large.py"]

@@ -2,6 +2,7 @@
 
     python bench/scale_probe.py              # the workloads, ~5 minutes
     python bench/scale_probe.py --quick      # 10x smaller, a smoke run
+    python bench/scale_probe.py --only per-sample   # one of the two tables
 
 Full batch, 100 steps, float32: the JAX general path (``fit`` with
 ``fast_path=False``: any loss, ``jax.grad``, data stored transposed), the
@@ -140,6 +141,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="10x smaller data")
+    parser.add_argument("--only", choices=("full-batch", "per-sample"),
+                        help="run one of the two tables")
     args = parser.parse_args()
     scale = 10 if args.quick else 1
     bandwidth = read_bandwidth(args.repeats)
@@ -149,7 +152,7 @@ def main():
     print("| workload | method | median ms | compile ms | vs peer | GB/s read | of bw "
           "| final loss |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for n, d in FULL_BATCH:
+    for n, d in FULL_BATCH if args.only != "per-sample" else ():
         n //= scale
         x, y = regression(n, d)
         medians, first, losses = time_side_by_side(full_batch_methods(x, y), args.repeats)
@@ -160,7 +163,7 @@ def main():
             share = "-" if reads == "-" else f"{rate / bandwidth:.0%}"
             _row(f"full batch n={n:.0e} d={d}", name, seconds, first[name],
                  medians["torch eager"] / seconds, reads, share, losses[name])
-    for n, d in PER_SAMPLE:
+    for n, d in PER_SAMPLE if args.only != "full-batch" else ():
         n //= scale
         x, y = regression(n, d, seed=1)
         medians, first, params = time_side_by_side(per_sample_methods(x, y, lr=0.01),

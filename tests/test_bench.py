@@ -16,7 +16,7 @@ import functional_sgd as fsgd
 pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 from bench import accelerators, machine, workloads  # noqa: E402
-from bench.results_table import TARGETS, by_workload, load  # noqa: E402
+from bench.results_table import TARGETS, Result, by_workload, load  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -89,6 +89,8 @@ def test_report_from_a_smoke_run(tmp_path):
     cells = [c.strip() for c in lesson_row.split("|")[1:-1]]
     for measured in (cells[1], cells[3]):  # as users get it, and with tune_cpu()
         assert measured.endswith(" x") and float(measured[:-2].replace(",", "")) > 0
+    profile = report.split("### Profile: each pass over `x` alone")[1]
+    assert "| 1e+05 x 2 |" in profile and "best two-pass ratio" in profile
     for name in ("speedup.png", "time_per_step.png"):
         with Image.open(tmp_path / name) as image:
             assert image.format == "PNG" and image.width >= 600 and image.height >= 300
@@ -102,6 +104,15 @@ def test_targets_read_the_ratios():
     assert lesson.measure(table) == pytest.approx(200) and lesson.met(200)
     assert new_lr.measure(table) == pytest.approx(2) and not new_lr.met(2)
     assert not lesson.met(None)
+
+
+def test_the_exact_path_target_holds_where_auto_picks_it():
+    exact = {t.text.split(":")[0]: t for t in TARGETS if "exact MSE path" in t.text}
+    table = {w: {"fit": Result(w, "fit", 1.0, 3, dict(n=n, d=d, steps=100))}
+             for w, (n, d) in {"full batch 1e5x100": (100_000, 100),
+                               "full batch 1e4x1000": (10_000, 1000)}.items()}
+    assert exact["full batch 1e5x100"].not_applicable(table) is None
+    assert "auto declines it" in exact["full batch 1e4x1000"].not_applicable(table)
 
 
 def load_fake(medians):
