@@ -77,13 +77,17 @@ def choose(fast_path, loss, params, data, batch_size, steps, mesh=None):
         raise ValueError(f'fast_path must be "auto", True or False; got {fast_path!r}.')
     if fast_path is False:
         return False
+    if fast_path == "auto" and not (loss is linear_mse and batch_size is None and mesh is None
+                                    and len(data) == 2 and len(data[0].shape) == 2
+                                    and worth_it(*data[0].shape, steps)):
+        return False  # the cheap reasons first: a warm call on the lesson pays ~0.3 us
     why_not = applies(loss, params, data, batch_size, mesh)
     if fast_path is True:
         if why_not is not None:
             raise ValueError(f"fast_path=True cannot run: {why_not}. Use fast_path=\"auto\" "
                              "to fall back to the plain loop.")
         return True
-    return why_not is None and worth_it(*data[0].shape, steps)
+    return why_not is None
 
 
 MIN_LOOP_WORK = 100_000

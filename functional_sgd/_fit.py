@@ -120,7 +120,9 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
       opt_state: optimizer state to continue from (``result.opt_state``).
       start_step: global index of the first step (``result.step`` to
         continue); it selects the batches drawn from ``key``.
-      check_finite: refuse data containing NaN or inf.
+      check_finite: refuse data containing NaN or inf. NumPy arrays are
+        checked on every call (they can be written to); a JAX array, whose
+        values never change, only the first time ``fit`` sees it.
       chunk_size: run the loop as compiled chunks of this many steps, with a
         host step between chunks (for progress bars and checkpoints). The
         result has the same bits as one call; each chunk syncs once.
