@@ -15,31 +15,19 @@ can reach. Prints a Markdown table.
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import functional_sgd as fsgd  # noqa: E402
-from bench import machine  # noqa: E402
+import functional_sgd as fsgd
+from bench import machine, timing
 
 SHAPES = [(1_000_000, 2), (100_000, 100), (10_000, 1000)]
 PASSES = 100
-
-
-def median_s(run, repeats):
-    run()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
 
 
 def jax_passes(x, y, a):
@@ -87,8 +75,9 @@ def fit_step(x, y, a):
 
 
 def torch_step(x, y, a):
-    import reference
     import torch
+
+    import reference
 
     xt, yt, at = torch.as_tensor(x), torch.as_tensor(y), torch.as_tensor(a)
     return lambda: reference.fit(fsgd.linear_mse, at, (xt, yt), lr=1e-3, steps=PASSES)
@@ -111,7 +100,8 @@ def main():
         y = rng.standard_normal(n, dtype=np.float32)
         a = np.zeros(d, np.float32)
         ceiling = 2 * x.nbytes / (machine.in_cache_read_bandwidth(x) * 1e9)
-        cells = [median_s(run, args.repeats) / PASSES
+        cells = [timing.median_seconds(run, budget=0, min_rounds=args.repeats,
+                                       max_rounds=args.repeats) / PASSES
                  for run in (*jax_passes(x, y, a), fit_step(x, y, a),
                              *torch_passes(x, y, a), torch_step(x, y, a))]
         # No step that reads x twice beats torch by more than this.

@@ -28,10 +28,11 @@ _SMALL_LOOP_OPTION = "xla_cpu_small_while_loop_byte_threshold"
 def tune_cpu(*, inline_dispatch=True, small_loops=True):
     """Sets up this process's JAX CPU backend for many small, short fits.
 
-    Call it at the start of a program, before the first JAX array is made:
+    Call it at the start of a program, before the first JAX array is made
+    (``tests/test_tuning.py`` runs this in fresh interpreters)::
 
-    >>> import functional_sgd as fsgd  # doctest: +SKIP
-    >>> fsgd.tune_cpu()  # doctest: +SKIP
+        import functional_sgd as fsgd
+        fsgd.tune_cpu()
 
     Measured on the lesson (``python -m bench.report``), a warm ``fit`` takes
     about half the time. Results are the same up to rounding (a loop compiled
