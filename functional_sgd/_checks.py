@@ -153,7 +153,7 @@ def _non_finite(data):
     """
     bad, on_device = [], []
     for i, a in enumerate(data):
-        if not (is_concrete(a) and _is_inexact(a.dtype)) or _known_finite(a):
+        if not (is_concrete(a) and _is_inexact(a.dtype)) or _recall(a, "finite"):
             continue
         view = _host_view(a)
         if view is None and a.size * a.dtype.itemsize <= _HOST_CHECK_BYTES:
@@ -167,25 +167,29 @@ def _non_finite(data):
             finite = np.asarray(_jit_all_finite(tuple(a for _, a in on_device)))
         bad += [i for (i, _), ok in zip(on_device, finite) if not ok]
     for i, a in enumerate(data):
-        if i not in bad and isinstance(a, jax.Array) and is_concrete(a):
-            _remember_finite(a)
+        if i not in bad:
+            _remember(a, "finite", True)
     return sorted(bad)
 
 
-_FINITE = {}
-"""``id -> weakref`` of JAX arrays found finite. A JAX array never changes
-its values, so one check per array object is enough; NumPy arrays can be
-written to and are checked on every call. An entry leaves with its array."""
+_SEEN = {}
+"""``(id, fact) -> (weakref, value)``: what a check learned about a JAX array.
+A JAX array never changes its values, so a check holds for the array object's
+life; NumPy arrays can be written to and are checked on every call. An entry
+leaves with its array."""
 
 
-def _known_finite(a):
-    ref = _FINITE.get(id(a))
-    return ref is not None and ref() is a
+def _recall(a, fact):
+    """The value remembered for ``a``, or ``None``."""
+    entry = _SEEN.get((id(a), fact))
+    return entry[1] if entry is not None and entry[0]() is a else None
 
 
-def _remember_finite(a):
-    key = id(a)
-    _FINITE[key] = weakref.ref(a, lambda _: _FINITE.pop(key, None))
+def _remember(a, fact, value):
+    if not isinstance(a, jax.Array) or not is_concrete(a):
+        return
+    key = (id(a), fact)
+    _SEEN[key] = (weakref.ref(a, lambda _: _SEEN.pop(key, None)), value)
 
 
 @jax.jit
@@ -207,12 +211,16 @@ def check_indices(indices, n):
     if indices.shape[0] == 0 or indices.shape[1] == 0:
         raise ValueError(f"indices must not be empty; got shape {tuple(indices.shape)}.")
     if is_concrete(indices):
-        view = _host_view(indices)
-        if view is not None:
-            low, high = view.min(), view.max()
-        else:
-            with jax.ensure_compile_time_eval():  # as in _non_finite
-                low, high = map(int, _jit_min_max(indices))
+        low_high = _recall(indices, "range")
+        if low_high is None:
+            view = _host_view(indices)
+            if view is not None:
+                low_high = int(view.min()), int(view.max())
+            else:
+                with jax.ensure_compile_time_eval():  # as in _non_finite
+                    low_high = tuple(map(int, _jit_min_max(indices)))
+            _remember(indices, "range", low_high)
+        low, high = low_high
         if low < 0 or high >= n:
             raise ValueError(
                 f"indices must lie in [0, {n}) (data has n={n} rows); got values from "

@@ -130,3 +130,17 @@ def test_a_jax_array_is_checked_once_and_a_numpy_array_every_call(monkeypatch):
     bad_x = x.at[5, 0].set(jnp.inf)  # a new array: checked
     with pytest.raises(ValueError, match=r"data\[0\] contains NaN or inf"):
         fsgd.fit(fsgd.linear_mse, START, (bad_x, np.asarray(BIG_Y)), lr=0.1, steps=2)
+
+
+def test_index_ranges_are_remembered_for_jax_arrays_only(monkeypatch):
+    read = []
+    view = _checks._host_view
+    monkeypatch.setattr(_checks, "_host_view", lambda a: read.append(a) or view(a))
+    on_device = jnp.zeros((7, 3), jnp.int32)
+    on_host = np.zeros((7, 3), np.int32)
+    for indices in (on_device, on_device, on_host, on_host):
+        fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, indices=indices)
+    assert [a is on_device for a in read] == [True, False, False]
+    on_host[2, 1] = 100  # written in place: found on the next call
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 100\)"):
+        fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, indices=on_host)
