@@ -264,3 +264,17 @@ def test_every_way_of_gathering_batches_gives_the_same_bits(mode, route, monkeyp
     other = fit(steps=37, **MODES[mode])
     jax.clear_caches()
     assert_trees_close(other, gathered, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("stop_rule", [{}, {"tol": -1.0}], ids=["scan", "while"])
+def test_long_runs_find_the_first_bad_step_too(stop_rule):
+    """From LONG_RUN steps diverged_at takes another route (any, then argmax)."""
+    import functional_sgd._fit as fit_module
+    steps = fit_module.LONG_RUN + 10
+    short = fit(lr=1.5, steps=100)
+    assert 0 < int(short.diverged_at) < 100
+    long = fit(lr=1.5, steps=steps, **stop_rule)
+    assert int(long.diverged_at) == int(short.diverged_at)
+    assert int(fit(steps=steps, **stop_rule).diverged_at) == -1
+    sweep = jax.vmap(lambda lr: fit(lr=lr, steps=steps).diverged_at)(jnp.array([0.1, 1.5]))
+    assert sweep.tolist() == [-1, int(short.diverged_at)]
