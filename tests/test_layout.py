@@ -59,7 +59,9 @@ def test_pytree_params_and_two_matmuls(x64):
 @pytest.mark.parametrize("loss", [column_of_x, outer])
 def test_other_uses_of_x_keep_its_layout(loss):
     got_loss, stored = _layout.column_major(loss, START, (X, Y))
-    assert got_loss is loss and stored[0] is X
+    assert stored[0] is X and stored[1] is Y  # replayed for its sums only
+    assert float(got_loss(START, *stored)) == pytest.approx(float(loss(START, X, Y)),
+                                                            rel=1e-6)
 
 
 @pytest.mark.parametrize("dtype, bound", [(np.float64, 1e-12), (np.float32, 1e-5)])
@@ -86,3 +88,55 @@ def test_vmap_over_params_with_the_layout():
     linear = lambda a: fsgd.fit(fsgd.linear_mse, a, (X, Y), lr=0.1, steps=50,
                                 fast_path=False).params
     assert_trees_close(jax.vmap(linear)(starts)[1], linear(starts[1]), atol=1e-6)
+
+
+def sum_kinds(params, x, y):
+    """Sums the replay may take as a dot (a float vector) and ones it must not."""
+    r = x @ params - y
+    rows = jnp.arange(r.shape[0])
+    return (r ** 2).sum() + 1e-3 * (x ** 2).sum() + 1e-6 * rows.sum().astype(r.dtype) + jnp.abs(r).mean()
+
+
+def test_only_whole_short_float_vectors_are_summed_as_dots():
+    closed = jax.make_jaxpr(sum_kinds)(START, X, Y)
+    sums = [eqn for eqn in closed.jaxpr.eqns if eqn.primitive.name == "reduce_sum"]
+    seen = [(tuple(eqn.invars[0].aval.shape), str(eqn.invars[0].aval.dtype),
+             _layout._sum_by_dot_applies(eqn)) for eqn in sums]
+    assert seen == [((300,), "float32", True),    # (r ** 2).sum()
+                    ((300, 2), "float32", False),  # (x ** 2).sum(): not a vector
+                    ((300,), "int32", False),      # rows.sum(): not floats
+                    ((300,), "float32", True)]     # jnp.abs(r).mean()
+    long = jax.make_jaxpr(lambda v: v.sum())(jnp.ones(_layout.MAX_SUM_BY_DOT + 1))
+    assert not _layout._sum_by_dot_applies(long.jaxpr.eqns[0])
+
+
+@pytest.mark.parametrize("loss", [fsgd.linear_mse, sum_kinds])
+def test_sums_as_dots_keep_values_close_and_gradients_exact(loss, x64):
+    """float64: the dot sums in another order (1e-12 relative); the gradient
+    of a sum is a broadcast either way, so it keeps its bits."""
+    x, y = (np.asarray(a, np.float64) for a in (X, Y))
+    a = np.asarray(START, np.float64)
+    replayed, stored = _layout.column_major(loss, a, (x, y))
+    value, grad = jax.value_and_grad(replayed)(a, *stored)
+    expected_value, expected_grad = jax.value_and_grad(loss)(a, x, y)
+    assert max_relative_error(value, expected_value) <= 1e-12
+    assert_trees_close(grad, expected_grad, rtol=1e-12)
+
+
+def test_sums_as_dots_leave_fit_params_bit_identical(monkeypatch):
+    """float32 lesson, and a sweep over learning rates: params keep their bits
+    (only the reported losses may move in their last bits)."""
+    def run():
+        jax.clear_caches()
+        one = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=50)
+        sweep = jax.jit(jax.vmap(lambda lr: fsgd.fit(
+            fsgd.linear_mse, START, (X, Y), lr=lr, steps=50)))(jnp.array([0.01, 0.1]))
+        return one, sweep
+
+    as_dots = run()
+    monkeypatch.setattr(_layout, "MAX_SUM_BY_DOT", 0)
+    as_sums = run()
+    jax.clear_caches()
+    for dots, sums in zip(as_dots, as_sums):
+        assert_trees_close(dots.params, sums.params, rtol=0, atol=0)
+        assert_trees_close(dots.losses, sums.losses, rtol=1e-6)
