@@ -144,7 +144,8 @@ torch's step over two reads of `x` at in-cache speed, is the largest
 speed-up over torch that any step reading `x` twice can reach on this
 machine. A target above it needs a step that reads `x` once (the exact MSE
 path, or a one-pass gradient, which only a loss known to be a sum over rows
-allows).
+allows). What else was tried is listed in the README, under "Performance at
+scale".
 
 {table}
 """
