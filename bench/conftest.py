@@ -9,9 +9,9 @@ With ``FSGD_BENCH_TUNE_CPU=1`` in the environment the run measures
 and methods it is meant for; ``python -m bench.report`` runs that second.
 """
 
-import os
+from bench.methods import tuned_run
 
-if os.environ.get("FSGD_BENCH_TUNE_CPU") == "1":
+if tuned_run():
     import functional_sgd
 
     functional_sgd.tune_cpu()

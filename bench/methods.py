@@ -245,6 +245,14 @@ METHODS = (
 )
 
 
+TUNE_CPU_ENV = "FSGD_BENCH_TUNE_CPU"
+"""Set to ``1``, a benchmark process runs under ``functional_sgd.tune_cpu()``."""
+
+
+def tuned_run():
+    return os.environ.get(TUNE_CPU_ENV) == "1"
+
+
 TUNED_METHODS = (BASELINE, "sklearn SGDRegressor", "fit", "jax.vmap(fit)",
                  "jax.jit(jax.vmap(fit))")
 """What a run under ``functional_sgd.tune_cpu()`` measures: ``fit`` on the
@@ -255,6 +263,6 @@ def methods_for(workload, engines=("jax", "torch", "sklearn")):
     """The methods that run ``workload``, in table order (under
     ``FSGD_BENCH_TUNE_CPU=1``, only :data:`TUNED_METHODS` on small workloads)."""
     methods = [m for m in METHODS if m.applies(workload) and m.engine in engines]
-    if os.environ.get("FSGD_BENCH_TUNE_CPU") == "1":
+    if tuned_run():
         methods = [m for m in methods if m.name in TUNED_METHODS and not workload.large]
     return methods

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from bench import machine, plots
-from bench.methods import BASELINE
+from bench.methods import BASELINE, TUNE_CPU_ENV
 from bench.results_table import TARGETS, by_workload, load
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -32,9 +32,9 @@ def run_suite(json_path, size, select=None, tuned=False):
     ``functional_sgd.tune_cpu()`` (a process-wide setting, hence the child)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    env.pop("FSGD_BENCH_TUNE_CPU", None)
+    env.pop(TUNE_CPU_ENV, None)
     if tuned:
-        env["FSGD_BENCH_TUNE_CPU"] = "1"
+        env[TUNE_CPU_ENV] = "1"
     command = [sys.executable, "-m", "pytest", str(ROOT / "bench" / "bench_workloads.py"),
                "-p", "no:cacheprovider", "-q", "--benchmark-enable",
                f"--bench-size={size}", f"--benchmark-json={json_path}"]

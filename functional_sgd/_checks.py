@@ -151,10 +151,11 @@ def _non_finite(data):
     compiled call on their device, so a warm ``fit`` pays at most one
     dispatch and one host sync for this check.
     """
-    bad, on_device = [], []
+    bad, on_device, checked = [], [], []
     for i, a in enumerate(data):
         if not (is_concrete(a) and _is_inexact(a.dtype)) or _recall(a, "finite"):
             continue
+        checked.append((i, a))
         view = _host_view(a)
         if view is None and a.size * a.dtype.itemsize <= _HOST_CHECK_BYTES:
             view = np.asarray(a)
@@ -166,7 +167,7 @@ def _non_finite(data):
         with jax.ensure_compile_time_eval():  # concrete data closed over by a jit trace
             finite = np.asarray(_jit_all_finite(tuple(a for _, a in on_device)))
         bad += [i for (i, _), ok in zip(on_device, finite) if not ok]
-    for i, a in enumerate(data):
+    for i, a in checked:
         if i not in bad:
             _remember(a, "finite", True)
     return sorted(bad)

@@ -35,7 +35,9 @@ MAX_COLUMNS = 256
 faster in 2 of 3 side-by-side runs, and the copy would cost memory for nothing."""
 
 def column_major(loss, params, data):
-    """``(loss, data)`` with eligible data arrays stored transposed, else unchanged.
+    """``(loss, data)`` with eligible data arrays stored transposed and short
+    float sums taken as dot products (see the module docstring); unchanged
+    when neither applies.
 
     Returns a loss taking the stored arrays and the stored data; the values
     and gradients it gives are those of ``loss`` (a matmul's rounding may
