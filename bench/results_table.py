@@ -72,7 +72,7 @@ class Target:
 def _exact_path_declined(table, w):
     """The exact path's target holds where it applies: where ``fast_path="auto"``
     picks it, because the moments cost less than the loop they replace."""
-    from functional_sgd import _fastpath
+    from functional_sgd.speed import _moments as _fastpath
 
     runs = table.get(w)
     if not runs:

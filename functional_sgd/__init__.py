@@ -13,15 +13,15 @@ jitted JAX functions.
 from ._data import LESSON_A as LESSON_A
 from ._data import LESSON_START as LESSON_START
 from ._data import lesson_data as lesson_data
-from ._fit import FitResult as FitResult
-from ._fit import fit as fit
-from ._fit import gradient as gradient
-from ._fit import sgd_update as sgd_update
-from ._model import linear as linear
-from ._model import linear_mse as linear_mse
-from ._model import mse as mse
-from ._sampling import sample_indices as sample_indices
-from ._tuning import tune_cpu as tune_cpu
+from .core import FitResult as FitResult
+from .core import fit as fit
+from .core import gradient as gradient
+from .core import linear as linear
+from .core import linear_mse as linear_mse
+from .core import mse as mse
+from .core import sample_indices as sample_indices
+from .core import sgd_update as sgd_update
+from .speed import tune_cpu as tune_cpu
 
 __version__ = "0.1.0"
 

@@ -8,7 +8,7 @@ from ._cli import (DIGITS_FILES, LESSON_FILES, SWEEP_FILES, UsageError, check_ba
                    out_folder)
 from ._data import LESSON_START, lesson_data
 from ._lesson import LEARNING_RATES, fit_modes, learning_rate_runs, reference_agreement
-from ._model import linear_mse
+from .core import linear_mse
 from ._progress import wants_progress
 from ._timing import timed
 

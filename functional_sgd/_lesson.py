@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._fit import fit
-from ._model import linear_mse
+from .core import fit
+from .core import linear_mse
 from ._progress import progress_bar
-from ._sampling import sample_indices
+from .core import sample_indices
 from ._timing import timed
 
 LEARNING_RATES = {"too low": 0.01, "good": 0.1, "bouncing": 0.9, "too high": 1.5}

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks
-from ._fit import fit
+from .core import _checks
+from .core import fit
 
 
 class LRSweep(NamedTuple):

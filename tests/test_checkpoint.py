@@ -14,7 +14,7 @@ import pytest
 
 import checkpoint_run
 import functional_sgd as fsgd
-from functional_sgd import _checkpoint
+from functional_sgd.drivers import _checkpoint
 from helpers import assert_trees_close
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from functional_sgd import _fastpath
+from functional_sgd.speed import _moments as _fastpath
 from helpers import assert_trees_close, count_compilations, max_relative_error
 
 STEPS = 120

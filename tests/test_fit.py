@@ -252,7 +252,7 @@ def test_non_finite_check_can_be_skipped_and_then_divergence_shows():
 def test_every_way_of_gathering_batches_gives_the_same_bits(mode, route, monkeypatch):
     """Batches gathered before the loop, gathered in the loop (tiny steps) or
     step by step (over the pre-gather budget) are the same rows."""
-    import functional_sgd._fit as fit_module
+    import functional_sgd.core._fit as fit_module
     monkeypatch.setattr(fit_module, "TINY_STEP_BYTES", 0)
     jax.clear_caches()  # both budgets are read while tracing
     gathered = fit(steps=37, **MODES[mode])
@@ -269,7 +269,7 @@ def test_every_way_of_gathering_batches_gives_the_same_bits(mode, route, monkeyp
 @pytest.mark.parametrize("stop_rule", [{}, {"tol": -1.0}], ids=["scan", "while"])
 def test_long_runs_find_the_first_bad_step_too(stop_rule):
     """From LONG_RUN steps diverged_at takes another route (any, then argmax)."""
-    import functional_sgd._fit as fit_module
+    import functional_sgd.core._fit as fit_module
     steps = fit_module.LONG_RUN + 10
     short = fit(lr=1.5, steps=100)
     assert 0 < int(short.diverged_at) < 100

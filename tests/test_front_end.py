@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from functional_sgd import _checks
+from functional_sgd.core import _checks
 
 X, Y = fsgd.lesson_data(jax.random.key(0))
 START = jnp.array(fsgd.LESSON_START)

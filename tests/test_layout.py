@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from functional_sgd import _layout
+from functional_sgd.speed import _layout
 from helpers import assert_trees_close, max_relative_error
 
 X, Y = fsgd.lesson_data(jax.random.key(0), n=300)

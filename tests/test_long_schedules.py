@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from functional_sgd import _sampling
+from functional_sgd.core import _batches as _sampling
 from helpers import assert_trees_close
 
 X, Y = fsgd.lesson_data(jax.random.key(0), n=60)

@@ -12,13 +12,13 @@ import pytest
 from helpers import MODES_FOR_TUNING
 
 import functional_sgd as fsgd
-from functional_sgd import _tuning
+from functional_sgd.speed import _cpu as _tuning
 
 CHILD = """
 import json, os, sys
 import jax, jax.numpy as jnp
 import functional_sgd as fsgd
-from functional_sgd import _fit
+from functional_sgd.core import _fit
 made = fsgd.tune_cpu()
 sys.path.insert(0, {tests!r})
 from helpers import MODES_FOR_TUNING, X, Y, START

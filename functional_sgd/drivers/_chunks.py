@@ -57,7 +57,7 @@ def _join(chunks, steps, record_params):
 def run_result(params, opt_state, step, losses, steps, trajectory=None):
     """The ``FitResult`` of a run of ``steps`` whose first ``len(losses)`` steps
     ran: losses padded with NaN, ``steps_run`` and ``diverged_at`` read off them."""
-    from ._fit import FitResult  # _fit imports this module
+    from ..core._fit import FitResult  # _fit imports this module
     steps_run = losses.shape[0]
     bad = np.flatnonzero(~np.isfinite(losses))
     padded = np.concatenate([losses, np.full(steps - steps_run, np.nan, losses.dtype)])

@@ -45,8 +45,8 @@ import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from . import _checks
-from ._sampling import _schedule
+from ..core import _checks
+from ..core._batches import _schedule
 
 
 def data_parallel(loop, mesh, loss, params, data):

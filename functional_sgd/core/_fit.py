@@ -21,9 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checkpoint, _checks, _fastpath, _layout, _parallel
-from ._chunks import run_in_chunks
-from ._sampling import _schedule, chunk_steps
+from . import _checks
+from ..drivers import _checkpoint
+from ..drivers import _mesh as _parallel
+from ..speed import _layout
+from ..speed import _moments as _fastpath
+from ..drivers._chunks import run_in_chunks
+from ._batches import _schedule, chunk_steps
 
 
 class FitResult(NamedTuple):

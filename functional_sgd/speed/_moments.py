@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._model import linear_mse
+from ..core._model import linear_mse
 
 BLOCK_ROWS = 4096
 """Rows per accumulated block: large enough for a fast matmul, small enough

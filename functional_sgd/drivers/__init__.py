@@ -1,0 +1,1 @@
+"""Host-side drivers around the compiled loop: chunks, checkpoints, a device mesh."""
