@@ -72,13 +72,13 @@ class Target:
 def _exact_path_declined(table, w):
     """The exact path's target holds where it applies: where ``fast_path="auto"``
     picks it, because the moments cost less than the loop they replace."""
-    from functional_sgd.speed import _moments as _fastpath
+    from functional_sgd.speed import moments_pay
 
     runs = table.get(w)
     if not runs:
         return None
     extra = next(iter(runs.values())).extra
-    if _fastpath.worth_it(extra["n"], extra["d"], extra["steps"]):
+    if moments_pay(extra["n"], extra["d"], extra["steps"]):
         return None
     return (f"n/a: auto declines it (d = {extra['d']} > 2 x {extra['steps']} steps: "
             f"XᵀX costs n d² = {extra['n'] * extra['d'] ** 2:.0e} multiply-adds, more "

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
+from functional_sgd import speed
 from functional_sgd.speed import _moments as _fastpath
 from helpers import assert_trees_close, count_compilations, max_relative_error
 
@@ -120,14 +121,20 @@ def test_vmap_over_learning_rates_and_no_recompile():
 def test_auto_uses_the_fast_path_only_where_it_applies_and_pays():
     x, y = regression(100, 2, np.float32)
     start = np.zeros(2, np.float32)
-    assert _fastpath.choose("auto", fsgd.linear_mse, start, (x, y), None, 1000)
-    assert not _fastpath.choose("auto", fsgd.linear_mse, start, (x, y), None, 100)  # tiny
-    assert not _fastpath.choose("auto", fsgd.linear_mse, start, (x, y), 10, 1000)
-    assert not _fastpath.choose("auto", lambda a, x, y: fsgd.linear_mse(a, x, y),
-                                start, (x, y), None, 100)
+
+    def chosen(steps, full_batch=True, exact_mse=True, params=start, data=(x, y)):
+        return speed.decide(None, "auto", exact_mse=exact_mse, params=params, data=data,
+                            full_batch=full_batch, steps=steps).exact_moments
+
+    assert chosen(1000)
+    assert not chosen(100)  # tiny
+    assert not chosen(1000, full_batch=False)
+    assert not chosen(100, exact_mse=False)
     wide_x, wide_y = regression(50, 300, np.float32)
-    assert not _fastpath.choose("auto", fsgd.linear_mse, np.zeros(300, np.float32),
-                                (wide_x, wide_y), None, 100)  # d > 2 * steps
+    assert not chosen(100, params=np.zeros(300, np.float32), data=(wide_x, wide_y))  # d > 2 * steps
+    assert speed.decide(speed.SpeedPlan(exact_moments=False), "auto", exact_mse=True,
+                        params=start, data=(x, y), full_batch=True,
+                        steps=1000).exact_moments is False  # the plan switches it off
 
 
 def test_auto_in_fit_runs_the_fast_path_where_chosen():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
+from functional_sgd.speed import SpeedPlan
 from helpers import KEY, START, X, Y, assert_trees_close, count_compilations
 from helpers import fit_lesson as fit
 
@@ -249,28 +250,21 @@ def test_non_finite_check_can_be_skipped_and_then_divergence_shows():
 
 @pytest.mark.parametrize("mode", ["mini-batch", "epochs", "stochastic"])
 @pytest.mark.parametrize("route", ["gathered in the loop", "gathered step by step"])
-def test_every_way_of_gathering_batches_gives_the_same_bits(mode, route, monkeypatch):
+def test_every_way_of_gathering_batches_gives_the_same_bits(mode, route):
     """Batches gathered before the loop, gathered in the loop (tiny steps) or
     step by step (over the pre-gather budget) are the same rows."""
-    import functional_sgd.core._fit as fit_module
-    monkeypatch.setattr(fit_module, "TINY_STEP_BYTES", 0)
-    jax.clear_caches()  # both budgets are read while tracing
-    gathered = fit(steps=37, **MODES[mode])
-    if route == "gathered in the loop":
-        monkeypatch.setattr(fit_module, "TINY_STEP_BYTES", 1 << 20)
-    else:
-        monkeypatch.setattr(fit_module, "PREGATHER_BYTES", 0)
-    jax.clear_caches()
-    other = fit(steps=37, **MODES[mode])
-    jax.clear_caches()
+    gathered = fit(steps=37, speed=SpeedPlan(tiny_step_bytes=0), **MODES[mode])
+    plan = (SpeedPlan(tiny_step_bytes=1 << 20) if route == "gathered in the loop"
+            else SpeedPlan(tiny_step_bytes=0, pregather_bytes=0))
+    other = fit(steps=37, speed=plan, **MODES[mode])
     assert_trees_close(other, gathered, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("stop_rule", [{}, {"tol": -1.0}], ids=["scan", "while"])
 def test_long_runs_find_the_first_bad_step_too(stop_rule):
     """From LONG_RUN steps diverged_at takes another route (any, then argmax)."""
-    import functional_sgd.core._fit as fit_module
-    steps = fit_module.LONG_RUN + 10
+    from functional_sgd.core._repeat import LONG_RUN
+    steps = LONG_RUN + 10
     short = fit(lr=1.5, steps=100)
     assert 0 < int(short.diverged_at) < 100
     long = fit(lr=1.5, steps=steps, **stop_rule)

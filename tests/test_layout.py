@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from functional_sgd.speed import _layout
+from functional_sgd.speed import SpeedPlan, _layout
 from helpers import assert_trees_close, max_relative_error
 
 X, Y = fsgd.lesson_data(jax.random.key(0), n=300)
@@ -123,20 +123,25 @@ def test_sums_as_dots_keep_values_close_and_gradients_exact(loss, x64):
     assert_trees_close(grad, expected_grad, rtol=1e-12)
 
 
-def test_sums_as_dots_leave_fit_params_bit_identical(monkeypatch):
+def test_sums_as_dots_leave_fit_params_bit_identical():
     """float32 lesson, and a sweep over learning rates: params keep their bits
     (only the reported losses may move in their last bits)."""
-    def run():
-        jax.clear_caches()
-        one = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=50)
+    def run(plan):
+        one = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=50, speed=plan)
         sweep = jax.jit(jax.vmap(lambda lr: fsgd.fit(
-            fsgd.linear_mse, START, (X, Y), lr=lr, steps=50)))(jnp.array([0.01, 0.1]))
+            fsgd.linear_mse, START, (X, Y), lr=lr, steps=50, speed=plan)))(
+                jnp.array([0.01, 0.1]))
         return one, sweep
 
-    as_dots = run()
-    monkeypatch.setattr(_layout, "MAX_SUM_BY_DOT", 0)
-    as_sums = run()
-    jax.clear_caches()
+    as_dots, as_sums = run(SpeedPlan()), run(SpeedPlan(sums_as_dots=False))
     for dots, sums in zip(as_dots, as_sums):
         assert_trees_close(dots.params, sums.params, rtol=0, atol=0)
         assert_trees_close(dots.losses, sums.losses, rtol=1e-6)
+
+
+def test_the_plan_switches_the_layout_off_with_the_same_params():
+    plain = SpeedPlan(column_major=False, sums_as_dots=False)
+    for plan in (SpeedPlan(), SpeedPlan(sums_as_dots=False), plain):
+        result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=50, speed=plan)
+        reference = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=50, speed=plain)
+        assert_trees_close(result.params, reference.params, rtol=1e-6)

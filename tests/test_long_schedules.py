@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from functional_sgd.core import _batches as _sampling
+from functional_sgd.core import _batches
+from functional_sgd.speed import SpeedPlan
 from helpers import assert_trees_close
 
 X, Y = fsgd.lesson_data(jax.random.key(0), n=60)
@@ -13,19 +14,14 @@ START = jax.numpy.array(fsgd.LESSON_START)
 KEY = jax.random.key(5)
 
 
-@pytest.fixture
-def small_budget(monkeypatch):
-    """A 64-index budget, so a 90-step run of 4 rows is drawn in chunks."""
-    monkeypatch.setattr(_sampling, "SCHEDULE_BUDGET", 64)
-    jax.clear_caches()  # compiled loops traced under the default budget
-    yield
-    jax.clear_caches()
+SMALL_BUDGET = SpeedPlan(schedule_budget=64)
+"""A 64-index budget, so a 90-step run of 4 rows is drawn in chunks."""
 
 
-def keyed_and_replayed(**kwargs):
+def keyed_and_replayed(plan=None, **kwargs):
     kwargs = {"lr": 0.1, "steps": 90, "batch_size": 4, **kwargs}
     start = kwargs.pop("start_step", 0)
-    keyed = fsgd.fit(fsgd.linear_mse, START, (X, Y), key=KEY, start_step=start,
+    keyed = fsgd.fit(fsgd.linear_mse, START, (X, Y), key=KEY, start_step=start, speed=plan,
                      **kwargs)
     rows = fsgd.sample_indices(KEY, 60, kwargs.pop("steps"), kwargs.pop("batch_size"),
                                replace=kwargs.get("replace", True), start=start)
@@ -35,24 +31,24 @@ def keyed_and_replayed(**kwargs):
 
 
 @pytest.mark.parametrize("replace, chunk", [(True, 16), (False, 16)])
-def test_chunk_sizes_follow_the_budget(small_budget, replace, chunk):
-    assert _sampling.chunk_steps(60, 90, 4, replace) == chunk  # 64 // 4; an epoch is 15
-    assert _sampling.chunk_steps(60, 90, 1, False) == 64
-    assert _sampling.chunk_steps(60, 10, 4, True) is None  # 40 indices fit
+def test_chunk_sizes_follow_the_budget(replace, chunk):
+    assert _batches.chunk_steps(60, 90, 4, replace, 64) == chunk  # 64 // 4; an epoch is 15
+    assert _batches.chunk_steps(60, 90, 1, False, 64) == 64
+    assert _batches.chunk_steps(60, 10, 4, True, 64) is None  # 40 indices fit
 
 
 @pytest.mark.parametrize("kwargs", [
     {}, {"replace": False}, {"start_step": 37}, {"tol": 0.3},
     {"replace": False, "record_params": True, "patience": 5},
 ])
-def test_chunked_draws_equal_the_whole_schedule(small_budget, kwargs):
-    keyed, replayed = keyed_and_replayed(**kwargs)
+def test_chunked_draws_equal_the_whole_schedule(kwargs):
+    keyed, replayed = keyed_and_replayed(SMALL_BUDGET, **kwargs)
     assert_trees_close(keyed._replace(step=0), replayed._replace(step=0))
     assert int(keyed.step) == int(replayed.step) + kwargs.get("start_step", 0)
 
 
 def test_without_chunks_the_schedule_is_drawn_whole():
     keyed, replayed = keyed_and_replayed(steps=40)
-    assert _sampling.chunk_steps(60, 40, 4, True) is None
+    assert _batches.chunk_steps(60, 40, 4, True, SpeedPlan().schedule_budget) is None
     assert_trees_close(keyed._replace(step=0), replayed._replace(step=0))
     assert np.isfinite(np.asarray(keyed.losses)).all()

@@ -18,17 +18,18 @@ CHILD = """
 import json, os, sys
 import jax, jax.numpy as jnp
 import functional_sgd as fsgd
-from functional_sgd.core import _fit
+from functional_sgd.core import LoopSpec, Inputs, initialize
+from functional_sgd.core._repeat import loop as fit_loop
+from functional_sgd.speed import CPU_COMPILER_OPTIONS
 made = fsgd.tune_cpu()
 sys.path.insert(0, {tests!r})
 from helpers import MODES_FOR_TUNING, X, Y, START
 results = {{name: fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=60, **kwargs)
             for name, kwargs in MODES_FOR_TUNING.items()}}
-loop = _fit._compiled_loop.lower(
-    START, (X, Y), 0.1, None, None, None, 0, None, None,
-    _fit.StopState(jnp.inf, 0, False), steps=60, loss=fsgd.linear_mse, optimizer=None,
-    batch_size=None, replace=True, use_tol=False, use_patience=False,
-    record_params=False, fast_path=False).compile().as_text()
+spec = LoopSpec(fsgd.linear_mse, steps=60)
+loop = jax.jit(fit_loop, static_argnames="spec", compiler_options=CPU_COMPILER_OPTIONS).lower(
+    initialize(spec, START, None, 0, jnp.float32), Inputs((X, Y), 0.1, None, None, None, None),
+    spec=spec).compile().as_text()
 print(json.dumps({{
     "made": made,
     "async": jax.config.read("jax_cpu_enable_async_dispatch"),

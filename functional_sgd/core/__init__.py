@@ -1,10 +1,30 @@
-"""The seven steps of the lesson, and ``fit`` as their front door."""
+"""The seven steps of the lesson, and ``fit`` as their front door.
 
+Each step has a module of its name: ``_initialize``, ``_predict``, ``_loss``,
+``_gradient``, ``_step``, ``_repeat``, ``_stop``; which rows each step sees
+is ``_batches``. The pieces behind ``fit`` work on their own: a
+:class:`LoopSpec` (loss, optimizer, batches, steps, stop rule, ...), a
+``Carry`` from :func:`initialize`, the traced ``Inputs``, and :func:`run`.
+"""
+
+from .._types import Carry as Carry
+from .._types import FitResult as FitResult
+from .._types import Inputs as Inputs
+from .._types import Record as Record
+from .._types import StopState as StopState
+from ._batches import FullBatch as FullBatch
+from ._batches import Sampled as Sampled
+from ._batches import Schedule as Schedule
+from ._batches import Shuffled as Shuffled
 from ._batches import sample_indices as sample_indices
-from ._fit import FitResult as FitResult
 from ._fit import fit as fit
-from ._fit import gradient as gradient
-from ._fit import sgd_update as sgd_update
-from ._model import linear as linear
-from ._model import linear_mse as linear_mse
-from ._model import mse as mse
+from ._gradient import gradient as gradient
+from ._initialize import start as initialize
+from ._loss import linear_mse as linear_mse
+from ._loss import mse as mse
+from ._predict import linear as linear
+from ._repeat import run as run
+from ._spec import LoopSpec as LoopSpec
+from ._step import sgd_update as sgd_update
+from ._step import train_step as train_step
+from ._stop import StopRule as StopRule

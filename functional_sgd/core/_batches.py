@@ -1,21 +1,181 @@
-"""Which rows each step sees: the schedule of a mini-batch or stochastic run.
+"""Which rows each step sees: batch, mini-batch, stochastic, or a schedule.
 
 Batch, mini-batch and stochastic descent run the same loop; they differ only
-in the ``(steps, batch_size)`` array of row indices that feeds it. The
-schedule is a pure function of ``(key, step)``, so a run cut in two pieces
-(``start=0`` then ``start=50``) sees exactly the rows of one run of 100 steps.
+in the rows each step sees. Four small objects say which, with one interface
+(``batch_size``, ``keyed``, ``rows(key, indices, start, steps)``):
+
+* :class:`FullBatch`: every step sees every row (batch gradient descent);
+* :class:`Sampled`: every step draws its rows independently from
+  ``fold_in(key, step)`` (the lesson's ``rand_idx``; one row: stochastic);
+* :class:`Shuffled`: epochs of shuffled rows, none repeated in an epoch;
+* :class:`Schedule`: an explicit ``(steps, batch_size)`` array of rows.
+
+A keyed schedule is a pure function of ``(key, step)``, so a run cut in two
+pieces (``start=0`` then ``start=50``) sees exactly the rows of one run of
+100 steps. :func:`feed` decides where the rows are gathered (before the loop,
+inside it, or step by step), as the speed plan says.
+
+>>> import jax
+>>> rows = Shuffled(n=10, batch_size=5).rows(jax.random.key(0), None, 0, steps=2)
+>>> sorted(rows.ravel().tolist()) == list(range(10))
+True
 """
 
+import dataclasses
 from functools import partial
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _checks
 
-SCHEDULE_BUDGET = 1 << 22
-"""Row indices (int32, 16 MiB) a keyed run may hold at once; longer schedules
-are drawn in chunks inside the loop (see :func:`chunk_steps`)."""
+
+@dataclasses.dataclass(frozen=True)
+class FullBatch:
+    """Batch gradient descent: every step sees all the data."""
+
+    batch_size = None
+    keyed = False
+
+    def rows(self, key, indices, start, steps):
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampled:
+    """Each step draws ``batch_size`` rows of ``n`` independently, from
+    ``fold_in(key, step)``, with replacement across steps (see
+    :func:`sample_indices`, ``replace=True``)."""
+
+    n: int
+    batch_size: int
+    keyed = True
+    replace = True
+
+    def rows(self, key, indices, start, steps):
+        return _schedule(key, start, n=self.n, steps=steps, batch_size=self.batch_size,
+                         replace=self.replace)
+
+    def chunk(self, steps, budget):
+        """Steps whose rows are drawn at once, or ``None`` for the whole run."""
+        return chunk_steps(self.n, steps, self.batch_size, self.replace, budget)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shuffled(Sampled):
+    """Epochs of shuffled rows: epoch ``e`` is a permutation drawn from
+    ``fold_in(key, e)``, cut into ``n // batch_size`` batches (see
+    :func:`sample_indices`, ``replace=False``)."""
+
+    replace = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """An explicit schedule: step ``t`` sees rows ``indices[t]``."""
+
+    batch_size: int
+    keyed = False
+
+    def rows(self, key, indices, start, steps):
+        return indices
+
+
+def choose(n, steps, batch_size, key, indices, replace):
+    """The batches object (and step count) that ``fit``'s arguments ask for,
+    after checking they agree."""
+    if steps is not None:
+        steps = _checks.check_int(steps, "steps", minimum=1)
+    if not isinstance(replace, (bool, np.bool_)):
+        raise TypeError(f"replace must be True or False; got {replace!r}.")
+    if indices is not None:
+        if key is not None:
+            raise ValueError("pass key or indices, not both: indices fix every batch.")
+        _checks.check_indices(indices, n)
+        if steps is not None and steps != indices.shape[0]:
+            raise ValueError(
+                f"steps={steps} disagrees with indices of shape {tuple(indices.shape)}; "
+                "omit steps or pass as many rows of indices.")
+        if batch_size is not None and batch_size != indices.shape[1]:
+            raise ValueError(
+                f"batch_size={batch_size} disagrees with indices of shape "
+                f"{tuple(indices.shape)}; omit batch_size or make them match.")
+        return Schedule(int(indices.shape[1])), int(indices.shape[0])
+    if steps is None:
+        raise TypeError("steps is required (or pass an indices schedule), e.g. steps=100.")
+    if batch_size is None:
+        if key is not None:
+            raise ValueError(
+                "key is given but batch_size is None: full-batch descent draws no rows. "
+                "Pass batch_size for mini-batch descent, or drop key.")
+        return FULL_BATCH, steps
+    if n is None:
+        raise ValueError("batch_size needs data to draw rows from: data is ().")
+    batch_size = _checks.check_int(batch_size, "batch_size", minimum=1)
+    if batch_size > n:
+        raise ValueError(f"batch_size must be at most n={n} (rows of data); got {batch_size}.")
+    _checks.check_key(key, "key")
+    return (Sampled if replace else Shuffled)(n, batch_size), steps
+
+
+FULL_BATCH = FullBatch()
+
+
+class Feed(NamedTuple):
+    """Where a loop's batches come from.
+
+    ``xs`` is what the loop steps over: each step's rows when they are
+    gathered in the loop, else ``None`` for the step numbers (``0, 1, ...``
+    within the run); ``rows`` is the chunk of drawn rows
+    carried between steps (or ``None``), and ``batch_at(x, rows)`` gives
+    step ``x``'s batch and the rows to carry on.
+    """
+
+    xs: Any
+    rows: Any
+    batch_at: Callable
+    unroll: int
+    tiny_steps: bool
+
+
+def feed(batches, data, key, indices, start_step, steps, plan):
+    """The :class:`Feed` of a run of ``steps`` from ``start_step`` (traced).
+
+    Tiny steps (one row, say) make a loop that XLA:CPU compiles into one
+    kernel, where a row gather costs nanoseconds: those gather in the loop.
+    Larger steps run as separate kernels, where a gather costs ~3 us a step
+    and a slice of batches gathered up front ~0.3 us: those are gathered
+    before the loop while they fit in ``plan.pregather_bytes``. A long keyed
+    schedule is drawn a chunk at a time, when step ``t`` starts one.
+    """
+    chunk = batches.chunk(steps, plan.schedule_budget) if batches.keyed else None
+    if chunk is not None:
+        def batch_at(t, rows):
+            rows = jax.lax.cond(t % chunk == 0,
+                                lambda: batches.rows(key, None, start_step + t, chunk),
+                                lambda: rows)
+            return tuple(a[rows[t % chunk]] for a in data), rows
+
+        rows = jnp.zeros((chunk, batches.batch_size), jnp.int32)
+        return Feed(None, rows, batch_at, 1, False)
+    indices = batches.rows(key, indices, start_step, steps)
+    if indices is None:
+        return Feed(None, None, lambda t, rows: (data, rows), 1, False)
+    tiny = _gathered_bytes(data, indices[0]) <= plan.tiny_step_bytes
+    if tiny or _gathered_bytes(data, indices) > plan.pregather_bytes:
+        # Unrolling by two halves the loop overhead of tiny steps (10% per sample).
+        return Feed(indices, None, lambda rows_t, rows: (tuple(a[rows_t] for a in data), rows),
+                    2 if tiny else 1, tiny)
+    gathered = tuple(a[indices] for a in data)
+    return Feed(None, None, lambda t, rows: (tuple(b[t] for b in gathered), rows),
+                1, False)
+
+
+def _gathered_bytes(data, indices):
+    return sum(indices.size * np.prod(a.shape[1:], dtype=int) * a.dtype.itemsize
+               for a in data)
 
 
 def sample_indices(key, n, steps, batch_size, *, replace=True, start=0):
@@ -61,18 +221,18 @@ def sample_indices(key, n, steps, batch_size, *, replace=True, start=0):
                      replace=bool(replace))
 
 
-def chunk_steps(n, steps, batch_size, replace):
+def chunk_steps(n, steps, batch_size, replace, budget):
     """Steps whose rows ``fit`` draws at once, or ``None`` to draw the whole schedule.
 
-    A schedule of ``steps * batch_size`` indices above ``SCHEDULE_BUDGET`` is
+    A schedule of ``steps * batch_size`` indices above ``budget`` is
     drawn a chunk at a time. Without replacement a chunk spans at least one
     epoch, so each epoch's permutation is sorted at most a few times. The
     rows of step ``t`` depend only on ``(key, t)``: chunked or not, they are
     the bits :func:`sample_indices` gives.
     """
-    if steps * batch_size <= SCHEDULE_BUDGET:
+    if steps * batch_size <= budget:
         return None
-    chunk = max(1, SCHEDULE_BUDGET // batch_size)
+    chunk = max(1, budget // batch_size)
     if not replace:
         chunk = max(chunk, n // batch_size)
     return min(chunk, steps)

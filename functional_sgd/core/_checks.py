@@ -60,7 +60,47 @@ def check_start(start):
         raise ValueError(f"start must be >= 0; got {value}.")
 
 
-def check_lr(lr, optimizer):
+def check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r}.")
+    return bool(value)
+
+
+def check_real(value, name):
+    """A finite real scalar (a tracer passes unchecked)."""
+    if not is_concrete(value):
+        return
+    array = np.asarray(value) if not isinstance(value, (bool, np.bool_)) else None
+    if array is None or array.shape != () or not (
+            np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise TypeError(f"{name} must be a real number; got {value!r}.")
+    if not math.isfinite(float(array)):
+        raise ValueError(f"{name} must be a finite number; got {value}.")
+
+
+def check_no_chunk_options(on_chunk, checkpoint):
+    if on_chunk is not None:
+        raise ValueError("on_chunk needs chunk_size: pass e.g. chunk_size=1000.")
+    if checkpoint is not None:
+        raise ValueError("checkpoint needs chunk_size: the state is written after "
+                         "every chunk; pass e.g. chunk_size=1000.")
+
+
+def check_chunks(chunk_size, on_chunk, values):
+    """``chunk_size`` as an int; chunks run a host loop, so ``values`` must be concrete."""
+    chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
+    if on_chunk is not None and not callable(on_chunk):
+        raise TypeError(f"on_chunk must be callable as on_chunk(result); got {on_chunk!r}.")
+    if not all(map(is_concrete, jax.tree.leaves(values))):
+        raise ValueError("chunk_size runs a host loop between chunks, so fit cannot be "
+                         "traced by jax.jit or jax.vmap with it; drop chunk_size there.")
+    return chunk_size
+
+
+def check_lr(lr, optimizer, opt_state=None):
+    if optimizer is None and opt_state is not None:
+        raise ValueError("opt_state is given but optimizer is None: plain SGD keeps no "
+                         "state. Pass the optimizer that made opt_state, or drop opt_state.")
     if optimizer is not None:
         if lr is not None:
             raise ValueError(
@@ -233,6 +273,21 @@ def _jit_min_max(a):
     return a.min(), a.max()
 
 
+def batch_of(data, batch_size):
+    """Shapes and dtypes of a batch of ``batch_size`` rows of ``data``."""
+    return tuple(jax.ShapeDtypeStruct((batch_size,) + tuple(a.shape[1:]), jnp.result_type(a))
+                 for a in data)
+
+
+def check_loss_per_row(loss, params, data):
+    """Under a mesh the loss is also evaluated on batches of one row."""
+    try:
+        check_loss(loss, params, batch_of(data, 1))
+    except ValueError as error:
+        raise ValueError(f"with mesh, loss is evaluated on batches of one row and must "
+                         f"be a mean over rows; that failed: {error}") from error
+
+
 def check_loss(loss, params, batch):
     """Traces ``loss(params, *batch)`` once per signature and checks it is a scalar.
 
@@ -258,8 +313,11 @@ def _signature(x):
         return tuple(x.shape), x.dtype, bool(x.weak_type)
     if isinstance(x, np.ndarray):
         return x.shape, jax.dtypes.canonicalize_dtype(x.dtype), False
-    spec = jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))  # Python scalars
-    return spec.shape, spec.dtype, bool(jax.dtypes.is_weakly_typed(x))
+    spec = jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))  # scalars
+    # JAX types Python numbers weakly (they take the dtype of what they meet);
+    # NumPy scalars and bools keep their own.
+    weak = isinstance(x, (int, float, complex)) and not isinstance(x, (bool, np.generic))
+    return spec.shape, spec.dtype, weak
 
 
 def _spec(signature):

@@ -33,6 +33,7 @@ so a crash mid-write leaves the previous checkpoint whole. Under
 >>> os.remove(path)
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -43,76 +44,96 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._chunks import run_in_chunks, run_result
+from ._chunks import record_of, run_in_chunks
 
 FORMAT = "functional-sgd checkpoint"
 VERSION = 1
 
 
-def run_with_checkpoints(path, run_chunk, params, opt_state, start_step, indices,
-                         stop_state, *, steps, chunk_size, on_chunk, record_params, run):
-    """``run_in_chunks`` that resumes from ``path`` and writes it after every chunk.
+def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk=None):
+    """:func:`run_in_chunks` that resumes from ``path`` and writes it after every chunk.
 
-    ``run`` holds the arguments that decide the run's bits (data, lr, key,
-    schedule, stop rule, optimizer); a checkpoint written with others is refused.
+    The spec, the carry and the inputs decide the run's bits; a checkpoint
+    written by a run that differs in them is refused.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"checkpoint must be a file path; got {type(path).__name__}.")
-    if record_params:
+    if spec.record_params:
         raise ValueError("checkpoint does not store the parameter trajectory; drop "
                          "record_params, or checkpoint (and keep record_params).")
-    start_step = int(start_step)
-    opt_spec = opt_state
-    if opt_state is None and run["optimizer"] is not None:
-        opt_spec = jax.eval_shape(run["optimizer"].init, params)
-    expected = _fingerprint(run, params, opt_spec, indices, start_step, steps)
+    carry = carry._replace(step=int(carry.step))
+    opt_spec = carry.opt_state
+    if opt_spec is None and spec.optimizer is not None:
+        opt_spec = jax.eval_shape(spec.optimizer.init, carry.params)
+    expected = _fingerprint(spec, carry._replace(opt_state=opt_spec), inputs)
     done, history = 0, []
     if os.path.exists(path):
         saved = _read(path, expected)
         done, history = saved["done"], [saved["losses"]]
-        params, opt_state = jax.tree.unflatten(jax.tree.structure((params, opt_spec)),
-                                               saved["leaves"])
-        stop_state = stop_state._replace(best=saved["best"], waited=saved["waited"],
-                                         stopped=saved["stopped"])
+        params, opt_state = jax.tree.unflatten(
+            jax.tree.structure((carry.params, opt_spec)), saved["leaves"])
+        carry = carry._replace(params=params, opt_state=opt_state, stop=carry.stop._replace(
+            best=saved["best"], waited=saved["waited"], stopped=saved["stopped"]))
 
-    def run_and_save(params, *, indices, opt_state, start_step, stop_state, steps):
-        result, stop_state = run_chunk(params, indices=indices, opt_state=opt_state,
-                                       start_step=start_step, stop_state=stop_state,
-                                       steps=steps)
-        history.append(np.asarray(result.losses)[:int(result.steps_run)])
-        _write(path, expected, result.params, result.opt_state, np.concatenate(history),
-               stop_state)
-        return result, stop_state
+    def run_and_save(spec, carry, inputs):
+        carry, record = run(spec, carry, inputs)
+        history.append(np.asarray(record.losses)[:int(record.steps_run)])
+        _write(path, expected, carry, np.concatenate(history))
+        return carry, record
 
-    if done < steps and not bool(stop_state.stopped):
-        rest = None if indices is None else indices[done:]
-        last = run_in_chunks(run_and_save, params, opt_state, start_step + done, rest,
-                             stop_state, steps=steps - done, chunk_size=chunk_size,
-                             on_chunk=on_chunk, record_params=False)
-        params, opt_state = last.params, last.opt_state
+    steps = spec.steps
+    if done < steps and not bool(carry.stop.stopped):
+        rest = inputs if inputs.indices is None else inputs._replace(
+            indices=inputs.indices[done:])
+        carry = carry._replace(step=np.int32(carry.step + done))
+        carry, _ = run_in_chunks(run_and_save, dataclasses.replace(spec, steps=steps - done),
+                                 carry, rest, chunk_size=chunk_size, on_chunk=on_chunk)
     losses = np.concatenate(history)  # the checkpointed prefix and the steps run now
-    return run_result(params, opt_state, np.int32(start_step + losses.shape[0]), losses,
-                      steps)
+    start_step = expected["start_step"]
+    carry = carry._replace(step=np.int32(start_step + losses.shape[0]))
+    return jax.device_put(carry), record_of(losses, steps)
 
 
-def _fingerprint(run, params, opt_state, indices, start_step, steps):
-    """What must match between a checkpoint and the run that resumes from it."""
-    key = run["key"]
+def _fingerprint(spec, carry, inputs):
+    """What must match between a checkpoint and the run that resumes from it:
+    every field of the spec (so a new field is covered without an edit
+    here), where the run starts, and the inputs."""
+    key = inputs.key
     if key is not None and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
+    indices = inputs.indices
     return {
-        "rows": [[list(a.shape), str(jnp.result_type(a))] for a in run["data"]],
-        "steps": steps, "start_step": start_step, "batch_size": run["batch_size"],
-        "replace": run["replace"],
-        "lr": None if run["lr"] is None else float(run["lr"]),
-        "tol": None if run["tol"] is None else float(run["tol"]),
-        "patience": None if run["patience"] is None else int(run["patience"]),
+        **_describe(spec),
+        "rows": [[list(a.shape), str(jnp.result_type(a))] for a in inputs.data],
+        "start_step": int(carry.step),
+        "lr": None if inputs.lr is None else float(inputs.lr),
+        "tol": None if inputs.tol is None else float(inputs.tol),
+        "patience": None if inputs.patience is None else int(inputs.patience),
         "key": None if key is None else np.asarray(key).tolist(),
         "indices": None if indices is None else hashlib.sha256(
             np.ascontiguousarray(np.asarray(indices, np.int64)).tobytes()).hexdigest(),
-        "params": _specs(params),
-        "opt_state": _specs(opt_state),
+        "params": _specs(carry.params),
+        "opt_state": _specs(carry.opt_state),
     }
+
+
+def _describe(value, prefix=""):
+    """A JSON-able description of a frozen dataclass, its fields flattened
+    (``batches.batch_size``); functions by their qualified name."""
+    if dataclasses.is_dataclass(value):
+        described = {"kind" if not prefix else prefix + "kind": type(value).__name__}
+        for field in dataclasses.fields(value):
+            described.update(_describe(getattr(value, field.name), f"{prefix}{field.name}."))
+        return described
+    name = prefix.rstrip(".")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {name: value}
+    if callable(value):
+        return {name: f"{getattr(value, '__module__', '?')}."
+                      f"{getattr(value, '__qualname__', type(value).__qualname__)}"}
+    if isinstance(value, tuple) and all(map(callable, value)):  # an optax transformation
+        return {name: [_describe(part)[""] for part in value]}
+    return {name: repr(value)}
 
 
 def _specs(tree):
@@ -121,8 +142,9 @@ def _specs(tree):
             "leaves": [f"{jnp.result_type(a)}{list(np.shape(a))}" for a in leaves]}
 
 
-def _write(path, fingerprint, params, opt_state, losses, stop_state):
-    leaves = jax.tree.leaves((params, opt_state))
+def _write(path, fingerprint, carry, losses):
+    stop_state = carry.stop
+    leaves = jax.tree.leaves((carry.params, carry.opt_state))
     arrays = {f"leaf_{i}": np.asarray(a) for i, a in enumerate(leaves)}
     arrays.update(losses=losses, best=np.asarray(stop_state.best),
                   waited=np.asarray(stop_state.waited, np.int32))

@@ -1,6 +1,6 @@
 """Data-parallel fitting: rows sharded over a device mesh, gradients all-reduced.
 
-``fit(..., mesh=mesh)`` runs the same compiled loop as on one device, inside
+``fit(..., mesh=mesh)`` runs the same loop as on one device, inside
 ``jax.shard_map``: parameters and optimizer state are replicated, the rows of
 ``data`` are split in equal blocks over all axes of the mesh, and every step
 all-reduces (``psum``) the devices' partial losses and gradients.
@@ -45,16 +45,9 @@ import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ..core import _checks
-from ..core._batches import _schedule
 
-
-def data_parallel(loop, mesh, loss, params, data):
-    """Checks ``mesh`` and ``loss``; returns ``loop`` run data-parallel over ``mesh``.
-
-    ``loop`` is the single-device compiled loop; the returned function has its
-    signature and returns its ``(FitResult, StopState)``, replicated.
-    """
+def check_mesh(mesh, data):
+    """Refuses what cannot run data-parallel, naming the argument."""
     if not isinstance(mesh, Mesh):
         raise TypeError(
             "mesh must be a jax.sharding.Mesh, e.g. "
@@ -62,14 +55,17 @@ def data_parallel(loop, mesh, loss, params, data):
     if not data:
         raise ValueError("mesh splits the rows of data across devices, but data is (): "
                          "a data-free objective has nothing to split; drop mesh.")
-    one_row = tuple(jax.ShapeDtypeStruct((1,) + tuple(a.shape[1:]), jnp.result_type(a))
-                    for a in data)
-    try:
-        _checks.check_loss(loss, params, one_row)
-    except ValueError as error:
-        raise ValueError(f"with mesh, loss is evaluated on batches of one row and must "
-                         f"be a mean over rows; that failed: {error}") from error
-    return partial(_sharded_loop, loop=loop, mesh=mesh)
+
+
+def data_parallel(loop, spec, mesh, carry, inputs):
+    """Runs the traced ``loop(carry, inputs, spec=...)`` data-parallel over
+    ``mesh``; returns its ``(Carry, Record)``, replicated.
+
+    Each device runs ``loop`` on its own rows, with a spec whose loss is the
+    global mean (:class:`_GlobalMean`) and whose batches are its slots of
+    every step's global batch; the rest of the spec is the caller's.
+    """
+    return _sharded_loop(carry, inputs, loop=loop, spec=spec, mesh=mesh)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,15 +87,23 @@ class _GlobalMean:
         return jax.lax.psum(local, self.axes) / self.count
 
 
-@partial(jax.jit, static_argnames=(
-    "loop", "mesh", "loss", "optimizer", "steps", "batch_size", "replace", "use_tol",
-    "use_patience", "record_params", "fast_path"))
-def _sharded_loop(params, data, lr, key, indices, opt_state, start_step, tol, patience,
-                  stop_state, *, loop, mesh, loss, optimizer, steps, batch_size, replace,
-                  use_tol, use_patience, record_params, fast_path=False):
-    """``_fit_loop`` under ``shard_map`` (``fit`` never picks the fast path here)."""
+@dataclasses.dataclass(frozen=True)
+class _Slots:
+    """Each device's batches: its routed rows, ``slots`` of them a step, in order."""
+
+    batch_size: int
+    keyed = False
+
+    def rows(self, key, indices, start, steps):
+        return indices
+
+
+@partial(jax.jit, static_argnames=("loop", "spec", "mesh"))
+def _sharded_loop(carry, inputs, *, loop, spec, mesh):
+    """``loop`` under ``shard_map`` (``fit`` never plans the moments here)."""
     axes = mesh.axis_names
     devices = mesh.size
+    data, steps = inputs.data, spec.steps
     n = data[0].shape[0]
     per_device = -(-n // devices)
     # Padding repeats the last row: real values, masked out below.
@@ -107,28 +111,24 @@ def _sharded_loop(params, data, lr, key, indices, opt_state, start_step, tol, pa
         rows = jnp.minimum(jnp.arange(devices * per_device, dtype=jnp.int32), n - 1)
         data = tuple(a[rows] for a in data)
     blocks = tuple(_place(a, mesh, P(axes)) for a in data)
-    if key is not None:
-        indices = _schedule(key, start_step, n=n, steps=steps, batch_size=batch_size,
-                            replace=replace)
+    indices = spec.batches.rows(inputs.key, inputs.indices, carry.step, steps)
 
     def on_each_device(blocks, replicated):
-        params, lr, opt_state, start_step, tol, patience, stop_state, indices = replicated
+        carry, inputs, indices = replicated
         device = jax.lax.axis_index(axes)
         if indices is None:
             real = device * per_device + jnp.arange(per_device, dtype=jnp.int32) < n
-            rows, schedule, count, slots = (real,) + blocks, None, n, None
+            rows, schedule, count, batches = (real,) + blocks, None, n, spec.batches
         else:
             rows, slots = _route_batches(indices, blocks, device, axes=axes,
                                          per_device=per_device, devices=devices)
             schedule = jnp.arange(steps * slots, dtype=jnp.int32).reshape(steps, slots)
-            count = indices.shape[1]
-        return loop(params, rows, lr, None, schedule, opt_state, start_step, tol, patience,
-                    stop_state, loss=_GlobalMean(loss, axes, count), optimizer=optimizer,
-                    steps=steps, batch_size=slots, replace=replace, use_tol=use_tol,
-                    use_patience=use_patience, record_params=record_params,
-                    fast_path=fast_path)
+            count, batches = indices.shape[1], _Slots(slots)
+        local = dataclasses.replace(spec, loss=_GlobalMean(spec.loss, axes, count),
+                                    batches=batches)
+        return loop(carry, inputs._replace(data=rows, key=None, indices=schedule), spec=local)
 
-    replicated = (params, lr, opt_state, start_step, tol, patience, stop_state, indices)
+    replicated = (carry, inputs._replace(data=(), key=None, indices=None), indices)
     return jax.shard_map(on_each_device, mesh=mesh, in_specs=(P(axes), P()),
                          out_specs=P())(blocks, replicated)
 

@@ -34,10 +34,10 @@ MAX_COLUMNS = 256
 """Wider data keeps its layout: at ``d = 1000`` row-major was as fast or
 faster in 2 of 3 side-by-side runs, and the copy would cost memory for nothing."""
 
-def column_major(loss, params, data):
+def column_major(loss, params, data, *, transpose=True, sums_as_dots=True):
     """``(loss, data)`` with eligible data arrays stored transposed and short
     float sums taken as dot products (see the module docstring); unchanged
-    when neither applies.
+    when neither applies. ``transpose`` and ``sums_as_dots`` switch each off.
 
     Returns a loss taking the stored arrays and the stored data; the values
     and gradients it gives are those of ``loss`` (a matmul's rounding may
@@ -54,9 +54,10 @@ def column_major(loss, params, data):
     n_params = len(jax.tree.leaves(params))
     data_vars = closed.jaxpr.invars[n_params:]
     flip = [i for i, (var, a) in enumerate(zip(data_vars, data))
-            if a.ndim == 2 and 1 < a.shape[1] <= MAX_COLUMNS
+            if transpose and a.ndim == 2 and 1 < a.shape[1] <= MAX_COLUMNS
             and jnp.issubdtype(a.dtype, jnp.floating) and _only_in_matmuls(closed.jaxpr, var)]
-    if not flip and not any(map(_sum_by_dot_applies, closed.jaxpr.eqns)):
+    by_dot = sums_as_dots and any(map(_sum_by_dot_applies, closed.jaxpr.eqns))
+    if not flip and not by_dot:
         return loss, data
     flipped = {data_vars[i] for i in flip}
     # The barrier keeps XLA from folding the transpose back into the matmuls.
@@ -68,7 +69,7 @@ def column_major(loss, params, data):
         if jax.tree.structure(params) != treedef:
             raise ValueError("column_major: params changed structure since tracing.")
         args = jax.tree.leaves(params) + list(stored)
-        return _replay(closed.jaxpr, closed.consts, args, flipped)[0]
+        return _replay(closed.jaxpr, closed.consts, args, flipped, by_dot)[0]
 
     return stored_loss, stored
 
@@ -89,14 +90,14 @@ def _only_in_matmuls(jaxpr, var):
     return True
 
 
-def _replay(jaxpr, consts, args, flipped):
+def _replay(jaxpr, consts, args, flipped, sums_as_dots):
     """Evaluates ``jaxpr`` with the ``flipped`` variables bound to their transposes."""
     env = dict(zip(jaxpr.constvars, consts))
     env.update(zip(jaxpr.invars, args))
     read = lambda v: v.val if isinstance(v, Literal) else env[v]
     for eqn in jaxpr.eqns:
         values = [read(v) for v in eqn.invars]
-        if _sum_by_dot_applies(eqn):
+        if sums_as_dots and _sum_by_dot_applies(eqn):
             outs = [_sum_by_dot(values[0])]
         elif eqn.primitive is dot_general_p and any(v in flipped for v in eqn.invars
                                                     if not isinstance(v, Literal)):

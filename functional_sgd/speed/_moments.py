@@ -24,8 +24,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..core._model import linear_mse
-
 BLOCK_ROWS = 4096
 """Rows per accumulated block: large enough for a fast matmul, small enough
 that float32 rounding inside one block stays near its epsilon."""
@@ -41,21 +39,21 @@ class Moments(NamedTuple):
     size: Any      # m = y.size, in acc precision
 
 
-def applies(loss, params, data, batch_size, mesh=None):
-    """Why the fast path cannot run, or ``None`` when it can.
+def why_not(exact_mse, params, data, full_batch, mesh=None):
+    """Why the moments cannot stand in for the data, or ``None`` when they can.
 
-    It needs one device (no ``mesh``: moments of one shard are not the
-    data's), full-batch descent on the library's own ``linear_mse`` (checked
-    by identity: an arbitrary loss is never guessed to be an MSE), data
-    ``(x, y)`` with ``x`` of shape ``(n, d)``, one params array of shape
-    ``(d,)`` or ``(d, k)`` with ``y`` of shape ``(n,)`` or ``(n, k)``, all
-    of one floating dtype.
+    They need one device (no ``mesh``: moments of one shard are not the
+    data's), full-batch descent on the library's own ``linear_mse``
+    (``exact_mse``: the caller checks it by identity), data ``(x, y)`` with
+    ``x`` of shape ``(n, d)``, one params array of shape ``(d,)`` or
+    ``(d, k)`` with ``y`` of shape ``(n,)`` or ``(n, k)``, all of one
+    floating dtype.
     """
     if mesh is not None:
         return "it runs on one device, and mesh shards the data"
-    if loss is not linear_mse:
+    if not exact_mse:
         return "loss is not functional_sgd.linear_mse"
-    if batch_size is not None:
+    if not full_batch:
         return "it is full-batch only (batch_size and indices must be None)"
     if len(data) != 2 or not hasattr(params, "shape"):
         return "it needs data=(x, y) and params as one array"
@@ -69,44 +67,6 @@ def applies(loss, params, data, batch_size, mesh=None):
         return (f"it needs x (n, d), params (d,) or (d, k) and y (n,) or (n, k); got "
                 f"x {tuple(x.shape)}, params {tuple(params.shape)}, y {tuple(y.shape)}")
     return None
-
-
-def choose(fast_path, loss, params, data, batch_size, steps, mesh=None):
-    """Resolves ``fit``'s ``fast_path`` argument to ``True`` or ``False``."""
-    if fast_path not in ("auto", True, False):
-        raise ValueError(f'fast_path must be "auto", True or False; got {fast_path!r}.')
-    if fast_path is False:
-        return False
-    if fast_path == "auto" and not (loss is linear_mse and batch_size is None and mesh is None
-                                    and len(data) == 2 and len(data[0].shape) == 2
-                                    and worth_it(*data[0].shape, steps)):
-        return False  # the cheap reasons first: a warm call on the lesson pays ~0.3 us
-    why_not = applies(loss, params, data, batch_size, mesh)
-    if fast_path is True:
-        if why_not is not None:
-            raise ValueError(f"fast_path=True cannot run: {why_not}. Use fast_path=\"auto\" "
-                             "to fall back to the plain loop.")
-        return True
-    return why_not is None
-
-
-MIN_LOOP_WORK = 100_000
-"""Below this many multiply-adds of the plain loop (``steps * n * d``) the
-moments' fixed cost (two passes, a Cholesky solve, a larger program to
-compile) is not repaid: on the lesson itself (n = 100, 100 steps) the plain
-loop runs as fast and compiles in about half the time."""
-
-
-def worth_it(n, d, steps):
-    """The cost model of ``fast_path="auto"``: use moments when they are cheaper.
-
-    The moments cost a ``d x d`` Gram matrix (``n d²`` multiply-adds, at
-    matmul speed) and a ``d³/3`` solve; the plain loop reads ``X`` twice a
-    step (``2 n d`` multiply-adds per step, at memory speed, several times
-    slower per operation). Measured by ``bench/scale_probe.py`` and
-    ``python -m bench.report``.
-    """
-    return d <= 2 * steps and steps * n * d >= MIN_LOOP_WORK
 
 
 def moments(x, y):
@@ -131,7 +91,7 @@ def quadratic_mse(params, stats):
     >>> import jax.numpy as jnp
     >>> x = jnp.array([[1.0, 1.0], [0.5, 1.0], [-1.0, 1.0]]); y = jnp.array([5.0, 3.0, 1.0])
     >>> a = jnp.array([0.5, 0.75])
-    >>> bool(jnp.allclose(quadratic_mse(a, moments(x, y)), linear_mse(a, x, y)))
+    >>> bool(jnp.allclose(quadratic_mse(a, moments(x, y)), jnp.mean((x @ a - y) ** 2)))
     True
     """
     delta = params.astype(stats.gram.dtype) - stats.centre

@@ -1,0 +1,85 @@
+"""The values that flow through a run: what the loop carries, what it reads,
+what it records and what ``fit`` returns.
+
+This module imports nothing of the package's own, so the loop (core) and the
+host-side drivers around it (chunks, checkpoints, a mesh) can all use these
+types without importing one another.
+"""
+
+from typing import Any, NamedTuple
+
+
+class StopState(NamedTuple):
+    """Step 7's memory: the best loss so far, steps since it, whether the rule fired."""
+
+    best: Any
+    waited: Any
+    stopped: Any
+
+
+class Carry(NamedTuple):
+    """Everything a step changes, carried from one step to the next.
+
+    A run cut into pieces (chunks, a checkpoint and its resume) hands the
+    ``Carry`` of one piece to the next: that is all it needs to continue
+    with the same bits.
+    """
+
+    params: Any
+    opt_state: Any
+    step: Any  # global index of the next step: it selects the batch a key draws
+    stop: StopState
+
+
+class Inputs(NamedTuple):
+    """What every step reads and never changes. All of it is traced, so new
+    values (a new learning rate, new data of the same shape) reuse the
+    compiled loop and ``jax.vmap`` can sweep over any of them."""
+
+    data: tuple
+    lr: Any
+    key: Any
+    indices: Any  # (steps, batch_size) rows of an explicit schedule; its leading axis is steps
+    tol: Any
+    patience: Any
+
+
+class Record(NamedTuple):
+    """What a run of the loop records besides its final ``Carry``."""
+
+    losses: Any       # (steps,), NaN for steps a stop rule skipped
+    diverged_at: Any  # first step whose loss is not finite, -1 if none
+    steps_run: Any    # updates made
+    trajectory: Any   # params before every step and after the last, or None
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns (a pytree, so it passes through ``jit``/``vmap``).
+
+    Attributes:
+      params: the parameters after the last update.
+      losses: ``(steps,)``; ``losses[t]`` is the loss of step ``t``'s batch,
+        before that step's update. Steps not run (stop rule) hold NaN.
+      diverged_at: first step whose loss is not finite, ``-1`` if none.
+      steps_run: number of updates made (``steps`` unless a stop rule fired).
+      step: global step count after the run; pass it as ``start_step`` (with
+        ``opt_state``) to continue the run.
+      opt_state: the optimizer's state, ``None`` for plain SGD.
+      trajectory: with ``record_params=True``, the params before every step
+        and after the last, stacked on a leading axis of ``steps + 1``;
+        otherwise ``None``.
+    """
+
+    params: Any
+    losses: Any
+    diverged_at: Any
+    steps_run: Any
+    step: Any
+    opt_state: Any
+    trajectory: Any = None
+
+
+def fit_result(carry, record):
+    """The :class:`FitResult` of a run that ended in ``carry`` and recorded ``record``."""
+    return FitResult(carry.params, record.losses, record.diverged_at, record.steps_run,
+                     carry.step, carry.opt_state, record.trajectory)

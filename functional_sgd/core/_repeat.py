@@ -1,0 +1,195 @@
+"""Step 6 of the lesson, repeat: the training loop, as one compiled call.
+
+:func:`loop` runs the spec's steps on the device: a ``jax.lax.scan`` of
+exactly ``spec.steps`` steps, or a ``jax.lax.while_loop`` when a stop rule
+may end the run early (step 7). :func:`run` is its host side: it compiles
+the loop once per spec and fills in what the host already knows.
+
+>>> import jax, jax.numpy as jnp
+>>> from functional_sgd.core import LoopSpec, Inputs, Sampled, initialize
+>>> x = jax.random.normal(jax.random.key(0), (64, 2)); y = x @ jnp.array([3.0, 2.0])
+>>> loss = lambda a, x, y: ((x @ a - y) ** 2).mean()
+>>> spec = LoopSpec(loss, batches=Sampled(n=64, batch_size=8), steps=200)
+>>> carry = initialize(spec, jnp.zeros(2), None, 0, jnp.float32)
+>>> carry, record = run(spec, carry, Inputs((x, y), 0.1, jax.random.key(1), None, None, None))
+>>> [round(float(a), 2) for a in carry.params], int(carry.step)
+([3.0, 2.0], 200)
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._types import Carry, Record
+from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, quadratic_mse
+from ._batches import feed
+from ._initialize import optimizer_state
+from ._step import train_step
+
+
+def run(spec, carry, inputs, *, mesh=None):
+    """Runs the loop that ``spec`` describes from ``carry``; ``(Carry, Record)``.
+
+    With ``mesh``, data-parallel over its devices (see ``drivers/_mesh.py``).
+    """
+    if mesh is not None:
+        from ..drivers import data_parallel
+        out = data_parallel(loop, spec, mesh, carry, inputs)
+    elif spec.plan.cpu_compiler_options:
+        try:
+            out = _compiled_loop(carry, inputs, spec=spec)
+        except ValueError:
+            if not _inside_a_trace():
+                raise
+            out = _plain_loop(carry, inputs, spec=spec)  # another jit's options apply
+    else:
+        out = _plain_loop(carry, inputs, spec=spec)
+    return _known_on_the_host(spec, carry, *out)
+
+
+def loop(carry, inputs, *, spec):
+    """The loop itself (traced); ``(Carry, Record)``.
+
+    Without a stop rule the returned ``Carry.step``/``.stop`` and
+    ``Record.steps_run`` are ``None``: the host knows them (see :func:`run`),
+    and every extra output is another task for XLA:CPU's runtime (on the
+    lesson they cost a quarter of the call).
+    """
+    params, _, start_step, stop_state = carry
+    start_step = jnp.asarray(start_step, jnp.int32)
+    loss, data = _full_batch_speed_ups(spec, params, inputs.data)
+    opt_state = optimizer_state(spec.optimizer, params, carry.opt_state)
+    source = feed(spec.batches, data, inputs.key, inputs.indices, start_step, spec.steps,
+                  spec.plan)
+    step = functools.partial(train_step, loss, spec.optimizer, inputs.lr)
+    if spec.stop.active:
+        return _run_until_stop(spec, step, source, params, opt_state, start_step, stop_state,
+                               inputs)
+
+    def body(state, x):
+        params, opt_state, rows = state
+        batch, rows = source.batch_at(x, rows)
+        value, new_params, opt_state = step(params, opt_state, batch)
+        return (new_params, opt_state, rows), (value, params if spec.record_params else None)
+
+    xs = jnp.arange(spec.steps, dtype=jnp.int32) if source.xs is None else source.xs
+    (params, opt_state, _), (losses, trajectory) = jax.lax.scan(
+        body, (params, opt_state, source.rows), xs, unroll=source.unroll)
+    if spec.record_params:
+        trajectory = jax.tree.map(
+            lambda path, last: jnp.concatenate([path, last[None]]), trajectory, params)
+    return (Carry(params, opt_state, None, None),
+            Record(losses, first_bad(losses, None), None, trajectory))
+
+
+def _full_batch_speed_ups(spec, params, data):
+    """The loss and data a full-batch step reads, as the speed plan says:
+    moments in place of the data, or data in the layout XLA:CPU reads fastest."""
+    plan = spec.plan
+    if plan.exact_moments:  # every full batch is the same: its moments stand in for it
+        return quadratic_mse, (moments(*data),)
+    if spec.batches.batch_size is None and data and (plan.column_major or plan.sums_as_dots):
+        return column_major(spec.loss, params, data, transpose=plan.column_major,
+                            sums_as_dots=plan.sums_as_dots)
+    return spec.loss, data
+
+
+def _run_until_stop(spec, step, source, params, opt_state, start_step, stop_state, inputs):
+    """Step 7 on the device: a while loop that ends at ``steps`` or when the rule fires."""
+    steps = spec.steps
+    x_at = (lambda t: t) if source.xs is None else (lambda t: source.xs[t])
+    value_spec = jax.eval_shape(
+        lambda: step(params, opt_state, source.batch_at(x_at(jnp.int32(0)), source.rows)[0])[0])
+    losses = jnp.full((steps,), jnp.nan, value_spec.dtype)
+    trajectory = jax.tree.map(
+        lambda p: jnp.zeros((steps + 1,) + jnp.shape(p), jnp.result_type(p)), params) \
+        if spec.record_params else None
+    stop_state = stop_state._replace(best=jnp.asarray(stop_state.best, value_spec.dtype),
+                                     waited=jnp.asarray(stop_state.waited, jnp.int32),
+                                     stopped=jnp.bool_(False))
+
+    def keep_going(state):
+        t, stop_state = state[0], state[-1]
+        return (t < steps) & ~stop_state.stopped
+
+    def body(state):
+        t, params, opt_state, losses, trajectory, rows, stop_state = state
+        if spec.record_params:
+            trajectory = jax.tree.map(lambda path, p: path.at[t].set(p), trajectory, params)
+        batch, rows = source.batch_at(x_at(t), rows)
+        value, params, opt_state = step(params, opt_state, batch)
+        stop_state = spec.stop.update(stop_state, value, tol=inputs.tol,
+                                      patience=inputs.patience)
+        return t + 1, params, opt_state, losses.at[t].set(value), trajectory, rows, stop_state
+
+    t, params, opt_state, losses, trajectory, _, stop_state = jax.lax.while_loop(
+        keep_going, body, (jnp.int32(0), params, opt_state, losses, trajectory, source.rows,
+                           stop_state))
+    if spec.record_params:  # steps after the stop hold the final params
+        after = jnp.arange(steps + 1, dtype=jnp.int32) >= t
+        trajectory = jax.tree.map(
+            lambda path, p: jnp.where(after.reshape((-1,) + (1,) * p.ndim), p, path),
+            trajectory, params)
+    return (Carry(params, opt_state, start_step + t, stop_state),
+            Record(losses, first_bad(losses, t), t, trajectory))
+
+
+LONG_RUN = 4096
+"""From this many steps, ``diverged_at`` first asks whether any loss is bad:
+XLA:CPU's ``argmax`` over 2e5 losses takes ~0.2 ms, the question ~0.05 ms."""
+
+
+def first_bad(losses, steps_run):
+    """Index of the first non-finite loss among the steps run, ``-1`` if none.
+
+    ``argmax`` finds the first bad step (or 0 when none is bad) in one
+    reduction; XLA:CPU runs this as two kernels where ``any`` + ``argmax``
+    took four, which keeps the lesson's program small enough to run in
+    sequence. Long runs skip the ``argmax`` unless a loss is bad.
+
+    >>> import jax.numpy as jnp
+    >>> int(first_bad(jnp.array([1.0, 2.0, jnp.inf, jnp.nan]), None))
+    2
+    """
+    bad = ~jnp.isfinite(losses)
+    if steps_run is not None:
+        bad &= jnp.arange(losses.shape[0], dtype=jnp.int32) < steps_run
+
+    def first():
+        i = jnp.argmax(bad).astype(jnp.int32)
+        return jnp.where(bad[i], i, -1)
+
+    if losses.shape[0] < LONG_RUN:
+        return first()
+    return jax.lax.cond(bad.any(), first, lambda: jnp.int32(-1))
+
+
+def _known_on_the_host(spec, carry_in, carry, record):
+    """Fills in what a loop without a stop rule leaves out: ``steps_run`` is
+    ``steps``, the step is ``start_step + steps``, the stop state unchanged."""
+    if record.steps_run is not None:
+        return carry, record
+    steps_run = _int32_constant(spec.steps)
+    start = carry_in.step
+    step = (_int32_constant(int(start) + spec.steps) if isinstance(start, (int, np.integer))
+            else start + steps_run)
+    return carry._replace(step=step, stop=carry_in.stop), record._replace(steps_run=steps_run)
+
+
+@functools.lru_cache(maxsize=256)
+def _int32_constant(value):
+    """One device scalar per value (JAX arrays are immutable, so sharing is safe)."""
+    with jax.ensure_compile_time_eval():
+        return jnp.asarray(value, jnp.int32)
+
+
+def _inside_a_trace():
+    """Whether this call is being traced by an outer ``jax.jit`` (where
+    ``compiler_options`` cannot apply): there, a new array is a tracer."""
+    return isinstance(jnp.zeros(()), jax.core.Tracer)
+
+
+_compiled_loop = jax.jit(loop, static_argnames="spec", compiler_options=CPU_COMPILER_OPTIONS)
+_plain_loop = jax.jit(loop, static_argnames="spec")  # options apply only at the top

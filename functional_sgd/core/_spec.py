@@ -1,0 +1,42 @@
+"""The compile-time description of a run: what shapes the program.
+
+A :class:`LoopSpec` holds everything that, when it changes, changes the
+compiled program: the loss, the optimizer, which rows each step sees, the
+number of steps, the stop rule, what is recorded and the speed plan. It is
+frozen and hashable, so it is the loop's one static argument; everything
+else (params, data, learning rate, keys, ...) is traced. Adding a flag to
+the loop is one field here and one use where it acts.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+from ..speed import SpeedPlan
+from ._batches import FULL_BATCH
+from ._stop import StopRule
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSpec:
+    """What the compiled loop is (see the module docstring).
+
+    Attributes:
+      loss: ``loss(params, *batch) -> scalar``.
+      optimizer: an optax ``GradientTransformation``, or ``None`` for
+        ``p <- p - lr * g``.
+      batches: which rows each step sees (``FullBatch``, ``Sampled``,
+        ``Shuffled`` or ``Schedule``).
+      steps: updates in the run.
+      stop: the :class:`~functional_sgd.core.StopRule`.
+      record_params: record the params before every step and after the last.
+      plan: the :class:`~functional_sgd.speed.SpeedPlan`, resolved (its
+        ``exact_moments`` a bool).
+    """
+
+    loss: Callable
+    optimizer: Any = None
+    batches: Any = FULL_BATCH
+    steps: int = 1
+    stop: StopRule = StopRule()
+    record_params: bool = False
+    plan: SpeedPlan = SpeedPlan(exact_moments=False)

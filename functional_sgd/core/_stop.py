@@ -1,0 +1,67 @@
+"""Step 7 of the lesson, stop: after ``steps`` updates, or earlier by a rule.
+
+The rule is pure state updated from each step's loss (as optax's
+``reduce_on_plateau`` keeps its patience): :class:`StopRule` says which
+tests are on, :class:`~functional_sgd._types.StopState` remembers the best
+loss, the steps since it and whether the rule fired. With no test on, the
+loop is a ``scan`` of exactly ``steps`` steps; with one, a ``while_loop``
+that also ends on a non-finite loss.
+
+>>> import jax.numpy as jnp
+>>> rule = StopRule(patience=True)
+>>> state = rule.init(jnp.float32)
+>>> for value in (3.0, 2.0, 2.5, 2.5):
+...     state = rule.update(state, jnp.float32(value), tol=None, patience=2)
+>>> int(state.waited), bool(state.stopped)
+(2, True)
+"""
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from .._types import StopState
+from . import _checks
+
+
+@dataclasses.dataclass(frozen=True)
+class StopRule:
+    """Which early stops are on: ``tol`` (a loss at or below it) and
+    ``patience`` (that many steps without a new best loss). Their values
+    are run-time inputs, so a new value compiles nothing."""
+
+    tol: bool = False
+    patience: bool = False
+
+    @property
+    def active(self):
+        return self.tol or self.patience
+
+    def init(self, dtype):
+        """The state before the first step: no best loss yet."""
+        return StopState(np.array(np.inf, dtype), np.int32(0), np.bool_(False))
+
+    def update(self, state, value, *, tol, patience):
+        """The state after a step whose loss is ``value``."""
+        improved = value < state.best
+        best = jnp.where(improved, value, state.best)
+        waited = jnp.where(improved, 0, state.waited + 1)
+        stopped = ~jnp.isfinite(value)
+        if self.tol:
+            stopped |= value <= tol
+        if self.patience:
+            stopped |= waited >= patience
+        return StopState(best, waited, stopped)
+
+
+def choose(tol, patience):
+    """The :class:`StopRule` that ``fit``'s ``tol`` and ``patience`` ask for."""
+    if tol is not None and _checks.is_concrete(tol):
+        _checks.check_real(tol, "tol")
+    if patience is not None and _checks.is_concrete(patience):
+        _checks.check_int(patience, "patience", minimum=1)
+    return _RULES[tol is not None, patience is not None]
+
+
+_RULES = {(t, p): StopRule(t, p) for t in (False, True) for p in (False, True)}
