@@ -402,6 +402,10 @@ def main(argv=None):
     stamp = began.strftime("%Y-%m-%d %H:%M UTC")
     def where(side):
         return modules[side].get("functional_sgd") or "?"
+
+    def seconds(side):
+        return ", ".join(f"{w:.0f} s" for w in walls[side])
+
     header = f"""# Side by side: before and after
 
 Written {stamp} by `{command}`.
@@ -411,7 +415,7 @@ Written {stamp} by `{command}`.
 | checkout | `{sides["before"]}` | `{sides["after"]}` |
 | commit | {git_state(sides["before"])} | {git_state(sides["after"])} |
 | functional_sgd imported from | `{where("before")}` | `{where("after")}` |
-| wall time per run | {", ".join(f"{w:.0f} s" for w in walls["before"])} | {", ".join(f"{w:.0f} s" for w in walls["after"])} |
+| wall time per run | {seconds("before")} | {seconds("after")} |
 
 - machine: {machine_lines()}; load average {load_before} at the start, {_load()} at the end
 - runs: {args.repeats} per checkout, alternated before, after, ...; sizes `{args.size}`; \
