@@ -1,6 +1,7 @@
 """The benchmark tooling: the float64 answer, the agreement check, the report
 writer and the accelerator comparison (on CPU, with 1 and with 8 devices)."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -15,7 +16,7 @@ import functional_sgd as fsgd
 
 pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
-from bench import accelerators, machine, workloads  # noqa: E402
+from bench import accelerators, machine, side_by_side, workloads  # noqa: E402
 from bench.results_table import TARGETS, Result, by_workload, load  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -162,3 +163,60 @@ def test_bandwidth_is_a_plausible_number():
     gbs = machine.memory_read_bandwidth(2**24)
     assert 0.1 < gbs < 10_000
     assert 0.1 < machine.in_cache_read_bandwidth(np.ones(2**18, np.float32)) < 10_000
+
+
+def write_fake_run(path, medians):
+    """A pytest-benchmark JSON holding just what bench.side_by_side reads."""
+    path.write_text(json.dumps({"benchmarks": [
+        {"name": f"test_workload[{w}-{m}]", "group": w,
+         "extra_info": {"workload": w, "method": m}, "stats": {"median": s}}
+        for (w, m), s in medians.items()]}))
+    return path
+
+
+def test_side_by_side_verdicts_on_synthetic_runs(tmp_path):
+    """Slower beyond the spread is flagged, slower within it is not, and a case
+    absent from one run is listed apart instead of compared."""
+    fit, torch_, vmap = ("lesson", "fit"), ("lesson", "torch reference"), ("sweep", "jax.vmap(fit)")
+    before = [{fit: 1.00e-4, torch_: 1.0e-2, vmap: 1e-3},
+              {fit: 1.01e-4, torch_: 1.2e-2, vmap: 1e-3},
+              {fit: 0.99e-4, torch_: 1.1e-2, vmap: 1e-3}]
+    after = [{fit: 1.10e-4, torch_: 1.15e-2, vmap: 1e-3},
+             {fit: 1.11e-4, torch_: 1.16e-2, vmap: 1e-3},
+             {fit: 1.09e-4, torch_: 1.14e-2}]  # vmap missing from after's third run
+    runs = {side: [side_by_side.medians(write_fake_run(tmp_path / f"{side}-{i}.json", run))
+                   for i, run in enumerate(values)]
+            for side, values in (("before", before), ("after", after))}
+    rows, missing = side_by_side.compare(runs["before"], runs["after"])
+    by_case = {r.case: r for r in rows}
+    assert list(by_case) == [fit, torch_] and missing == {vmap: "not in after runs 3"}
+    assert by_case[fit].ratio == pytest.approx(1.10)
+    assert by_case[fit].spread == pytest.approx(1.01 / 0.99)
+    assert by_case[fit].verdict() == "slower beyond spread"
+    assert by_case[torch_].ratio == pytest.approx(1.15 / 1.1)  # 4.5% slower...
+    assert by_case[torch_].spread == pytest.approx(1.2)  # ...within a 20% spread
+    assert by_case[torch_].verdict() == ""
+    assert by_case[fit].verdict(tolerance=0.1) == ""  # 1.10 < 1.1 x 1.02
+    text = side_by_side.report(rows, missing, header="# header")
+    assert "1 of 2 cases slower beyond spread (lesson / fit)" in text
+    fit_row = next(line for line in text.splitlines() if line.startswith("| lesson | fit |"))
+    cells = [c.strip() for c in fit_row.split("|")[1:-1]]
+    assert cells[2:] == ["100 us (99 us – 101 us)", "110 us (109 us – 111 us)", "1.100",
+                         "1.020", "**slower beyond spread**"]
+    assert "| sweep | jax.vmap(fit) | not in after runs 3 |" in text.split("## Missing")[1]
+
+
+def test_side_by_side_of_this_checkout_twice(tmp_path):
+    """End to end at smoke sizes: both children import this checkout's own code."""
+    done = run_module("bench.side_by_side", "--before", str(ROOT), "--after", str(ROOT),
+                      "--size", "smoke", "--repeats", "1", "-k", "lesson-fit and not long",
+                      "--out", str(tmp_path / "side.md"), "--work", str(tmp_path / "work"),
+                      timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = (tmp_path / "side.md").read_text()
+    assert f"| functional_sgd imported from | `{ROOT / 'functional_sgd' / '__init__.py'}` |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| lesson | fit")]
+    assert len(rows) == 4  # fit, general path, new lr, new data
+    for name in ("before-1", "after-1"):
+        files = json.loads((tmp_path / "work" / f"{name}.modules.json").read_text())
+        assert all(pathlib.Path(f).is_relative_to(ROOT) for f in files.values() if f)
