@@ -39,7 +39,7 @@ def fit(loss, params, data=(), *, lr, steps=None, indices=None, optimizer=None,
       ``losses[t]`` the loss of step ``t``'s batch before its update.
 
     >>> import numpy as np
-    >>> from functional_sgd import linear_mse
+    >>> linear_mse = lambda a, x, y: ((x @ a - y) ** 2).mean()
     >>> x = np.array([[0.5, 1.0], [-0.5, 1.0]]); y = x @ np.array([3.0, 2.0])
     >>> params, losses = fit(linear_mse, np.zeros(2), (x, y), lr=0.5, steps=50)
     >>> np.round(params, 3).tolist(), bool(losses[-1] < 1e-6)
