@@ -120,7 +120,7 @@ def _flatten(params):
     elif isinstance(params, (tuple, list)):
         kind = type(params)
         leaves, names = list(params), [f"params[{i}]" for i in range(len(params))]
-        rebuild = lambda leaves: kind(leaves)  # noqa: E731
+        rebuild = (lambda leaves: kind(*leaves)) if hasattr(kind, "_fields") else kind
     elif _is_array(params) or isinstance(params, numbers.Number):
         leaves, names, rebuild = [params], ["params"], lambda leaves: leaves[0]
     else:

@@ -1,6 +1,7 @@
 """The torch referee refuses bad input clearly, never mutates its inputs, and
 never imports the player (functional_sgd)."""
 
+import collections
 import functools
 import subprocess
 import sys
@@ -232,6 +233,12 @@ def test_valid_indices_of_any_integer_kind_agree_and_nothing_is_mutated(torch_in
         np.testing.assert_array_equal(got_losses, first_losses, strict=True)
     # And the batches really are the scheduled rows: step 0 saw rows 0, 1, 2.
     np.testing.assert_allclose(first_losses[0], mse(START, X[:3], Y[:3]), rtol=1e-6)
+
+
+def test_namedtuple_params_come_back_as_that_namedtuple():
+    params = collections.namedtuple("Params", "w b")(START[:1], np.float32(0.0))
+    got, _ = call(params=params, loss=lambda p, x, y: mse(p.w, x[:, :1], y - p.b))
+    assert type(got) is type(params) and got.w.shape == (1,) and got.b.shape == ()
 
 
 def test_valid_scalars_of_numpy_and_torch_types_give_the_same_bits():
