@@ -79,7 +79,8 @@ def fit(loss, params, data=(), *, lr, steps=None, indices=None, optimizer=None,
     for t in range(steps):  # 6. repeat
         batch = data if indices is None else tuple(a[indices[t]] for a in data)
         value = loss(model_params, *batch)  # 2. predict and 3. loss
-        _check_loss_value(value, t)
+        if t == 0:  # every batch has the same shape: one check holds for all
+            _check_loss_value(value)
         losses.append(value.detach())
         value.backward()  # 4. gradient
         if opt is None:  # 5. step, the lesson's way
@@ -251,9 +252,9 @@ def _check_schedule(steps, indices, n):
     indices = np.array(indices)  # a copy torch may own
     low, high = int(indices.min()), int(indices.max())
     if low < 0 or high >= n:
+        why = " (negative indices are not read from the end)" if low < 0 else ""
         raise ValueError(f"indices must lie in [0, {n}) (data has n={n} rows); got values from "
-                         f"{low} to {high}" + (" (negative indices are not read from the end)." if low < 0
-                                               else "."))
+                         f"{low} to {high}{why}.")
     if steps is not None and steps != shape[0]:
         raise ValueError(f"steps={steps} disagrees with indices of shape {shape}; omit steps "
                          "or pass as many rows of indices.")
@@ -277,18 +278,17 @@ def _check_built(opt):
     return opt
 
 
-def _check_loss_value(value, t):
-    """The loss of step ``t`` must be a real scalar tensor computed from params."""
+def _check_loss_value(value):
+    """The loss must be a real scalar tensor computed from params."""
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"loss must return a scalar torch tensor computed from params; got "
-                        f"{_show(value)} at step {t}. Write it with operators or torch "
-                        "functions: torch cannot differentiate through NumPy or Python floats.")
+        raise TypeError("loss must return a scalar torch tensor computed from params; got "
+                        f"{_show(value)}. Write it with operators or torch functions: torch "
+                        "cannot differentiate through NumPy or Python floats.")
     if value.dim() != 0:
-        raise ValueError(f"loss must return a scalar; got a tensor of shape "
-                         f"{tuple(value.shape)} at step {t}. Reduce it, e.g. with .mean().")
+        raise ValueError(f"loss must return a scalar; got a tensor of shape {tuple(value.shape)}. "
+                         "Reduce it, e.g. with .mean().")
     if not value.is_floating_point():
-        raise TypeError(f"loss must return a real float scalar; got dtype {value.dtype} at "
-                        f"step {t}.")
+        raise TypeError(f"loss must return a real float scalar; got dtype {value.dtype}.")
     if not value.requires_grad:
-        raise ValueError(f"loss does not depend on params: its value at step {t} has no "
-                         "gradient (or fit was called under torch.no_grad()).")
+        raise ValueError("loss does not depend on params: its value has no gradient (or fit "
+                         "was called under torch.no_grad()).")
