@@ -148,8 +148,11 @@ def _kind(a):
         if a.dtype == torch.bool:
             return "bool"
         return "float" if a.is_floating_point() or a.is_complex() else "int"
-    kinds = {"f": "float", "c": "float", "i": "int", "u": "int", "b": "bool"}
-    return kinds.get(np.dtype(a.dtype).kind, "other")
+    try:
+        kind = np.dtype(a.dtype).kind
+    except TypeError:  # a dtype NumPy does not know, e.g. a JAX PRNG key's
+        return "other"
+    return {"f": "float", "c": "float", "i": "int", "u": "int", "b": "bool"}.get(kind, "other")
 
 
 def _show(value):
@@ -168,8 +171,9 @@ def _check_callable(f, name, expected):
 def _check_leaf(leaf, name):
     if isinstance(leaf, numbers.Integral):  # bool included
         raise TypeError(f"{name} must be a float (torch takes gradients of floats only, so an "
-                        f"integer has nothing to train); got {_show(leaf)}. Pass e.g. 3.0.")
-    if isinstance(leaf, numbers.Real):  # a Python or NumPy float: a 0-d tensor
+                        f"integer has nothing to train); got {_show(leaf)}. Pass e.g. "
+                        f"{float(leaf)!r}.")
+    if isinstance(leaf, (float, np.floating)):  # a Python or NumPy float: a 0-d tensor
         return
     if not _is_array(leaf):
         raise TypeError(f"{name} must be a float tensor or array (params is one, or a flat "
