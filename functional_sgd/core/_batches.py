@@ -87,7 +87,7 @@ def choose(n, steps, batch_size, key, indices, replace):
     """The batches object (and step count) that ``fit``'s arguments ask for,
     after checking they agree."""
     if steps is not None:
-        steps = _checks.check_int(steps, "steps", minimum=1)
+        steps = _checks.check_int(steps, "steps", minimum=1, maximum=_checks.MAX_STEP)
     if not isinstance(replace, (bool, np.bool_)):
         raise TypeError(f"replace must be True or False; got {replace!r}.")
     if indices is not None:
@@ -212,11 +212,11 @@ def sample_indices(key, n, steps, batch_size, *, replace=True, start=0):
     """
     _checks.check_key(key, "key")
     n = _checks.check_int(n, "n", minimum=1)
-    steps = _checks.check_int(steps, "steps", minimum=1)
+    steps = _checks.check_int(steps, "steps", minimum=1, maximum=_checks.MAX_STEP)
     batch_size = _checks.check_int(batch_size, "batch_size", minimum=1)
     if batch_size > n:
         raise ValueError(f"batch_size must be at most n={n}; got {batch_size}.")
-    _checks.check_start(start)
+    _checks.check_start(start, steps)
     return _schedule(key, start, n=n, steps=steps, batch_size=batch_size,
                      replace=bool(replace))
 

@@ -8,6 +8,8 @@ cannot be inspected; their checks are skipped so that tracing still works.
 import functools
 import math
 import numbers
+import os
+import warnings
 import weakref
 
 import jax
@@ -19,11 +21,17 @@ def is_concrete(x):
     return not isinstance(x, jax.core.Tracer)
 
 
-def check_int(value, name, *, minimum):
+MAX_STEP = 2**31 - 1
+"""Steps are counted in int32 on the device (as JAX counts by default)."""
+
+
+def check_int(value, name, *, minimum, maximum=None):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int; got {value!r} of type {type(value).__name__}.")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}; got {value}.")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}; got {value}.")
     return int(value)
 
 
@@ -44,20 +52,25 @@ def check_key(key, name):
             f"of dtype {key.dtype} and shape {key.shape}.")
 
 
-def check_start(start):
+def check_start(start, steps=0, name="start"):
+    """A global step index ``>= 0`` whose run of ``steps`` stays countable in int32."""
     if not is_concrete(start):
         return
     if isinstance(start, (bool, np.bool_)):
-        raise TypeError(f"start must be an int; got {start!r}.")
+        raise TypeError(f"{name} must be an int; got {start!r}.")
     if isinstance(start, numbers.Integral):
         value = int(start)
     else:
         array = np.asarray(start)
         if array.shape != () or not np.issubdtype(array.dtype, np.integer):
-            raise TypeError(f"start must be an integer scalar; got {start!r}.")
+            raise TypeError(f"{name} must be an integer scalar; got {start!r}.")
         value = int(array)
     if value < 0:
-        raise ValueError(f"start must be >= 0; got {value}.")
+        raise ValueError(f"{name} must be >= 0; got {value}.")
+    if value + steps > MAX_STEP:
+        raise ValueError(f"{name}={value} plus steps={steps} passes {MAX_STEP}, the last "
+                         "step an int32 counter can number; start the count again from 0 "
+                         "(with a new key, so the batches differ).")
 
 
 def check_bool(value, name):
@@ -97,7 +110,7 @@ def check_chunks(chunk_size, on_chunk, values):
     return chunk_size
 
 
-def check_lr(lr, optimizer, opt_state=None):
+def check_lr(lr, optimizer, opt_state=None, params=()):
     if optimizer is None and opt_state is not None:
         raise ValueError("opt_state is given but optimizer is None: plain SGD keeps no "
                          "state. Pass the optimizer that made opt_state, or drop opt_state.")
@@ -115,12 +128,27 @@ def check_lr(lr, optimizer, opt_state=None):
         raise TypeError("lr is required when no optimizer is given, e.g. lr=0.1.")
     if is_concrete(lr):
         array = np.asarray(lr)
-        if array.shape != () or not np.issubdtype(array.dtype, np.number):
+        if array.shape != () or isinstance(lr, (bool, np.bool_)) or not (
+                np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
             raise TypeError(f"lr must be a real scalar; got {lr!r}.")
         value = float(array)
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"lr must be a finite number > 0; got {value}.")
+        if value < SMALLEST_SAFE_LR:
+            _check_lr_representable(value, params)
     return lr
+
+
+SMALLEST_SAFE_LR = 6e-8
+"""Every float dtype (float16 included) holds a learning rate at least this large."""
+
+
+def _check_lr_representable(lr, params):
+    for leaf in jax.tree.leaves(params):
+        dtype = _dtype(leaf)
+        if _is_inexact(dtype) and np.asarray(lr, dtype) == 0:
+            raise ValueError(f"lr={lr} is 0 in the params' dtype {dtype}: every update "
+                             "would be zero. Pass a larger lr, or params of a wider dtype.")
 
 
 def check_data(data, check_finite):
@@ -145,12 +173,81 @@ def check_data(data, check_finite):
             f"data arrays must share their leading axis (the rows); got {shapes}.")
     if rows[0] == 0:
         raise ValueError("data has no rows (leading axis of length 0).")
+    warn_if_narrowed(data, "data")
     if check_finite:
         for i in _non_finite(data):
             raise ValueError(
                 f"data[{i}] contains NaN or inf values; clean or drop those rows "
                 "(or pass check_finite=False to skip this check).")
     return data, rows[0]
+
+
+_WARNED = set()
+"""Warnings given once per process."""
+
+
+def warn_if_narrowed(tree, name):
+    """Warns once when 64-bit NumPy input will run in 32 bits (x64 off), as
+    JAX narrows it without a word."""
+    if "narrowed" in _WARNED or jax.config.jax_enable_x64:
+        return
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, (np.ndarray, np.generic)) and leaf.dtype in _WIDE:
+            _WARNED.add("narrowed")
+            warnings.warn(
+                f"{name} holds {leaf.dtype} values but jax_enable_x64 is off, so fit "
+                f"computes in {_WIDE[leaf.dtype]} (as every JAX function does). To "
+                "train in 64 bits, run under `with jax.enable_x64(True):` or set "
+                "jax.config.update('jax_enable_x64', True) at start-up. (Said once.)",
+                UserWarning, stacklevel=4)
+            return
+
+
+_WIDE = {np.dtype(np.float64): "float32", np.dtype(np.complex128): "complex64"}
+
+
+def check_opt_state(optimizer, opt_state, params):
+    """An ``opt_state`` must have the structure ``optimizer.init(params)`` gives."""
+    if optimizer is None or opt_state is None:
+        return
+    leaves, treedef = jax.tree.flatten(params)
+    expected = _init_structure(optimizer, treedef, tuple(map(_signature, leaves)))
+    if jax.tree.structure(opt_state) != expected:
+        raise ValueError(
+            "opt_state does not have the structure optimizer.init(params) gives: got "
+            f"{jax.tree.structure(opt_state)}, expected {expected}. Pass the opt_state "
+            "that this optimizer returned (result.opt_state), or drop it to start afresh.")
+
+
+@functools.lru_cache(maxsize=64)
+def _init_structure(optimizer, treedef, signature):
+    params = jax.tree.unflatten(treedef, [_spec(s) for s in signature])
+    return jax.tree.structure(jax.eval_shape(optimizer.init, params))
+
+
+def check_trajectory_fits(record_params, steps, params):
+    """``record_params`` keeps ``steps + 1`` copies of params: refuse what no
+    memory holds, before compiling."""
+    if not record_params:
+        return
+    size = sum(_dtype(a).itemsize * int(np.prod(np.shape(a))) for a in jax.tree.leaves(params))
+    needed = (steps + 1) * size
+    if needed > _memory_bytes() / 2:
+        raise ValueError(
+            f"record_params keeps {steps + 1} copies of params ({needed / 2**30:.1f} GiB), "
+            f"more than half this machine's memory ({_memory_bytes() / 2**30:.1f} GiB). "
+            "Record a shorter run, or pass chunk_size with on_chunk and keep what you need.")
+
+
+def _dtype(leaf):
+    return np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.result_type(leaf)
+
+
+def _memory_bytes():
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**63
 
 
 _HOST_CHECK_BYTES = 1 << 16

@@ -114,9 +114,9 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     [3.1, 2.4]
     """
     data, n = _checks.check_data(data, check_finite)
-    lr = _checks.check_lr(lr, optimizer, opt_state)
+    lr = _checks.check_lr(lr, optimizer, opt_state, params)
     batches, steps = _batches.choose(n, steps, batch_size, key, indices, replace)
-    _checks.check_start(start_step)
+    _checks.check_start(start_step, steps, name="start_step")
     stop = _stop.choose(tol, patience)
     example = data if batches.batch_size is None else _checks.batch_of(data, batches.batch_size)
     loss_out = _checks.check_loss(loss, params, example)
@@ -126,8 +126,10 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     plan = _speed.decide(speed, fast_path, exact_mse=loss is linear_mse, params=params,
                          data=data, full_batch=batches.batch_size is None, steps=steps,
                          mesh=mesh)
-    spec = LoopSpec(loss, optimizer, batches, steps, stop,
-                    _checks.check_bool(record_params, "record_params"), plan)
+    _checks.check_opt_state(optimizer, opt_state, params)
+    record_params = _checks.check_bool(record_params, "record_params")
+    _checks.check_trajectory_fits(record_params, steps, params)
+    spec = LoopSpec(loss, optimizer, batches, steps, stop, record_params, plan)
     carry = initialize(spec, params, opt_state, start_step, loss_out.dtype)
     inputs = Inputs(data, lr, key, indices, tol, patience)
     loop = run if mesh is None else partial(run, mesh=mesh)

@@ -17,12 +17,15 @@ the loop once per spec and fills in what the host already knows.
 """
 
 import functools
+import json
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .._types import Carry, Record
+from ..drivers import describe
 from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, quadratic_mse
 from ._batches import feed
 from ._initialize import optimizer_state
@@ -46,6 +49,8 @@ def run(spec, carry, inputs, *, mesh=None):
             out = _plain_loop(carry, inputs, spec=spec)  # another jit's options apply
     else:
         out = _plain_loop(carry, inputs, spec=spec)
+    if _compiled_count() != _compiles_seen[0]:
+        _note_compile(spec)
     return _known_on_the_host(spec, carry, *out)
 
 
@@ -183,6 +188,45 @@ def _int32_constant(value):
     """One device scalar per value (JAX arrays are immutable, so sharing is safe)."""
     with jax.ensure_compile_time_eval():
         return jnp.asarray(value, jnp.int32)
+
+
+COMPILED_LOOPS_KEPT = 64
+"""Compiled loops kept at once (each holds its executable, ~2 MB and more):
+past this many, the oldest are dropped and compile again when asked for."""
+
+_compiles_seen = [0]
+_specs_compiled = {}
+"""A program's description -> the (loss, optimizer) objects compiled for it."""
+
+
+def _compiled_count():
+    return _compiled_loop._cache_size() + _plain_loop._cache_size()
+
+
+def _note_compile(spec):
+    """After a call that compiled: bound the compiled loops kept, and say once
+    when a loss or optimizer equal to an earlier one but a new object made
+    the compile (a fresh ``optax.adam(lr)`` per call compiles every call)."""
+    if _compiled_count() > COMPILED_LOOPS_KEPT:
+        _compiled_loop.clear_cache()
+        _plain_loop.clear_cache()
+        _specs_compiled.clear()
+    _compiles_seen[0] = _compiled_count()
+    same_program = json.dumps(describe(spec, contents=False), sort_keys=True, default=str)
+    objects = _specs_compiled.setdefault(same_program, set())
+    objects.add((id(spec.loss), id(spec.optimizer)))
+    if len(objects) >= 3 and not _warned_recompiling:
+        _warned_recompiling.append(True)
+        warnings.warn(
+            "fit compiled its loop again for a loss or optimizer equal to one it has "
+            "compiled before, but a new object (loss and optimizer are compile-time "
+            "constants, compared by identity). Create them once and reuse them; to change "
+            "a learning rate between calls, pass lr=, or wrap the optimizer in "
+            "optax.inject_hyperparams and change its state. (Said once.)",
+            UserWarning, stacklevel=4)
+
+
+_warned_recompiling = []
 
 
 def _inside_a_trace():

@@ -38,16 +38,16 @@ import hashlib
 import json
 import os
 import tempfile
-import zipfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ._chunks import record_of, run_in_chunks
+from ._fingerprint import describe
 
 FORMAT = "functional-sgd checkpoint"
-VERSION = 1
+VERSION = 2
 
 
 def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk=None):
@@ -56,8 +56,7 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
     The spec, the carry and the inputs decide the run's bits; a checkpoint
     written by a run that differs in them is refused.
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"checkpoint must be a file path; got {type(path).__name__}.")
+    _check_path(path)
     if spec.record_params:
         raise ValueError("checkpoint does not store the parameter trajectory; drop "
                          "record_params, or checkpoint (and keep record_params).")
@@ -78,7 +77,8 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
     def run_and_save(spec, carry, inputs):
         carry, record = run(spec, carry, inputs)
         history.append(np.asarray(record.losses)[:int(record.steps_run)])
-        _write(path, expected, carry, np.concatenate(history))
+        if jax.process_index() == 0:  # every process holds the same replicated state
+            _write(path, expected, carry, np.concatenate(history))
         return carry, record
 
     steps = spec.steps
@@ -94,46 +94,89 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
     return jax.device_put(carry), record_of(losses, steps)
 
 
+def _check_path(path):
+    """Refuses a path the run could not write, before the first chunk runs,
+    and removes temporary files that killed runs left beside it."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a file path; got {type(path).__name__}.")
+    path = os.fspath(path)
+    if not path or path.endswith(os.sep):
+        raise ValueError(f"checkpoint must name a file, e.g. 'run.npz'; got {path!r}.")
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoint {path!r} is a folder; name a file in it, e.g. "
+                         f"{os.path.join(path, 'run.npz')!r}.")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"checkpoint {path!r}: its folder {directory!r} does not exist; "
+                         "create it first.")
+    prefix = os.path.basename(path) + "."
+    for name in os.listdir(directory):  # orphans of killed runs: *.tmp of this name
+        if name.startswith(prefix) and name.endswith(".tmp") and \
+                len(name) - len(prefix) - len(".tmp") == _TEMPORARY_NAME_LENGTH:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+    try:
+        handle, probe = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+    except OSError as error:
+        raise ValueError(f"checkpoint {path!r} cannot be written: {error.strerror} in "
+                         f"{directory!r}.") from None
+    os.close(handle)
+    os.unlink(probe)
+
+
+_TEMPORARY_NAME_LENGTH = 8
+"""Characters ``tempfile.mkstemp`` puts between the prefix and the suffix."""
+
+
 def _fingerprint(spec, carry, inputs):
     """What must match between a checkpoint and the run that resumes from it:
-    every field of the spec (so a new field is covered without an edit
-    here), where the run starts, and the inputs."""
-    key = inputs.key
-    if key is not None and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    indices = inputs.indices
+    every field of the spec (a new field is covered without an edit here;
+    the loss and optimizer by code and hyperparameters), where and from
+    which params the run starts, and the inputs' values."""
     return {
-        **_describe(spec),
+        **_flat(spec),
         "rows": [[list(a.shape), str(jnp.result_type(a))] for a in inputs.data],
+        "data": [describe(a) for a in inputs.data],
         "start_step": int(carry.step),
         "lr": None if inputs.lr is None else float(inputs.lr),
         "tol": None if inputs.tol is None else float(inputs.tol),
         "patience": None if inputs.patience is None else int(inputs.patience),
-        "key": None if key is None else np.asarray(key).tolist(),
-        "indices": None if indices is None else hashlib.sha256(
-            np.ascontiguousarray(np.asarray(indices, np.int64)).tobytes()).hexdigest(),
+        "key": None if inputs.key is None else _key_words(inputs.key),
+        "indices": None if inputs.indices is None else describe(
+            np.asarray(inputs.indices, np.int64)),
         "params": _specs(carry.params),
+        "start params": [describe(a) for a in jax.tree.leaves(carry.params)],
         "opt_state": _specs(carry.opt_state),
+        "start opt_state": [describe(a) for a in jax.tree.leaves(carry.opt_state)
+                            if not isinstance(a, jax.ShapeDtypeStruct)],
     }
 
 
-def _describe(value, prefix=""):
-    """A JSON-able description of a frozen dataclass, its fields flattened
-    (``batches.batch_size``); functions by their qualified name."""
-    if dataclasses.is_dataclass(value):
-        described = {"kind" if not prefix else prefix + "kind": type(value).__name__}
-        for field in dataclasses.fields(value):
-            described.update(_describe(getattr(value, field.name), f"{prefix}{field.name}."))
-        return described
-    name = prefix.rstrip(".")
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return {name: value}
-    if callable(value):
-        return {name: f"{getattr(value, '__module__', '?')}."
-                      f"{getattr(value, '__qualname__', type(value).__qualname__)}"}
-    if isinstance(value, tuple) and all(map(callable, value)):  # an optax transformation
-        return {name: [_describe(part)[""] for part in value]}
-    return {name: repr(value)}
+def _key_words(key):
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return np.asarray(key).tolist()  # a legacy uint32[2] key
+    return describe(key)
+
+
+def _flat(spec, prefix=""):
+    """The spec's fields by name, the fields of its dataclass fields flattened
+    (``batches.batch_size``), so a mismatch names the field that differs."""
+    flat = {prefix + "kind": type(spec).__name__} if prefix else {}
+    for field in dataclasses.fields(spec):
+        value = getattr(spec, field.name)
+        if dataclasses.is_dataclass(value) and not callable(value):
+            flat.update(_flat(value, f"{prefix}{field.name}."))
+        else:
+            flat[prefix + field.name] = describe(value)
+    return flat
+
+
+def _difference(name, saved, value):
+    if len(repr(saved)) + len(repr(value)) <= 160:
+        return f"{name}: checkpoint has {saved!r}, this run has {value!r}"
+    return f"{name} differs"
 
 
 def _specs(tree):
@@ -191,6 +234,10 @@ class _NotACheckpoint(Exception):
     pass
 
 
+class _Corrupt(Exception):
+    pass
+
+
 def _read(path, expected):
     """The saved state, after checking the file is whole and belongs to this run."""
     try:
@@ -200,35 +247,49 @@ def _read(path, expected):
         if not isinstance(header, dict) or header.get("format") != FORMAT \
                 or header.get("version") != VERSION:
             raise _NotACheckpoint
-        raw = {name: (contents[name], jnp.dtype(dtype))
-               for name, dtype in header["dtypes"].items()}
     except _NotACheckpoint:
         raise ValueError(f"{path} is not a {FORMAT} (version {VERSION}) and was not "
                          "loaded; pass another path.") from None
-    except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile) as error:
-        raise ValueError(
-            f"checkpoint {path} is corrupt or truncated and was not loaded "
-            f"({type(error).__name__}: {error}); delete it to start the run afresh.") \
-            from error
-    saved = header["run"]
-    differences = [f"{name}: checkpoint has {saved.get(name)!r}, this run has {value!r}"
+    except Exception as error:  # zipfile, zlib and json each fail their own way
+        raise _corrupt(path, error) from error
+    saved = header.get("run")
+    if not isinstance(saved, dict):
+        raise _corrupt(path, "its header has no run")
+    differences = [_difference(name, saved.get(name), value)
                    for name, value in expected.items() if saved.get(name) != value]
     if differences:
         raise ValueError(f"checkpoint {path} was written by another run and was not "
                          "loaded; " + "; ".join(differences) +
                          ". Resume with the same arguments, or pass another path.")
+    try:
+        return _state(header, contents, expected)
+    except Exception as error:
+        raise _corrupt(path, error) from error
+
+
+def _state(header, contents, expected):
+    """The arrays of a checkpoint whose run matched, each checked against
+    the shape and dtype this run expects."""
+    done, stopped, dtypes = header["done"], header["stopped"], header["dtypes"]
+    if type(done) is not int or not 0 <= done <= expected["steps"]:
+        raise _Corrupt(f"done={done!r} is not a step count in [0, {expected['steps']}]")
+    if type(stopped) is not bool or not isinstance(dtypes, dict):
+        raise _Corrupt("stopped or dtypes has the wrong type")
 
     def array(name, shape):
-        data, dtype = raw[name]
+        data, dtype = contents[name], jnp.dtype(dtypes[name])
         if data.dtype != np.uint8 or data.size != dtype.itemsize * int(np.prod(shape)):
-            raise ValueError(f"checkpoint {path} is corrupt: {name} holds {data.size} "
-                             f"bytes, not a {dtype}{list(shape)}; delete it.")
+            raise _Corrupt(f"{name} holds {data.size} bytes, not a {dtype}{list(shape)}")
         return np.frombuffer(data.tobytes(), dtype).reshape(shape)
 
-    specs = saved["params"]["leaves"] + saved["opt_state"]["leaves"]
+    specs = expected["params"]["leaves"] + expected["opt_state"]["leaves"]
     leaves = [array(f"leaf_{i}", json.loads(spec[spec.index("["):]))
               for i, spec in enumerate(specs)]
-    done = header["done"]
     return {"done": done, "losses": array("losses", (done,)), "best": array("best", ()),
-            "waited": array("waited", ()), "stopped": np.bool_(header["stopped"]),
-            "leaves": leaves}
+            "waited": array("waited", ()), "stopped": np.bool_(stopped), "leaves": leaves}
+
+
+def _corrupt(path, error):
+    what = f"{type(error).__name__}: {error}" if isinstance(error, Exception) else error
+    return ValueError(f"checkpoint {path} is corrupt or truncated and was not loaded "
+                      f"({what}); delete it to start the run afresh.")

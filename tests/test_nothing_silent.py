@@ -1,0 +1,226 @@
+"""Bad input never gives a silent wrong result or a traceback from deep
+inside: each case below gets one clear error that names the argument."""
+
+import json
+import os
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import functional_sgd as fsgd
+from functional_sgd.core import _checks, _repeat
+from helpers import assert_trees_close
+
+X, Y = fsgd.lesson_data(jax.random.key(0))
+START = jnp.array(fsgd.LESSON_START)
+KEY = jax.random.key(1)
+
+
+def fit(**kwargs):
+    kwargs = {"lr": 0.1, "steps": 10, **kwargs}
+    return fsgd.fit(fsgd.linear_mse, kwargs.pop("params", START), kwargs.pop("data", (X, Y)),
+                    **kwargs)
+
+
+BAD = [
+    ("lr underflows float32", {"lr": 1e-50}, ValueError, r"lr=1e-50 is 0 in the params' dtype"),
+    ("lr complex", {"lr": 0.1 + 0j}, TypeError, "lr must be a real scalar"),
+    ("lr bool", {"lr": True}, TypeError, "lr must be a real scalar"),
+    ("lr string", {"lr": "0.1"}, TypeError, "lr must be a real scalar"),
+    ("steps past int32", {"steps": 2**31}, ValueError, r"steps must be <= 2147483647"),
+    ("start_step overflows", {"start_step": 2**31 - 10, "steps": 20},
+     ValueError, r"start_step=2147483638 plus steps=20 passes"),
+    ("start_step overflows in chunks", {"start_step": 2**31 - 10, "steps": 20,
+                                        "chunk_size": 5}, ValueError, "start_step=.* passes"),
+    ("start_step int64", {"start_step": np.int64(2**40)}, ValueError, "start_step=.* passes"),
+    ("start_step huge without chunks", {"start_step": 2**31 - 1}, ValueError,
+     "start_step=.* passes"),
+    ("tol a string", {"tol": "a"}, TypeError, "tol must be a real number"),
+    ("tol nan", {"tol": float("nan")}, ValueError, "tol must be a finite number"),
+    ("replace a string", {"replace": "False", "batch_size": 5, "key": KEY}, TypeError,
+     "replace must be True or False"),
+    ("record_params a string", {"record_params": "no"}, TypeError,
+     "record_params must be True or False"),
+    ("opt_state without optimizer", {"opt_state": ()}, ValueError,
+     "opt_state is given but optimizer is None"),
+    ("opt_state of another optimizer", {
+        "lr": None, "optimizer": optax.adam(0.1),
+        "opt_state": optax.sgd(0.1, momentum=0.9).init(START)}, ValueError,
+     r"opt_state does not have the structure optimizer.init\(params\) gives"),
+    ("record_params past memory", {"record_params": True, "steps": 2**31 - 1,
+                                   "params": jnp.zeros(2**10), "data": ()}, ValueError,
+     "record_params keeps 2147483648 copies"),
+    ("on_chunk not callable", {"chunk_size": 5, "on_chunk": 5}, TypeError,
+     "on_chunk must be callable"),
+    ("checkpoint empty", {"chunk_size": 5, "checkpoint": ""}, ValueError,
+     "checkpoint must name a file"),
+    ("checkpoint a folder", {"chunk_size": 5, "checkpoint": "."}, ValueError,
+     "is a folder; name a file in it"),
+    ("checkpoint folder missing", {"chunk_size": 5, "checkpoint": "no/such/dir/run.npz"},
+     ValueError, "its folder .* does not exist"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, match", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_is_refused_naming_the_argument(kwargs, error, match):
+    loss = (lambda p: (p ** 2).sum()) if kwargs.get("data") == () else fsgd.linear_mse
+    with pytest.raises(error, match=match):
+        fsgd.fit(loss, kwargs.pop("params", START), kwargs.pop("data", (X, Y)),
+                 **{"lr": 0.1, "steps": 10, **kwargs})
+
+
+def test_a_bad_checkpoint_path_is_refused_before_any_chunk_runs(tmp_path):
+    ran = []
+    with pytest.raises(ValueError, match="does not exist"):
+        fit(chunk_size=5, checkpoint=tmp_path / "missing" / "run.npz", on_chunk=ran.append)
+    assert ran == [] and not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("params", [3.0, np.float32(3.0), (3.0, np.float64(1.0))],
+                         ids=["python float", "numpy scalar", "tuple of both"])
+def test_python_and_numpy_scalars_are_params_that_train(params):
+    result = fsgd.fit(lambda p: sum(jnp.sum(q ** 2) for q in jax.tree.leaves(p)), params,
+                      lr=0.1, steps=50)
+    assert jax.tree.structure(result.params) == jax.tree.structure(params)
+    assert all(abs(float(q)) < 1e-3 for q in jax.tree.leaves(result.params))
+
+
+def test_64_bit_numpy_input_without_x64_warns_once(monkeypatch):
+    monkeypatch.setattr(_checks, "_WARNED", set())
+    x64, y64 = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(data=(x64, y64))
+        fit(data=(x64, y64))
+    said = [w for w in caught if "jax_enable_x64 is off" in str(w.message)]
+    assert len(said) == 1 and "float64" in str(said[0].message)
+    with jax.enable_x64(True), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        monkeypatch.setattr(_checks, "_WARNED", set())
+        fit(data=(x64, y64), params=np.asarray(START, np.float64))  # nothing narrowed
+
+
+def test_a_fresh_optimizer_per_call_warns_once_and_keeps_few_compiled_loops(monkeypatch):
+    monkeypatch.setattr(_repeat, "COMPILED_LOOPS_KEPT", 3)
+    monkeypatch.setattr(_repeat, "_warned_recompiling", [])
+    counts = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(6):
+            fit(lr=None, optimizer=optax.sgd(0.1), steps=5)
+            counts.append(_repeat._compiled_count())
+    said = [w for w in caught if "compiled its loop again" in str(w.message)]
+    assert len(said) == 1 and "optax.inject_hyperparams" in str(said[0].message)
+    assert max(counts) <= 3 + 1  # cleared once past the bound
+
+
+# Checkpoints: a foreign one is refused, naming what differs.
+
+def checkpointed(path, **kwargs):
+    return fit(steps=40, chunk_size=20, checkpoint=path, **kwargs)
+
+
+FOREIGN = [
+    ("other data values", {"data": (2 * X, Y)}, r"data differs"),
+    ("other start params", {"params": START + 1.0}, r"start params: checkpoint has"),
+    ("other optimizer settings", ({"lr": None, "optimizer": optax.sgd(0.1, momentum=0.9)},
+                                  {"lr": None, "optimizer": optax.sgd(0.1, momentum=0.5)}),
+     r"optimizer differs"),
+    ("other loss", ({}, {"loss": lambda a, x, y: fsgd.linear_mse(a, x, y)}), r"loss differs"),
+]
+
+
+@pytest.mark.parametrize("change, match", [f[1:] for f in FOREIGN], ids=[f[0] for f in FOREIGN])
+def test_a_foreign_checkpoint_is_refused_with_what_differs(tmp_path, change, match):
+    first, second = change if isinstance(change, tuple) else ({}, change)
+    path = tmp_path / "run.npz"
+
+    def run(kwargs):
+        kwargs = dict(kwargs)
+        loss = kwargs.pop("loss", fsgd.linear_mse)
+        return fsgd.fit(loss, kwargs.pop("params", START), kwargs.pop("data", (X, Y)),
+                        **{"lr": 0.1, "steps": 40, "chunk_size": 20, "checkpoint": path,
+                           **kwargs})
+
+    run(first)
+    with pytest.raises(ValueError, match="written by another run.*" + match):
+        run(second)
+
+
+def test_the_same_run_in_new_objects_resumes(tmp_path):
+    """Equal values in new objects (a new adam(0.1), a copy of the data) are the same run."""
+    path = tmp_path / "run.npz"
+    first = fit(steps=40, chunk_size=20, checkpoint=path, lr=None,
+                optimizer=optax.sgd(0.1, momentum=0.9))
+    again = fit(steps=40, chunk_size=20, checkpoint=path, lr=None,
+                optimizer=optax.sgd(0.1, momentum=0.9),
+                data=(jnp.array(np.asarray(X)), jnp.array(np.asarray(Y))))
+    assert_trees_close(again, first)
+
+
+def test_orphaned_temporary_files_are_removed(tmp_path):
+    path = tmp_path / "run.npz"
+    orphans = [tmp_path / f"run.npz.{name}.tmp" for name in ("abcd1234", "zz_9yx8w")]
+    for orphan in orphans:
+        orphan.write_bytes(b"half a checkpoint")
+    keep = tmp_path / "other.npz.abcd1234.tmp"
+    keep.write_bytes(b"another run's")
+    checkpointed(path)
+    assert sorted(os.listdir(tmp_path)) == ["other.npz.abcd1234.tmp", "run.npz"]
+
+
+def rewrite_header(path, change):
+    with np.load(path) as archive:
+        contents = {name: archive[name] for name in archive.files}
+    header = json.loads(str(contents["header"]))
+    change(header)
+    contents["header"] = np.array(json.dumps(header))
+    np.savez(path, **contents)
+
+
+@pytest.mark.parametrize("change", [
+    lambda h: h.update(done=20.5), lambda h: h.update(done=-1), lambda h: h.update(done=10**9),
+    lambda h: h.update(stopped="no"), lambda h: h["dtypes"].pop("leaf_0"),
+    lambda h: h["dtypes"].update(leaf_0="float64"), lambda h: h.update(run=[]),
+], ids=["done a float", "done negative", "done too large", "stopped a string",
+        "a leaf missing", "a leaf's dtype changed", "run not a dict"])
+def test_a_crafted_header_is_refused_as_corrupt(tmp_path, change):
+    path = tmp_path / "run.npz"
+    with pytest.raises(Crash):
+        fit(steps=40, chunk_size=20, checkpoint=path, on_chunk=stop_after_first)
+    rewrite_header(path, change)
+    with pytest.raises(ValueError, match="is corrupt or truncated"):
+        checkpointed(path)
+
+
+class Crash(Exception):
+    pass
+
+
+def stop_after_first(result):
+    if int(result.step) >= 20:
+        raise Crash
+
+
+def test_flipped_bytes_are_refused_or_harmless(tmp_path):
+    """60 single-byte flips across a checkpoint: each is either refused with a
+    ValueError or resumes with the bits of the whole run, never a traceback."""
+    whole = fit(steps=40)
+    path = tmp_path / "run.npz"
+    with pytest.raises(Crash):
+        fit(steps=40, chunk_size=20, checkpoint=path, on_chunk=stop_after_first)
+    pristine = path.read_bytes()
+    for position in np.linspace(0, len(pristine) - 1, 60).astype(int):
+        damaged = bytearray(pristine)
+        damaged[position] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+        try:
+            resumed = fit(steps=40, chunk_size=20, checkpoint=path)
+        except ValueError as error:
+            assert "checkpoint" in str(error)
+        else:
+            assert_trees_close(resumed, whole)
