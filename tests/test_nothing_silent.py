@@ -224,3 +224,18 @@ def test_flipped_bytes_are_refused_or_harmless(tmp_path):
             assert "checkpoint" in str(error)
         else:
             assert_trees_close(resumed, whole)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 7])
+def test_chunks_of_any_size_give_the_losses_of_one_call_to_the_bit(chunk_size):
+    """Full batch, where the data is stored column-major: a one-step chunk once
+    differed in the losses' last bits."""
+    one = fit(steps=60)
+    chunked = fit(steps=60, chunk_size=chunk_size)
+    assert_trees_close(chunked, one, rtol=0, atol=0)
+
+
+def test_a_one_step_chunk_that_diverges_does_not_end_the_run():
+    one = fit(lr=1.5, steps=80)
+    assert 0 < int(one.diverged_at) < 79
+    assert_trees_close(fit(lr=1.5, steps=80, chunk_size=1), one, rtol=0, atol=0)

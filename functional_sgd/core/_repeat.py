@@ -69,7 +69,10 @@ def loop(carry, inputs, *, spec):
     source = feed(spec.batches, data, inputs.key, inputs.indices, start_step, spec.steps,
                   spec.plan)
     step = functools.partial(train_step, loss, spec.optimizer, inputs.lr)
-    if spec.stop.active:
+    # A scan of one step is inlined by XLA, which then reads column-major data
+    # another way: the loss would differ in its last bits from the same step
+    # inside a longer run. A while loop whose end depends on the data stays a loop.
+    if spec.stop.active or spec.steps == 1:
         return _run_until_stop(spec, step, source, params, opt_state, start_step, stop_state,
                                inputs)
 
@@ -102,7 +105,8 @@ def _full_batch_speed_ups(spec, params, data):
 
 
 def _run_until_stop(spec, step, source, params, opt_state, start_step, stop_state, inputs):
-    """Step 7 on the device: a while loop that ends at ``steps`` or when the rule fires."""
+    """Step 7 on the device: a while loop that ends at ``steps`` or when the rule
+    fires (any non-finite loss ends it too)."""
     steps = spec.steps
     x_at = (lambda t: t) if source.xs is None else (lambda t: source.xs[t])
     value_spec = jax.eval_shape(
@@ -111,6 +115,7 @@ def _run_until_stop(spec, step, source, params, opt_state, start_step, stop_stat
     trajectory = jax.tree.map(
         lambda p: jnp.zeros((steps + 1,) + jnp.shape(p), jnp.result_type(p)), params) \
         if spec.record_params else None
+    given_stop_state = stop_state
     stop_state = stop_state._replace(best=jnp.asarray(stop_state.best, value_spec.dtype),
                                      waited=jnp.asarray(stop_state.waited, jnp.int32),
                                      stopped=jnp.bool_(False))
@@ -137,6 +142,8 @@ def _run_until_stop(spec, step, source, params, opt_state, start_step, stop_stat
         trajectory = jax.tree.map(
             lambda path, p: jnp.where(after.reshape((-1,) + (1,) * p.ndim), p, path),
             trajectory, params)
+    if not spec.stop.active:  # one step without a rule: nothing was watched
+        stop_state = given_stop_state
     return (Carry(params, opt_state, start_step + t, stop_state),
             Record(losses, first_bad(losses, t), t, trajectory))
 
