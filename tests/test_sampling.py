@@ -81,6 +81,48 @@ def test_without_replacement_positions_are_uniform():
     assert ((counts - 200) ** 2 / 200).sum() < 18.5
 
 
+def epochs_of(n, epochs, key=KEY):
+    """``epochs`` shuffled epochs of ``range(n)`` from one key, one row a step."""
+    return np.asarray(fsgd.sample_indices(key, n, n * epochs, 1, replace=False)).reshape(
+        epochs, n)
+
+
+def test_every_position_of_every_row_is_equally_likely():
+    """Chi-square over the 10 x 10 table of (position, row) across 4000 epochs
+    and 4 keys: each cell expects 400. A sort-free shuffle that favoured some
+    rows at some positions fails; the 0.999 quantile of chi2(81) is 126."""
+    epochs = np.concatenate([epochs_of(10, 1000, jax.random.key(k)) for k in range(4)])
+    table = np.zeros((10, 10))
+    for position in range(10):
+        table[position] = np.bincount(epochs[:, position], minlength=10)
+    assert ((table - 400) ** 2 / 400).sum() < 126
+
+
+def test_pairs_of_neighbours_are_equally_likely():
+    """The ordered pair at positions (0, 1) over 9000 epochs of range(6): each
+    of the 30 pairs expects 300; chi2(29) 0.999 quantile is 58.3."""
+    epochs = epochs_of(6, 9000)
+    counts = np.bincount(epochs[:, 0] * 6 + epochs[:, 1], minlength=36)
+    pairs = counts[[a * 6 + b for a in range(6) for b in range(6) if a != b]]
+    assert counts.sum() == pairs.sum()  # never the same row twice
+    assert ((pairs - 300) ** 2 / 300).sum() < 58.3
+
+
+@pytest.mark.parametrize("n", [2**31 - 1, 1_000_003])
+def test_epochs_of_any_size_are_drawn_without_a_sort(n):
+    """A few steps of an epoch of up to 2**31 - 1 rows cost only their rows."""
+    rows = np.asarray(fsgd.sample_indices(KEY, n, 4, 1000, replace=False, start=17))
+    assert rows.min() >= 0 and rows.max() < n
+    assert len(set(rows.ravel().tolist())) == rows.size
+
+
+def test_epochs_and_keys_give_other_orders():
+    first, second = epochs_of(50, 2)
+    other_key = epochs_of(50, 1, jax.random.key(7))[0]
+    assert sorted(first) == sorted(second) == list(range(50))
+    assert not np.array_equal(first, second) and not np.array_equal(first, other_key)
+
+
 @pytest.mark.parametrize("args, kwargs, error, match", [
     ((0, 10, 20, 2), {}, TypeError, "key must be a jax.random key"),
     ((KEY, 0, 10, 1), {}, ValueError, "n must be >= 1"),

@@ -187,9 +187,11 @@ def sample_indices(key, n, steps, batch_size, *, replace=True, start=0):
 
     ``replace=False`` runs epochs of shuffled rows, as a shuffling data loader
     with ``drop_last=True`` does: epoch ``e`` is a permutation of ``range(n)``
-    drawn from ``fold_in(key, e)``, cut into ``n // batch_size`` batches; the
-    ``n % batch_size`` rows left over are skipped in that epoch (a different
-    few in every epoch). No row repeats within an epoch.
+    chosen by ``fold_in(key, e)`` (a keyed bijection evaluated row by row, see
+    :func:`shuffled_position`: no sort, no ``O(n)`` memory), cut into
+    ``n // batch_size`` batches; the ``n % batch_size`` rows left over are
+    skipped in that epoch (a different few in every epoch). No row repeats
+    within an epoch.
 
     Args:
       key: a ``jax.random`` key.
@@ -225,17 +227,13 @@ def chunk_steps(n, steps, batch_size, replace, budget):
     """Steps whose rows ``fit`` draws at once, or ``None`` to draw the whole schedule.
 
     A schedule of ``steps * batch_size`` indices above ``budget`` is
-    drawn a chunk at a time. Without replacement a chunk spans at least one
-    epoch, so each epoch's permutation is sorted at most a few times. The
-    rows of step ``t`` depend only on ``(key, t)``: chunked or not, they are
-    the bits :func:`sample_indices` gives.
+    drawn a chunk at a time. The rows of step ``t`` depend only on
+    ``(key, t)``: chunked or not, they are the bits :func:`sample_indices`
+    gives.
     """
     if steps * batch_size <= budget:
         return None
-    chunk = max(1, budget // batch_size)
-    if not replace:
-        chunk = max(chunk, n // batch_size)
-    return min(chunk, steps)
+    return min(max(1, budget // batch_size), steps)
 
 
 @partial(jax.jit, static_argnames=("n", "steps", "batch_size", "replace"))
@@ -246,25 +244,58 @@ def _schedule(key, start, *, n, steps, batch_size, replace):
             jax.random.fold_in(key, t), (batch_size,), 0, n, dtype=jnp.int32)
         return jax.vmap(draw)(step_ids)
     per_epoch = n // batch_size
-    first_epoch = step_ids[0] // per_epoch
-    # Epochs the steps can touch: the first step may sit anywhere in its epoch.
-    n_epochs = (per_epoch - 1 + steps - 1) // per_epoch + 1
-    epoch_ids = first_epoch + jnp.arange(n_epochs, dtype=jnp.int32)
-    perms = jax.vmap(lambda e: shuffled_rows(jax.random.fold_in(key, e), n))(epoch_ids)
-    epoch_of_step = step_ids // per_epoch - first_epoch
-    offsets = ((step_ids % per_epoch)[:, None] * batch_size
-               + jnp.arange(batch_size, dtype=jnp.int32)[None, :])
-    epoch_rows = jnp.broadcast_to(epoch_of_step[:, None], offsets.shape)
-    return perms[epoch_rows, offsets]
+    epochs = step_ids // per_epoch
+    positions = ((step_ids % per_epoch)[:, None] * batch_size
+                 + jnp.arange(batch_size, dtype=jnp.int32)[None, :])
+    round_keys = jax.vmap(lambda e: jax.random.bits(
+        jax.random.fold_in(key, e), (FEISTEL_ROUNDS,), jnp.uint32))(epochs)
+    return jax.vmap(lambda p, k: shuffled_position(p, k, n))(positions, round_keys)
 
 
-def shuffled_rows(key, n):
-    """A uniformly shuffled ``arange(n)``, as one sort of random 32-bit keys.
+FEISTEL_ROUNDS = 8
+"""Rounds of the Feistel network behind shuffled epochs. Four make a
+pseudo-random permutation in theory, for wide halves; on tiny epochs (n = 6,
+2-bit halves) 6 rounds still left neighbouring rows paired too often
+(chi-square 50-87 over 30 pairs, 9000 epochs), 8 did not (24-44)."""
 
-    ``jax.random.permutation`` sorts several rounds to break ties; on CPU one
-    sort of ``(random bits, row)`` pairs is about 2x faster (42 ms against
-    94 ms for n = 200 000). Ties between 32-bit keys are rare (about
-    ``n**2 / 2**33`` pairs) and only keep two rows in their original order.
+
+def shuffled_position(position, round_keys, n):
+    """Row at ``position`` of the epoch whose permutation ``round_keys`` choose.
+
+    A keyed bijection of ``range(n)`` evaluated per element, not a sort: a
+    balanced Feistel network permutes ``range(4**h)``, the smallest such
+    range holding ``n``, and positions it maps to ``n`` or beyond are mapped
+    again until they land inside (cycle-walking; on average fewer than 4
+    rounds, since ``4**h < 4 n``). The result is a permutation of ``range(n)``
+    for every key: no row repeats within an epoch, and each step costs only
+    its own rows, whatever ``n`` is (up to ``2**31 - 1``).
+
+    >>> import jax, jax.numpy as jnp
+    >>> keys = jax.random.bits(jax.random.key(0), (FEISTEL_ROUNDS,), jnp.uint32)
+    >>> rows = shuffled_position(jnp.arange(10, dtype=jnp.int32), keys, 10)
+    >>> sorted(rows.tolist()) == list(range(10))
+    True
     """
-    bits = jax.random.bits(key, (n,), jnp.uint32)
-    return jax.lax.sort_key_val(bits, jnp.arange(n, dtype=jnp.int32))[1]
+    half = max(1, (max(n - 1, 1).bit_length() + 1) // 2)  # 4**half >= n
+    mask = jnp.uint32((1 << half) - 1)
+
+    def permute(x):
+        left, right = x >> half, x & mask
+        for i in range(FEISTEL_ROUNDS):
+            left, right = right, left ^ (_mix(right ^ round_keys[i]) & mask)
+        return (left << half) | right
+
+    x = permute(position.astype(jnp.uint32))
+    x = jax.lax.while_loop(lambda x: jnp.any(x >= n),
+                           lambda x: jnp.where(x >= n, permute(x), x), x)
+    return x.astype(jnp.int32)
+
+
+def _mix(x):
+    """A 32-bit integer hash (MurmurHash3's finalizer): every input bit
+    changes about half the output bits."""
+    x ^= x >> 16
+    x *= jnp.uint32(0x85EBCA6B)
+    x ^= x >> 13
+    x *= jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
