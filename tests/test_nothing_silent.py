@@ -239,3 +239,11 @@ def test_a_one_step_chunk_that_diverges_does_not_end_the_run():
     one = fit(lr=1.5, steps=80)
     assert 0 < int(one.diverged_at) < 79
     assert_trees_close(fit(lr=1.5, steps=80, chunk_size=1), one, rtol=0, atol=0)
+
+
+def test_cpu_torch_tensors_are_data():
+    torch = pytest.importorskip("torch")
+    x, y = (torch.from_numpy(np.array(a)) for a in (X, Y))
+    assert_trees_close(fit(data=(x, y), steps=20), fit(steps=20), rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"data\[0\] is a torch tensor of dtype torch.bfloat16"):
+        fit(data=(x.to(torch.bfloat16), y))

@@ -158,7 +158,7 @@ def check_data(data, check_finite):
             "data must be a tuple of arrays sharing their leading axis, e.g. (x, y), or () "
             f"for a data-free objective; got {type(data).__name__}. Wrap a single array "
             "as (x,).")
-    data = tuple(data)
+    data = tuple(_from_torch(a, f"data[{i}]") for i, a in enumerate(data))
     for i, a in enumerate(data):
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
             raise TypeError(f"data[{i}] must be an array; got {type(a).__name__}.")
@@ -180,6 +180,21 @@ def check_data(data, check_finite):
                 f"data[{i}] contains NaN or inf values; clean or drop those rows "
                 "(or pass check_finite=False to skip this check).")
     return data, rows[0]
+
+
+def _from_torch(a, name):
+    """A CPU torch tensor as the NumPy array that shares its memory (torch is
+    never imported here); anything else as it is."""
+    if not type(a).__module__.startswith("torch"):
+        return a
+    if a.device.type != "cpu":
+        raise TypeError(f"{name} is a torch tensor on {a.device}; fit reads torch tensors "
+                        "on the CPU only: pass tensor.cpu(), or a JAX array on the device.")
+    try:
+        return a.detach().numpy()
+    except TypeError as error:  # a dtype NumPy lacks, e.g. torch.bfloat16
+        raise TypeError(f"{name} is a torch tensor of dtype {a.dtype}, which NumPy cannot "
+                        f"hold ({error}); convert it, e.g. tensor.float().") from None
 
 
 _WARNED = set()
