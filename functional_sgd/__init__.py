@@ -21,6 +21,7 @@ from .core import linear_mse as linear_mse
 from .core import mse as mse
 from .core import sample_indices as sample_indices
 from .core import sgd_update as sgd_update
+from .drivers import stream as stream
 from .speed import tune_cpu as tune_cpu
 
 __version__ = "0.1.0"

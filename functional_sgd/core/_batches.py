@@ -83,6 +83,19 @@ class Schedule:
         return indices
 
 
+@dataclasses.dataclass(frozen=True)
+class Stacked:
+    """Batches stacked ahead, on the host: each data array holds
+    ``(steps, batch_size, ...)`` and step ``t`` sees its row ``t`` (a block
+    of a stream, or of rows read from a memmap)."""
+
+    batch_size: int
+    keyed = False
+
+    def rows(self, key, indices, start, steps):
+        return None
+
+
 def choose(n, steps, batch_size, key, indices, replace):
     """The batches object (and step count) that ``fit``'s arguments ask for,
     after checking they agree."""
@@ -150,6 +163,8 @@ def feed(batches, data, key, indices, start_step, steps, plan):
     before the loop while they fit in ``plan.pregather_bytes``. A long keyed
     schedule is drawn a chunk at a time, when step ``t`` starts one.
     """
+    if isinstance(batches, Stacked):
+        return Feed(None, None, lambda t, rows: (tuple(a[t] for a in data), rows), 1, False)
     chunk = batches.chunk(steps, plan.schedule_budget) if batches.keyed else None
     if chunk is not None:
         def batch_at(t, rows):

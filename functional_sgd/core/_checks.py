@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..drivers import as_host_array
+
 
 def is_concrete(x):
     return not isinstance(x, jax.core.Tracer)
@@ -151,6 +153,13 @@ def _check_lr_representable(lr, params):
                              "would be zero. Pass a larger lr, or params of a wider dtype.")
 
 
+def read_on_host(data, batch_size, indices):
+    """Whether rows are read on the host a block at a time: a ``np.memmap``
+    among the data, with batches that each read only some rows."""
+    return ((batch_size is not None or indices is not None)
+            and isinstance(data, (tuple, list)) and any(isinstance(a, np.memmap) for a in data))
+
+
 def check_data(data, check_finite):
     """Returns data as a tuple of arrays and its number of rows (None if empty)."""
     if not isinstance(data, (tuple, list)):
@@ -183,18 +192,8 @@ def check_data(data, check_finite):
 
 
 def _from_torch(a, name):
-    """A CPU torch tensor as the NumPy array that shares its memory (torch is
-    never imported here); anything else as it is."""
-    if not type(a).__module__.startswith("torch"):
-        return a
-    if a.device.type != "cpu":
-        raise TypeError(f"{name} is a torch tensor on {a.device}; fit reads torch tensors "
-                        "on the CPU only: pass tensor.cpu(), or a JAX array on the device.")
-    try:
-        return a.detach().numpy()
-    except TypeError as error:  # a dtype NumPy lacks, e.g. torch.bfloat16
-        raise TypeError(f"{name} is a torch tensor of dtype {a.dtype}, which NumPy cannot "
-                        f"hold ({error}); convert it, e.g. tensor.float().") from None
+    """A CPU torch tensor as the NumPy view of its memory; anything else as it is."""
+    return as_host_array(a, name) if type(a).__module__.startswith("torch") else a
 
 
 _WARNED = set()

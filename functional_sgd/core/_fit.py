@@ -16,7 +16,10 @@ inputs, and hands them to the loop or to a driver (chunks, checkpoints, a
 mesh) that runs it.
 """
 
+import dataclasses
 from functools import partial
+
+import numpy as np
 
 from .. import drivers
 from .. import speed as _speed  # fit's keyword `speed` is a plan
@@ -113,7 +116,16 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     >>> [round(float(a), 1) for a in result.params]
     [3.1, 2.4]
     """
-    data, n = _checks.check_data(data, check_finite)
+    if isinstance(data, drivers.Stream):
+        return _fit_stream(loss, params, data, lr=lr, steps=steps, optimizer=optimizer,
+                           tol=tol, patience=patience, record_params=record_params,
+                           opt_state=opt_state, start_step=start_step,
+                           check_finite=check_finite, on_chunk=on_chunk, speed=speed,
+                           unused=dict(batch_size=batch_size, key=key, indices=indices,
+                                       chunk_size=chunk_size, mesh=mesh,
+                                       checkpoint=checkpoint))
+    read_on_host = _checks.read_on_host(data, batch_size, indices)
+    data, n = _checks.check_data(data, check_finite and not read_on_host)
     lr = _checks.check_lr(lr, optimizer, opt_state, params)
     batches, steps = _batches.choose(n, steps, batch_size, key, indices, replace)
     _checks.check_start(start_step, steps, name="start_step")
@@ -133,6 +145,9 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     carry = initialize(spec, params, opt_state, start_step, loss_out.dtype)
     inputs = Inputs(data, lr, key, indices, tol, patience)
     loop = run if mesh is None else partial(run, mesh=mesh)
+    if read_on_host:
+        return fit_result(*_run_on_host(loop, spec, carry, inputs, chunk_size, on_chunk,
+                                        check_finite, mesh, checkpoint))
     if chunk_size is None:
         _checks.check_no_chunk_options(on_chunk, checkpoint)
         return fit_result(*loop(spec, carry, inputs))
@@ -142,3 +157,59 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
             checkpoint, loop, spec, carry, inputs, chunk_size=chunk_size, on_chunk=on_chunk))
     return fit_result(*drivers.run_in_chunks(loop, spec, carry, inputs,
                                              chunk_size=chunk_size, on_chunk=on_chunk))
+
+
+HOST_BLOCK_BYTES = 64 * 2**20
+"""Rows gathered on the host for one compiled call, when no chunk_size says."""
+
+
+def _run_on_host(loop, spec, carry, inputs, chunk_size, on_chunk, check_finite, mesh,
+                 checkpoint):
+    """Data read on the host a block of steps at a time (a memmap): each block's
+    rows gathered there, then trained as stacked batches."""
+    if mesh is not None or checkpoint is not None:
+        raise ValueError("data read on the host (a np.memmap) runs on one device without "
+                         "checkpoints for now; drop mesh and checkpoint, or pass an "
+                         "in-memory array.")
+    batches = spec.batches
+    row_bytes = sum(a.dtype.itemsize * int(np.prod(a.shape[1:])) for a in inputs.data)
+    block = chunk_size or max(1, HOST_BLOCK_BYTES // max(1, row_bytes * batches.batch_size))
+    block = _checks.check_int(block, "chunk_size", minimum=1)
+    start = int(carry.step)
+    blocks = drivers.gathered_blocks(
+        inputs.data, lambda first, length: batches.rows(
+            inputs.key, None if inputs.indices is None else inputs.indices[first:first + length],
+            start + first, length), spec.steps, block, check_finite)
+    stacked = dataclasses.replace(spec, batches=_batches.Stacked(batches.batch_size))
+    return drivers.run_in_blocks(loop, stacked, carry, inputs._replace(key=None, indices=None),
+                                 blocks, steps=spec.steps, on_chunk=on_chunk)
+
+
+def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, record_params,
+                opt_state, start_step, check_finite, on_chunk, speed, unused):
+    """``fit`` on a :func:`~functional_sgd.stream` of batches."""
+    given = [name for name, value in unused.items() if value is not None]
+    if given:
+        raise ValueError(f"with a stream as data, {', '.join(given)} cannot be used: the "
+                         "stream decides the batches (chunk_size: its block does).")
+    if steps is not None:
+        steps = _checks.check_int(steps, "steps", minimum=1, maximum=_checks.MAX_STEP)
+    lr = _checks.check_lr(lr, optimizer, opt_state, params)
+    _checks.check_start(start_step, steps or 0, name="start_step")
+    stop = _stop.choose(tol, patience)
+    example, batches = drivers.first_batch(source.batches)
+    loss_out = _checks.check_loss(loss, params, tuple(
+        _checks.batch_of((a,), a.shape[0])[0] for a in example))
+    _checks.check_opt_state(optimizer, opt_state, params)
+    record_params = _checks.check_bool(record_params, "record_params")
+    if record_params:
+        raise ValueError("record_params needs a run of known length; a stream has none.")
+    plan = _speed.decide(speed, False, exact_mse=False, params=params, data=example,
+                         full_batch=False, steps=1)
+    spec = LoopSpec(loss, optimizer, _batches.Stacked(example[0].shape[0]), 1, stop,
+                    False, plan)
+    carry = initialize(spec, params, opt_state, start_step, loss_out.dtype)
+    inputs = Inputs((), lr, None, None, tol, patience)
+    blocks = drivers.stream_blocks(batches, source.block, steps, check_finite)
+    return fit_result(*drivers.run_in_blocks(run, spec, carry, inputs, blocks,
+                                             on_chunk=on_chunk))

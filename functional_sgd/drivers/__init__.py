@@ -4,6 +4,13 @@ Each takes the loop's spec and carry whole (``functional_sgd.core``), and the
 loop itself as an argument, so the drivers never import the core.
 """
 
+from ._blocks import Stream as Stream
+from ._blocks import as_host_array as as_host_array
+from ._blocks import first_batch as first_batch
+from ._blocks import gathered_blocks as gathered_blocks
+from ._blocks import run_in_blocks as run_in_blocks
+from ._blocks import stream as stream
+from ._blocks import stream_blocks as stream_blocks
 from ._checkpoint import run_with_checkpoints as run_with_checkpoints
 from ._chunks import run_in_chunks as run_in_chunks
 from ._fingerprint import describe as describe

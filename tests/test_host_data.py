@@ -1,0 +1,135 @@
+"""Data read on the host a block at a time: memmaps and streams of batches
+give the bits of the same run on in-memory arrays."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import functional_sgd as fsgd
+import reference
+from helpers import assert_trees_close
+
+N, D = 3000, 5
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(N, D)).astype(np.float32)
+Y = (X @ np.arange(1, D + 1, dtype=np.float32)).astype(np.float32)
+START = jnp.zeros(D)
+KEY = jax.random.key(3)
+
+
+@pytest.fixture
+def on_disk(tmp_path):
+    arrays = []
+    for name, a in (("x", X), ("y", Y)):
+        mapped = np.memmap(tmp_path / name, a.dtype, "w+", shape=a.shape)
+        mapped[:] = a
+        mapped.flush()
+        arrays.append(np.memmap(tmp_path / name, a.dtype, "r", shape=a.shape))
+    return tuple(arrays)
+
+
+MODES = {
+    "sampled": {"steps": 300, "batch_size": 32, "key": KEY},
+    "shuffled": {"steps": 300, "batch_size": 32, "key": KEY, "replace": False},
+    "schedule": {"indices": np.asarray(fsgd.sample_indices(KEY, N, 300, 16))},
+    "stop rule": {"steps": 300, "batch_size": 32, "key": KEY, "patience": 5},
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("chunk_size", [None, 7, 128])
+def test_a_memmap_gives_the_bits_of_the_array_in_memory(on_disk, mode, chunk_size):
+    kwargs = MODES[mode]
+    in_memory = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.01, **kwargs)
+    blocks = []
+    read = fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, chunk_size=chunk_size,
+                    on_chunk=blocks.append, **kwargs)
+    assert_trees_close(read, in_memory, rtol=0, atol=0)
+    if chunk_size is not None and mode != "stop rule":
+        assert [int(b.steps_run) for b in blocks][:2] == [chunk_size, chunk_size]
+
+
+def test_only_the_scheduled_rows_are_checked_for_nan(tmp_path):
+    x = np.memmap(tmp_path / "x", np.float32, "w+", shape=X.shape)
+    x[:] = X
+    x[0, 0] = np.nan  # row 0 is never scheduled below: it is never read
+    rows = 1 + np.asarray(fsgd.sample_indices(KEY, N - 1, 40, 8))
+    fsgd.fit(fsgd.linear_mse, START, (x, Y), lr=0.01, indices=rows)
+    rows[30, 3] = 0
+    with pytest.raises(ValueError, match=r"data\[0\] holds NaN or inf in the rows of steps"):
+        fsgd.fit(fsgd.linear_mse, START, (x, Y), lr=0.01, indices=rows, chunk_size=10)
+
+
+def test_a_memmap_with_a_mesh_or_a_checkpoint_is_refused(on_disk, tmp_path):
+    mesh = jax.make_mesh((1,), ("data",))
+    with pytest.raises(ValueError, match="data read on the host"):
+        fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, mesh=mesh, **MODES["sampled"])
+    with pytest.raises(ValueError, match="data read on the host"):
+        fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, chunk_size=10,
+                 checkpoint=tmp_path / "run.npz", **MODES["sampled"])
+
+
+def batches_of(rows):
+    for r in rows:
+        yield X[r], Y[r]
+
+
+@pytest.mark.parametrize("block", [1, 64, 256])
+def test_a_generator_of_batches_gives_the_bits_of_the_schedule(block):
+    rows = np.asarray(fsgd.sample_indices(KEY, N, 1000, 10))
+    scheduled = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05, indices=rows)
+    streamed = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches_of(rows), block=block),
+                        lr=0.05)
+    assert_trees_close(streamed, scheduled, rtol=0, atol=0)
+
+
+def test_a_torch_dataloader_gives_the_bits_of_its_order_replayed():
+    torch = pytest.importorskip("torch")
+    dataset = torch.utils.data.TensorDataset(torch.from_numpy(X.copy()),
+                                             torch.from_numpy(Y.copy()))
+
+    def loader(data=dataset):
+        return torch.utils.data.DataLoader(data, batch_size=10, shuffle=True, drop_last=True,
+                                           generator=torch.Generator().manual_seed(0))
+
+    # The order a loader yields (iterating draws a worker seed from the
+    # generator first, so it is not batch_sampler's order): read it off the rows.
+    rows = torch.utils.data.TensorDataset(torch.arange(N))
+    order = np.stack([batch.numpy() for (batch,) in loader(rows)])
+    streamed = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(loader(), block=100), lr=0.05)
+    scheduled = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05, indices=order)
+    assert_trees_close(streamed, scheduled, rtol=0, atol=0)
+    params, losses = reference.fit(fsgd.linear_mse, np.zeros(D, np.float32), (X, Y), lr=0.05,
+                                   indices=order)
+    # float32, torch sums in another order: as tests/test_agreement.py holds float32
+    assert_trees_close(streamed.params, params, rtol=1e-5)
+    assert_trees_close(streamed.losses, losses, rtol=0, atol=1e-5)
+
+
+def test_steps_cut_a_stream_and_a_stop_rule_ends_it():
+    rows = np.asarray(fsgd.sample_indices(KEY, N, 500, 10))
+    cut = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches_of(rows), block=64), lr=0.05,
+                   steps=130)
+    assert_trees_close(cut, fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05,
+                                     indices=rows[:130]), rtol=0, atol=0)
+    stopped = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches_of(rows), block=64),
+                       lr=0.05, tol=1.0)
+    assert int(stopped.steps_run) < 500 and float(stopped.losses[int(stopped.steps_run) - 1]) <= 1
+
+
+@pytest.mark.parametrize("data, kwargs, error, match", [
+    (lambda: fsgd.stream(iter([])), {}, ValueError, "yielded no batches"),
+    (lambda: fsgd.stream(iter([(X[:10], Y[:10]), (X[:7], Y[:7])])), {}, ValueError,
+     r"batch 1 of the stream has shapes .* the first had"),
+    (lambda: fsgd.stream(iter([(X[:10], Y[:10])])), {"batch_size": 10}, ValueError,
+     "with a stream as data, batch_size cannot be used"),
+    (lambda: fsgd.stream(iter([(X[:10], Y[:10])]), block=0), {}, ValueError,
+     "block must be an int >= 1"),
+    (lambda: fsgd.stream(5), {}, TypeError, "stream needs an iterable of batches"),
+    (lambda: fsgd.stream(iter([(X[:10], Y[:10])])), {"record_params": True}, ValueError,
+     "record_params needs a run of known length"),
+])
+def test_bad_streams_are_refused_naming_what(data, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        fsgd.fit(fsgd.linear_mse, START, data(), lr=0.05, **kwargs)
