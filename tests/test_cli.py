@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from functional_sgd._cli import LESSON_FILES, SWEEP_FILES, main
+from functional_sgd.app._cli import LESSON_FILES, SWEEP_FILES, main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import functional_sgd as fsgd
-from functional_sgd._cli import DIGITS_FILES, main
+from functional_sgd.app._cli import DIGITS_FILES, main
 
 SCORES = jnp.array([-3.0, -0.5, 0.0, 0.7, 4.0])
 TARGETS = jnp.array([0.0, 1.0, 1.0, 0.0, 1.0])

@@ -4,12 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from functional_sgd import linear_mse
+from functional_sgd.lesson import LEARNING_RATES, LESSON_START, lesson_data
+
 from ._cli import (DIGITS_FILES, LESSON_FILES, SWEEP_FILES, UsageError, check_batch_size,
                    out_folder)
-from ._data import LESSON_START, lesson_data
-from ._lesson import LEARNING_RATES, fit_modes, learning_rate_runs, reference_agreement
-from .core import linear_mse
 from ._progress import wants_progress
+from ._runs import fit_modes, learning_rate_runs, reference_agreement
 from ._timing import timed
 
 REFERENCE_MAX_STEPS = 10_000
@@ -95,7 +96,7 @@ def _print_written(paths):
 
 
 def lr_sweep(args):
-    from ._lr_find import lr_sweep as sweep_rates
+    from functional_sgd.lesson import lr_sweep as sweep_rates
 
     check_batch_size(args, args.n, "--n")
     if args.lr_min >= args.lr_max:
@@ -134,8 +135,7 @@ def lr_sweep(args):
 
 
 def digits(args):
-    from ._classify import fit_classifier
-    from ._digits import digits_3_vs_7, load_image_folder
+    from functional_sgd.lesson import digits_3_vs_7, fit_classifier, load_image_folder
 
     data_key, train_key = jax.random.split(jax.random.key(args.seed))
     if args.data is None:
@@ -160,3 +160,4 @@ def digits(args):
 
         _print_written([plot_digit_weights(folder / DIGITS_FILES[0], params, data)])
     return 0
+
