@@ -73,6 +73,30 @@ def test_lesson_without_torch_says_so(monkeypatch, capsys):
     assert "fitted a" in text
 
 
+def test_agreement_prints_every_mode_and_dtype(capsys):
+    pytest.importorskip("torch")
+    status, text, err = run_main(capsys, "agreement", "--steps", "30")
+    assert status == 0, err
+    lines = text.splitlines()
+    assert lines[0] == "functional_sgd.fit vs reference.fit, lesson data, 30 steps, lr=0.1"
+    assert lines[1].split() == ["dtype", "mode", "params", "rel", "params", "abs", "losses",
+                                "rel", "losses", "abs"]
+    rows = [line.split() for line in lines[2:]]
+    assert [(r[0], r[1]) for r in rows] == [
+        (dtype, mode) for dtype in ("float64", "float32")
+        for mode in ("batch", "mini-batch", "stochastic")]
+    for dtype, _, params_rel, params_abs, losses_rel, losses_abs in rows:
+        bound = 1e-12 if dtype == "float64" else 1e-5
+        assert float(params_abs) <= bound and float(losses_abs) <= bound
+
+
+def test_agreement_without_torch_is_one_line_and_exit_2(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "reference", None)
+    status, text, err = run_main(capsys, "agreement")
+    assert status == 2 and text == ""
+    assert err.count("\n") == 1 and "torch is not installed" in err, err
+
+
 def test_lr_sweep_prints_best_and_edge_and_plots(tmp_path, capsys):
     out = tmp_path / "new" / "folder"  # created, parents too
     status, text, err = run_main(capsys, "lr-sweep", "--out", str(out))

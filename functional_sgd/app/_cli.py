@@ -1,4 +1,4 @@
-"""The command line: ``python -m functional_sgd lesson | lr-sweep | digits``.
+"""The command line: ``python -m functional_sgd lesson | lr-sweep | digits | agreement``.
 
 Bad input gets one line on stderr and exit status 2, never a traceback.
 """
@@ -131,6 +131,17 @@ def _parser():
     digits.add_argument("--valid-fraction", type=_fraction, default=0.2,
                         help="share of the 8x8 digits held out (default 0.2)")
     _common(digits, out_files=DIGITS_FILES)
+
+    agreement = commands.add_parser(
+        "agreement", help="how closely fit agrees with the torch reference, per mode and dtype",
+        description="Runs functional_sgd.fit and the lesson's torch loop (reference.fit) on "
+        "the lesson's data and the same batches, in float64 and float32, by batch, "
+        "mini-batch and stochastic descent, and prints the largest differences of their "
+        "params and losses, relative and absolute. Needs torch.")
+    agreement.add_argument("--steps", type=_int_at_least(1), default=150,
+                           help="updates per run (default 150)")
+    agreement.add_argument("--lr", type=_positive_float, default=0.1,
+                           help="learning rate > 0 (default 0.1)")
     return parser
 
 
@@ -164,7 +175,7 @@ def main(argv=None):
         from . import _commands
 
         run = {"lesson": _commands.lesson, "lr-sweep": _commands.lr_sweep,
-               "digits": _commands.digits}[args.command]
+               "digits": _commands.digits, "agreement": _commands.agreement}[args.command]
         return run(args)
     except UsageError as error:
         message = str(error)

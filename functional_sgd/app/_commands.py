@@ -161,3 +161,14 @@ def digits(args):
         _print_written([plot_digit_weights(folder / DIGITS_FILES[0], params, data)])
     return 0
 
+
+def agreement(args):
+    try:
+        import reference
+    except ImportError:
+        raise UsageError("agreement needs the torch reference, and torch is not installed "
+                         "(pip install -e \".[torch]\").") from None
+    from ._agreement import print_table
+
+    print_table(reference, steps=args.steps, lr=args.lr)
+    return 0
