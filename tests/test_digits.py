@@ -129,6 +129,49 @@ def test_digits_command_trains_on_an_image_folder(image_folder, tmp_path, capsys
     assert (tmp_path / DIGITS_FILES[0]).exists()
 
 
+def _folder_of(root, save):
+    """An MNIST_SAMPLE-style folder whose every part holds one image, written by ``save``."""
+    for part in ("train", "valid"):
+        for digit in ("3", "7"):
+            (root / part / digit).mkdir(parents=True)
+            save(root / part / digit / "a.png")
+    return root
+
+
+def _png(array, **kwargs):
+    return lambda path: Image.fromarray(array, **kwargs).save(path, format="PNG")
+
+
+PIXEL_DEPTHS = [
+    # 8-bit images are divided by 255, 16-bit ones by 65535 (not clipped at 255)
+    ("8-bit gray", _png(np.array([[0, 117, 255]], np.uint8)), [0, 117 / 255, 1]),
+    ("16-bit gray", _png(np.array([[0, 30000, 65535]], np.uint16)), [0, 30000 / 65535, 1]),
+    ("16-bit gray, low values", _png(np.array([[1, 200, 255]], np.uint16)),
+     [1 / 65535, 200 / 65535, 255 / 65535]),
+    ("8-bit colour", _png(np.full((1, 3, 3), 117, np.uint8)), [117 / 255] * 3),
+]
+
+
+@pytest.mark.parametrize("save, expected", [(s, e) for _, s, e in PIXEL_DEPTHS],
+                         ids=[name for name, _, _ in PIXEL_DEPTHS])
+def test_pixels_are_read_at_their_own_depth(save, expected, tmp_path):
+    data = fsgd.load_image_folder(_folder_of(tmp_path, save))
+    assert data.image_shape == (1, 3)
+    for pixels in (data.train_x, data.valid_x):
+        np.testing.assert_allclose(pixels, [expected] * 2, rtol=1e-6, atol=1e-7)
+
+
+def test_a_32_bit_image_is_refused_not_clipped(tmp_path, capsys):
+    tiff = lambda path: Image.fromarray(np.array([[0, 70000]], np.int32)).save(path, "TIFF")
+    _folder_of(tmp_path, tiff)
+    with pytest.raises(ValueError, match=r"train/3/a\.png' has 'I' pixels \(32-bit or signed\)"
+                                         r"; expected an 8-bit .* or 16-bit grayscale image"):
+        fsgd.load_image_folder(tmp_path)
+    assert main(["digits", "--data", str(tmp_path), "--no-figures"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has 'I' pixels" in err
+
+
 def _broken(root, how):
     for part in ("train", "valid"):
         for digit in ("3", "7"):

@@ -71,7 +71,9 @@ def load_image_folder(path):
       path: the folder.
 
     Returns:
-      :class:`Digits`, with pixels scaled from 0..255 to ``[0, 1]``.
+      :class:`Digits`, with pixels scaled to ``[0, 1]`` at each image's own
+      depth: 8-bit images (grayscale, or colour made gray) divided by 255,
+      16-bit grayscale ones by 65535.
 
     Raises:
       ValueError: a missing sub-folder, an empty one, a file that is not an
@@ -105,11 +107,28 @@ def load_image_folder(path):
     return Digits(flat(train_images), train_y, flat(valid_images), valid_y, shape, str(root))
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+"""Pillow's modes for 16-bit grayscale (how it opens a 16-bit grayscale PNG)."""
+
+
 def _read_gray(file):
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(file) as image:
-            return np.asarray(image.convert("L"), np.float32) / 255.0
+            return _gray_pixels(image, file)
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"{str(file)!r} is not a readable image: {error}") from error
+
+
+def _gray_pixels(image, file):
+    """Pixels in ``[0, 1]``, scaled by the image's own depth (``convert("L")``
+    would clip 16-bit values at 255: 30000 / 65535 = 0.458 would read as 1)."""
+    if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and image.format == "PNG"):
+        # Older Pillow opens 16-bit grayscale PNGs as 32-bit "I"; a PNG holds at most 16 bits.
+        return np.asarray(image, np.float32) / 65535.0
+    if image.mode in ("I", "F") or image.mode.startswith("I;"):
+        raise ValueError(
+            f"{str(file)!r} has {image.mode!r} pixels (32-bit or signed); expected an 8-bit "
+            "(grayscale or colour) or 16-bit grayscale image.")
+    return np.asarray(image.convert("L"), np.float32) / 255.0
