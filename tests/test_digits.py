@@ -172,6 +172,26 @@ def test_a_32_bit_image_is_refused_not_clipped(tmp_path, capsys):
     assert err.count("\n") == 1 and "has 'I' pixels" in err
 
 
+@pytest.mark.parametrize("limit", [40, 20], ids=["warned by Pillow", "refused by Pillow"])
+def test_an_image_past_pillows_bomb_limit_is_one_line_naming_it(limit, tmp_path, monkeypatch,
+                                                                capsys):
+    """Pillow warns past MAX_IMAGE_PIXELS and refuses past twice that; both are refused,
+    so a 15000 x 15000 PNG (225 M pixels) is too. An 8x8 image (64 pixels) stands in."""
+    from PIL import Image as PILImage
+
+    _folder_of(tmp_path, _png(np.zeros((8, 8), np.uint8)))
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", limit)
+    message = (r"train/3/a\.png' is too large to read safely: Image size \(64 pixels\) exceeds "
+               rf"limit of {limit if limit == 40 else 2 * limit} pixels.*raise "
+               r"PIL\.Image\.MAX_IMAGE_PIXELS")
+    with pytest.raises(ValueError, match=message):
+        fsgd.load_image_folder(tmp_path)
+    assert main(["digits", "--data", str(tmp_path), "--no-figures"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert re.search(message, captured.err) and "Traceback" not in captured.err
+
+
 def _broken(root, how):
     for part in ("train", "valid"):
         for digit in ("3", "7"):

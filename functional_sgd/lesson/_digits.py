@@ -77,7 +77,9 @@ def load_image_folder(path):
 
     Raises:
       ValueError: a missing sub-folder, an empty one, a file that is not an
-        image, or images of different sizes; the message names the path.
+        image, one larger than Pillow's ``PIL.Image.MAX_IMAGE_PIXELS`` (a
+        decompression bomb), or images of different sizes; the message names
+        the path.
     """
     root = Path(path)
     if not root.is_dir():
@@ -112,11 +114,21 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def _read_gray(file):
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(file) as image:
-            return _gray_pixels(image, file)
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that, then decodes
+            # the whole image; a digit that large is no digit: refuse both.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as image:
+                return _gray_pixels(image, file)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ValueError(
+            f"{str(file)!r} is too large to read safely: {error} If the image is genuine, "
+            "raise PIL.Image.MAX_IMAGE_PIXELS.") from None
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"{str(file)!r} is not a readable image: {error}") from error
 
