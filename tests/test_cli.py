@@ -128,6 +128,26 @@ BAD_INPUT = [
     (["digits", "--loss", "hinge"], "argument --loss: invalid choice: 'hinge'"),
     (["digits", "--batch-size", "1000"], "--batch-size 1000 is larger than the training images"),
     (["digits", "--data", "/no/such/folder"], "data folder '/no/such/folder' does not exist"),
+    # bounds: a seed jax.random.key keeps whole, int32 counts, rates float32 holds
+    (["lesson", "--seed", "9223372036854775808"],
+     "argument --seed: must lie in [0, 4294967295]; got 9223372036854775808"),
+    (["lr-sweep", "--seed", "4294967296"], "argument --seed: must lie in [0, 4294967295]"),
+    (["lesson", "--steps", "3000000000", "--no-figures"],
+     "argument --steps: must lie in [1, 2147483647]; got 3000000000"),
+    (["lesson", "--n", "2147483648"], "argument --n: must lie in [1, 2147483647]"),
+    (["lr-sweep", "--lr-max", "1e39"], "argument --lr-max: must lie in [1e-30, 1e+30]; got 1e39"),
+    (["lr-sweep", "--lr-min", "1e-50"],
+     "argument --lr-min: must lie in [1e-30, 1e+30]; got 1e-50"),
+    (["lesson", "--lr", "1e39"], "argument --lr: must lie in [1e-30, 1e+30]; got 1e39"),
+    (["digits", "--lr", "1e-50"], "argument --lr: must lie in [1e-30, 1e+30]; got 1e-50"),
+    (["lr-sweep", "--num", "100000000"], "argument --num: must lie in [2, 10000]; got 100000000"),
+    (["lr-sweep", "--lr-min", "1", "--lr-max", "1.00001", "--num", "1000"],
+     "--num 1000 rates from --lr-min 1 to --lr-max 1.00001 are too close for float32 to tell "
+     "apart; pass a smaller --num or a wider range"),
+    (["digits", "--epochs", "2000000000"],
+     "--epochs 2000000000 of 9 steps each is more than 2147483647 steps; pass --epochs at "
+     "most 238609294"),
+    (["agreement", "--steps", "100001"], "argument --steps: must lie in [1, 100000]"),
 ]
 
 

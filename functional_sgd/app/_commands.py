@@ -9,6 +9,7 @@ from functional_sgd.lesson import LEARNING_RATES, LESSON_START, lesson_data
 
 from ._cli import (DIGITS_FILES, LESSON_FILES, SWEEP_FILES, UsageError, check_batch_size,
                    out_folder)
+from ._options import INT32_MAX
 from ._progress import wants_progress
 from ._runs import fit_modes, learning_rate_runs, reference_agreement
 from ._timing import timed
@@ -101,10 +102,15 @@ def lr_sweep(args):
     check_batch_size(args, args.n, "--n")
     if args.lr_min >= args.lr_max:
         raise UsageError(f"--lr-min {args.lr_min} must be below --lr-max {args.lr_max}.")
+    lrs = jnp.geomspace(args.lr_min, args.lr_max, args.num)
+    if not (np.diff(np.asarray(lrs)) > 0).all():
+        raise UsageError(
+            f"--num {args.num} rates from --lr-min {args.lr_min:g} to --lr-max "
+            f"{args.lr_max:g} are too close for float32 to tell apart; pass a smaller --num "
+            "or a wider range.")
     folder = out_folder(args)
     data_key, batch_key = jax.random.split(jax.random.key(args.seed))
     x, y = lesson_data(data_key, args.n)
-    lrs = jnp.geomspace(args.lr_min, args.lr_max, args.num)
     schedule = {} if args.batch_size is None else {"batch_size": args.batch_size,
                                                    "key": batch_key}
     with timed() as timing:
@@ -143,6 +149,10 @@ def digits(args):
     else:
         data = load_image_folder(args.data)
     check_batch_size(args, len(data.train_y), "the training images")
+    per_epoch = len(data.train_y) // args.batch_size
+    if args.epochs * per_epoch > INT32_MAX:
+        raise UsageError(f"--epochs {args.epochs} of {per_epoch} steps each is more than "
+                         f"{INT32_MAX} steps; pass --epochs at most {INT32_MAX // per_epoch}.")
     folder = out_folder(args)
     print(f"3 vs 7 on {data.source}: {len(data.train_y)} training images, "
           f"{len(data.valid_y)} held out, {data.image_shape[0]}x{data.image_shape[1]} pixels; "
