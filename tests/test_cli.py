@@ -160,6 +160,31 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert message in err
 
 
+TOO_LARGE = [
+    (["lesson", "--n", "1000000000"], "--n 1000000000 needs about 60.0 GB of memory (60 bytes "
+     "a row); 8.0 GB is available: pass --n at most 133333200"),
+    (["lesson", "--steps", "2000000000"], "--steps 2000000000 needs about 72.0 GB of memory "
+     "(36 bytes a step); 8.0 GB is available: pass --steps at most 222222088"),
+    (["lr-sweep", "--n", "100000000"], "--n 100000000 needs about 78.0 GB of memory (780 bytes "
+     "a row); 8.0 GB is available: pass --n at most 10256377"),
+    (["lr-sweep", "--steps", "100000000"], "--steps 100000000 needs about 25.6 GB of memory "),
+    (["digits", "--epochs", "200000000"], "--epochs 200000000 needs about 39.2 GB of memory "
+     "(196 bytes an epoch); 8.0 GB is available: pass --epochs at most 40816326"),
+]
+
+
+@pytest.mark.parametrize("argv, message", TOO_LARGE, ids=[" ".join(a) for a, _ in TOO_LARGE])
+def test_runs_that_cannot_fit_in_memory_are_refused_first(argv, message, tmp_path, monkeypatch,
+                                                          capsys):
+    from functional_sgd.app import _commands
+
+    monkeypatch.setattr(_commands, "available_bytes", lambda: 8 * 10 ** 9)
+    status, text, err = run_main(capsys, *argv, "--out", str(tmp_path / "never"))
+    assert status == 2 and text == ""
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "never").exists()  # refused before anything was created
+
+
 def test_out_that_is_a_file_is_refused(tmp_path, capsys):
     target = tmp_path / "taken"
     target.write_text("keep")

@@ -9,6 +9,7 @@ from functional_sgd.lesson import LEARNING_RATES, LESSON_START, lesson_data
 
 from ._cli import (DIGITS_FILES, LESSON_FILES, SWEEP_FILES, UsageError, check_batch_size,
                    out_folder)
+from ._memory import available_bytes, digits_needs, lesson_needs, sweep_needs, too_large
 from ._options import INT32_MAX
 from ._progress import wants_progress
 from ._runs import fit_modes, learning_rate_runs, reference_agreement
@@ -23,8 +24,10 @@ LR_LESSON_STEPS = 100
 
 def lesson(args):
     check_batch_size(args, args.n, "--n")
-    folder = out_folder(args)
     batch_size = min(10, args.n) if args.batch_size is None else args.batch_size
+    check_memory(lesson_needs(args.n, args.steps, batch_size,
+                              reference=args.reference and args.steps <= REFERENCE_MAX_STEPS))
+    folder = out_folder(args)
     every = args.every or (10 if args.steps <= 100 else max(args.steps // 10, 1))
     data_key, batch_key = jax.random.split(jax.random.key(args.seed))
     x, y = lesson_data(data_key, args.n)
@@ -43,7 +46,7 @@ def lesson(args):
         if int(run.result.diverged_at) >= 0:
             print(f"  diverged at step {int(run.result.diverged_at)}: lr = {args.lr} is too "
                   "high (try lr-sweep)")
-    _print_reference(args, runs, x, y, start)
+    _print_reference(args, runs, x, y, start, batch_key)
 
     rate_runs = learning_rate_runs(x, y, start, steps=LR_LESSON_STEPS)
     print(f"\nLearning rates, {LR_LESSON_STEPS} full-batch steps on f(x) = x^2 from x = 3 "
@@ -76,13 +79,20 @@ def _outcome(result):
     return f"loss {losses[0]:.3g} -> {losses[-1]:.3g}"
 
 
-def _print_reference(args, runs, x, y, start):
+def check_memory(needs):
+    """Refuses a run that will not fit in memory (see ``_memory``)."""
+    message = too_large(needs, available_bytes())
+    if message is not None:
+        raise UsageError(message)
+
+
+def _print_reference(args, runs, x, y, start, key):
     if not args.reference:
         return
     if args.steps > REFERENCE_MAX_STEPS:
         print(f"\ntorch reference: skipped (more than {REFERENCE_MAX_STEPS} steps).")
         return
-    differences = reference_agreement(runs, x, y, start, lr=args.lr)
+    differences = reference_agreement(runs, x, y, start, lr=args.lr, key=key)
     if differences is None:
         print("\ntorch reference: torch is not installed (pip install -e \".[torch]\").")
         return
@@ -108,6 +118,7 @@ def lr_sweep(args):
             f"--num {args.num} rates from --lr-min {args.lr_min:g} to --lr-max "
             f"{args.lr_max:g} are too close for float32 to tell apart; pass a smaller --num "
             "or a wider range.")
+    check_memory(sweep_needs(args.n, args.steps, args.num, args.batch_size))
     folder = out_folder(args)
     data_key, batch_key = jax.random.split(jax.random.key(args.seed))
     x, y = lesson_data(data_key, args.n)
@@ -153,6 +164,7 @@ def digits(args):
     if args.epochs * per_epoch > INT32_MAX:
         raise UsageError(f"--epochs {args.epochs} of {per_epoch} steps each is more than "
                          f"{INT32_MAX} steps; pass --epochs at most {INT32_MAX // per_epoch}.")
+    check_memory(digits_needs(args.epochs, per_epoch))
     folder = out_folder(args)
     print(f"3 vs 7 on {data.source}: {len(data.train_y)} training images, "
           f"{len(data.valid_y)} held out, {data.image_shape[0]}x{data.image_shape[1]} pixels; "

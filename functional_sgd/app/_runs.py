@@ -15,10 +15,10 @@ from ._timing import timed
 
 
 class ModeRun(NamedTuple):
-    """One mode of the lesson: its fit, its schedule (None for full batch), its timing."""
+    """One mode of the lesson: its fit, its batch size (None for full batch), its timing."""
 
     result: object
-    indices: object
+    batch_size: object
     timing: object
 
 
@@ -33,8 +33,7 @@ def fit_modes(x, y, start, *, lr, steps, batch_size, key, progress):
             result = fit(linear_mse, start, (x, y), lr=lr, steps=steps, record_params=True,
                          **schedule, **bar)
             jax.block_until_ready(result)
-        indices = None if size is None else sample_indices(key, x.shape[0], steps, size)
-        runs[name] = ModeRun(result, indices, timing)
+        runs[name] = ModeRun(result, size, timing)
     return runs
 
 
@@ -50,10 +49,11 @@ def learning_rate_runs(x, y, start, *, steps):
     return runs
 
 
-def reference_agreement(runs, x, y, start, *, lr):
+def reference_agreement(runs, x, y, start, *, lr, key):
     """Largest difference (see :func:`_max_difference`) between each mode's
-    params and losses and the torch reference's on the same batches; ``None``
-    when torch does not import."""
+    params and losses and the torch reference's on the same batches (drawn
+    from ``key``, as :func:`fit_modes` drew them); ``None`` when torch does
+    not import."""
     try:
         import reference
     except ImportError:
@@ -62,7 +62,8 @@ def reference_agreement(runs, x, y, start, *, lr):
     differences = {}
     for name, run in runs.items():
         steps = run.result.losses.shape[0]
-        indices = None if run.indices is None else np.asarray(run.indices)
+        indices = None if run.batch_size is None else np.asarray(
+            sample_indices(key, x.shape[0], steps, run.batch_size))
         params, losses = reference.fit(linear_mse, start, (x, y), lr=lr,
                                        steps=None if indices is not None else steps,
                                        indices=indices)
