@@ -144,6 +144,9 @@ BAD_INPUT = [
     (["lr-sweep", "--lr-min", "1", "--lr-max", "1.00001", "--num", "1000"],
      "--num 1000 rates from --lr-min 1 to --lr-max 1.00001 are too close for float32 to tell "
      "apart; pass a smaller --num or a wider range"),
+    (["digits", "--valid-fraction", "0.999"],
+     "--valid-fraction 0.999 holds out all 362 images and leaves none for training; it must "
+     "be below 0.9986"),
     (["digits", "--epochs", "2000000000"],
      "--epochs 2000000000 of 9 steps each is more than 2147483647 steps; pass --epochs at "
      "most 238609294"),

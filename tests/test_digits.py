@@ -69,6 +69,22 @@ def test_digits_split_is_held_out_and_labelled():
     assert int(data.train_y.sum() + data.valid_y.sum()) == 183  # the 3s of the data set
 
 
+@pytest.mark.parametrize("valid_fraction, message", [
+    (0.999, r"valid_fraction=0\.999 holds out all 362 images and leaves none for training; "
+            r"it must be below 0\.9986\."),
+    (1.0, r"valid_fraction must lie in \(0, 1\); got 1\.0"),
+    (0.0, r"valid_fraction must lie in \(0, 1\); got 0\.0"),
+])
+def test_a_split_that_leaves_no_training_image_is_refused(valid_fraction, message):
+    with pytest.raises(ValueError, match=message):
+        fsgd.digits_3_vs_7(jax.random.key(0), valid_fraction=valid_fraction)
+
+
+def test_the_largest_split_leaves_one_training_image():
+    data = fsgd.digits_3_vs_7(jax.random.key(0), valid_fraction=0.9986)
+    assert len(data.train_y) == 1 and len(data.valid_y) == 361
+
+
 def test_digits_command_reaches_97_percent(tmp_path, capsys):
     status = main(["digits", "--out", str(tmp_path)])
     text = capsys.readouterr().out

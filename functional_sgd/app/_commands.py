@@ -156,7 +156,10 @@ def digits(args):
 
     data_key, train_key = jax.random.split(jax.random.key(args.seed))
     if args.data is None:
-        data = digits_3_vs_7(data_key, valid_fraction=args.valid_fraction)
+        try:
+            data = digits_3_vs_7(data_key, valid_fraction=args.valid_fraction)
+        except ValueError as error:  # the library names the argument; we name the option
+            raise UsageError(str(error).replace("valid_fraction=", "--valid-fraction ")) from None
     else:
         data = load_image_folder(args.data)
     check_batch_size(args, len(data.train_y), "the training images")

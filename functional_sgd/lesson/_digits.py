@@ -36,7 +36,8 @@ def digits_3_vs_7(key, *, valid_fraction=0.2):
 
     Args:
       key: ``jax.random`` key that shuffles the images before the split.
-      valid_fraction: share of images held out for validation, in ``(0, 1)``.
+      valid_fraction: share of images held out for validation, in ``(0, 1)``,
+        leaving at least one image for training (below 0.9986 of the 362).
 
     Returns:
       :class:`Digits` with 8x8 images (64 pixels).
@@ -56,6 +57,10 @@ def digits_3_vs_7(key, *, valid_fraction=0.2):
     y = (digits.target[keep] == 3).astype(np.float32)
     order = np.asarray(jax.random.permutation(key, len(y)))
     n_valid = max(1, round(valid_fraction * len(y)))
+    if n_valid >= len(y):
+        raise ValueError(
+            f"valid_fraction={valid_fraction} holds out all {len(y)} images and leaves none "
+            f"for training; it must be below {(len(y) - 0.5) / len(y):.4g}.")
     valid, train = order[:n_valid], order[n_valid:]
     return Digits(x[train], y[train], x[valid], y[valid], (8, 8),
                   "scikit-learn's 8x8 digits")
