@@ -188,6 +188,16 @@ def test_runs_that_cannot_fit_in_memory_are_refused_first(argv, message, tmp_pat
     assert not (tmp_path / "never").exists()  # refused before anything was created
 
 
+def test_out_through_dot_dot_creates_only_the_folder_it_names(tmp_path, capsys):
+    out = tmp_path / "sub" / ".." / "out2"
+    status, text, err = run_main(capsys, "lr-sweep", "--steps", "5", "--num", "2", "--out",
+                                 str(out))
+    assert status == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out2"]  # no empty sub/
+    assert (tmp_path / "out2" / SWEEP_FILES[0]).stat().st_size > 1000
+    assert f"Wrote to {tmp_path / 'out2'}/" in text
+
+
 def test_out_that_is_a_file_is_refused(tmp_path, capsys):
     target = tmp_path / "taken"
     target.write_text("keep")

@@ -131,10 +131,19 @@ def _parser():
 
 
 def out_folder(args):
-    """The output folder, created if missing; None with --no-figures."""
+    """The output folder, created if missing; None with --no-figures.
+
+    A path through ``..`` is resolved first, so ``sub/../out`` creates
+    ``out`` and never an empty ``sub``.
+    """
     if args.no_figures:
         return None
     folder = Path(args.out)
+    if ".." in folder.parts:
+        try:
+            folder = folder.resolve()
+        except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop
+            raise UsageError(f"--out {args.out!r} cannot be resolved: {error}.") from None
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--out {args.out!r} is a file, not a folder.")
     try:
