@@ -110,6 +110,16 @@ def test_lr_sweep_prints_best_and_edge_and_plots(tmp_path, capsys):
         assert image.format == "PNG"
 
 
+def test_lr_sweep_says_how_the_edge_diverged_when_no_step_did(capsys):
+    """At 26 steps, lr 3's batch losses are all finite (diverged_at is -1) and only its
+    final loss on all the data overflows: the edge must not say "diverged at step -1"."""
+    status, text, err = run_main(capsys, "lr-sweep", "--steps", "26", "--no-figures")
+    assert status == 0, err
+    edge = re.search(r"edge of divergence: .*", text).group(0)
+    assert edge == ("edge of divergence: lr = 3 ended with a loss on all the data that is not "
+                    "finite, after 26 steps")
+
+
 BAD_INPUT = [
     (["lesson", "--n", "0"], "argument --n: must be >= 1; got 0"),
     (["lesson", "--lr", "0"], "argument --lr: must be a finite number > 0; got 0"),

@@ -140,8 +140,10 @@ def lr_sweep(args):
     else:
         print("best: none, every rate diverged; lower --lr-min")
     if edge >= 0:
-        print(f"edge of divergence: lr = {lrs[edge]:.4g} diverged at step "
-              f"{int(sweep.diverged_at[edge])}")
+        at = int(sweep.diverged_at[edge])
+        how = (f"diverged at step {at}" if at >= 0 else  # its batch losses all stayed finite
+               f"ended with a loss on all the data that is not finite, after {args.steps} steps")
+        print(f"edge of divergence: lr = {lrs[edge]:.4g} {how}")
     else:
         print(f"edge of divergence: not reached up to lr = {lrs[-1]:.4g}")
     if folder is not None:
