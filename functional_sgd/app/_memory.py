@@ -71,7 +71,8 @@ def too_large(needs, available):
     >>> too_large(needs, 10 ** 12) is None
     True
     >>> print(too_large(needs, 8 * 10 ** 9))
-    --n 1000000000 needs about 48.0 GB of memory (48 bytes a row); 8.0 GB is available: pass --n at most 166666591.
+    --n 1000000000 needs about 48.0 GB of memory (48 bytes a row); 8.0 GB is available:
+    pass --n at most 166666591.
     """
     total = sum(value * each for _, value, each, _ in needs)
     if available is None or total <= available:
