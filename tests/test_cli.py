@@ -156,7 +156,7 @@ BAD_INPUT = [
      "apart; pass a smaller --num or a wider range"),
     (["digits", "--valid-fraction", "0.999"],
      "--valid-fraction 0.999 holds out all 362 images and leaves none for training; it must "
-     "be below 0.9986"),
+     "be at most 0.9986"),
     (["digits", "--epochs", "2000000000"],
      "--epochs 2000000000 of 9 steps each is more than 2147483647 steps; pass --epochs at "
      "most 238609294"),

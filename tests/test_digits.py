@@ -71,7 +71,7 @@ def test_digits_split_is_held_out_and_labelled():
 
 @pytest.mark.parametrize("valid_fraction, message", [
     (0.999, r"valid_fraction=0\.999 holds out all 362 images and leaves none for training; "
-            r"it must be below 0\.9986\."),
+            r"it must be at most 0\.9986\."),
     (1.0, r"valid_fraction must lie in \(0, 1\); got 1\.0"),
     (0.0, r"valid_fraction must lie in \(0, 1\); got 0\.0"),
 ])

@@ -4,6 +4,7 @@ Both give flattened pixels in ``[0, 1]`` and targets ``1.0`` for a 3 and
 ``0.0`` for a 7, as the lesson labels them.
 """
 
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,7 +38,7 @@ def digits_3_vs_7(key, *, valid_fraction=0.2):
     Args:
       key: ``jax.random`` key that shuffles the images before the split.
       valid_fraction: share of images held out for validation, in ``(0, 1)``,
-        leaving at least one image for training (below 0.9986 of the 362).
+        leaving at least one image for training (at most 0.9986 of the 362).
 
     Returns:
       :class:`Digits` with 8x8 images (64 pixels).
@@ -58,9 +59,10 @@ def digits_3_vs_7(key, *, valid_fraction=0.2):
     order = np.asarray(jax.random.permutation(key, len(y)))
     n_valid = max(1, round(valid_fraction * len(y)))
     if n_valid >= len(y):
+        most = math.floor((len(y) - 0.5) / len(y) * 1e4) / 1e4  # round(most * n) < n
         raise ValueError(
             f"valid_fraction={valid_fraction} holds out all {len(y)} images and leaves none "
-            f"for training; it must be below {(len(y) - 0.5) / len(y):.4g}.")
+            f"for training; it must be at most {most}.")
     valid, train = order[:n_valid], order[n_valid:]
     return Digits(x[train], y[train], x[valid], y[valid], (8, 8),
                   "scikit-learn's 8x8 digits")
