@@ -17,7 +17,6 @@ Side by side in one run, on the mini-batch workload (1e5 x 10, batches of
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -148,7 +147,9 @@ def main(argv=None):
         print(f"- {name}: {seconds * 1e3:.1f} ms")
     print(f"- shuffled / independent epoch: "
           f"{times['epoch, replace=False'] / times['epoch, replace=True']:.2f}x")
-    print(f"- permutation / sample_indices: {times['jax.random.permutation(n=1e6)'] / times['sample_indices(n=1e6, replace=False), one epoch']:.0f}x\n")
+    permutation = times["jax.random.permutation(n=1e6)"]
+    bijection = times["sample_indices(n=1e6, replace=False), one epoch"]
+    print(f"- permutation / sample_indices: {permutation / bijection:.0f}x\n")
     if args.memmap_gb:
         n, d, peak, same, seconds = memmap(args.memmap_gb)
         print(f"## A memmap of {args.memmap_gb:g} GB ({n} x {d} float32), 2,000 steps of 64\n")

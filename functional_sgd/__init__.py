@@ -10,9 +10,9 @@ jitted JAX functions.
 (100,)
 """
 
-from ._data import LESSON_A as LESSON_A
-from ._data import LESSON_START as LESSON_START
-from ._data import lesson_data as lesson_data
+from .lesson import LESSON_A as LESSON_A
+from .lesson import LESSON_START as LESSON_START
+from .lesson import lesson_data as lesson_data
 from .core import FitResult as FitResult
 from .core import fit as fit
 from .core import gradient as gradient
@@ -27,11 +27,11 @@ from .speed import tune_cpu as tune_cpu
 __version__ = "0.1.0"
 
 # The lesson, runnable and visible: learning-rate finder and the 3-vs-7 classifier.
-from ._classify import binary_cross_entropy as binary_cross_entropy
-from ._classify import fit_classifier as fit_classifier
-from ._classify import linear_classifier as linear_classifier
-from ._classify import mnist_loss as mnist_loss
-from ._digits import digits_3_vs_7 as digits_3_vs_7
-from ._digits import load_image_folder as load_image_folder
-from ._lr_find import LRSweep as LRSweep
-from ._lr_find import lr_sweep as lr_sweep
+from .lesson import binary_cross_entropy as binary_cross_entropy
+from .lesson import fit_classifier as fit_classifier
+from .lesson import linear_classifier as linear_classifier
+from .lesson import mnist_loss as mnist_loss
+from .lesson import digits_3_vs_7 as digits_3_vs_7
+from .lesson import load_image_folder as load_image_folder
+from .lesson import LRSweep as LRSweep
+from .lesson import lr_sweep as lr_sweep

@@ -144,14 +144,3 @@ def test_reference_bad_input(kwargs, error, match):
     with pytest.raises(error, match=match):
         reference.fit(fsgd.linear_mse, start, (x, y), **kwargs)
 
-
-def test_agreement_report_prints_every_mode_and_dtype(capsys):
-    from reference.__main__ import main
-    main(["--steps", "30"])
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
-    assert [(r[0], r[1]) for r in rows] == [
-        (dtype, mode) for dtype in ("float64", "float32")
-        for mode in ("batch", "mini-batch", "stochastic")]
-    for dtype, _, params_rel, params_abs, losses_rel, losses_abs in rows:
-        bound = 1e-12 if dtype == "float64" else 1e-5
-        assert float(params_abs) <= bound and float(losses_abs) <= bound

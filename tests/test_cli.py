@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from functional_sgd._cli import LESSON_FILES, SWEEP_FILES, main
+from functional_sgd.app._cli import LESSON_FILES, SWEEP_FILES, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,6 +73,30 @@ def test_lesson_without_torch_says_so(monkeypatch, capsys):
     assert "fitted a" in text
 
 
+def test_agreement_prints_every_mode_and_dtype(capsys):
+    pytest.importorskip("torch")
+    status, text, err = run_main(capsys, "agreement", "--steps", "30")
+    assert status == 0, err
+    lines = text.splitlines()
+    assert lines[0] == "functional_sgd.fit vs reference.fit, lesson data, 30 steps, lr=0.1"
+    assert lines[1].split() == ["dtype", "mode", "params", "rel", "params", "abs", "losses",
+                                "rel", "losses", "abs"]
+    rows = [line.split() for line in lines[2:]]
+    assert [(r[0], r[1]) for r in rows] == [
+        (dtype, mode) for dtype in ("float64", "float32")
+        for mode in ("batch", "mini-batch", "stochastic")]
+    for dtype, _, params_rel, params_abs, losses_rel, losses_abs in rows:
+        bound = 1e-12 if dtype == "float64" else 1e-5
+        assert float(params_abs) <= bound and float(losses_abs) <= bound
+
+
+def test_agreement_without_torch_is_one_line_and_exit_2(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "reference", None)
+    status, text, err = run_main(capsys, "agreement")
+    assert status == 2 and text == ""
+    assert err.count("\n") == 1 and "torch is not installed" in err, err
+
+
 def test_lr_sweep_prints_best_and_edge_and_plots(tmp_path, capsys):
     out = tmp_path / "new" / "folder"  # created, parents too
     status, text, err = run_main(capsys, "lr-sweep", "--out", str(out))
@@ -84,6 +108,16 @@ def test_lr_sweep_prints_best_and_edge_and_plots(tmp_path, capsys):
     assert 0.05 < best < 1.0 < edge < 3.0
     with Image.open(out / SWEEP_FILES[0]) as image:
         assert image.format == "PNG"
+
+
+def test_lr_sweep_says_how_the_edge_diverged_when_no_step_did(capsys):
+    """At 26 steps, lr 3's batch losses are all finite (diverged_at is -1) and only its
+    final loss on all the data overflows: the edge must not say "diverged at step -1"."""
+    status, text, err = run_main(capsys, "lr-sweep", "--steps", "26", "--no-figures")
+    assert status == 0, err
+    edge = re.search(r"edge of divergence: .*", text).group(0)
+    assert edge == ("edge of divergence: lr = 3 ended with a loss on all the data that is not "
+                    "finite, after 26 steps")
 
 
 BAD_INPUT = [
@@ -104,6 +138,29 @@ BAD_INPUT = [
     (["digits", "--loss", "hinge"], "argument --loss: invalid choice: 'hinge'"),
     (["digits", "--batch-size", "1000"], "--batch-size 1000 is larger than the training images"),
     (["digits", "--data", "/no/such/folder"], "data folder '/no/such/folder' does not exist"),
+    # bounds: a seed jax.random.key keeps whole, int32 counts, rates float32 holds
+    (["lesson", "--seed", "9223372036854775808"],
+     "argument --seed: must lie in [0, 4294967295]; got 9223372036854775808"),
+    (["lr-sweep", "--seed", "4294967296"], "argument --seed: must lie in [0, 4294967295]"),
+    (["lesson", "--steps", "3000000000", "--no-figures"],
+     "argument --steps: must lie in [1, 2147483647]; got 3000000000"),
+    (["lesson", "--n", "2147483648"], "argument --n: must lie in [1, 2147483647]"),
+    (["lr-sweep", "--lr-max", "1e39"], "argument --lr-max: must lie in [1e-30, 1e+30]; got 1e39"),
+    (["lr-sweep", "--lr-min", "1e-50"],
+     "argument --lr-min: must lie in [1e-30, 1e+30]; got 1e-50"),
+    (["lesson", "--lr", "1e39"], "argument --lr: must lie in [1e-30, 1e+30]; got 1e39"),
+    (["digits", "--lr", "1e-50"], "argument --lr: must lie in [1e-30, 1e+30]; got 1e-50"),
+    (["lr-sweep", "--num", "100000000"], "argument --num: must lie in [2, 10000]; got 100000000"),
+    (["lr-sweep", "--lr-min", "1", "--lr-max", "1.00001", "--num", "1000"],
+     "--num 1000 rates from --lr-min 1 to --lr-max 1.00001 are too close for float32 to tell "
+     "apart; pass a smaller --num or a wider range"),
+    (["digits", "--valid-fraction", "0.999"],
+     "--valid-fraction 0.999 holds out all 362 images and leaves none for training; it must "
+     "be at most 0.9986"),
+    (["digits", "--epochs", "2000000000"],
+     "--epochs 2000000000 of 9 steps each is more than 2147483647 steps; pass --epochs at "
+     "most 238609294"),
+    (["agreement", "--steps", "100001"], "argument --steps: must lie in [1, 100000]"),
 ]
 
 
@@ -114,6 +171,41 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert text == ""
     assert err.count("\n") == 1 and err.startswith("python -m functional_sgd"), err
     assert message in err
+
+
+TOO_LARGE = [
+    (["lesson", "--n", "1000000000"], "--n 1000000000 needs about 60.0 GB of memory (60 bytes "
+     "a row); 8.0 GB is available: pass --n at most 133333200"),
+    (["lesson", "--steps", "2000000000"], "--steps 2000000000 needs about 72.0 GB of memory "
+     "(36 bytes a step); 8.0 GB is available: pass --steps at most 222222088"),
+    (["lr-sweep", "--n", "100000000"], "--n 100000000 needs about 78.0 GB of memory (780 bytes "
+     "a row); 8.0 GB is available: pass --n at most 10256377"),
+    (["lr-sweep", "--steps", "100000000"], "--steps 100000000 needs about 25.6 GB of memory "),
+    (["digits", "--epochs", "200000000"], "--epochs 200000000 needs about 39.2 GB of memory "
+     "(196 bytes an epoch); 8.0 GB is available: pass --epochs at most 40816326"),
+]
+
+
+@pytest.mark.parametrize("argv, message", TOO_LARGE, ids=[" ".join(a) for a, _ in TOO_LARGE])
+def test_runs_that_cannot_fit_in_memory_are_refused_first(argv, message, tmp_path, monkeypatch,
+                                                          capsys):
+    from functional_sgd.app import _commands
+
+    monkeypatch.setattr(_commands, "available_bytes", lambda: 8 * 10 ** 9)
+    status, text, err = run_main(capsys, *argv, "--out", str(tmp_path / "never"))
+    assert status == 2 and text == ""
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "never").exists()  # refused before anything was created
+
+
+def test_out_through_dot_dot_creates_only_the_folder_it_names(tmp_path, capsys):
+    out = tmp_path / "sub" / ".." / "out2"
+    status, text, err = run_main(capsys, "lr-sweep", "--steps", "5", "--num", "2", "--out",
+                                 str(out))
+    assert status == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out2"]  # no empty sub/
+    assert (tmp_path / "out2" / SWEEP_FILES[0]).stat().st_size > 1000
+    assert f"Wrote to {tmp_path / 'out2'}/" in text
 
 
 def test_out_that_is_a_file_is_refused(tmp_path, capsys):

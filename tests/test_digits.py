@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import functional_sgd as fsgd
-from functional_sgd._cli import DIGITS_FILES, main
+from functional_sgd.app._cli import DIGITS_FILES, main
 
 SCORES = jnp.array([-3.0, -0.5, 0.0, 0.7, 4.0])
 TARGETS = jnp.array([0.0, 1.0, 1.0, 0.0, 1.0])
@@ -67,6 +67,22 @@ def test_digits_split_is_held_out_and_labelled():
     assert split == original
     assert set(np.unique(data.train_y)) == {0.0, 1.0}
     assert int(data.train_y.sum() + data.valid_y.sum()) == 183  # the 3s of the data set
+
+
+@pytest.mark.parametrize("valid_fraction, message", [
+    (0.999, r"valid_fraction=0\.999 holds out all 362 images and leaves none for training; "
+            r"it must be at most 0\.9986\."),
+    (1.0, r"valid_fraction must lie in \(0, 1\); got 1\.0"),
+    (0.0, r"valid_fraction must lie in \(0, 1\); got 0\.0"),
+])
+def test_a_split_that_leaves_no_training_image_is_refused(valid_fraction, message):
+    with pytest.raises(ValueError, match=message):
+        fsgd.digits_3_vs_7(jax.random.key(0), valid_fraction=valid_fraction)
+
+
+def test_the_largest_split_leaves_one_training_image():
+    data = fsgd.digits_3_vs_7(jax.random.key(0), valid_fraction=0.9986)
+    assert len(data.train_y) == 1 and len(data.valid_y) == 361
 
 
 def test_digits_command_reaches_97_percent(tmp_path, capsys):
@@ -127,6 +143,69 @@ def test_digits_command_trains_on_an_image_folder(image_folder, tmp_path, capsys
     assert "48 training images, 12 held out, 8x8 pixels" in text
     assert len(re.findall(r"epoch\s+\d+\s+train loss", text)) == 5
     assert (tmp_path / DIGITS_FILES[0]).exists()
+
+
+def _folder_of(root, save):
+    """An MNIST_SAMPLE-style folder whose every part holds one image, written by ``save``."""
+    for part in ("train", "valid"):
+        for digit in ("3", "7"):
+            (root / part / digit).mkdir(parents=True)
+            save(root / part / digit / "a.png")
+    return root
+
+
+def _png(array, **kwargs):
+    return lambda path: Image.fromarray(array, **kwargs).save(path, format="PNG")
+
+
+PIXEL_DEPTHS = [
+    # 8-bit images are divided by 255, 16-bit ones by 65535 (not clipped at 255)
+    ("8-bit gray", _png(np.array([[0, 117, 255]], np.uint8)), [0, 117 / 255, 1]),
+    ("16-bit gray", _png(np.array([[0, 30000, 65535]], np.uint16)), [0, 30000 / 65535, 1]),
+    ("16-bit gray, low values", _png(np.array([[1, 200, 255]], np.uint16)),
+     [1 / 65535, 200 / 65535, 255 / 65535]),
+    ("8-bit colour", _png(np.full((1, 3, 3), 117, np.uint8)), [117 / 255] * 3),
+]
+
+
+@pytest.mark.parametrize("save, expected", [(s, e) for _, s, e in PIXEL_DEPTHS],
+                         ids=[name for name, _, _ in PIXEL_DEPTHS])
+def test_pixels_are_read_at_their_own_depth(save, expected, tmp_path):
+    data = fsgd.load_image_folder(_folder_of(tmp_path, save))
+    assert data.image_shape == (1, 3)
+    for pixels in (data.train_x, data.valid_x):
+        np.testing.assert_allclose(pixels, [expected] * 2, rtol=1e-6, atol=1e-7)
+
+
+def test_a_32_bit_image_is_refused_not_clipped(tmp_path, capsys):
+    tiff = lambda path: Image.fromarray(np.array([[0, 70000]], np.int32)).save(path, "TIFF")
+    _folder_of(tmp_path, tiff)
+    with pytest.raises(ValueError, match=r"train/3/a\.png' has 'I' pixels \(32-bit or signed\)"
+                                         r"; expected an 8-bit .* or 16-bit grayscale image"):
+        fsgd.load_image_folder(tmp_path)
+    assert main(["digits", "--data", str(tmp_path), "--no-figures"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has 'I' pixels" in err
+
+
+@pytest.mark.parametrize("limit", [40, 20], ids=["warned by Pillow", "refused by Pillow"])
+def test_an_image_past_pillows_bomb_limit_is_one_line_naming_it(limit, tmp_path, monkeypatch,
+                                                                capsys):
+    """Pillow warns past MAX_IMAGE_PIXELS and refuses past twice that; both are refused,
+    so a 15000 x 15000 PNG (225 M pixels) is too. An 8x8 image (64 pixels) stands in."""
+    from PIL import Image as PILImage
+
+    _folder_of(tmp_path, _png(np.zeros((8, 8), np.uint8)))
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", limit)
+    message = (r"train/3/a\.png' is too large to read safely: Image size \(64 pixels\) exceeds "
+               rf"limit of {limit if limit == 40 else 2 * limit} pixels.*raise "
+               r"PIL\.Image\.MAX_IMAGE_PIXELS")
+    with pytest.raises(ValueError, match=message):
+        fsgd.load_image_folder(tmp_path)
+    assert main(["digits", "--data", str(tmp_path), "--no-figures"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert re.search(message, captured.err) and "Traceback" not in captured.err
 
 
 def _broken(root, how):

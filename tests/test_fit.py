@@ -219,7 +219,7 @@ BAD_INPUT = [
     ({"params": jnp.zeros((2, 2))}, ValueError, r"loss\(params.*mse: y_hat has shape"),
     ({"tol": float("inf")}, ValueError, "tol must be a finite number"),
     ({"patience": 0}, ValueError, "patience must be >= 1"),
-    ({"start_step": -1}, ValueError, "start must be >= 0"),
+    ({"start_step": -1}, ValueError, "start_step must be >= 0"),
     ({"optimizer": object(), "lr": None}, TypeError, "optimizer must be an optax"),
 ]
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 import functional_sgd as fsgd
-from functional_sgd._progress import chunk_size_for, progress_bar, wants_progress
+from functional_sgd.app._progress import chunk_size_for, progress_bar, wants_progress
 from helpers import assert_trees_close
 
 X, Y = fsgd.lesson_data(jax.random.key(0))

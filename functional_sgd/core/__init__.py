@@ -19,7 +19,7 @@ from ._batches import Shuffled as Shuffled
 from ._batches import sample_indices as sample_indices
 from ._fit import fit as fit
 from ._gradient import gradient as gradient
-from ._initialize import start as initialize
+from ._initialize import initialize as initialize
 from ._loss import linear_mse as linear_mse
 from ._loss import mse as mse
 from ._predict import linear as linear

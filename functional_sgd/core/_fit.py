@@ -25,7 +25,7 @@ from .. import drivers
 from .. import speed as _speed  # fit's keyword `speed` is a plan
 from .._types import Inputs, fit_result
 from . import _batches, _checks, _stop
-from ._initialize import start as initialize
+from ._initialize import initialize
 from ._loss import linear_mse
 from ._repeat import run
 from ._spec import LoopSpec

@@ -11,7 +11,7 @@ import numpy as np
 from .._types import Carry
 
 
-def start(spec, params, opt_state, start_step, loss_dtype):
+def initialize(spec, params, opt_state, start_step, loss_dtype):
     """The :class:`~functional_sgd._types.Carry` before the first step.
 
     ``opt_state`` may stay ``None`` with an optimizer: :func:`optimizer_state`
@@ -22,7 +22,7 @@ def start(spec, params, opt_state, start_step, loss_dtype):
     >>> import numpy as np
     >>> from functional_sgd.core import LoopSpec, FullBatch, StopRule
     >>> spec = LoopSpec(loss=None, optimizer=None, batches=FullBatch(), steps=10)
-    >>> start(spec, np.zeros(2), None, 0, np.float32).step
+    >>> initialize(spec, np.zeros(2), None, 0, np.float32).step
     np.int32(0)
     """
     if isinstance(start_step, (int, np.integer)):

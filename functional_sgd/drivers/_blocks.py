@@ -106,38 +106,53 @@ def gathered_blocks(data, rows_of, steps, block, check_finite):
 
 def stream_blocks(batches, block, steps, check_finite):
     """``(stacked batches, count)`` for each ``block`` batches of an iterable
-    (at most ``steps`` in all when given)."""
-    first_shapes, taken = None, 0
+    (at most ``steps`` in all when given). Every batch must have the first
+    batch's shapes and dtypes; NumPy batches pass as they are, and the check
+    is the stack itself (shapes) and its dtype, so a batch costs little more
+    than its copy into the block."""
+    first, taken = None, 0
     iterator = iter(batches)
     while steps is None or taken < steps:
         want = block if steps is None else min(block, steps - taken)
         group = []
         for batch in iterator:
-            batch = tuple(as_host_array(a, f"batch {taken + len(group)}[{i}]")
-                          for i, a in enumerate(batch if isinstance(batch, (tuple, list))
-                                                else (batch,)))
-            shapes = tuple((a.shape, a.dtype) for a in batch)
-            if first_shapes is None:
-                first_shapes = shapes
-            elif shapes != first_shapes:
-                raise ValueError(
-                    f"batch {taken + len(group)} of the stream has shapes "
-                    f"{[f'{d}{list(s)}' for s, d in shapes]}, the first had "
-                    f"{[f'{d}{list(s)}' for s, d in first_shapes]}; every batch must have "
-                    "the first batch's shapes (drop a short last batch, e.g. "
-                    "DataLoader(drop_last=True)).")
+            if type(batch) is not tuple:
+                batch = tuple(batch) if isinstance(batch, list) else (batch,)
+            if not all(type(a) is np.ndarray for a in batch):
+                batch = tuple(as_host_array(a, f"batch {taken + len(group)}[{i}]")
+                              for i, a in enumerate(batch))
             group.append(batch)
             if len(group) == want:
                 break
         if not group:
             return
-        stacked = tuple(np.stack(arrays) for arrays in zip(*group))
+        first = first or group[0]
+        stacked = _stack(group, first, taken)
         if check_finite:
             _refuse_non_finite(stacked, f"batches {taken}..{taken + len(group) - 1}")
         taken += len(group)
         yield stacked, len(group)
         if len(group) < want:
             return
+
+
+def _stack(group, first, taken):
+    """The batches of ``group`` stacked, or a clear error naming the first one
+    whose shapes or dtypes differ from the stream's first batch."""
+    try:
+        stacked = tuple(np.stack(arrays) for arrays in zip(*group, strict=True))
+        if all(s.dtype == a.dtype for s, a in zip(stacked, first)) and len(stacked) == len(first):
+            return stacked
+    except ValueError:
+        pass
+    described = lambda batch: [f"{a.dtype}{list(a.shape)}" for a in batch]
+    for i, batch in enumerate(group):
+        if described(batch) != described(first):
+            raise ValueError(
+                f"batch {taken + i} of the stream has {described(batch)}, the first had "
+                f"{described(first)}; every batch must have the first batch's shapes and "
+                "dtypes (drop a short last batch, e.g. DataLoader(drop_last=True)).")
+    raise ValueError(f"the stream's batches {taken}..{taken + len(group) - 1} cannot be stacked.")
 
 
 def first_batch(batches):
@@ -149,6 +164,7 @@ def first_batch(batches):
         raise ValueError("data is a stream that yielded no batches.") from None
     parts = tuple(as_host_array(a, f"batch 0[{i}]") for i, a in enumerate(
         batch if isinstance(batch, (tuple, list)) else (batch,)))
+    batch = parts  # as host arrays, so the stream's batches are read once
 
     def again():
         yield batch

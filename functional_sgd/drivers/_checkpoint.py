@@ -34,7 +34,6 @@ so a crash mid-write leaves the previous checkpoint whole. Under
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 import tempfile

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .core import _checks
-from .core import fit
+from ..core import fit
+from ..core._checks import check_data
 
 
 class LRSweep(NamedTuple):
@@ -64,7 +64,7 @@ def lr_sweep(loss, params, data=(), *, lrs, steps, batch_size=None, key=None, re
     (0.5, 2.0)
     """
     lrs = _check_lrs(lrs)
-    data, _ = _checks.check_data(data, True)
+    data, _ = check_data(data, True)
     # fit checks the rest (steps, batch_size, key, loss) as it is traced.
     return _sweep(lrs, params, data, key, loss=loss, steps=steps, batch_size=batch_size,
                   replace=bool(replace))

@@ -1,24 +1,24 @@
-"""The command line: ``python -m functional_sgd lesson | lr-sweep | digits``.
+"""The command line: ``python -m functional_sgd lesson | lr-sweep | digits | agreement``.
 
 Bad input gets one line on stderr and exit status 2, never a traceback.
 """
 
 import argparse
-import math
 import sys
-from pathlib import Path
+
+from ._shared import (DIGITS_FILES, LESSON_FILES, SWEEP_FILES, UsageError,  # noqa: F401
+                      check_batch_size, out_folder)
+from ._options import (INT32_MAX, LR_RANGE, MAX_RATES, SEED_LIMIT, fraction, int_in,
+                       learning_rate)
 
 PROG = "python -m functional_sgd"
 USAGE_ERROR = 2
 
-LESSON_FILES = ("lesson_fit.png", "lesson_losses.png", "learning_rates.png", "gradient.png",
-                "lesson_fit.gif")
-SWEEP_FILES = ("lr_sweep.png",)
-DIGITS_FILES = ("digits_weights.png",)
 
+AGREEMENT_MAX_STEPS = 100_000
+"""The agreement table runs torch's eager loop six times, ~0.1 ms a step."""
 
-class UsageError(Exception):
-    """Bad input from the command line; printed as one line."""
+RATES = f"[{LR_RANGE[0]:g}, {LR_RANGE[1]:g}]"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,46 +26,20 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: error: {message}")
 
 
-def _int_at_least(minimum):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}; got {value}")
-        return value
-    return parse
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text}")
-    return value
-
-
-def _fraction(text):
-    value = _positive_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must lie between 0 and 1; got {text}")
-    return value
-
-
 def _line_options(parser, *, steps_help, batch_help):
     """Options of the commands that fit the lesson's line."""
-    parser.add_argument("--n", type=_int_at_least(1), default=100,
-                        help="rows of data (default 100)")
-    parser.add_argument("--steps", type=_int_at_least(1), default=100, help=steps_help)
-    parser.add_argument("--batch-size", type=_int_at_least(1), default=None, help=batch_help)
+    parser.add_argument("--n", type=int_in(1, INT32_MAX), default=100,
+                        help=f"rows of data, at most {INT32_MAX} and what memory holds "
+                             "(default 100)")
+    parser.add_argument("--steps", type=int_in(1, INT32_MAX), default=100, help=steps_help)
+    parser.add_argument("--batch-size", type=int_in(1, INT32_MAX), default=None,
+                        help=batch_help)
 
 
 def _common(parser, *, out_files):
-    parser.add_argument("--seed", type=_int_at_least(0), default=0,
-                        help="seed of every jax.random key (default 0)")
+    parser.add_argument("--seed", type=int_in(0, SEED_LIMIT - 1), default=0,
+                        help=f"seed of every jax.random key, in [0, {SEED_LIMIT - 1}] "
+                             "(default 0)")
     parser.add_argument("--out", default="out", metavar="FOLDER",
                         help="folder for the figures, created if missing; only "
                              f"{', '.join(out_files)} are written there (default ./out)")
@@ -83,11 +57,12 @@ def _parser():
         "stochastic descent; prints the loss as the lesson does, the fitted a, the agreement "
         "with the torch reference (when torch is installed) and the time taken; draws the "
         "fit, the losses, the learning-rate lesson, the gradient and a GIF of the training.")
-    _line_options(lesson, steps_help="updates per mode (default 100)",
+    _line_options(lesson, steps_help=f"updates per mode, at most {INT32_MAX} and what memory "
+                  "holds (default 100)",
                   batch_help="rows per mini-batch step, at most --n (default 10, or n if smaller)")
-    lesson.add_argument("--lr", type=_positive_float, default=0.1,
-                        help="learning rate > 0 (default 0.1)")
-    lesson.add_argument("--every", type=_int_at_least(1), default=None,
+    lesson.add_argument("--lr", type=learning_rate, default=0.1,
+                        help=f"learning rate in {RATES} (default 0.1)")
+    lesson.add_argument("--every", type=int_in(1, INT32_MAX), default=None,
                         help="print the loss every this many steps (default 10; steps/10 "
                              "on runs longer than 100 steps)")
     lesson.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -102,14 +77,16 @@ def _parser():
         description="Trains the lesson's line once per learning rate, every rate from the "
         "same start on the same batches, all in one compiled call (jax.vmap over fit); "
         "prints the best rate and the edge of divergence and plots final loss against rate.")
-    _line_options(sweep, steps_help="updates per run (default 100)",
+    _line_options(sweep, steps_help=f"updates per run, at most {INT32_MAX} and what memory "
+                  "holds (default 100)",
                   batch_help="rows per step, at most --n (default: full batch)")
-    sweep.add_argument("--lr-min", type=_positive_float, default=1e-3,
-                       help="smallest rate (default 0.001)")
-    sweep.add_argument("--lr-max", type=_positive_float, default=3.0,
-                       help="largest rate (default 3)")
-    sweep.add_argument("--num", type=_int_at_least(2), default=64,
-                       help="rates, spaced evenly on a log scale (default 64)")
+    sweep.add_argument("--lr-min", type=learning_rate, default=1e-3,
+                       help=f"smallest rate, in {RATES} (default 0.001)")
+    sweep.add_argument("--lr-max", type=learning_rate, default=3.0,
+                       help=f"largest rate, in {RATES} (default 3)")
+    sweep.add_argument("--num", type=int_in(2, MAX_RATES), default=64,
+                       help=f"rates, spaced evenly on a log scale, 2 to {MAX_RATES} "
+                            "(default 64)")
     _common(sweep, out_files=SWEEP_FILES)
 
     digits = commands.add_parser(
@@ -122,36 +99,28 @@ def _parser():
                              "(default: scikit-learn's 8x8 digits, split at random)")
     digits.add_argument("--loss", choices=("mnist", "cross-entropy"), default="mnist",
                         help="the lesson's mnist_loss or binary cross-entropy (default mnist)")
-    digits.add_argument("--lr", type=_positive_float, default=1.0,
-                        help="learning rate > 0 (default 1)")
-    digits.add_argument("--epochs", type=_int_at_least(1), default=20,
+    digits.add_argument("--lr", type=learning_rate, default=1.0,
+                        help=f"learning rate in {RATES} (default 1)")
+    digits.add_argument("--epochs", type=int_in(1, INT32_MAX), default=20,
                         help="passes over the training images (default 20)")
-    digits.add_argument("--batch-size", type=_int_at_least(1), default=32,
+    digits.add_argument("--batch-size", type=int_in(1, INT32_MAX), default=32,
                         help="images per step (default 32)")
-    digits.add_argument("--valid-fraction", type=_fraction, default=0.2,
+    digits.add_argument("--valid-fraction", type=fraction, default=0.2,
                         help="share of the 8x8 digits held out (default 0.2)")
     _common(digits, out_files=DIGITS_FILES)
+
+    agreement = commands.add_parser(
+        "agreement", help="how closely fit agrees with the torch reference, per mode and dtype",
+        description="Runs functional_sgd.fit and the lesson's torch loop (reference.fit) on "
+        "the lesson's data and the same batches, in float64 and float32, by batch, "
+        "mini-batch and stochastic descent, and prints the largest differences of their "
+        "params and losses, relative and absolute. Needs torch.")
+    agreement.add_argument("--steps", type=int_in(1, AGREEMENT_MAX_STEPS), default=150,
+                           help=f"updates per run, at most {AGREEMENT_MAX_STEPS} (the torch "
+                                "loop is eager) (default 150)")
+    agreement.add_argument("--lr", type=learning_rate, default=0.1,
+                           help=f"learning rate in {RATES} (default 0.1)")
     return parser
-
-
-def out_folder(args):
-    """The output folder, created if missing; None with --no-figures."""
-    if args.no_figures:
-        return None
-    folder = Path(args.out)
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"--out {args.out!r} is a file, not a folder.")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"--out {args.out!r} cannot be created: {error.strerror}.") from None
-    return folder
-
-
-def check_batch_size(args, rows, what):
-    if args.batch_size is not None and args.batch_size > rows:
-        raise UsageError(f"--batch-size {args.batch_size} is larger than {what} ({rows}); "
-                         f"pass at most {rows}.")
 
 
 def main(argv=None):
@@ -164,7 +133,7 @@ def main(argv=None):
         from . import _commands
 
         run = {"lesson": _commands.lesson, "lr-sweep": _commands.lr_sweep,
-               "digits": _commands.digits}[args.command]
+               "digits": _commands.digits, "agreement": _commands.agreement}[args.command]
         return run(args)
     except UsageError as error:
         message = str(error)

@@ -7,37 +7,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .core import fit
-from .core import linear_mse
+from functional_sgd import fit, linear_mse, sample_indices
+from functional_sgd.lesson import LEARNING_RATES, PARABOLA_START, parabola
+
 from ._progress import progress_bar
-from .core import sample_indices
 from ._timing import timed
-
-LEARNING_RATES = {"too low": 0.01, "good": 0.1, "bouncing": 0.9, "too high": 1.5}
-"""The learning-rate lesson. ``f(x) = x**2`` and the lesson's line both have
-curvature about 2, so ``x <- x - lr * 2x = (1 - 2 lr) x``: 0.01 crawls, 0.1
-converges, 0.9 flips sign every step (``1 - 2 lr = -0.8``) yet converges,
-and 1.5 doubles the error every step until it overflows."""
-
-PARABOLA_START = 3.0
-"""Where ``f(x) = x**2`` starts, as in the lesson's ``grad f(3) = 6``."""
-
-
-def parabola(x):
-    """The lesson's ``f(x) = x**2`` (summed, so ``x`` may be a vector).
-
-    >>> import jax, jax.numpy as jnp
-    >>> float(parabola(jnp.array([3.0, 4.0, 10.0]))), float(jax.grad(parabola)(3.0))
-    (125.0, 6.0)
-    """
-    return (x ** 2).sum()
 
 
 class ModeRun(NamedTuple):
-    """One mode of the lesson: its fit, its schedule (None for full batch), its timing."""
+    """One mode of the lesson: its fit, its batch size (None for full batch), its timing."""
 
     result: object
-    indices: object
+    batch_size: object
     timing: object
 
 
@@ -52,8 +33,7 @@ def fit_modes(x, y, start, *, lr, steps, batch_size, key, progress):
             result = fit(linear_mse, start, (x, y), lr=lr, steps=steps, record_params=True,
                          **schedule, **bar)
             jax.block_until_ready(result)
-        indices = None if size is None else sample_indices(key, x.shape[0], steps, size)
-        runs[name] = ModeRun(result, indices, timing)
+        runs[name] = ModeRun(result, size, timing)
     return runs
 
 
@@ -69,10 +49,11 @@ def learning_rate_runs(x, y, start, *, steps):
     return runs
 
 
-def reference_agreement(runs, x, y, start, *, lr):
+def reference_agreement(runs, x, y, start, *, lr, key):
     """Largest difference (see :func:`_max_difference`) between each mode's
-    params and losses and the torch reference's on the same batches; ``None``
-    when torch does not import."""
+    params and losses and the torch reference's on the same batches (drawn
+    from ``key``, as :func:`fit_modes` drew them); ``None`` when torch does
+    not import."""
     try:
         import reference
     except ImportError:
@@ -81,7 +62,8 @@ def reference_agreement(runs, x, y, start, *, lr):
     differences = {}
     for name, run in runs.items():
         steps = run.result.losses.shape[0]
-        indices = None if run.indices is None else np.asarray(run.indices)
+        indices = None if run.batch_size is None else np.asarray(
+            sample_indices(key, x.shape[0], steps, run.batch_size))
         params, losses = reference.fit(linear_mse, start, (x, y), lr=lr,
                                        steps=None if indices is not None else steps,
                                        indices=indices)

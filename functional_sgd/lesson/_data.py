@@ -31,7 +31,7 @@ def lesson_data(key, n=100, *, a=LESSON_A, dtype=None):
     >>> x.shape, y.shape, bool((x[:, 1] == 1).all())
     ((100, 2), (100,), True)
     """
-    from .core._checks import check_int, check_key
+    from ..core._checks import check_int, check_key
     check_key(key, "key")
     n = check_int(n, "n", minimum=1)
     a = jnp.asarray(a, jnp.result_type(float) if dtype is None else dtype)

@@ -8,7 +8,7 @@ figure is drawn.
 import jax
 import numpy as np
 
-from ._lesson import LEARNING_RATES, parabola
+from functional_sgd.lesson import LEARNING_RATES, parabola
 
 COLORS = {"batch": "tab:blue", "mini-batch": "tab:orange", "stochastic": "tab:green"}
 RATE_COLORS = {"too low": "tab:gray", "good": "tab:green", "bouncing": "tab:orange",

@@ -4,12 +4,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._cli import (DIGITS_FILES, LESSON_FILES, SWEEP_FILES, UsageError, check_batch_size,
-                   out_folder)
-from ._data import LESSON_START, lesson_data
-from ._lesson import LEARNING_RATES, fit_modes, learning_rate_runs, reference_agreement
-from .core import linear_mse
+from functional_sgd import linear_mse
+from functional_sgd.lesson import LEARNING_RATES, LESSON_START, lesson_data
+
+from ._shared import (DIGITS_FILES, LESSON_FILES, SWEEP_FILES, UsageError, check_batch_size,
+                      out_folder)
+from ._memory import available_bytes, digits_needs, lesson_needs, sweep_needs, too_large
+from ._options import INT32_MAX
 from ._progress import wants_progress
+from ._runs import fit_modes, learning_rate_runs, reference_agreement
 from ._timing import timed
 
 REFERENCE_MAX_STEPS = 10_000
@@ -21,8 +24,10 @@ LR_LESSON_STEPS = 100
 
 def lesson(args):
     check_batch_size(args, args.n, "--n")
-    folder = out_folder(args)
     batch_size = min(10, args.n) if args.batch_size is None else args.batch_size
+    check_memory(lesson_needs(args.n, args.steps, batch_size,
+                              reference=args.reference and args.steps <= REFERENCE_MAX_STEPS))
+    folder = out_folder(args)
     every = args.every or (10 if args.steps <= 100 else max(args.steps // 10, 1))
     data_key, batch_key = jax.random.split(jax.random.key(args.seed))
     x, y = lesson_data(data_key, args.n)
@@ -41,7 +46,7 @@ def lesson(args):
         if int(run.result.diverged_at) >= 0:
             print(f"  diverged at step {int(run.result.diverged_at)}: lr = {args.lr} is too "
                   "high (try lr-sweep)")
-    _print_reference(args, runs, x, y, start)
+    _print_reference(args, runs, x, y, start, batch_key)
 
     rate_runs = learning_rate_runs(x, y, start, steps=LR_LESSON_STEPS)
     print(f"\nLearning rates, {LR_LESSON_STEPS} full-batch steps on f(x) = x^2 from x = 3 "
@@ -74,13 +79,20 @@ def _outcome(result):
     return f"loss {losses[0]:.3g} -> {losses[-1]:.3g}"
 
 
-def _print_reference(args, runs, x, y, start):
+def check_memory(needs):
+    """Refuses a run that will not fit in memory (see ``_memory``)."""
+    message = too_large(needs, available_bytes())
+    if message is not None:
+        raise UsageError(message)
+
+
+def _print_reference(args, runs, x, y, start, key):
     if not args.reference:
         return
     if args.steps > REFERENCE_MAX_STEPS:
         print(f"\ntorch reference: skipped (more than {REFERENCE_MAX_STEPS} steps).")
         return
-    differences = reference_agreement(runs, x, y, start, lr=args.lr)
+    differences = reference_agreement(runs, x, y, start, lr=args.lr, key=key)
     if differences is None:
         print("\ntorch reference: torch is not installed (pip install -e \".[torch]\").")
         return
@@ -95,15 +107,21 @@ def _print_written(paths):
 
 
 def lr_sweep(args):
-    from ._lr_find import lr_sweep as sweep_rates
+    from functional_sgd.lesson import lr_sweep as sweep_rates
 
     check_batch_size(args, args.n, "--n")
     if args.lr_min >= args.lr_max:
         raise UsageError(f"--lr-min {args.lr_min} must be below --lr-max {args.lr_max}.")
+    lrs = jnp.geomspace(args.lr_min, args.lr_max, args.num)
+    if not (np.diff(np.asarray(lrs)) > 0).all():
+        raise UsageError(
+            f"--num {args.num} rates from --lr-min {args.lr_min:g} to --lr-max "
+            f"{args.lr_max:g} are too close for float32 to tell apart; pass a smaller --num "
+            "or a wider range.")
+    check_memory(sweep_needs(args.n, args.steps, args.num, args.batch_size))
     folder = out_folder(args)
     data_key, batch_key = jax.random.split(jax.random.key(args.seed))
     x, y = lesson_data(data_key, args.n)
-    lrs = jnp.geomspace(args.lr_min, args.lr_max, args.num)
     schedule = {} if args.batch_size is None else {"batch_size": args.batch_size,
                                                    "key": batch_key}
     with timed() as timing:
@@ -122,8 +140,10 @@ def lr_sweep(args):
     else:
         print("best: none, every rate diverged; lower --lr-min")
     if edge >= 0:
-        print(f"edge of divergence: lr = {lrs[edge]:.4g} diverged at step "
-              f"{int(sweep.diverged_at[edge])}")
+        at = int(sweep.diverged_at[edge])
+        how = (f"diverged at step {at}" if at >= 0 else  # its batch losses all stayed finite
+               f"ended with a loss on all the data that is not finite, after {args.steps} steps")
+        print(f"edge of divergence: lr = {lrs[edge]:.4g} {how}")
     else:
         print(f"edge of divergence: not reached up to lr = {lrs[-1]:.4g}")
     if folder is not None:
@@ -134,15 +154,22 @@ def lr_sweep(args):
 
 
 def digits(args):
-    from ._classify import fit_classifier
-    from ._digits import digits_3_vs_7, load_image_folder
+    from functional_sgd.lesson import digits_3_vs_7, fit_classifier, load_image_folder
 
     data_key, train_key = jax.random.split(jax.random.key(args.seed))
     if args.data is None:
-        data = digits_3_vs_7(data_key, valid_fraction=args.valid_fraction)
+        try:
+            data = digits_3_vs_7(data_key, valid_fraction=args.valid_fraction)
+        except ValueError as error:  # the library names the argument; we name the option
+            raise UsageError(str(error).replace("valid_fraction=", "--valid-fraction ")) from None
     else:
         data = load_image_folder(args.data)
     check_batch_size(args, len(data.train_y), "the training images")
+    per_epoch = len(data.train_y) // args.batch_size
+    if args.epochs * per_epoch > INT32_MAX:
+        raise UsageError(f"--epochs {args.epochs} of {per_epoch} steps each is more than "
+                         f"{INT32_MAX} steps; pass --epochs at most {INT32_MAX // per_epoch}.")
+    check_memory(digits_needs(args.epochs, per_epoch))
     folder = out_folder(args)
     print(f"3 vs 7 on {data.source}: {len(data.train_y)} training images, "
           f"{len(data.valid_y)} held out, {data.image_shape[0]}x{data.image_shape[1]} pixels; "
@@ -159,4 +186,16 @@ def digits(args):
         from ._plots import plot_digit_weights
 
         _print_written([plot_digit_weights(folder / DIGITS_FILES[0], params, data)])
+    return 0
+
+
+def agreement(args):
+    try:
+        import reference
+    except ImportError:
+        raise UsageError("agreement needs the torch reference, and torch is not installed "
+                         "(pip install -e \".[torch]\").") from None
+    from ._agreement import print_table
+
+    print_table(reference, steps=args.steps, lr=args.lr)
     return 0

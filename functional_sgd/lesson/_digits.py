@@ -4,6 +4,7 @@ Both give flattened pixels in ``[0, 1]`` and targets ``1.0`` for a 3 and
 ``0.0`` for a 7, as the lesson labels them.
 """
 
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,7 +37,8 @@ def digits_3_vs_7(key, *, valid_fraction=0.2):
 
     Args:
       key: ``jax.random`` key that shuffles the images before the split.
-      valid_fraction: share of images held out for validation, in ``(0, 1)``.
+      valid_fraction: share of images held out for validation, in ``(0, 1)``,
+        leaving at least one image for training (at most 0.9986 of the 362).
 
     Returns:
       :class:`Digits` with 8x8 images (64 pixels).
@@ -56,6 +58,11 @@ def digits_3_vs_7(key, *, valid_fraction=0.2):
     y = (digits.target[keep] == 3).astype(np.float32)
     order = np.asarray(jax.random.permutation(key, len(y)))
     n_valid = max(1, round(valid_fraction * len(y)))
+    if n_valid >= len(y):
+        most = math.floor((len(y) - 0.5) / len(y) * 1e4) / 1e4  # round(most * n) < n
+        raise ValueError(
+            f"valid_fraction={valid_fraction} holds out all {len(y)} images and leaves none "
+            f"for training; it must be at most {most}.")
     valid, train = order[:n_valid], order[n_valid:]
     return Digits(x[train], y[train], x[valid], y[valid], (8, 8),
                   "scikit-learn's 8x8 digits")
@@ -71,11 +78,15 @@ def load_image_folder(path):
       path: the folder.
 
     Returns:
-      :class:`Digits`, with pixels scaled from 0..255 to ``[0, 1]``.
+      :class:`Digits`, with pixels scaled to ``[0, 1]`` at each image's own
+      depth: 8-bit images (grayscale, or colour made gray) divided by 255,
+      16-bit grayscale ones by 65535.
 
     Raises:
       ValueError: a missing sub-folder, an empty one, a file that is not an
-        image, or images of different sizes; the message names the path.
+        image, one larger than Pillow's ``PIL.Image.MAX_IMAGE_PIXELS`` (a
+        decompression bomb), or images of different sizes; the message names
+        the path.
     """
     root = Path(path)
     if not root.is_dir():
@@ -105,11 +116,38 @@ def load_image_folder(path):
     return Digits(flat(train_images), train_y, flat(valid_images), valid_y, shape, str(root))
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+"""Pillow's modes for 16-bit grayscale (how it opens a 16-bit grayscale PNG)."""
+
+
 def _read_gray(file):
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(file) as image:
-            return np.asarray(image.convert("L"), np.float32) / 255.0
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that, then decodes
+            # the whole image; a digit that large is no digit: refuse both.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as image:
+                return _gray_pixels(image, file)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ValueError(
+            f"{str(file)!r} is too large to read safely: {error} If the image is genuine, "
+            "raise PIL.Image.MAX_IMAGE_PIXELS.") from None
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"{str(file)!r} is not a readable image: {error}") from error
+
+
+def _gray_pixels(image, file):
+    """Pixels in ``[0, 1]``, scaled by the image's own depth (``convert("L")``
+    would clip 16-bit values at 255: 30000 / 65535 = 0.458 would read as 1)."""
+    if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and image.format == "PNG"):
+        # Older Pillow opens 16-bit grayscale PNGs as 32-bit "I"; a PNG holds at most 16 bits.
+        return np.asarray(image, np.float32) / 65535.0
+    if image.mode in ("I", "F") or image.mode.startswith("I;"):
+        raise ValueError(
+            f"{str(file)!r} has {image.mode!r} pixels (32-bit or signed); expected an 8-bit "
+            "(grayscale or colour) or 16-bit grayscale image.")
+    return np.asarray(image.convert("L"), np.float32) / 255.0

@@ -149,8 +149,8 @@ def fit_classifier(digits, *, key, loss="mnist", lr=1.0, epochs=20, batch_size=3
     >>> len(reports), reports[-1].valid_accuracy >= 0.97
     (20, True)
     """
-    from .core._checks import check_int
-    from .core import fit
+    from ..core import fit
+    from ..core._checks import check_int
 
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {sorted(LOSSES)}; got {loss!r}.")
