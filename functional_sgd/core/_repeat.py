@@ -27,7 +27,7 @@ import numpy as np
 from .._types import Carry, Record
 from ..drivers import describe
 from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, quadratic_mse
-from ._batches import feed
+from ._batches import Schedule, feed
 from ._initialize import optimizer_state
 from ._step import train_step
 
@@ -39,7 +39,7 @@ def run(spec, carry, inputs, *, mesh=None):
     """
     if mesh is not None:
         from ..drivers import data_parallel
-        out = data_parallel(loop, spec, mesh, carry, inputs)
+        out = data_parallel(loop, spec, mesh, carry, inputs, schedule=Schedule)
     elif spec.plan.cpu_compiler_options:
         try:
             out = _compiled_loop(carry, inputs, spec=spec)

@@ -57,15 +57,16 @@ def check_mesh(mesh, data):
                          "a data-free objective has nothing to split; drop mesh.")
 
 
-def data_parallel(loop, spec, mesh, carry, inputs):
+def data_parallel(loop, spec, mesh, carry, inputs, *, schedule):
     """Runs the traced ``loop(carry, inputs, spec=...)`` data-parallel over
     ``mesh``; returns its ``(Carry, Record)``, replicated.
 
     Each device runs ``loop`` on its own rows, with a spec whose loss is the
     global mean (:class:`_GlobalMean`) and whose batches are its slots of
-    every step's global batch; the rest of the spec is the caller's.
+    every step's global batch, ``schedule(slots)`` (the core's explicit
+    schedule kind); the rest of the spec is the caller's.
     """
-    return _sharded_loop(carry, inputs, loop=loop, spec=spec, mesh=mesh)
+    return _sharded_loop(carry, inputs, loop=loop, spec=spec, mesh=mesh, schedule=schedule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,19 +88,8 @@ class _GlobalMean:
         return jax.lax.psum(local, self.axes) / self.count
 
 
-@dataclasses.dataclass(frozen=True)
-class _Slots:
-    """Each device's batches: its routed rows, ``slots`` of them a step, in order."""
-
-    batch_size: int
-    keyed = False
-
-    def rows(self, key, indices, start, steps):
-        return indices
-
-
-@partial(jax.jit, static_argnames=("loop", "spec", "mesh"))
-def _sharded_loop(carry, inputs, *, loop, spec, mesh):
+@partial(jax.jit, static_argnames=("loop", "spec", "mesh", "schedule"))
+def _sharded_loop(carry, inputs, *, loop, spec, mesh, schedule):
     """``loop`` under ``shard_map`` (``fit`` never plans the moments here)."""
     axes = mesh.axis_names
     devices = mesh.size
@@ -123,7 +113,7 @@ def _sharded_loop(carry, inputs, *, loop, spec, mesh):
             rows, slots = _route_batches(indices, blocks, device, axes=axes,
                                          per_device=per_device, devices=devices)
             schedule = jnp.arange(steps * slots, dtype=jnp.int32).reshape(steps, slots)
-            count, batches = indices.shape[1], _Slots(slots)
+            count, batches = indices.shape[1], schedule(slots)
         local = dataclasses.replace(spec, loss=_GlobalMean(spec.loss, axes, count),
                                     batches=batches)
         return loop(carry, inputs._replace(data=rows, key=None, indices=schedule), spec=local)
