@@ -39,7 +39,7 @@ def run(spec, carry, inputs, *, mesh=None):
     """
     if mesh is not None:
         from ..drivers import data_parallel
-        out = data_parallel(loop, spec, mesh, carry, inputs, schedule=Schedule)
+        out = data_parallel(loop, spec, mesh, carry, inputs, slots_kind=Schedule)
     elif spec.plan.cpu_compiler_options:
         try:
             out = _compiled_loop(carry, inputs, spec=spec)

@@ -57,16 +57,16 @@ def check_mesh(mesh, data):
                          "a data-free objective has nothing to split; drop mesh.")
 
 
-def data_parallel(loop, spec, mesh, carry, inputs, *, schedule):
+def data_parallel(loop, spec, mesh, carry, inputs, *, slots_kind):
     """Runs the traced ``loop(carry, inputs, spec=...)`` data-parallel over
     ``mesh``; returns its ``(Carry, Record)``, replicated.
 
     Each device runs ``loop`` on its own rows, with a spec whose loss is the
     global mean (:class:`_GlobalMean`) and whose batches are its slots of
-    every step's global batch, ``schedule(slots)`` (the core's explicit
+    every step's global batch, ``slots_kind(slots)`` (the core's explicit
     schedule kind); the rest of the spec is the caller's.
     """
-    return _sharded_loop(carry, inputs, loop=loop, spec=spec, mesh=mesh, schedule=schedule)
+    return _sharded_loop(carry, inputs, loop=loop, spec=spec, mesh=mesh, slots_kind=slots_kind)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +88,8 @@ class _GlobalMean:
         return jax.lax.psum(local, self.axes) / self.count
 
 
-@partial(jax.jit, static_argnames=("loop", "spec", "mesh", "schedule"))
-def _sharded_loop(carry, inputs, *, loop, spec, mesh, schedule):
+@partial(jax.jit, static_argnames=("loop", "spec", "mesh", "slots_kind"))
+def _sharded_loop(carry, inputs, *, loop, spec, mesh, slots_kind):
     """``loop`` under ``shard_map`` (``fit`` never plans the moments here)."""
     axes = mesh.axis_names
     devices = mesh.size
@@ -113,7 +113,7 @@ def _sharded_loop(carry, inputs, *, loop, spec, mesh, schedule):
             rows, slots = _route_batches(indices, blocks, device, axes=axes,
                                          per_device=per_device, devices=devices)
             schedule = jnp.arange(steps * slots, dtype=jnp.int32).reshape(steps, slots)
-            count, batches = indices.shape[1], schedule(slots)
+            count, batches = indices.shape[1], slots_kind(slots)
         local = dataclasses.replace(spec, loss=_GlobalMean(spec.loss, axes, count),
                                     batches=batches)
         return loop(carry, inputs._replace(data=rows, key=None, indices=schedule), spec=local)
