@@ -179,7 +179,7 @@ def _finite_on_host(a):
 
 
 @functools.lru_cache(maxsize=64)
-def _is_inexact(dtype):
+def is_inexact_dtype(dtype):
     return bool(jnp.issubdtype(dtype, jnp.inexact))  # ~1 us a call uncached
 
 
@@ -193,7 +193,7 @@ def _non_finite(data):
     """
     bad, on_device, checked = [], [], []
     for i, a in enumerate(data):
-        if not (is_concrete(a) and _is_inexact(a.dtype)) or _recall(a, "finite"):
+        if not (is_concrete(a) and is_inexact_dtype(a.dtype)) or _recall(a, "finite"):
             continue
         checked.append((i, a))
         view = _host_view(a)
@@ -279,10 +279,11 @@ def batch_of(data, batch_size):
                  for a in data)
 
 
-def check_loss_per_row(loss, params, data):
-    """Under a mesh the loss is also evaluated on batches of one row."""
+def check_loss_per_row(check_loss_on, data):
+    """Under a mesh the loss is also evaluated on batches of one row
+    (``check_loss_on(batch)`` traces it)."""
     try:
-        check_loss(loss, params, batch_of(data, 1))
+        check_loss_on(batch_of(data, 1))
     except ValueError as error:
         raise ValueError(f"with mesh, loss is evaluated on batches of one row and must "
                          f"be a mean over rows; that failed: {error}") from error
@@ -299,18 +300,18 @@ def check_loss(loss, params, batch):
     if not callable(loss):
         raise TypeError(f"loss must be callable as loss(params, *batch); got {loss!r}.")
     leaves, treedef = jax.tree.flatten(params)
-    signature = (tuple(_signature(a) for a in leaves), tuple(_signature(a) for a in batch))
+    signed = (tuple(map(signature, leaves)), tuple(map(signature, batch)))
     try:
         hash(loss)
     except TypeError:
-        return _trace_loss(loss, treedef, signature)
-    return _cached_trace_loss(loss, treedef, signature)
+        return _trace_loss(loss, treedef, signed)
+    return _cached_trace_loss(loss, treedef, signed)
 
 
-def _signature(x):
+def signature(x):
     """``(shape, dtype, weak_type)`` as JAX will see ``x``, without building an aval."""
     if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
-        return tuple(x.shape), x.dtype, bool(x.weak_type)
+        return tuple(x.shape), x.dtype, bool(getattr(x, "weak_type", False))  # keys: none
     if isinstance(x, np.ndarray):
         return x.shape, jax.dtypes.canonicalize_dtype(x.dtype), False
     spec = jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))  # scalars
@@ -320,7 +321,7 @@ def _signature(x):
     return spec.shape, spec.dtype, weak
 
 
-def _spec(signature):
+def spec(signature):
     shape, dtype, weak_type = signature
     return jax.ShapeDtypeStruct(shape, dtype, weak_type=weak_type)
 
@@ -331,22 +332,32 @@ def _cached_trace_loss(loss, treedef, signature):
 
 
 def _trace_loss(loss, treedef, signature):
-    params_spec = jax.tree.unflatten(treedef, [_spec(s) for s in signature[0]])
-    batch_spec = tuple(_spec(s) for s in signature[1])
+    params_spec = jax.tree.unflatten(treedef, [spec(s) for s in signature[0]])
+    batch_spec = tuple(spec(s) for s in signature[1])
     try:
         out = jax.eval_shape(loss, params_spec, *batch_spec)
     except (TypeError, ValueError, AttributeError) as error:
         raise ValueError(
-            f"loss(params, *batch) failed for params of shape {_shapes(params_spec)} and a "
-            f"batch of shape {_shapes(batch_spec)}; check that params fit the model "
+            f"loss(params, *batch) failed for params of shape {shapes(params_spec)} and a "
+            f"batch of shape {shapes(batch_spec)}; check that params fit the model "
             f"and data. The loss said: {error}") from error
-    if not hasattr(out, "shape") or out.shape != () \
-            or not jnp.issubdtype(out.dtype, jnp.floating):
-        raise ValueError(
-            f"loss must return a real scalar; got {_shapes(out)}. Reduce it, e.g. with "
-            ".mean().")
+    check_loss_value(out)
     return out
 
 
-def _shapes(tree):
+def check_loss_value(out):
+    """A loss (without state or aux) must return a real scalar."""
+    if isinstance(out, (tuple, list)):
+        raise ValueError(
+            f"loss must return a real scalar; it returned a {type(out).__name__} of "
+            f"{len(out)}: {shapes(out)}. If it returns (value, aux), pass has_aux=True; "
+            "if (value, new_state), pass the initial model state as state=.")
+    if not hasattr(out, "shape") or out.shape != () \
+            or not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(
+            f"loss must return a real scalar; got {shapes(out)}. Reduce it, e.g. with "
+            ".mean().")
+
+
+def shapes(tree):
     return jax.tree.map(lambda s: f"{s.dtype}{list(s.shape)}", tree)
