@@ -154,7 +154,8 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     stop = _stop.choose(tol, patience)
     params, state, model = _model.choose(params, trainable, rng, state, has_aux)
     example = data if batches.batch_size is None else _checks.batch_of(data, batches.batch_size)
-    loss_out = _model_checks.check_loss(loss, params, state, example, model, rng)
+    loss_out = _checks.check_loss(loss, params, example) if model.plain else \
+        _model_checks.check_loss(loss, params, state, example, model, rng)
     if mesh is not None:
         drivers.check_mesh(mesh, data)
         _model_checks.check_loss_per_row(loss, params, state, data, model, rng)

@@ -207,10 +207,11 @@ def choose(params, trainable, rng, state, has_aux):
     has_aux = _checks.check_bool(has_aux, "has_aux")
     if rng is not None:
         _checks.check_key(rng, "rng")
-    arrays = list(map(is_array, leaves))
-    wrapped = params if all(arrays) else treedef.unflatten(
-        [a if array else Static(a) for a, array in zip(leaves, arrays)])
-    all_leaves, leaves = leaves, [a for a, array in zip(leaves, arrays) if array]
+    arrays = tuple(map(is_array, leaves))
+    statics = tuple(Static(a) for a, array in zip(leaves, arrays) if not array)
+    leaves = [a for a, array in zip(leaves, arrays) if array]
+    wrapped_def, _ = _structures(treedef, statics, arrays, None)
+    wrapped = params if not statics else wrapped_def.unflatten(leaves)
     mask = _trainable_mask(trainable, wrapped, leaves)
     trains = tuple(bool(m) and _is_float(a) for a, m in zip(leaves, mask))
     if not any(trains):
@@ -223,14 +224,26 @@ def choose(params, trainable, rng, state, has_aux):
             "params has nothing to train: only leaves of an inexact dtype train, and its "
             f"array leaves are {', '.join(kinds) if kinds else 'none at all'}. Give params "
             "at least one float array (e.g. jnp.zeros(3), not jnp.zeros(3, int)).")
-    if all(trains) and all(arrays):
+    if all(trains) and not statics:
         return wrapped, wrap(state), Model(None, rng is not None, state is not None, has_aux)
-    train = iter(trains)  # over every leaf of params, non-array ones train never
+    return wrapped, wrap(state), Model(trains, rng is not None, state is not None, has_aux,
+                                       *_structures(treedef, statics, arrays, trains))
+
+
+@functools.lru_cache(maxsize=256)
+def _structures(treedef, statics, arrays, trains):
+    """The structures of the wrapped params and (with ``trains``) of their
+    trainable part, from the params' own ``treedef``: an equinox module is
+    slow to rebuild, so a warm call looks them up."""
+    statics_left = iter(statics)
+    wrapped_def = jax.tree.structure(treedef.unflatten(
+        [0 if array else next(statics_left) for array in arrays]))  # 0: any leaf would do
+    if trains is None:
+        return wrapped_def, None
+    train = iter(trains)
     trainable_def = jax.tree.structure(treedef.unflatten(
-        [a if array and next(train) else None for a, array in zip(all_leaves, arrays)]))
-    model = Model(trains, rng is not None, state is not None, has_aux,
-                  jax.tree.structure(wrapped), trainable_def)
-    return wrapped, wrap(state), model
+        [0 if array and next(train) else None for array in arrays]))
+    return wrapped_def, trainable_def
 
 
 def _trainable_mask(trainable, wrapped, leaves):
