@@ -213,3 +213,15 @@ def test_polyak_sgd_gets_the_value():
     result = fsgd.fit(fsgd.linear_mse, jnp.zeros(2), (x, y), optimizer=optax.polyak_sgd(),
                       steps=50)
     assert float(result.losses[-1]) < 1e-3 * float(result.losses[0])
+
+
+def test_an_equinox_filter_spec_as_trainable_freezes_a_layer():
+    model = eqx.nn.MLP(3, 1, 16, 2, key=jax.random.key(1))
+    first = lambda m: (m.layers[0].weight, m.layers[0].bias)  # noqa: E731
+    trainable = eqx.tree_at(first, jax.tree.map(lambda _: True, model), replace=(False, False))
+    result = fsgd.fit(mlp_loss, model, (X, Y), indices=INDICES, optimizer=optax.adam(1e-2),
+                      trainable=trainable)
+    assert_trees_close(first(result.params), first(model))
+    assert not np.allclose(result.params.layers[1].weight, model.layers[1].weight)
+    assert float(result.losses[-1]) < float(result.losses[0])
+    assert result.opt_state[0].mu.layers[0].weight is None  # no state for a frozen leaf

@@ -251,7 +251,8 @@ def _trainable_mask(trainable, wrapped, leaves):
     of bools, or a function of a leaf)."""
     if trainable is None:
         return [True] * len(leaves)
-    if callable(trainable) and jax.tree_util.treedef_is_leaf(jax.tree.structure(trainable)):
+    if callable(trainable) and not all(map(_is_bool, jax.tree.leaves(trainable))):
+        # a function (an equinox module of bools is callable too, but all bools)
         mask = [trainable(a) for a in leaves]
         for a, m in zip(leaves, mask):
             if not _is_bool(m):

@@ -38,6 +38,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tempfile
 import zipfile
 
@@ -157,12 +158,18 @@ def _describe(value, prefix=""):
                       f"{getattr(value, '__qualname__', type(value).__qualname__)}"}
     if isinstance(value, tuple) and all(map(callable, value)):  # an optax transformation
         return {name: [_describe(part)[""] for part in value]}
-    return {name: repr(value)}
+    return {name: _without_addresses(repr(value))}
+
+
+def _without_addresses(text):
+    """``text`` without the ``at 0x...`` of default reprs, which differ from
+    one process to the next (a model's static fields may hold such objects)."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
 
 
 def _specs(tree):
     leaves, treedef = jax.tree.flatten(tree)
-    return {"tree": str(treedef),
+    return {"tree": _without_addresses(str(treedef)),
             "leaves": [f"{jnp.result_type(a)}{list(np.shape(a))}" for a in leaves]}
 
 
