@@ -29,6 +29,7 @@ class Carry(NamedTuple):
     opt_state: Any
     step: Any  # global index of the next step: it selects the batch a key draws
     stop: StopState
+    state: Any = None  # the model's state (BatchNorm statistics), with fit(state=...)
 
 
 class Inputs(NamedTuple):
@@ -42,6 +43,7 @@ class Inputs(NamedTuple):
     indices: Any  # (steps, batch_size) rows of an explicit schedule; its leading axis is steps
     tol: Any
     patience: Any
+    rng: Any = None  # the model's key: step t's loss gets key=fold_in(rng, t)
 
 
 class Record(NamedTuple):
@@ -51,6 +53,7 @@ class Record(NamedTuple):
     diverged_at: Any  # first step whose loss is not finite, -1 if none
     steps_run: Any    # updates made
     trajectory: Any   # params before every step and after the last, or None
+    aux: Any = None   # with has_aux: the loss's aux stacked over the steps
 
 
 class FitResult(NamedTuple):
@@ -68,6 +71,11 @@ class FitResult(NamedTuple):
       trajectory: with ``record_params=True``, the params before every step
         and after the last, stacked on a leading axis of ``steps + 1``;
         otherwise ``None``.
+      state: with ``fit(state=...)``, the model state after the last step
+        (BatchNorm statistics, say); otherwise ``None``.
+      aux: with ``has_aux=True``, the loss's aux of every step, stacked on a
+        leading axis of ``steps``: steps a stop rule cut off hold NaN
+        (integer and bool leaves: zero/False); otherwise ``None``.
     """
 
     params: Any
@@ -77,9 +85,11 @@ class FitResult(NamedTuple):
     step: Any
     opt_state: Any
     trajectory: Any = None
+    state: Any = None
+    aux: Any = None
 
 
 def fit_result(carry, record):
     """The :class:`FitResult` of a run that ended in ``carry`` and recorded ``record``."""
     return FitResult(carry.params, record.losses, record.diverged_at, record.steps_run,
-                     carry.step, carry.opt_state, record.trajectory)
+                     carry.step, carry.opt_state, record.trajectory, carry.state, record.aux)

@@ -24,3 +24,19 @@ def test_the_tour_runs(capsys):
     accuracy = float(re.search(r"validation accuracy ([\d.]+)", printed).group(1))
     assert accuracy >= 0.97
     assert 0.05 < float(namespace["sweep"].lrs[namespace["sweep"].best]) < 1.0
+
+
+def test_the_own_model_tour_trains(capsys):
+    """The "Your own model" block alone: an equinox MLP, a dropout ensemble
+    and a BatchNorm net each train."""
+    import equinox as eqx
+    (block,) = [b for b in tour_blocks() if "eqx.nn.MLP" in b]
+    namespace = {}
+    with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+        exec(compile(block, str(README), "exec"), namespace)
+    fitted, trained = namespace["fitted"], namespace["trained"]
+    assert isinstance(fitted.params, eqx.nn.MLP)
+    assert float(fitted.losses[-1]) < 0.05 * float(fitted.losses[0])
+    assert float(trained.losses[-1]) < 0.2 * float(trained.losses[0])
+    assert type(trained.state) is type(namespace["stats"])
+    assert "4 seeds, last losses" in capsys.readouterr().out

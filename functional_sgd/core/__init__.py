@@ -2,7 +2,8 @@
 
 Each step has a module of its name: ``_initialize``, ``_predict``, ``_loss``,
 ``_gradient``, ``_step``, ``_repeat``, ``_stop``; which rows each step sees
-is ``_batches``. The pieces behind ``fit`` work on their own: a
+is ``_batches``; a user's own model (frozen leaves, a key, a state, an aux
+output) is ``_model``. The pieces behind ``fit`` work on their own: a
 :class:`LoopSpec` (loss, optimizer, batches, steps, stop rule, ...), a
 ``Carry`` from :func:`initialize`, the traced ``Inputs``, and :func:`run`.
 """
@@ -25,6 +26,7 @@ from ._loss import mse as mse
 from ._predict import linear as linear
 from ._repeat import run as run
 from ._spec import LoopSpec as LoopSpec
+from ._step import model_step as model_step
 from ._step import sgd_update as sgd_update
 from ._step import train_step as train_step
 from ._stop import StopRule as StopRule

@@ -24,7 +24,7 @@ import numpy as np
 from .. import drivers
 from .. import speed as _speed  # fit's keyword `speed` is a plan
 from .._types import Inputs, fit_result
-from . import _batches, _checks, _stop
+from . import _batches, _checks, _model, _model_checks, _stop
 from ._initialize import initialize
 from ._loss import linear_mse
 from ._repeat import run
@@ -35,7 +35,7 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         indices=None, optimizer=None, replace=True, tol=None, patience=None,
         record_params=False, opt_state=None, start_step=0, check_finite=True,
         chunk_size=None, on_chunk=None, mesh=None, checkpoint=None, fast_path="auto",
-        speed=None):
+        speed=None, rng=None, state=None, has_aux=False, trainable=None):
     """Fits ``params`` by gradient descent on ``loss``, in one compiled call.
 
     Each step ``t`` takes a batch ``B_t`` of rows and applies
@@ -48,16 +48,24 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     * ``batch_size=1`` with ``key``: stochastic descent, one row a step;
     * ``indices`` of shape ``(steps, batch_size)``: an explicit schedule.
 
-    ``lr``, ``key``, ``params``, ``data``, ``tol``, ``patience`` and
-    ``start_step`` are traced: a new learning rate or new data of the same
-    shape reuses the compiled loop, and ``jax.vmap(fit)`` over any of them is
-    a sweep. ``loss``, ``optimizer``, ``steps`` and ``batch_size`` shape the
-    program: changing them compiles again (so define ``loss`` once, not as a
-    fresh ``lambda`` per call).
+    ``lr``, ``key``, ``params``, ``data``, ``tol``, ``patience``,
+    ``start_step``, ``rng`` and ``state`` are traced: a new learning rate or
+    new data of the same shape reuses the compiled loop, and ``jax.vmap(fit)``
+    over any of them is a sweep (over ``rng``: a seed ensemble). ``loss``,
+    ``optimizer``, ``steps``, ``batch_size``, ``has_aux``, ``trainable`` and
+    the non-array leaves of ``params`` shape the program: changing them
+    compiles again (so define ``loss`` once, not as a fresh ``lambda`` per call).
 
     Args:
-      loss: ``loss(params, *batch) -> scalar``.
-      params: initial parameters, any pytree of arrays (NumPy or JAX).
+      loss: ``loss(params, *batch) -> scalar``; with ``state`` and
+        ``has_aux`` see those; with ``rng`` it also takes the keyword ``key``.
+      params: initial parameters, any pytree (NumPy or JAX arrays; an
+        equinox ``Module``, a flax nnx ``State``, a dict, ...). Its leaves
+        that are arrays of an inexact dtype train (Python floats and NumPy
+        scalars too, as float arrays); every other leaf (integer, bool and
+        key arrays, functions, Python ints, ``None``) passes through
+        unchanged: no gradient, no update, no optimizer state.
+        ``result.params`` has the type given.
       data: tuple of arrays sharing their leading axis ``n``, or ``()``.
         Like all JAX inputs, float64 NumPy data becomes float32 unless
         ``jax_enable_x64`` is on.
@@ -67,7 +75,12 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
       key: ``jax.random`` key for drawing batches; required with
         ``batch_size``. Step ``t`` draws from ``fold_in(key, t)``.
       indices: explicit ``(steps, batch_size)`` integer schedule.
-      optimizer: an optax ``GradientTransformation`` used instead of plain SGD.
+      optimizer: an optax ``GradientTransformation`` used instead of plain SGD;
+        it sees only the trainable leaves. One that takes extra arguments
+        (``GradientTransformationExtraArgs``: ``reduce_on_plateau``,
+        ``lbfgs``, ``polyak_sgd``) gets ``value=``, ``grad=`` and
+        ``value_fn=`` (the step's batch loss as a function of the trainable
+        params, with the step's key and state) on every update.
       replace: with ``key``: ``True`` draws every step's rows independently
         (the lesson's ``rand_idx``), ``False`` runs shuffled epochs.
       tol: stop once a step's loss is ``<= tol``.
@@ -103,6 +116,27 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         it cannot); ``False`` always runs the plain loop.
       speed: a :class:`functional_sgd.speed.SpeedPlan` switching the loop's
         speed-ups one by one; ``None`` for the defaults.
+      rng: a ``jax.random`` key for the model's own randomness (dropout):
+        step ``t`` (global, counted from ``start_step``) calls the loss with
+        the keyword ``key=jax.random.fold_in(rng, t)``. Chunks, checkpoints
+        and ``start_step`` keep the bits. Take it apart from ``key`` (e.g.
+        ``key, rng = jax.random.split(seed)``): the same key would draw the
+        batches and the dropout masks from the same bits.
+      state: model state the forward pass updates (BatchNorm statistics):
+        the loss is then ``loss(params, state, *batch) -> (value,
+        new_state)``; the new state (same structure, shapes and dtypes) is
+        carried to the next step and never differentiated; ``result.state``
+        is the last one. Checkpointed with the params. Not with ``mesh``:
+        refused, since the mesh evaluates the loss row by row, where batch
+        statistics mean nothing (the same holds for ``rng`` and ``has_aux``).
+      has_aux: the loss returns ``(value, aux)``, with ``state`` ``(value,
+        new_state, aux)``; ``result.aux`` stacks aux (a pytree of arrays)
+        over the steps. Steps a stop rule cut off hold NaN (zero for integer
+        and bool leaves), as their losses do.
+      trainable: freezes more of ``params``: a pytree of bools with the
+        structure of ``params`` or a prefix of it (one bool for a subtree),
+        or a function ``leaf -> bool``. Frozen leaves pass through as
+        non-float ones do.
 
     Returns:
       A :class:`FitResult`.
@@ -130,33 +164,39 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     batches, steps = _batches.choose(n, steps, batch_size, key, indices, replace)
     _checks.check_start(start_step, steps, name="start_step")
     stop = _stop.choose(tol, patience)
+    params, state, model = _model.choose(params, trainable, rng, state, has_aux)
     example = data if batches.batch_size is None else _checks.batch_of(data, batches.batch_size)
-    loss_out = _checks.check_loss(loss, params, example)
+    loss_out = _checks.check_loss(loss, params, example) if model.plain else \
+        _model_checks.check_loss(loss, params, state, example, model, rng)
     if mesh is not None:
         drivers.check_mesh(mesh, data)
-        _checks.check_loss_per_row(loss, params, data)
-    plan = _speed.decide(speed, fast_path, exact_mse=loss is linear_mse, params=params,
-                         data=data, full_batch=batches.batch_size is None, steps=steps,
-                         mesh=mesh)
-    _checks.check_opt_state(optimizer, opt_state, params)
+        _model_checks.check_loss_per_row(loss, params, state, data, model, rng)
+    plan = _speed.decide(speed, fast_path, exact_mse=loss is linear_mse and model.plain,
+                         params=params, data=data, full_batch=batches.batch_size is None,
+                         steps=steps, mesh=mesh)
+    if model.plain:  # a model's optimizer state covers its trainable leaves only
+        _checks.check_opt_state(optimizer, opt_state, params)
     record_params = _checks.check_bool(record_params, "record_params")
     _checks.check_trajectory_fits(record_params, steps, params)
-    spec = LoopSpec(loss, optimizer, batches, steps, stop, record_params, plan)
-    carry = initialize(spec, params, opt_state, start_step, loss_out.dtype)
-    inputs = Inputs(data, lr, key, indices, tol, patience)
+    spec = LoopSpec(loss, optimizer, batches, steps, stop, record_params, plan, model)
+    carry = initialize(spec, params, opt_state, start_step, loss_out.dtype, state)
+    inputs = Inputs(data, lr, key, indices, tol, patience, rng)
     loop = run if mesh is None else partial(run, mesh=mesh)
+    result = fit_result if model.plain else _model.result  # the latter unwraps params
     if read_on_host:
-        return fit_result(*_run_on_host(loop, spec, carry, inputs, chunk_size, on_chunk,
-                                        check_finite, mesh, checkpoint))
+        return result(*_run_on_host(loop, spec, carry, inputs, chunk_size, on_chunk,
+                                    check_finite, mesh, checkpoint))
     if chunk_size is None:
         _checks.check_no_chunk_options(on_chunk, checkpoint)
-        return fit_result(*loop(spec, carry, inputs))
-    chunk_size = _checks.check_chunks(chunk_size, on_chunk, (params, data, lr, start_step))
+        return result(*loop(spec, carry, inputs))
+    chunk_size = _checks.check_chunks(chunk_size, on_chunk,
+                                      (params, data, lr, start_step, rng, state))
+    on_chunk = _model.unwrapping(on_chunk, model)
     if checkpoint is not None:
-        return fit_result(*drivers.run_with_checkpoints(
+        return result(*drivers.run_with_checkpoints(
             checkpoint, loop, spec, carry, inputs, chunk_size=chunk_size, on_chunk=on_chunk))
-    return fit_result(*drivers.run_in_chunks(loop, spec, carry, inputs,
-                                             chunk_size=chunk_size, on_chunk=on_chunk))
+    return result(*drivers.run_in_chunks(loop, spec, carry, inputs,
+                                         chunk_size=chunk_size, on_chunk=on_chunk))
 
 
 HOST_BLOCK_BYTES = 64 * 2**20

@@ -3,7 +3,8 @@
 The caller gives the initial parameters; the optimizer's state starts from
 ``optimizer.init(params)`` (inside the compiled loop, so a call pays no
 extra dispatch), or continues from a given ``opt_state``; the step counter
-starts at ``start_step``; the stop rule starts with no best loss.
+starts at ``start_step``; the stop rule starts with no best loss; a
+model's state (``fit(state=...)``) starts as given.
 """
 
 import numpy as np
@@ -11,7 +12,7 @@ import numpy as np
 from .._types import Carry
 
 
-def initialize(spec, params, opt_state, start_step, loss_dtype):
+def initialize(spec, params, opt_state, start_step, loss_dtype, state=None):
     """The :class:`~functional_sgd._types.Carry` before the first step.
 
     ``opt_state`` may stay ``None`` with an optimizer: :func:`optimizer_state`
@@ -27,11 +28,12 @@ def initialize(spec, params, opt_state, start_step, loss_dtype):
     """
     if isinstance(start_step, (int, np.integer)):
         start_step = np.int32(start_step)
-    return Carry(params, opt_state, start_step, spec.stop.init(loss_dtype))
+    return Carry(params, opt_state, start_step, spec.stop.init(loss_dtype), state)
 
 
 def optimizer_state(optimizer, params, opt_state):
-    """``opt_state``, or ``optimizer.init(params)`` when there is none yet."""
+    """``opt_state``, or ``optimizer.init(params)`` when there is none yet
+    (``params``: the trainable ones, see ``Model.split``)."""
     if optimizer is not None and opt_state is None:
         return optimizer.init(params)
     return opt_state

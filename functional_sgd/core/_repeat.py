@@ -29,7 +29,7 @@ from ..drivers import describe
 from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, quadratic_mse
 from ._batches import Schedule, feed
 from ._initialize import optimizer_state
-from ._step import train_step
+from ._step import model_step
 
 
 def run(spec, carry, inputs, *, mesh=None):
@@ -61,63 +61,92 @@ def loop(carry, inputs, *, spec):
     ``Record.steps_run`` are ``None``: the host knows them (see :func:`run`),
     and every extra output is another task for XLA:CPU's runtime (on the
     lesson they cost a quarter of the call).
+
+    Only the trainable params are carried from step to step; the frozen
+    ones (``spec.model``) are read by every step and returned as they came.
     """
-    params, _, start_step, stop_state = carry
-    start_step = jnp.asarray(start_step, jnp.int32)
+    model = spec.model
+    start_step = jnp.asarray(carry.step, jnp.int32)
+    params, frozen = model.split(carry.params)
     loss, data = _full_batch_speed_ups(spec, params, inputs.data)
     opt_state = optimizer_state(spec.optimizer, params, carry.opt_state)
     source = feed(spec.batches, data, inputs.key, inputs.indices, start_step, spec.steps,
                   spec.plan)
-    step = functools.partial(train_step, loss, spec.optimizer, inputs.lr)
+    step = functools.partial(model_step, model, loss, spec.optimizer, inputs.lr, frozen)
+    key_at = (lambda t: jax.random.fold_in(inputs.rng, start_step + t)) if model.rng \
+        else (lambda t: None)
     # A scan of one step is inlined by XLA, which then reads column-major data
     # another way: the loss would differ in its last bits from the same step
     # inside a longer run. A while loop whose end depends on the data stays a loop.
     if spec.stop.active or spec.steps == 1:
-        return _run_until_stop(spec, step, source, params, opt_state, start_step, stop_state,
-                               inputs)
+        return _run_until_stop(spec, step, key_at, source, params, opt_state, carry, frozen,
+                               start_step, inputs)
+    # Step t's key needs t; when the loop steps over rows, it steps over (t, rows).
+    counted = model.rng and source.xs is not None
 
     def body(state, x):
-        params, opt_state, rows = state
+        params, opt_state, model_state, rows = state
+        t, x = x if counted else (x, x)
         batch, rows = source.batch_at(x, rows)
-        value, new_params, opt_state = step(params, opt_state, batch)
-        return (new_params, opt_state, rows), (value, params if spec.record_params else None)
+        out = step(params, opt_state, model_state, batch, key_at(t))
+        return ((out.params, out.opt_state, out.state, rows),
+                (out.value, out.aux, params if spec.record_params else None))
 
-    xs = jnp.arange(spec.steps, dtype=jnp.int32) if source.xs is None else source.xs
-    (params, opt_state, _), (losses, trajectory) = jax.lax.scan(
-        body, (params, opt_state, source.rows), xs, unroll=source.unroll)
+    steps = jnp.arange(spec.steps, dtype=jnp.int32)
+    xs = steps if source.xs is None else (steps, source.xs) if counted else source.xs
+    (params, opt_state, model_state, _), (losses, aux, trajectory) = jax.lax.scan(
+        body, (params, opt_state, carry.state, source.rows), xs, unroll=source.unroll)
     if spec.record_params:
-        trajectory = jax.tree.map(
-            lambda path, last: jnp.concatenate([path, last[None]]), trajectory, params)
-    return (Carry(params, opt_state, None, None),
-            Record(losses, first_bad(losses, None), None, trajectory))
+        trajectory = _whole_path(model, jax.tree.map(
+            lambda path, last: jnp.concatenate([path, last[None]]), trajectory, params),
+            frozen, spec.steps + 1)
+    return (Carry(model.join(params, frozen), opt_state, None, None, model_state),
+            Record(losses, first_bad(losses, None), None, trajectory, aux))
+
+
+def _whole_path(model, path, frozen, length):
+    """The trajectory of the trainable params joined with the frozen ones,
+    repeated along its leading axis, so every leaf has ``length`` rows."""
+    if frozen is None:
+        return path
+    return model.join(path, jax.tree.map(
+        lambda a: jnp.broadcast_to(a, (length,) + jnp.shape(a)), frozen))
 
 
 def _full_batch_speed_ups(spec, params, data):
     """The loss and data a full-batch step reads, as the speed plan says:
-    moments in place of the data, or data in the layout XLA:CPU reads fastest."""
+    moments in place of the data, or data in the layout XLA:CPU reads fastest.
+    (Both replay a ``loss(params, *batch) -> scalar``: a user's model with
+    frozen leaves, a key, a state or an aux runs its loss as it is.)"""
     plan = spec.plan
     if plan.exact_moments:  # every full batch is the same: its moments stand in for it
         return quadratic_mse, (moments(*data),)
-    if spec.batches.batch_size is None and data and (plan.column_major or plan.sums_as_dots):
+    if spec.batches.batch_size is None and data and spec.model.plain \
+            and (plan.column_major or plan.sums_as_dots):
         return column_major(spec.loss, params, data, transpose=plan.column_major,
                             sums_as_dots=plan.sums_as_dots)
     return spec.loss, data
 
 
-def _run_until_stop(spec, step, source, params, opt_state, start_step, stop_state, inputs):
+def _run_until_stop(spec, step, key_at, source, params, opt_state, carry, frozen, start_step,
+                    inputs):
     """Step 7 on the device: a while loop that ends at ``steps`` or when the rule
-    fires (any non-finite loss ends it too)."""
+    fires (any non-finite loss ends it too).
+
+    The records are filled in place: steps after the stop keep NaN losses
+    (and aux of NaN, or zeros for integer and bool leaves)."""
     steps = spec.steps
     x_at = (lambda t: t) if source.xs is None else (lambda t: source.xs[t])
-    value_spec = jax.eval_shape(
-        lambda: step(params, opt_state, source.batch_at(x_at(jnp.int32(0)), source.rows)[0])[0])
-    losses = jnp.full((steps,), jnp.nan, value_spec.dtype)
+    first = jax.eval_shape(lambda: step(params, opt_state, carry.state, source.batch_at(
+        x_at(jnp.int32(0)), source.rows)[0], key_at(jnp.int32(0))))
+    losses = jnp.full((steps,), jnp.nan, first.value.dtype)
+    aux = jax.tree.map(lambda a: jnp.full((steps,) + a.shape, _not_run(a.dtype), a.dtype),
+                       first.aux)
     trajectory = jax.tree.map(
         lambda p: jnp.zeros((steps + 1,) + jnp.shape(p), jnp.result_type(p)), params) \
         if spec.record_params else None
-    given_stop_state = stop_state
-    stop_state = stop_state._replace(best=jnp.asarray(stop_state.best, value_spec.dtype),
-                                     waited=jnp.asarray(stop_state.waited, jnp.int32),
+    stop_state = carry.stop._replace(best=jnp.asarray(carry.stop.best, first.value.dtype),
+                                     waited=jnp.asarray(carry.stop.waited, jnp.int32),
                                      stopped=jnp.bool_(False))
 
     def keep_going(state):
@@ -125,27 +154,38 @@ def _run_until_stop(spec, step, source, params, opt_state, start_step, stop_stat
         return (t < steps) & ~stop_state.stopped
 
     def body(state):
-        t, params, opt_state, losses, trajectory, rows, stop_state = state
+        t, params, opt_state, model_state, losses, aux, trajectory, rows, stop_state = state
         if spec.record_params:
             trajectory = jax.tree.map(lambda path, p: path.at[t].set(p), trajectory, params)
         batch, rows = source.batch_at(x_at(t), rows)
-        value, params, opt_state = step(params, opt_state, batch)
-        stop_state = spec.stop.update(stop_state, value, tol=inputs.tol,
+        out = step(params, opt_state, model_state, batch, key_at(t))
+        stop_state = spec.stop.update(stop_state, out.value, tol=inputs.tol,
                                       patience=inputs.patience)
-        return t + 1, params, opt_state, losses.at[t].set(value), trajectory, rows, stop_state
+        aux = jax.tree.map(lambda path, a: path.at[t].set(a), aux, out.aux)
+        return (t + 1, out.params, out.opt_state, out.state, losses.at[t].set(out.value), aux,
+                trajectory, rows, stop_state)
 
-    t, params, opt_state, losses, trajectory, _, stop_state = jax.lax.while_loop(
-        keep_going, body, (jnp.int32(0), params, opt_state, losses, trajectory, source.rows,
-                           stop_state))
+    t, params, opt_state, model_state, losses, aux, trajectory, _, stop_state = \
+        jax.lax.while_loop(keep_going, body, (jnp.int32(0), params, opt_state, carry.state,
+                                              losses, aux, trajectory, source.rows,
+                                              stop_state))
     if spec.record_params:  # steps after the stop hold the final params
         after = jnp.arange(steps + 1, dtype=jnp.int32) >= t
         trajectory = jax.tree.map(
             lambda path, p: jnp.where(after.reshape((-1,) + (1,) * p.ndim), p, path),
             trajectory, params)
+        trajectory = _whole_path(spec.model, trajectory, frozen, steps + 1)
     if not spec.stop.active:  # one step without a rule: nothing was watched
-        stop_state = given_stop_state
-    return (Carry(params, opt_state, start_step + t, stop_state),
-            Record(losses, first_bad(losses, t), t, trajectory))
+        stop_state = carry.stop
+    return (Carry(spec.model.join(params, frozen), opt_state, start_step + t, stop_state,
+                  model_state),
+            Record(losses, first_bad(losses, t), t, trajectory, aux))
+
+
+def _not_run(dtype):
+    """What a record holds for a step that did not run: NaN, or zero where
+    the dtype has no NaN."""
+    return jnp.nan if jnp.issubdtype(dtype, jnp.inexact) else 0
 
 
 LONG_RUN = 4096

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from ..speed import SpeedPlan
 from ._batches import FULL_BATCH
+from ._model import PLAIN, Model
 from ._stop import StopRule
 
 
@@ -31,6 +32,9 @@ class LoopSpec:
       record_params: record the params before every step and after the last.
       plan: the :class:`~functional_sgd.speed.SpeedPlan`, resolved (its
         ``exact_moments`` a bool).
+      model: how params train and the loss is called (a ``Model``: frozen
+        leaves, a key, a state, an aux output); ``PLAIN`` for
+        ``loss(params, *batch) -> scalar`` with every leaf training.
     """
 
     loss: Callable
@@ -40,3 +44,8 @@ class LoopSpec:
     stop: StopRule = StopRule()
     record_params: bool = False
     plan: SpeedPlan = SpeedPlan(exact_moments=False)
+    model: Model = PLAIN
+
+    def init_optimizer(self, params):
+        """The optimizer's first state: ``optimizer.init`` of the trainable params."""
+        return self.optimizer.init(self.model.split(params)[0])

@@ -1,12 +1,18 @@
 """Step 5 of the lesson, step: move the parameters against the gradient.
 
-Steps 2 to 5 on one batch make one training step, :func:`train_step`.
+Steps 2 to 5 on one batch make one training step: :func:`train_step` for
+the lesson's ``loss(params, *batch) -> scalar``, :func:`model_step` for a
+user's own model (frozen leaves, a key, a state, an aux output; see
+``_model``), of which ``train_step`` is the plain case.
 """
+
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from ._gradient import gradient
+from ._model import PLAIN, takes_extra_args
 
 
 def sgd_update(params, grads, lr):
@@ -33,9 +39,46 @@ def train_step(loss, optimizer, lr, params, opt_state, batch):
     >>> train_step(lambda p: (p ** 2).sum(), None, 0.25, jnp.array([2.0]), None, ())
     (Array(4., dtype=float32), Array([1.], dtype=float32), None)
     """
-    value, grads = gradient(loss, params, *batch)
+    out = model_step(PLAIN, loss, optimizer, lr, None, params, opt_state, None, batch, None)
+    return out.value, out.params, out.opt_state
+
+
+class Stepped(NamedTuple):
+    """What :func:`model_step` returns."""
+
+    value: Any      # the batch's loss before the update
+    params: Any     # the trainable params after it
+    opt_state: Any
+    state: Any      # the model's new state (None without one)
+    aux: Any        # the loss's aux output (None without one)
+
+
+def model_step(model, loss, optimizer, lr, frozen, params, opt_state, state, batch, key):
+    """One step of a user's model: the gradient with respect to the
+    trainable ``params`` only (``frozen`` holds the rest, see
+    ``Model.split``), the loss called as ``model`` says.
+
+    An optax optimizer that takes extra arguments
+    (``GradientTransformationExtraArgs``: ``reduce_on_plateau``, ``lbfgs``,
+    ``polyak_sgd``) gets ``value=``, ``grad=`` and ``value_fn=``, the batch's
+    loss as a function of the trainable params (with this step's key and
+    state), on every update.
+    """
+    if model.plain:
+        value_fn = lambda p: loss(p, *batch)  # noqa: E731
+        value, grads = gradient(loss, params, *batch)
+        new_state = aux = None
+    else:
+        def batch_loss(p):
+            value, new_state, aux = model.call(loss, model.join(p, frozen), state, key, batch)
+            return value, (new_state, aux)
+
+        value_fn = lambda p: batch_loss(p)[0]  # noqa: E731
+        (value, (new_state, aux)), grads = gradient(batch_loss, params, has_aux=True)
     if optimizer is None:
-        return value, sgd_update(params, grads, lr), opt_state
-    updates, opt_state = optimizer.update(grads, opt_state, params)
+        return Stepped(value, sgd_update(params, grads, lr), opt_state, new_state, aux)
+    extra = dict(value=value, grad=grads, value_fn=value_fn) \
+        if takes_extra_args(type(optimizer)) else {}
+    updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
     params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, updates)
-    return value, params, opt_state
+    return Stepped(value, params, opt_state, new_state, aux)

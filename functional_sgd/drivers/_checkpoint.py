@@ -2,9 +2,10 @@
 
 ``fit(..., chunk_size=K, checkpoint=path)`` writes, after every chunk of K
 steps, everything the rest of the run depends on: params, optimizer state,
-steps done (hence the global step and the position in the key's schedule,
-which is a pure function of ``(key, step)``), the loss history so far and the
-stop rule's memory (best loss, steps since it, whether it fired). Started
+the model's state, steps done (hence the global step and the position in the
+key's schedule and in ``rng``'s keys, both pure functions of ``(key, step)``),
+the loss (and aux) history so far and the stop rule's memory (best loss,
+steps since it, whether it fired). Started
 again with the same arguments, ``fit`` finds the file, checks that it belongs
 to this run and continues: the result has exactly the bits of an
 uninterrupted run.
@@ -36,6 +37,7 @@ so a crash mid-write leaves the previous checkpoint whole. Under
 import dataclasses
 import json
 import os
+import re
 import tempfile
 
 import jax
@@ -62,22 +64,32 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
     carry = carry._replace(step=int(carry.step))
     opt_spec = carry.opt_state
     if opt_spec is None and spec.optimizer is not None:
-        opt_spec = jax.eval_shape(spec.optimizer.init, carry.params)
+        opt_spec = jax.eval_shape(spec.init_optimizer, carry.params)
     expected = _fingerprint(spec, carry._replace(opt_state=opt_spec), inputs)
-    done, history = 0, []
+    done, history, aux_history = 0, [], []
     if os.path.exists(path):
         saved = _read(path, expected)
         done, history = saved["done"], [saved["losses"]]
-        params, opt_state = jax.tree.unflatten(
-            jax.tree.structure((carry.params, opt_spec)), saved["leaves"])
-        carry = carry._replace(params=params, opt_state=opt_state, stop=carry.stop._replace(
-            best=saved["best"], waited=saved["waited"], stopped=saved["stopped"]))
+        params, opt_state, state = jax.tree.unflatten(
+            jax.tree.structure((carry.params, opt_spec, carry.state)), saved["leaves"])
+        carry = carry._replace(params=params, opt_state=opt_state, state=state,
+                               stop=carry.stop._replace(best=saved["best"],
+                                                        waited=saved["waited"],
+                                                        stopped=saved["stopped"]))
+        if saved["aux"]:  # flat leaves: their structure is that of the loop's aux
+            aux_spec = jax.eval_shape(
+                lambda carry, inputs: run(dataclasses.replace(spec, steps=1), carry,
+                                          inputs)[1].aux, carry, inputs)
+            aux_history.append(jax.tree.unflatten(jax.tree.structure(aux_spec),
+                                                  saved["aux"]))
 
     def run_and_save(spec, carry, inputs):
         carry, record = run(spec, carry, inputs)
-        history.append(np.asarray(record.losses)[:int(record.steps_run)])
+        steps_run = int(record.steps_run)
+        history.append(np.asarray(record.losses)[:steps_run])
+        aux_history.append(jax.tree.map(lambda a: np.asarray(a)[:steps_run], record.aux))
         if jax.process_index() == 0:  # every process holds the same replicated state
-            _write(path, expected, carry, np.concatenate(history))
+            _write(path, expected, carry, np.concatenate(history), _joined(aux_history))
         return carry, record
 
     steps = spec.steps
@@ -90,7 +102,14 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
     losses = np.concatenate(history)  # the checkpointed prefix and the steps run now
     start_step = expected["start_step"]
     carry = carry._replace(step=np.int32(start_step + losses.shape[0]))
-    return jax.device_put(carry), record_of(losses, steps)
+    return jax.device_put(carry), record_of(losses, steps, None, _joined(aux_history))
+
+
+def _joined(aux_history):
+    """The aux of every step so far, one array per leaf (``None`` without aux)."""
+    if not aux_history:
+        return None
+    return jax.tree.map(lambda *paths: np.concatenate(paths), *aux_history)
 
 
 def _check_path(path):
@@ -133,7 +152,7 @@ def _fingerprint(spec, carry, inputs):
     """What must match between a checkpoint and the run that resumes from it:
     every field of the spec (a new field is covered without an edit here;
     the loss and optimizer by code and hyperparameters), where and from
-    which params the run starts, and the inputs' values."""
+    which params (and model state) the run starts, and the inputs' values."""
     return {
         **_flat(spec),
         "rows": [[list(a.shape), str(jnp.result_type(a))] for a in inputs.data],
@@ -143,6 +162,7 @@ def _fingerprint(spec, carry, inputs):
         "tol": None if inputs.tol is None else float(inputs.tol),
         "patience": None if inputs.patience is None else int(inputs.patience),
         "key": None if inputs.key is None else _key_words(inputs.key),
+        "rng": None if inputs.rng is None else _key_words(inputs.rng),
         "indices": None if inputs.indices is None else describe(
             np.asarray(inputs.indices, np.int64)),
         "params": _specs(carry.params),
@@ -150,6 +170,8 @@ def _fingerprint(spec, carry, inputs):
         "opt_state": _specs(carry.opt_state),
         "start opt_state": [describe(a) for a in jax.tree.leaves(carry.opt_state)
                             if not isinstance(a, jax.ShapeDtypeStruct)],
+        "state": _specs(carry.state),
+        "start state": [describe(a) for a in jax.tree.leaves(carry.state)],
     }
 
 
@@ -178,21 +200,37 @@ def _difference(name, saved, value):
     return f"{name} differs"
 
 
+def _without_addresses(text):
+    """``text`` without the ``at 0x...`` of default reprs, which differ from
+    one process to the next (a model's static leaves may hold such objects)."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+
+
 def _specs(tree):
     leaves, treedef = jax.tree.flatten(tree)
-    return {"tree": str(treedef),
+    return {"tree": _without_addresses(str(treedef)),
             "leaves": [f"{jnp.result_type(a)}{list(np.shape(a))}" for a in leaves]}
 
 
-def _write(path, fingerprint, carry, losses):
+def _write(path, fingerprint, carry, losses, aux=None):
     stop_state = carry.stop
-    leaves = jax.tree.leaves((carry.params, carry.opt_state))
-    arrays = {f"leaf_{i}": np.asarray(a) for i, a in enumerate(leaves)}
+    leaves = jax.tree.leaves((carry.params, carry.opt_state, carry.state))
+    arrays = {f"leaf_{i}": a for i, a in enumerate(leaves)}
+    # PRNG keys (a model's frozen leaves, say) are stored as their bits.
+    keys = {name: jax.random.key_impl(a) for name, a in arrays.items()
+            if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)}
+    arrays = {name: np.asarray(jax.random.key_data(a) if name in keys else a)
+              for name, a in arrays.items()}
+    aux_leaves = jax.tree.leaves(aux)
+    arrays.update({f"aux_{i}": a for i, a in enumerate(aux_leaves)})
     arrays.update(losses=losses, best=np.asarray(stop_state.best),
                   waited=np.asarray(stop_state.waited, np.int32))
     header = {"format": FORMAT, "version": VERSION, "run": fingerprint,
               "done": int(losses.shape[0]), "stopped": bool(stop_state.stopped),
-              "dtypes": {name: str(a.dtype) for name, a in arrays.items()}}
+              "dtypes": {name: str(a.dtype) for name, a in arrays.items()},
+              "keys": {name: [str(impl), list(arrays[name].shape)]
+                       for name, impl in keys.items()},
+              "aux": [list(a.shape) for a in aux_leaves]}
     # Stored as raw bytes: .npz has no bfloat16, and bytes round-trip every dtype.
     raw = {name: np.frombuffer(np.ascontiguousarray(a).tobytes(), np.uint8)
            for name, a in arrays.items()}
@@ -281,11 +319,18 @@ def _state(header, contents, expected):
             raise _Corrupt(f"{name} holds {data.size} bytes, not a {dtype}{list(shape)}")
         return np.frombuffer(data.tobytes(), dtype).reshape(shape)
 
-    specs = expected["params"]["leaves"] + expected["opt_state"]["leaves"]
-    leaves = [array(f"leaf_{i}", json.loads(spec[spec.index("["):]))
-              for i, spec in enumerate(specs)]
+    def leaf(name, spec):
+        if name in header.get("keys", {}):
+            impl, shape = header["keys"][name]
+            return jax.random.wrap_key_data(array(name, shape), impl=impl)
+        return array(name, json.loads(spec[spec.index("["):]))
+
+    specs = (expected["params"]["leaves"] + expected["opt_state"]["leaves"]
+             + expected["state"]["leaves"])
     return {"done": done, "losses": array("losses", (done,)), "best": array("best", ()),
-            "waited": array("waited", ()), "stopped": np.bool_(stopped), "leaves": leaves}
+            "waited": array("waited", ()), "stopped": np.bool_(stopped),
+            "leaves": [leaf(f"leaf_{i}", spec) for i, spec in enumerate(specs)],
+            "aux": [array(f"aux_{i}", shape) for i, shape in enumerate(header.get("aux", []))]}
 
 
 def _corrupt(path, error):

@@ -9,6 +9,7 @@ progress bar or write a checkpoint; within a chunk nothing leaves the device.
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .._types import Record, fit_result
@@ -52,6 +53,9 @@ def _join(records, steps, record_params, last_params):
     """One record for the whole run, joined on the host: eager device
     concatenation would compile anew for every number of chunks."""
     losses = np.concatenate([np.asarray(r.losses)[:int(r.steps_run)] for r in records])
+    aux = jax.tree.map(lambda *paths: np.concatenate(
+        [np.asarray(p)[:int(r.steps_run)] for p, r in zip(paths, records)]),
+        *[r.aux for r in records])
     trajectory = None
     if record_params:
         # Each chunk's path starts where the previous one ended: keep that point once.
@@ -62,15 +66,19 @@ def _join(records, steps, record_params, last_params):
         trajectory = jax.tree.map(
             lambda path, p: np.concatenate([path, np.broadcast_to(p, (missing,) + p.shape)]),
             trajectory, last_params)
-    return record_of(losses, steps, trajectory)
+    return record_of(losses, steps, trajectory, aux)
 
 
-def record_of(losses, steps, trajectory=None):
+def record_of(losses, steps, trajectory=None, aux=None):
     """The ``Record`` of a run of ``steps`` whose first ``len(losses)`` steps
-    ran: losses padded with NaN, ``steps_run`` and ``diverged_at`` read off them."""
+    ran: losses (and every leaf of ``aux``, stacked over those steps) padded
+    with NaN (zeros where the dtype has none), ``steps_run`` and
+    ``diverged_at`` read off them."""
     steps_run = losses.shape[0]
     bad = np.flatnonzero(~np.isfinite(losses))
-    padded = np.concatenate([losses, np.full(steps - steps_run, np.nan, losses.dtype)])
+    padded, aux = (jax.tree.map(lambda path: np.concatenate([path, np.full(
+        (steps - steps_run,) + path.shape[1:], np.nan if jnp.issubdtype(path.dtype, jnp.inexact)
+        else 0, path.dtype)]), tree) for tree in (losses, aux))
     # device_put moves host arrays without compiling (jnp.asarray stages a jit per shape).
     return Record(*jax.device_put((padded, np.int32(bad[0] if bad.size else -1),
-                                   np.int32(steps_run), trajectory)))
+                                   np.int32(steps_run), trajectory, aux)))

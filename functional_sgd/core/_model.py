@@ -1,0 +1,309 @@
+"""A user's own model: which leaves of ``params`` train, and how the loss is called.
+
+``params`` may be any pytree: an equinox ``Module``, a flax nnx ``State``,
+a dict. Its leaves that are arrays of an inexact dtype train (Python floats
+and NumPy scalars too, as float arrays); every other leaf passes through
+unchanged, with no gradient, no update and no optimizer state:
+
+* other arrays (integers, bools, PRNG keys) ride along as traced values, so
+  a new value compiles nothing;
+* everything else (functions, ``custom_jvp`` activations, Python ints,
+  strings) is compile-time: :func:`wrap` puts each in a :class:`Static`
+  pytree node with no children, so it travels in the tree's structure
+  through ``jit``, ``scan`` and ``vmap``, and :func:`unwrap` gives it back.
+
+A :class:`Model` (part of the loop's compile-time spec) records which leaves
+train (``trainable=`` freezes more) and how the loss is called: with the
+keyword ``key=`` (``rng``), with the model ``state`` as its second argument
+and a new state returned, with an ``aux`` output. :data:`PLAIN` is the
+lesson's case, ``loss(params, *batch) -> scalar`` with every leaf training,
+and costs nothing: ``fit`` recognises it before any of this runs.
+
+>>> import jax.numpy as jnp
+>>> params = {"w": jnp.ones(2), "n": 3, "act": jnp.tanh}
+>>> wrapped, _, model = choose(params, None, None, None, False)
+>>> model.trains, jax.tree.leaves(wrapped)
+((True,), [Array([1., 1.], dtype=float32)])
+>>> unwrap(wrapped) == params
+True
+"""
+
+import dataclasses
+import functools
+import re
+from typing import Any
+
+import jax
+import numpy as np
+
+from .._types import fit_result
+from . import _checks
+
+
+class Static:
+    """A leaf that is not an array, kept in the tree's structure (no children).
+
+    Equal values of the same type compare equal (so ``jit`` reuses its
+    compiled program for a new model with the same functions in it); a value
+    that cannot be hashed compares by identity. The ``repr`` names functions
+    by module and qualified name, never by address, so a checkpoint's
+    description of the params is the same in every process.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def _hashable(self):
+        try:
+            hash(self.value)
+        except TypeError:
+            return False
+        return True
+
+    def __hash__(self):
+        return hash((type(self.value), self.value)) if self._hashable() else id(self.value)
+
+    def __eq__(self, other):
+        if not isinstance(other, Static) or type(other.value) is not type(self.value):
+            return False
+        if other.value is self.value:
+            return True
+        if not (self._hashable() and other._hashable()):
+            return False
+        try:
+            return bool(self.value == other.value)
+        except Exception:  # an __eq__ that returns no bool: not the same
+            return False
+
+    def __repr__(self):
+        value = self.value
+        name = getattr(value, "__qualname__", None)
+        if callable(value) and isinstance(name, str):
+            return f"{getattr(value, '__module__', '?')}.{name}"
+        return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
+
+
+jax.tree_util.register_pytree_node(Static, lambda s: ((), s), lambda s, _: s)
+
+
+def is_static(x):
+    return isinstance(x, Static)
+
+
+def is_array(x):
+    """Whether ``x`` is a value ``jit`` traces: an array, a NumPy scalar or a
+    Python float or complex (Python ints and bools stay compile-time)."""
+    return isinstance(x, (jax.Array, np.ndarray, np.generic, float, complex))
+
+
+def _is_float(x):
+    """An array of an inexact dtype (or a Python float): a leaf that trains."""
+    if isinstance(x, (float, complex)):
+        return True
+    return (isinstance(x, (jax.Array, np.ndarray, np.generic))
+            and _checks.is_inexact_dtype(x.dtype))
+
+
+def wrap(tree):
+    """``tree`` with every leaf that is not an array in a :class:`Static` node."""
+    return jax.tree.map(lambda x: x if is_array(x) else Static(x), tree)
+
+
+def unwrap(tree):
+    """The inverse of :func:`wrap`."""
+    return jax.tree.map(lambda x: x.value if isinstance(x, Static) else x, tree,
+                        is_leaf=is_static)
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """How the loop treats ``params`` and calls the loss (compile-time).
+
+    Attributes:
+      trains: for every leaf of the wrapped params, whether it trains;
+        ``None``: all of them (and nothing was wrapped).
+      rng: the loss takes the keyword ``key=``.
+      state: the loss is ``loss(params, state, *batch) -> (value, new_state, ...)``.
+      has_aux: the loss also returns an aux pytree (last).
+      treedef: the structure of the wrapped params (with ``trains``).
+      trainable_def: the structure of the params with ``None`` at every
+        leaf that does not train (see :meth:`split`).
+    """
+
+    trains: Any = None
+    rng: bool = False
+    state: bool = False
+    has_aux: bool = False
+    treedef: Any = None  # of the wrapped params, with ``trains``
+    trainable_def: Any = None  # of the params with None at every leaf that does not train
+
+    def __post_init__(self):  # read on every call (jit hashes the spec): computed once
+        object.__setattr__(self, "_hash", hash((self.trains, self.rng, self.state,
+                                                self.has_aux, self.treedef)))
+        object.__setattr__(self, "plain", self.trains is None and not (
+            self.rng or self.state or self.has_aux))
+
+    def __hash__(self):
+        return self._hash
+
+    def split(self, params):
+        """``(trainable, frozen)`` of the (wrapped) ``params``.
+
+        ``trainable`` is ``params`` with ``None`` at every leaf that does not
+        train, non-array ones included (what ``eqx.filter(params,
+        eqx.is_inexact_array)`` gives, so an optimizer's state has the
+        structure equinox users know); ``frozen`` holds the rest, with
+        ``None`` where a leaf trains (``None`` when every leaf trains).
+        """
+        if self.trains is None:
+            return params, None
+        leaves = self.treedef.flatten_up_to(params)
+        return (self.trainable_def.unflatten([a for a, t in zip(leaves, self.trains) if t]),
+                self.treedef.unflatten([None if t else a for a, t in zip(leaves, self.trains)]))
+
+    def join(self, trainable, frozen):
+        """The inverse of :meth:`split`."""
+        if self.trains is None:
+            return trainable
+        trained = iter(self.trainable_def.flatten_up_to(trainable))
+        held = self.treedef.flatten_up_to(frozen)
+        return self.treedef.unflatten([next(trained) if t else a
+                                       for a, t in zip(held, self.trains)])
+
+    def call(self, loss, params, state, key, batch):
+        """``loss`` on ``params`` (wrapped) as this model calls it; ``(value, new_state, aux)``."""
+        if self.plain:
+            return loss(params, *batch), None, None
+        args = (unwrap(params), unwrap(state), *batch) if self.state \
+            else (unwrap(params), *batch)
+        out = loss(*args, key=key) if self.rng else loss(*args)
+        if not (self.state or self.has_aux):
+            return out, None, None
+        value, *rest = out
+        new_state = wrap(rest.pop(0)) if self.state else None
+        return value, new_state, rest[0] if self.has_aux else None
+
+
+PLAIN = Model()
+
+
+def choose(params, trainable, rng, state, has_aux):
+    """``(params, state, model)`` for ``fit``'s arguments: the params and
+    state with their non-array leaves wrapped, and the :class:`Model`.
+
+    The lesson's case (every leaf a float array, no ``rng``, ``state``,
+    ``has_aux`` or ``trainable``) is checked first and returns :data:`PLAIN`
+    with ``params`` untouched: a warm ``fit`` of one array pays ~0.2 us here.
+    """
+    if rng is None and state is None and has_aux is False and trainable is None and (
+            isinstance(params, jax.Array) and _checks.is_inexact_dtype(params.dtype)):
+        return params, None, PLAIN
+    leaves, treedef = jax.tree.flatten(params)  # the one walk over params (slow for Modules)
+    if rng is None and state is None and has_aux is False and trainable is None \
+            and all(map(_is_float, leaves)):
+        return params, None, PLAIN
+    has_aux = _checks.check_bool(has_aux, "has_aux")
+    if rng is not None:
+        _checks.check_key(rng, "rng")
+    arrays = tuple(map(is_array, leaves))
+    statics = tuple(Static(a) for a, array in zip(leaves, arrays) if not array)
+    leaves = [a for a, array in zip(leaves, arrays) if array]
+    wrapped_def, _ = _structures(treedef, statics, arrays, None)
+    wrapped = params if not statics else wrapped_def.unflatten(leaves)
+    mask = _trainable_mask(trainable, wrapped, leaves)
+    trains = tuple(bool(m) and _is_float(a) for a, m in zip(leaves, mask))
+    if not any(trains):
+        floats = sum(map(_is_float, leaves))
+        if floats:
+            raise ValueError(f"trainable freezes all {floats} float leaves of params: nothing "
+                             "would train. Leave at least one leaf trainable.")
+        kinds = sorted({str(getattr(a, 'dtype', type(a).__name__)) for a in leaves})
+        raise ValueError(
+            "params has nothing to train: only leaves of an inexact dtype train, and its "
+            f"array leaves are {', '.join(kinds) if kinds else 'none at all'}. Give params "
+            "at least one float array (e.g. jnp.zeros(3), not jnp.zeros(3, int)).")
+    if all(trains) and not statics:
+        return wrapped, wrap(state), Model(None, rng is not None, state is not None, has_aux)
+    return wrapped, wrap(state), Model(trains, rng is not None, state is not None, has_aux,
+                                       *_structures(treedef, statics, arrays, trains))
+
+
+@functools.lru_cache(maxsize=256)
+def _structures(treedef, statics, arrays, trains):
+    """The structures of the wrapped params and (with ``trains``) of their
+    trainable part, from the params' own ``treedef``: an equinox module is
+    slow to rebuild, so a warm call looks them up."""
+    statics_left = iter(statics)
+    wrapped_def = jax.tree.structure(treedef.unflatten(
+        [0 if array else next(statics_left) for array in arrays]))  # 0: any leaf would do
+    if trains is None:
+        return wrapped_def, None
+    train = iter(trains)
+    trainable_def = jax.tree.structure(treedef.unflatten(
+        [0 if array and next(train) else None for array in arrays]))
+    return wrapped_def, trainable_def
+
+
+def _trainable_mask(trainable, wrapped, leaves):
+    """One bool per leaf of ``wrapped`` from ``trainable`` (a prefix pytree
+    of bools, or a function of a leaf)."""
+    if trainable is None:
+        return [True] * len(leaves)
+    if callable(trainable) and not all(map(_is_bool, jax.tree.leaves(trainable))):
+        # a function (an equinox module of bools is callable too, but all bools)
+        mask = [trainable(a) for a in leaves]
+        for a, m in zip(leaves, mask):
+            if not _is_bool(m):
+                raise TypeError(
+                    f"trainable(leaf) must return True or False; for a leaf of type "
+                    f"{type(a).__name__} it returned {m!r}.")
+        return [bool(m) for m in mask]
+    try:
+        per_leaf = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), trainable,
+                                wrapped)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            "trainable must be a pytree of True/False with the structure of params (or a "
+            "prefix of it: one bool for a whole subtree), or a function leaf -> bool; "
+            f"it does not fit params: {error}") from error
+    for m in jax.tree.leaves(trainable):
+        if not _is_bool(m):
+            raise TypeError(f"trainable's leaves must be True or False; got {m!r}.")
+    return [bool(m) for m in jax.tree.leaves(per_leaf)]
+
+
+def _is_bool(m):
+    """A concrete bool: Python's, NumPy's or a 0-d bool array (not a tracer:
+    which leaves train decides the program's shape)."""
+    return isinstance(m, (bool, np.bool_)) or (
+        isinstance(m, (jax.Array, np.ndarray)) and _checks.is_concrete(m)
+        and m.shape == () and m.dtype == bool)
+
+
+def unwrapped(result):
+    """A ``FitResult`` with the non-array leaves of its params, trajectory
+    and state given back (see :func:`unwrap`)."""
+    return result._replace(params=unwrap(result.params), state=unwrap(result.state),
+                           trajectory=unwrap(result.trajectory))
+
+
+def result(carry, record):
+    """``fit_result`` of a run of a user's model, unwrapped."""
+    return unwrapped(fit_result(carry, record))
+
+
+def unwrapping(on_chunk, model):
+    """``on_chunk``, given each chunk's result unwrapped (as it is, for a plain model)."""
+    if on_chunk is None or model.plain:
+        return on_chunk
+    return lambda chunk: on_chunk(unwrapped(chunk))
+
+
+@functools.lru_cache(maxsize=64)
+def takes_extra_args(optimizer_type):
+    """Whether an optax transformation of this type takes ``value=``,
+    ``grad=``, ``value_fn=`` (``GradientTransformationExtraArgs``; optax is
+    not imported: it is an optional dependency)."""
+    return any(c.__name__ == "GradientTransformationExtraArgs" for c in optimizer_type.__mro__)

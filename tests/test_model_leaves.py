@@ -1,0 +1,196 @@
+"""Params of any pytree: which leaves train, which pass through, and the
+errors that name the argument (``params``, ``trainable``, ``rng``,
+``state``, ``has_aux``, ``mesh``)."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import X, Y, assert_trees_close
+
+import functional_sgd as fsgd
+
+
+def line(params, x, y):
+    """The lesson's line, from a dict that also holds things that do not train."""
+    assert params["n"] == 3 and params["act"] is jnp.tanh and params["none"] is None
+    return fsgd.linear_mse(params["a"], x, y) + 0.0 * params["b"]
+
+
+def mixed_params():
+    return {"a": jnp.array(fsgd.LESSON_START), "b": 0.5, "act": jnp.tanh, "n": 3,
+            "count": jnp.arange(3), "flag": np.bool_(True), "none": None,
+            "key": jax.random.key(5)}
+
+
+def test_non_float_leaves_pass_through_and_floats_train():
+    params = mixed_params()
+    result = fsgd.fit(line, params, (X, Y), lr=0.1, steps=100, optimizer=None)
+    lesson = fsgd.fit(fsgd.linear_mse, params["a"], (X, Y), lr=0.1, steps=100)
+    assert set(result.params) == set(params)
+    assert_trees_close(result.params["a"], lesson.params, rtol=1e-6)
+    assert result.params["act"] is jnp.tanh and result.params["n"] == 3
+    assert result.params["none"] is None
+    np.testing.assert_array_equal(result.params["count"], params["count"])
+    assert bool(result.params["flag"])
+    np.testing.assert_array_equal(jax.random.key_data(result.params["key"]),
+                                  jax.random.key_data(params["key"]))
+    # a Python float trains, as a float array (its gradient here is zero)
+    assert jnp.asarray(result.params["b"]).dtype == jnp.float32
+
+
+def test_the_optimizer_sees_only_the_trainable_leaves():
+    result = fsgd.fit(line, mixed_params(), (X, Y), optimizer=optax.sgd(0.1, momentum=0.9),
+                      steps=20)
+    trace = result.opt_state[0].trace
+    assert sorted(k for k, v in trace.items() if v is not None) == ["a", "b"]
+    assert len(jax.tree.leaves(trace)) == 2  # no state for what does not train
+    again = fsgd.fit(line, result.params, (X, Y), optimizer=optax.sgd(0.1, momentum=0.9),
+                     steps=20, opt_state=result.opt_state, start_step=result.step)
+    assert float(again.losses[-1]) < float(result.losses[-1])
+
+
+def test_trainable_freezes_more_by_prefix_or_function():
+    params = {"a": jnp.array(fsgd.LESSON_START), "frozen": {"w": jnp.ones(2), "v": jnp.ones(3)}}
+
+    def loss(p, x, y):
+        return fsgd.linear_mse(p["a"] * p["frozen"]["w"], x, y) + (p["frozen"]["v"] ** 2).sum()
+
+    by_prefix = fsgd.fit(loss, params, (X, Y), lr=0.1, steps=30,
+                         trainable={"a": True, "frozen": False})
+    by_function = fsgd.fit(loss, params, (X, Y), lr=0.1, steps=30,
+                           trainable=lambda leaf: leaf.shape == (2,) and leaf.sum() != 2.0)
+    for result in (by_prefix, by_function):
+        assert_trees_close(result.params["frozen"], params["frozen"])
+        assert float(result.losses[-1]) < float(result.losses[0])
+    assert_trees_close(by_prefix, by_function)
+    everything = fsgd.fit(loss, params, (X, Y), lr=0.1, steps=30)
+    assert not np.allclose(everything.params["frozen"]["v"], 1.0)
+
+
+def test_numpy_scalars_and_python_floats_are_params():
+    result = fsgd.fit(lambda p: (p[0] - 3.0) ** 2 + (p[1] - 1.0) ** 2,
+                      (np.float32(0.0), 0.0), lr=0.25, steps=20)
+    assert [round(float(p), 4) for p in result.params] == [3.0, 1.0]
+
+
+def test_state_and_aux_with_a_stop_rule_and_a_checkpoint(tmp_path):
+    """A running mean as state, the batch mean as aux: a stop rule leaves
+    NaN aux after the stop; a resumed checkpoint has the bits of one call."""
+    def loss(a, running, x, y, *, key):
+        noise = 1.0 + 0.01 * jax.random.normal(key, ())
+        value = fsgd.linear_mse(a * noise, x, y)
+        return value, 0.9 * running + 0.1 * x.mean(axis=0), {"mean": x.mean(), "n": x.shape[0]}
+
+    def run(**kwargs):
+        return fsgd.fit(loss, jnp.array(fsgd.LESSON_START), (X, Y), lr=0.1, steps=40,
+                        batch_size=10, key=jax.random.key(1), rng=jax.random.key(2),
+                        state=jnp.zeros(2), has_aux=True, **kwargs)
+
+    one = run()
+    assert one.aux["mean"].shape == (40,) and one.aux["n"].dtype == jnp.int32
+    assert int(one.aux["n"][0]) == 10
+    assert float(jnp.abs(one.state).sum()) > 0
+    path = os.fspath(tmp_path / "run.npz")
+    calls = []
+
+    def crash(result):
+        calls.append(result.step)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(chunk_size=7, checkpoint=path, on_chunk=crash)
+    assert_trees_close(run(chunk_size=7, checkpoint=path), one)
+    stopped = run(tol=float(jnp.sort(one.losses)[5]) + 1e-6)
+    steps = int(stopped.steps_run)
+    assert steps < 40
+    assert not np.isnan(stopped.aux["mean"][:steps]).any()
+    assert np.isnan(stopped.aux["mean"][steps:]).all()
+    assert (np.asarray(stopped.aux["n"][steps:]) == 0).all()
+
+
+def test_record_params_of_a_model_with_frozen_leaves():
+    result = fsgd.fit(line, mixed_params(), (X, Y), lr=0.1, steps=10, record_params=True)
+    assert result.trajectory["a"].shape == (11, 2)
+    assert result.trajectory["count"].shape == (11, 3)
+    assert result.trajectory["act"] is jnp.tanh
+
+
+def test_jit_and_vmap_over_a_model():
+    """Inside jax.jit / jax.vmap fit runs as well; what leaves them must be
+    arrays (as for any jitted function), so the sweep returns the float leaf."""
+    params = {"a": jnp.array(fsgd.LESSON_START), "act": jnp.tanh}
+
+    def loss(p, x, y):
+        return fsgd.mse(p["act"](x @ p["a"]), jnp.tanh(y))
+
+    sweep = jax.jit(jax.vmap(
+        lambda lr: fsgd.fit(loss, params, (X, Y), lr=lr, steps=20).params["a"]))
+    swept = sweep(jnp.array([0.1, 0.2]))
+    one = fsgd.fit(loss, params, (X, Y), lr=0.2, steps=20)
+    assert swept.shape == (2, 2) and one.params["act"] is jnp.tanh
+    assert_trees_close(swept[1], one.params["a"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"params": {"n": jnp.arange(2)}}, ValueError, "params has nothing to train.*int32"),
+    ({"params": {"n": 3}}, ValueError, "params has nothing to train"),
+    ({"trainable": False}, ValueError, "trainable freezes all"),
+    ({"trainable": {"a": True}}, ValueError, "trainable must be a pytree"),
+    ({"trainable": {"a": 1, "b": True}}, TypeError, "trainable's leaves must be True or False"),
+    ({"trainable": lambda leaf: 1}, TypeError, "trainable\\(leaf\\) must return"),
+    ({"rng": 3}, TypeError, "rng must be a jax.random key"),
+    ({"rng": jax.random.split(jax.random.key(0))}, ValueError, "rng must be a single key"),
+    ({"rng": jax.random.key(0)}, ValueError, "key=.*give the loss that argument"),
+    ({"has_aux": 1}, TypeError, "has_aux must be True or False"),
+    ({"has_aux": True}, ValueError, "has_aux=True, loss must return \\(value, aux\\)"),
+    ({"state": jnp.zeros(2)}, ValueError, "with state, loss must return \\(value, new_state\\)"),
+])
+def test_bad_model_arguments_name_the_argument(kwargs, error, match):
+    kwargs = {"params": {"a": jnp.array(fsgd.LESSON_START), "b": jnp.zeros(())}, **kwargs}
+    params = kwargs.pop("params")
+
+    def loss(p, *args):
+        return fsgd.linear_mse(p["a"], *args[-2:]) if "a" in p else jnp.float32(0.0)
+
+    with pytest.raises(error, match=match):
+        fsgd.fit(loss, params, (X, Y), lr=0.1, steps=5, **kwargs)
+
+
+@pytest.mark.parametrize("returns, kwargs, match", [
+    (lambda v, s: (v, s[:1]), {"state": jnp.zeros(2)}, "structure, shapes and dtypes of state"),
+    (lambda v, s: (v, s), {"state": jnp.zeros(2), "has_aux": True},
+     "state and has_aux=True, loss must return \\(value, new_state, aux\\)"),
+    (lambda v, s: (v, v), {}, "If it returns \\(value, aux\\), pass has_aux=True"),
+    (lambda v, s: (v, jnp.tanh), {"has_aux": True}, "aux must be a pytree of arrays"),
+    (lambda v, s: (v[None], 0), {"has_aux": True}, "value .* must be a real scalar"),
+])
+def test_a_loss_whose_returns_do_not_match(returns, kwargs, match):
+    def loss(a, *args):
+        state = args[0] if len(args) == 3 else None
+        return returns(fsgd.linear_mse(a, *args[-2:]), state)
+
+    with pytest.raises(ValueError, match=match):
+        fsgd.fit(loss, jnp.array(fsgd.LESSON_START), (X, Y), lr=0.1, steps=5, **kwargs)
+
+
+def test_mesh_refuses_what_has_no_meaning_row_by_row():
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+
+    def loss(a, x, y, *, key):
+        return fsgd.linear_mse(a, x, y)
+
+    with pytest.raises(ValueError, match="mesh cannot run with rng"):
+        fsgd.fit(loss, jnp.array(fsgd.LESSON_START), (X, Y), lr=0.1, steps=5,
+                 rng=jax.random.key(0), mesh=mesh)
+    # frozen and non-array leaves are fine on a mesh
+    params = {"a": jnp.array(fsgd.LESSON_START), "act": jnp.tanh, "n": jnp.arange(2)}
+    result = fsgd.fit(lambda p, x, y: fsgd.linear_mse(p["a"], x, y), params, (X, Y), lr=0.1,
+                      steps=100, mesh=mesh)
+    assert_trees_close(result.params["a"], fsgd.fit(fsgd.linear_mse, params["a"], (X, Y),
+                                                    lr=0.1, steps=100).params, rtol=1e-5)
+    assert result.params["act"] is jnp.tanh
