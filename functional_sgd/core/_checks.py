@@ -128,7 +128,12 @@ def check_lr(lr, optimizer, opt_state=None, params=()):
         return None
     if lr is None:
         raise TypeError("lr is required when no optimizer is given, e.g. lr=0.1.")
-    if is_concrete(lr):
+    if type(lr) is float:  # the usual case, without NumPy
+        if not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"lr must be a finite number > 0; got {lr}.")
+        if lr < SMALLEST_SAFE_LR:
+            _check_lr_representable(lr, params)
+    elif is_concrete(lr):
         array = np.asarray(lr)
         if array.shape != () or isinstance(lr, (bool, np.bool_)) or not (
                 np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
@@ -169,7 +174,9 @@ def check_data(data, check_finite):
             "data must be a tuple of arrays sharing their leading axis, e.g. (x, y), or () "
             f"for a data-free objective; got {type(data).__name__}. Wrap a single array "
             "as (x,).")
-    data = tuple(_from_torch(a, f"data[{i}]") for i, a in enumerate(data))
+    if not all(type(a) in _ARRAY_TYPES for a in data):  # cheap for the usual arrays
+        data = tuple(_from_torch(a, f"data[{i}]") for i, a in enumerate(data))
+    data = tuple(data)
     for i, a in enumerate(data):
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
             raise TypeError(f"data[{i}] must be an array; got {type(a).__name__}.")
@@ -198,6 +205,9 @@ def _from_torch(a, name):
     return as_host_array(a, name) if type(a).__module__.startswith("torch") else a
 
 
+_ARRAY_TYPES = {np.ndarray, type(jnp.zeros(()))}
+"""Data types taken as they are (JAX's array class is a private one)."""
+
 _WARNED = set()
 """Warnings given once per process."""
 
@@ -205,10 +215,11 @@ _WARNED = set()
 def warn_if_narrowed(tree, name):
     """Warns once when 64-bit NumPy input will run in 32 bits (x64 off), as
     JAX narrows it without a word."""
-    if "narrowed" in _WARNED or jax.config.jax_enable_x64:
+    if "narrowed" in _WARNED:
         return
     for leaf in jax.tree.leaves(tree):
-        if isinstance(leaf, (np.ndarray, np.generic)) and leaf.dtype in _WIDE:
+        if isinstance(leaf, (np.ndarray, np.generic)) and leaf.dtype in _WIDE \
+                and not jax.config.jax_enable_x64:
             _WARNED.add("narrowed")
             warnings.warn(
                 f"{name} holds {leaf.dtype} values but jax_enable_x64 is off, so fit "

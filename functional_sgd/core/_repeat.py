@@ -227,7 +227,8 @@ def _known_on_the_host(spec, carry_in, carry, record):
     start = carry_in.step
     step = (_int32_constant(int(start) + spec.steps) if isinstance(start, (int, np.integer))
             else start + steps_run)
-    return carry._replace(step=step, stop=carry_in.stop), record._replace(steps_run=steps_run)
+    return (Carry(carry.params, carry.opt_state, step, carry_in.stop, carry.state),
+            Record(record.losses, record.diverged_at, steps_run, record.trajectory, record.aux))
 
 
 @functools.lru_cache(maxsize=256)

@@ -17,6 +17,7 @@ that also ends on a non-finite loss.
 """
 
 import dataclasses
+import functools
 
 import jax.numpy as jnp
 import numpy as np
@@ -40,7 +41,7 @@ class StopRule:
 
     def init(self, dtype):
         """The state before the first step: no best loss yet."""
-        return StopState(np.array(np.inf, dtype), np.int32(0), np.bool_(False))
+        return _no_best_loss(dtype)
 
     def update(self, state, value, *, tol, patience):
         """The state after a step whose loss is ``value``."""
@@ -53,6 +54,14 @@ class StopRule:
         if self.patience:
             stopped |= waited >= patience
         return StopState(best, waited, stopped)
+
+
+@functools.lru_cache(maxsize=16)
+def _no_best_loss(dtype):
+    """One start state per dtype (its arrays are never written to)."""
+    best = np.array(np.inf, dtype)
+    best.flags.writeable = False
+    return StopState(best, np.int32(0), np.bool_(False))
 
 
 def choose(tol, patience):

@@ -119,7 +119,7 @@ def decide(plan, fast_path, *, exact_mse, params, data, full_batch, steps, mesh=
     if wanted == "auto" and not (exact_mse and full_batch and mesh is None
                                  and len(data) == 2 and len(data[0].shape) == 2
                                  and moments_pay(*data[0].shape, steps)):
-        return _NO_MOMENTS.get(plan) or dataclasses.replace(plan, exact_moments=False)
+        return _NO_MOMENTS if plan is DEFAULT else dataclasses.replace(plan, exact_moments=False)
     why_not = _moments.why_not(exact_mse, params, data, full_batch, mesh)
     if wanted is True and why_not is not None:
         raise ValueError(f"fast_path=True cannot run: {why_not}. Use fast_path=\"auto\" "
@@ -127,5 +127,5 @@ def decide(plan, fast_path, *, exact_mse, params, data, full_batch, steps, mesh=
     return dataclasses.replace(plan, exact_moments=why_not is None)
 
 
-_NO_MOMENTS = {DEFAULT: dataclasses.replace(DEFAULT, exact_moments=False)}
+_NO_MOMENTS = dataclasses.replace(DEFAULT, exact_moments=False)
 """The default plan without moments, built once: the lesson's warm call asks for it."""
