@@ -6,8 +6,9 @@ training run (moving data to the device, building jitted steps) and returns
 as NumPy (so every run ends synchronised with the host). Adding a method,
 e.g. a data-parallel ``fit``, is one more entry in the table. The peers a
 user could pick instead of ``fit`` (a hand-written scan, Keras, torch.compile,
-fastai) live in :mod:`bench.peers`; one that cannot run here raises
-:class:`bench.peers.Unavailable` and is skipped with its reason.
+fastai) live in :mod:`bench.peers` and :mod:`bench.peers_torch`; one that
+cannot run here raises :class:`bench.peers.Unavailable` and is skipped with
+its reason.
 """
 
 import dataclasses
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import functional_sgd as fsgd
-from bench import peers
+from bench import peers, peers_torch
 from bench.peers import Unavailable  # noqa: F401  (re-exported: the suite catches it)
 
 BASELINE = "torch reference"
@@ -277,19 +278,19 @@ METHODS = (
     Method("fit, Python loop over lrs", "jax", _fit_each_lr, sweep),
     Method("jax.vmap(fit)", "jax", partial(_fit_vmap, jitted=False), sweep),
     Method("jax.jit(jax.vmap(fit))", "jax", partial(_fit_vmap, jitted=True), sweep),
-    # Peers a user could pick instead (bench/peers.py).
+    # Peers a user could pick instead (bench/peers.py, bench/peers_torch.py).
     Method(SCAN, "jax", peers.handwritten_scan, lambda w: True),
     Method("keras model.fit (jit, steps_per_execution=1)", "keras",
            partial(peers.keras_fit, per_execution=1), _python_driven, slow=True),
     Method("keras model.fit (jit, steps_per_execution=steps)", "keras",
            partial(peers.keras_fit, per_execution="steps"), _keras_in_one_execution, slow=True),
-    Method("torch.compile(step), Python loop", "torch", peers.torch_compiled_step,
+    Method("torch.compile(step), Python loop", "torch", peers_torch.torch_compiled_step,
            _python_driven, slow=True),
-    Method("torch.compile(whole loop, unrolled, fullgraph)", "torch", peers.torch_compiled_loop,
-           _unrolled, slow=True),
-    Method("torch.compile(torch scan, fullgraph)", "torch", peers.torch_compiled_scan,
+    Method("torch.compile(whole loop, unrolled, fullgraph)", "torch",
+           peers_torch.torch_compiled_loop, _unrolled, slow=True),
+    Method("torch.compile(torch scan, fullgraph)", "torch", peers_torch.torch_compiled_scan,
            lambda w: single(w) and not _unrolled(w), slow=True),
-    Method("fastai Learner, SGD", "torch", peers.fastai_learner, _fastai),
+    Method("fastai Learner, SGD", "torch", peers_torch.fastai_learner, _fastai),
 )
 
 

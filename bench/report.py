@@ -21,8 +21,7 @@ import numpy as np
 
 from bench import machine, plots
 from bench.methods import BASELINE, SCAN, TUNE_CPU_ENV
-from bench.results_table import (TARGETS, by_workload, fit_method, load, load_skipped,
-                                 scan_overhead)
+from bench.results_table import TARGETS, by_workload, fit_method, load, load_skipped, scan_overhead
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results"
