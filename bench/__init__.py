@@ -3,4 +3,10 @@
 * ``python -m pytest bench --benchmark-enable --bench-size=full``: the suite;
 * ``python -m bench.report``: runs it and writes ``bench/results/REPORT.md``;
 * ``python -m bench.accelerators``: the same workloads on every device.
+
+Peers a user could pick instead (``bench/peers.py``): a hand-written
+``jax.jit(lax.scan)``, Keras 3 on JAX (``pip install -e ".[bench]"``),
+``torch.compile``, and fastai's ``Learner``, which ``pip install fastai``
+cannot add beside an installed torch (it pulls torchvision, which replaces
+torch); ``bench.peers_torch.FASTAI_INSTALL`` is the command that can.
 """

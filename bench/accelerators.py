@@ -1,11 +1,14 @@
 """``python -m bench.accelerators``: the workloads on every device JAX and torch see.
 
 For each workload, each JAX device (cpu, gpu, tpu) runs ``fit`` (for the
-sweep ``jax.jit(jax.vmap(fit))``) and each torch device (cpu, cuda, mps) runs
-the lesson's loop, all with full float32 matmul precision: JAX's default on
-GPU/TPU is reduced precision and torch may use TF32. Every result is checked
-against a float64 NumPy run; times are medians of warm calls, synchronised.
-Writes ``accelerators.md`` and ``accelerators.png`` to the output folder.
+sweep ``jax.jit(jax.vmap(fit))``), the hand-written scan and Keras, and each
+torch device (cpu, cuda, mps) runs the lesson's loop and the torch peers
+(torch.compile, fastai), all with full float32 matmul precision: JAX's
+default on GPU/TPU is reduced precision and torch may use TF32. Every result
+is checked against a float64 NumPy run; times are medians of warm calls,
+synchronised. The peers that compile for seconds run at full size only; a
+peer that cannot run here is listed with the reason. Writes
+``accelerators.md`` and ``accelerators.png`` to the output folder.
 """
 
 import argparse
@@ -18,11 +21,11 @@ import jax
 import numpy as np
 
 from bench import machine, timing
-from bench.methods import BASELINE, methods_for
+from bench.methods import BASELINE, SCAN, Unavailable, methods_for
 from bench.workloads import AGREEMENT, SIZES, close_to_truth, make_problem, truth
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-JAX_METHODS = ("fit", "jax.jit(jax.vmap(fit))")
+JAX_METHODS = ("fit", "jax.jit(jax.vmap(fit))", SCAN)  # and every Keras method
 BUDGET_S = {"full": 1.0, "smoke": 0.02}
 
 
@@ -80,35 +83,44 @@ def runs_on(device):
     return params.devices() == {device}
 
 
-def targets(workload):
-    """``(engine, device name, device, method)`` for every place the workload runs."""
+def targets(workload, slow=True):
+    """``(engine, device name, device, method)`` for every place the workload
+    runs; ``slow=False`` leaves out the peers that compile for seconds."""
     for device in jax_devices():
-        for method in methods_for(workload, engines=("jax",)):
-            if method.name in JAX_METHODS:
-                yield "jax", f"{device.platform}:{device.id}", device, method
+        for method in methods_for(workload, engines=("jax", "keras"), slow=slow):
+            if method.name in JAX_METHODS or method.engine == "keras":
+                yield method.engine, f"{device.platform}:{device.id}", device, method
     for name in machine.torch_devices():
-        for method in methods_for(workload, engines=("torch",)):
+        for method in methods_for(workload, engines=("torch",), slow=slow):
             yield "torch", name, name, method
 
 
 def compare(size="full", names=None):
-    """One row per (workload, engine, device, method): a dict of what was measured."""
+    """One row per (workload, engine, device, method): a dict of what was
+    measured, or with ``skipped`` (the reason) for a peer that cannot run here."""
     rows = []
     for workload in SIZES[size]:
         if names and workload.name not in names:
             continue
         problem = make_problem(workload)
         expected = truth(problem)
-        for engine, name, device, method in targets(workload):
+        for engine, name, device, method in targets(workload, slow=size == "full"):
             if engine == "jax" and not runs_on(device):
                 raise RuntimeError(f"fit on inputs placed on {name} did not run there.")
-            precision = (jax.default_matmul_precision("highest") if engine == "jax"
+            precision = (jax.default_matmul_precision("highest") if method.on_jax
                          else torch_full_precision())
             with precision:
-                run = method.prepare(problem, device)
-                if engine == "torch":
-                    run = torch_synchronised(run, device)
-                first_s = timing.first_call(run, fresh=False)
+                try:
+                    run = method.prepare(problem, device)
+                    if engine == "torch":
+                        run = torch_synchronised(run, device)
+                    first_s = timing.first_call(run, fresh=False)
+                except Unavailable as why:
+                    rows.append(dict(workload=workload.name, engine=engine, device=name,
+                                     method=method.name, skipped=str(why)))
+                    print(f"{workload.name:22s} {engine:5s} {name:8s} {method.name}: "
+                          f"skipped, {why}", flush=True)
+                    continue
                 warm_s = -time.perf_counter()
                 error = close_to_truth(run(), expected)
                 warm_s += time.perf_counter()
@@ -129,7 +141,8 @@ def write(rows, out, note=""):
     from bench import plots
 
     header = ("workload", "engine", "device", "method", "median", "vs torch cpu",
-              "steps/s", "first call", "error vs float64", "agrees")
+              "steps/s", "first call (compile + run)", "error vs float64", "agrees")
+    rows, skipped = measured(rows), [r for r in rows if "skipped" in r]
     base = {r["workload"]: r["median_s"] for r in rows
             if r["engine"] == "torch" and r["device"] == "cpu" and r["method"] == BASELINE}
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -140,6 +153,9 @@ def write(rows, out, note=""):
             f"{r['median_s'] * 1e3:,.3f} ms | {ratio:,.1f}x | {r['steps_per_s']:,.0f} | "
             f"{r['first_s'] * 1e3:,.1f} ms | {r['error']:.1e} | "
             f"{'yes' if r['agrees'] else '**no**'} |")
+    if skipped:
+        lines += [""] + [f"- {r['workload']}, {r['engine']} {r['device']}, **{r['method']}** "
+                         f"was skipped: {r['skipped']}" for r in skipped]
     info = machine.machine_info()
     heading = f"{note}\n\n" if note else ""
     text = (f"# functional-sgd across devices\n\n{heading}"
@@ -153,6 +169,11 @@ def write(rows, out, note=""):
     plots.device_bars(rows, out / "accelerators.png",
                       title="Median time per workload, engine and device")
     return text
+
+
+def measured(rows):
+    """The rows of peers that ran (not skipped)."""
+    return [r for r in rows if "skipped" not in r]
 
 
 def main(argv=None):
@@ -171,7 +192,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     write(rows, args.out, args.note)
     print(f"wrote {args.out / 'accelerators.md'}")
-    return 0 if all(r["agrees"] for r in rows) else 1
+    return 0 if all(r["agrees"] for r in measured(rows)) else 1
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 Each case first times one call with JAX's caches cleared (compile + run,
 reported apart as ``first_call_s``), checks the result against a float64
-run (so a fast wrong method fails), then times warm calls only.
+run (so a fast wrong method fails), then times warm calls only. A peer that
+cannot run here (not installed, its compiler failing) is skipped with the
+reason, as are the peers that compile for seconds in a smoke run; the
+benchmark JSON lists them under ``"skipped"``.
 """
 
 import time
@@ -10,8 +13,8 @@ import time
 import pytest
 
 from bench import timing
-from bench.conftest import bench_size
-from bench.methods import methods_for
+from bench.conftest import bench_size, skip_case, slow_peers
+from bench.methods import Unavailable, methods_for
 from bench.workloads import AGREEMENT, SIZES, close_to_truth, make_problem, truth
 
 BUDGET_S = {"full": 2.0, "smoke": 0.05}  # timed seconds per case
@@ -40,11 +43,17 @@ def problems():
 
 def test_workload(benchmark, case, problems, request):
     workload, method = case
+    if method.slow and not slow_peers(request.config):
+        skip_case(request.config, workload, method, "compiles for seconds: runs at "
+                  "--bench-size=full, or with --slow-peers")
     problem, expected = problems(workload)
-    run = method.prepare(problem, None)
     # Clearing the caches costs recompiling everything: only worth it when timed.
-    fresh = benchmark.enabled and method.engine == "jax"
-    first_call_s = timing.first_call(run, fresh=fresh)
+    fresh = benchmark.enabled and method.on_jax
+    try:
+        run = method.prepare(problem, None)
+        first_call_s = timing.first_call(run, fresh=fresh)
+    except Unavailable as why:
+        skip_case(request.config, workload, method, str(why))
     began = time.perf_counter()
     params = run()  # warm: its time sets the number of rounds
     warm_s = time.perf_counter() - began

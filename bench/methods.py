@@ -4,7 +4,11 @@ A method's ``prepare(problem, device)`` does everything that is not the
 training run (moving data to the device, building jitted steps) and returns
 ``run()``, which trains on the whole workload and returns the final params
 as NumPy (so every run ends synchronised with the host). Adding a method,
-e.g. a data-parallel ``fit``, is one more entry in the table.
+e.g. a data-parallel ``fit``, is one more entry in the table. The peers a
+user could pick instead of ``fit`` (a hand-written scan, Keras, torch.compile,
+fastai) live in :mod:`bench.peers` and :mod:`bench.peers_torch`; one that
+cannot run here raises :class:`bench.peers.Unavailable` and is skipped with
+its reason.
 """
 
 import dataclasses
@@ -18,16 +22,25 @@ import jax.numpy as jnp
 import numpy as np
 
 import functional_sgd as fsgd
+from bench import peers, peers_torch
+from bench.peers import Unavailable  # noqa: F401  (re-exported: the suite catches it)
 
 BASELINE = "torch reference"
+SCAN = "hand-written jax.jit(lax.scan)"
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
     name: str
-    engine: str  # "jax", "torch" or "sklearn": which devices it can run on
+    engine: str  # "jax", "keras" (on JAX), "torch" or "sklearn": where it can run
     prepare: Callable  # (problem, device) -> run
     applies: Callable  # (workload) -> bool
+    slow: bool = False  # compiles for seconds: not in the smoke run unless asked
+
+    @property
+    def on_jax(self):
+        """Compiles with JAX: the suite clears JAX's caches before its first call."""
+        return self.engine in ("jax", "keras")
 
 
 def single(workload):
@@ -223,15 +236,38 @@ def _large(workload):
     return workload.large
 
 
-def _epoch(workload):
-    return workload.schedule == "epoch"
+def _one_pass_of_rows(workload):
+    """One shuffled pass, a row a step: what one ``SGDRegressor`` epoch does."""
+    return workload.schedule == "epoch" and workload.batch_size == 1 and \
+        workload.steps == workload.n
+
+
+def _python_driven(workload):
+    """Peers that run each step from Python: not on 200 000 steps, where a
+    case would take minutes (the torch reference already shows what a Python
+    loop of eager steps costs there)."""
+    return single(workload) and workload.steps <= 10_000
+
+
+def _keras_in_one_execution(workload):
+    """Where one epoch holds every step (see :func:`bench.peers.keras_fit`)."""
+    return _python_driven(workload) and peers.keras_unrolls(workload)
+
+
+def _unrolled(workload):
+    """Dynamo unrolls a Python loop: its compile time grows with the steps."""
+    return single(workload) and workload.steps <= 100
+
+
+def _fastai(workload):
+    return workload.name in ("lesson", "lesson in batches of 10", "mini-batch")
 
 
 METHODS = (
     Method(BASELINE, "torch", _torch_reference, lambda w: True),
     Method("jax: Python loop of a jitted step", "jax", _jitted_step, single),
     Method("optax.sgd, Python loop", "jax", _optax_loop, single),
-    Method("sklearn SGDRegressor", "sklearn", _sklearn_sgd, _epoch),
+    Method("sklearn SGDRegressor", "sklearn", _sklearn_sgd, _one_pass_of_rows),
     Method("fit", "jax", _fit_fused, single),
     Method("fit, general path (fast_path=False)", "jax",
            partial(_fit_fused, fast_path=False), lambda w: w.large or _full_batch_lesson(w)),
@@ -242,6 +278,19 @@ METHODS = (
     Method("fit, Python loop over lrs", "jax", _fit_each_lr, sweep),
     Method("jax.vmap(fit)", "jax", partial(_fit_vmap, jitted=False), sweep),
     Method("jax.jit(jax.vmap(fit))", "jax", partial(_fit_vmap, jitted=True), sweep),
+    # Peers a user could pick instead (bench/peers.py, bench/peers_torch.py).
+    Method(SCAN, "jax", peers.handwritten_scan, lambda w: True),
+    Method("keras model.fit (jit, steps_per_execution=1)", "keras",
+           partial(peers.keras_fit, per_execution=1), _python_driven, slow=True),
+    Method("keras model.fit (jit, steps_per_execution=steps)", "keras",
+           partial(peers.keras_fit, per_execution="steps"), _keras_in_one_execution, slow=True),
+    Method("torch.compile(step), Python loop", "torch", peers_torch.torch_compiled_step,
+           _python_driven, slow=True),
+    Method("torch.compile(whole loop, unrolled, fullgraph)", "torch",
+           peers_torch.torch_compiled_loop, _unrolled, slow=True),
+    Method("torch.compile(torch scan, fullgraph)", "torch", peers_torch.torch_compiled_scan,
+           lambda w: single(w) and not _unrolled(w), slow=True),
+    Method("fastai Learner, SGD", "torch", peers_torch.fastai_learner, _fastai),
 )
 
 
@@ -254,15 +303,17 @@ def tuned_run():
 
 
 TUNED_METHODS = (BASELINE, "sklearn SGDRegressor", "fit", "jax.vmap(fit)",
-                 "jax.jit(jax.vmap(fit))")
+                 "jax.jit(jax.vmap(fit))", SCAN)
 """What a run under ``functional_sgd.tune_cpu()`` measures: ``fit`` on the
-small workloads it is for, each beside its baseline."""
+small workloads it is for, each beside its baseline and the hand-written scan."""
 
 
-def methods_for(workload, engines=("jax", "torch", "sklearn")):
+def methods_for(workload, engines=("jax", "keras", "torch", "sklearn"), *, slow=True):
     """The methods that run ``workload``, in table order (under
-    ``FSGD_BENCH_TUNE_CPU=1``, only :data:`TUNED_METHODS` on small workloads)."""
-    methods = [m for m in METHODS if m.applies(workload) and m.engine in engines]
+    ``FSGD_BENCH_TUNE_CPU=1``, only :data:`TUNED_METHODS` on small workloads);
+    ``slow=False`` leaves out the peers that compile for seconds."""
+    methods = [m for m in METHODS if m.applies(workload) and m.engine in engines
+               and (slow or not m.slow)]
     if tuned_run():
         methods = [m for m in methods if m.name in TUNED_METHODS and not workload.large]
     return methods

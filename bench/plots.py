@@ -9,7 +9,11 @@ from bench.methods import BASELINE  # noqa: E402
 
 
 def _colors(methods):
+    """A color per method; beyond the default cycle's 10, tab20's 20 (the
+    peers make a workload's methods more than 10)."""
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(methods) > len(cycle):
+        cycle = [plt.get_cmap("tab20")(i) for i in range(20)]
     return {m: cycle[i % len(cycle)] for i, m in enumerate(methods)}
 
 
@@ -74,10 +78,9 @@ def _size(nbytes):
 
 
 def device_bars(rows, path, *, title):
-    """Grouped bars: per workload, one bar per (engine, device), log time (each
-    engine runs one method a workload: ``fit`` or ``vmap(fit)``, or the reference)."""
+    """Grouped bars: per workload, one bar per (engine, device, method), log time."""
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
-    series = list(dict.fromkeys((r["engine"], r["device"]) for r in rows))
+    series = list(dict.fromkeys((r["engine"], r["device"], r["method"]) for r in rows))
     colors = _colors(series)
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(workloads) + 2), 5))
@@ -85,7 +88,7 @@ def device_bars(rows, path, *, title):
         xs, ys = [], []
         for i, w in enumerate(workloads):
             for r in rows:
-                if r["workload"] == w and (r["engine"], r["device"]) == key:
+                if r["workload"] == w and (r["engine"], r["device"], r["method"]) == key:
                     xs.append(i - 0.4 + (k + 0.5) * width)
                     ys.append(r["median_s"] * 1e3)
         ax.bar(xs, ys, width, color=colors[key], label=" ".join(key))

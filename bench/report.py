@@ -4,7 +4,8 @@ Runs ``bench/bench_workloads.py`` under pytest-benchmark (full sizes by
 default), measures this machine's memory read bandwidth, then writes
 ``REPORT.md``, ``speedup.png``, ``time_per_step.png`` and the raw
 ``benchmarks.json`` into the output folder (``bench/results`` by default).
-``--json FILE`` skips the run and reports on an earlier one.
+``--json FILE`` skips the run and reports on an earlier one. The peers that
+could not run (and why) are read from the same JSON.
 """
 
 import argparse
@@ -19,8 +20,8 @@ import sys
 import numpy as np
 
 from bench import machine, plots
-from bench.methods import BASELINE, TUNE_CPU_ENV
-from bench.results_table import TARGETS, by_workload, load
+from bench.methods import BASELINE, SCAN, TUNE_CPU_ENV
+from bench.results_table import TARGETS, by_workload, fit_method, load, load_skipped, scan_overhead
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results"
@@ -84,9 +85,37 @@ def workload_sections(table):
                  f"{r.extra['error']:.1e}", r.rounds)
                 for m, r in sorted(runs.items(), key=lambda item: item[1].median_s)]
         parts.append(f"### {w} ({label})\n\n" + _table(
-            ("method", "median", "vs torch reference", "steps/s", "first call",
-             "error vs float64", "rounds"), rows))
+            ("method", "median", "vs torch reference", "steps/s",
+             "first call (compile + run)", "error vs float64", "rounds"), rows))
     return "\n\n".join(parts)
+
+
+def scan_section(table, tuned_table):
+    """``fit`` against the hand-written scan, workload by workload."""
+    rows = []
+    for w, runs in table.items():
+        fit = fit_method(runs)
+        if fit is None or SCAN not in runs:
+            continue
+        tuned = scan_overhead(tuned_table, w)
+        rows.append((w, fit, _time(runs[fit].median_s), _time(runs[SCAN].median_s),
+                     _ratio(scan_overhead(table, w)), "-" if tuned is None else _ratio(tuned),
+                     _time(runs[fit].extra["first_call_s"]),
+                     _time(runs[SCAN].extra["first_call_s"])))
+    return _table(("workload", "fit as called", "median", "hand-written scan",
+                   "overhead vs hand-written scan", "with tune_cpu()", "first call: fit",
+                   "first call: scan"), rows)
+
+
+def skipped_section(skipped):
+    """One line per peer and reason, with the workloads it was skipped on."""
+    if not skipped:
+        return "Every peer ran."
+    grouped = {}
+    for s in skipped:
+        grouped.setdefault((s["method"], s["reason"]), []).append(s["workload"])
+    return "\n".join(f"- **{method}** was skipped ({'; '.join(dict.fromkeys(ws))}): {reason}"
+                     for (method, reason), ws in grouped.items())
 
 
 def bandwidth_section(table, dram_gbs, in_cache_gbs):
@@ -152,7 +181,7 @@ scale".
 
 
 def write_report(results, out, *, dram_gbs, bandwidth_bytes, in_cache_gbs, note="",
-                 tuned_results=(), profile=""):
+                 tuned_results=(), profile="", skipped=()):
     table = by_workload(results)
     tuned_table = by_workload(tuned_results)
     info = machine.machine_info()
@@ -207,6 +236,34 @@ Measured as users get it, and in a process that called
 {_table(("target", "measured", "met", "with tune_cpu()", "met", "goal"), targets)}
 
 ![speed-up per workload](speedup.png)
+
+## fit against a hand-written scan
+
+The floor plain XLA gives: `jax.jit` of a `lax.scan` whose step is
+`value_and_grad` of the MSE and `p - lr * g`, each step's rows gathered with
+`x[idx]` (for the sweep, `jax.vmap` of it over the rates), as any JAX user
+writes it (`bench/peers.py`). The overhead is fit's median over the scan's,
+measured in the same run; below 1x, fit's own choices (layout, moments)
+beat the plain program.
+
+{scan_section(table, tuned_table)}
+
+## Peers
+
+Besides the lesson's torch loop, each workload is run by what a user could
+pick instead (`bench/peers.py`), every one replaying the workload's own
+schedule so its result is checked against float64 like fit's: the
+hand-written scan; Keras 3 on its JAX backend (`model.fit`, `jit_compile=True`,
+one step per execution or all of them: Keras's JAX trainer still runs each
+jitted step from Python); `torch.compile` around the lesson's step, and
+around the whole loop (unrolled up to 100 steps, else torch's prototype
+`scan`; the gradient written out, as dynamo does not trace autograd inside a
+compiled graph by default); fastai's `Learner` with its `SGD`. The first call
+of a compiled peer is its compile time (torch's with its compile caches off,
+and the first in a process also loads inductor). Peers that run each step
+from Python skip the 200 000-step stochastic workload.
+
+{skipped_section(skipped)}
 
 ## Workloads
 
@@ -284,7 +341,8 @@ def main(argv=None):
                  dram_gbs=machine.memory_read_bandwidth(args.bandwidth_bytes),
                  bandwidth_bytes=args.bandwidth_bytes,
                  in_cache_gbs=in_cache, tuned_results=tuned_results,
-                 profile="" if args.no_profile else profile_large(quick=args.size == "smoke"))
+                 profile="" if args.no_profile else profile_large(quick=args.size == "smoke"),
+                 skipped=load_skipped(json_path))
     print(f"wrote {args.out / 'REPORT.md'}")
     return 0
 

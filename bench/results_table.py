@@ -4,7 +4,7 @@ import dataclasses
 from functools import partial
 import json
 
-from bench.methods import BASELINE
+from bench.methods import BASELINE, SCAN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +38,13 @@ def load(path):
             for b in benchmarks]
 
 
+def load_skipped(path):
+    """``[{workload, method, reason}]``: the cases the suite skipped (a peer not
+    installed, a compiler failing, a slow peer at smoke size)."""
+    with open(path) as file:
+        return json.load(file).get("skipped", [])
+
+
 def by_workload(results):
     """``{workload: {method: Result}}``, workloads in suite order."""
     table = {}
@@ -52,6 +59,22 @@ def speedup(table, workload, method, baseline=BASELINE):
     if method not in runs or baseline not in runs:
         return None
     return runs[baseline].median_s / runs[method].median_s
+
+
+FIT_METHODS = ("fit", "jax.jit(jax.vmap(fit))")
+"""``fit`` as users call it: one run, or a sweep of learning rates."""
+
+
+def fit_method(runs):
+    """The name ``fit`` runs under in ``runs`` (``{method: Result}``), or None."""
+    return next((m for m in FIT_METHODS if m in runs), None)
+
+
+def scan_overhead(table, workload):
+    """``fit``'s median over the hand-written scan's, both from one run: how
+    much more than the plain XLA program ``fit`` costs (below 1: less)."""
+    fit = fit_method(table.get(workload, {}))
+    return None if fit is None else speedup(table, workload, SCAN, baseline=fit)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,8 @@ class Workload:
 
     ``schedule``: ``"full"`` (batch descent), ``"random"`` (``batch_size``
     rows drawn independently each step, the lesson's ``rand_idx``) or
-    ``"epoch"`` (one shuffled pass, one row a step: ``steps == n``).
+    ``"epoch"`` (shuffled passes over the rows, ``batch_size`` rows a step,
+    whole epochs only: ``steps * batch_size`` a multiple of ``n``).
     ``sweep``: number of learning rates trained side by side (0: one ``lr``).
     """
 
@@ -49,6 +50,8 @@ FULL = (
     Workload("long lesson", n=100, d=2, steps=10_000),
     Workload("mini-batch", n=100_000, d=10, steps=1_000, schedule="random", batch_size=64),
     Workload("stochastic", n=200_000, d=2, steps=200_000, schedule="epoch", batch_size=1),
+    # fastai's Learner as the course runs it: the lesson's data, batches of 10, 5 epochs.
+    Workload("lesson in batches of 10", n=100, d=2, steps=50, schedule="epoch", batch_size=10),
     Workload("full batch 1e6x2", n=1_000_000, d=2, steps=100, large=True),
     Workload("full batch 1e5x100", n=100_000, d=100, steps=100, large=True),
     Workload("full batch 1e4x1000", n=10_000, d=1_000, steps=100, large=True),
@@ -61,6 +64,7 @@ _SMOKE_SIZES = {
     "long lesson": dict(steps=50),
     "mini-batch": dict(n=1_000, steps=20, batch_size=8),
     "stochastic": dict(n=300, steps=300),
+    "lesson in batches of 10": dict(steps=20),
     "full batch 1e6x2": dict(n=2_000, steps=5),
     "full batch 1e5x100": dict(n=500, steps=5),
     "full batch 1e4x1000": dict(n=100, steps=5),
@@ -101,9 +105,11 @@ def make_problem(workload, seed=0):
     elif w.schedule == "random":
         indices = fsgd.sample_indices(schedule_key, w.n, w.steps, w.batch_size)
     elif w.schedule == "epoch":
-        if w.steps != w.n or w.batch_size != 1:
-            raise ValueError(f"an epoch schedule needs steps == n and batch_size 1; got {w}.")
-        indices = fsgd.sample_indices(schedule_key, w.n, w.steps, 1, replace=False)
+        if w.n % w.batch_size or (w.steps * w.batch_size) % w.n:
+            raise ValueError("an epoch schedule needs batch_size to divide n and whole "
+                             f"epochs (steps * batch_size a multiple of n); got {w}.")
+        indices = fsgd.sample_indices(schedule_key, w.n, w.steps, w.batch_size,
+                                       replace=False)
     else:
         raise ValueError(f"schedule must be 'full', 'random' or 'epoch'; got {w.schedule!r}.")
     # The sweep stays below lr = 1, where the lesson's problem starts to diverge.

@@ -16,8 +16,11 @@ import functional_sgd as fsgd
 
 pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
-from bench import accelerators, machine, side_by_side, workloads  # noqa: E402
-from bench.results_table import TARGETS, Result, by_workload, load  # noqa: E402
+from bench import (accelerators, machine, peers, peers_torch, report,  # noqa: E402
+                   side_by_side, workloads)
+from bench.methods import METHODS, SCAN, methods_for  # noqa: E402
+from bench.results_table import (TARGETS, Result, by_workload, load, load_skipped,  # noqa: E402
+                                 scan_overhead)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -32,7 +35,8 @@ def run_module(module, *args, xla_flags=None, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
-CHECKED = ("mini-batch", "stochastic", "full batch 1e4x1000", "sweep")  # every schedule
+CHECKED = ("mini-batch", "stochastic", "lesson in batches of 10", "full batch 1e4x1000",
+           "sweep")  # every schedule
 
 
 @pytest.mark.parametrize("workload", [w for w in workloads.SMOKE if w.name in CHECKED],
@@ -73,8 +77,10 @@ def test_report_from_a_smoke_run(tmp_path):
     results = load(tmp_path / "benchmarks.json")
     methods = {r.method for r in results}
     assert {"torch reference", "fit", "fit, new lr each call"} <= methods
-    assert all(r.workload == "lesson" and r.median_s > 0 for r in results)
+    assert {r.workload for r in results} == {"lesson", "lesson in batches of 10"}
+    assert all(r.median_s > 0 for r in results)
     for heading in ("## Machine", "## Targets", "### lesson", "memory read bandwidth",
+                    "## fit against a hand-written scan", "## Peers",
                     "a smoke run", machine.cpu_model()):
         assert heading in report
     for method in methods:
@@ -82,7 +88,18 @@ def test_report_from_a_smoke_run(tmp_path):
     for target in TARGETS:
         assert target.text in report
     tuned = load(tmp_path / "benchmarks_tune_cpu.json")
-    assert {r.method for r in tuned} == {"torch reference", "fit"}  # TUNED_METHODS only
+    assert {r.method for r in tuned} == {"torch reference", "fit", SCAN}  # TUNED_METHODS only
+    scan_row = next(line for line in report.splitlines() if line.startswith("| lesson | fit |"))
+    overhead, with_tuned = [c.strip() for c in scan_row.split("|")[1:-1]][4:6]
+    assert overhead.endswith("x") and with_tuned.endswith("x")
+    # The peers that compile for seconds are not run at smoke size: the report says so.
+    peers_section = report.split("## Peers")[1].split("\n## ")[0]
+    skipped = load_skipped(tmp_path / "benchmarks.json")
+    slow = {m.name for m in methods_for(workloads.SMOKE[0]) if m.slow}
+    assert slow <= {s["method"] for s in skipped}
+    for s in skipped:  # slow, or a peer not installed on this machine (fastai)
+        assert f"**{s['method']}** was skipped" in peers_section
+        assert ("--slow-peers" in s["reason"]) == (s["method"] in slow), s
     section = report.split("## With `functional_sgd.tune_cpu()`")[1].split("\n## ")[0]
     assert "### lesson" in section and "| fit |" in section
     lesson_row = next(line for line in report.splitlines()
@@ -116,10 +133,92 @@ def test_the_exact_path_target_holds_where_auto_picks_it():
     assert "auto declines it" in exact["full batch 1e4x1000"].not_applicable(table)
 
 
-def load_fake(medians):
-    from bench.results_table import Result
+def load_fake(medians, workload="lesson"):
     extra = dict(sweep=0, steps=100, first_call_s=0.1)
-    return [Result("lesson", m, s, 10, extra) for m, s in medians.items()]
+    return [Result(workload, m, s, 10, extra) for m, s in medians.items()]
+
+
+def test_overhead_vs_the_hand_written_scan():
+    """fit's median over the scan's, from one run; the sweep's fit is
+    jax.jit(jax.vmap(fit)); a workload without the scan has no overhead."""
+    table = by_workload(load_fake({"fit": 3e-4, SCAN: 1e-4, "torch reference": 1e-2})
+                        + load_fake({"jax.jit(jax.vmap(fit))": 1e-3, "fit, Python loop over lrs":
+                                     1e-5, SCAN: 2e-3}, "sweep")
+                        + load_fake({"fit": 1e-4}, "long lesson"))
+    assert scan_overhead(table, "lesson") == pytest.approx(3.0)
+    assert scan_overhead(table, "sweep") == pytest.approx(0.5)
+    assert scan_overhead(table, "long lesson") is None and scan_overhead(table, "nope") is None
+    rows = report.scan_section(table, {}).splitlines()
+    assert "overhead vs hand-written scan" in rows[0] and len(rows) == 4  # header, rule, 2 rows
+    assert rows[2].startswith("| lesson | fit | 300 us | 100 us | 3.00x | - |")
+    assert rows[3].startswith("| sweep | jax.jit(jax.vmap(fit)) | 1 ms | 2 ms | 0.50x | - |")
+
+
+def test_a_peer_that_does_not_import_is_skipped_with_the_reason(tmp_path):
+    """keras made unimportable: its cases are skipped, the benchmark JSON and
+    the report say why; the rest of the suite runs."""
+    blocked = tmp_path / "blocked" / "keras"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('keras blocked for this test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(blocked.parent), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    json_path = tmp_path / "run.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench/bench_workloads.py", "-p", "no:cacheprovider",
+         "-q", "--benchmark-enable", "--bench-size=smoke", "--slow-peers",
+         f"--benchmark-json={json_path}", "-k", "lesson and not long and (keras or scan)"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    skipped = load_skipped(json_path)
+    keras_methods = {m.name for m in methods_for(workloads.SMOKE[0]) if m.engine == "keras"}
+    assert {s["method"] for s in skipped} == keras_methods
+    assert all("keras blocked for this test" in s["reason"] for s in skipped)
+    assert {r.method for r in load(json_path)} == {SCAN}
+    text = report.skipped_section(skipped)
+    assert all(f"**{m}** was skipped (lesson; lesson in batches of 10)" in text
+               for m in keras_methods)
+
+
+def test_peers_say_why_they_cannot_run(monkeypatch):
+    problem = workloads.make_problem(workloads.SMOKE[0])
+    monkeypatch.setitem(sys.modules, "fastai.learner", None)  # import fails
+    with pytest.raises(peers.Unavailable, match="fastai does not import.*--no-deps fastai"):
+        peers_torch.fastai_learner(problem, None)
+
+    class OtherBackend:  # a keras imported before with another backend
+        backend = type("backend", (), {"backend": staticmethod(lambda: "torch")})
+
+    monkeypatch.setitem(sys.modules, "keras", OtherBackend)
+    with pytest.raises(peers.Unavailable, match="its torch backend"):
+        peers.keras_fit(problem, None, per_execution=1)
+
+
+@pytest.mark.parametrize("workload", [w for w in workloads.SMOKE if not w.sweep],
+                         ids=lambda w: w.name)
+def test_torch_peers_compute_the_lesson(workload):
+    """The functions handed to torch.compile, run uncompiled (compiling takes
+    20 s each: the suite does that at full size): each replays the schedule."""
+    problem = workloads.make_problem(workload)
+    expected = workloads.truth(problem)
+    uncompiled = lambda f, **options: f
+    for prepare in (peers_torch.torch_compiled_step, peers_torch.torch_compiled_loop,
+                    peers_torch.torch_compiled_scan):
+        params = prepare(problem, None, compile=uncompiled)()
+        assert workloads.close_to_truth(params, expected) <= workloads.AGREEMENT, prepare
+
+
+def test_keras_replays_the_schedule():
+    """Both Keras variants on a full batch (repeated into one epoch) and on
+    random batches: the float64 answer of our schedule, so no looser bound."""
+    pytest.importorskip("keras")
+    for workload in (workloads.SMOKE[0], workloads.SMOKE[2]):  # lesson, mini-batch
+        problem = workloads.make_problem(workload)
+        expected = workloads.truth(problem)
+        for per_execution in (1, "steps"):
+            run = peers.keras_fit(problem, None, per_execution=per_execution)
+            for _ in range(2):  # the second call starts from the start again
+                error = workloads.close_to_truth(run(), expected)
+                assert error <= workloads.AGREEMENT, (workload.name, per_execution)
 
 
 def test_accelerator_comparison_on_cpu(tmp_path):
@@ -127,8 +226,11 @@ def test_accelerator_comparison_on_cpu(tmp_path):
     places = {(r["workload"], r["engine"], r["device"], r["method"]) for r in rows}
     assert ("lesson", "jax", "cpu:0", "fit") in places
     assert ("sweep", "jax", "cpu:0", "jax.jit(jax.vmap(fit))") in places
+    assert ("sweep", "jax", "cpu:0", SCAN) in places
     assert ("lesson", "torch", "cpu", "torch reference") in places
-    assert all(r["agrees"] and r["median_s"] > 0 for r in rows)
+    slow = {m.name for m in METHODS if m.slow}
+    assert slow and not slow & {r["method"] for r in rows}  # not at smoke size
+    assert all(r["agrees"] and r["median_s"] > 0 for r in accelerators.measured(rows))
     text = accelerators.write(rows, tmp_path)
     assert text.count("| lesson |") == len([r for r in rows if r["workload"] == "lesson"])
     with Image.open(tmp_path / "accelerators.png") as image:
@@ -141,7 +243,8 @@ def test_accelerator_comparison_iterates_8_devices(tmp_path):
                       xla_flags="--xla_force_host_platform_device_count=8")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = (tmp_path / "accelerators.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| lesson | jax |")]
+    rows = [line for line in table.splitlines() if line.startswith("| lesson | jax |")
+            and line.split(" | ")[3] == "fit"]
     assert sorted(row.split(" | ")[2] for row in rows) == [f"cpu:{i}" for i in range(8)]
     assert all(row.endswith("| yes |") for row in rows)
 

@@ -28,3 +28,13 @@ def test_import_and_fit_work_without_torch_installed():
                "print(r.losses.shape)")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "(10,)"
+
+
+def test_import_starts_no_jax_backend():
+    """tune_cpu() must be callable after `import functional_sgd`: the import
+    creates no array, so JAX's backends have not started."""
+    done = run("import functional_sgd, jax\n"
+               "from jax._src import xla_bridge\n"
+               "print(xla_bridge.backends_are_initialized())")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

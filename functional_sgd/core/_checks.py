@@ -174,7 +174,7 @@ def check_data(data, check_finite):
             "data must be a tuple of arrays sharing their leading axis, e.g. (x, y), or () "
             f"for a data-free objective; got {type(data).__name__}. Wrap a single array "
             "as (x,).")
-    if not all(type(a) in _ARRAY_TYPES for a in data):  # cheap for the usual arrays
+    if not all(isinstance(a, (np.ndarray, jax.Array)) for a in data):  # the usual arrays
         data = tuple(_from_torch(a, f"data[{i}]") for i, a in enumerate(data))
     data = tuple(data)
     for i, a in enumerate(data):
@@ -204,9 +204,6 @@ def _from_torch(a, name):
     """A CPU torch tensor as the NumPy view of its memory; anything else as it is."""
     return as_host_array(a, name) if type(a).__module__.startswith("torch") else a
 
-
-_ARRAY_TYPES = {np.ndarray, type(jnp.zeros(()))}
-"""Data types taken as they are (JAX's array class is a private one)."""
 
 _WARNED = set()
 """Warnings given once per process."""
