@@ -133,3 +133,29 @@ def test_steps_cut_a_stream_and_a_stop_rule_ends_it():
 def test_bad_streams_are_refused_naming_what(data, kwargs, error, match):
     with pytest.raises(error, match=match):
         fsgd.fit(fsgd.linear_mse, START, data(), lr=0.05, **kwargs)
+
+
+def test_a_memmap_keeps_what_a_users_model_records(on_disk):
+    """aux and model state come through the host blocks as they do in memory."""
+    def loss(params, x, y):
+        residual = x @ params - y
+        return (residual ** 2).mean(), {"largest": jnp.abs(residual).max()}
+
+    kwargs = {"lr": 0.01, "has_aux": True, **MODES["sampled"]}
+    in_memory = fsgd.fit(loss, START, (X, Y), **kwargs)
+    read = fsgd.fit(loss, START, on_disk, chunk_size=64, **kwargs)
+    assert read.aux is not None
+    assert_trees_close(read, in_memory, rtol=0, atol=0)
+
+
+def test_a_memmap_checks_on_chunk_as_chunks_do(on_disk):
+    with pytest.raises(TypeError, match="on_chunk must be callable"):
+        fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, on_chunk=5, **MODES["sampled"])
+
+
+@pytest.mark.parametrize("kwargs", [{"rng": KEY}, {"has_aux": True}, {"trainable": None,
+                                                                       "state": {}}])
+def test_a_stream_refuses_what_it_cannot_carry(kwargs):
+    with pytest.raises(ValueError, match="with a stream as data"):
+        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches_of(np.zeros((3, 10), int))),
+                 lr=0.05, **kwargs)

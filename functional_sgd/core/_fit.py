@@ -157,7 +157,8 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
                            check_finite=check_finite, on_chunk=on_chunk, speed=speed,
                            unused=dict(batch_size=batch_size, key=key, indices=indices,
                                        chunk_size=chunk_size, mesh=mesh,
-                                       checkpoint=checkpoint))
+                                       checkpoint=checkpoint, rng=rng, state=state,
+                                       has_aux=has_aux or None, trainable=trainable))
     read_on_host = _checks.read_on_host(data, batch_size, indices)
     data, n = _checks.check_data(data, check_finite and not read_on_host)
     lr = _checks.check_lr(lr, optimizer, opt_state, params)
@@ -183,15 +184,17 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     inputs = Inputs(data, lr, key, indices, tol, patience, rng)
     loop = run if mesh is None else partial(run, mesh=mesh)
     result = fit_result if model.plain else _model.result  # the latter unwraps params
-    if read_on_host:
-        return result(*_run_on_host(loop, spec, carry, inputs, chunk_size, on_chunk,
-                                    check_finite, mesh, checkpoint))
+    if read_on_host:  # chunks read on the host, of a size chosen here unless given
+        chunk_size = chunk_size or _host_block(spec.batches.batch_size, data)
     if chunk_size is None:
         _checks.check_no_chunk_options(on_chunk, checkpoint)
         return result(*loop(spec, carry, inputs))
     chunk_size = _checks.check_chunks(chunk_size, on_chunk,
                                       (params, data, lr, start_step, rng, state))
     on_chunk = _model.unwrapping(on_chunk, model)
+    if read_on_host:
+        return result(*_run_on_host(loop, spec, carry, inputs, chunk_size, on_chunk,
+                                    check_finite, mesh, checkpoint))
     if checkpoint is not None:
         return result(*drivers.run_with_checkpoints(
             checkpoint, loop, spec, carry, inputs, chunk_size=chunk_size, on_chunk=on_chunk))
@@ -203,19 +206,20 @@ HOST_BLOCK_BYTES = 64 * 2**20
 """Rows gathered on the host for one compiled call, when no chunk_size says."""
 
 
-def _run_on_host(loop, spec, carry, inputs, chunk_size, on_chunk, check_finite, mesh,
-                 checkpoint):
+def _host_block(batch_size, data):
+    """Steps whose rows one host read gathers: ``HOST_BLOCK_BYTES`` of them."""
+    row_bytes = sum(a.dtype.itemsize * int(np.prod(a.shape[1:])) for a in data)
+    return max(1, HOST_BLOCK_BYTES // max(1, row_bytes * batch_size))
+
+
+def _run_on_host(loop, spec, carry, inputs, block, on_chunk, check_finite, mesh, checkpoint):
     """Data read on the host a block of steps at a time (a memmap): each block's
     rows gathered there, then trained as stacked batches."""
     if mesh is not None or checkpoint is not None:
         raise ValueError("data read on the host (a np.memmap) runs on one device without "
                          "checkpoints for now; drop mesh and checkpoint, or pass an "
                          "in-memory array.")
-    batches = spec.batches
-    row_bytes = sum(a.dtype.itemsize * int(np.prod(a.shape[1:])) for a in inputs.data)
-    block = chunk_size or max(1, HOST_BLOCK_BYTES // max(1, row_bytes * batches.batch_size))
-    block = _checks.check_int(block, "chunk_size", minimum=1)
-    start = int(carry.step)
+    batches, start = spec.batches, int(carry.step)
     blocks = drivers.gathered_blocks(
         inputs.data, lambda first, length: batches.rows(
             inputs.key, None if inputs.indices is None else inputs.indices[first:first + length],
@@ -231,15 +235,16 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
     given = [name for name, value in unused.items() if value is not None]
     if given:
         raise ValueError(f"with a stream as data, {', '.join(given)} cannot be used: the "
-                         "stream decides the batches (chunk_size: its block does).")
+                         "stream decides the batches (chunk_size: its block does), and a "
+                         "stream trains a plain model for now (no rng, state, has_aux or "
+                         "trainable).")
     if steps is not None:
         steps = _checks.check_int(steps, "steps", minimum=1, maximum=_checks.MAX_STEP)
     lr = _checks.check_lr(lr, optimizer, opt_state, params)
     _checks.check_start(start_step, steps or 0, name="start_step")
     stop = _stop.choose(tol, patience)
     example, batches = drivers.first_batch(source.batches)
-    loss_out = _checks.check_loss(loss, params, tuple(
-        _checks.batch_of((a,), a.shape[0])[0] for a in example))
+    loss_out = _checks.check_loss(loss, params, example)
     _checks.check_opt_state(optimizer, opt_state, params)
     record_params = _checks.check_bool(record_params, "record_params")
     if record_params:

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from .._types import fit_result
-from ._chunks import record_of
+from ._chunks import join
 
 
 class Stream:
@@ -67,7 +67,7 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
     ``steps`` is the run's length when known (losses of steps a stop rule
     skipped are NaN); ``None`` for as many as the blocks hold.
     """
-    losses, done = [], 0
+    records, done = [], 0
     blocks = iter(blocks)
     ahead = next(blocks, None)
     while ahead is not None:
@@ -76,17 +76,16 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
         carry, record = run(dataclasses.replace(spec, steps=length), carry,
                             inputs._replace(data=data))
         ahead = next(blocks, None)  # read while the block trains
-        ran = int(record.steps_run)
-        losses.append(np.asarray(record.losses)[:ran])
-        done += ran
+        records.append(record)
+        done += int(record.steps_run)
         if on_chunk is not None:
             on_chunk(fit_result(carry, record))
         if bool(carry.stop.stopped):
             break
-    if not losses:
+    if not records:
         raise ValueError("data yielded no batches: the stream was empty.")
-    joined = np.concatenate(losses)
-    return carry, record_of(joined, done if steps is None else steps)
+    return carry, join(records, done if steps is None else steps, spec.record_params,
+                       carry.params)
 
 
 def gathered_blocks(data, rows_of, steps, block, check_finite):

@@ -46,10 +46,10 @@ def run_in_chunks(run, spec, carry, inputs, *, chunk_size, on_chunk=None):
         done += int(record.steps_run)
         if bool(carry.stop.stopped):
             break
-    return carry, _join(records, spec.steps, spec.record_params, carry.params)
+    return carry, join(records, spec.steps, spec.record_params, carry.params)
 
 
-def _join(records, steps, record_params, last_params):
+def join(records, steps, record_params, last_params):
     """One record for the whole run, joined on the host: eager device
     concatenation would compile anew for every number of chunks."""
     losses = np.concatenate([np.asarray(r.losses)[:int(r.steps_run)] for r in records])
