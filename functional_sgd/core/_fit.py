@@ -26,7 +26,7 @@ from .. import speed as _speed  # fit's keyword `speed` is a plan
 from .._types import Inputs, fit_result
 from . import _batches, _checks, _model, _model_checks, _stop
 from ._initialize import initialize
-from ._loss import linear_mse
+from ._loss import PytreeData, linear_mse
 from ._repeat import run
 from ._spec import LoopSpec
 
@@ -35,7 +35,7 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         indices=None, optimizer=None, replace=True, tol=None, patience=None,
         record_params=False, opt_state=None, start_step=0, check_finite=True,
         chunk_size=None, on_chunk=None, mesh=None, checkpoint=None, fast_path="auto",
-        speed=None, rng=None, state=None, has_aux=False, trainable=None):
+        speed=None, rng=None, state=None, has_aux=False, trainable=None, drop_last=True):
     """Fits ``params`` by gradient descent on ``loss``, in one compiled call.
 
     Each step ``t`` takes a batch ``B_t`` of rows and applies
@@ -158,11 +158,15 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
                            unused=dict(batch_size=batch_size, key=key, indices=indices,
                                        chunk_size=chunk_size, mesh=mesh,
                                        checkpoint=checkpoint, rng=rng, state=state,
-                                       has_aux=has_aux or None, trainable=trainable))
+                                       has_aux=has_aux or None, trainable=trainable,
+                                       drop_last=None if drop_last is True else drop_last))
+    data, structure, names = _checks.flatten_data(data)
     read_on_host = _checks.read_on_host(data, batch_size, indices)
-    data, n = _checks.check_data(data, check_finite and not read_on_host)
+    data, n = _checks.check_data(data, check_finite and not read_on_host, names)
+    if structure is not None:  # the loop sees a tuple of arrays; the loss its pytree
+        loss = PytreeData(loss, structure)
     lr = _checks.check_lr(lr, optimizer, opt_state, params)
-    batches, steps = _batches.choose(n, steps, batch_size, key, indices, replace)
+    batches, steps = _batches.choose(n, steps, batch_size, key, indices, replace, drop_last)
     _checks.check_start(start_step, steps, name="start_step")
     stop = _stop.choose(tol, patience)
     params, state, model = _model.choose(params, trainable, rng, state, has_aux)
@@ -172,6 +176,9 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     if mesh is not None:
         drivers.check_mesh(mesh, data)
         _model_checks.check_loss_per_row(loss, params, state, data, model, rng)
+    elif batches.padded:
+        _model_checks.check_loss_per_row(loss, params, state, data, model, rng,
+                                         cause="drop_last=False")
     plan = _speed.decide(speed, fast_path, exact_mse=loss is linear_mse and model.plain,
                          params=params, data=data, full_batch=batches.batch_size is None,
                          steps=steps, mesh=mesh)
@@ -223,8 +230,9 @@ def _run_on_host(loop, spec, carry, inputs, block, on_chunk, check_finite, mesh,
     blocks = drivers.gathered_blocks(
         inputs.data, lambda first, length: batches.rows(
             inputs.key, None if inputs.indices is None else inputs.indices[first:first + length],
-            start + first, length), spec.steps, block, check_finite)
-    stacked = dataclasses.replace(spec, batches=_batches.Stacked(batches.batch_size))
+            start + first, length), spec.steps, block, check_finite, batches.padded)
+    stacked = dataclasses.replace(spec, batches=_batches.Stacked(batches.batch_size,
+                                                                 batches.padded))
     return drivers.run_in_blocks(loop, stacked, carry, inputs._replace(key=None, indices=None),
                                  blocks, steps=spec.steps, on_chunk=on_chunk)
 

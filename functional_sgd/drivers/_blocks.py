@@ -88,19 +88,23 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
                        carry.params)
 
 
-def gathered_blocks(data, rows_of, steps, block, check_finite):
+def gathered_blocks(data, rows_of, steps, block, check_finite, padded=False):
     """``(data block, steps)`` for each block of ``steps``: the rows ``rows_of(start,
     length)`` names, read from ``data`` on the host (a memmap reads only those).
+    With ``padded``, rows may hold ``-1`` (padding) and the block starts with
+    the mask of real slots (``rows >= 0``); a padding slot reads row 0.
 
     The finite check reads each block once, as it is gathered.
     """
     for start in range(0, steps, block):
         length = min(block, steps - start)
         rows = np.asarray(rows_of(start, length))
+        if padded:
+            real, rows = rows >= 0, np.maximum(rows, 0)
         gathered = tuple(np.asarray(a[rows]) for a in data)
         if check_finite:
             _refuse_non_finite(gathered, f"rows of steps {start}..{start + length - 1}")
-        yield gathered, length
+        yield ((real,) + gathered if padded else gathered), length
 
 
 def stream_blocks(batches, block, steps, check_finite):
