@@ -66,15 +66,21 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         key arrays, functions, Python ints, ``None``) passes through
         unchanged: no gradient, no update, no optimizer state.
         ``result.params`` has the type given.
-      data: tuple of arrays sharing their leading axis ``n``, or ``()``.
-        Like all JAX inputs, float64 NumPy data becomes float32 unless
-        ``jax_enable_x64`` is on.
+      data: tuple of arrays sharing their leading axis ``n`` (unpacked into
+        the loss's arguments), or ``()``; or any other pytree of such arrays,
+        the elements of a tuple each one argument (a dict or nested tuples
+        inside the tuple), a dict passed as one argument:
+        ``fit(loss, p, {"x": x, "y": y})`` calls ``loss(p, {"x": xb, "y":
+        yb})``. Like all JAX inputs, float64 NumPy data becomes float32
+        unless ``jax_enable_x64`` is on.
       lr: learning rate ``> 0``; required unless ``optimizer`` is given.
       steps: number of updates; may be omitted when ``indices`` is given.
       batch_size: rows per step, ``1 <= batch_size <= n``; ``None`` for all.
       key: ``jax.random`` key for drawing batches; required with
         ``batch_size``. Step ``t`` draws from ``fold_in(key, t)``.
-      indices: explicit ``(steps, batch_size)`` integer schedule.
+      indices: explicit ``(steps, batch_size)`` integer schedule of rows in
+        ``[0, n)``; with ``drop_last=False`` a slot may also hold ``-1``,
+        padding (anywhere in its step's row; every step needs one real row).
       optimizer: an optax ``GradientTransformation`` used instead of plain SGD;
         it sees only the trainable leaves. One that takes extra arguments
         (``GradientTransformationExtraArgs``: ``reduce_on_plateau``,
@@ -83,6 +89,22 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         params, with the step's key and state) on every update.
       replace: with ``key``: ``True`` draws every step's rows independently
         (the lesson's ``rand_idx``), ``False`` runs shuffled epochs.
+      drop_last: with ``replace=False``, ``True`` cuts each epoch into
+        ``n // batch_size`` full batches (the ``n % batch_size`` rows left
+        over sit that epoch out); ``False`` gives each epoch ``ceil(n /
+        batch_size)`` steps, the last one holding the rows left over, as
+        torch's ``DataLoader(shuffle=True, drop_last=False)`` does (see
+        :func:`sample_indices`). With ``indices``, ``False`` lets the
+        schedule hold ``-1`` padding. A short step's loss is the mean over
+        its real rows ``r``, ``sum_r loss(p, {r}) / count``, each row a batch
+        of one (as under ``mesh``): equal to ``loss`` on those rows only when
+        the loss is a mean over the rows of its batch, as ``mse`` and
+        cross-entropy are; fit checks that it runs on one row but cannot
+        check that it is a mean. Full steps call the loss as ever. Not with
+        ``rng``, ``state`` or ``has_aux`` (a batch-wide key, batch statistics
+        or aux): refused. Traced ``indices`` (under ``jax.jit``) are taken as
+        padded when ``drop_last=False``. A :func:`~functional_sgd.stream`
+        always takes a short batch this way.
       tol: stop once a step's loss is ``<= tol``.
       patience: stop once the best loss has not improved for this many steps.
         With either stop rule, a non-finite loss also stops the run.
@@ -158,8 +180,7 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
                            unused=dict(batch_size=batch_size, key=key, indices=indices,
                                        chunk_size=chunk_size, mesh=mesh,
                                        checkpoint=checkpoint, rng=rng, state=state,
-                                       has_aux=has_aux or None, trainable=trainable,
-                                       drop_last=None if drop_last is True else drop_last))
+                                       has_aux=has_aux or None, trainable=trainable))
     data, structure, names = _checks.flatten_data(data)
     read_on_host = _checks.read_on_host(data, batch_size, indices)
     data, n = _checks.check_data(data, check_finite and not read_on_host, names)

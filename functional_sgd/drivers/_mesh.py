@@ -158,7 +158,7 @@ def _route_batches(indices, blocks, device, *, axes, per_device, devices):
         return routed.reshape((steps * slots,) + block.shape[1:])
 
     real = jax.lax.dynamic_slice_in_dim(padded >= 0, device * slots, slots, axis=1)
-    real &= device * slots + jnp.arange(slots, dtype=jnp.int32) < batch
+    real &= (device * slots + jnp.arange(slots, dtype=jnp.int32) < batch)[None, :]
     real = real.reshape(-1)
     return (real,) + tuple(route(b) for b in blocks), slots
 
