@@ -173,6 +173,17 @@ def test_a_torch_dataloader_with_a_short_last_batch_streams():
     assert_trees_close(streamed, scheduled)
 
 
+def test_a_stream_with_a_short_batch_needs_a_loss_that_runs_on_one_row():
+    def loss(params, x, y):  # reshapes to a batch of at least two rows
+        return fsgd.linear_mse(params, x.reshape(2, -1, 3)[0], y.reshape(2, -1)[0])
+
+    batches = [(X[:10], Y[:10]), (X[:10], Y[:10]), (X[:4], Y[:4])]
+    with pytest.raises(ValueError, match="with a short batch, loss is evaluated on batches "
+                                         "of one row"):
+        fsgd.fit(loss, START, fsgd.stream(batches), lr=LR)
+    fsgd.fit(loss, START, fsgd.stream(batches[:2]), lr=LR)  # without one: it trains
+
+
 def test_a_stream_batch_longer_than_the_first_is_refused_naming_it():
     batches = [(X[:10], Y[:10]), (X[:3], Y[:3]), (X[:11], Y[:11])]
     with pytest.raises(ValueError, match=r"batch 2 of the stream has.*or be shorter"):

@@ -284,6 +284,8 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
                     False, plan)
     carry = initialize(spec, params, opt_state, start_step, loss_out.dtype)
     inputs = Inputs((), lr, None, None, tol, patience)
-    blocks = drivers.stream_blocks(batches, source.block, steps, check_finite)
+    blocks = drivers.stream_blocks(  # a short batch's loss is a mean over its real rows
+        batches, source.block, steps, check_finite, lambda: _checks.check_loss_per_row(
+            partial(_checks.check_loss, loss, params), example, "with a short batch"))
     return fit_result(*drivers.run_in_blocks(run, spec, carry, inputs, blocks,
                                              on_chunk=on_chunk))

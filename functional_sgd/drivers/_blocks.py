@@ -112,7 +112,7 @@ def gathered_blocks(data, rows_of, steps, block, check_finite, padded=False):
         yield ((real,) + gathered if padded else gathered), length, padded
 
 
-def stream_blocks(batches, block, steps, check_finite):
+def stream_blocks(batches, block, steps, check_finite, check_short=None):
     """``(stacked batches, count, padded)`` for each ``block`` batches of an
     iterable (at most ``steps`` in all when given). Every batch must have the
     first batch's shapes and dtypes, or be shorter (fewer rows, as a data
@@ -121,7 +121,7 @@ def stream_blocks(batches, block, steps, check_finite):
     copies of their first row, and the mask of real slots stacked first.
     NumPy batches pass as they are, and the check is the stack itself
     (shapes) and its dtype, so a batch costs little more than its copy into
-    the block."""
+    the block. ``check_short()`` runs before the first padded block."""
     first, taken = None, 0
     iterator = iter(batches)
     while steps is None or taken < steps:
@@ -140,6 +140,9 @@ def stream_blocks(batches, block, steps, check_finite):
             return
         first = first or group[0]
         stacked, padded = _stack(group, first, taken)
+        if padded and check_short is not None:
+            check_short()
+            check_short = None
         if check_finite:
             _refuse_non_finite(stacked[padded:], f"batches {taken}..{taken + len(group) - 1}")
         taken += len(group)
