@@ -7,7 +7,8 @@ Side by side in one run, on the mini-batch workload (1e5 x 10, batches of
   rows in memory (``indices``), and against an optax jitted step called per
   batch in Python over the same iterator;
 * a shuffled epoch (``replace=False``, the keyed bijection) against an epoch
-  of independent draws (``replace=True``);
+  of independent draws (``replace=True``), and against a ragged epoch
+  (``drop_last=False``: one step more, of the 32 rows left over);
 * ``sample_indices(replace=False)`` for n = 1e6 against
   ``jax.random.permutation``;
 * with ``--memmap-gb G``: a memmap of G GB trained for 2,000 mini-batch steps
@@ -81,6 +82,9 @@ def epochs(budget):
     runs = {f"epoch, replace={replace}": (lambda replace=replace: jax.block_until_ready(
         fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=steps, batch_size=BATCH,
                  key=key, replace=replace).params)) for replace in (True, False)}
+    runs["epoch, replace=False, drop_last=False"] = lambda: jax.block_until_ready(
+        fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=-(-N // BATCH),
+                 batch_size=BATCH, key=key, replace=False, drop_last=False).params)
     key = jax.random.key(0)
     n = 1_000_000
     runs["sample_indices(n=1e6, replace=False), one epoch"] = lambda: jax.block_until_ready(
@@ -147,6 +151,9 @@ def main(argv=None):
         print(f"- {name}: {seconds * 1e3:.1f} ms")
     print(f"- shuffled / independent epoch: "
           f"{times['epoch, replace=False'] / times['epoch, replace=True']:.2f}x")
+    ragged = times["epoch, replace=False, drop_last=False"] / (N // BATCH + 1)
+    shuffled = times["epoch, replace=False"] / (N // BATCH)
+    print(f"- ragged / shuffled epoch, per step: {ragged / shuffled:.2f}x")
     permutation = times["jax.random.permutation(n=1e6)"]
     bijection = times["sample_indices(n=1e6, replace=False), one epoch"]
     print(f"- permutation / sample_indices: {permutation / bijection:.0f}x\n")

@@ -20,7 +20,7 @@ import torch
 
 
 def fit(loss, params, data=(), *, lr, steps=None, indices=None, optimizer=None,
-        device=None):
+        device=None, drop_last=True):
     """Trains like the lesson: eager torch, ``loss.backward()``, in-place update.
 
     Args:
@@ -32,11 +32,16 @@ def fit(loss, params, data=(), *, lr, steps=None, indices=None, optimizer=None,
       steps: number of full-batch updates, an int ``>= 1``; may be omitted
         with ``indices``.
       indices: ``(steps, batch_size)`` integer schedule of rows in ``[0, n)``
-        (NumPy, torch or JAX); never modified.
+        (NumPy, torch or JAX); never modified. With ``drop_last=False`` a
+        slot may hold ``-1``, padding: that step's batch is its real rows
+        only (a short batch, as torch's ``DataLoader(drop_last=False)``
+        gives), so a loss that is a mean over rows is their mean.
       optimizer: ``None`` for the lesson's in-place update, or a factory
         ``optimizer(parameters, lr=lr)`` such as
         ``functools.partial(torch.optim.SGD, momentum=0.9)``.
       device: torch device to run on (default: where the inputs are).
+      drop_last: ``False`` lets ``indices`` hold ``-1`` padding (see there);
+        every step keeps at least one real row.
 
     Returns:
       ``(params, losses)`` as NumPy: params in the structure given,
@@ -60,15 +65,18 @@ def fit(loss, params, data=(), *, lr, steps=None, indices=None, optimizer=None,
     leaves, rebuild = _flatten(params)
     n = _check_data(data)
     lr = _check_lr(lr)
-    steps, indices = _check_schedule(steps, indices, n)
+    if not isinstance(drop_last, (bool, np.bool_)):
+        raise TypeError(f"drop_last must be True or False; got {_show(drop_last)}.")
+    steps, indices = _check_schedule(steps, indices, n, padding=not drop_last)
     if optimizer is not None:
         _check_callable(optimizer, "optimizer", "None or a factory optimizer(parameters, lr=lr) "
                         "such as functools.partial(torch.optim.SGD, momentum=0.9), not an "
                         "optimizer already built")
     _check_device(device)
     data = tuple(_tensor(a, device) for a in data)
-    if indices is not None:
-        indices = torch.as_tensor(indices, dtype=torch.long, device=_device(data, device))
+    if indices is not None:  # each step's real rows (padding, -1, left out)
+        indices = [torch.as_tensor(row[row >= 0], dtype=torch.long, device=_device(data, device))
+                   for row in indices]
 
     # 1. initialize: trainable copies of the caller's params.
     leaves = [torch.nn.Parameter(_tensor(p, device).clone()) for p in leaves]
@@ -229,8 +237,9 @@ def _check_steps(steps):
     return int(steps)
 
 
-def _check_schedule(steps, indices, n):
-    """Returns ``(steps, indices)``, indices a NumPy copy (or ``None``)."""
+def _check_schedule(steps, indices, n, padding=False):
+    """Returns ``(steps, indices)``, indices a NumPy copy (or ``None``);
+    with ``padding``, ``-1`` marks a padding slot."""
     if steps is not None:
         steps = _check_steps(steps)
     if indices is None:
@@ -255,10 +264,16 @@ def _check_schedule(steps, indices, n):
         indices = indices.cpu().numpy()
     indices = np.array(indices)  # a copy torch may own
     low, high = int(indices.min()), int(indices.max())
-    if low < 0 or high >= n:
-        why = " (negative indices are not read from the end)" if low < 0 else ""
-        raise ValueError(f"indices must lie in [0, {n}) (data has n={n} rows); got values from "
-                         f"{low} to {high}{why}.")
+    if low < (-1 if padding else 0) or high >= n:
+        why = " (negative indices are not read from the end; -1 marks padding only with " \
+            "drop_last=False)" if low < 0 else ""
+        allowed = f"[0, {n})" + (" or -1 (padding)" if padding else "")
+        raise ValueError(f"indices must lie in {allowed} (data has n={n} rows); got values "
+                         f"from {low} to {high}{why}.")
+    empty = np.flatnonzero(indices.max(axis=1) < 0)
+    if empty.size:
+        raise ValueError(f"indices has steps of padding only (-1 in every slot), the first at "
+                         f"step {int(empty[0])}; every step needs at least one real row.")
     if steps is not None and steps != shape[0]:
         raise ValueError(f"steps={steps} disagrees with indices of shape {shape}; omit steps "
                          "or pass as many rows of indices.")

@@ -26,12 +26,17 @@ MODES = {
     "mini-batch": {"batch_size": 10, "key": jax.random.key(1)},
     "stochastic": {"batch_size": 1, "key": jax.random.key(1)},
     "indices": {"indices": "schedule"},
+    # shuffled epochs of 37 rows in 4 batches of 10, the last one holding 7 real rows
+    "drop_last=False": {"batch_size": 10, "key": jax.random.key(1), "replace": False,
+                        "drop_last": False},
 }
 
 # devices/rows: 100 rows split evenly over 2 devices, batches of 9 not;
-# 37 rows over 8 devices leave padding rows, and batches of 10 and 1 padding slots.
+# 37 rows over 8 devices leave padding rows, and batches of 10 and 1 padding slots
+# (and with drop_last=False, -1 padding rows: every fourth step has 7 real rows).
 # (Keyed modes only differ from "indices" in where the schedule comes from.)
-MESHES = {"2/100": ("batch", "indices"), "8/37": ("batch", "mini-batch", "stochastic")}
+MESHES = {"2/100": ("batch", "indices"),
+          "8/37": ("batch", "mini-batch", "stochastic", "drop_last=False")}
 
 
 def lesson(n):

@@ -40,3 +40,16 @@ def test_the_own_model_tour_trains(capsys):
     assert float(trained.losses[-1]) < 0.2 * float(trained.losses[0])
     assert type(trained.state) is type(namespace["stats"])
     assert "4 seeds, last losses" in capsys.readouterr().out
+
+
+def test_the_ragged_epochs_tour_replays_its_schedule():
+    """The drop_last block: the keyed run and its schedule replayed with dict
+    data are the same steps, so the same bits."""
+    (block,) = [b for b in tour_blocks() if "drop_last=False" in b]
+    namespace = {}
+    with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+        exec(compile(block, str(README), "exec"), namespace)
+    rows, ragged, replayed = namespace["rows"], namespace["ragged"], namespace["replayed"]
+    assert rows[100].tolist()[3:] == [-1] * 7 and min(rows[100].tolist()[:3]) >= 0
+    assert (ragged.params == replayed.params).all()
+    assert float(ragged.losses[-1]) < 1e-3 < float(ragged.losses[0])

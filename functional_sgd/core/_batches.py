@@ -10,6 +10,13 @@ in the rows each step sees. Four small objects say which, with one interface
 * :class:`Shuffled`: epochs of shuffled rows, none repeated in an epoch;
 * :class:`Schedule`: an explicit ``(steps, batch_size)`` array of rows.
 
+A batch may be short (an epoch of ``n`` rows in batches of ``k`` leaves
+``n % k`` rows for its last step, as a data loader with ``drop_last=False``
+does): it is padded to ``k`` slots with the row ``-1``, and the objects that
+may hold such padding say so (``padded``). :func:`feed` then gives each
+step the mask of its real slots ahead of its rows, ``(real, *rows)``, and
+the loss is the mean over the real rows (:class:`MaskedMean`).
+
 A keyed schedule is a pure function of ``(key, step)``, so a run cut in two
 pieces (``start=0`` then ``start=50``) sees exactly the rows of one run of
 100 steps. :func:`feed` decides where the rows are gathered (before the loop,
@@ -38,6 +45,7 @@ class FullBatch:
 
     batch_size = None
     keyed = False
+    padded = False
 
     def rows(self, key, indices, start, steps):
         return None
@@ -53,6 +61,7 @@ class Sampled:
     batch_size: int
     keyed = True
     replace = True
+    padded = False
 
     def rows(self, key, indices, start, steps):
         return _schedule(key, start, n=self.n, steps=steps, batch_size=self.batch_size,
@@ -66,17 +75,31 @@ class Sampled:
 @dataclasses.dataclass(frozen=True)
 class Shuffled(Sampled):
     """Epochs of shuffled rows: epoch ``e`` is a permutation drawn from
-    ``fold_in(key, e)``, cut into ``n // batch_size`` batches (see
-    :func:`sample_indices`, ``replace=False``)."""
+    ``fold_in(key, e)``, cut into ``n // batch_size`` batches, or with
+    ``drop_last=False`` into ``ceil(n / batch_size)``, the last one padded
+    with ``-1`` (see :func:`sample_indices`, ``replace=False``).
+    ``drop_last=False`` is only ever set where ``batch_size`` does not
+    divide ``n`` (elsewhere it changes nothing), so ``padded`` is it."""
 
+    drop_last: bool = True
     replace = False
+
+    @property
+    def padded(self):
+        return not self.drop_last
+
+    def rows(self, key, indices, start, steps):
+        return _schedule(key, start, n=self.n, steps=steps, batch_size=self.batch_size,
+                         replace=False, drop_last=self.drop_last)
 
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """An explicit schedule: step ``t`` sees rows ``indices[t]``."""
+    """An explicit schedule: step ``t`` sees rows ``indices[t]`` (``-1``:
+    a padding slot, when ``padded``)."""
 
     batch_size: int
+    padded: bool = False
     keyed = False
 
     def rows(self, key, indices, start, steps):
@@ -87,26 +110,30 @@ class Schedule:
 class Stacked:
     """Batches stacked ahead, on the host: each data array holds
     ``(steps, batch_size, ...)`` and step ``t`` sees its row ``t`` (a block
-    of a stream, or of rows read from a memmap)."""
+    of a stream, or of rows read from a memmap). When ``padded``, the first
+    data array is the ``(steps, batch_size)`` mask of real slots."""
 
     batch_size: int
+    padded: bool = False
     keyed = False
 
     def rows(self, key, indices, start, steps):
         return None
 
 
-def choose(n, steps, batch_size, key, indices, replace):
+def choose(n, steps, batch_size, key, indices, replace, drop_last=True):
     """The batches object (and step count) that ``fit``'s arguments ask for,
     after checking they agree."""
     if steps is not None:
         steps = _checks.check_int(steps, "steps", minimum=1, maximum=_checks.MAX_STEP)
     if not isinstance(replace, (bool, np.bool_)):
         raise TypeError(f"replace must be True or False; got {replace!r}.")
+    if drop_last is not True:
+        drop_last = _checks.check_bool(drop_last, "drop_last")
     if indices is not None:
         if key is not None:
             raise ValueError("pass key or indices, not both: indices fix every batch.")
-        _checks.check_indices(indices, n)
+        padded = _checks.check_indices(indices, n, drop_last)
         if steps is not None and steps != indices.shape[0]:
             raise ValueError(
                 f"steps={steps} disagrees with indices of shape {tuple(indices.shape)}; "
@@ -115,7 +142,7 @@ def choose(n, steps, batch_size, key, indices, replace):
             raise ValueError(
                 f"batch_size={batch_size} disagrees with indices of shape "
                 f"{tuple(indices.shape)}; omit batch_size or make them match.")
-        return Schedule(int(indices.shape[1])), int(indices.shape[0])
+        return Schedule(int(indices.shape[1]), padded), int(indices.shape[0])
     if steps is None:
         raise TypeError("steps is required (or pass an indices schedule), e.g. steps=100.")
     if batch_size is None:
@@ -123,6 +150,10 @@ def choose(n, steps, batch_size, key, indices, replace):
             raise ValueError(
                 "key is given but batch_size is None: full-batch descent draws no rows. "
                 "Pass batch_size for mini-batch descent, or drop key.")
+        if not drop_last:
+            raise ValueError("drop_last=False needs batches (batch_size with key and "
+                             "replace=False, or indices): with batch_size=None every step "
+                             "sees every row. Drop drop_last.")
         return FULL_BATCH, steps
     if n is None:
         raise ValueError("batch_size needs data to draw rows from: data is ().")
@@ -130,7 +161,16 @@ def choose(n, steps, batch_size, key, indices, replace):
     if batch_size > n:
         raise ValueError(f"batch_size must be at most n={n} (rows of data); got {batch_size}.")
     _checks.check_key(key, "key")
-    return (Sampled if replace else Shuffled)(n, batch_size), steps
+    if replace:
+        if not drop_last:
+            raise ValueError(_NO_EPOCHS)
+        return Sampled(n, batch_size), steps
+    return Shuffled(n, batch_size, drop_last or n % batch_size == 0), steps
+
+
+_NO_EPOCHS = ("drop_last=False needs replace=False: with replace=True every step draws its "
+              "rows independently, so there are no epochs and no last batch to keep short. "
+              "Pass replace=False for shuffled epochs, or drop drop_last.")
 
 
 FULL_BATCH = FullBatch()
@@ -162,16 +202,21 @@ def feed(batches, data, key, indices, start_step, steps, plan):
     and a slice of batches gathered up front ~0.3 us: those are gathered
     before the loop while they fit in ``plan.pregather_bytes``. A long keyed
     schedule is drawn a chunk at a time, when step ``t`` starts one.
+
+    With padded batches every step's batch is ``(real, *rows)``: the mask of
+    its real slots, then its rows (a padding slot reads row 0, a real value
+    that the mask leaves out).
     """
     if isinstance(batches, Stacked):
         return Feed(None, None, lambda t, rows: (tuple(a[t] for a in data), rows), 1, False)
+    take = _take_padded if batches.padded else _take
     chunk = batches.chunk(steps, plan.schedule_budget) if batches.keyed else None
     if chunk is not None:
         def batch_at(t, rows):
             rows = jax.lax.cond(t % chunk == 0,
                                 lambda: batches.rows(key, None, start_step + t, chunk),
                                 lambda: rows)
-            return tuple(a[rows[t % chunk]] for a in data), rows
+            return take(data, rows[t % chunk]), rows
 
         rows = jnp.zeros((chunk, batches.batch_size), jnp.int32)
         return Feed(None, rows, batch_at, 1, False)
@@ -181,11 +226,20 @@ def feed(batches, data, key, indices, start_step, steps, plan):
     tiny = _gathered_bytes(data, indices[0]) <= plan.tiny_step_bytes
     if tiny or _gathered_bytes(data, indices) > plan.pregather_bytes:
         # Unrolling by two halves the loop overhead of tiny steps (10% per sample).
-        return Feed(indices, None, lambda rows_t, rows: (tuple(a[rows_t] for a in data), rows),
+        return Feed(indices, None, lambda rows_t, rows: (take(data, rows_t), rows),
                     2 if tiny else 1, tiny)
-    gathered = tuple(a[indices] for a in data)
+    gathered = take(data, indices)
     return Feed(None, None, lambda t, rows: (tuple(b[t] for b in gathered), rows),
                 1, False)
+
+
+def _take(data, rows):
+    return tuple(a[rows] for a in data)
+
+
+def _take_padded(data, rows):
+    """``(real, *rows)``: which slots are real (not ``-1``), and the rows."""
+    return (rows >= 0,) + _take(data, jnp.maximum(rows, 0))
 
 
 def _gathered_bytes(data, indices):
@@ -193,7 +247,7 @@ def _gathered_bytes(data, indices):
                for a in data)
 
 
-def sample_indices(key, n, steps, batch_size, *, replace=True, start=0):
+def sample_indices(key, n, steps, batch_size, *, replace=True, start=0, drop_last=True):
     """Draws the row indices of ``steps`` batches of ``batch_size`` rows.
 
     ``replace=True`` is the lesson's ``rand_idx``: every step draws its rows
@@ -206,7 +260,11 @@ def sample_indices(key, n, steps, batch_size, *, replace=True, start=0):
     :func:`shuffled_position`: no sort, no ``O(n)`` memory), cut into
     ``n // batch_size`` batches; the ``n % batch_size`` rows left over are
     skipped in that epoch (a different few in every epoch). No row repeats
-    within an epoch.
+    within an epoch. With ``drop_last=False`` (as torch's
+    ``DataLoader(shuffle=True, drop_last=False)``) an epoch has
+    ``ceil(n / batch_size)`` batches and holds every row once: the last
+    batch's ``n % batch_size`` rows come first, then ``-1`` pads it to
+    ``batch_size`` (``fit`` takes such a step as the mean over its real rows).
 
     Args:
       key: a ``jax.random`` key.
@@ -215,6 +273,8 @@ def sample_indices(key, n, steps, batch_size, *, replace=True, start=0):
       batch_size: rows per batch, ``1 <= batch_size <= n``.
       replace: see above.
       start: global index of the first step; may be a traced integer.
+      drop_last: with ``replace=False``, ``False`` keeps each epoch's short
+        last batch (padded with ``-1``); see above.
 
     Returns:
       An ``int32`` array of shape ``(steps, batch_size)``.
@@ -226,6 +286,10 @@ def sample_indices(key, n, steps, batch_size, *, replace=True, start=0):
     (3, 5)
     >>> sorted(rows[:2].ravel().tolist()) == list(range(10))
     True
+    >>> rows = sample_indices(jax.random.key(0), n=7, steps=2, batch_size=5,
+    ...                       replace=False, drop_last=False)
+    >>> rows[1, 2:].tolist(), sorted(rows.ravel().tolist())[3:] == list(range(7))
+    ([-1, -1, -1], True)
     """
     _checks.check_key(key, "key")
     n = _checks.check_int(n, "n", minimum=1)
@@ -234,8 +298,12 @@ def sample_indices(key, n, steps, batch_size, *, replace=True, start=0):
     if batch_size > n:
         raise ValueError(f"batch_size must be at most n={n}; got {batch_size}.")
     _checks.check_start(start, steps)
+    replace = _checks.check_bool(replace, "replace")
+    drop_last = _checks.check_bool(drop_last, "drop_last")
+    if replace and not drop_last:
+        raise ValueError(_NO_EPOCHS)
     return _schedule(key, start, n=n, steps=steps, batch_size=batch_size,
-                     replace=bool(replace))
+                     replace=replace, drop_last=drop_last or n % batch_size == 0)
 
 
 def chunk_steps(n, steps, batch_size, replace, budget):
@@ -251,14 +319,14 @@ def chunk_steps(n, steps, batch_size, replace, budget):
     return min(max(1, budget // batch_size), steps)
 
 
-@partial(jax.jit, static_argnames=("n", "steps", "batch_size", "replace"))
-def _schedule(key, start, *, n, steps, batch_size, replace):
+@partial(jax.jit, static_argnames=("n", "steps", "batch_size", "replace", "drop_last"))
+def _schedule(key, start, *, n, steps, batch_size, replace, drop_last=True):
     step_ids = jnp.asarray(start, jnp.int32) + jnp.arange(steps, dtype=jnp.int32)
     if replace:
         draw = lambda t: jax.random.randint(
             jax.random.fold_in(key, t), (batch_size,), 0, n, dtype=jnp.int32)
         return jax.vmap(draw)(step_ids)
-    per_epoch = n // batch_size
+    per_epoch = n // batch_size if drop_last else -(-n // batch_size)
     epochs = step_ids // per_epoch
     positions = ((step_ids % per_epoch)[:, None] * batch_size
                  + jnp.arange(batch_size, dtype=jnp.int32)[None, :])
@@ -267,7 +335,13 @@ def _schedule(key, start, *, n, steps, batch_size, replace):
     # Step by step (lax.map), so each step's cycle-walk ends with its own rows,
     # not with the slowest row of the whole schedule: 2.1 against 3.4 ms for
     # an epoch of 1,562 batches of 64 from 1e5 rows.
-    return jax.lax.map(lambda pk: shuffled_position(*pk, n), (positions, round_keys))
+    if drop_last:
+        return jax.lax.map(lambda pk: shuffled_position(*pk, n), (positions, round_keys))
+    # Positions past the epoch's n rows are padding: -1 (each permuted as
+    # position 0, so the bijection only ever sees range(n)).
+    return jax.lax.map(lambda pk: jnp.where(
+        pk[0] < n, shuffled_position(jnp.where(pk[0] < n, pk[0], 0), pk[1], n), -1),
+        (positions, round_keys))
 
 
 FEISTEL_ROUNDS = 32

@@ -167,26 +167,52 @@ def read_on_host(data, batch_size, indices):
             and isinstance(data, (tuple, list)) and any(isinstance(a, np.memmap) for a in data))
 
 
-def check_data(data, check_finite):
-    """Returns data as a tuple of arrays and its number of rows (None if empty)."""
+def flatten_data(data):
+    """``(leaves, structure, names)``: ``data`` as a flat tuple of arrays.
+
+    A tuple (or list) of arrays is that tuple, ``structure`` ``None``: its
+    arrays are the loss's arguments. Any other pytree of arrays (a dict, a
+    tuple holding tuples or dicts) is flattened, and ``structure`` is the
+    treedef of the loss's data arguments: the elements of a tuple, or the
+    pytree itself as one argument. ``names`` names each leaf for messages
+    (``data['x']``), or is ``None`` for ``data[i]``.
+    """
+    if isinstance(data, (tuple, list)) and not any(
+            isinstance(a, (tuple, list, dict)) for a in data):
+        return data, None, None
+    if data is None or jax.tree_util.treedef_is_leaf(jax.tree.structure(data)):
+        return data, None, None  # one array: check_data asks for (x,)
+    arguments = tuple(data) if isinstance(data, (tuple, list)) else (data,)
+    leaves, structure = jax.tree_util.tree_flatten_with_path(arguments)
+    names = tuple("data" + jax.tree_util.keystr(path if isinstance(data, (tuple, list))
+                                               else path[1:]) for path, _ in leaves)
+    return tuple(a for _, a in leaves), structure, names
+
+
+def check_data(data, check_finite, names=None):
+    """Returns data as a tuple of arrays and its number of rows (None if empty).
+
+    ``names`` names the arrays in messages (``data[i]`` when ``None``).
+    """
     if not isinstance(data, (tuple, list)):
         raise TypeError(
             "data must be a tuple of arrays sharing their leading axis, e.g. (x, y), or () "
             f"for a data-free objective; got {type(data).__name__}. Wrap a single array "
             "as (x,).")
+    name = (lambda i: f"data[{i}]") if names is None else names.__getitem__
     if not all(isinstance(a, (np.ndarray, jax.Array)) for a in data):  # the usual arrays
-        data = tuple(_from_torch(a, f"data[{i}]") for i, a in enumerate(data))
+        data = tuple(_from_torch(a, name(i)) for i, a in enumerate(data))
     data = tuple(data)
     for i, a in enumerate(data):
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
-            raise TypeError(f"data[{i}] must be an array; got {type(a).__name__}.")
+            raise TypeError(f"{name(i)} must be an array; got {type(a).__name__}.")
         if len(a.shape) == 0:
-            raise ValueError(f"data[{i}] must have a leading axis of rows; got a scalar.")
+            raise ValueError(f"{name(i)} must have a leading axis of rows; got a scalar.")
     if not data:
         return data, None
     rows = [a.shape[0] for a in data]
     if len(set(rows)) > 1:
-        shapes = ", ".join(f"data[{i}].shape={tuple(a.shape)}" for i, a in enumerate(data))
+        shapes = ", ".join(f"{name(i)}.shape={tuple(a.shape)}" for i, a in enumerate(data))
         raise ValueError(
             f"data arrays must share their leading axis (the rows); got {shapes}.")
     if rows[0] == 0:
@@ -195,7 +221,7 @@ def check_data(data, check_finite):
     if check_finite:
         for i in _non_finite(data):
             raise ValueError(
-                f"data[{i}] contains NaN or inf values; clean or drop those rows "
+                f"{name(i)} contains NaN or inf values; clean or drop those rows "
                 "(or pass check_finite=False to skip this check).")
     return data, rows[0]
 
@@ -360,7 +386,15 @@ def _jit_all_finite(arrays):
     return jnp.stack([jnp.isfinite(a).all() for a in arrays])
 
 
-def check_indices(indices, n):
+def check_indices(indices, n, drop_last=True):
+    """Checks an explicit schedule; returns whether it holds ``-1`` padding.
+
+    Rows lie in ``[0, n)``; with ``drop_last=False`` a slot may also hold
+    ``-1`` (padding: that step is the mean over its real rows), anywhere in
+    its step's row, as long as every step keeps one real row. Traced
+    indices cannot be looked at: with ``drop_last=False`` they are taken as
+    padded.
+    """
     if n is None:
         raise ValueError("indices need data to index: data is ().")
     if not hasattr(indices, "shape") or not hasattr(indices, "dtype"):
@@ -373,21 +407,33 @@ def check_indices(indices, n):
         raise TypeError(f"indices must be an integer array; got dtype {indices.dtype}.")
     if indices.shape[0] == 0 or indices.shape[1] == 0:
         raise ValueError(f"indices must not be empty; got shape {tuple(indices.shape)}.")
-    if is_concrete(indices):
-        low_high = _recall(indices, "range")
-        if low_high is None:
-            view = _host_view(indices)
-            if view is not None:
-                low_high = int(view.min()), int(view.max())
-            else:
-                with jax.ensure_compile_time_eval():  # as in _non_finite
-                    low_high = tuple(map(int, _jit_min_max(indices)))
-            _remember(indices, "range", low_high)
-        low, high = low_high
-        if low < 0 or high >= n:
-            raise ValueError(
-                f"indices must lie in [0, {n}) (data has n={n} rows); got values from "
-                f"{int(low)} to {int(high)}.")
+    if not is_concrete(indices):
+        return not drop_last
+    low_high = _recall(indices, "range")
+    if low_high is None:
+        view = _host_view(indices)
+        if view is not None:
+            low_high = int(view.min()), int(view.max())
+        else:
+            with jax.ensure_compile_time_eval():  # as in _non_finite
+                low_high = tuple(map(int, _jit_min_max(indices)))
+        _remember(indices, "range", low_high)
+    low, high = low_high
+    lowest = -1 if not drop_last else 0
+    if low < lowest or high >= n:
+        allowed = f"[0, {n})" + (" or -1 (padding)" if not drop_last else "")
+        hint = (" A -1 marks padding only with drop_last=False." if low == -1 and drop_last
+                else "")
+        raise ValueError(
+            f"indices must lie in {allowed} (data has n={n} rows); got values from "
+            f"{int(low)} to {int(high)}.{hint}")
+    if low >= 0:
+        return False
+    empty = np.flatnonzero(np.asarray(indices).max(axis=1) < 0)
+    if empty.size:
+        raise ValueError(f"indices has steps of padding only (-1 in every slot), the first "
+                         f"at step {int(empty[0])}; every step needs at least one real row.")
+    return True
 
 
 @jax.jit
@@ -407,13 +453,13 @@ def _batch_of(signatures, batch_size):
                  for shape, dtype in signatures)
 
 
-def check_loss_per_row(check_loss_on, data):
-    """Under a mesh the loss is also evaluated on batches of one row
-    (``check_loss_on(batch)`` traces it)."""
+def check_loss_per_row(check_loss_on, data, why="with mesh"):
+    """Under a mesh, or on padded batches, the loss is also evaluated on
+    batches of one row (``check_loss_on(batch)`` traces it)."""
     try:
         check_loss_on(batch_of(data, 1))
     except ValueError as error:
-        raise ValueError(f"with mesh, loss is evaluated on batches of one row and must "
+        raise ValueError(f"{why}, loss is evaluated on batches of one row and must "
                          f"be a mean over rows; that failed: {error}") from error
 
 

@@ -26,7 +26,7 @@ from .. import speed as _speed  # fit's keyword `speed` is a plan
 from .._types import Inputs, fit_result
 from . import _batches, _checks, _model, _model_checks, _stop
 from ._initialize import initialize
-from ._loss import linear_mse
+from ._loss import PytreeData, linear_mse
 from ._repeat import run
 from ._spec import LoopSpec
 
@@ -35,7 +35,7 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         indices=None, optimizer=None, replace=True, tol=None, patience=None,
         record_params=False, opt_state=None, start_step=0, check_finite=True,
         chunk_size=None, on_chunk=None, mesh=None, checkpoint=None, fast_path="auto",
-        speed=None, rng=None, state=None, has_aux=False, trainable=None):
+        speed=None, rng=None, state=None, has_aux=False, trainable=None, drop_last=True):
     """Fits ``params`` by gradient descent on ``loss``, in one compiled call.
 
     Each step ``t`` takes a batch ``B_t`` of rows and applies
@@ -66,15 +66,21 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         key arrays, functions, Python ints, ``None``) passes through
         unchanged: no gradient, no update, no optimizer state.
         ``result.params`` has the type given.
-      data: tuple of arrays sharing their leading axis ``n``, or ``()``.
-        Like all JAX inputs, float64 NumPy data becomes float32 unless
-        ``jax_enable_x64`` is on.
+      data: tuple of arrays sharing their leading axis ``n`` (unpacked into
+        the loss's arguments), or ``()``; or any other pytree of such arrays,
+        the elements of a tuple each one argument (a dict or nested tuples
+        inside the tuple), a dict passed as one argument:
+        ``fit(loss, p, {"x": x, "y": y})`` calls ``loss(p, {"x": xb, "y":
+        yb})``. Like all JAX inputs, float64 NumPy data becomes float32
+        unless ``jax_enable_x64`` is on.
       lr: learning rate ``> 0``; required unless ``optimizer`` is given.
       steps: number of updates; may be omitted when ``indices`` is given.
       batch_size: rows per step, ``1 <= batch_size <= n``; ``None`` for all.
       key: ``jax.random`` key for drawing batches; required with
         ``batch_size``. Step ``t`` draws from ``fold_in(key, t)``.
-      indices: explicit ``(steps, batch_size)`` integer schedule.
+      indices: explicit ``(steps, batch_size)`` integer schedule of rows in
+        ``[0, n)``; with ``drop_last=False`` a slot may also hold ``-1``,
+        padding (anywhere in its step's row; every step needs one real row).
       optimizer: an optax ``GradientTransformation`` used instead of plain SGD;
         it sees only the trainable leaves. One that takes extra arguments
         (``GradientTransformationExtraArgs``: ``reduce_on_plateau``,
@@ -83,6 +89,22 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         params, with the step's key and state) on every update.
       replace: with ``key``: ``True`` draws every step's rows independently
         (the lesson's ``rand_idx``), ``False`` runs shuffled epochs.
+      drop_last: with ``replace=False``, ``True`` cuts each epoch into
+        ``n // batch_size`` full batches (the ``n % batch_size`` rows left
+        over sit that epoch out); ``False`` gives each epoch ``ceil(n /
+        batch_size)`` steps, the last one holding the rows left over, as
+        torch's ``DataLoader(shuffle=True, drop_last=False)`` does (see
+        :func:`sample_indices`). With ``indices``, ``False`` lets the
+        schedule hold ``-1`` padding. A short step's loss is the mean over
+        its real rows ``r``, ``sum_r loss(p, {r}) / count``, each row a batch
+        of one (as under ``mesh``): equal to ``loss`` on those rows only when
+        the loss is a mean over the rows of its batch, as ``mse`` and
+        cross-entropy are; fit checks that it runs on one row but cannot
+        check that it is a mean. Full steps call the loss as ever. Not with
+        ``rng``, ``state`` or ``has_aux`` (a batch-wide key, batch statistics
+        or aux): refused. Traced ``indices`` (under ``jax.jit``) are taken as
+        padded when ``drop_last=False``. A :func:`~functional_sgd.stream`
+        always takes a short batch this way.
       tol: stop once a step's loss is ``<= tol``.
       patience: stop once the best loss has not improved for this many steps.
         With either stop rule, a non-finite loss also stops the run.
@@ -159,10 +181,13 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
                                        chunk_size=chunk_size, mesh=mesh,
                                        checkpoint=checkpoint, rng=rng, state=state,
                                        has_aux=has_aux or None, trainable=trainable))
+    data, structure, names = _checks.flatten_data(data)
     read_on_host = _checks.read_on_host(data, batch_size, indices)
-    data, n = _checks.check_data(data, check_finite and not read_on_host)
+    data, n = _checks.check_data(data, check_finite and not read_on_host, names)
+    if structure is not None:  # the loop sees a tuple of arrays; the loss its pytree
+        loss = PytreeData(loss, structure)
     lr = _checks.check_lr(lr, optimizer, opt_state, params)
-    batches, steps = _batches.choose(n, steps, batch_size, key, indices, replace)
+    batches, steps = _batches.choose(n, steps, batch_size, key, indices, replace, drop_last)
     _checks.check_start(start_step, steps, name="start_step")
     stop = _stop.choose(tol, patience)
     params, state, model = _model.choose(params, trainable, rng, state, has_aux)
@@ -172,6 +197,9 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     if mesh is not None:
         drivers.check_mesh(mesh, data)
         _model_checks.check_loss_per_row(loss, params, state, data, model, rng)
+    elif batches.padded:
+        _model_checks.check_loss_per_row(loss, params, state, data, model, rng,
+                                         cause="drop_last=False")
     plan = _speed.decide(speed, fast_path, exact_mse=loss is linear_mse and model.plain,
                          params=params, data=data, full_batch=batches.batch_size is None,
                          steps=steps, mesh=mesh)
@@ -223,8 +251,9 @@ def _run_on_host(loop, spec, carry, inputs, block, on_chunk, check_finite, mesh,
     blocks = drivers.gathered_blocks(
         inputs.data, lambda first, length: batches.rows(
             inputs.key, None if inputs.indices is None else inputs.indices[first:first + length],
-            start + first, length), spec.steps, block, check_finite)
-    stacked = dataclasses.replace(spec, batches=_batches.Stacked(batches.batch_size))
+            start + first, length), spec.steps, block, check_finite, batches.padded)
+    stacked = dataclasses.replace(spec, batches=_batches.Stacked(batches.batch_size,
+                                                                 batches.padded))
     return drivers.run_in_blocks(loop, stacked, carry, inputs._replace(key=None, indices=None),
                                  blocks, steps=spec.steps, on_chunk=on_chunk)
 
@@ -255,6 +284,8 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
                     False, plan)
     carry = initialize(spec, params, opt_state, start_step, loss_out.dtype)
     inputs = Inputs((), lr, None, None, tol, patience)
-    blocks = drivers.stream_blocks(batches, source.block, steps, check_finite)
+    blocks = drivers.stream_blocks(  # a short batch's loss is a mean over its real rows
+        batches, source.block, steps, check_finite, lambda: _checks.check_loss_per_row(
+            partial(_checks.check_loss, loss, params), example, "with a short batch"))
     return fit_result(*drivers.run_in_blocks(run, spec, carry, inputs, blocks,
                                              on_chunk=on_chunk))

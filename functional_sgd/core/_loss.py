@@ -4,6 +4,14 @@ Written with operators only (``-``, ``**``, ``.mean()``), so the same
 functions run on JAX arrays, NumPy arrays and torch tensors.
 """
 
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ..drivers import real_rows_sum
 from ._predict import linear
 
 
@@ -35,3 +43,54 @@ def linear_mse(params, x, y):
     Array(0., dtype=float32)
     """
     return mse(linear(params, x), y)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedMean:
+    """The loss of a batch that may be short: ``MaskedMean(loss)(params, real, *rows)``.
+
+    A full batch (every slot real) is ``loss(params, *rows)``, as ever; a
+    short one (padding slots, ``real`` False) is the mean over its real rows
+    ``r``, ``sum_r loss(params, {r}) / count``, each row a batch of one (as
+    under a mesh). Both equal ``loss`` on the real rows when ``loss`` is a
+    mean over rows, as ``mse`` and cross-entropy are.
+
+    >>> import jax.numpy as jnp
+    >>> x, y = jnp.array([[1.0], [2.0], [0.0]]), jnp.array([1.0, 1.0, 9.0])
+    >>> short = MaskedMean(linear_mse)(jnp.array([1.0]), jnp.array([True, True, False]), x, y)
+    >>> float(short) == float(linear_mse(jnp.array([1.0]), x[:2], y[:2]))
+    True
+    """
+
+    loss: Callable
+
+    def __call__(self, params, real, *rows):
+        def short():
+            total = real_rows_sum(self.loss, params, real, rows)
+            return total / real.sum(dtype=jnp.int32).astype(total.dtype)
+
+        return jax.lax.cond(real.all(), lambda: self.loss(params, *rows), short)
+
+
+@dataclasses.dataclass(frozen=True)
+class PytreeData:
+    """``loss`` fed data that ``fit`` holds as one flat tuple of arrays.
+
+    ``PytreeData(loss, structure)(params, [state,] *leaves)`` calls
+    ``loss(params, [state,] *structure.unflatten(leaves))``: the trailing
+    ``structure.num_leaves`` arguments are put back into the loss's data
+    arguments (a dict, nested tuples), so the loop, the mesh and the host
+    reads only ever see a tuple of arrays sharing their leading axis.
+
+    >>> import jax
+    >>> structure = jax.tree.structure(({"x": 0, "y": 0},))
+    >>> PytreeData(lambda p, d: p * d["x"] + d["y"], structure)(2.0, 3.0, 1.0)
+    7.0
+    """
+
+    loss: Callable
+    structure: Any  # treedef of the tuple of the loss's data arguments
+
+    def __call__(self, *args, **kwargs):
+        head = len(args) - self.structure.num_leaves
+        return self.loss(*args[:head], *self.structure.unflatten(args[head:]), **kwargs)

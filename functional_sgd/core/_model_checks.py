@@ -14,19 +14,24 @@ from . import _checks
 from ._model import Static, is_static, unwrap, wrap
 
 
-def check_loss_per_row(loss, params, state, data, model, rng):
-    """Under a mesh the loss is evaluated row by row, as a mean over rows
+def check_loss_per_row(loss, params, state, data, model, rng, cause="mesh"):
+    """Under a mesh, and on padded batches (``cause``: ``"drop_last=False"``),
+    the loss is evaluated row by row, as a mean over rows
     (``drivers/_mesh.py``): a key, a state or an aux of the whole batch mean
     nothing there, and are refused; frozen and non-array leaves are fine."""
     given = [name for name, on in (("rng", model.rng), ("state", model.state),
                                    ("has_aux", model.has_aux)) if on]
+    where = "under a mesh the loss is" if cause == "mesh" else \
+        "a short batch's loss (padding, -1 rows) is"
     if given:
         raise ValueError(
-            f"mesh cannot run with {' or '.join(given)}: under a mesh the loss is evaluated "
+            f"{cause} cannot run with {' or '.join(given)}: {where} evaluated "
             "row by row (a mean over rows), where a batch's dropout key, batch statistics "
-            "(state) or aux have no meaning. Drop mesh, or drop " + " and ".join(given) + ".")
+            f"(state) or aux have no meaning. Drop {cause}, or drop "
+            + " and ".join(given) + ".")
     _checks.check_loss_per_row(
-        lambda batch: check_loss(loss, params, state, batch, model, rng), data)
+        lambda batch: check_loss(loss, params, state, batch, model, rng), data,
+        f"with {cause}")
 
 
 def check_loss(loss, params, state, batch, model, rng):

@@ -29,6 +29,7 @@ from ..drivers import describe
 from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, quadratic_mse
 from ._batches import Schedule, feed
 from ._initialize import optimizer_state
+from ._loss import MaskedMean
 from ._step import model_step
 
 
@@ -69,6 +70,8 @@ def loop(carry, inputs, *, spec):
     start_step = jnp.asarray(carry.step, jnp.int32)
     params, frozen = model.split(carry.params)
     loss, data = _full_batch_speed_ups(spec, params, inputs.data)
+    if spec.batches.padded:  # a short batch is the mean over its real rows
+        loss = MaskedMean(loss)
     opt_state = optimizer_state(spec.optimizer, params, carry.opt_state)
     source = feed(spec.batches, data, inputs.key, inputs.indices, start_step, spec.steps,
                   spec.plan)

@@ -16,3 +16,4 @@ from ._chunks import run_in_chunks as run_in_chunks
 from ._fingerprint import describe as describe
 from ._mesh import check_mesh as check_mesh
 from ._mesh import data_parallel as data_parallel
+from ._mesh import real_rows_sum as real_rows_sum

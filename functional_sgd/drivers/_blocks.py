@@ -37,7 +37,10 @@ def stream(batches, *, block=256):
     or one array. ``fit`` stacks ``block`` batches on the host, trains them
     in one compiled call, and reads the next block while that call runs.
     ``steps=None`` trains until the iterable ends. Every batch must have the
-    first batch's shapes.
+    first batch's shapes, or fewer rows: a short batch (the last one of a
+    ``DataLoader(drop_last=False)``) is taken as its real rows, as
+    ``fit(drop_last=False)`` takes a short batch: the mean over them, so the
+    loss must be a mean over rows.
 
     A stream is read once, from where it stands: to resume a checkpointed or
     chunked run, pass an iterator already positioned at the step to resume
@@ -61,8 +64,9 @@ def stream(batches, *, block=256):
 
 
 def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None):
-    """Runs ``spec`` (whose batches are stacked) on each ``(data, steps)`` of
-    ``blocks`` in turn; returns ``(Carry, Record)`` of the whole run.
+    """Runs ``spec`` (whose batches are stacked) on each ``(data, steps,
+    padded)`` of ``blocks`` in turn; returns ``(Carry, Record)`` of the whole
+    run. A padded block's data starts with the mask of real slots.
 
     ``steps`` is the run's length when known (losses of steps a stop rule
     skipped are NaN); ``None`` for as many as the blocks hold.
@@ -71,9 +75,10 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
     blocks = iter(blocks)
     ahead = next(blocks, None)
     while ahead is not None:
-        data, length = ahead
+        data, length, padded = ahead
         data = jax.device_put(data)
-        carry, record = run(dataclasses.replace(spec, steps=length), carry,
+        batches = dataclasses.replace(spec.batches, padded=padded)
+        carry, record = run(dataclasses.replace(spec, steps=length, batches=batches), carry,
                             inputs._replace(data=data))
         ahead = next(blocks, None)  # read while the block trains
         records.append(record)
@@ -88,27 +93,35 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
                        carry.params)
 
 
-def gathered_blocks(data, rows_of, steps, block, check_finite):
+def gathered_blocks(data, rows_of, steps, block, check_finite, padded=False):
     """``(data block, steps)`` for each block of ``steps``: the rows ``rows_of(start,
     length)`` names, read from ``data`` on the host (a memmap reads only those).
+    With ``padded``, rows may hold ``-1`` (padding) and the block starts with
+    the mask of real slots (``rows >= 0``); a padding slot reads row 0.
 
     The finite check reads each block once, as it is gathered.
     """
     for start in range(0, steps, block):
         length = min(block, steps - start)
         rows = np.asarray(rows_of(start, length))
+        if padded:
+            real, rows = rows >= 0, np.maximum(rows, 0)
         gathered = tuple(np.asarray(a[rows]) for a in data)
         if check_finite:
             _refuse_non_finite(gathered, f"rows of steps {start}..{start + length - 1}")
-        yield gathered, length
+        yield ((real,) + gathered if padded else gathered), length, padded
 
 
-def stream_blocks(batches, block, steps, check_finite):
-    """``(stacked batches, count)`` for each ``block`` batches of an iterable
-    (at most ``steps`` in all when given). Every batch must have the first
-    batch's shapes and dtypes; NumPy batches pass as they are, and the check
-    is the stack itself (shapes) and its dtype, so a batch costs little more
-    than its copy into the block."""
+def stream_blocks(batches, block, steps, check_finite, check_short=None):
+    """``(stacked batches, count, padded)`` for each ``block`` batches of an
+    iterable (at most ``steps`` in all when given). Every batch must have the
+    first batch's shapes and dtypes, or be shorter (fewer rows, as a data
+    loader's last batch with ``drop_last=False``): a block holding a short
+    batch is ``padded``, its batches filled up to the first's rows with
+    copies of their first row, and the mask of real slots stacked first.
+    NumPy batches pass as they are, and the check is the stack itself
+    (shapes) and its dtype, so a batch costs little more than its copy into
+    the block. ``check_short()`` runs before the first padded block."""
     first, taken = None, 0
     iterator = iter(batches)
     while steps is None or taken < steps:
@@ -126,32 +139,51 @@ def stream_blocks(batches, block, steps, check_finite):
         if not group:
             return
         first = first or group[0]
-        stacked = _stack(group, first, taken)
+        stacked, padded = _stack(group, first, taken)
+        if padded and check_short is not None:
+            check_short()
+            check_short = None
         if check_finite:
-            _refuse_non_finite(stacked, f"batches {taken}..{taken + len(group) - 1}")
+            _refuse_non_finite(stacked[padded:], f"batches {taken}..{taken + len(group) - 1}")
         taken += len(group)
-        yield stacked, len(group)
+        yield stacked, len(group), padded
         if len(group) < want:
             return
 
 
 def _stack(group, first, taken):
-    """The batches of ``group`` stacked, or a clear error naming the first one
-    whose shapes or dtypes differ from the stream's first batch."""
+    """The batches of ``group`` stacked and whether a short one was padded
+    (then the mask of real rows comes first), or a clear error naming the
+    first batch whose shapes or dtypes differ from the stream's first batch."""
     try:
         stacked = tuple(np.stack(arrays) for arrays in zip(*group, strict=True))
         if all(s.dtype == a.dtype for s, a in zip(stacked, first)) and len(stacked) == len(first):
-            return stacked
+            return stacked, False
     except ValueError:
         pass
-    described = lambda batch: [f"{a.dtype}{list(a.shape)}" for a in batch]
+    rows = first[0].shape[0]
+    described = lambda batch: [f"{a.dtype}{list(a.shape[1:])}" for a in batch]
     for i, batch in enumerate(group):
-        if described(batch) != described(first):
+        lengths = {a.shape[0] if a.ndim else None for a in batch}
+        if described(batch) != described(first) or len(lengths) != 1 \
+                or not 0 < lengths.pop() <= rows:
             raise ValueError(
-                f"batch {taken + i} of the stream has {described(batch)}, the first had "
-                f"{described(first)}; every batch must have the first batch's shapes and "
-                "dtypes (drop a short last batch, e.g. DataLoader(drop_last=True)).")
-    raise ValueError(f"the stream's batches {taken}..{taken + len(group) - 1} cannot be stacked.")
+                f"batch {taken + i} of the stream has "
+                f"{[f'{a.dtype}{list(a.shape)}' for a in batch]}, the first had "
+                f"{[f'{a.dtype}{list(a.shape)}' for a in first]}; every batch must have the "
+                "first batch's shapes and dtypes, or be shorter (fewer rows, at least one): "
+                "data cannot be stacked.")
+    real = np.stack([np.arange(rows) < batch[0].shape[0] for batch in group])
+    filled = [tuple(_fill(a, rows) for a in batch) for batch in group]
+    return (real,) + tuple(np.stack(arrays) for arrays in zip(*filled)), True
+
+
+def _fill(a, rows):
+    """``a`` with copies of its first row appended up to ``rows`` rows (real
+    values: the mask leaves them out, and no NaN can leak from them)."""
+    if a.shape[0] == rows:
+        return a
+    return np.concatenate([a, np.broadcast_to(a[:1], (rows - a.shape[0],) + a.shape[1:])])
 
 
 def first_batch(batches):
@@ -161,8 +193,15 @@ def first_batch(batches):
         batch = next(iterator)
     except StopIteration:
         raise ValueError("data is a stream that yielded no batches.") from None
-    parts = tuple(as_host_array(a, f"batch 0[{i}]") for i, a in enumerate(
-        batch if isinstance(batch, (tuple, list)) else (batch,)))
+    parts = batch if isinstance(batch, (tuple, list)) else (batch,)
+    nested = [type(a).__name__ for a in parts if isinstance(a, (tuple, list, dict))]
+    if isinstance(batch, dict) or nested:
+        raise TypeError(
+            "data: a stream's batches must be tuples of arrays (or one array); its first "
+            f"batch holds a {type(batch).__name__ if isinstance(batch, dict) else nested[0]}. "
+            "Yield (x, y) from the stream, or pass the pytree as in-memory data, where "
+            "fit takes any pytree of arrays.")
+    parts = tuple(as_host_array(a, f"batch 0[{i}]") for i, a in enumerate(parts))
     batch = parts  # as host arrays, so the stream's batches are read once
 
     def again():

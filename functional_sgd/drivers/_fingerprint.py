@@ -45,6 +45,8 @@ class _Describer:
             return value
         if _is_key(value):  # a few words: shown as they are
             return np.asarray(jax.random.key_data(value)).tolist()
+        if isinstance(value, jax.tree_util.PyTreeDef):  # data's structure (dict keys)
+            return str(value)
         if isinstance(value, (np.generic, np.ndarray, jax.Array)):
             return content_hash(value) if self.contents else \
                 f"{value.dtype}{list(np.shape(value))}"

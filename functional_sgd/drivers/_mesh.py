@@ -80,12 +80,21 @@ class _GlobalMean:
 
     loss: Callable
     axes: Any
-    count: int
+    count: Any  # the global batch's rows; None: count the real ones (padded batches)
 
     def __call__(self, params, real, *rows):
-        per_row = jax.vmap(lambda *row: self.loss(params, *(r[None] for r in row)))(*rows)
-        local = jnp.where(real, per_row, jnp.zeros((), per_row.dtype)).sum()
-        return jax.lax.psum(local, self.axes) / self.count
+        local = real_rows_sum(self.loss, params, real, rows)
+        if self.count is not None:
+            return jax.lax.psum(local, self.axes) / self.count
+        total, count = jax.lax.psum((local, real.sum(dtype=jnp.int32)), self.axes)
+        return total / count.astype(total.dtype)
+
+
+def real_rows_sum(loss, params, real, rows):
+    """``sum over the rows r where real of loss(params, {r})``: the sum of a
+    per-row loss, each row a batch of one (a padding row adds nothing)."""
+    per_row = jax.vmap(lambda *row: loss(params, *(r[None] for r in row)))(*rows)
+    return jnp.where(real, per_row, jnp.zeros((), per_row.dtype)).sum()
 
 
 @partial(jax.jit, static_argnames=("loop", "spec", "mesh", "slots_kind"))
@@ -113,7 +122,9 @@ def _sharded_loop(carry, inputs, *, loop, spec, mesh, slots_kind):
             rows, slots = _route_batches(indices, blocks, device, axes=axes,
                                          per_device=per_device, devices=devices)
             schedule = jnp.arange(steps * slots, dtype=jnp.int32).reshape(steps, slots)
-            count, batches = indices.shape[1], slots_kind(slots)
+            # A padded schedule's steps hold different numbers of real rows.
+            count = None if spec.batches.padded else indices.shape[1]
+            batches = slots_kind(slots)
         local = dataclasses.replace(spec, loss=_GlobalMean(spec.loss, axes, count),
                                     batches=batches)
         return loop(carry, inputs._replace(data=rows, key=None, indices=schedule), spec=local)
@@ -127,7 +138,8 @@ def _route_batches(indices, blocks, device, *, axes, per_device, devices):
     """Each device's slice of every step's global batch, flattened to rows.
 
     Returns ``((real, *rows), slots)``: ``rows[t * slots + j]`` is slot
-    ``device * slots + j`` of step ``t``; ``real`` masks the padding slots.
+    ``device * slots + j`` of step ``t``; ``real`` masks the padding slots
+    (those past the batch, and ``-1`` rows of a padded schedule).
     """
     steps, batch = indices.shape
     slots = -(-batch // devices)
@@ -145,8 +157,9 @@ def _route_batches(indices, blocks, device, *, axes, per_device, devices):
         routed = jax.lax.psum_scatter(held, axes, scatter_dimension=1, tiled=True)
         return routed.reshape((steps * slots,) + block.shape[1:])
 
-    real = device * slots + jnp.arange(slots, dtype=jnp.int32) < batch
-    real = jnp.broadcast_to(real, (steps, slots)).reshape(-1)
+    real = jax.lax.dynamic_slice_in_dim(padded >= 0, device * slots, slots, axis=1)
+    real &= (device * slots + jnp.arange(slots, dtype=jnp.int32) < batch)[None, :]
+    real = real.reshape(-1)
     return (real,) + tuple(route(b) for b in blocks), slots
 
 
