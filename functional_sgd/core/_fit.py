@@ -202,7 +202,7 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
                                          chunk_size=chunk_size, on_chunk=on_chunk))
 
 
-HOST_BLOCK_BYTES = 64 * 2**20
+HOST_BLOCK_BYTES = 16 * 2**20
 """Rows gathered on the host for one compiled call, when no chunk_size says."""
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from .._types import fit_result
 from ._chunks import join
+from ._rows import row_reader
 
 
 class Stream:
@@ -90,17 +91,23 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
 
 def gathered_blocks(data, rows_of, steps, block, check_finite):
     """``(data block, steps)`` for each block of ``steps``: the rows ``rows_of(start,
-    length)`` names, read from ``data`` on the host (a memmap reads only those).
+    length)`` names, read from ``data`` on the host. A memmap's rows are read
+    from its file (``_rows``), so its pages never count in this process's memory.
 
     The finite check reads each block once, as it is gathered.
     """
-    for start in range(0, steps, block):
-        length = min(block, steps - start)
-        rows = np.asarray(rows_of(start, length))
-        gathered = tuple(np.asarray(a[rows]) for a in data)
-        if check_finite:
-            _refuse_non_finite(gathered, f"rows of steps {start}..{start + length - 1}")
-        yield gathered, length
+    readers = [row_reader(a, f"data[{i}]") for i, a in enumerate(data)]
+    try:
+        for start in range(0, steps, block):
+            length = min(block, steps - start)
+            rows = np.asarray(rows_of(start, length))
+            gathered = tuple(read(rows) for read in readers)
+            if check_finite:
+                _refuse_non_finite(gathered, f"rows of steps {start}..{start + length - 1}")
+            yield gathered, length
+    finally:
+        for read in readers:
+            read.close()
 
 
 def stream_blocks(batches, block, steps, check_finite):
