@@ -129,6 +129,16 @@ def test_steps_cut_a_stream_and_a_stop_rule_ends_it():
     (lambda: fsgd.stream(5), {}, TypeError, "stream needs an iterable of batches"),
     (lambda: fsgd.stream(iter([(X[:10], Y[:10])])), {"record_params": True}, ValueError,
      "record_params needs a run of known length"),
+    (lambda: fsgd.stream(iter([(X[:10], Y[:10])] * 3 + [(X[:10], Y[:10].astype(np.float64))])),
+     {}, ValueError, r"batch 3 of the stream has \['float32\[10, 5\]', 'float64\[10\]'\]"),
+    (lambda: fsgd.stream(iter([(X[:10], Y[:10])] * 3 + [(X[:10],)])), {}, ValueError,
+     r"batch 3 of the stream has \['float32\[10, 5\]'\], the first had"),
+    (lambda: fsgd.stream(iter([(X[:10], Y[:10]), {"x": X[:10]}])), {}, TypeError,
+     "batch 1 of the stream is a dict; a stream yields tuples of arrays"),
+    (lambda: fsgd.stream(iter([(X[:10], Y[:10]), (X[:10], "y")])), {}, TypeError,
+     r"batch 1\[1\] must be an array; got str"),
+    (lambda: fsgd.stream(iter([(X[:10], Y[:10])] * 2 + [(X[:10, :4], Y[:10])])), {}, ValueError,
+     r"batch 2 of the stream has \['float32\[10, 4\]'"),
 ])
 def test_bad_streams_are_refused_naming_what(data, kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -159,3 +169,18 @@ def test_a_stream_refuses_what_it_cannot_carry(kwargs):
     with pytest.raises(ValueError, match="with a stream as data"):
         fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches_of(np.zeros((3, 10), int))),
                  lr=0.05, **kwargs)
+
+
+def test_a_stream_takes_lists_single_arrays_and_torch_tensors():
+    torch = pytest.importorskip("torch")
+    rows = np.asarray(fsgd.sample_indices(KEY, N, 40, 10))
+    scheduled = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05, indices=rows)
+    for batches in ([[X[r], Y[r]] for r in rows],
+                    [(torch.from_numpy(X[r]), torch.from_numpy(Y[r])) for r in rows],
+                    [(jnp.asarray(X[r]), Y[r]) for r in rows]):
+        streamed = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(iter(batches), block=16),
+                            lr=0.05)
+        assert_trees_close(streamed, scheduled, rtol=0, atol=0)
+    one = fsgd.fit(lambda p, xy: fsgd.linear_mse(p, xy[:, :D], xy[:, D]), START,
+                   fsgd.stream(np.concatenate([X[r], Y[r, None]], 1) for r in rows), lr=0.05)
+    assert_trees_close(one, scheduled, rtol=0, atol=0)

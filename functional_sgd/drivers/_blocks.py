@@ -6,12 +6,14 @@ stacked ahead (``(steps, batch_size, ...)``, step ``t`` reading row ``t``).
 While a block trains, the next one is read and copied: JAX returns from a
 compiled call before the device is done, so reading the next block on the
 host overlaps with the training of this one, without threads; the host waits
-for a block's results only after the next block is ready.
+for a block's results only after the next block is ready. A block goes to
+the compiled call as host arrays, which the call copies in: an explicit
+``jax.device_put`` first cost ~0.13 ms a block more.
 """
 
 import dataclasses
+import itertools
 
-import jax
 import numpy as np
 
 from .._types import fit_result
@@ -72,8 +74,7 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
     blocks = iter(blocks)
     ahead = next(blocks, None)
     while ahead is not None:
-        data, length = ahead
-        data = jax.device_put(data)
+        data, length = ahead  # host arrays: the call copies them in (cheaper than device_put)
         carry, record = run(dataclasses.replace(spec, steps=length), carry,
                             inputs._replace(data=data))
         ahead = next(blocks, None)  # read while the block trains
@@ -113,25 +114,22 @@ def gathered_blocks(data, rows_of, steps, block, check_finite):
 def stream_blocks(batches, block, steps, check_finite):
     """``(stacked batches, count)`` for each ``block`` batches of an iterable
     (at most ``steps`` in all when given). Every batch must have the first
-    batch's shapes and dtypes; NumPy batches pass as they are, and the check
-    is the stack itself (shapes) and its dtype, so a batch costs little more
-    than its copy into the block."""
+    batch's shapes and dtypes.
+
+    A block of NumPy batches is one ``np.concatenate`` per array, whose
+    ``casting="no"`` refuses another dtype; the shapes are checked by the
+    batches' lengths and the joined shape. That costs half of ``np.stack``
+    (which makes a view of every batch), and no Python step per batch.
+    """
     first, taken = None, 0
     iterator = iter(batches)
     while steps is None or taken < steps:
         want = block if steps is None else min(block, steps - taken)
-        group = []
-        for batch in iterator:
-            if type(batch) is not tuple:
-                batch = tuple(batch) if isinstance(batch, list) else (batch,)
-            if not all(type(a) is np.ndarray for a in batch):
-                batch = tuple(as_host_array(a, f"batch {taken + len(group)}[{i}]")
-                              for i, a in enumerate(batch))
-            group.append(batch)
-            if len(group) == want:
-                break
+        group = list(itertools.islice(iterator, want))
         if not group:
             return
+        if not set(map(type, group)) <= {tuple}:
+            group = [_as_tuple(batch, taken + i) for i, batch in enumerate(group)]
         first = first or group[0]
         stacked = _stack(group, first, taken)
         if check_finite:
@@ -142,16 +140,34 @@ def stream_blocks(batches, block, steps, check_finite):
             return
 
 
+def _as_tuple(batch, number):
+    """A batch as a tuple: a list as one, an array as the tuple of it."""
+    if isinstance(batch, list):
+        return tuple(batch)
+    if hasattr(batch, "shape") and hasattr(batch, "dtype"):
+        return (batch,)
+    if isinstance(batch, tuple):
+        return batch
+    raise TypeError(f"batch {number} of the stream is a {type(batch).__name__}; a stream "
+                    "yields tuples of arrays, e.g. (x, y), or single arrays.")
+
+
 def _stack(group, first, taken):
     """The batches of ``group`` stacked, or a clear error naming the first one
-    whose shapes or dtypes differ from the stream's first batch."""
-    try:
-        stacked = tuple(np.stack(arrays) for arrays in zip(*group, strict=True))
-        if all(s.dtype == a.dtype for s, a in zip(stacked, first)) and len(stacked) == len(first):
-            return stacked
-    except ValueError:
-        pass
-    described = lambda batch: [f"{a.dtype}{list(a.shape)}" for a in batch]
+    whose arrays differ from the stream's first batch."""
+    columns = list(zip(*group))
+    if set(map(len, group)) == {len(first)}:
+        columns = [column if set(map(type, column)) == {np.ndarray} else
+                   [as_host_array(a, f"batch {taken + i}[{j}]") for i, a in enumerate(column)]
+                   for j, column in enumerate(columns)]
+        try:
+            stacked = tuple(map(_join, columns, first))
+            if all(s.shape[1:] == a.shape for s, a in zip(stacked, first)):
+                return stacked
+        except (ValueError, TypeError):
+            pass
+    described = lambda batch: [f"{a.dtype}{list(a.shape)}" if hasattr(a, "dtype")
+                               else type(a).__name__ for a in batch]
     for i, batch in enumerate(group):
         if described(batch) != described(first):
             raise ValueError(
@@ -159,6 +175,18 @@ def _stack(group, first, taken):
                 f"{described(first)}; every batch must have the first batch's shapes and "
                 "dtypes (drop a short last batch, e.g. DataLoader(drop_last=True)).")
     raise ValueError(f"the stream's batches {taken}..{taken + len(group) - 1} cannot be stacked.")
+
+
+def _join(column, like):
+    """One array of every batch, as ``(batches,) + like.shape``: concatenated
+    when each has ``like``'s length (and then in ``like``'s dtype only)."""
+    if like.ndim == 0 or set(map(len, column)) != {len(like)}:
+        joined = np.stack(column)
+        if joined.dtype != like.dtype:
+            raise ValueError("dtypes differ")
+        return joined
+    joined = np.concatenate(column, dtype=like.dtype, casting="no")
+    return joined.reshape((len(column),) + like.shape)
 
 
 def first_batch(batches):
@@ -170,13 +198,7 @@ def first_batch(batches):
         raise ValueError("data is a stream that yielded no batches.") from None
     parts = tuple(as_host_array(a, f"batch 0[{i}]") for i, a in enumerate(
         batch if isinstance(batch, (tuple, list)) else (batch,)))
-    batch = parts  # as host arrays, so the stream's batches are read once
-
-    def again():
-        yield batch
-        yield from iterator
-
-    return parts, again()
+    return parts, itertools.chain([parts], iterator)  # batch 0 as host arrays: read once
 
 
 def as_host_array(a, name):
