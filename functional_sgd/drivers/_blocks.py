@@ -80,6 +80,8 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
         ahead = next(blocks, None)  # read while the block trains
         records.append(record)
         done += int(record.steps_run)
+        if not spec.stop.active:  # the step is known on the host: keep it there
+            carry = carry._replace(step=np.int32(carry.step))
         if on_chunk is not None:
             on_chunk(fit_result(carry, record))
         if bool(carry.stop.stopped):
@@ -185,8 +187,22 @@ def _join(column, like):
         if joined.dtype != like.dtype:
             raise ValueError("dtypes differ")
         return joined
-    joined = np.concatenate(column, dtype=like.dtype, casting="no")
-    return joined.reshape((len(column),) + like.shape)
+    joined = aligned_empty((len(column),) + like.shape, like.dtype)
+    np.concatenate(column, out=joined.reshape((-1,) + like.shape[1:]), casting="no")
+    return joined
+
+
+ALIGNMENT = 64
+"""Bytes: JAX on CPU takes a NumPy array this aligned as it is, without a copy
+(a block of 256 batches of 64 x 10 float32: ~0.1 ms a call less)."""
+
+
+def aligned_empty(shape, dtype):
+    """``np.empty(shape, dtype)`` starting at a multiple of ``ALIGNMENT`` bytes."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(size + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + size].view(dtype).reshape(shape)
 
 
 def first_batch(batches):
@@ -196,8 +212,8 @@ def first_batch(batches):
         batch = next(iterator)
     except StopIteration:
         raise ValueError("data is a stream that yielded no batches.") from None
-    parts = tuple(as_host_array(a, f"batch 0[{i}]") for i, a in enumerate(
-        batch if isinstance(batch, (tuple, list)) else (batch,)))
+    parts = tuple(as_host_array(a, f"batch 0[{i}]")
+                  for i, a in enumerate(_as_tuple(batch, 0)))
     return parts, itertools.chain([parts], iterator)  # batch 0 as host arrays: read once
 
 
