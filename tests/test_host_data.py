@@ -61,13 +61,53 @@ def test_only_the_scheduled_rows_are_checked_for_nan(tmp_path):
         fsgd.fit(fsgd.linear_mse, START, (x, Y), lr=0.01, indices=rows, chunk_size=10)
 
 
-def test_a_memmap_with_a_mesh_or_a_checkpoint_is_refused(on_disk, tmp_path):
+def test_a_memmap_with_a_mesh_is_refused(on_disk):
     mesh = jax.make_mesh((1,), ("data",))
     with pytest.raises(ValueError, match="data read on the host"):
         fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, mesh=mesh, **MODES["sampled"])
-    with pytest.raises(ValueError, match="data read on the host"):
-        fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, chunk_size=10,
-                 checkpoint=tmp_path / "run.npz", **MODES["sampled"])
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_after(step):
+    def on_chunk(result):
+        if int(result.step) >= step:
+            raise Crash
+    return on_chunk
+
+
+@pytest.mark.parametrize("mode", ["sampled", "shuffled", "schedule"])
+def test_a_memmap_run_resumes_from_its_checkpoint_with_the_bits_of_one_run(on_disk, tmp_path,
+                                                                           mode):
+    kwargs = MODES[mode]
+    in_memory = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.01, **kwargs)
+    path = tmp_path / "run.npz"
+    with pytest.raises(Crash):
+        fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, chunk_size=64, checkpoint=path,
+                 on_chunk=crash_after(128), **kwargs)
+    starts = []
+    resumed = fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, chunk_size=64,
+                       checkpoint=path, **kwargs,
+                       on_chunk=lambda r: starts.append(int(r.step) - int(r.steps_run)))
+    assert starts[0] == 128
+    assert_trees_close(resumed, in_memory, rtol=0, atol=0)
+    # Other data is refused (a memmap is described by its file and a sample of rows).
+    with pytest.raises(ValueError, match="written by another run"):
+        fsgd.fit(fsgd.linear_mse, START, (X, Y * 2), lr=0.01, chunk_size=64, checkpoint=path,
+                 **kwargs)
+
+
+def test_a_memmap_fingerprint_reads_a_sample_and_sees_a_changed_row(tmp_path, on_disk):
+    from functional_sgd.drivers import describe
+    from functional_sgd.drivers._fingerprint import SAMPLED_ROWS
+    x = np.memmap(tmp_path / "x", np.float32, "r+", shape=X.shape)
+    before = describe(x)
+    assert before == describe(on_disk[0]) and "sampled rows" in before
+    x[0, 0] += 1  # row 0 is always sampled
+    assert describe(x) != before
+    assert SAMPLED_ROWS < N
 
 
 def batches_of(rows):

@@ -214,19 +214,28 @@ def _host_block(batch_size, data):
 
 def _run_on_host(loop, spec, carry, inputs, block, on_chunk, check_finite, mesh, checkpoint):
     """Data read on the host a block of steps at a time (a memmap): each block's
-    rows gathered there, then trained as stacked batches."""
-    if mesh is not None or checkpoint is not None:
-        raise ValueError("data read on the host (a np.memmap) runs on one device without "
-                         "checkpoints for now; drop mesh and checkpoint, or pass an "
-                         "in-memory array.")
-    batches, start = spec.batches, int(carry.step)
-    blocks = drivers.gathered_blocks(
-        inputs.data, lambda first, length: batches.rows(
-            inputs.key, None if inputs.indices is None else inputs.indices[first:first + length],
-            start + first, length), spec.steps, block, check_finite)
-    stacked = dataclasses.replace(spec, batches=_batches.Stacked(batches.batch_size))
-    return drivers.run_in_blocks(loop, stacked, carry, inputs._replace(key=None, indices=None),
-                                 blocks, steps=spec.steps, on_chunk=on_chunk)
+    rows gathered there, then trained as stacked batches; with ``checkpoint``,
+    written after every block as an in-memory run's chunks are."""
+    if mesh is not None:
+        raise ValueError("data read on the host (a np.memmap) runs on one device for now; "
+                         "drop mesh, or pass an in-memory array.")
+
+    def in_blocks(run, spec, carry, inputs, *, on_chunk, done=0):
+        batches, start = spec.batches, int(carry.step)
+        blocks = drivers.gathered_blocks(
+            inputs.data, lambda first, length: batches.rows(
+                inputs.key, None if inputs.indices is None
+                else inputs.indices[first:first + length], start + first, length),
+            spec.steps, block, check_finite)
+        stacked = dataclasses.replace(spec, batches=_batches.Stacked(batches.batch_size))
+        return drivers.run_in_blocks(run, stacked, carry, inputs._replace(key=None, indices=None),
+                                     blocks, steps=spec.steps, on_chunk=on_chunk)
+
+    if checkpoint is not None:
+        return drivers.run_with_checkpoints(checkpoint, loop, spec, carry, inputs,
+                                            chunk_size=block, on_chunk=on_chunk,
+                                            chunks=in_blocks)
+    return in_blocks(loop, spec, carry, inputs, on_chunk=on_chunk)
 
 
 def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, record_params,
