@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_trees_close
 
 import functional_sgd as fsgd
 import reference
-from helpers import assert_trees_close
 
 N, D = 3000, 5
 RNG = np.random.default_rng(0)
@@ -224,3 +224,64 @@ def test_a_stream_takes_lists_single_arrays_and_torch_tensors():
     one = fsgd.fit(lambda p, xy: fsgd.linear_mse(p, xy[:, :D], xy[:, D]), START,
                    fsgd.stream(np.concatenate([X[r], Y[r, None]], 1) for r in rows), lr=0.05)
     assert_trees_close(one, scheduled, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("positioned", ["iterator", "function"])
+def test_a_stream_resumes_from_its_checkpoint_with_the_bits_of_one_run(tmp_path, positioned):
+    rows = np.asarray(fsgd.sample_indices(KEY, N, 500, 10))
+    whole = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05, indices=rows)
+    path = tmp_path / "run.npz"
+    with pytest.raises(Crash):
+        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches_of(rows), block=64), lr=0.05,
+                 checkpoint=path, on_chunk=crash_after(192))
+    if positioned == "iterator":  # the user skips what the checkpoint holds
+        source = fsgd.stream(batches_of(rows[192:]), block=64)
+    else:
+        source = fsgd.stream(lambda done: batches_of(rows[done:]), block=64)
+    starts = []
+    resumed = fsgd.fit(fsgd.linear_mse, START, source, lr=0.05, checkpoint=path,
+                       on_chunk=lambda r: starts.append(int(r.step) - int(r.steps_run)))
+    assert starts == [192, 256, 320, 384, 448]
+    assert_trees_close(resumed, whole, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="written by another run"):  # other batch shapes
+        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches_of(rows[:, :5]), block=64),
+                 lr=0.05, checkpoint=path)
+
+
+def test_a_bad_batch_after_some_blocks_keeps_what_trained_before_it():
+    rows = np.asarray(fsgd.sample_indices(KEY, N, 300, 10))
+
+    def batches():
+        yield from batches_of(rows[:200])
+        yield X[:10], Y[:9]
+
+    with pytest.raises(ValueError, match="batch 200 of the stream has") as raised:
+        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches(), block=64), lr=0.05)
+    kept = raised.value.result
+    assert int(kept.step) == 192 and int(kept.steps_run) == 192
+    assert_trees_close(kept, fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05,
+                                      indices=rows[:192]), rtol=0, atol=0)
+
+
+def test_a_loaders_own_error_keeps_what_trained_before_it():
+    rows = np.asarray(fsgd.sample_indices(KEY, N, 300, 10))
+
+    def batches():
+        yield from batches_of(rows[:100])
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone") as raised:
+        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches(), block=32), lr=0.05)
+    assert int(raised.value.result.step) == 96
+
+
+def test_nan_in_a_later_memmap_block_keeps_the_blocks_before(tmp_path):
+    x = np.memmap(tmp_path / "x", np.float32, "w+", shape=X.shape)
+    x[:] = X
+    rows = np.asarray(fsgd.sample_indices(KEY, N, 40, 8))
+    x[rows[30, 3]] = np.nan
+    with pytest.raises(ValueError, match="holds NaN or inf") as raised:
+        fsgd.fit(fsgd.linear_mse, START, (x, Y), lr=0.01, indices=rows, chunk_size=10)
+    assert int(raised.value.result.step) == 30
+    assert_trees_close(raised.value.result.params, fsgd.fit(
+        fsgd.linear_mse, START, (X, Y), lr=0.01, indices=rows[:30]).params, rtol=0, atol=0)

@@ -154,10 +154,10 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         return _fit_stream(loss, params, data, lr=lr, steps=steps, optimizer=optimizer,
                            tol=tol, patience=patience, record_params=record_params,
                            opt_state=opt_state, start_step=start_step,
-                           check_finite=check_finite, on_chunk=on_chunk, speed=speed,
+                           check_finite=check_finite, on_chunk=on_chunk,
+                           checkpoint=checkpoint, speed=speed,
                            unused=dict(batch_size=batch_size, key=key, indices=indices,
-                                       chunk_size=chunk_size, mesh=mesh,
-                                       checkpoint=checkpoint, rng=rng, state=state,
+                                       chunk_size=chunk_size, mesh=mesh, rng=rng, state=state,
                                        has_aux=has_aux or None, trainable=trainable))
     read_on_host = _checks.read_on_host(data, batch_size, indices)
     data, n = _checks.check_data(data, check_finite and not read_on_host)
@@ -194,7 +194,7 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     on_chunk = _model.unwrapping(on_chunk, model)
     if read_on_host:
         return result(*_run_on_host(loop, spec, carry, inputs, chunk_size, on_chunk,
-                                    check_finite, mesh, checkpoint))
+                                    check_finite, mesh, checkpoint, result))
     if checkpoint is not None:
         return result(*drivers.run_with_checkpoints(
             checkpoint, loop, spec, carry, inputs, chunk_size=chunk_size, on_chunk=on_chunk))
@@ -212,7 +212,8 @@ def _host_block(batch_size, data):
     return max(1, HOST_BLOCK_BYTES // max(1, row_bytes * batch_size))
 
 
-def _run_on_host(loop, spec, carry, inputs, block, on_chunk, check_finite, mesh, checkpoint):
+def _run_on_host(loop, spec, carry, inputs, block, on_chunk, check_finite, mesh, checkpoint,
+                 result):
     """Data read on the host a block of steps at a time (a memmap): each block's
     rows gathered there, then trained as stacked batches; with ``checkpoint``,
     written after every block as an in-memory run's chunks are."""
@@ -229,7 +230,7 @@ def _run_on_host(loop, spec, carry, inputs, block, on_chunk, check_finite, mesh,
             spec.steps, block, check_finite)
         stacked = dataclasses.replace(spec, batches=_batches.Stacked(batches.batch_size))
         return drivers.run_in_blocks(run, stacked, carry, inputs._replace(key=None, indices=None),
-                                     blocks, steps=spec.steps, on_chunk=on_chunk)
+                                     blocks, steps=spec.steps, on_chunk=on_chunk, result=result)
 
     if checkpoint is not None:
         return drivers.run_with_checkpoints(checkpoint, loop, spec, carry, inputs,
@@ -239,31 +240,49 @@ def _run_on_host(loop, spec, carry, inputs, block, on_chunk, check_finite, mesh,
 
 
 def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, record_params,
-                opt_state, start_step, check_finite, on_chunk, speed, unused):
-    """``fit`` on a :func:`~functional_sgd.stream` of batches."""
+                opt_state, start_step, check_finite, on_chunk, checkpoint, speed, unused):
+    """``fit`` on a :func:`~functional_sgd.stream` of batches: blocks of them
+    stacked on the host, each trained in one compiled call (``drivers/_blocks.py``);
+    with ``checkpoint``, the run's state written after every block."""
     given = [name for name, value in unused.items() if value is not None]
     if given:
         raise ValueError(f"with a stream as data, {', '.join(given)} cannot be used: the "
                          "stream decides the batches (chunk_size: its block does), and a "
-                         "stream trains a plain model for now (no rng, state, has_aux or "
-                         "trainable).")
+                         "stream trains a plain model on one device for now (no rng, state, "
+                         "has_aux, trainable or mesh).")
     if steps is not None:
         steps = _checks.check_int(steps, "steps", minimum=1, maximum=_checks.MAX_STEP)
     lr = _checks.check_lr(lr, optimizer, opt_state, params)
     _checks.check_start(start_step, steps or 0, name="start_step")
     stop = _stop.choose(tol, patience)
-    example, batches = drivers.first_batch(source.batches)
-    loss_out = _checks.check_loss(loss, params, example)
-    _checks.check_opt_state(optimizer, opt_state, params)
+    if on_chunk is not None and not callable(on_chunk):
+        raise TypeError(f"on_chunk must be callable as on_chunk(result); got {on_chunk!r}.")
     record_params = _checks.check_bool(record_params, "record_params")
     if record_params:
         raise ValueError("record_params needs a run of known length; a stream has none.")
+    done = 0 if checkpoint is None else drivers.steps_done(checkpoint)
+    if steps is not None and done >= steps:
+        done = steps  # a finished run: its batches are not read
+    from_done = callable(source.batches) and not hasattr(source.batches, "__iter__")
+    example, batches = drivers.first_batch(
+        source.batches(done) if from_done else source.batches)
+    loss_out = _checks.check_loss(loss, params, example)
+    _checks.check_opt_state(optimizer, opt_state, params)
     plan = _speed.decide(speed, False, exact_mse=False, params=params, data=example,
                          full_batch=False, steps=1)
-    spec = LoopSpec(loss, optimizer, _batches.Stacked(example[0].shape[0]), 1, stop,
+    spec = LoopSpec(loss, optimizer, _batches.Stacked(example[0].shape[0]), steps, stop,
                     False, plan)
     carry = initialize(spec, params, opt_state, start_step, loss_out.dtype)
     inputs = Inputs((), lr, None, None, tol, patience)
-    blocks = drivers.stream_blocks(batches, source.block, steps, check_finite)
-    return fit_result(*drivers.run_in_blocks(run, spec, carry, inputs, blocks,
-                                             on_chunk=on_chunk))
+
+    def in_blocks(run, spec, carry, inputs, *, on_chunk, done=0):
+        blocks = drivers.stream_blocks(batches, source.block, spec.steps, check_finite)
+        return drivers.run_in_blocks(run, spec, carry, inputs, blocks, on_chunk=on_chunk)
+
+    if checkpoint is None:
+        return fit_result(*in_blocks(run, spec, carry, inputs, on_chunk=on_chunk))
+    described = {"block": source.block,
+                 "batch": [f"{a.dtype}{list(a.shape)}" for a in example]}
+    return fit_result(*drivers.run_with_checkpoints(
+        checkpoint, run, spec, carry, inputs, chunk_size=source.block, on_chunk=on_chunk,
+        chunks=in_blocks, source={"stream": described}))

@@ -35,6 +35,8 @@ class Stream:
 def stream(batches, *, block=256):
     """Trains on any iterable of batches: ``fit(loss, params, stream(loader), lr=...)``.
 
+    ``batches`` is an iterable or a function ``done -> iterable`` (see below).
+
     Each batch is a tuple of arrays sharing their leading axis (NumPy, JAX or
     CPU torch tensors: a torch ``DataLoader``, a generator, a grain loader),
     or one array. ``fit`` stacks ``block`` batches on the host, trains them
@@ -42,9 +44,20 @@ def stream(batches, *, block=256):
     ``steps=None`` trains until the iterable ends. Every batch must have the
     first batch's shapes.
 
-    A stream is read once, from where it stands: to resume a checkpointed or
-    chunked run, pass an iterator already positioned at the step to resume
-    from (``start_step``).
+    A stream is read once, from where it stands. ``on_chunk`` sees each
+    block's result. With ``checkpoint=path`` the run's state is written after
+    every block, and a run started again resumes from it with the bits of
+    one uninterrupted run, if its stream yields the batches from the
+    checkpoint's step on: pass an iterator positioned there, or pass as
+    ``batches`` a function ``done -> iterable`` that ``fit`` calls with the
+    number of batches the checkpoint holds (0 on a fresh run), e.g.
+    ``lambda done: itertools.islice(batches_of_epoch(seed), done, None)``.
+    Continuing a run by hand works the same way, with ``start_step`` and
+    ``opt_state`` from the last result.
+
+    An error while reading the stream (a batch of other shapes, the loader's
+    own error) after some blocks trained is raised with ``error.result``:
+    the result of the steps trained before it.
 
     >>> import numpy as np, jax.numpy as jnp
     >>> import functional_sgd as fsgd
@@ -58,27 +71,33 @@ def stream(batches, *, block=256):
     """
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise ValueError(f"block must be an int >= 1 (batches per compiled call); got {block!r}.")
-    if not hasattr(batches, "__iter__"):
-        raise TypeError(f"stream needs an iterable of batches; got {type(batches).__name__}.")
+    if not hasattr(batches, "__iter__") and not callable(batches):
+        raise TypeError("stream needs an iterable of batches (or a function done -> "
+                        f"iterable); got {type(batches).__name__}.")
     return Stream(batches, block)
 
 
-def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None):
+def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None,
+                  result=fit_result):
     """Runs ``spec`` (whose batches are stacked) on each ``(data, steps)`` of
     ``blocks`` in turn; returns ``(Carry, Record)`` of the whole run.
 
     ``steps`` is the run's length when known (losses of steps a stop rule
     skipped are NaN); ``None`` for as many as the blocks hold.
+
+    An error reading a block (a bad batch, the loader's own) keeps what was
+    trained before it: the error is raised with ``error.result``, the
+    ``result(carry, record)`` of the blocks done (a ``FitResult``).
     """
     records, done = [], 0
     blocks = iter(blocks)
-    ahead = next(blocks, None)
+    ahead = _next_block(blocks, carry, records, spec, result)
     while ahead is not None:
         data, length = ahead  # host arrays: the call copies them in (cheaper than device_put)
         carry, record = run(dataclasses.replace(spec, steps=length), carry,
                             inputs._replace(data=data))
-        ahead = next(blocks, None)  # read while the block trains
         records.append(record)
+        ahead = _next_block(blocks, carry, records, spec, result)  # read while it trains
         done += int(record.steps_run)
         if not spec.stop.active:  # the step is known on the host: keep it there
             carry = carry._replace(step=np.int32(carry.step))
@@ -90,6 +109,20 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
         raise ValueError("data yielded no batches: the stream was empty.")
     return carry, join(records, done if steps is None else steps, spec.record_params,
                        carry.params)
+
+
+def _next_block(blocks, carry, records, spec, result):
+    try:
+        return next(blocks, None)
+    except Exception as error:
+        if records:
+            done = sum(int(r.steps_run) for r in records)
+            error.result = result(carry, join(records, done, spec.record_params, carry.params))
+            if hasattr(error, "add_note"):
+                error.add_note(
+                    f"fit trained {done} steps before this error: error.result holds them "
+                    f"(params, opt_state; continue with start_step={int(carry.step)}).")
+        raise
 
 
 def gathered_blocks(data, rows_of, steps, block, check_finite):

@@ -23,6 +23,8 @@ import weakref
 import jax
 import numpy as np
 
+from ._rows import row_reader
+
 MAX_DEPTH = 12
 """How deep closures are followed (an optax chain of chains is ~6 deep)."""
 
@@ -131,8 +133,6 @@ def memmap_sample_hash(array):
     the file's size and modification time (rewriting it and resetting the
     time on purpose) goes unseen: the description is a guard against
     resuming on other data, not a proof of the same bytes."""
-    from ._rows import row_reader  # noqa: PLC0415 (a memmap is rare: load it then)
-
     filename = getattr(array, "filename", None)
     place = {"file": None if filename is None else os.fspath(filename),
              "offset": getattr(array, "offset", 0),
