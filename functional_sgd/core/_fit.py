@@ -68,7 +68,12 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         ``result.params`` has the type given.
       data: tuple of arrays sharing their leading axis ``n``, or ``()``.
         Like all JAX inputs, float64 NumPy data becomes float32 unless
-        ``jax_enable_x64`` is on.
+        ``jax_enable_x64`` is on. A ``np.memmap`` among them, with
+        ``batch_size`` or ``indices``, is never read whole: each block of
+        steps (``chunk_size``, by default 16 MiB of rows) has its rows read
+        from the file with ``pread`` and checked for NaN once, so the
+        process holds those rows and not the file's pages. A
+        :func:`~functional_sgd.stream` of batches trains on any iterable.
       lr: learning rate ``> 0``; required unless ``optimizer`` is given.
       steps: number of updates; may be omitted when ``indices`` is given.
       batch_size: rows per step, ``1 <= batch_size <= n``; ``None`` for all.
@@ -105,7 +110,11 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         additions). ``loss`` must be a mean over the rows of its batch.
       checkpoint: a file path: after every chunk the run's state is written
         there atomically, and a run started again with the same arguments
-        resumes from it with the same bits. Needs ``chunk_size``.
+        resumes from it with the same bits. Needs ``chunk_size`` (a memmap's
+        blocks and a stream's are its chunks). A memmap is fingerprinted by
+        its file (name, size, modification time) and a hash of 1,024 of its
+        rows, not by all its bytes; a stream by its block and batch shapes
+        (see :func:`~functional_sgd.stream` for resuming one).
       fast_path: ``"auto"``, ``True`` or ``False``. Full-batch descent on
         ``linear_mse`` (by identity) with data ``(x, y)`` and one params
         array can run from sufficient statistics (``XᵀX`` and friends, one
