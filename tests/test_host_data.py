@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_trees_close
+from helpers import Crash, assert_trees_close, crash_after
 
 import functional_sgd as fsgd
 import reference
@@ -65,17 +65,6 @@ def test_a_memmap_with_a_mesh_is_refused(on_disk):
     mesh = jax.make_mesh((1,), ("data",))
     with pytest.raises(ValueError, match="data read on the host"):
         fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, mesh=mesh, **MODES["sampled"])
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_after(step):
-    def on_chunk(result):
-        if int(result.step) >= step:
-            raise Crash
-    return on_chunk
 
 
 @pytest.mark.parametrize("mode", ["sampled", "shuffled", "schedule"])
