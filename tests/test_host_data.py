@@ -232,6 +232,12 @@ def test_a_stream_resumes_from_its_checkpoint_with_the_bits_of_one_run(tmp_path,
                        on_chunk=lambda r: starts.append(int(r.step) - int(r.steps_run)))
     assert starts == [192, 256, 320, 384, 448]
     assert_trees_close(resumed, whole, rtol=0, atol=0)
+    # Run again: the stream is used up where the checkpoint ends; its result is returned.
+    ran = []
+    again = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(lambda done: batches_of(rows[done:])),
+                     lr=0.05, checkpoint=path, on_chunk=ran.append)
+    assert ran == []
+    assert_trees_close(again, whole, rtol=0, atol=0)
     with pytest.raises(ValueError, match="written by another run"):  # other batch shapes
         fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches_of(rows[:, :5]), block=64),
                  lr=0.05, checkpoint=path)

@@ -17,6 +17,7 @@ mesh) that runs it.
 """
 
 import dataclasses
+import itertools
 from functools import partial
 
 import numpy as np
@@ -113,7 +114,7 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         resumes from it with the same bits. Needs ``chunk_size`` (a memmap's
         blocks and a stream's are its chunks). A memmap is fingerprinted by
         its file (name, size, modification time) and a hash of 1,024 of its
-        rows, not by all its bytes; a stream by its block and batch shapes
+        rows, not by all its bytes; a stream by its batches' shapes
         (see :func:`~functional_sgd.stream` for resuming one).
       fast_path: ``"auto"``, ``True`` or ``False``. Full-batch descent on
         ``linear_mse`` (by identity) with data ``(x, y)`` and one params
@@ -269,12 +270,12 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
     record_params = _checks.check_bool(record_params, "record_params")
     if record_params:
         raise ValueError("record_params needs a run of known length; a stream has none.")
-    done = 0 if checkpoint is None else drivers.steps_done(checkpoint)
+    done, saved = (0, None) if checkpoint is None else drivers.saved_run(checkpoint)
     if steps is not None and done >= steps:
         done = steps  # a finished run: its batches are not read
     from_done = callable(source.batches) and not hasattr(source.batches, "__iter__")
     example, batches = drivers.first_batch(
-        source.batches(done) if from_done else source.batches)
+        source.batches(done) if from_done else source.batches, saved)
     loss_out = _checks.check_loss(loss, params, example)
     _checks.check_opt_state(optimizer, opt_state, params)
     plan = _speed.decide(speed, False, exact_mse=False, params=params, data=example,
@@ -286,12 +287,17 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
 
     def in_blocks(run, spec, carry, inputs, *, on_chunk, done=0):
         blocks = drivers.stream_blocks(batches, source.block, spec.steps, check_finite)
+        if done:  # resumed: a stream used up ends the run where the checkpoint did
+            first = next(blocks, None)
+            if first is None:
+                return carry, None
+            blocks = itertools.chain([first], blocks)
         return drivers.run_in_blocks(run, spec, carry, inputs, blocks, on_chunk=on_chunk)
 
     if checkpoint is None:
         return fit_result(*in_blocks(run, spec, carry, inputs, on_chunk=on_chunk))
-    described = {"block": source.block,
-                 "batch": [f"{a.dtype}{list(a.shape)}" for a in example]}
+    # The block does not change the bits: a run may resume with another.
+    described = {"batch": [f"{a.dtype}{list(a.shape)}" for a in example]}
     return fit_result(*drivers.run_with_checkpoints(
         checkpoint, run, spec, carry, inputs, chunk_size=source.block, on_chunk=on_chunk,
         chunks=in_blocks, source={"stream": described}))

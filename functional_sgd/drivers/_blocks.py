@@ -13,6 +13,7 @@ the compiled call as host arrays, which the call copies in: an explicit
 
 import dataclasses
 import itertools
+import json
 
 import numpy as np
 
@@ -238,13 +239,21 @@ def aligned_empty(shape, dtype):
     return raw[start:start + size].view(dtype).reshape(shape)
 
 
-def first_batch(batches):
-    """The first batch of a stream (as host arrays) and the stream with it put back."""
+def first_batch(batches, saved=None):
+    """The first batch of a stream (as host arrays) and the stream with it put back.
+
+    An empty stream is refused, unless a checkpoint's fingerprint ``saved``
+    describes its batches (a resumed run whose stream is used up): then
+    zeros of those shapes stand in for the first batch."""
     iterator = iter(batches)
     try:
         batch = next(iterator)
     except StopIteration:
-        raise ValueError("data is a stream that yielded no batches.") from None
+        described = (saved or {}).get("source", {}).get("stream", {}).get("batch")
+        if not described:
+            raise ValueError("data is a stream that yielded no batches.") from None
+        return tuple(np.zeros(json.loads(text[text.index("["):]), text[:text.index("[")])
+                     for text in described), iter(())
     parts = tuple(as_host_array(a, f"batch 0[{i}]")
                   for i, a in enumerate(_as_tuple(batch, 0)))
     return parts, itertools.chain([parts], iterator)  # batch 0 as host arrays: read once

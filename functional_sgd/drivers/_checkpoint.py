@@ -352,20 +352,21 @@ _MAX_STEPS = 2**31 - 1
 """The most steps a run of unknown length (a stream) can have checkpointed."""
 
 
-def steps_done(path):
-    """Steps a checkpoint at ``path`` holds (0 when there is none yet), read
-    from its header alone; whether it belongs to the run is checked when the
-    run resumes from it."""
+def saved_run(path):
+    """``(steps done, the run's fingerprint)`` of a checkpoint at ``path``,
+    ``(0, None)`` when there is none yet, read from its header alone; whether
+    it belongs to this run is checked when the run resumes from it."""
     if not os.path.exists(path):
-        return 0
+        return 0, None
     try:
         with np.load(path, allow_pickle=False) as archive:
-            done = json.loads(str(archive["header"])).get("done")
+            header = json.loads(str(archive["header"]))
+        done, run = header["done"], header["run"]
     except Exception as error:
         raise _corrupt(path, error) from error
-    if type(done) is not int or done < 0:
+    if type(done) is not int or done < 0 or not isinstance(run, dict):
         raise _corrupt(path, f"done={done!r}")
-    return done
+    return done, run
 
 
 def _corrupt(path, error):
