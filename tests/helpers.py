@@ -62,3 +62,15 @@ def count_compilations():
         yield count
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+class Crash(Exception):
+    """Raised by :func:`crash_after`: a run killed mid-way, in tests of resuming."""
+
+
+def crash_after(step):
+    """An ``on_chunk`` that raises :class:`Crash` once the run reaches ``step``."""
+    def on_chunk(result):
+        if int(result.step) >= step:
+            raise Crash
+    return on_chunk

@@ -15,7 +15,7 @@ import pytest
 import checkpoint_run
 import functional_sgd as fsgd
 from functional_sgd.drivers import _checkpoint
-from helpers import assert_trees_close
+from helpers import Crash, assert_trees_close, crash_after
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 X, Y = fsgd.lesson_data(jax.random.key(0))
@@ -27,17 +27,6 @@ def fit(**kwargs):
     kwargs = {"lr": 0.1, "steps": 120, "batch_size": 10, "key": KEY, **kwargs}
     return fsgd.fit(fsgd.linear_mse, kwargs.pop("params", START), kwargs.pop("data", (X, Y)),
                     **kwargs)
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_after(step):
-    def on_chunk(result):
-        if int(result.step) >= step:
-            raise Crash
-    return on_chunk
 
 
 def assert_same_bits(actual, expected):

@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import Crash, assert_trees_close, crash_after
 
 import functional_sgd as fsgd
 import reference
-from helpers import assert_trees_close
 
 N, D = 3000, 5
 RNG = np.random.default_rng(0)
@@ -61,13 +61,42 @@ def test_only_the_scheduled_rows_are_checked_for_nan(tmp_path):
         fsgd.fit(fsgd.linear_mse, START, (x, Y), lr=0.01, indices=rows, chunk_size=10)
 
 
-def test_a_memmap_with_a_mesh_or_a_checkpoint_is_refused(on_disk, tmp_path):
+def test_a_memmap_with_a_mesh_is_refused(on_disk):
     mesh = jax.make_mesh((1,), ("data",))
     with pytest.raises(ValueError, match="data read on the host"):
         fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, mesh=mesh, **MODES["sampled"])
-    with pytest.raises(ValueError, match="data read on the host"):
-        fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, chunk_size=10,
-                 checkpoint=tmp_path / "run.npz", **MODES["sampled"])
+
+
+@pytest.mark.parametrize("mode", ["sampled", "shuffled", "schedule"])
+def test_a_memmap_run_resumes_from_its_checkpoint_with_the_bits_of_one_run(on_disk, tmp_path,
+                                                                           mode):
+    kwargs = MODES[mode]
+    in_memory = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.01, **kwargs)
+    path = tmp_path / "run.npz"
+    with pytest.raises(Crash):
+        fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, chunk_size=64, checkpoint=path,
+                 on_chunk=crash_after(128), **kwargs)
+    starts = []
+    resumed = fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, chunk_size=64,
+                       checkpoint=path, **kwargs,
+                       on_chunk=lambda r: starts.append(int(r.step) - int(r.steps_run)))
+    assert starts[0] == 128
+    assert_trees_close(resumed, in_memory, rtol=0, atol=0)
+    # Other data is refused (a memmap is described by its file and a sample of rows).
+    with pytest.raises(ValueError, match="written by another run"):
+        fsgd.fit(fsgd.linear_mse, START, (X, Y * 2), lr=0.01, chunk_size=64, checkpoint=path,
+                 **kwargs)
+
+
+def test_a_memmap_fingerprint_reads_a_sample_and_sees_a_changed_row(tmp_path, on_disk):
+    from functional_sgd.drivers import describe
+    from functional_sgd.drivers._fingerprint import SAMPLED_ROWS
+    x = np.memmap(tmp_path / "x", np.float32, "r+", shape=X.shape)
+    before = describe(x)
+    assert before == describe(on_disk[0]) and "sampled rows" in before
+    x[0, 0] += 1  # row 0 is always sampled
+    assert describe(x) != before
+    assert SAMPLED_ROWS < N
 
 
 def batches_of(rows):
@@ -129,6 +158,16 @@ def test_steps_cut_a_stream_and_a_stop_rule_ends_it():
     (lambda: fsgd.stream(5), {}, TypeError, "stream needs an iterable of batches"),
     (lambda: fsgd.stream(iter([(X[:10], Y[:10])])), {"record_params": True}, ValueError,
      "record_params needs a run of known length"),
+    (lambda: fsgd.stream(iter([(X[:10], Y[:10])] * 3 + [(X[:10], Y[:10].astype(np.float64))])),
+     {}, ValueError, r"batch 3 of the stream has \['float32\[10, 5\]', 'float64\[10\]'\]"),
+    (lambda: fsgd.stream(iter([(X[:10], Y[:10])] * 3 + [(X[:10],)])), {}, ValueError,
+     r"batch 3 of the stream has \['float32\[10, 5\]'\], the first had"),
+    (lambda: fsgd.stream(iter([(X[:10], Y[:10]), {"x": X[:10]}])), {}, TypeError,
+     "batch 1 of the stream is a dict; a stream yields tuples of arrays"),
+    (lambda: fsgd.stream(iter([(X[:10], Y[:10]), (X[:10], "y")])), {}, TypeError,
+     r"batch 1\[1\] must be an array; got str"),
+    (lambda: fsgd.stream(iter([(X[:10], Y[:10])] * 2 + [(X[:10, :4], Y[:10])])), {}, ValueError,
+     r"batch 2 of the stream has \['float32\[10, 4\]'"),
 ])
 def test_bad_streams_are_refused_naming_what(data, kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -159,3 +198,85 @@ def test_a_stream_refuses_what_it_cannot_carry(kwargs):
     with pytest.raises(ValueError, match="with a stream as data"):
         fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches_of(np.zeros((3, 10), int))),
                  lr=0.05, **kwargs)
+
+
+def test_a_stream_takes_lists_single_arrays_and_torch_tensors():
+    torch = pytest.importorskip("torch")
+    rows = np.asarray(fsgd.sample_indices(KEY, N, 40, 10))
+    scheduled = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05, indices=rows)
+    for batches in ([[X[r], Y[r]] for r in rows],
+                    [(torch.from_numpy(X[r]), torch.from_numpy(Y[r])) for r in rows],
+                    [(jnp.asarray(X[r]), Y[r]) for r in rows]):
+        streamed = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(iter(batches), block=16),
+                            lr=0.05)
+        assert_trees_close(streamed, scheduled, rtol=0, atol=0)
+    one = fsgd.fit(lambda p, xy: fsgd.linear_mse(p, xy[:, :D], xy[:, D]), START,
+                   fsgd.stream(np.concatenate([X[r], Y[r, None]], 1) for r in rows), lr=0.05)
+    assert_trees_close(one, scheduled, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("positioned", ["iterator", "function"])
+def test_a_stream_resumes_from_its_checkpoint_with_the_bits_of_one_run(tmp_path, positioned):
+    rows = np.asarray(fsgd.sample_indices(KEY, N, 500, 10))
+    whole = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05, indices=rows)
+    path = tmp_path / "run.npz"
+    with pytest.raises(Crash):
+        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches_of(rows), block=64), lr=0.05,
+                 checkpoint=path, on_chunk=crash_after(192))
+    if positioned == "iterator":  # the user skips what the checkpoint holds
+        source = fsgd.stream(batches_of(rows[192:]), block=64)
+    else:
+        source = fsgd.stream(lambda done: batches_of(rows[done:]), block=64)
+    starts = []
+    resumed = fsgd.fit(fsgd.linear_mse, START, source, lr=0.05, checkpoint=path,
+                       on_chunk=lambda r: starts.append(int(r.step) - int(r.steps_run)))
+    assert starts == [192, 256, 320, 384, 448]
+    assert_trees_close(resumed, whole, rtol=0, atol=0)
+    # Run again: the stream is used up where the checkpoint ends; its result is returned.
+    ran = []
+    again = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(lambda done: batches_of(rows[done:])),
+                     lr=0.05, checkpoint=path, on_chunk=ran.append)
+    assert ran == []
+    assert_trees_close(again, whole, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="written by another run"):  # other batch shapes
+        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches_of(rows[:, :5]), block=64),
+                 lr=0.05, checkpoint=path)
+
+
+def test_a_bad_batch_after_some_blocks_keeps_what_trained_before_it():
+    rows = np.asarray(fsgd.sample_indices(KEY, N, 300, 10))
+
+    def batches():
+        yield from batches_of(rows[:200])
+        yield X[:10], Y[:9]
+
+    with pytest.raises(ValueError, match="batch 200 of the stream has") as raised:
+        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches(), block=64), lr=0.05)
+    kept = raised.value.result
+    assert int(kept.step) == 192 and int(kept.steps_run) == 192
+    assert_trees_close(kept, fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05,
+                                      indices=rows[:192]), rtol=0, atol=0)
+
+
+def test_a_loaders_own_error_keeps_what_trained_before_it():
+    rows = np.asarray(fsgd.sample_indices(KEY, N, 300, 10))
+
+    def batches():
+        yield from batches_of(rows[:100])
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone") as raised:
+        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches(), block=32), lr=0.05)
+    assert int(raised.value.result.step) == 96
+
+
+def test_nan_in_a_later_memmap_block_keeps_the_blocks_before(tmp_path):
+    x = np.memmap(tmp_path / "x", np.float32, "w+", shape=X.shape)
+    x[:] = X
+    rows = np.asarray(fsgd.sample_indices(KEY, N, 40, 8))
+    x[rows[30, 3]] = np.nan
+    with pytest.raises(ValueError, match="holds NaN or inf") as raised:
+        fsgd.fit(fsgd.linear_mse, START, (x, Y), lr=0.01, indices=rows, chunk_size=10)
+    assert int(raised.value.result.step) == 30
+    assert_trees_close(raised.value.result.params, fsgd.fit(
+        fsgd.linear_mse, START, (X, Y), lr=0.01, indices=rows[:30]).params, rtol=0, atol=0)

@@ -17,6 +17,7 @@ mesh) that runs it.
 """
 
 import dataclasses
+import itertools
 from functools import partial
 
 import numpy as np
@@ -72,7 +73,12 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         inside the tuple), a dict passed as one argument:
         ``fit(loss, p, {"x": x, "y": y})`` calls ``loss(p, {"x": xb, "y":
         yb})``. Like all JAX inputs, float64 NumPy data becomes float32
-        unless ``jax_enable_x64`` is on.
+        unless ``jax_enable_x64`` is on. A ``np.memmap`` among them, with
+        ``batch_size`` or ``indices``, is never read whole: each block of
+        steps (``chunk_size``, by default 16 MiB of rows) has its rows read
+        from the file with ``pread`` and checked for NaN once, so the
+        process holds those rows and not the file's pages. A
+        :func:`~functional_sgd.stream` of batches trains on any iterable.
       lr: learning rate ``> 0``; required unless ``optimizer`` is given.
       steps: number of updates; may be omitted when ``indices`` is given.
       batch_size: rows per step, ``1 <= batch_size <= n``; ``None`` for all.
@@ -127,7 +133,11 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         additions). ``loss`` must be a mean over the rows of its batch.
       checkpoint: a file path: after every chunk the run's state is written
         there atomically, and a run started again with the same arguments
-        resumes from it with the same bits. Needs ``chunk_size``.
+        resumes from it with the same bits. Needs ``chunk_size`` (a memmap's
+        blocks and a stream's are its chunks). A memmap is fingerprinted by
+        its file (name, size, modification time) and a hash of 1,024 of its
+        rows, not by all its bytes; a stream by its batches' shapes
+        (see :func:`~functional_sgd.stream` for resuming one).
       fast_path: ``"auto"``, ``True`` or ``False``. Full-batch descent on
         ``linear_mse`` (by identity) with data ``(x, y)`` and one params
         array can run from sufficient statistics (``XᵀX`` and friends, one
@@ -176,10 +186,10 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         return _fit_stream(loss, params, data, lr=lr, steps=steps, optimizer=optimizer,
                            tol=tol, patience=patience, record_params=record_params,
                            opt_state=opt_state, start_step=start_step,
-                           check_finite=check_finite, on_chunk=on_chunk, speed=speed,
+                           check_finite=check_finite, on_chunk=on_chunk,
+                           checkpoint=checkpoint, speed=speed,
                            unused=dict(batch_size=batch_size, key=key, indices=indices,
-                                       chunk_size=chunk_size, mesh=mesh,
-                                       checkpoint=checkpoint, rng=rng, state=state,
+                                       chunk_size=chunk_size, mesh=mesh, rng=rng, state=state,
                                        has_aux=has_aux or None, trainable=trainable))
     data, structure, names = _checks.flatten_data(data)
     read_on_host = _checks.read_on_host(data, batch_size, indices)
@@ -222,7 +232,7 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     on_chunk = _model.unwrapping(on_chunk, model)
     if read_on_host:
         return result(*_run_on_host(loop, spec, carry, inputs, chunk_size, on_chunk,
-                                    check_finite, mesh, checkpoint))
+                                    check_finite, mesh, checkpoint, result))
     if checkpoint is not None:
         return result(*drivers.run_with_checkpoints(
             checkpoint, loop, spec, carry, inputs, chunk_size=chunk_size, on_chunk=on_chunk))
@@ -230,7 +240,7 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
                                          chunk_size=chunk_size, on_chunk=on_chunk))
 
 
-HOST_BLOCK_BYTES = 64 * 2**20
+HOST_BLOCK_BYTES = 16 * 2**20
 """Rows gathered on the host for one compiled call, when no chunk_size says."""
 
 
@@ -240,52 +250,85 @@ def _host_block(batch_size, data):
     return max(1, HOST_BLOCK_BYTES // max(1, row_bytes * batch_size))
 
 
-def _run_on_host(loop, spec, carry, inputs, block, on_chunk, check_finite, mesh, checkpoint):
+def _run_on_host(loop, spec, carry, inputs, block, on_chunk, check_finite, mesh, checkpoint,
+                 result):
     """Data read on the host a block of steps at a time (a memmap): each block's
-    rows gathered there, then trained as stacked batches."""
-    if mesh is not None or checkpoint is not None:
-        raise ValueError("data read on the host (a np.memmap) runs on one device without "
-                         "checkpoints for now; drop mesh and checkpoint, or pass an "
-                         "in-memory array.")
-    batches, start = spec.batches, int(carry.step)
-    blocks = drivers.gathered_blocks(
-        inputs.data, lambda first, length: batches.rows(
-            inputs.key, None if inputs.indices is None else inputs.indices[first:first + length],
-            start + first, length), spec.steps, block, check_finite, batches.padded)
-    stacked = dataclasses.replace(spec, batches=_batches.Stacked(batches.batch_size,
-                                                                 batches.padded))
-    return drivers.run_in_blocks(loop, stacked, carry, inputs._replace(key=None, indices=None),
-                                 blocks, steps=spec.steps, on_chunk=on_chunk)
+    rows gathered there, then trained as stacked batches; with ``checkpoint``,
+    written after every block as an in-memory run's chunks are."""
+    if mesh is not None:
+        raise ValueError("data read on the host (a np.memmap) runs on one device for now; "
+                         "drop mesh, or pass an in-memory array.")
+
+    def in_blocks(run, spec, carry, inputs, *, on_chunk, done=0):
+        batches, start = spec.batches, int(carry.step)
+        blocks = drivers.gathered_blocks(
+            inputs.data, lambda first, length: batches.rows(
+                inputs.key, None if inputs.indices is None
+                else inputs.indices[first:first + length], start + first, length),
+            spec.steps, block, check_finite, batches.padded)
+        stacked = dataclasses.replace(spec, batches=_batches.Stacked(batches.batch_size,
+                                                                     batches.padded))
+        return drivers.run_in_blocks(run, stacked, carry, inputs._replace(key=None, indices=None),
+                                     blocks, steps=spec.steps, on_chunk=on_chunk, result=result)
+
+    if checkpoint is not None:
+        return drivers.run_with_checkpoints(checkpoint, loop, spec, carry, inputs,
+                                            chunk_size=block, on_chunk=on_chunk,
+                                            chunks=in_blocks)
+    return in_blocks(loop, spec, carry, inputs, on_chunk=on_chunk)
 
 
 def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, record_params,
-                opt_state, start_step, check_finite, on_chunk, speed, unused):
-    """``fit`` on a :func:`~functional_sgd.stream` of batches."""
+                opt_state, start_step, check_finite, on_chunk, checkpoint, speed, unused):
+    """``fit`` on a :func:`~functional_sgd.stream` of batches: blocks of them
+    stacked on the host, each trained in one compiled call (``drivers/_blocks.py``);
+    with ``checkpoint``, the run's state written after every block."""
     given = [name for name, value in unused.items() if value is not None]
     if given:
         raise ValueError(f"with a stream as data, {', '.join(given)} cannot be used: the "
                          "stream decides the batches (chunk_size: its block does), and a "
-                         "stream trains a plain model for now (no rng, state, has_aux or "
-                         "trainable).")
+                         "stream trains a plain model on one device for now (no rng, state, "
+                         "has_aux, trainable or mesh).")
     if steps is not None:
         steps = _checks.check_int(steps, "steps", minimum=1, maximum=_checks.MAX_STEP)
     lr = _checks.check_lr(lr, optimizer, opt_state, params)
     _checks.check_start(start_step, steps or 0, name="start_step")
     stop = _stop.choose(tol, patience)
-    example, batches = drivers.first_batch(source.batches)
-    loss_out = _checks.check_loss(loss, params, example)
-    _checks.check_opt_state(optimizer, opt_state, params)
+    if on_chunk is not None and not callable(on_chunk):
+        raise TypeError(f"on_chunk must be callable as on_chunk(result); got {on_chunk!r}.")
     record_params = _checks.check_bool(record_params, "record_params")
     if record_params:
         raise ValueError("record_params needs a run of known length; a stream has none.")
+    done, saved = (0, None) if checkpoint is None else drivers.saved_run(checkpoint)
+    if steps is not None and done >= steps:
+        done = steps  # a finished run: its batches are not read
+    from_done = callable(source.batches) and not hasattr(source.batches, "__iter__")
+    example, batches = drivers.first_batch(
+        source.batches(done) if from_done else source.batches, saved)
+    loss_out = _checks.check_loss(loss, params, example)
+    _checks.check_opt_state(optimizer, opt_state, params)
     plan = _speed.decide(speed, False, exact_mse=False, params=params, data=example,
                          full_batch=False, steps=1)
-    spec = LoopSpec(loss, optimizer, _batches.Stacked(example[0].shape[0]), 1, stop,
+    spec = LoopSpec(loss, optimizer, _batches.Stacked(example[0].shape[0]), steps, stop,
                     False, plan)
     carry = initialize(spec, params, opt_state, start_step, loss_out.dtype)
     inputs = Inputs((), lr, None, None, tol, patience)
-    blocks = drivers.stream_blocks(  # a short batch's loss is a mean over its real rows
-        batches, source.block, steps, check_finite, lambda: _checks.check_loss_per_row(
-            partial(_checks.check_loss, loss, params), example, "with a short batch"))
-    return fit_result(*drivers.run_in_blocks(run, spec, carry, inputs, blocks,
-                                             on_chunk=on_chunk))
+
+    def in_blocks(run, spec, carry, inputs, *, on_chunk, done=0):
+        blocks = drivers.stream_blocks(  # a short batch's loss is a mean over its real rows
+            batches, source.block, spec.steps, check_finite, lambda: _checks.check_loss_per_row(
+                partial(_checks.check_loss, loss, params), example, "with a short batch"))
+        if done:  # resumed: a stream used up ends the run where the checkpoint did
+            first = next(blocks, None)
+            if first is None:
+                return carry, None
+            blocks = itertools.chain([first], blocks)
+        return drivers.run_in_blocks(run, spec, carry, inputs, blocks, on_chunk=on_chunk)
+
+    if checkpoint is None:
+        return fit_result(*in_blocks(run, spec, carry, inputs, on_chunk=on_chunk))
+    # The block does not change the bits: a run may resume with another.
+    described = {"batch": [f"{a.dtype}{list(a.shape)}" for a in example]}
+    return fit_result(*drivers.run_with_checkpoints(
+        checkpoint, run, spec, carry, inputs, chunk_size=source.block, on_chunk=on_chunk,
+        chunks=in_blocks, source={"stream": described}))

@@ -12,6 +12,7 @@ from ._blocks import run_in_blocks as run_in_blocks
 from ._blocks import stream as stream
 from ._blocks import stream_blocks as stream_blocks
 from ._checkpoint import run_with_checkpoints as run_with_checkpoints
+from ._checkpoint import saved_run as saved_run
 from ._chunks import run_in_chunks as run_in_chunks
 from ._fingerprint import describe as describe
 from ._mesh import check_mesh as check_mesh

@@ -51,11 +51,18 @@ FORMAT = "functional-sgd checkpoint"
 VERSION = 2
 
 
-def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk=None):
+def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk=None,
+                         chunks=None, source=None):
     """:func:`run_in_chunks` that resumes from ``path`` and writes it after every chunk.
 
     The spec, the carry and the inputs decide the run's bits; a checkpoint
     written by a run that differs in them is refused.
+
+    ``chunks(run, spec, carry, inputs, on_chunk=..., done=...)`` runs the
+    steps left (``done`` of them already in the checkpoint) in chunks, by
+    default :func:`run_in_chunks`; data read on the host passes its own,
+    and describes itself in ``source`` for the fingerprint. A run of
+    unknown length (``spec.steps`` None, a stream) ends when ``chunks`` does.
     """
     _check_path(path)
     if spec.record_params:
@@ -66,6 +73,8 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
     if opt_spec is None and spec.optimizer is not None:
         opt_spec = jax.eval_shape(spec.init_optimizer, carry.params)
     expected = _fingerprint(spec, carry._replace(opt_state=opt_spec), inputs)
+    if source is not None:
+        expected["source"] = source
     done, history, aux_history = 0, [], []
     if os.path.exists(path):
         saved = _read(path, expected)
@@ -93,13 +102,18 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
         return carry, record
 
     steps = spec.steps
-    if done < steps and not bool(carry.stop.stopped):
+    if chunks is None:
+        chunks = lambda run, spec, carry, inputs, *, on_chunk, done: run_in_chunks(
+            run, spec, carry, inputs, chunk_size=chunk_size, on_chunk=on_chunk)
+    if (steps is None or done < steps) and not bool(carry.stop.stopped):
         rest = inputs if inputs.indices is None else inputs._replace(
             indices=inputs.indices[done:])
         carry = carry._replace(step=np.int32(carry.step + done))
-        carry, _ = run_in_chunks(run_and_save, dataclasses.replace(spec, steps=steps - done),
-                                 carry, rest, chunk_size=chunk_size, on_chunk=on_chunk)
+        carry, _ = chunks(run_and_save, dataclasses.replace(
+            spec, steps=None if steps is None else steps - done), carry, rest,
+            on_chunk=on_chunk, done=done)
     losses = np.concatenate(history)  # the checkpointed prefix and the steps run now
+    steps = losses.shape[0] if steps is None else steps
     start_step = expected["start_step"]
     carry = carry._replace(step=np.int32(start_step + losses.shape[0]))
     return jax.device_put(carry), record_of(losses, steps, None, _joined(aux_history))
@@ -308,8 +322,9 @@ def _state(header, contents, expected):
     """The arrays of a checkpoint whose run matched, each checked against
     the shape and dtype this run expects."""
     done, stopped, dtypes = header["done"], header["stopped"], header["dtypes"]
-    if type(done) is not int or not 0 <= done <= expected["steps"]:
-        raise _Corrupt(f"done={done!r} is not a step count in [0, {expected['steps']}]")
+    most = _MAX_STEPS if expected["steps"] is None else expected["steps"]
+    if type(done) is not int or not 0 <= done <= most:
+        raise _Corrupt(f"done={done!r} is not a step count in [0, {most}]")
     if type(stopped) is not bool or not isinstance(dtypes, dict):
         raise _Corrupt("stopped or dtypes has the wrong type")
 
@@ -331,6 +346,27 @@ def _state(header, contents, expected):
             "waited": array("waited", ()), "stopped": np.bool_(stopped),
             "leaves": [leaf(f"leaf_{i}", spec) for i, spec in enumerate(specs)],
             "aux": [array(f"aux_{i}", shape) for i, shape in enumerate(header.get("aux", []))]}
+
+
+_MAX_STEPS = 2**31 - 1
+"""The most steps a run of unknown length (a stream) can have checkpointed."""
+
+
+def saved_run(path):
+    """``(steps done, the run's fingerprint)`` of a checkpoint at ``path``,
+    ``(0, None)`` when there is none yet, read from its header alone; whether
+    it belongs to this run is checked when the run resumes from it."""
+    if not os.path.exists(path):
+        return 0, None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            header = json.loads(str(archive["header"]))
+        done, run = header["done"], header["run"]
+    except Exception as error:
+        raise _corrupt(path, error) from error
+    if type(done) is not int or done < 0 or not isinstance(run, dict):
+        raise _corrupt(path, f"done={done!r}")
+    return done, run
 
 
 def _corrupt(path, error):

@@ -16,11 +16,14 @@ False
 import dataclasses
 import functools
 import hashlib
+import os
 import types
 import weakref
 
 import jax
 import numpy as np
+
+from ._rows import row_reader
 
 MAX_DEPTH = 12
 """How deep closures are followed (an optax chain of chains is ~6 deep)."""
@@ -47,6 +50,8 @@ class _Describer:
             return np.asarray(jax.random.key_data(value)).tolist()
         if isinstance(value, jax.tree_util.PyTreeDef):  # data's structure (dict keys)
             return str(value)
+        if isinstance(value, np.memmap) and self.contents:
+            return memmap_sample_hash(value)
         if isinstance(value, (np.generic, np.ndarray, jax.Array)):
             return content_hash(value) if self.contents else \
                 f"{value.dtype}{list(np.shape(value))}"
@@ -116,3 +121,34 @@ def content_hash(array):
         except TypeError:  # not weak-referenceable
             pass
     return described
+
+
+SAMPLED_ROWS = 1024
+"""Rows of a memmap that its description hashes (spread evenly, first and last included)."""
+
+
+def memmap_sample_hash(array):
+    """A memmap's description without reading it whole (4 GB take seconds to
+    hash): its file's name, size and modification time, the array's place in
+    it (offset, shape, dtype, strides) and a hash of ``SAMPLED_ROWS`` of its
+    rows, read from the file. A change to rows it did not sample that keeps
+    the file's size and modification time (rewriting it and resetting the
+    time on purpose) goes unseen: the description is a guard against
+    resuming on other data, not a proof of the same bytes."""
+    filename = getattr(array, "filename", None)
+    place = {"file": None if filename is None else os.fspath(filename),
+             "offset": getattr(array, "offset", 0),
+             "strides": list(array.strides)}
+    if place["file"] is not None and os.path.exists(place["file"]):
+        status = os.stat(place["file"])
+        place.update(size=status.st_size, mtime_ns=status.st_mtime_ns)
+    if array.ndim == 0 or array.shape[0] == 0:
+        return {"memmap": place, "values": content_hash(np.asarray(array))}
+    rows = np.unique(np.linspace(0, array.shape[0] - 1, SAMPLED_ROWS).astype(np.int64))
+    read = row_reader(array, "data")
+    try:
+        sample = read(rows)
+    finally:
+        read.close()
+    return {"memmap": place, "sampled rows": f"{len(rows)}",
+            "values": f"{array.dtype}{list(array.shape)}:" + content_hash(sample)}
