@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from .._types import fit_result
-from ._chunks import join
+from ._chunks import eval_count, join
 
 
 class Stream:
@@ -73,19 +73,19 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
     while ahead is not None:
         data, length = ahead
         data = jax.device_put(data)
-        carry, record = run(dataclasses.replace(spec, steps=length), carry,
-                            inputs._replace(data=data))
+        piece = spec.part(done, length) if steps is not None \
+            else dataclasses.replace(spec, steps=length)
+        carry, record = run(piece, carry, inputs._replace(data=data))
         ahead = next(blocks, None)  # read while the block trains
         records.append(record)
         done += int(record.steps_run)
-        if on_chunk is not None:
-            on_chunk(fit_result(carry, record))
-        if bool(carry.stop.stopped):
+        asked_to_stop = on_chunk is not None and on_chunk(fit_result(carry, record)) is True
+        if asked_to_stop or bool(carry.stop.stopped):
             break
     if not records:
         raise ValueError("data yielded no batches: the stream was empty.")
     return carry, join(records, done if steps is None else steps, spec.record_params,
-                       carry.params)
+                       carry.params, 0 if steps is None else eval_count(spec))
 
 
 def gathered_blocks(data, rows_of, steps, block, check_finite):
