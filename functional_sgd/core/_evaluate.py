@@ -135,7 +135,7 @@ def choose(evaluate, eval_data, eval_every, monitor, mode, restore_best, *, batc
     for ``fit``'s arguments, each checked in plain Python before any trace."""
     if evaluate is None:
         given = [name for name, value in (
-            ("eval_data", eval_data != () and eval_data is not None),
+            ("eval_data", given_data(eval_data)),
             ("eval_every", eval_every is not None), ("monitor", monitor is not None),
             ("restore_best", restore_best is not False))
             if value]
@@ -170,6 +170,11 @@ def choose(evaluate, eval_data, eval_every, monitor, mode, restore_best, *, batc
         dtype = shapes[monitor].dtype
     evaluation = Evaluation(evaluate, every, monitor, mode, restore_best)
     return evaluation, eval_data, dtype
+
+
+def given_data(eval_data):
+    """Whether ``eval_data`` is anything but the default ``()``."""
+    return not (isinstance(eval_data, (tuple, list)) and len(eval_data) == 0)
 
 
 def _epoch(batches):
