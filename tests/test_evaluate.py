@@ -93,7 +93,7 @@ def test_vmap_over_16_rates_gives_16_validation_curves_in_one_compile(digits, x6
         np.testing.assert_array_equal(swept.eval_steps[i], alone.eval_steps)
         assert int(swept.steps_run[i]) == int(alone.steps_run)
         stopped += int(alone.steps_run) < 12 * per_epoch
-        assert max_relative_error(jax.tree.map(lambda a: a[i], swept.params),
+        assert max_relative_error(jax.tree.map(lambda a, i=i: a[i], swept.params),
                                   alone.params) <= 1e-12
         made = np.asarray(alone.eval_steps) >= 0
         assert max_relative_error(swept.evals["loss"][i][made],

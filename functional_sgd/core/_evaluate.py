@@ -15,11 +15,11 @@ Keras), in ``mode`` ``"min"`` or ``"max"``. The rule works on the signed
 value ``s = v`` (min) or ``s = -v`` (max), so "better" is always "lower".
 
 >>> ev = Evaluation(evaluate=None, every=4)
->>> ev.count(10), [ev.end(p, 10) for p in range(ev.count(10))]
-(3, [4, 8, 10])
->>> chunk = ev.part(6, at_end=False)  # steps 6.. of the run, not its end
->>> chunk.count(3), chunk.end(0, 3)
-(1, 2)
+>>> ev.segments(10), ev.count(10)  # evaluations after updates 4, 8 and 10
+((0, 2, 2), 3)
+>>> chunk = ev.part(6, at_end=False)  # updates 6..8 of the run, not its end
+>>> chunk.segments(3), chunk.count(3)  # 6, 7 end a period (at 8), 8 starts one
+((2, 0, 1), 2)
 """
 
 import dataclasses
@@ -30,9 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._types import StopState
+from .._types import Carry, Record, StopState
 from . import _checks
+from ._batches import Stacked
 from ._model import unwrap
+from ._stop import StopRule
 
 MODES = ("min", "max")
 
@@ -62,38 +64,28 @@ class Evaluation:
     offset: int = 0
     at_end: bool = True
 
-    def _first(self):
-        """Updates of this piece before its first period ends."""
-        return self.every - self.offset
-
-    def _regular(self, steps):
-        """Periods that end within a piece of ``steps`` updates."""
-        first = self._first()
-        return 0 if first > steps else (steps - first) // self.every + 1
+    def segments(self, steps):
+        """How a piece of ``steps`` updates is cut, statically: ``(head,
+        periods, tail)``: ``head`` updates finish the period a previous piece
+        began (0 if none), then ``periods`` whole periods of ``every``, then
+        ``tail`` updates of a period this piece does not finish (0 if none).
+        Each part ends in an evaluation slot."""
+        head = min(self.every - self.offset, steps) if self.offset else 0
+        periods = (steps - head) // self.every
+        return head, periods, steps - head - periods * self.every
 
     def count(self, steps):
-        """Evaluations a piece of ``steps`` updates makes (without a stop):
-        one after every ``every``-th update, and one after the last when the
-        piece ends the run and that one is not already an ``every``-th.
-
-        A piece that does not end the run gets one more slot when steps
-        follow its last period: filled only if a stop rule ends the run there.
+        """Evaluation slots of a piece of ``steps`` updates: one per part
+        (see :meth:`segments`). A part that ends a period, or the run,
+        always evaluates; one that ends only the piece (a chunk) evaluates
+        only when a stop rule ended the run in it.
         """
-        regular = self._regular(steps)
-        ends_on_period = regular > 0 and self._first() + (regular - 1) * self.every == steps
-        return regular + (not ends_on_period)
+        head, periods, tail = self.segments(steps)
+        return (head > 0) + periods + (tail > 0)
 
-    def evaluates_last(self, steps):
-        """Whether the last slot of :meth:`count` always evaluates (else only
-        when the run stopped in it)."""
-        regular = self._regular(steps)
-        return self.at_end or (regular > 0 and
-                               self._first() + (regular - 1) * self.every == steps)
-
-    def end(self, period, steps):
-        """Updates made (within the piece) when period ``period`` ends; traced or not."""
-        end = self._first() + period * self.every
-        return min(end, steps) if isinstance(end, int) else jnp.minimum(end, steps)
+    def head_evaluates(self, steps):
+        """Whether the head of a piece always evaluates (it ends a period or the run)."""
+        return self.every - self.offset <= steps or self.at_end
 
     def part(self, done, *, at_end):
         """The evaluation of a piece of this run that starts ``done`` updates in."""
@@ -252,3 +244,142 @@ def check_values(out):
                              f"{getattr(value, 'dtype', type(value).__name__)}"
                              f"{list(getattr(value, 'shape', ()))}. Reduce it, e.g. with "
                              ".mean().")
+
+
+def run_with_evaluations(piece, first_bad, spec, loss, data, params, opt_state, frozen,
+                         start_step, carry, inputs):
+    """The loop with evaluations (traced); ``(Carry, Record)``.
+
+    The steps run in parts (:meth:`Evaluation.segments`), each one a
+    ``piece`` of the plain loop (a ``scan``, or a ``while_loop`` when the
+    stop rule watches every step's loss), followed by an evaluation: a head
+    part, a ``while_loop`` over whole periods, a tail part. Each part draws
+    or gathers its batches as a chunk of its length would, so evaluating
+    costs the evaluation and little more.
+
+    With ``monitor`` the rule watches each evaluation's monitored value; a
+    non-finite loss (with a rule on) ends the run after that period.
+    """
+    evaluation, model, rule, steps = spec.evaluation, spec.model, spec.stop, spec.steps
+    monitored = evaluation.monitor is not None
+    inner = dataclasses.replace(spec, evaluation=None, stop=StopRule() if monitored else rule)
+    head, periods, tail = evaluation.segments(steps)
+    stacked = isinstance(spec.batches, Stacked)
+
+    def run_part(state, start, length):
+        """``length`` steps from ``start`` (within the run), as a piece."""
+        params, opt_state, model_state, stop_state = state
+        part_inputs = inputs
+        if inputs.indices is not None:
+            part_inputs = part_inputs._replace(indices=_rows(inputs.indices, start, length))
+        part_data = tuple(_rows(a, start, length) for a in data) if stacked else data
+        part_carry = Carry(model.join(params, frozen), opt_state, start_step + start,
+                           stop_state, model_state)
+        out, record = piece(dataclasses.replace(inner, steps=length), loss, part_data, params,
+                            opt_state, frozen, start_step + start, part_carry, part_inputs)
+        ran = length if record.steps_run is None else record.steps_run
+        if inner.stop.active:
+            stop_state = out.stop
+        elif rule.active:  # with monitor: a diverged period ends the run
+            stop_state = stop_state._replace(
+                stopped=stop_state.stopped | ~jnp.isfinite(record.losses).all())
+        return (model.split(out.params)[0], out.opt_state, out.state, stop_state), ran, record
+
+    evaluate = lambda params, state: evaluation.call(  # noqa: E731
+        model, model.join(params, frozen), state, inputs.eval_data)
+    first_loss = jax.eval_shape(
+        lambda: run_part((params, opt_state, carry.state, carry.stop), 0, 1)[2])
+    shapes = jax.eval_shape(evaluate, params, carry.state)
+    count = evaluation.count(steps)
+    losses = jnp.full((steps,), jnp.nan, first_loss.losses.dtype)
+    aux = jax.tree.map(lambda a: jnp.full((steps,) + a.shape[1:], not_run(a.dtype), a.dtype),
+                       first_loss.aux)
+    evals = {name: jnp.full((count,), not_run(s.dtype), s.dtype) for name, s in shapes.items()}
+    eval_steps = jnp.full((count,), -1, jnp.int32)
+    watch_dtype = jnp.result_type(carry.stop.best) if monitored else first_loss.losses.dtype
+    stop_state = carry.stop._replace(best=jnp.asarray(carry.stop.best, watch_dtype),
+                                     waited=jnp.asarray(carry.stop.waited, jnp.int32),
+                                     stopped=jnp.bool_(False))
+    tol = inputs.tol
+    if monitored and rule.tol:
+        tol = evaluation.signed({evaluation.monitor: tol}, watch_dtype)
+    best = (model.split(carry.best[0])[0], carry.best[1]) if evaluation.restore_best else None
+    trajectory = None
+    if spec.record_params:  # the params before every step and after the last
+        trajectory = jax.tree.map(lambda p: jnp.zeros((steps + 1,) + jnp.shape(p),
+                                                      jnp.result_type(p)),
+                                  model.join(params, frozen))
+
+    def part(state, start, length, slot, always):
+        """Runs a part and its evaluation, writing the records in place."""
+        training, t, losses, aux, trajectory, evals, eval_steps, best = state
+        training, ran, record = run_part(training, start, length)
+        losses = jax.lax.dynamic_update_slice(losses, record.losses, (start,))
+        aux = jax.tree.map(lambda path, a: jax.lax.dynamic_update_slice(
+            path, a, (start,) + (0,) * (a.ndim - 1)), aux, record.aux)
+        if trajectory is not None:  # the part's path but its last point (the next part's first)
+            trajectory = jax.tree.map(lambda path, a: jax.lax.dynamic_update_slice(
+                path, a[:length], (start,) + (0,) * (a.ndim - 1)), trajectory,
+                record.trajectory)
+        t = start + ran
+        params, model_state, stop_state = training[0], training[2], training[3]
+        values = evaluate(params, model_state)
+        evaluated = True if always else stop_state.stopped  # a chunk's tail: if it stopped
+        evals = {name: path.at[slot].set(jnp.where(evaluated, values[name], path[slot]))
+                 for name, path in evals.items()}
+        eval_steps = eval_steps.at[slot].set(jnp.where(evaluated, start_step + t, -1))
+        if monitored:
+            watched, improved = watch(rule, stop_state, evaluation.signed(values, watch_dtype),
+                                      tol=tol, patience=inputs.patience)
+            stop_state = jax.tree.map(lambda new, old: jnp.where(evaluated, new, old),
+                                      watched, stop_state)
+            if best is not None:
+                best = jax.tree.map(lambda now, kept: jnp.where(improved & evaluated, now, kept),
+                                    (params, model_state), best)
+            training = training[:3] + (stop_state,)
+        return training, t, losses, aux, trajectory, evals, eval_steps, best
+
+    state = ((params, opt_state, carry.state, stop_state), jnp.int32(0), losses, aux,
+             trajectory, evals, eval_steps, best)
+    if head:
+        state = part(state, 0, head, 0, evaluation.head_evaluates(steps))
+    if periods:
+        first_slot = int(head > 0)
+
+        def period(numbered):
+            p, state = numbered
+            return p + 1, part(state, head + p * evaluation.every, evaluation.every,
+                               first_slot + p, True)
+
+        _, state = jax.lax.while_loop(lambda ps: (ps[0] < periods) & ~ps[1][0][3].stopped,
+                                      period, (jnp.int32(0), state))
+    if tail:
+        state = jax.lax.cond(state[0][3].stopped, lambda state: state,
+                             lambda state: part(state, steps - tail, tail, count - 1,
+                                                evaluation.at_end), state)
+    (params, opt_state, model_state, stop_state), t, losses, aux, trajectory, evals, \
+        eval_steps, best = state
+    if trajectory is not None:  # steps after the stop hold the final params
+        last = model.join(params, frozen)
+        after = jnp.arange(steps + 1, dtype=jnp.int32) >= t
+        trajectory = jax.tree.map(
+            lambda path, p: jnp.where(after.reshape((-1,) + (1,) * jnp.ndim(p)), p, path),
+            trajectory, last)
+    if not (rule.active or monitored):
+        stop_state = carry.stop
+    if best is not None:
+        best = (model.join(best[0], frozen), best[1])
+    return (Carry(model.join(params, frozen), opt_state, start_step + t, stop_state,
+                  model_state, best),
+            Record(losses, first_bad(losses, t), t, trajectory, aux, evals, eval_steps))
+
+
+def _rows(array, start, length):
+    """Rows ``start .. start + length`` of ``array`` (``start`` may be traced)."""
+    return jax.lax.dynamic_slice_in_dim(array, start, length)
+
+
+def not_run(dtype):
+    """What a record holds for a step or evaluation that did not run: NaN,
+    or zero where the dtype has no NaN."""
+    return jnp.nan if jnp.issubdtype(dtype, jnp.inexact) else 0

@@ -27,8 +27,8 @@ import numpy as np
 from .._types import Carry, Record
 from ..drivers import describe
 from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, quadratic_mse
-from . import _evaluate
 from ._batches import Schedule, feed
+from ._evaluate import not_run, run_with_evaluations
 from ._initialize import optimizer_state
 from ._step import model_step
 
@@ -71,6 +71,17 @@ def loop(carry, inputs, *, spec):
     params, frozen = model.split(carry.params)
     loss, data = _full_batch_speed_ups(spec, params, inputs.data)
     opt_state = optimizer_state(spec.optimizer, params, carry.opt_state)
+    if spec.evaluation is not None:  # periods of steps, each a piece, then an evaluation
+        return run_with_evaluations(piece, first_bad, spec, loss, data, params, opt_state,
+                                    frozen, start_step, carry, inputs)
+    return piece(spec, loss, data, params, opt_state, frozen, start_step, carry, inputs)
+
+
+def piece(spec, loss, data, params, opt_state, frozen, start_step, carry, inputs):
+    """``spec.steps`` steps from ``start_step`` on the trainable ``params``
+    (the loss and data as the speed plan prepared them); ``(Carry, Record)``
+    as :func:`loop` returns them."""
+    model = spec.model
     source = feed(spec.batches, data, inputs.key, inputs.indices, start_step, spec.steps,
                   spec.plan)
     step = functools.partial(model_step, model, loss, spec.optimizer, inputs.lr, frozen)
@@ -79,9 +90,6 @@ def loop(carry, inputs, *, spec):
     # A scan of one step is inlined by XLA, which then reads column-major data
     # another way: the loss would differ in its last bits from the same step
     # inside a longer run. A while loop whose end depends on the data stays a loop.
-    if spec.evaluation is not None:
-        return _run_with_evaluations(spec, step, key_at, source, params, opt_state, carry,
-                                     frozen, start_step, inputs)
     if spec.stop.active or spec.steps == 1:
         return _run_until_stop(spec, step, key_at, source, params, opt_state, carry, frozen,
                                start_step, inputs)
@@ -183,7 +191,7 @@ def _empty_records(spec, step, key_at, source, params, opt_state, carry):
     first = jax.eval_shape(lambda: step(params, opt_state, carry.state, source.batch_at(
         x_at(jnp.int32(0)), source.rows)[0], key_at(jnp.int32(0))))
     losses = jnp.full((steps,), jnp.nan, first.value.dtype)
-    aux = jax.tree.map(lambda a: jnp.full((steps,) + a.shape, _not_run(a.dtype), a.dtype),
+    aux = jax.tree.map(lambda a: jnp.full((steps,) + a.shape, not_run(a.dtype), a.dtype),
                        first.aux)
     trajectory = jax.tree.map(
         lambda p: jnp.zeros((steps + 1,) + jnp.shape(p), jnp.result_type(p)), params) \
@@ -201,99 +209,6 @@ def _finish_trajectory(spec, trajectory, params, frozen, t):
         lambda path, p: jnp.where(after.reshape((-1,) + (1,) * p.ndim), p, path),
         trajectory, params)
     return _whole_path(spec.model, trajectory, frozen, spec.steps + 1)
-
-
-def _run_with_evaluations(spec, step, key_at, source, params, opt_state, carry, frozen,
-                          start_step, inputs):
-    """Periods of ``evaluation.every`` steps, each ending in an evaluation of
-    the held-out data (``_evaluate``), as a while loop over periods around a
-    while loop over their steps.
-
-    The stop rule watches either every step's loss (as in
-    :func:`_run_until_stop`) or, with ``monitor``, each evaluation's
-    monitored value; with a rule on, a non-finite loss also ends the run.
-    The run evaluates after its last update, stopped early or not.
-    """
-    evaluation, model, rule, steps = spec.evaluation, spec.model, spec.stop, spec.steps
-    x_at, losses, aux, trajectory, first = _empty_records(spec, step, key_at, source, params,
-                                                          opt_state, carry)
-    evaluate = lambda params, state: evaluation.call(
-        model, model.join(params, frozen), state, inputs.eval_data)
-    shapes = jax.eval_shape(evaluate, params, carry.state)
-    count = evaluation.count(steps)
-    evals = {name: jnp.full((count,), _not_run(s.dtype), s.dtype) for name, s in shapes.items()}
-    eval_steps = jnp.full((count,), -1, jnp.int32)
-    monitored = evaluation.monitor is not None
-    watch_dtype = jnp.result_type(carry.stop.best) if monitored else first.value.dtype
-    stop_state = carry.stop._replace(best=jnp.asarray(carry.stop.best, watch_dtype),
-                                     waited=jnp.asarray(carry.stop.waited, jnp.int32),
-                                     stopped=jnp.bool_(False))
-    tol = inputs.tol
-    if monitored and rule.tol:
-        tol = evaluation.signed({evaluation.monitor: tol}, watch_dtype)
-    best = None
-    if evaluation.restore_best:
-        best = (model.split(carry.best[0])[0], carry.best[1])
-
-    def step_body(state):
-        t, params, opt_state, model_state, losses, aux, trajectory, rows, stop_state = state
-        if spec.record_params:
-            trajectory = jax.tree.map(lambda path, p: path.at[t].set(p), trajectory, params)
-        batch, rows = source.batch_at(x_at(t), rows)
-        out = step(params, opt_state, model_state, batch, key_at(t))
-        if rule.active and not monitored:
-            stop_state = rule.update(stop_state, out.value, tol=tol, patience=inputs.patience)
-        elif rule.active:
-            stop_state = stop_state._replace(stopped=stop_state.stopped
-                                             | ~jnp.isfinite(out.value))
-        aux = jax.tree.map(lambda path, a: path.at[t].set(a), aux, out.aux)
-        return (t + 1, out.params, out.opt_state, out.state, losses.at[t].set(out.value), aux,
-                trajectory, rows, stop_state)
-
-    def period(state):
-        p, stepping, evals, eval_steps, best = state
-        end = evaluation.end(p, steps)
-        stepping = jax.lax.while_loop(lambda s: (s[0] < end) & ~s[-1].stopped, step_body,
-                                      stepping)
-        t, params, model_state, stop_state = stepping[0], stepping[1], stepping[3], stepping[-1]
-        values = evaluate(params, model_state)
-        evaluated = True if p is None or evaluation.evaluates_last(steps)             else (p < count - 1) | stop_state.stopped
-        evals = {name: path.at[p].set(jnp.where(evaluated, values[name], path[p]))
-                 for name, path in evals.items()}
-        eval_steps = eval_steps.at[p].set(jnp.where(evaluated, start_step + t, -1))
-        if monitored:
-            watched, improved = _evaluate.watch(
-                rule, stop_state, evaluation.signed(values, watch_dtype), tol=tol,
-                patience=inputs.patience)
-            improved &= evaluated
-            stop_state = jax.tree.map(lambda new, old: jnp.where(evaluated, new, old),
-                                      watched, stop_state)
-            if best is not None:
-                best = jax.tree.map(lambda now, kept: jnp.where(improved, now, kept),
-                                    (params, model_state), best)
-            stepping = stepping[:-1] + (stop_state,)
-        return p + 1, stepping, evals, eval_steps, best
-
-    stepping = (jnp.int32(0), params, opt_state, carry.state, losses, aux, trajectory,
-                source.rows, stop_state)
-    _, stepping, evals, eval_steps, best = jax.lax.while_loop(
-        lambda s: (s[0] < count) & ~s[1][-1].stopped, period,
-        (jnp.int32(0), stepping, evals, eval_steps, best))
-    t, params, opt_state, model_state, losses, aux, trajectory, _, stop_state = stepping
-    trajectory = _finish_trajectory(spec, trajectory, params, frozen, t)
-    if not rule.active and not monitored:
-        stop_state = carry.stop
-    if best is not None:
-        best = (model.join(best[0], frozen), best[1])
-    return (Carry(model.join(params, frozen), opt_state, start_step + t, stop_state,
-                  model_state, best),
-            Record(losses, first_bad(losses, t), t, trajectory, aux, evals, eval_steps))
-
-
-def _not_run(dtype):
-    """What a record holds for a step that did not run: NaN, or zero where
-    the dtype has no NaN."""
-    return jnp.nan if jnp.issubdtype(dtype, jnp.inexact) else 0
 
 
 LONG_RUN = 4096
