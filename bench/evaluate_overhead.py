@@ -53,6 +53,10 @@ def scores(params, x, y):
             "loss": fsgd.binary_cross_entropy(logits, y)}
 
 
+def bias(params):
+    return {"bias": params[1]}
+
+
 def problem(n, valid, d):
     x = jax.random.normal(jax.random.key(0), (n + valid, d))
     w = jax.random.normal(jax.random.key(1), (d,))
@@ -77,6 +81,10 @@ def methods(size):
         result = fsgd.fit(loss, params, train, evaluate=scores, eval_data=valid, **common)
         return jax.block_until_ready((result.params, result.evals))
 
+    def periods_alone():
+        result = fsgd.fit(loss, params, train, evaluate=bias, eval_every=per_epoch, **common)
+        return jax.block_until_ready((result.params, result.evals))
+
     @jax.jit
     def own_work(params, valid):
         def body(i, total):
@@ -95,7 +103,7 @@ def methods(size):
                               jax.block_until_ready(evaluated(chunk.params, *valid))))
         return jax.block_until_ready(result.params), curve
 
-    return {"fit": plain, "fit(evaluate=...)": in_loop,
+    return {"fit": plain, "fit(evaluate=...)": in_loop, "fit(evaluate=bias)": periods_alone,
             "the evaluations alone": evaluations_alone, "on_chunk callback": callback}
 
 
@@ -128,9 +136,14 @@ def report(size_name, medians, first, size):
     print(f"\nfit(evaluate=...) - fit: {added * 1e3:+.2f} ms; the evaluations alone: "
           f"{own * 1e3:.2f} ms; (fit(evaluate=...) - fit) / own work: {added / own:+.2f} "
           f"(target <= {TARGET_OVER_OWN_WORK:.2f})")
+    periods = medians["fit(evaluate=bias)"]
+    print(f"fit(evaluate=...) - fit(evaluate=bias): {(inside - periods) * 1e3:+.2f} ms, "
+          f"{(inside - periods) / own:+.2f} times the evaluations' own work (the periods "
+          f"without it: {periods / plain:.2f}x fit)")
     print(f"on_chunk callback / fit(evaluate=...): {callback / inside:.2f}x "
           "(target > 1)")
-    return {"added_over_own_work": added / own, "callback_over_in_loop": callback / inside}
+    return {"added_over_own_work": added / own, "callback_over_in_loop": callback / inside,
+            "evaluations_over_own_work": (inside - periods) / own}
 
 
 def main(argv=None):
