@@ -233,3 +233,27 @@ def test_bad_evaluation_arguments_are_refused_before_any_compile(kwargs, error, 
 def test_the_plain_loop_has_no_evaluation_outputs():
     result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=10)
     assert result.evals is None and result.eval_steps is None
+
+
+def test_a_memmap_read_in_blocks_evaluates_as_in_memory_data(tmp_path):
+    x, y = fsgd.lesson_data(jax.random.key(0), n=1000)
+    on_disk = []
+    for name, a in (("x", x), ("y", y)):
+        mapped = np.memmap(tmp_path / name, np.float32, "w+", shape=a.shape)
+        mapped[:] = np.asarray(a)
+        on_disk.append(mapped)
+    kwargs = {"lr": 0.1, "steps": 95, "batch_size": 10, "key": jax.random.key(1),
+              "replace": False, "evaluate": mse_dict, "eval_data": (x[:100], y[:100]),
+              "eval_every": 20, "monitor": "mse", "restore_best": True}
+    read = fsgd.fit(fsgd.linear_mse, jnp.zeros(2), tuple(on_disk), chunk_size=7, **kwargs)
+    in_memory = fsgd.fit(fsgd.linear_mse, jnp.zeros(2), (x, y), **kwargs)
+    np.testing.assert_array_equal(read.eval_steps, [20, 40, 60, 80, 95])
+    assert_trees_close(read, in_memory)
+
+
+def test_a_stream_refuses_evaluation_arguments():
+    batches = [(np.asarray(X[:10]), np.asarray(Y[:10]))] * 3
+    with pytest.raises(ValueError, match="evaluate cannot be used with a stream"):
+        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches), lr=0.1, evaluate=mse_dict)
+    with pytest.raises(ValueError, match="monitor needs evaluate"):
+        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches), lr=0.1, monitor="mse")

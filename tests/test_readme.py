@@ -40,3 +40,19 @@ def test_the_own_model_tour_trains(capsys):
     assert float(trained.losses[-1]) < 0.2 * float(trained.losses[0])
     assert type(trained.state) is type(namespace["stats"])
     assert "4 seeds, last losses" in capsys.readouterr().out
+
+
+def test_the_step_7_tour_stops_as_it_says(capsys):
+    """The stop-rule block: it stops where its comment says, keeping the best epoch."""
+    import numpy as np
+
+    (block,) = [b for b in tour_blocks() if "monitor=" in b]
+    namespace = {}
+    with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+        exec(compile(block, str(README), "exec"), namespace)
+    printed = capsys.readouterr().out
+    said = re.search(r"# (stopped after .*)\n# (\[.*\])", block)
+    assert f"{said.group(1)} {said.group(2)}" in printed.replace("\n", " ")
+    result, digits = namespace["result"], namespace["digits"]
+    kept = namespace["valid_accuracy"](result.params, digits.valid_x, digits.valid_y)
+    assert float(kept["accuracy"]) == float(np.nanmax(result.evals["accuracy"]))

@@ -155,6 +155,9 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         if evaluate is not None:
             raise ValueError("evaluate cannot be used with a stream as data for now: pass "
                              "in-memory arrays, or evaluate in on_chunk.")
+        _evaluate.choose(None, eval_data, eval_every, monitor, mode, restore_best,
+                         batches=None, steps=None, params=None, state=None, model=None,
+                         check_finite=False)  # refuses their use without evaluate
         return _fit_stream(loss, params, data, lr=lr, steps=steps, optimizer=optimizer,
                            tol=tol, patience=patience, record_params=record_params,
                            opt_state=opt_state, start_step=start_step,

@@ -15,6 +15,10 @@ imported when images or digits are read, not before.
 """
 
 from ._classify import EpochReport as EpochReport
+from ._classify import accuracy as accuracy
+from ._classify import classifier_mnist_loss as classifier_mnist_loss
+from ._classify import init_classifier as init_classifier
+from ._classify import valid_accuracy as valid_accuracy
 from ._classify import binary_cross_entropy as binary_cross_entropy
 from ._classify import fit_classifier as fit_classifier
 from ._classify import linear_classifier as linear_classifier
