@@ -99,7 +99,8 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         result has the same bits as one call; each chunk syncs once.
       on_chunk: called after each chunk with that chunk's :class:`FitResult`
         (its ``losses`` cover the chunk; ``step`` is the global step after
-        it). Needs ``chunk_size``.
+        it). Returning ``True`` stops the run after that chunk (the result
+        is returned, as after a stop rule). Needs ``chunk_size``.
       mesh: a ``jax.sharding.Mesh``: run data-parallel, rows of ``data``
         sharded over all its axes, params replicated, gradients all-reduced
         every step (the same result as one device, up to the order of
