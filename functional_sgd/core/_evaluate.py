@@ -321,7 +321,7 @@ def run_with_evaluations(piece, first_bad, spec, loss, data, params, opt_state, 
             trajectory = jax.tree.map(lambda path, a: jax.lax.dynamic_update_slice(
                 path, a[:length], (start,) + (0,) * (a.ndim - 1)), trajectory,
                 record.trajectory)
-        t = start + ran
+        t = jnp.asarray(start + ran, jnp.int32)  # int32 under x64 too
         params, model_state, stop_state = training[0], training[2], training[3]
         values = evaluate(params, model_state)
         evaluated = True if always else stop_state.stopped  # a chunk's tail: if it stopped
