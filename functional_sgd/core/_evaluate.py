@@ -23,12 +23,12 @@ value ``s = v`` (min) or ``s = -v`` (max), so "better" is always "lower".
 """
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .._types import Carry, Record, StopState
 from . import _checks
@@ -201,8 +201,29 @@ def check_eval_data(eval_data, check_finite):
 
 
 def check_evaluate(evaluate, params, state, eval_data, model):
-    """Traces ``evaluate`` once (``jax.eval_shape``, nothing runs or compiles)
-    and checks it returns a dict of real scalars; returns their shapes."""
+    """Traces ``evaluate`` (``jax.eval_shape``: nothing runs or compiles)
+    once per signature of its arguments, and checks it returns a dict of
+    real scalars; returns their shapes. A warm call looks the result up."""
+    (leaves, treedef), (state_leaves, state_def) = map(jax.tree.flatten, (params, state))
+    signature = tuple(tuple(map(_checks.signature, group))
+                      for group in (leaves, state_leaves, eval_data))
+    try:
+        hash(evaluate)
+    except TypeError:
+        return _trace_evaluate(evaluate, model, treedef, state_def, signature)
+    return _cached_trace_evaluate(evaluate, model, treedef, state_def, signature)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_trace_evaluate(evaluate, model, treedef, state_def, signature):
+    return _trace_evaluate(evaluate, model, treedef, state_def, signature)
+
+
+def _trace_evaluate(evaluate, model, treedef, state_def, signature):
+    params, state = (jax.tree.unflatten(d, [_checks.spec(s) for s in group])
+                     for d, group in ((treedef, signature[0]), (state_def, signature[1])))
+    eval_data = tuple(map(_checks.spec, signature[2]))
+
     def call(params, state, eval_data):
         return _called(evaluate, model, params, state, eval_data)
 
@@ -211,7 +232,7 @@ def check_evaluate(evaluate, params, state, eval_data, model):
         out = jax.eval_shape(call, params, state, eval_data)
     except (TypeError, ValueError, AttributeError, KeyError, IndexError) as error:
         raise ValueError(f"evaluate({args}) failed for eval_data of shape "
-                         f"{_checks.shapes(_signatures(eval_data))}; it said: {error}") from error
+                         f"{_checks.shapes(eval_data)}; it said: {error}") from error
     check_values(out)
     return out
 
@@ -223,10 +244,6 @@ def _called(evaluate, model, params, state, eval_data):
     if model.state:
         return evaluate(unwrap(params), unwrap(state), *eval_data)
     return evaluate(unwrap(params), *eval_data)
-
-
-def _signatures(tree):
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), tree)
 
 
 def check_values(out):
