@@ -30,6 +30,7 @@ class Carry(NamedTuple):
     step: Any  # global index of the next step: it selects the batch a key draws
     stop: StopState
     state: Any = None  # the model's state (BatchNorm statistics), with fit(state=...)
+    best: Any = None  # with restore_best: (params, state) of the first best evaluation
 
 
 class Inputs(NamedTuple):
@@ -44,6 +45,7 @@ class Inputs(NamedTuple):
     tol: Any
     patience: Any
     rng: Any = None  # the model's key: step t's loss gets key=fold_in(rng, t)
+    eval_data: tuple = ()  # held-out data: evaluate(params, *eval_data)
 
 
 class Record(NamedTuple):
@@ -54,6 +56,8 @@ class Record(NamedTuple):
     steps_run: Any    # updates made
     trajectory: Any   # params before every step and after the last, or None
     aux: Any = None   # with has_aux: the loss's aux stacked over the steps
+    evals: Any = None       # with evaluate: its dict, each value stacked over the evaluations
+    eval_steps: Any = None  # with evaluate: the global step after each evaluation, -1 if cut off
 
 
 class FitResult(NamedTuple):
@@ -87,9 +91,12 @@ class FitResult(NamedTuple):
     trajectory: Any = None
     state: Any = None
     aux: Any = None
+    evals: Any = None
+    eval_steps: Any = None
 
 
 def fit_result(carry, record):
     """The :class:`FitResult` of a run that ended in ``carry`` and recorded ``record``."""
     return FitResult(carry.params, record.losses, record.diverged_at, record.steps_run,
-                     carry.step, carry.opt_state, record.trajectory, carry.state, record.aux)
+                     carry.step, carry.opt_state, record.trajectory, carry.state, record.aux,
+                     record.evals, record.eval_steps)

@@ -96,6 +96,47 @@ def resumed_on_mesh(data, start, mesh, **kwargs):
     return {"error": max_relative_error(resumed, whole), "resumed_from": starts[0]}
 
 
+def monitored(data, start, mesh):
+    """The stop rule on a held-out mse (eval_every 4, patience 3, restore_best)
+    on ``mesh``, against one device; chunked and resumed from a checkpoint
+    on the mesh, against one mesh call."""
+    import tempfile
+
+    held_x, held_y = fsgd.lesson_data(jax.random.key(7), n=30, dtype=jnp.float64)
+    kwargs = {"steps": 400, "lr": 0.2, "batch_size": 5, "key": jax.random.key(3),
+              "replace": False, "eval_every": 4, "monitor": "mse", "patience": 3,
+              "restore_best": True, "eval_data": (held_x, held_y),
+              "evaluate": lambda a, x, y: {"mse": fsgd.linear_mse(a, x, y)}}
+    one = fit(data, start, **kwargs)
+    many = fit(data, start, mesh=mesh, **kwargs)
+    chunked = fit(data, start, mesh=mesh, chunk_size=30, **kwargs)
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "run.npz")
+
+        def crash(result):
+            raise KeyboardInterrupt
+
+        try:
+            fit(data, start, mesh=mesh, checkpoint=path, on_chunk=crash, chunk_size=30,
+                **kwargs)
+        except KeyboardInterrupt:
+            pass
+        resumed = fit(data, start, mesh=mesh, checkpoint=path, chunk_size=30, **kwargs)
+    made = np.asarray(one.eval_steps) >= 0
+
+    def error(a, b):
+        return max(max_relative_error(a.params, b.params),
+                   max_relative_error(np.asarray(a.evals["mse"])[made],
+                                      np.asarray(b.evals["mse"])[made]))
+
+    return {"steps": [int(r.steps_run) for r in (one, many, chunked, resumed)],
+            "eval_steps_equal": all(np.array_equal(r.eval_steps, one.eval_steps)
+                                    for r in (many, chunked, resumed)),
+            "vs-one-device": error(many, one),
+            "chunked-vs-one-call": error(chunked, many),
+            "resumed-vs-one-call": error(resumed, many)}
+
+
 def extras():
     """A 2 x 4 mesh with optax momentum, a trajectory, chunks, a stop rule and a
     checkpoint."""
@@ -121,6 +162,7 @@ def extras():
         "2x4-tol-steps": [int(stop_many.steps_run), int(stop_one.steps_run)],
         "2x4-tol": max_relative_error(stop_many.losses, stop_one.losses),
         "2x4-recompiles": compiled[0],
+        "2x4-monitor": monitored((x, y), start, mesh),
     }
 
 

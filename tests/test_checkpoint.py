@@ -76,12 +76,13 @@ def test_optimizer_state_is_resumed():
         os.remove(path)
 
 
-def test_a_killed_run_resumes_with_the_same_bits(tmp_path, x64):
+@pytest.mark.parametrize("flags", [[], ["--evaluate"]], ids=["loss", "held-out-monitor"])
+def test_a_killed_run_resumes_with_the_same_bits(tmp_path, x64, flags):
     path, out = tmp_path / "run.npz", tmp_path / "out.npz"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, os.path.join(ROOT, "tests", "checkpoint_run.py"),
-               str(path), str(out)]
+               str(path), str(out)] + flags
     first = subprocess.Popen(command + ["--slow"], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
@@ -99,7 +100,7 @@ def test_a_killed_run_resumes_with_the_same_bits(tmp_path, x64):
     steps_seen = [int(line) for line in second.stdout.split()]
     assert steps_seen[0] > checkpoint_run.CHUNK  # resumed, not started afresh
 
-    whole = checkpoint_run.run()
+    whole = checkpoint_run.run(evaluate=bool(flags))
     with np.load(out) as saved:
         resumed = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     assert_same_bits(resumed, [np.asarray(leaf) for leaf in jax.tree.leaves(whole)])

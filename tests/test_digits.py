@@ -85,16 +85,33 @@ def test_the_largest_split_leaves_one_training_image():
     assert len(data.train_y) == 1 and len(data.valid_y) == 361
 
 
-def test_digits_command_reaches_97_percent(tmp_path, capsys):
+def test_digits_command_stops_when_accuracy_stops_improving(tmp_path, capsys):
     status = main(["digits", "--out", str(tmp_path)])
     text = capsys.readouterr().out
     assert status == 0
     accuracies = [float(a) for a in re.findall(r"epoch\s+\d+\s+train loss [\d.]+\s+valid "
                                                r"accuracy ([\d.]+)", text)]
-    assert len(accuracies) == 20
-    assert accuracies[-1] >= 0.97 and accuracies[-1] > accuracies[0] - 0.01
-    with Image.open(tmp_path / DIGITS_FILES[0]) as image:
-        assert image.format == "PNG" and image.size[0] > image.size[1]
+    assert 12 < len(accuracies) < 30  # the stop rule ended the run (patience 12)
+    best = int(np.argmax(accuracies))  # the first best
+    assert accuracies[best] >= 0.97 and max(accuracies[best + 1:]) <= accuracies[best]
+    assert len(accuracies) == best + 1 + 12
+    assert (f"stopped after {len(accuracies)} epochs: the validation accuracy has not "
+            "improved for 12 epochs.") in text
+    assert f"kept the weights of epoch {best + 1}: valid accuracy {accuracies[best]:.3f}" in text
+    for name in DIGITS_FILES:
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG" and image.size[0] > image.size[1]
+
+
+def test_fit_classifier_keeps_the_best_epoch(tmp_path):
+    data = fsgd.digits_3_vs_7(jax.random.key(0))
+    (w, b), reports = fsgd.fit_classifier(data, key=jax.random.key(1), patience=4,
+                                          keep_best=True, epochs=30)
+    _, by_epoch = fsgd.fit_classifier(data, key=jax.random.key(1), patience=4, epochs=30,
+                                      on_epoch=lambda report: None)
+    assert reports == by_epoch  # measured in the loop or epoch by epoch: the same
+    accuracy = fsgd.lesson._classify.accuracy((w, b), data.valid_x, data.valid_y)
+    assert float(accuracy) == max(r.valid_accuracy for r in reports)
 
 
 def test_cross_entropy_also_reaches_97_percent():

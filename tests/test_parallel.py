@@ -68,6 +68,16 @@ def test_2x4_mesh_momentum_trajectory_chunks_stop_rule_and_checkpoint(report):
     assert extras["2x4-recompiles"] == 0  # new data, params and key reuse the compile
 
 
+def test_2x4_mesh_stop_rule_on_held_out_data(report):
+    measured = report["extras"]["2x4-monitor"]
+    steps_one, *steps_mesh = measured["steps"]
+    assert steps_one < 400 and steps_mesh == [steps_one] * 3  # stopped at the same step
+    assert measured["eval_steps_equal"]
+    assert measured["vs-one-device"] <= TOLERANCE  # rounding of the all-reduce only
+    assert measured["chunked-vs-one-call"] == 0.0  # same bits
+    assert measured["resumed-vs-one-call"] == 0.0
+
+
 def one_device_mesh():
     return jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
 

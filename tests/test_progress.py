@@ -39,3 +39,12 @@ def test_progress_bar_advances_between_chunks_and_changes_no_bits(capsys):
     assert_trees_close(chunked.params, whole.params)
     with progress_bar(steps, enabled=False, desc="off") as bar:
         assert bar == {}  # one compiled call
+
+
+def test_progress_bar_shows_the_latest_evaluation_and_never_stops_the_run(capsys):
+    mse = lambda a, x, y: {"valid_mse": fsgd.linear_mse(a, x, y)}  # noqa: E731
+    with progress_bar(2500, enabled=True, desc="test") as bar:
+        result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=2500, evaluate=mse,
+                          eval_data=(X, Y), eval_every=500, **bar)
+    assert int(result.steps_run) == 2500  # tqdm's update returns True when it redraws
+    assert "valid_mse=" in capsys.readouterr().err

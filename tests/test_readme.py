@@ -53,3 +53,19 @@ def test_the_ragged_epochs_tour_replays_its_schedule():
     assert rows[100].tolist()[3:] == [-1] * 7 and min(rows[100].tolist()[:3]) >= 0
     assert (ragged.params == replayed.params).all()
     assert float(ragged.losses[-1]) < 1e-3 < float(ragged.losses[0])
+
+
+def test_the_step_7_tour_stops_as_it_says(capsys):
+    """The stop-rule block: it stops where its comment says, keeping the best epoch."""
+    import numpy as np
+
+    (block,) = [b for b in tour_blocks() if "monitor=" in b]
+    namespace = {}
+    with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+        exec(compile(block, str(README), "exec"), namespace)
+    printed = capsys.readouterr().out
+    said = re.search(r"# (stopped after .*)\n# (\[.*\])", block)
+    assert f"{said.group(1)} {said.group(2)}" in printed.replace("\n", " ")
+    result, digits = namespace["result"], namespace["digits"]
+    kept = namespace["valid_accuracy"](result.params, digits.valid_x, digits.valid_y)
+    assert float(kept["accuracy"]) == float(np.nanmax(result.evals["accuracy"]))

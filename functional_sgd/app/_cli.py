@@ -92,8 +92,10 @@ def _parser():
     digits = commands.add_parser(
         "digits", help="the lesson's linear classifier of 3s versus 7s",
         description="Trains the score (x * w).sum() + b of each image to tell 3s from 7s by "
-        "mini-batch SGD, reporting the held-out accuracy every epoch; on scikit-learn's "
-        "bundled 8x8 digits, or on a folder laid out like fastai's MNIST_SAMPLE.")
+        "mini-batch SGD, measuring the held-out accuracy every epoch inside the compiled loop "
+        "and stopping when it has not improved for --patience epochs (keeping the best "
+        "weights); on scikit-learn's bundled 8x8 digits, or on a folder laid out like "
+        "fastai's MNIST_SAMPLE.")
     digits.add_argument("--data", metavar="FOLDER", default=None,
                         help="folder with train/3, train/7, valid/3, valid/7 of PNG images "
                              "(default: scikit-learn's 8x8 digits, split at random)")
@@ -101,8 +103,12 @@ def _parser():
                         help="the lesson's mnist_loss or binary cross-entropy (default mnist)")
     digits.add_argument("--lr", type=learning_rate, default=1.0,
                         help=f"learning rate in {RATES} (default 1)")
-    digits.add_argument("--epochs", type=int_in(1, INT32_MAX), default=20,
-                        help="passes over the training images (default 20)")
+    digits.add_argument("--epochs", type=int_in(1, INT32_MAX), default=30,
+                        help="passes over the training images, at most (default 30)")
+    digits.add_argument("--patience", type=int_in(1, INT32_MAX), default=12,
+                        help="stop once the validation accuracy has not improved for this "
+                             "many epochs, and keep the weights of the best epoch "
+                             "(default 12)")
     digits.add_argument("--batch-size", type=int_in(1, INT32_MAX), default=32,
                         help="images per step (default 32)")
     digits.add_argument("--valid-fraction", type=fraction, default=0.2,

@@ -179,13 +179,22 @@ def digits(args):
     with timed() as timing:
         params, reports = fit_classifier(data, key=train_key, loss=args.loss, lr=args.lr,
                                          epochs=args.epochs, batch_size=args.batch_size,
-                                         on_epoch=report)
-    print(f"valid accuracy after {args.epochs} epochs: {reports[-1].valid_accuracy:.3f}  "
+                                         on_epoch=report, patience=args.patience,
+                                         keep_best=True)
+    accuracies = [r.valid_accuracy for r in reports]
+    best = int(np.argmax(accuracies)) + 1  # the first best: a tie does not improve
+    if len(reports) < args.epochs:
+        print(f"stopped after {len(reports)} epochs: the validation accuracy has not improved "
+              f"for {args.patience} epochs.")
+    print(f"kept the weights of epoch {best}: valid accuracy {accuracies[best - 1]:.3f}  "
           f"[{timing}]")
     if folder is not None:
-        from ._plots import plot_digit_weights
+        from ._plots import plot_digit_curves, plot_digit_weights
 
-        _print_written([plot_digit_weights(folder / DIGITS_FILES[0], params, data)])
+        _print_written([
+            plot_digit_weights(folder / DIGITS_FILES[0], params, data),
+            plot_digit_curves(folder / DIGITS_FILES[1], reports, patience=args.patience,
+                              best_epoch=best, epochs=args.epochs)])
     return 0
 
 

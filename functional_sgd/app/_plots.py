@@ -222,3 +222,34 @@ def plot_digit_weights(path, params, digits):
     figure.suptitle(f"Linear classifier, 3 vs 7 ({digits.source}): "
                     f"score = (x * w).sum() + b, b = {float(params[1]):.2f}")
     return _save(figure, path)
+
+
+def plot_digit_curves(path, reports, *, patience, best_epoch, epochs):
+    """Training loss and validation accuracy per epoch, the best epoch (whose
+    weights were kept) marked, and where the stop rule ended the run."""
+    epoch = np.array([r.epoch for r in reports])
+    figure = _figure(6.5, 4)
+    loss_ax = figure.add_subplot()
+    accuracy_ax = loss_ax.twinx()
+    loss_ax.plot(epoch, [r.train_loss for r in reports], "o-", ms=3, color="tab:blue",
+                 label="training loss (mean over the epoch)")
+    accuracy = np.array([r.valid_accuracy for r in reports])
+    accuracy_ax.plot(epoch, accuracy, "s-", ms=3, color="tab:orange",
+                     label="validation accuracy")
+    accuracy_ax.plot([best_epoch], [accuracy[best_epoch - 1]], "*", ms=16, color="tab:green",
+                     label=f"best: epoch {best_epoch}, weights kept")
+    stopped = len(reports) < epochs
+    if stopped:
+        accuracy_ax.axvline(epoch[-1], color="tab:red", ls="--",
+                            label=f"stopped: no better accuracy for {patience} epochs")
+    loss_ax.set(xlabel="epoch", ylabel="training loss", yscale="log")
+    accuracy_ax.set(ylabel="validation accuracy")
+    accuracy_ax.margins(y=0.15)
+    loss_ax.tick_params(axis="y", colors="tab:blue")
+    accuracy_ax.tick_params(axis="y", colors="tab:orange")
+    lines = loss_ax.get_legend_handles_labels()
+    more = accuracy_ax.get_legend_handles_labels()
+    loss_ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="center right")
+    loss_ax.set_title("3 vs 7: keep training until the validation accuracy stops improving"
+                      if stopped else f"3 vs 7: {len(reports)} epochs")
+    return _save(figure, path)

@@ -2,11 +2,14 @@
 
 The loop stays compiled: ``fit(..., chunk_size=K, on_chunk=...)`` runs K
 steps on the device and comes back to the host once per chunk, where the
-bar moves. Nothing syncs per step.
+bar moves, showing the latest evaluation of held-out data when ``fit``
+evaluates one. Nothing syncs per step.
 """
 
 import contextlib
 import sys
+
+import numpy as np
 
 MAX_CHUNKS = 100
 """At most this many host round trips per run: enough to keep a bar lively."""
@@ -51,4 +54,33 @@ def progress_bar(steps, *, enabled, desc):
 
     with tqdm(total=steps, desc=desc, unit="step", leave=False, file=sys.stderr) as bar:
         yield {"chunk_size": chunk_size_for(steps),
-               "on_chunk": lambda chunk: bar.update(int(chunk.steps_run))}
+               "on_chunk": lambda chunk: _advance(bar, chunk)}
+
+
+def _advance(bar, chunk):
+    """Moves ``bar`` by a chunk's steps and shows its latest evaluation.
+    Returns ``None``: an ``on_chunk`` returning ``True`` would stop the run
+    (and tqdm's ``update`` returns ``True`` when it redraws)."""
+    latest = latest_evaluation(chunk)
+    if latest:
+        bar.set_postfix(latest, refresh=False)
+    bar.update(int(chunk.steps_run))
+
+
+def latest_evaluation(chunk):
+    """``{name: value}`` of the last evaluation a chunk's result made
+    (``fit(evaluate=...)``), ``{}`` if it made none.
+
+    >>> import numpy as np
+    >>> from functional_sgd import FitResult
+    >>> chunk = FitResult(*[None] * 9, evals={"accuracy": np.array([0.9, 0.95, np.nan])},
+    ...                   eval_steps=np.array([10, 20, -1]))
+    >>> latest_evaluation(chunk)
+    {'accuracy': 0.95}
+    """
+    if chunk.evals is None:
+        return {}
+    made = np.flatnonzero(np.asarray(chunk.eval_steps) >= 0)
+    if made.size == 0:
+        return {}
+    return {name: float(np.asarray(values)[made[-1]]) for name, values in chunk.evals.items()}

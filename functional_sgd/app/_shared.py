@@ -6,7 +6,7 @@ from pathlib import Path
 LESSON_FILES = ("lesson_fit.png", "lesson_losses.png", "learning_rates.png", "gradient.png",
                 "lesson_fit.gif")
 SWEEP_FILES = ("lr_sweep.png",)
-DIGITS_FILES = ("digits_weights.png",)
+DIGITS_FILES = ("digits_weights.png", "digits_curves.png")
 
 
 class UsageError(Exception):

@@ -25,7 +25,7 @@ import numpy as np
 from .. import drivers
 from .. import speed as _speed  # fit's keyword `speed` is a plan
 from .._types import Inputs, fit_result
-from . import _batches, _checks, _model, _model_checks, _stop
+from . import _batches, _checks, _evaluate, _model, _model_checks, _stop
 from ._initialize import initialize
 from ._loss import PytreeData, linear_mse
 from ._repeat import run
@@ -36,7 +36,9 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         indices=None, optimizer=None, replace=True, tol=None, patience=None,
         record_params=False, opt_state=None, start_step=0, check_finite=True,
         chunk_size=None, on_chunk=None, mesh=None, checkpoint=None, fast_path="auto",
-        speed=None, rng=None, state=None, has_aux=False, trainable=None, drop_last=True):
+        speed=None, rng=None, state=None, has_aux=False, trainable=None, evaluate=None,
+        eval_data=(), eval_every=None, monitor=None, mode="min", restore_best=False,
+        drop_last=True):
     """Fits ``params`` by gradient descent on ``loss``, in one compiled call.
 
     Each step ``t`` takes a batch ``B_t`` of rows and applies
@@ -126,7 +128,8 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         result has the same bits as one call; each chunk syncs once.
       on_chunk: called after each chunk with that chunk's :class:`FitResult`
         (its ``losses`` cover the chunk; ``step`` is the global step after
-        it). Needs ``chunk_size``.
+        it). Returning ``True`` stops the run after that chunk (the result
+        is returned, as after a stop rule). Needs ``chunk_size``.
       mesh: a ``jax.sharding.Mesh``: run data-parallel, rows of ``data``
         sharded over all its axes, params replicated, gradients all-reduced
         every step (the same result as one device, up to the order of
@@ -183,6 +186,12 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     [3.1, 2.4]
     """
     if isinstance(data, drivers.Stream):
+        if evaluate is not None:
+            raise ValueError("evaluate cannot be used with a stream as data for now: pass "
+                             "in-memory arrays, or evaluate in on_chunk.")
+        _evaluate.choose(None, eval_data, eval_every, monitor, mode, restore_best,
+                         batches=None, steps=None, params=None, state=None, model=None,
+                         check_finite=False)  # refuses their use without evaluate
         return _fit_stream(loss, params, data, lr=lr, steps=steps, optimizer=optimizer,
                            tol=tol, patience=patience, record_params=record_params,
                            opt_state=opt_state, start_step=start_step,
@@ -217,18 +226,26 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         _checks.check_opt_state(optimizer, opt_state, params)
     record_params = _checks.check_bool(record_params, "record_params")
     _checks.check_trajectory_fits(record_params, steps, params)
-    spec = LoopSpec(loss, optimizer, batches, steps, stop, record_params, plan, model)
-    carry = initialize(spec, params, opt_state, start_step, loss_out.dtype, state)
-    inputs = Inputs(data, lr, key, indices, tol, patience, rng)
+    evaluation, eval_data, watched = _evaluate.choose(
+        evaluate, eval_data, eval_every, monitor, mode, restore_best, batches=batches,
+        steps=steps, params=params, state=state, model=model, check_finite=check_finite)
+    spec = LoopSpec(loss, optimizer, batches, steps, stop, record_params, plan, model,
+                    evaluation)
+    watched = loss_out.dtype if watched is None or not _checks.is_inexact_dtype(watched) \
+        else watched
+    carry = initialize(spec, params, opt_state, start_step, watched, state)
+    inputs = Inputs(data, lr, key, indices, tol, patience, rng, eval_data)
     loop = run if mesh is None else partial(run, mesh=mesh)
     result = fit_result if model.plain else _model.result  # the latter unwraps params
+    if evaluation is not None and evaluation.restore_best:
+        result = partial(_restored, result)
     if read_on_host:  # chunks read on the host, of a size chosen here unless given
         chunk_size = chunk_size or _host_block(spec.batches.batch_size, data)
     if chunk_size is None:
         _checks.check_no_chunk_options(on_chunk, checkpoint)
         return result(*loop(spec, carry, inputs))
     chunk_size = _checks.check_chunks(chunk_size, on_chunk,
-                                      (params, data, lr, start_step, rng, state))
+                                      (params, data, lr, start_step, rng, state, eval_data))
     on_chunk = _model.unwrapping(on_chunk, model)
     if read_on_host:
         return result(*_run_on_host(loop, spec, carry, inputs, chunk_size, on_chunk,
@@ -238,6 +255,13 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
             checkpoint, loop, spec, carry, inputs, chunk_size=chunk_size, on_chunk=on_chunk))
     return result(*drivers.run_in_chunks(loop, spec, carry, inputs,
                                          chunk_size=chunk_size, on_chunk=on_chunk))
+
+
+def _restored(result, carry, record):
+    """``result`` of a run with ``restore_best``: the params (and state) of
+    its first best evaluation."""
+    params, state = carry.best
+    return result(carry._replace(params=params, state=state), record)
 
 
 HOST_BLOCK_BYTES = 16 * 2**20

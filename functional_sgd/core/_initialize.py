@@ -3,8 +3,9 @@
 The caller gives the initial parameters; the optimizer's state starts from
 ``optimizer.init(params)`` (inside the compiled loop, so a call pays no
 extra dispatch), or continues from a given ``opt_state``; the step counter
-starts at ``start_step``; the stop rule starts with no best loss; a
-model's state (``fit(state=...)``) starts as given.
+starts at ``start_step``; the stop rule starts with no best loss (or
+monitored value); a model's state (``fit(state=...)``) starts as given,
+and so do the best params so far (``restore_best``).
 """
 
 import numpy as np
@@ -28,7 +29,9 @@ def initialize(spec, params, opt_state, start_step, loss_dtype, state=None):
     """
     if isinstance(start_step, (int, np.integer)):
         start_step = np.int32(start_step)
-    return Carry(params, opt_state, start_step, spec.stop.init(loss_dtype), state)
+    best = (params, state) if spec.evaluation is not None and spec.evaluation.restore_best \
+        else None
+    return Carry(params, opt_state, start_step, spec.stop.init(loss_dtype), state, best)
 
 
 def optimizer_state(optimizer, params, opt_state):

@@ -28,6 +28,7 @@ from .._types import Carry, Record
 from ..drivers import describe
 from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, quadratic_mse
 from ._batches import Schedule, feed
+from ._evaluate import not_run, run_with_evaluations
 from ._initialize import optimizer_state
 from ._loss import MaskedMean
 from ._step import model_step
@@ -73,6 +74,17 @@ def loop(carry, inputs, *, spec):
     if spec.batches.padded:  # a short batch is the mean over its real rows
         loss = MaskedMean(loss)
     opt_state = optimizer_state(spec.optimizer, params, carry.opt_state)
+    if spec.evaluation is not None:  # periods of steps, each a piece, then an evaluation
+        return run_with_evaluations(piece, first_bad, spec, loss, data, params, opt_state,
+                                    frozen, start_step, carry, inputs)
+    return piece(spec, loss, data, params, opt_state, frozen, start_step, carry, inputs)
+
+
+def piece(spec, loss, data, params, opt_state, frozen, start_step, carry, inputs):
+    """``spec.steps`` steps from ``start_step`` on the trainable ``params``
+    (the loss and data as the speed plan prepared them); ``(Carry, Record)``
+    as :func:`loop` returns them."""
+    model = spec.model
     source = feed(spec.batches, data, inputs.key, inputs.indices, start_step, spec.steps,
                   spec.plan)
     step = functools.partial(model_step, model, loss, spec.optimizer, inputs.lr, frozen)
@@ -139,15 +151,8 @@ def _run_until_stop(spec, step, key_at, source, params, opt_state, carry, frozen
     The records are filled in place: steps after the stop keep NaN losses
     (and aux of NaN, or zeros for integer and bool leaves)."""
     steps = spec.steps
-    x_at = (lambda t: t) if source.xs is None else (lambda t: source.xs[t])
-    first = jax.eval_shape(lambda: step(params, opt_state, carry.state, source.batch_at(
-        x_at(jnp.int32(0)), source.rows)[0], key_at(jnp.int32(0))))
-    losses = jnp.full((steps,), jnp.nan, first.value.dtype)
-    aux = jax.tree.map(lambda a: jnp.full((steps,) + a.shape, _not_run(a.dtype), a.dtype),
-                       first.aux)
-    trajectory = jax.tree.map(
-        lambda p: jnp.zeros((steps + 1,) + jnp.shape(p), jnp.result_type(p)), params) \
-        if spec.record_params else None
+    x_at, losses, aux, trajectory, first = _empty_records(spec, step, key_at, source, params,
+                                                          opt_state, carry)
     stop_state = carry.stop._replace(best=jnp.asarray(carry.stop.best, first.value.dtype),
                                      waited=jnp.asarray(carry.stop.waited, jnp.int32),
                                      stopped=jnp.bool_(False))
@@ -172,12 +177,7 @@ def _run_until_stop(spec, step, key_at, source, params, opt_state, carry, frozen
         jax.lax.while_loop(keep_going, body, (jnp.int32(0), params, opt_state, carry.state,
                                               losses, aux, trajectory, source.rows,
                                               stop_state))
-    if spec.record_params:  # steps after the stop hold the final params
-        after = jnp.arange(steps + 1, dtype=jnp.int32) >= t
-        trajectory = jax.tree.map(
-            lambda path, p: jnp.where(after.reshape((-1,) + (1,) * p.ndim), p, path),
-            trajectory, params)
-        trajectory = _whole_path(spec.model, trajectory, frozen, steps + 1)
+    trajectory = _finish_trajectory(spec, trajectory, params, frozen, t)
     if not spec.stop.active:  # one step without a rule: nothing was watched
         stop_state = carry.stop
     return (Carry(spec.model.join(params, frozen), opt_state, start_step + t, stop_state,
@@ -185,10 +185,33 @@ def _run_until_stop(spec, step, key_at, source, params, opt_state, carry, frozen
             Record(losses, first_bad(losses, t), t, trajectory, aux))
 
 
-def _not_run(dtype):
-    """What a record holds for a step that did not run: NaN, or zero where
-    the dtype has no NaN."""
-    return jnp.nan if jnp.issubdtype(dtype, jnp.inexact) else 0
+def _empty_records(spec, step, key_at, source, params, opt_state, carry):
+    """``(x_at, losses, aux, trajectory, first)`` for a loop that fills its
+    records in place: NaN losses (aux of NaN, or zeros for integer and bool
+    leaves), zero trajectory; ``first`` is the shape of a step's output."""
+    steps = spec.steps
+    x_at = (lambda t: t) if source.xs is None else (lambda t: source.xs[t])
+    first = jax.eval_shape(lambda: step(params, opt_state, carry.state, source.batch_at(
+        x_at(jnp.int32(0)), source.rows)[0], key_at(jnp.int32(0))))
+    losses = jnp.full((steps,), jnp.nan, first.value.dtype)
+    aux = jax.tree.map(lambda a: jnp.full((steps,) + a.shape, not_run(a.dtype), a.dtype),
+                       first.aux)
+    trajectory = jax.tree.map(
+        lambda p: jnp.zeros((steps + 1,) + jnp.shape(p), jnp.result_type(p)), params) \
+        if spec.record_params else None
+    return x_at, losses, aux, trajectory, first
+
+
+def _finish_trajectory(spec, trajectory, params, frozen, t):
+    """A trajectory filled in place up to step ``t``: the steps after it
+    hold the final params, joined with the frozen ones."""
+    if not spec.record_params:
+        return None
+    after = jnp.arange(spec.steps + 1, dtype=jnp.int32) >= t
+    trajectory = jax.tree.map(
+        lambda path, p: jnp.where(after.reshape((-1,) + (1,) * p.ndim), p, path),
+        trajectory, params)
+    return _whole_path(spec.model, trajectory, frozen, spec.steps + 1)
 
 
 LONG_RUN = 4096

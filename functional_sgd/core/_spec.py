@@ -35,6 +35,8 @@ class LoopSpec:
       model: how params train and the loss is called (a ``Model``: frozen
         leaves, a key, a state, an aux output); ``PLAIN`` for
         ``loss(params, *batch) -> scalar`` with every leaf training.
+      evaluation: how held-out data is evaluated inside the loop (an
+        :class:`~functional_sgd.core._evaluate.Evaluation`), or ``None``.
     """
 
     loss: Callable
@@ -45,6 +47,15 @@ class LoopSpec:
     record_params: bool = False
     plan: SpeedPlan = SpeedPlan(exact_moments=False)
     model: Model = PLAIN
+    evaluation: Any = None
+
+    def part(self, done, steps):
+        """The spec of ``steps`` updates of this run from update ``done`` on
+        (a chunk, or the rest of a resumed run)."""
+        if self.evaluation is None:
+            return dataclasses.replace(self, steps=steps)
+        return dataclasses.replace(self, steps=steps, evaluation=self.evaluation.part(
+            done, at_end=done + steps == self.steps))
 
     def init_optimizer(self, params):
         """The optimizer's first state: ``optimizer.init`` of the trainable params."""

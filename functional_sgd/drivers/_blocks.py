@@ -18,7 +18,7 @@ import json
 import numpy as np
 
 from .._types import fit_result
-from ._chunks import join
+from ._chunks import eval_count, join
 from ._rows import row_reader
 
 
@@ -99,22 +99,23 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
     ahead = _next_block(blocks, carry, records, spec, result)
     while ahead is not None:
         data, length, padded = ahead  # host arrays: the call copies them in (cheaper than device_put)
-        batches = dataclasses.replace(spec.batches, padded=padded)
-        carry, record = run(dataclasses.replace(spec, steps=length, batches=batches), carry,
-                            inputs._replace(data=data))
+        piece = spec.part(done, length) if steps is not None \
+            else dataclasses.replace(spec, steps=length)
+        piece = dataclasses.replace(piece, batches=dataclasses.replace(piece.batches,
+                                                                       padded=padded))
+        carry, record = run(piece, carry, inputs._replace(data=data))
         records.append(record)
         ahead = _next_block(blocks, carry, records, spec, result)  # read while it trains
         done += int(record.steps_run)
         if not spec.stop.active:  # the step is known on the host: keep it there
             carry = carry._replace(step=np.int32(carry.step))
-        if on_chunk is not None:
-            on_chunk(fit_result(carry, record))
-        if bool(carry.stop.stopped):
+        asked_to_stop = on_chunk is not None and on_chunk(fit_result(carry, record)) is True
+        if asked_to_stop or bool(carry.stop.stopped):
             break
     if not records:
         raise ValueError("data yielded no batches: the stream was empty.")
     return carry, join(records, done if steps is None else steps, spec.record_params,
-                       carry.params)
+                       carry.params, 0 if steps is None else eval_count(spec))
 
 
 def _next_block(blocks, carry, records, spec, result):

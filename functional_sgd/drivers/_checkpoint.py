@@ -4,8 +4,10 @@
 steps, everything the rest of the run depends on: params, optimizer state,
 the model's state, steps done (hence the global step and the position in the
 key's schedule and in ``rng``'s keys, both pure functions of ``(key, step)``),
-the loss (and aux) history so far and the stop rule's memory (best loss,
-steps since it, whether it fired). Started
+the loss (and aux) history so far, the evaluations of held-out data so far
+and the best params among them (``restore_best``), and the stop rule's
+memory (best loss or monitored value, steps or evaluations since it,
+whether it fired). Started
 again with the same arguments, ``fit`` finds the file, checks that it belongs
 to this run and continues: the result has exactly the bits of an
 uninterrupted run.
@@ -44,11 +46,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._chunks import record_of, run_in_chunks
+from ._chunks import eval_count, evaluations_of, record_of, run_in_chunks
 from ._fingerprint import describe
 
 FORMAT = "functional-sgd checkpoint"
-VERSION = 2
+VERSION = 3  # 3: evaluations and the best params so far
 
 
 def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk=None,
@@ -75,13 +77,16 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
     expected = _fingerprint(spec, carry._replace(opt_state=opt_spec), inputs)
     if source is not None:
         expected["source"] = source
-    done, history, aux_history = 0, [], []
+    done, history, aux_history, eval_history = 0, [], [], []
     if os.path.exists(path):
         saved = _read(path, expected)
         done, history = saved["done"], [saved["losses"]]
-        params, opt_state, state = jax.tree.unflatten(
-            jax.tree.structure((carry.params, opt_spec, carry.state)), saved["leaves"])
-        carry = carry._replace(params=params, opt_state=opt_state, state=state,
+        params, opt_state, state, best = jax.tree.unflatten(
+            jax.tree.structure((carry.params, opt_spec, carry.state, carry.best)),
+            saved["leaves"])
+        if saved["evals"] is not None:
+            eval_history.append(saved["evals"])
+        carry = carry._replace(params=params, opt_state=opt_state, state=state, best=best,
                                stop=carry.stop._replace(best=saved["best"],
                                                         waited=saved["waited"],
                                                         stopped=saved["stopped"]))
@@ -97,8 +102,12 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
         steps_run = int(record.steps_run)
         history.append(np.asarray(record.losses)[:steps_run])
         aux_history.append(jax.tree.map(lambda a: np.asarray(a)[:steps_run], record.aux))
+        made = evaluations_of([record])
+        if made is not None:
+            eval_history.append(made)
         if jax.process_index() == 0:  # every process holds the same replicated state
-            _write(path, expected, carry, np.concatenate(history), _joined(aux_history))
+            _write(path, expected, carry, np.concatenate(history), _joined(aux_history),
+                   _joined(eval_history))
         return carry, record
 
     steps = spec.steps
@@ -109,21 +118,25 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
         rest = inputs if inputs.indices is None else inputs._replace(
             indices=inputs.indices[done:])
         carry = carry._replace(step=np.int32(carry.step + done))
-        carry, _ = chunks(run_and_save, dataclasses.replace(
-            spec, steps=None if steps is None else steps - done), carry, rest,
-            on_chunk=on_chunk, done=done)
+        carry, _ = chunks(run_and_save, spec.part(done, None if steps is None else steps - done),
+                          carry, rest, on_chunk=on_chunk, done=done)
     losses = np.concatenate(history)  # the checkpointed prefix and the steps run now
     steps = losses.shape[0] if steps is None else steps
     start_step = expected["start_step"]
     carry = carry._replace(step=np.int32(start_step + losses.shape[0]))
-    return jax.device_put(carry), record_of(losses, steps, None, _joined(aux_history))
+    evaluations = _joined(eval_history)
+    if evaluations is None and spec.evaluation is not None:  # none made yet
+        evaluations = ({}, np.zeros(0, np.int32))
+    return jax.device_put(carry), record_of(losses, steps, None, _joined(aux_history),
+                                            evaluations, eval_count(spec))
 
 
-def _joined(aux_history):
-    """The aux of every step so far, one array per leaf (``None`` without aux)."""
-    if not aux_history:
+def _joined(history):
+    """A history of pieces (each a pytree of arrays: aux, or evaluations)
+    as one, each leaf concatenated (``None`` for no pieces)."""
+    if not history:
         return None
-    return jax.tree.map(lambda *paths: np.concatenate(paths), *aux_history)
+    return jax.tree.map(lambda *paths: np.concatenate(paths), *history)
 
 
 def _check_path(path):
@@ -186,6 +199,8 @@ def _fingerprint(spec, carry, inputs):
                             if not isinstance(a, jax.ShapeDtypeStruct)],
         "state": _specs(carry.state),
         "start state": [describe(a) for a in jax.tree.leaves(carry.state)],
+        "best": _specs(carry.best),
+        "eval_data": [describe(a) for a in inputs.eval_data],
     }
 
 
@@ -226,9 +241,9 @@ def _specs(tree):
             "leaves": [f"{jnp.result_type(a)}{list(np.shape(a))}" for a in leaves]}
 
 
-def _write(path, fingerprint, carry, losses, aux=None):
+def _write(path, fingerprint, carry, losses, aux=None, evaluations=None):
     stop_state = carry.stop
-    leaves = jax.tree.leaves((carry.params, carry.opt_state, carry.state))
+    leaves = jax.tree.leaves((carry.params, carry.opt_state, carry.state, carry.best))
     arrays = {f"leaf_{i}": a for i, a in enumerate(leaves)}
     # PRNG keys (a model's frozen leaves, say) are stored as their bits.
     keys = {name: jax.random.key_impl(a) for name, a in arrays.items()
@@ -237,6 +252,11 @@ def _write(path, fingerprint, carry, losses, aux=None):
               for name, a in arrays.items()}
     aux_leaves = jax.tree.leaves(aux)
     arrays.update({f"aux_{i}": a for i, a in enumerate(aux_leaves)})
+    evals, eval_steps = evaluations if evaluations is not None else ({}, None)
+    names = sorted(evals)
+    arrays.update({f"eval_{i}": evals[name] for i, name in enumerate(names)})
+    if eval_steps is not None:
+        arrays["eval_steps"] = eval_steps.astype(np.int32)
     arrays.update(losses=losses, best=np.asarray(stop_state.best),
                   waited=np.asarray(stop_state.waited, np.int32))
     header = {"format": FORMAT, "version": VERSION, "run": fingerprint,
@@ -244,7 +264,8 @@ def _write(path, fingerprint, carry, losses, aux=None):
               "dtypes": {name: str(a.dtype) for name, a in arrays.items()},
               "keys": {name: [str(impl), list(arrays[name].shape)]
                        for name, impl in keys.items()},
-              "aux": [list(a.shape) for a in aux_leaves]}
+              "aux": [list(a.shape) for a in aux_leaves],
+              "evals": None if eval_steps is None else names}
     # Stored as raw bytes: .npz has no bfloat16, and bytes round-trip every dtype.
     raw = {name: np.frombuffer(np.ascontiguousarray(a).tobytes(), np.uint8)
            for name, a in arrays.items()}
@@ -341,11 +362,17 @@ def _state(header, contents, expected):
         return array(name, json.loads(spec[spec.index("["):]))
 
     specs = (expected["params"]["leaves"] + expected["opt_state"]["leaves"]
-             + expected["state"]["leaves"])
+             + expected["state"]["leaves"] + expected["best"]["leaves"])
+    evals = None
+    if header.get("evals") is not None:
+        made = contents["eval_steps"].size // 4
+        evals = ({name: array(f"eval_{i}", (made,)) for i, name in enumerate(header["evals"])},
+                 array("eval_steps", (made,)))
     return {"done": done, "losses": array("losses", (done,)), "best": array("best", ()),
             "waited": array("waited", ()), "stopped": np.bool_(stopped),
             "leaves": [leaf(f"leaf_{i}", spec) for i, spec in enumerate(specs)],
-            "aux": [array(f"aux_{i}", shape) for i, shape in enumerate(header.get("aux", []))]}
+            "aux": [array(f"aux_{i}", shape) for i, shape in enumerate(header.get("aux", []))],
+            "evals": evals}
 
 
 _MAX_STEPS = 2**31 - 1

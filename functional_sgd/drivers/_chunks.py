@@ -6,8 +6,6 @@ has the same bits as one call. Between chunks the host can update a
 progress bar or write a checkpoint; within a chunk nothing leaves the device.
 """
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +19,8 @@ def run_in_chunks(run, spec, carry, inputs, *, chunk_size, on_chunk=None):
 
     ``on_chunk``, if given, gets each chunk's ``FitResult`` (its losses cover
     the chunk; its ``step`` is the global step after it). The run ends early
-    when the stop rule fires.
+    when the stop rule fires, or after a chunk for which ``on_chunk``
+    returns ``True``.
 
     >>> import jax.numpy as jnp
     >>> from functional_sgd.core import Inputs, LoopSpec, initialize, run
@@ -39,17 +38,22 @@ def run_in_chunks(run, spec, carry, inputs, *, chunk_size, on_chunk=None):
         length = min(chunk_size, spec.steps - done)
         piece = inputs if inputs.indices is None else inputs._replace(
             indices=inputs.indices[done:done + length])
-        carry, record = run(dataclasses.replace(spec, steps=length), carry, piece)
+        carry, record = run(spec.part(done, length), carry, piece)
         records.append(record)
-        if on_chunk is not None:
-            on_chunk(fit_result(carry, record))
+        asked_to_stop = on_chunk is not None and on_chunk(fit_result(carry, record)) is True
         done += int(record.steps_run)
-        if bool(carry.stop.stopped):
+        if asked_to_stop or bool(carry.stop.stopped):
             break
-    return carry, join(records, spec.steps, spec.record_params, carry.params)
+    return carry, join(records, spec.steps, spec.record_params, carry.params,
+                       eval_count(spec))
 
 
-def join(records, steps, record_params, last_params):
+def eval_count(spec):
+    """Evaluations a whole run of ``spec`` makes (0 without ``evaluate``)."""
+    return 0 if spec.evaluation is None else spec.evaluation.count(spec.steps)
+
+
+def join(records, steps, record_params, last_params, evaluations=0):
     """One record for the whole run, joined on the host: eager device
     concatenation would compile anew for every number of chunks."""
     losses = np.concatenate([np.asarray(r.losses)[:int(r.steps_run)] for r in records])
@@ -66,19 +70,43 @@ def join(records, steps, record_params, last_params):
         trajectory = jax.tree.map(
             lambda path, p: np.concatenate([path, np.broadcast_to(p, (missing,) + p.shape)]),
             trajectory, last_params)
-    return record_of(losses, steps, trajectory, aux)
+    return record_of(losses, steps, trajectory, aux, evaluations_of(records), evaluations)
 
 
-def record_of(losses, steps, trajectory=None, aux=None):
+def evaluations_of(records):
+    """``(evals, eval_steps)`` of the evaluations the records made, in
+    order, on the host (``None`` without ``evaluate``)."""
+    if not records or records[0].evals is None:
+        return None
+    made = [np.asarray(r.eval_steps) >= 0 for r in records]
+    eval_steps = np.concatenate([np.asarray(r.eval_steps)[m] for r, m in zip(records, made)])
+    evals = {name: np.concatenate([np.asarray(r.evals[name])[m] for r, m in zip(records, made)])
+             for name in records[0].evals}
+    return evals, eval_steps
+
+
+def record_of(losses, steps, trajectory=None, aux=None, evaluations=None, eval_count=0):
     """The ``Record`` of a run of ``steps`` whose first ``len(losses)`` steps
     ran: losses (and every leaf of ``aux``, stacked over those steps) padded
     with NaN (zeros where the dtype has none), ``steps_run`` and
-    ``diverged_at`` read off them."""
+    ``diverged_at`` read off them; ``evaluations`` (``(evals, eval_steps)``
+    made so far) padded to ``eval_count`` (eval steps with -1)."""
     steps_run = losses.shape[0]
     bad = np.flatnonzero(~np.isfinite(losses))
-    padded, aux = (jax.tree.map(lambda path: np.concatenate([path, np.full(
-        (steps - steps_run,) + path.shape[1:], np.nan if jnp.issubdtype(path.dtype, jnp.inexact)
-        else 0, path.dtype)]), tree) for tree in (losses, aux))
+    padded, aux = (_padded(tree, steps) for tree in (losses, aux))
+    evals = eval_steps = None
+    if evaluations is not None:
+        evals = _padded(evaluations[0], eval_count)
+        eval_steps = np.concatenate([evaluations[1].astype(np.int32), np.full(
+            eval_count - evaluations[1].shape[0], -1, np.int32)])
     # device_put moves host arrays without compiling (jnp.asarray stages a jit per shape).
     return Record(*jax.device_put((padded, np.int32(bad[0] if bad.size else -1),
-                                   np.int32(steps_run), trajectory, aux)))
+                                   np.int32(steps_run), trajectory, aux, evals, eval_steps)))
+
+
+def _padded(tree, length):
+    """Every leaf of ``tree`` padded along its leading axis to ``length``
+    with NaN (zeros where the dtype has none)."""
+    return jax.tree.map(lambda path: np.concatenate([path, np.full(
+        (length - path.shape[0],) + path.shape[1:],
+        np.nan if jnp.issubdtype(path.dtype, jnp.inexact) else 0, path.dtype)]), tree)

@@ -4,18 +4,22 @@ fastai's ``lr_find`` makes one short run while raising the rate every batch,
 so each point of its curve mixes the rate with how far training had got.
 Here every rate trains from the same start on the same batches for the same
 number of steps (``jax.vmap`` over :func:`fit`, one compiled call), and the
-curve is the loss each rate really ends at.
+curve is the loss each rate really ends at. With held-out data, every run
+also evaluates it inside the same compiled call (``fit(evaluate=...)``), so
+the curve can show the validation loss each rate reaches, and how it went.
 """
 
+import dataclasses
 from functools import partial
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..core import fit
-from ..core._checks import check_data
+from ..core._checks import check_data, check_indices
+from ..core._evaluate import check_eval_data, given_data
 
 
 class LRSweep(NamedTuple):
@@ -30,6 +34,10 @@ class LRSweep(NamedTuple):
       best: index of the lowest ``final_loss`` (``-1`` if every run diverged).
       edge: index of the smallest rate that diverged (``-1`` if none did):
         the edge of divergence.
+      evals: with held-out data, ``evaluate``'s dict (by default
+        ``{"loss": loss on eval_data}``), each value ``(k, evaluations)``:
+        one validation curve per rate; otherwise ``None``.
+      eval_steps: ``(k, evaluations)`` step counts of those evaluations.
     """
 
     lrs: jax.Array
@@ -38,19 +46,41 @@ class LRSweep(NamedTuple):
     diverged_at: jax.Array
     best: jax.Array
     edge: jax.Array
+    evals: Any = None
+    eval_steps: Any = None
 
 
-def lr_sweep(loss, params, data=(), *, lrs, steps, batch_size=None, key=None, replace=True):
+@dataclasses.dataclass(frozen=True)
+class HeldOutLoss:
+    """``evaluate`` by default: the training loss on the held-out data, as
+    ``{"loss": loss(params, *eval_data)}`` (frozen, so equal ones share a compile)."""
+
+    loss: Callable
+
+    def __call__(self, params, *eval_data):
+        return {"loss": self.loss(params, *eval_data)}
+
+
+def lr_sweep(loss, params, data=(), *, lrs, steps=None, batch_size=None, key=None,
+             replace=True, indices=None, optimizer=None, evaluate=None, eval_data=(),
+             eval_every=None):
     """Trains one run per learning rate, all in one compiled call.
 
     Every run starts at ``params`` and sees the same batches (the same
-    ``key``); only ``lr`` differs. Its score is the loss on all of ``data``
-    at its final parameters, ``L(p_steps)``, so mini-batch noise in the last
-    step does not pick the winner.
+    ``key``, or ``indices``); only ``lr`` differs. Its score is the loss on
+    all of ``data`` at its final parameters, ``L(p_steps)``, so mini-batch
+    noise in the last step does not pick the winner.
 
     Args:
-      loss, params, data, steps, batch_size, key, replace: as for :func:`fit`.
+      loss, params, data, steps, batch_size, key, replace, indices: as for
+        :func:`fit`.
       lrs: increasing learning rates ``> 0``, e.g. ``jnp.logspace(-3, 0.5, 64)``.
+      optimizer: an optax optimizer made with ``optax.inject_hyperparams``
+        (e.g. ``optax.inject_hyperparams(optax.adam)(learning_rate=0.1)``):
+        each run sets its ``learning_rate`` in the optimizer's state, so the
+        rates share one compile. ``None``: plain SGD.
+      evaluate, eval_data, eval_every: as for :func:`fit`; with ``eval_data``
+        and no ``evaluate``, the loss on the held-out data is evaluated.
 
     Returns:
       An :class:`LRSweep`.
@@ -62,27 +92,67 @@ def lr_sweep(loss, params, data=(), *, lrs, steps, batch_size=None, key=None, re
     ...                       lrs=jnp.array([0.01, 0.1, 0.5, 2.0]), steps=100)
     >>> float(sweep.lrs[sweep.best]), float(sweep.lrs[sweep.edge])
     (0.5, 2.0)
+    >>> held_out = fsgd.lesson_data(jax.random.key(1))
+    >>> sweep = fsgd.lr_sweep(fsgd.linear_mse, jnp.array([0.5, 0.75]), (x, y),
+    ...                       lrs=jnp.array([0.01, 0.5]), steps=100, eval_data=held_out,
+    ...                       eval_every=50)
+    >>> sweep.evals["loss"].shape, sweep.eval_steps[0].tolist()
+    ((2, 2), [50, 100])
     """
     lrs = _check_lrs(lrs)
-    data, _ = check_data(data, True)
-    # fit checks the rest (steps, batch_size, key, loss) as it is traced.
-    return _sweep(lrs, params, data, key, loss=loss, steps=steps, batch_size=batch_size,
-                  replace=bool(replace))
+    data, n = check_data(data, True)
+    if indices is not None:
+        check_indices(indices, n)
+    if optimizer is not None:
+        _check_injected(optimizer, params)
+    if evaluate is None and given_data(eval_data):
+        evaluate = HeldOutLoss(loss)
+    # fit checks the rest (steps, batch_size, key, loss, evaluate) as it is traced.
+    return _sweep(lrs, params, data, key, indices, check_eval_data(eval_data, True), loss=loss, steps=steps,
+                  batch_size=batch_size, replace=bool(replace), optimizer=optimizer,
+                  evaluate=evaluate, eval_every=eval_every)
 
 
-@partial(jax.jit, static_argnames=("loss", "steps", "batch_size", "replace"))
-def _sweep(lrs, params, data, key, *, loss, steps, batch_size, replace):
+@partial(jax.jit, static_argnames=("loss", "steps", "batch_size", "replace", "optimizer",
+                                   "evaluate", "eval_every"))
+def _sweep(lrs, params, data, key, indices, eval_data, *, loss, steps, batch_size, replace,
+           optimizer, evaluate, eval_every):
     def one_run(lr):
-        result = fit(loss, params, data, lr=lr, steps=steps, batch_size=batch_size, key=key,
-                     replace=replace)
-        return result.losses, result.diverged_at, loss(result.params, *data)
+        rate = {"lr": lr} if optimizer is None else {
+            "optimizer": optimizer, "opt_state": _with_rate(optimizer.init(params), lr)}
+        held_out = {} if evaluate is None else {
+            "evaluate": evaluate, "eval_data": eval_data, "eval_every": eval_every}
+        result = fit(loss, params, data, steps=steps, batch_size=batch_size, key=key,
+                     replace=replace, indices=indices, **rate, **held_out)
+        return (result.losses, result.diverged_at, loss(result.params, *data), result.evals,
+                result.eval_steps)
 
-    losses, diverged_at, final = jax.vmap(one_run)(lrs)
+    losses, diverged_at, final, evals, eval_steps = jax.vmap(one_run)(lrs)
     diverged = (diverged_at >= 0) | ~jnp.isfinite(final)
     final = jnp.where(diverged, jnp.inf, final)
     best = jnp.where(diverged.all(), -1, jnp.argmin(final)).astype(jnp.int32)
     edge = jnp.where(diverged.any(), jnp.argmax(diverged), -1).astype(jnp.int32)
-    return LRSweep(lrs, final, losses, diverged_at, best, edge)
+    return LRSweep(lrs, final, losses, diverged_at, best, edge, evals, eval_steps)
+
+
+def _with_rate(opt_state, lr):
+    """An ``inject_hyperparams`` state with its learning rate set to ``lr``."""
+    rates = dict(opt_state.hyperparams)
+    rates["learning_rate"] = jnp.asarray(lr, jnp.result_type(rates["learning_rate"]))
+    return opt_state._replace(hyperparams=rates)
+
+
+def _check_injected(optimizer, params):
+    """The optimizer must keep its learning rate in its state (``inject_hyperparams``)."""
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError("optimizer must be an optax GradientTransformation; got "
+                        f"{type(optimizer).__name__}.")
+    state = jax.eval_shape(optimizer.init, params)
+    if "learning_rate" not in getattr(state, "hyperparams", {}):
+        raise ValueError(
+            "optimizer must keep its learning rate in its state, so every rate of the sweep "
+            "shares one compile: build it with optax.inject_hyperparams, e.g. "
+            "optax.inject_hyperparams(optax.adam)(learning_rate=0.1).")
 
 
 def _check_lrs(lrs):

@@ -1,0 +1,402 @@
+"""Step 7 as the lesson says it: "keep training until the accuracy of the
+model started getting worse". Held-out data is evaluated inside the
+compiled loop, and a stop rule may watch what it says.
+
+``fit(..., evaluate=fn, eval_data=(...), eval_every=k)`` runs
+``fn(params, *eval_data) -> dict of scalars`` after every ``k``-th update
+and after the last one. An :class:`Evaluation` (part of the loop's
+compile-time spec) says how; the loop (``_repeat``) runs periods of ``k``
+steps, each ending in an evaluation.
+
+With ``monitor="key"`` the stop rule (``tol``, ``patience``) watches that
+value of the evaluations instead of the training loss: ``patience`` counts
+evaluations without a strictly better value (a tie does not improve, as in
+Keras), in ``mode`` ``"min"`` or ``"max"``. The rule works on the signed
+value ``s = v`` (min) or ``s = -v`` (max), so "better" is always "lower".
+
+>>> ev = Evaluation(evaluate=None, every=4)
+>>> ev.segments(10), ev.count(10)  # evaluations after updates 4, 8 and 10
+((0, 2, 2), 3)
+>>> chunk = ev.part(6, at_end=False)  # updates 6..8 of the run, not its end
+>>> chunk.segments(3), chunk.count(3)  # 6, 7 end a period (at 8), 8 starts one
+((2, 0, 1), 2)
+"""
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from .._types import Carry, Record, StopState
+from . import _checks
+from ._batches import Stacked
+from ._model import unwrap
+from ._stop import StopRule
+
+MODES = ("min", "max")
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """How a run evaluates held-out data (compile-time).
+
+    Attributes:
+      evaluate: ``evaluate(params, *eval_data) -> dict of scalars`` (with a
+        model state: ``evaluate(params, state, *eval_data)``).
+      every: updates between evaluations.
+      monitor: the key of ``evaluate``'s dict the stop rule watches, or ``None``.
+      mode: ``"min"`` or ``"max"``: which way the monitored value improves.
+      restore_best: the run returns the params (and state) of the first
+        best evaluation.
+      offset: updates of the current period made before this piece of the
+        run (a chunk, a resumed run): ``(piece start - run start) % every``.
+      at_end: this piece ends the run, so it evaluates after its last update.
+    """
+
+    evaluate: Callable
+    every: int
+    monitor: Any = None
+    mode: str = "min"
+    restore_best: bool = False
+    offset: int = 0
+    at_end: bool = True
+
+    def segments(self, steps):
+        """How a piece of ``steps`` updates is cut, statically: ``(head,
+        periods, tail)``: ``head`` updates finish the period a previous piece
+        began (0 if none), then ``periods`` whole periods of ``every``, then
+        ``tail`` updates of a period this piece does not finish (0 if none).
+        Each part ends in an evaluation slot."""
+        head = min(self.every - self.offset, steps) if self.offset else 0
+        periods = (steps - head) // self.every
+        return head, periods, steps - head - periods * self.every
+
+    def count(self, steps):
+        """Evaluation slots of a piece of ``steps`` updates: one per part
+        (see :meth:`segments`). A part that ends a period, or the run,
+        always evaluates; one that ends only the piece (a chunk) evaluates
+        only when a stop rule ended the run in it.
+        """
+        head, periods, tail = self.segments(steps)
+        return (head > 0) + periods + (tail > 0)
+
+    def head_evaluates(self, steps):
+        """Whether the head of a piece always evaluates (it ends a period or the run)."""
+        return self.every - self.offset <= steps or self.at_end
+
+    def part(self, done, *, at_end):
+        """The evaluation of a piece of this run that starts ``done`` updates in."""
+        return dataclasses.replace(self, offset=(self.offset + done) % self.every,
+                                   at_end=self.at_end and at_end)
+
+    def call(self, model, params, state, eval_data):
+        """``evaluate`` on (wrapped) params, as the model's user wrote it; a dict of arrays."""
+        out = _called(self.evaluate, model, params, state, eval_data)
+        return {name: jnp.asarray(value) for name, value in out.items()}
+
+    def signed(self, values, dtype):
+        """The monitored value, negated in mode ``"max"`` (lower is better), in ``dtype``."""
+        value = jnp.asarray(values[self.monitor], dtype)
+        return -value if self.mode == "max" else value
+
+
+def watch(rule, state, value, *, tol, patience):
+    """The stop state after an evaluation whose signed monitored value is
+    ``value``, and whether it improved (strictly) on the best so far.
+
+    ``tol`` is signed as ``value`` is: the run stops once ``value <= tol``.
+    A value that is not finite never improves and does not stop the run.
+    """
+    improved = value < state.best
+    best = jnp.where(improved, value, state.best)
+    waited = jnp.where(improved, 0, state.waited + 1)
+    stopped = state.stopped
+    if rule.tol:
+        stopped |= value <= tol
+    if rule.patience:
+        stopped |= waited >= patience
+    return StopState(best, waited, stopped), improved
+
+
+def choose(evaluate, eval_data, eval_every, monitor, mode, restore_best, *, batches, steps,
+           params, state, model, check_finite):
+    """``(Evaluation or None, eval_data, dtype the rule watches or None)``
+    for ``fit``'s arguments, each checked in plain Python before any trace."""
+    if evaluate is None:
+        given = [name for name, value in (
+            ("eval_data", given_data(eval_data)),
+            ("eval_every", eval_every is not None), ("monitor", monitor is not None),
+            ("restore_best", restore_best is not False))
+            if value]
+        if given:
+            raise ValueError(f"{', '.join(given)} needs evaluate: pass evaluate=fn, where "
+                             "fn(params, *eval_data) returns a dict of scalars, e.g. "
+                             "{'accuracy': ...}.")
+        if mode != "min":
+            raise ValueError(f"mode={mode!r} needs monitor (and evaluate): mode says which "
+                             "way the monitored value improves.")
+        return None, (), None
+    if not callable(evaluate):
+        raise TypeError(f"evaluate must be callable as evaluate(params, *eval_data) -> dict; "
+                        f"got {evaluate!r}.")
+    eval_data = check_eval_data(eval_data, check_finite)
+    if eval_every is None:
+        every = _epoch(batches) or steps
+    else:
+        every = _checks.check_int(eval_every, "eval_every", minimum=1)
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'min' or 'max'; got {mode!r}.")
+    restore_best = _checks.check_bool(restore_best, "restore_best")
+    if monitor is None and (restore_best or mode != "min"):
+        raise ValueError(f"{'restore_best' if restore_best else 'mode'} needs monitor: name "
+                         "the key of evaluate's dict to watch, e.g. monitor='accuracy'.")
+    shapes = check_evaluate(evaluate, params, state, eval_data, model)
+    dtype = None
+    if monitor is not None:
+        if not isinstance(monitor, str) or monitor not in shapes:
+            raise ValueError(f"monitor must be a key of the dict evaluate returns, one of "
+                             f"{sorted(shapes)}; got {monitor!r}.")
+        dtype = shapes[monitor].dtype
+    evaluation = Evaluation(evaluate, every, monitor, mode, restore_best)
+    return evaluation, eval_data, dtype
+
+
+def given_data(eval_data):
+    """Whether ``eval_data`` is anything but the default ``()``."""
+    return not (isinstance(eval_data, (tuple, list)) and len(eval_data) == 0)
+
+
+def _epoch(batches):
+    """Steps in an epoch of shuffled batches (``replace=False``), else ``None``."""
+    if not (getattr(batches, "keyed", False) and getattr(batches, "replace", True) is False):
+        return None
+    n, size = batches.n, batches.batch_size
+    return -(-n // size) if getattr(batches, "drop_last", True) is False else n // size
+
+
+def check_eval_data(eval_data, check_finite):
+    """``eval_data`` as a tuple of arrays sharing their leading axis."""
+    if not isinstance(eval_data, (tuple, list)):
+        raise TypeError("eval_data must be a tuple of arrays, unpacked into evaluate's "
+                        f"arguments, e.g. (valid_x, valid_y); got {type(eval_data).__name__}. "
+                        "Wrap a single array as (x,).")
+    eval_data = tuple(eval_data)
+    for i, a in enumerate(eval_data):
+        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+            raise TypeError(f"eval_data[{i}] must be an array; got {type(a).__name__}.")
+    rows = {tuple(a.shape[:1]) for a in eval_data}
+    if len(rows) > 1 or any(len(a.shape) == 0 for a in eval_data):
+        shapes = ", ".join(f"eval_data[{i}].shape={tuple(a.shape)}"
+                           for i, a in enumerate(eval_data))
+        raise ValueError(f"eval_data arrays must share their leading axis (the rows); "
+                         f"got {shapes}.")
+    if check_finite:
+        for i in _checks._non_finite(eval_data):
+            raise ValueError(f"eval_data[{i}] contains NaN or inf values; clean or drop "
+                             "those rows (or pass check_finite=False to skip this check).")
+    return eval_data
+
+
+def check_evaluate(evaluate, params, state, eval_data, model):
+    """Traces ``evaluate`` (``jax.eval_shape``: nothing runs or compiles)
+    once per signature of its arguments, and checks it returns a dict of
+    real scalars; returns their shapes. A warm call looks the result up."""
+    (leaves, treedef), (state_leaves, state_def) = map(jax.tree.flatten, (params, state))
+    signature = tuple(tuple(map(_checks.signature, group))
+                      for group in (leaves, state_leaves, eval_data))
+    try:
+        hash(evaluate)
+    except TypeError:
+        return _trace_evaluate(evaluate, model, treedef, state_def, signature)
+    return _cached_trace_evaluate(evaluate, model, treedef, state_def, signature)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_trace_evaluate(evaluate, model, treedef, state_def, signature):
+    return _trace_evaluate(evaluate, model, treedef, state_def, signature)
+
+
+def _trace_evaluate(evaluate, model, treedef, state_def, signature):
+    params, state = (jax.tree.unflatten(d, [_checks.spec(s) for s in group])
+                     for d, group in ((treedef, signature[0]), (state_def, signature[1])))
+    eval_data = tuple(map(_checks.spec, signature[2]))
+
+    def call(params, state, eval_data):
+        return _called(evaluate, model, params, state, eval_data)
+
+    args = "params, state, *eval_data" if model.state else "params, *eval_data"
+    try:
+        out = jax.eval_shape(call, params, state, eval_data)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as error:
+        raise ValueError(f"evaluate({args}) failed for eval_data of shape "
+                         f"{_checks.shapes(eval_data)}; it said: {error}") from error
+    check_values(out)
+    return out
+
+
+def _called(evaluate, model, params, state, eval_data):
+    """``evaluate`` called on (wrapped) params and state as its user wrote it."""
+    if model.plain:
+        return evaluate(params, *eval_data)
+    if model.state:
+        return evaluate(unwrap(params), unwrap(state), *eval_data)
+    return evaluate(unwrap(params), *eval_data)
+
+
+def check_values(out):
+    """``evaluate``'s result must be a dict of real scalars."""
+    if not isinstance(out, Mapping) or not out:
+        raise ValueError(f"evaluate must return a non-empty dict of scalars, e.g. "
+                         f"{{'accuracy': acc}}; got {out!r}.")
+    for name, value in out.items():
+        if not isinstance(name, str):
+            raise TypeError(f"evaluate's dict must have str keys; got {name!r}.")
+        if getattr(value, "shape", None) != () or not (
+                jnp.issubdtype(value.dtype, jnp.floating)
+                or jnp.issubdtype(value.dtype, jnp.integer)):
+            raise ValueError(f"evaluate must return a dict of real scalars; its {name!r} is "
+                             f"{getattr(value, 'dtype', type(value).__name__)}"
+                             f"{list(getattr(value, 'shape', ()))}. Reduce it, e.g. with "
+                             ".mean().")
+
+
+def run_with_evaluations(piece, first_bad, spec, loss, data, params, opt_state, frozen,
+                         start_step, carry, inputs):
+    """The loop with evaluations (traced); ``(Carry, Record)``.
+
+    The steps run in parts (:meth:`Evaluation.segments`), each one a
+    ``piece`` of the plain loop (a ``scan``, or a ``while_loop`` when the
+    stop rule watches every step's loss), followed by an evaluation: a head
+    part, a ``while_loop`` over whole periods, a tail part. Each part draws
+    or gathers its batches as a chunk of its length would, so evaluating
+    costs the evaluation and little more.
+
+    With ``monitor`` the rule watches each evaluation's monitored value; a
+    non-finite loss (with a rule on) ends the run after that period.
+    """
+    evaluation, model, rule, steps = spec.evaluation, spec.model, spec.stop, spec.steps
+    monitored = evaluation.monitor is not None
+    inner = dataclasses.replace(spec, evaluation=None, stop=StopRule() if monitored else rule)
+    head, periods, tail = evaluation.segments(steps)
+    stacked = isinstance(spec.batches, Stacked)
+
+    def run_part(state, start, length):
+        """``length`` steps from ``start`` (within the run), as a piece."""
+        params, opt_state, model_state, stop_state = state
+        part_inputs = inputs
+        if inputs.indices is not None:
+            part_inputs = part_inputs._replace(indices=_rows(inputs.indices, start, length))
+        part_data = tuple(_rows(a, start, length) for a in data) if stacked else data
+        part_carry = Carry(model.join(params, frozen), opt_state, start_step + start,
+                           stop_state, model_state)
+        out, record = piece(dataclasses.replace(inner, steps=length), loss, part_data, params,
+                            opt_state, frozen, start_step + start, part_carry, part_inputs)
+        ran = length if record.steps_run is None else record.steps_run
+        if inner.stop.active:
+            stop_state = out.stop
+        elif rule.active:  # with monitor: a diverged period ends the run
+            stop_state = stop_state._replace(
+                stopped=stop_state.stopped | ~jnp.isfinite(record.losses).all())
+        return (model.split(out.params)[0], out.opt_state, out.state, stop_state), ran, record
+
+    evaluate = lambda params, state: evaluation.call(  # noqa: E731
+        model, model.join(params, frozen), state, inputs.eval_data)
+    first_loss = jax.eval_shape(
+        lambda: run_part((params, opt_state, carry.state, carry.stop), 0, 1)[2])
+    shapes = jax.eval_shape(evaluate, params, carry.state)
+    count = evaluation.count(steps)
+    losses = jnp.full((steps,), jnp.nan, first_loss.losses.dtype)
+    aux = jax.tree.map(lambda a: jnp.full((steps,) + a.shape[1:], not_run(a.dtype), a.dtype),
+                       first_loss.aux)
+    evals = {name: jnp.full((count,), not_run(s.dtype), s.dtype) for name, s in shapes.items()}
+    eval_steps = jnp.full((count,), -1, jnp.int32)
+    watch_dtype = jnp.result_type(carry.stop.best) if monitored else first_loss.losses.dtype
+    stop_state = carry.stop._replace(best=jnp.asarray(carry.stop.best, watch_dtype),
+                                     waited=jnp.asarray(carry.stop.waited, jnp.int32),
+                                     stopped=jnp.bool_(False))
+    tol = inputs.tol
+    if monitored and rule.tol:
+        tol = evaluation.signed({evaluation.monitor: tol}, watch_dtype)
+    best = (model.split(carry.best[0])[0], carry.best[1]) if evaluation.restore_best else None
+    trajectory = None
+    if spec.record_params:  # the params before every step and after the last
+        trajectory = jax.tree.map(lambda p: jnp.zeros((steps + 1,) + jnp.shape(p),
+                                                      jnp.result_type(p)),
+                                  model.join(params, frozen))
+
+    def part(state, start, length, slot, always):
+        """Runs a part and its evaluation, writing the records in place."""
+        training, t, losses, aux, trajectory, evals, eval_steps, best = state
+        training, ran, record = run_part(training, start, length)
+        losses = jax.lax.dynamic_update_slice(losses, record.losses, (start,))
+        aux = jax.tree.map(lambda path, a: jax.lax.dynamic_update_slice(
+            path, a, (start,) + (0,) * (a.ndim - 1)), aux, record.aux)
+        if trajectory is not None:  # the part's path but its last point (the next part's first)
+            trajectory = jax.tree.map(lambda path, a: jax.lax.dynamic_update_slice(
+                path, a[:length], (start,) + (0,) * (a.ndim - 1)), trajectory,
+                record.trajectory)
+        t = jnp.asarray(start + ran, jnp.int32)  # int32 under x64 too
+        params, model_state, stop_state = training[0], training[2], training[3]
+        values = evaluate(params, model_state)
+        evaluated = True if always else stop_state.stopped  # a chunk's tail: if it stopped
+        evals = {name: path.at[slot].set(jnp.where(evaluated, values[name], path[slot]))
+                 for name, path in evals.items()}
+        eval_steps = eval_steps.at[slot].set(jnp.where(evaluated, start_step + t, -1))
+        if monitored:
+            watched, improved = watch(rule, stop_state, evaluation.signed(values, watch_dtype),
+                                      tol=tol, patience=inputs.patience)
+            stop_state = jax.tree.map(lambda new, old: jnp.where(evaluated, new, old),
+                                      watched, stop_state)
+            if best is not None:
+                best = jax.tree.map(lambda now, kept: jnp.where(improved & evaluated, now, kept),
+                                    (params, model_state), best)
+            training = training[:3] + (stop_state,)
+        return training, t, losses, aux, trajectory, evals, eval_steps, best
+
+    state = ((params, opt_state, carry.state, stop_state), jnp.int32(0), losses, aux,
+             trajectory, evals, eval_steps, best)
+    if head:
+        state = part(state, 0, head, 0, evaluation.head_evaluates(steps))
+    if periods:
+        first_slot = int(head > 0)
+
+        def period(numbered):
+            p, state = numbered
+            return p + 1, part(state, head + p * evaluation.every, evaluation.every,
+                               first_slot + p, True)
+
+        _, state = jax.lax.while_loop(lambda ps: (ps[0] < periods) & ~ps[1][0][3].stopped,
+                                      period, (jnp.int32(0), state))
+    if tail:
+        state = jax.lax.cond(state[0][3].stopped, lambda state: state,
+                             lambda state: part(state, steps - tail, tail, count - 1,
+                                                evaluation.at_end), state)
+    (params, opt_state, model_state, stop_state), t, losses, aux, trajectory, evals, \
+        eval_steps, best = state
+    if trajectory is not None:  # steps after the stop hold the final params
+        last = model.join(params, frozen)
+        after = jnp.arange(steps + 1, dtype=jnp.int32) >= t
+        trajectory = jax.tree.map(
+            lambda path, p: jnp.where(after.reshape((-1,) + (1,) * jnp.ndim(p)), p, path),
+            trajectory, last)
+    if not (rule.active or monitored):
+        stop_state = carry.stop
+    if best is not None:
+        best = (model.join(best[0], frozen), best[1])
+    return (Carry(model.join(params, frozen), opt_state, start_step + t, stop_state,
+                  model_state, best),
+            Record(losses, first_bad(losses, t), t, trajectory, aux, evals, eval_steps))
+
+
+def _rows(array, start, length):
+    """Rows ``start .. start + length`` of ``array`` (``start`` may be traced)."""
+    return jax.lax.dynamic_slice_in_dim(array, start, length)
+
+
+def not_run(dtype):
+    """What a record holds for a step or evaluation that did not run: NaN,
+    or zero where the dtype has no NaN."""
+    return jnp.nan if jnp.issubdtype(dtype, jnp.inexact) else 0
