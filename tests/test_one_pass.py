@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import assert_trees_close
 
 import functional_sgd as fsgd
 from functional_sgd import speed
 from functional_sgd.speed import SpeedPlan
-from helpers import assert_trees_close
 
 STEPS = 40
 TOLERANCE = {np.float64: 1e-10, np.float32: 2e-5}
