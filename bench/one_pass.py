@@ -23,6 +23,7 @@ import numpy as np
 
 import functional_sgd as fsgd
 from bench import timing
+from bench.profile_large import problem
 from functional_sgd.speed import SpeedPlan
 
 SHAPES = [(100_000, 100), (10_000, 1000)]
@@ -64,10 +65,7 @@ def main():
     print("|---|---|---:|---:|---:|---:|---:|")
     for n, d in SHAPES:
         n //= 10 if args.quick else 1
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((n, d), dtype=np.float32)
-        y = rng.standard_normal(n, dtype=np.float32)
-        a = np.zeros(d, np.float32)
+        x, y, a = problem(n, d)
         xj, yj, aj = jnp.asarray(x), jnp.asarray(y), jnp.asarray(a)
         methods = {"plain (two reads)": (fit_run(xj, yj, aj, SpeedPlan(one_pass=False)), 2)}
         for block in args.blocks:
