@@ -178,10 +178,11 @@ Where both libraries already run each pass at about the in-cache read speed,
 the general path can only win by torch's per-step overhead: the last column,
 torch's step over two reads of `x` at in-cache speed, is the largest
 speed-up over torch that any step reading `x` twice can reach on this
-machine. A target above it needs a step that reads `x` once (the exact MSE
-path, or a one-pass gradient, which only a loss known to be a sum over rows
-allows). What else was tried is listed in the README, under "Performance at
-scale".
+machine. A target above it needs a step that reads `x` once: the exact MSE
+path, or `fit`'s one-pass step (`SpeedPlan.one_pass`, for a loss that is a
+mean over rows; `python -m bench.one_pass` times it against the plain step
+and torch). What else was tried is listed in the README, under "Performance
+at scale".
 
 {table}
 """
