@@ -4,8 +4,10 @@ A :class:`SpeedPlan` names each choice; each can be switched off. ``fit``
 takes one (``speed=``), resolves what ``"auto"`` means for the call at hand
 with :func:`decide`, and puts the result in the loop's compile-time spec.
 None of these choices changes what is computed, only how: results agree
-with the plain loop to rounding (the exact-moments path) or to the bit
-(the rest keep params' bits; see each module).
+with the plain loop to rounding (the exact-moments path, the one-pass step)
+or to the bit (the rest keep params' bits; see each module). The one-pass
+step needs a loss that is a mean over its rows: ``"auto"`` takes it only for
+``linear_mse``, and ``one_pass=True`` is the caller's word for any other.
 """
 
 import dataclasses
