@@ -294,6 +294,25 @@ METHODS = (
 )
 
 
+FIT_FAST_PATH = {"fit": "auto", "fit, general path (fast_path=False)": False,
+                 "fit, exact MSE path (fast_path=True)": True}
+
+
+def x_reads_per_step(method, workload):
+    """How many times a full-batch step of ``method`` reads ``x``: 2 (the
+    prediction, then the gradient), 1 (``fit``'s one-pass step, see
+    ``speed/_one_pass.py``) or 0 (the exact MSE path: its moments read ``x``
+    once per call, then each step costs ``O(d²)``)."""
+    fast_path = FIT_FAST_PATH.get(method)
+    if fast_path is None:
+        return 2
+    w = workload
+    x, y = (jax.ShapeDtypeStruct(shape, jnp.float32) for shape in ((w.n, w.d), (w.n,)))
+    plan = fsgd.speed.decide(None, fast_path, exact_mse=True, full_batch=True, steps=w.steps,
+                             params=jax.ShapeDtypeStruct((w.d,), jnp.float32), data=(x, y))
+    return 0 if plan.exact_moments else 1 if plan.one_pass else 2
+
+
 TUNE_CPU_ENV = "FSGD_BENCH_TUNE_CPU"
 """Set to ``1``, a benchmark process runs under ``functional_sgd.tune_cpu()``."""
 

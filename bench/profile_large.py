@@ -83,6 +83,14 @@ def torch_step(x, y, a):
     return lambda: reference.fit(fsgd.linear_mse, at, (xt, yt), lr=1e-3, steps=PASSES)
 
 
+def problem(n, d):
+    """Standard normal ``x`` ``(n, d)`` and ``y`` ``(n,)``, zero ``a``, float32 NumPy."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    y = rng.standard_normal(n, dtype=np.float32)
+    return x, y, np.zeros(d, np.float32)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10x fewer rows")
@@ -95,10 +103,7 @@ def main():
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, d in SHAPES:
         n //= 10 if args.quick else 1
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((n, d), dtype=np.float32)
-        y = rng.standard_normal(n, dtype=np.float32)
-        a = np.zeros(d, np.float32)
+        x, y, a = problem(n, d)
         ceiling = 2 * x.nbytes / (machine.in_cache_read_bandwidth(x) * 1e9)
         cells = [timing.median_seconds(run, budget=0, min_rounds=args.repeats,
                                        max_rounds=args.repeats) / PASSES

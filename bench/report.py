@@ -20,8 +20,9 @@ import sys
 import numpy as np
 
 from bench import machine, plots
-from bench.methods import BASELINE, SCAN, TUNE_CPU_ENV
+from bench.methods import BASELINE, SCAN, TUNE_CPU_ENV, x_reads_per_step
 from bench.results_table import TARGETS, by_workload, fit_method, load, load_skipped, scan_overhead
+from bench.workloads import FULL
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results"
@@ -119,19 +120,25 @@ def skipped_section(skipped):
 
 
 def bandwidth_section(table, dram_gbs, in_cache_gbs):
-    """Large full-batch workloads: each step reads ``x`` at least twice
-    (forward ``x @ a`` and backward ``x^T r``)."""
+    """Large full-batch workloads: the bytes of ``x`` each method's step reads
+    (:func:`bench.methods.x_reads_per_step`) over its time."""
+    workloads = {w.name: w for w in FULL}
     rows = []
     for w, runs in table.items():
         if w not in in_cache_gbs:
             continue
         for m, r in sorted(runs.items(), key=lambda item: item[1].median_s):
-            moved = 2 * r.extra["x_bytes"]
-            gbs = moved / r.step_s / 1e9
-            rows.append((w, m, _time(r.step_s), f"{gbs:,.1f}",
-                         f"{100 * gbs / in_cache_gbs[w]:.0f}%", f"{100 * gbs / dram_gbs:.0f}%"))
-    return _table(("workload", "method", "time per step", "effective GB/s (2 reads of x)",
-                   "of in-cache read bandwidth", "of DRAM read bandwidth"), rows)
+            reads = x_reads_per_step(m, workloads[w]) if w in workloads else 2
+            if not reads:  # the moments: x is read once per call, not per step
+                rows.append((w, m, _time(r.step_s), "0 (moments)", "-", "-", "-"))
+                continue
+            gbs = reads * r.extra["x_bytes"] / r.step_s / 1e9
+            read = f"{reads} ({reads * r.extra['x_bytes'] / 2**20:,.0f} MiB)"
+            rows.append((w, m, _time(r.step_s), read, f"{gbs:,.1f}", f"{100 * gbs / in_cache_gbs[w]:.0f}%",
+                         f"{100 * gbs / dram_gbs:.0f}%"))
+    return _table(("workload", "method", "time per step", "reads of x a step",
+                   "effective GB/s (those reads)", "of in-cache read bandwidth",
+                   "of DRAM read bandwidth"), rows)
 
 
 def tuned_section(tuned_table):
@@ -171,10 +178,11 @@ Where both libraries already run each pass at about the in-cache read speed,
 the general path can only win by torch's per-step overhead: the last column,
 torch's step over two reads of `x` at in-cache speed, is the largest
 speed-up over torch that any step reading `x` twice can reach on this
-machine. A target above it needs a step that reads `x` once (the exact MSE
-path, or a one-pass gradient, which only a loss known to be a sum over rows
-allows). What else was tried is listed in the README, under "Performance at
-scale".
+machine. A target above it needs a step that reads `x` once: the exact MSE
+path, or `fit`'s one-pass step (`SpeedPlan.one_pass`, for a loss that is a
+mean over rows; `python -m bench.one_pass` times it against the plain step
+and torch). What else was tried is listed in the README, under "Performance
+at scale".
 
 {table}
 """
@@ -272,8 +280,11 @@ from Python skip the 200 000-step stochastic workload.
 {tuned_section(tuned_table)}
 ## Large full batch against memory bandwidth
 
-A full-batch step of the linear model reads `x` at least twice: `x @ a`
-forward and `x^T r` backward. "Effective GB/s" counts just those two reads;
+A plain full-batch step of the linear model reads `x` twice: `x @ a`
+forward and `x^T r` backward. `fit`'s one-pass step (`SpeedPlan.one_pass`,
+taken by `linear_mse` on large row-major data) reads it once, in row blocks
+that stay in cache; the exact MSE path reads it only to build its moments.
+"Effective GB/s" counts the reads of `x` a step makes;
 the in-cache figure is BLAS re-reading an array of the workload's shape
 right after reading it (arrays that fit in the last-level cache are read at
 that speed, not at DRAM's).

@@ -1,7 +1,14 @@
 """Strict JAX for every test: silent broadcasting or dtype promotion fails."""
 
+import os
+
 import jax
 import pytest
+
+# The command line's compile cache stays off in tests (in-process runs of
+# main() and the subprocesses they start), so no test writes to the user's
+# cache folder; tests/test_compile_cache.py turns it on in a temporary one.
+os.environ["FUNCTIONAL_SGD_COMPILE_CACHE"] = "0"
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ Bad input gets one line on stderr and exit status 2, never a traceback.
 import argparse
 import sys
 
+from ._compile_cache import CACHE_ENV, cache_folder, use_compile_cache
 from ._shared import (DIGITS_FILES, LESSON_FILES, SWEEP_FILES, UsageError,  # noqa: F401
                       check_batch_size, out_folder)
 from ._options import (INT32_MAX, LR_RANGE, MAX_RATES, SEED_LIMIT, fraction, int_in,
@@ -36,7 +37,15 @@ def _line_options(parser, *, steps_help, batch_help):
                         help=batch_help)
 
 
+def _compile_cache_option(parser):
+    parser.add_argument("--compile-cache", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep compiled programs in the user's cache folder, so the next "
+                             f"run skips their compiles (default on; {CACHE_ENV}=0 turns it "
+                             "off, a path moves it)")
+
+
 def _common(parser, *, out_files):
+    _compile_cache_option(parser)
     parser.add_argument("--seed", type=int_in(0, SEED_LIMIT - 1), default=0,
                         help=f"seed of every jax.random key, in [0, {SEED_LIMIT - 1}] "
                              "(default 0)")
@@ -126,6 +135,7 @@ def _parser():
                                 "loop is eager) (default 150)")
     agreement.add_argument("--lr", type=learning_rate, default=0.1,
                            help=f"learning rate in {RATES} (default 0.1)")
+    _compile_cache_option(agreement)
     return parser
 
 
@@ -136,6 +146,8 @@ def main(argv=None):
             args = _parser().parse_args(argv)
         except SystemExit as done:  # --help
             return done.code
+        if args.compile_cache:
+            use_compile_cache(cache_folder())
         from . import _commands
 
         run = {"lesson": _commands.lesson, "lr-sweep": _commands.lr_sweep,

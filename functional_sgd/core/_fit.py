@@ -24,8 +24,8 @@ import numpy as np
 
 from .. import drivers
 from .. import speed as _speed  # fit's keyword `speed` is a plan
-from .._types import Inputs, fit_result
-from . import _batches, _checks, _evaluate, _model, _model_checks, _stop
+from .._types import Carry, Inputs, fit_result
+from . import _batches, _checks, _evaluate, _model, _model_checks, _stop, _warm
 from ._initialize import initialize
 from ._loss import PytreeData, linear_mse
 from ._repeat import run
@@ -200,6 +200,20 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
                            unused=dict(batch_size=batch_size, key=key, indices=indices,
                                        chunk_size=chunk_size, mesh=mesh, rng=rng, state=state,
                                        has_aux=has_aux or None, trainable=trainable))
+    # A call repeating an earlier one's arrays and options skips the checks it passed.
+    warm_call = _warm.key(loss, params, data, key, indices, optimizer, (
+        steps, batch_size, replace, tol, patience, record_params, start_step, check_finite,
+        fast_path, speed, drop_last)) if (
+        opt_state is None and chunk_size is None and on_chunk is None and mesh is None
+        and checkpoint is None and rng is None and state is None and has_aux is False
+        and trainable is None and evaluate is None and eval_data == () and eval_every is None
+        and monitor is None and mode == "min" and restore_best is False) else None
+    if warm_call is not None:
+        warm = _warm.recall(warm_call, params)
+        if warm is not None:
+            lr = _checks.check_lr(lr, optimizer, None, params)
+            return fit_result(*run(warm.spec, Carry(params, None, warm.step, warm.stop),
+                                   Inputs(data, lr, key, indices, tol, patience)))
     data, structure, names = _checks.flatten_data(data)
     read_on_host = _checks.read_on_host(data, batch_size, indices)
     data, n = _checks.check_data(data, check_finite and not read_on_host, names)
@@ -243,7 +257,10 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         chunk_size = chunk_size or _host_block(spec.batches.batch_size, data)
     if chunk_size is None:
         _checks.check_no_chunk_options(on_chunk, checkpoint)
-        return result(*loop(spec, carry, inputs))
+        out = result(*loop(spec, carry, inputs))
+        if warm_call is not None and model.plain and not read_on_host:
+            _warm.remember(warm_call, params, spec, carry)  # after the run: it succeeded
+        return out
     chunk_size = _checks.check_chunks(chunk_size, on_chunk,
                                       (params, data, lr, start_step, rng, state, eval_data))
     on_chunk = _model.unwrapping(on_chunk, model)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .._types import Carry, Record
 from ..drivers import describe
-from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, quadratic_mse
+from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, one_pass, quadratic_mse
 from ._batches import Schedule, feed
 from ._evaluate import not_run, run_with_evaluations
 from ._initialize import optimizer_state
@@ -130,12 +130,15 @@ def _whole_path(model, path, frozen, length):
 
 def _full_batch_speed_ups(spec, params, data):
     """The loss and data a full-batch step reads, as the speed plan says:
-    moments in place of the data, or data in the layout XLA:CPU reads fastest.
+    moments in place of the data, the data read once a step in row blocks,
+    or data in the layout XLA:CPU reads fastest.
     (Both replay a ``loss(params, *batch) -> scalar``: a user's model with
     frozen leaves, a key, a state or an aux runs its loss as it is.)"""
     plan = spec.plan
     if plan.exact_moments:  # every full batch is the same: its moments stand in for it
         return quadratic_mse, (moments(*data),)
+    if plan.one_pass is True:  # decide() allows it for a plain full-batch loss only
+        return one_pass(spec.loss, data, plan.row_block_bytes), data
     if spec.batches.batch_size is None and data and spec.model.plain \
             and (plan.column_major or plan.sums_as_dots):
         return column_major(spec.loss, params, data, transpose=plan.column_major,

@@ -31,7 +31,7 @@ class LoopSpec:
       stop: the :class:`~functional_sgd.core.StopRule`.
       record_params: record the params before every step and after the last.
       plan: the :class:`~functional_sgd.speed.SpeedPlan`, resolved (its
-        ``exact_moments`` a bool).
+        ``exact_moments`` and ``one_pass`` bools).
       model: how params train and the loss is called (a ``Model``: frozen
         leaves, a key, a state, an aux output); ``PLAIN`` for
         ``loss(params, *batch) -> scalar`` with every leaf training.
@@ -45,7 +45,7 @@ class LoopSpec:
     steps: int = 1
     stop: StopRule = StopRule()
     record_params: bool = False
-    plan: SpeedPlan = SpeedPlan(exact_moments=False)
+    plan: SpeedPlan = SpeedPlan(exact_moments=False, one_pass=False)
     model: Model = PLAIN
     evaluation: Any = None
 

@@ -4,13 +4,15 @@ A :class:`SpeedPlan` names each choice; each can be switched off. ``fit``
 takes one (``speed=``), resolves what ``"auto"`` means for the call at hand
 with :func:`decide`, and puts the result in the loop's compile-time spec.
 None of these choices changes what is computed, only how: results agree
-with the plain loop to rounding (the exact-moments path) or to the bit
-(the rest keep params' bits; see each module).
+with the plain loop to rounding (the exact-moments path, the one-pass step)
+or to the bit (the rest keep params' bits; see each module). The one-pass
+step needs a loss that is a mean over its rows: ``"auto"`` takes it only for
+``linear_mse``, and ``one_pass=True`` is the caller's word for any other.
 """
 
 import dataclasses
 
-from . import _moments
+from . import _layout, _moments, _one_pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +37,14 @@ class SpeedPlan:
         ones are drawn a chunk at a time inside the loop.
       cpu_compiler_options: compile a top-level loop with
         :data:`CPU_COMPILER_OPTIONS` (other backends ignore them).
+      one_pass: full batch: take each step's value and gradient block by
+        block of rows, reading the data once a step instead of twice
+        (``speed/_one_pass.py``). Exact only for a loss that is a mean over
+        its rows: ``"auto"`` uses it for ``linear_mse`` (by identity) where
+        it pays (:func:`one_pass_pays`); ``True`` is the caller's word that
+        the loss is such a mean (any loss; refused where it cannot run);
+        ``False`` never.
+      row_block_bytes: one-pass blocks hold this many bytes of rows.
 
     >>> import jax, functional_sgd as fsgd
     >>> x, y = fsgd.lesson_data(jax.random.key(0))
@@ -52,11 +62,20 @@ class SpeedPlan:
     pregather_bytes: int = 64 * 2**20
     schedule_budget: int = 1 << 22
     cpu_compiler_options: bool = True
+    one_pass: object = "auto"
+    row_block_bytes: int = _one_pass.ROW_BLOCK_BYTES
 
     def __post_init__(self):
         if self.exact_moments not in ("auto", True, False):
             raise ValueError('exact_moments (fast_path) must be "auto", True or False; '
                              f"got {self.exact_moments!r}.")
+        if self.one_pass not in ("auto", True, False):
+            raise ValueError(f'SpeedPlan.one_pass must be "auto", True or False; '
+                             f"got {self.one_pass!r}.")
+        if isinstance(self.row_block_bytes, bool) or not isinstance(self.row_block_bytes, int) \
+                or self.row_block_bytes < 1:
+            raise ValueError(f"SpeedPlan.row_block_bytes must be an int >= 1; "
+                             f"got {self.row_block_bytes!r}.")
         for name in ("tiny_step_bytes", "pregather_bytes", "schedule_budget"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -92,17 +111,20 @@ def moments_pay(n, d, steps):
     return d <= 2 * steps and steps * n * d >= MIN_LOOP_WORK
 
 
-def decide(plan, fast_path, *, exact_mse, params, data, full_batch, steps, mesh=None):
-    """The plan for one call, with ``exact_moments`` resolved to a bool.
+def decide(plan, fast_path, *, exact_mse, params, data, full_batch, steps, mesh=None,
+           plain_model=True):
+    """The plan for one call, with ``exact_moments`` and ``one_pass`` resolved to bools.
 
     Args:
       plan: a :class:`SpeedPlan`, or ``None`` for the defaults.
       fast_path: ``fit``'s own switch for the exact-moments path; anything
         but ``"auto"`` overrides the plan's ``exact_moments``.
       exact_mse: whether the loss is the library's own ``linear_mse`` (an
-        arbitrary loss is never guessed to be an MSE).
+        arbitrary loss is never guessed to be an MSE, nor a mean over rows).
       params, data, full_batch, steps, mesh: the call's, to judge whether
-        the moments apply and pay.
+        the moments and the one-pass step apply and pay.
+      plain_model: the loss is ``loss(params, *batch) -> scalar`` (no key,
+        state or aux), which the one-pass step needs.
     """
     if plan is None:
         plan = DEFAULT
@@ -111,21 +133,73 @@ def decide(plan, fast_path, *, exact_mse, params, data, full_batch, steps, mesh=
                         f"{type(plan).__name__}.")
     if fast_path not in ("auto", True, False):
         raise ValueError(f'fast_path must be "auto", True or False; got {fast_path!r}.')
+    use_moments = _use_moments(plan, fast_path, exact_mse, params, data, full_batch, steps,
+                               mesh)
+    use_one_pass = not use_moments and _use_one_pass(plan, exact_mse, plain_model, data,
+                                                     full_batch, mesh)
+    if plan is DEFAULT:  # the lesson's warm call pays ~0.3 us here, not a replace
+        return _DEFAULT_RESOLVED[use_moments, use_one_pass]
+    return dataclasses.replace(plan, exact_moments=use_moments, one_pass=use_one_pass)
+
+
+def _use_moments(plan, fast_path, exact_mse, params, data, full_batch, steps, mesh):
     wanted = plan.exact_moments if fast_path == "auto" else fast_path
     if wanted is False:
-        return plan if plan.exact_moments is False else dataclasses.replace(
-            plan, exact_moments=False)
-    # The cheap reasons first: a warm call on the lesson pays ~0.3 us here.
+        return False
+    # The cheap reasons first.
     if wanted == "auto" and not (exact_mse and full_batch and mesh is None
                                  and len(data) == 2 and len(data[0].shape) == 2
                                  and moments_pay(*data[0].shape, steps)):
-        return _NO_MOMENTS if plan is DEFAULT else dataclasses.replace(plan, exact_moments=False)
+        return False
     why_not = _moments.why_not(exact_mse, params, data, full_batch, mesh)
     if wanted is True and why_not is not None:
         raise ValueError(f"fast_path=True cannot run: {why_not}. Use fast_path=\"auto\" "
                          "to fall back to the plain loop.")
-    return dataclasses.replace(plan, exact_moments=why_not is None)
+    return why_not is None
 
 
-_NO_MOMENTS = dataclasses.replace(DEFAULT, exact_moments=False)
-"""The default plan without moments, built once: the lesson's warm call asks for it."""
+ONE_PASS_MIN_BYTES = 32 * 2**20
+"""Smallest ``x`` read in one pass under ``one_pass="auto"``: past the last
+cache level (32 MiB on the machine measured), where the plain step's second
+read of ``x`` comes from memory. Data in cache is read twice faster than
+once in blocks (at 4 MB, 1e3 x 1000: the plain step took a third of the time)."""
+
+
+def one_pass_pays(x, plan):
+    """The rule of ``one_pass="auto"`` for ``linear_mse`` on ``(x, y)``.
+
+    Data stored column-major (``d <= MAX_COLUMNS``, see ``speed/_layout.py``)
+    is swept faster by the two whole-array passes than by blocks of rows;
+    row-major data of at least ``ONE_PASS_MIN_BYTES`` is read faster once
+    (measured by ``bench/one_pass.py``).
+    """
+    if len(x.shape) != 2:
+        return False
+    n, d = x.shape
+    column_major = plan.column_major and 1 < d <= _layout.MAX_COLUMNS
+    return not column_major and n * d * x.dtype.itemsize >= ONE_PASS_MIN_BYTES
+
+
+def _use_one_pass(plan, exact_mse, plain_model, data, full_batch, mesh):
+    wanted = plan.one_pass
+    if wanted is False:
+        return False
+    if wanted == "auto":
+        return bool(exact_mse and full_batch and mesh is None and len(data) == 2
+                    and one_pass_pays(data[0], plan))
+    why_not = ("mesh splits the rows itself" if mesh is not None else
+               "it is full-batch only (batch_size and indices must be None)"
+               if not full_batch else
+               "the loss takes a key, a state or an aux (rng, state, has_aux, trainable)"
+               if not plain_model else "there are no rows (data is empty)" if not data
+               else None)
+    if why_not is not None:
+        raise ValueError(f"SpeedPlan(one_pass=True) cannot run: {why_not}. Use "
+                         "one_pass=\"auto\" or False.")
+    return True
+
+
+_DEFAULT_RESOLVED = {(moments, one): dataclasses.replace(DEFAULT, exact_moments=moments,
+                                                         one_pass=one)
+                     for moments in (False, True) for one in (False, True)}
+"""The default plan resolved each way, built once."""

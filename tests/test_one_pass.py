@@ -1,0 +1,156 @@
+"""The one-pass full-batch step (row blocks) against the plain step it replaces.
+
+Tolerances, and why: the one-pass step sums the same per-row terms in
+another order (each block's mean, weighted by its share of the rows), so it
+differs from the plain step by rounding only.
+* float64: ~1e-15 relative a step measured; the bound is 1e-10 relative.
+* float32: ~1e-7 a step, damped by a stable descent; the bound is 2e-5
+  relative on params and losses over the run.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import assert_trees_close
+
+import functional_sgd as fsgd
+from functional_sgd import speed
+from functional_sgd.speed import SpeedPlan
+
+STEPS = 40
+TOLERANCE = {np.float64: 1e-10, np.float32: 2e-5}
+
+# 1 KiB blocks: at d = 3 (16 bytes a row with y) that is 64 rows, so 1000
+# rows make 15 full blocks and a tail of 40.
+SMALL_BLOCKS = SpeedPlan(one_pass=True, row_block_bytes=1024)
+PLAIN = SpeedPlan(one_pass=False)
+
+
+def regression(n, d, dtype, k=None, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (n, d)).astype(dtype)
+    w = rng.normal(size=(d,) if k is None else (d, k))
+    noise = rng.uniform(0, 1, (n,) if k is None else (n, k))
+    return x, (x @ w + noise).astype(dtype)
+
+
+def both(loss, params, data, plan=SMALL_BLOCKS, **kwargs):
+    kwargs = {"lr": 0.2, "steps": STEPS, "fast_path": False, **kwargs}
+    return (fsgd.fit(loss, params, data, speed=plan, **kwargs),
+            fsgd.fit(loss, params, data, speed=PLAIN, **kwargs))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1000, 64, 7])  # tail, one whole block, one short block
+def test_one_pass_equals_the_plain_step(dtype, n, request):
+    if dtype == np.float64:
+        request.getfixturevalue("x64")
+    x, y = regression(n, 3, dtype)
+    one, plain = both(fsgd.linear_mse, np.zeros(3, dtype), (x, y))
+    assert one.params.dtype == plain.params.dtype == dtype
+    rtol = TOLERANCE[dtype]
+    assert_trees_close((one.params, one.losses), (plain.params, plain.losses), rtol=rtol,
+                       atol=rtol)
+
+
+def test_a_users_mean_loss_with_pytree_params_labels_and_an_optimizer(x64):
+    """Logistic regression as a dict of params, integer labels, optax adam:
+    the caller's word (``one_pass=True``) that the loss is a mean over rows.
+    In float64: adam divides by the gradient's own size, which magnifies a
+    float32 rounding of a near-zero gradient to ~1e-4 over 40 steps."""
+    x, y = regression(1000, 3, np.float64)
+    labels = (y > np.median(y)).astype(np.int32)
+
+    def loss(p, x, labels):
+        logits = x @ p["w"] + p["b"]
+        return optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype)).mean()
+
+    params = {"w": np.zeros(3), "b": np.float64(0.0)}
+    with jax.numpy_dtype_promotion("standard"):  # optax's adam mixes dtypes
+        one, plain = both(loss, params, (x, labels), optimizer=optax.adam(0.05), lr=None)
+    assert_trees_close((one.params, one.losses), (plain.params, plain.losses), rtol=1e-10,
+                       atol=1e-10)
+
+
+def test_several_outputs_and_a_learning_rate_sweep():
+    x, y = regression(1000, 3, np.float32, k=2)
+    start = np.zeros((3, 2), np.float32)
+
+    def sweep(plan):
+        return jax.jit(jax.vmap(lambda lr: fsgd.fit(
+            fsgd.linear_mse, start, (x, y), lr=lr, steps=STEPS, fast_path=False,
+            speed=plan).params))(jnp.array([0.05, 0.1, 0.3]))
+
+    assert_trees_close(sweep(SMALL_BLOCKS), sweep(PLAIN), rtol=2e-5, atol=2e-5)
+
+
+def test_the_blocks_are_really_taken():
+    """The one-pass program loops over the blocks inside the step: one more
+    while loop than the plain step's (so the tests above compare two paths)."""
+    x, y = regression(1000, 3, np.float32)
+
+    def loops(plan):
+        text = jax.jit(lambda lr: fsgd.fit(fsgd.linear_mse, np.zeros(3, np.float32), (x, y),
+                                           lr=lr, steps=STEPS, fast_path=False,
+                                           speed=plan).params).lower(0.1).as_text()
+        return text.count("stablehlo.while")
+
+    assert loops(SMALL_BLOCKS) == loops(PLAIN) + 1
+
+
+def test_the_block_function_gives_the_loss_and_its_gradient():
+    x, y = regression(100, 3, np.float32)
+    a = jnp.array([0.5, -1.0, 2.0])
+    for block_bytes in (16, 160, 1600, 16_000):  # 1, 10, 100 (all) rows a block
+        blocked = speed.one_pass(fsgd.linear_mse, (x, y), block_bytes)
+        value, grad = jax.value_and_grad(blocked)(a, x, y)
+        want_value, want_grad = jax.value_and_grad(fsgd.linear_mse)(a, x, y)
+        assert_trees_close((value, grad), (want_value, want_grad), rtol=1e-5, atol=1e-6)
+
+
+def resolved(plan=None, *, n=10_000, d=1000, exact_mse=True, full_batch=True, mesh=None,
+             plain_model=True):
+    data = (jax.ShapeDtypeStruct((n, d), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.float32))
+    return speed.decide(plan, "auto", exact_mse=exact_mse, params=None, data=data,
+                        full_batch=full_batch, steps=100, mesh=mesh,
+                        plain_model=plain_model).one_pass
+
+
+def test_auto_takes_one_pass_only_for_linear_mse_on_large_row_major_data():
+    assert resolved() is True  # 1e4 x 1000: 40 MB, kept row-major
+    assert resolved(exact_mse=False) is False  # any other loss: never guessed to be a mean
+    assert resolved(d=100, n=100_000) is False  # column-major data: two sweeps are faster
+    assert resolved(SpeedPlan(column_major=False), d=100, n=100_000) is True
+    assert resolved(n=1000) is False  # 4 MB: in cache, read twice at cache speed
+    assert resolved(full_batch=False) is False
+    assert resolved(SpeedPlan(one_pass=False)) is False  # switched off
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"full_batch": False}, "full-batch only"),
+    ({"mesh": object()}, "mesh"),
+    ({"plain_model": False}, "key, a state or an aux"),
+])
+def test_one_pass_true_says_why_it_cannot_run(kwargs, message):
+    with pytest.raises(ValueError, match=f"one_pass=True.*{message}"):
+        resolved(SpeedPlan(one_pass=True), **kwargs)
+
+
+def test_fit_refuses_one_pass_for_mini_batches_before_compiling():
+    x, y = regression(100, 3, np.float32)
+    with pytest.raises(ValueError, match=r"one_pass=True\) cannot run: it is full-batch only"):
+        fsgd.fit(fsgd.linear_mse, np.zeros(3, np.float32), (x, y), lr=0.1, steps=3,
+                 batch_size=10, key=jax.random.key(0), speed=SpeedPlan(one_pass=True))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "1MB"])
+def test_row_block_bytes_must_be_a_positive_int(bad):
+    with pytest.raises(ValueError, match="row_block_bytes"):
+        SpeedPlan(row_block_bytes=bad)
+
+
+def test_one_pass_must_be_auto_true_or_false():
+    with pytest.raises(ValueError, match="one_pass"):
+        SpeedPlan(one_pass="yes")
