@@ -206,7 +206,8 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         fast_path, speed, drop_last)) if (
         opt_state is None and chunk_size is None and on_chunk is None and mesh is None
         and checkpoint is None and rng is None and state is None and has_aux is False
-        and trainable is None and evaluate is None and eval_data == () and eval_every is None
+        and trainable is None and evaluate is None and type(eval_data) is tuple and not eval_data
+        and eval_every is None
         and monitor is None and mode == "min" and restore_best is False) else None
     if warm_call is not None:
         warm = _warm.recall(warm_call, params)
