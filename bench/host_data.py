@@ -94,7 +94,7 @@ def streams(budget):
 
     def training_only():
         state = carry
-        for data, length in ready:
+        for data, length, _ in ready:
             state, _ = run(LoopSpec(fsgd.linear_mse, batches=Stacked(BATCH), steps=length),
                            state, Inputs(data, LR, None, None, None, None))
         return jax.block_until_ready(state.params)
