@@ -280,3 +280,21 @@ def test_nan_in_a_later_memmap_block_keeps_the_blocks_before(tmp_path):
     assert int(raised.value.result.step) == 30
     assert_trees_close(raised.value.result.params, fsgd.fit(
         fsgd.linear_mse, START, (X, Y), lr=0.01, indices=rows[:30]).params, rtol=0, atol=0)
+
+
+def test_nan_in_a_later_memmap_block_keeps_the_evaluations_made(tmp_path):
+    """The error names the NaN (not a failure to pad the records), and its
+    result holds the evaluations of the blocks before it."""
+    x = np.memmap(tmp_path / "x", np.float32, "w+", shape=X.shape)
+    x[:] = X
+    rows = np.asarray(fsgd.sample_indices(KEY, N, 40, 8))
+    x[rows[30, 3]] = np.nan
+    evaluate = lambda p, x, y: {"loss": fsgd.linear_mse(p, x, y)}
+    with pytest.raises(ValueError, match="holds NaN or inf") as raised:
+        fsgd.fit(fsgd.linear_mse, START, (x, Y), lr=0.01, indices=rows, chunk_size=10,
+                 evaluate=evaluate, eval_data=(X[:50], Y[:50]), eval_every=5)
+    result = raised.value.result
+    assert np.asarray(result.eval_steps).tolist() == [5, 10, 15, 20, 25, 30]
+    whole = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.01, indices=rows[:30],
+                     evaluate=evaluate, eval_data=(X[:50], Y[:50]), eval_every=5)
+    assert_trees_close(result.evals, whole.evals, rtol=0, atol=0)

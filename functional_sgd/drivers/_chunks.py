@@ -90,12 +90,14 @@ def record_of(losses, steps, trajectory=None, aux=None, evaluations=None, eval_c
     ran: losses (and every leaf of ``aux``, stacked over those steps) padded
     with NaN (zeros where the dtype has none), ``steps_run`` and
     ``diverged_at`` read off them; ``evaluations`` (``(evals, eval_steps)``
-    made so far) padded to ``eval_count`` (eval steps with -1)."""
+    made so far) padded to ``eval_count`` (eval steps with -1); a run cut
+    short by an error (``eval_count`` 0) keeps the evaluations it made."""
     steps_run = losses.shape[0]
     bad = np.flatnonzero(~np.isfinite(losses))
     padded, aux = (_padded(tree, steps) for tree in (losses, aux))
     evals = eval_steps = None
     if evaluations is not None:
+        eval_count = max(eval_count, evaluations[1].shape[0])
         evals = _padded(evaluations[0], eval_count)
         eval_steps = np.concatenate([evaluations[1].astype(np.int32), np.full(
             eval_count - evaluations[1].shape[0], -1, np.int32)])
