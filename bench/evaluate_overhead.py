@@ -2,6 +2,7 @@
 
     python bench/evaluate_overhead.py --rounds 61   # ~2 minutes on 2 cores
     python bench/evaluate_overhead.py --quick       # a small size, once (a smoke run)
+    python bench/evaluate_overhead.py --kernels     # and the evaluation's kernels, profiled
 
 One mini-batch run of a linear classifier (shuffled epochs) evaluated after
 every epoch, timed side by side with what it is compared to:
@@ -38,10 +39,23 @@ are compared in one run. Targets: ``fit(evaluate=...) - fit(evaluate=bias)``
 is at most 1.1 times the evaluations' own work (after an epoch's traffic),
 and the ``on_chunk`` callback is slower than ``fit(evaluate=...)``.
 
-Plain ``fit`` gathers all its batches (2,560 of 64 rows, 42 MiB here) before
-one scan, while ``SpeedPlan.pregather_bytes`` allows it; that buffer does not
-stay in the cache, and on 2 cores it was measured slower than the periods'
-gathering an epoch (4 MiB) at a time.
+Plain ``fit`` gathered all its batches (2,560 of 64 rows, 42 MiB here)
+before one scan, and ran ~2x slower than the periods, which gather an epoch
+(4 MiB) at a time: that buffer is fresh memory on every call and does not
+stay in the cache (the gather alone took ~5x as long per row). It now
+gathers a block of 4 MiB at a time too (``SpeedPlan.gather_block_bytes``,
+``core/_blocks.py``), and the two structures run at the same speed.
+
+Where the evaluation's time goes inside the loop (``--kernels``: per-kernel
+durations from ``jax.profiler``; the HLO of the evaluation is the same in the loop and alone, and
+holds no copy of the held-out data): the product ``x @ w`` over the held-out
+rows takes ~24 us warm, ~100-130 us alone after an epoch's traffic, and
+~120-150 us inside the loop; XLA's YNNPACK reduction of the loss
+(``ynn_fusion``, reading ``y`` and two 8,192-float temporaries) takes
+~1-3 us alone, warm or not, and 30-40 us inside the loop (not understood;
+with ``xla_cpu_experimental_ynn_fusion_type=""`` the loss is reduced by
+XLA's own kernels, ~7 us). The rest of the evaluation's kernels take the
+same time in both.
 """
 
 import argparse
@@ -162,9 +176,9 @@ def measure(runs, rounds):
     """Median seconds per method, alternating round by round; first calls apart.
 
     Each round runs the methods in a new (seeded) order: on 2 cores the call
-    right after the plain ``fit`` (which gathers all its batches, ~42 MiB)
-    was measured 4-5 ms slower, whichever method it was, so a fixed order
-    charged that to ``fit(evaluate=...)``."""
+    right after a plain ``fit`` that gathered all its batches (~42 MiB) was
+    measured 4-5 ms slower, whichever method it was, so a fixed order
+    charged that to the method after it."""
     first = {}
     for name, run in runs.items():
         start = time.perf_counter()
@@ -217,15 +231,50 @@ def report(size_name, medians, first, size, times):
             "callback_over_in_loop": callback / inside, "periods_over_plain": periods / plain}
 
 
+KERNELS = ("dot", "ynn_fusion", "add_select", "convert_convert", "broadcast_add",
+           "multiply_subtract", "wrapped_reduce")
+"""Name prefixes of the evaluation's kernels in XLA:CPU's programs here (and
+of other kernels; those that run once an epoch are the evaluation's)."""
+
+
+def kernels(runs, epochs, calls=10):
+    """Median duration of each kernel that runs once an epoch, from
+    ``jax.profiler`` (XLA:CPU records every kernel it runs), for the in-loop
+    evaluation and the evaluations alone."""
+    from jax._src import profiler
+
+    print("\nkernels run once an epoch, median us (jax.profiler):")
+    for name in ("fit(evaluate=...)", "evaluations alone, warm",
+                 "evaluations alone, each after an epoch's traffic"):
+        session = profiler._profiler.ProfilerSession()
+        for _ in range(calls):
+            runs[name]()
+        found = {}
+        for plane in profiler.ProfileData.from_serialized_xspace(session.stop()).planes:
+            for line in plane.lines:
+                for event in line.events:
+                    if event.name.startswith(KERNELS):
+                        found.setdefault(event.name, []).append(event.duration_ns / 1e3)
+        print(f"  {name}: " + ", ".join(
+            f"{kernel} {statistics.median(us):.1f}" for kernel, us in sorted(found.items())
+            if len(us) == calls * epochs))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small size, once (smoke)")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--kernels", action="store_true",
+                        help="also profile the evaluation's kernels (in the loop and alone)")
     args = parser.parse_args(argv)
     name = "quick" if args.quick else "full"
     size = SIZES[name]
-    medians, first, times = measure(methods(size), 1 if args.quick else args.rounds)
-    return report(name, medians, first, size, times)
+    runs = methods(size)
+    medians, first, times = measure(runs, 1 if args.quick else args.rounds)
+    ratios = report(name, medians, first, size, times)
+    if args.kernels:
+        kernels(runs, size["epochs"])
+    return ratios
 
 
 if __name__ == "__main__":
