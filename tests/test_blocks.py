@@ -105,3 +105,14 @@ def test_a_stop_rule_or_a_trajectory_keeps_one_piece(other, blocks_run):
 def test_gather_block_bytes_is_checked():
     with pytest.raises(ValueError, match="gather_block_bytes must be an int >= 0"):
         SpeedPlan(gather_block_bytes=-1)
+
+
+def test_a_block_that_divides_the_run_is_preferred(blocks_run):
+    """40 steps, at most 7 a block: blocks of 5 (one piece to compile, no rest)."""
+    params, data = problem()
+    kwargs = {"lr": 0.3, "steps": 40, "batch_size": BATCH, "key": jax.random.key(1)}
+    whole = fsgd.fit(loss, params, data, speed=SpeedPlan(gather_block_bytes=0), **kwargs)
+    blocked = fsgd.fit(loss, params, data, speed=SpeedPlan(gather_block_bytes=7 * STEP_BYTES),
+                       **kwargs)
+    assert blocks_run == [5]
+    assert_trees_close(blocked.params, whole.params, rtol=0, atol=0)

@@ -53,7 +53,10 @@ def block_steps(spec, data, has_indices):
             or total > plan.pregather_bytes or total <= plan.gather_block_bytes:
         return None
     block = max(1, plan.gather_block_bytes // step_bytes)
-    return block if block < spec.steps else None
+    if block >= spec.steps:
+        return None
+    # A block that divides the run compiles one piece, not a second for the rest.
+    return next((b for b in range(block, block // 2, -1) if spec.steps % b == 0), block)
 
 
 def run_in_blocks(piece, first_bad, block, spec, loss, data, params, opt_state, frozen,
