@@ -28,6 +28,7 @@ from .._types import Carry, Record
 from ..drivers import describe
 from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, one_pass, quadratic_mse
 from ._batches import Schedule, feed
+from ._blocks import block_steps, run_in_blocks
 from ._evaluate import not_run, run_with_evaluations
 from ._initialize import optimizer_state
 from ._loss import MaskedMean
@@ -77,6 +78,10 @@ def loop(carry, inputs, *, spec):
     if spec.evaluation is not None:  # periods of steps, each a piece, then an evaluation
         return run_with_evaluations(piece, first_bad, spec, loss, data, params, opt_state,
                                     frozen, start_step, carry, inputs)
+    block = block_steps(spec, data, inputs.indices is not None)
+    if block:  # a long run gathers its batches a block of steps at a time
+        return run_in_blocks(piece, first_bad, block, spec, loss, data, params, opt_state,
+                             frozen, start_step, carry, inputs)
     return piece(spec, loss, data, params, opt_state, frozen, start_step, carry, inputs)
 
 

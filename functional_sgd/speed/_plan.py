@@ -33,6 +33,9 @@ class SpeedPlan:
         0 turns it off.
       pregather_bytes: a schedule's batches are gathered before the loop
         when they take at most this many bytes, else step by step.
+      gather_block_bytes: batches gathered before the loop that take more
+        than this many bytes are gathered a block of steps (of at most this
+        many bytes) at a time instead (``core/_blocks.py``); 0 turns it off.
       schedule_budget: row indices a keyed schedule may hold at once; longer
         ones are drawn a chunk at a time inside the loop.
       cpu_compiler_options: compile a top-level loop with
@@ -60,6 +63,7 @@ class SpeedPlan:
     sums_as_dots: bool = True
     tiny_step_bytes: int = 256
     pregather_bytes: int = 64 * 2**20
+    gather_block_bytes: int = 4 * 2**20
     schedule_budget: int = 1 << 22
     cpu_compiler_options: bool = True
     one_pass: object = "auto"
@@ -76,7 +80,8 @@ class SpeedPlan:
                 or self.row_block_bytes < 1:
             raise ValueError(f"SpeedPlan.row_block_bytes must be an int >= 1; "
                              f"got {self.row_block_bytes!r}.")
-        for name in ("tiny_step_bytes", "pregather_bytes", "schedule_budget"):
+        for name in ("tiny_step_bytes", "pregather_bytes", "gather_block_bytes",
+                     "schedule_budget"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"SpeedPlan.{name} must be an int >= 0; got {value!r}.")

@@ -1,0 +1,93 @@
+"""A long mini-batch run gathers its batches a block of steps at a time.
+
+Steps larger than a few rows run as separate kernels, where a gather costs
+~3 us a step and reading a batch gathered up front ~0.3 us; so the loop
+gathers a run's batches before it (``SpeedPlan.pregather_bytes``). For a
+long run that buffer is large (2,560 batches of 64 rows x 64 floats: 42 MiB)
+and costs more than it saves: it does not stay in the cache, and a buffer
+that size is fresh memory on every call, each page faulted in as it is
+written. On 2 cores the gather of those 42 MiB alone took several times as
+long per row as ten gathers of 4 MiB reusing one buffer
+(``bench/evaluate_overhead.py``: plain ``fit`` ~2x slower than the same run
+cut into periods). So a run whose batches would all be gathered up front but
+take more than ``SpeedPlan.gather_block_bytes`` runs as a ``scan`` over
+blocks of steps, each gathering its own batches (a piece of the plain loop,
+as a chunk of that length would), then a last shorter block. The steps are the same and
+see the same rows: the params keep their bits (under ``jax.vmap``, to
+rounding: XLA compiles the batched step inside each loop its own way).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._types import Carry, Record
+from ._batches import Stacked
+
+
+def block_steps(spec, data, has_indices):
+    """Steps per block for ``spec``'s run, or ``None`` to run it as one piece.
+
+    Only a run that would gather all its batches before one ``scan`` (rows
+    drawn from a key or given as indices; steps not tiny; the whole
+    schedule within ``pregather_bytes`` and drawn at once) and whose batches
+    take more than ``gather_block_bytes`` runs in blocks of at most that
+    many bytes (4 MiB by default: one epoch of the benchmark's run; blocks of
+    16 to 1,280 of its steps all ran ~2x faster than gathering its 2,560
+    at once); a stop rule's ``while_loop`` and a recorded trajectory keep
+    their one piece.
+    """
+    batches, plan = spec.batches, spec.plan
+    if (spec.evaluation is not None or spec.stop.active or spec.record_params
+            or isinstance(batches, Stacked) or batches.batch_size is None
+            or not (batches.keyed or has_indices) or not data):
+        return None
+    if batches.keyed and batches.chunk(spec.steps, plan.schedule_budget) is not None:
+        return None  # drawn a chunk at a time inside the loop
+    step_bytes = batches.batch_size * sum(
+        int(np.prod(a.shape[1:], dtype=int)) * a.dtype.itemsize for a in data)
+    total = spec.steps * step_bytes
+    if not plan.gather_block_bytes or step_bytes <= plan.tiny_step_bytes \
+            or total > plan.pregather_bytes or total <= plan.gather_block_bytes:
+        return None
+    block = max(1, plan.gather_block_bytes // step_bytes)
+    if block >= spec.steps:
+        return None
+    # A block that divides the run compiles one piece, not a second for the rest.
+    return next((b for b in range(block, block // 2, -1) if spec.steps % b == 0), block)
+
+
+def run_in_blocks(piece, first_bad, block, spec, loss, data, params, opt_state, frozen,
+                  start_step, carry, inputs):
+    """``spec.steps`` steps as a ``scan`` over pieces of ``block`` steps and
+    a last shorter piece (traced); ``(Carry, Record)`` as one piece returns
+    them."""
+    model = spec.model
+    blocks, tail = divmod(spec.steps, block)
+
+    def run_piece(state, start, length):
+        params, opt_state, model_state = state
+        part_inputs = inputs
+        if inputs.indices is not None:
+            part_inputs = inputs._replace(
+                indices=jax.lax.dynamic_slice_in_dim(inputs.indices, start, length))
+        part_carry = Carry(model.join(params, frozen), opt_state, start_step + start,
+                           carry.stop, model_state)
+        out, record = piece(dataclasses.replace(spec, steps=length), loss, data, params,
+                            opt_state, frozen, start_step + start, part_carry, part_inputs)
+        return (model.split(out.params)[0], out.opt_state, out.state), (record.losses,
+                                                                        record.aux)
+
+    state, (losses, aux) = jax.lax.scan(
+        lambda state, b: run_piece(state, b * block, block), (params, opt_state, carry.state),
+        jnp.arange(blocks, dtype=jnp.int32))
+    losses, aux = jax.tree.map(lambda a: a.reshape((blocks * block,) + a.shape[2:]),
+                               (losses, aux))
+    if tail:
+        state, last = run_piece(state, blocks * block, tail)
+        losses, aux = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), (losses, aux), last)
+    params, opt_state, model_state = state
+    return (Carry(model.join(params, frozen), opt_state, None, None, model_state),
+            Record(losses, first_bad(losses, None), None, None, aux))
