@@ -95,15 +95,7 @@ def test_state_and_aux_with_a_stop_rule_and_a_checkpoint(tmp_path):
     assert int(one.aux["n"][0]) == 10
     assert float(jnp.abs(one.state).sum()) > 0
     path = os.fspath(tmp_path / "run.npz")
-    calls = []
-
-    def crash(result):
-        calls.append(result.step)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run(chunk_size=7, checkpoint=path, on_chunk=crash)
+    killed_after(3, run, chunk_size=7, checkpoint=path)
     assert_trees_close(run(chunk_size=7, checkpoint=path), one)
     stopped = run(tol=float(jnp.sort(one.losses)[5]) + 1e-6)
     steps = int(stopped.steps_run)
@@ -261,15 +253,7 @@ def test_aux_with_key_and_int_leaves_joins_from_chunks_and_a_checkpoint(tmp_path
 
     one = run()
     path = os.fspath(tmp_path / "run.npz")
-    calls = []
-
-    def crash(result):
-        calls.append(result.step)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run(chunk_size=7, checkpoint=path, on_chunk=crash)
+    killed_after(2, run, chunk_size=7, checkpoint=path)
     for result in (run(chunk_size=7), run(chunk_size=7, checkpoint=path)):
         np.testing.assert_array_equal(result.params["a"], one.params["a"])
         np.testing.assert_array_equal(jax.random.key_data(result.aux["key"]),
@@ -284,25 +268,34 @@ def test_a_checkpoint_keeps_the_best_params_key_and_int_leaves(tmp_path):
     """restore_best from a run killed and resumed: the best params so far are
     in the checkpoint, their key and count included."""
     def run(**kwargs):
-        return fsgd.fit(lambda p, x, y: keyed_line(p, x, y)[0], keyed_params(), (X, Y), lr=1.9,
+        return fsgd.fit(lambda p, x, y: keyed_line(p, x, y)[0], keyed_params(), (X, Y), lr=0.9,
                         steps=40, batch_size=10, key=jax.random.key(1),
                         evaluate=held_out_mse, eval_data=HELD_OUT, eval_every=5,
                         monitor="mse", restore_best=True, **kwargs)
 
     one = run()
+    best = int(one.eval_steps[np.argmin(one.evals["mse"])])
+    assert 0 < best <= 30  # the best is in the checkpoint written after 30 steps,
+    assert float(one.evals["mse"][-1]) > float(one.evals["mse"].min())  # not the last
     path = os.fspath(tmp_path / "run.npz")
-    calls = []
-
-    def crash(result):
-        calls.append(result.step)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run(chunk_size=5, checkpoint=path, on_chunk=crash)
+    killed_after(6, run, chunk_size=5, checkpoint=path)
     resumed = run(chunk_size=5, checkpoint=path)
     np.testing.assert_array_equal(resumed.params["a"], one.params["a"])
     np.testing.assert_array_equal(resumed.evals["mse"], one.evals["mse"])
     np.testing.assert_array_equal(jax.random.key_data(resumed.params["key"]),
                                   jax.random.key_data(jax.random.key(5)))
     assert resumed.params["count"].dtype == jnp.int32 and int(resumed.params["count"]) == 7
+
+
+def killed_after(chunks, run, **kwargs):
+    """``run(on_chunk=..., **kwargs)`` stopped by a KeyboardInterrupt after
+    ``chunks`` chunks, as a kill would stop it."""
+    calls = []
+
+    def crash(result):
+        calls.append(result.step)
+        if len(calls) == chunks:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(on_chunk=crash, **kwargs)
