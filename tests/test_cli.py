@@ -279,7 +279,8 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
 def test_help_explains_every_option(capsys):
     status, text, _ = run_main(capsys, "lesson", "--help")
     assert status == 0
-    for option in ("--n", "--steps", "--lr", "--batch-size", "--seed", "--out", "--progress"):
+    for option in ("--n", "--steps", "--lr", "--batch-size", "--seed", "--out", "--progress",
+                   "--holdout"):
         assert option in text
 
 

@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from functional_sgd import fit, linear_mse, sample_indices
-from functional_sgd.lesson import (LEARNING_RATES, PARABOLA_START, HeldOutLoss, lesson_data,
-                                   lr_sweep, parabola)
+from functional_sgd.lesson import LEARNING_RATES, PARABOLA_START, lesson_data, lr_sweep, parabola
 
 from ._progress import progress_bar
 from ._timing import timed
@@ -23,8 +22,9 @@ class ModeRun(NamedTuple):
     timing: object
 
 
-HELD_OUT_LOSS = HeldOutLoss(linear_mse)
-"""``evaluate`` of the held-out rows: ``{"loss": linear_mse(a, *held_out)}``."""
+def held_out_loss(a, x, y):
+    """``evaluate`` of the held-out rows, named as a progress bar shows it."""
+    return {"held-out loss": linear_mse(a, x, y)}
 
 
 def held_out_data(data_key, rows):
@@ -46,7 +46,7 @@ def fit_modes(x, y, start, *, lr, steps, batch_size, key, progress, held_out=Non
     for name, size in modes.items():
         schedule = {} if size is None else {"batch_size": size, "key": key}
         evaluation = {} if held_out is None else {
-            "evaluate": HELD_OUT_LOSS, "eval_data": held_out,
+            "evaluate": held_out_loss, "eval_data": held_out,
             "eval_every": 1 if size is None else eval_every}
         with progress_bar(steps, enabled=progress, desc=name) as bar, timed() as timing:
             result = fit(linear_mse, start, (x, y), lr=lr, steps=steps, record_params=True,
@@ -60,7 +60,7 @@ def held_out_curve(result, start_loss):
     """``(steps, losses)`` of a run's held-out evaluations, led by the loss at
     ``start`` (step 0, before any update): the loss at the params after each
     step count, on the axis where ``result.losses[t]`` (before update ``t``) sits."""
-    steps, losses = np.asarray(result.eval_steps), np.asarray(result.evals["loss"])
+    steps, losses = np.asarray(result.eval_steps), np.asarray(result.evals["held-out loss"])
     made = steps >= 0
     return (np.concatenate([[0], steps[made]]),
             np.concatenate([[start_loss], losses[made]]))
@@ -71,7 +71,7 @@ def held_out_rates(x, y, start, held_out, *, steps):
     :data:`LEARNING_RATES` (full batch), from one ``lr_sweep`` call;
     returns ``{label: (steps, losses)}`` as :func:`held_out_curve` does."""
     sweep = lr_sweep(linear_mse, start, (x, y), lrs=jnp.array(list(LEARNING_RATES.values())),
-                     steps=steps, eval_data=held_out, eval_every=1)
+                     steps=steps, evaluate=held_out_loss, eval_data=held_out, eval_every=1)
     start_loss = float(linear_mse(start, *held_out))
     return {label: held_out_curve(_row(sweep, i), start_loss)
             for i, label in enumerate(LEARNING_RATES)}
