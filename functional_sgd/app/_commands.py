@@ -12,7 +12,7 @@ from ._shared import (DIGITS_FILES, LESSON_FILES, SWEEP_FILES, UsageError, check
 from ._memory import available_bytes, digits_needs, lesson_needs, sweep_needs, too_large
 from ._options import INT32_MAX
 from ._progress import wants_progress
-from ._runs import (fit_modes, held_out_curve, held_out_data, held_out_rates,
+from ._runs import (HELD_OUT, fit_modes, held_out_curve, held_out_data, held_out_rates,
                     learning_rate_runs, reference_agreement)
 from ._timing import timed
 
@@ -48,7 +48,8 @@ def lesson(args):
                      key=batch_key, progress=wants_progress(args.progress), held_out=held_out,
                      eval_every=every)
     curves = {} if held_out is None else {
-        name: held_out_curve(run.result, start_loss) for name, run in runs.items()}
+        name: held_out_curve(run.result.eval_steps, run.result.evals[HELD_OUT], start_loss)
+        for name, run in runs.items()}
     for name, run in runs.items():
         losses = np.asarray(run.result.losses)
         held = dict(zip(*curves[name])) if curves else {}

@@ -22,9 +22,13 @@ class ModeRun(NamedTuple):
     timing: object
 
 
+HELD_OUT = "held-out loss"
+"""The name :func:`held_out_loss` gives its value."""
+
+
 def held_out_loss(a, x, y):
     """``evaluate`` of the held-out rows, named as a progress bar shows it."""
-    return {"held-out loss": linear_mse(a, x, y)}
+    return {HELD_OUT: linear_mse(a, x, y)}
 
 
 def held_out_data(data_key, rows):
@@ -56,13 +60,13 @@ def fit_modes(x, y, start, *, lr, steps, batch_size, key, progress, held_out=Non
     return runs
 
 
-def held_out_curve(result, start_loss):
-    """``(steps, losses)`` of a run's held-out evaluations, led by the loss at
-    ``start`` (step 0, before any update): the loss at the params after each
+def held_out_curve(eval_steps, losses, start_loss):
+    """``(steps, losses)`` of a run's held-out evaluations (``-1`` steps: not
+    made), led by ``start_loss`` at step 0: the loss of the params after each
     step count, on the axis where ``result.losses[t]`` (before update ``t``) sits."""
-    steps, losses = np.asarray(result.eval_steps), np.asarray(result.evals["held-out loss"])
-    made = steps >= 0
-    return (np.concatenate([[0], steps[made]]),
+    eval_steps, losses = np.asarray(eval_steps), np.asarray(losses)
+    made = eval_steps >= 0
+    return (np.concatenate([[0], eval_steps[made]]),
             np.concatenate([[start_loss], losses[made]]))
 
 
@@ -73,19 +77,8 @@ def held_out_rates(x, y, start, held_out, *, steps):
     sweep = lr_sweep(linear_mse, start, (x, y), lrs=jnp.array(list(LEARNING_RATES.values())),
                      steps=steps, evaluate=held_out_loss, eval_data=held_out, eval_every=1)
     start_loss = float(linear_mse(start, *held_out))
-    return {label: held_out_curve(_row(sweep, i), start_loss)
+    return {label: held_out_curve(sweep.eval_steps[i], sweep.evals[HELD_OUT][i], start_loss)
             for i, label in enumerate(LEARNING_RATES)}
-
-
-class _Evaluations(NamedTuple):
-    evals: dict
-    eval_steps: object
-
-
-def _row(sweep, i):
-    """Rate ``i``'s evaluations in an :class:`LRSweep`, as a fit result holds them."""
-    return _Evaluations({name: values[i] for name, values in sweep.evals.items()},
-                        sweep.eval_steps[i])
 
 
 def learning_rate_runs(x, y, start, *, steps):
