@@ -66,6 +66,57 @@ def test_lesson_without_figures_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "unused").exists()
 
 
+def test_lesson_holdout_prints_and_draws_the_held_out_loss(tmp_path, capsys, monkeypatch):
+    """--holdout: the training rows print as without it; beside them, the loss
+    on held-out rows of the same line, which equals NumPy's MSE of the params
+    the run recorded at that step on those rows."""
+    from functional_sgd.app import _commands
+
+    seen, fit_modes = {}, _commands.fit_modes
+
+    def seeing_fit_modes(x, y, *args, **kwargs):
+        seen.update(x=x, held_out=kwargs["held_out"], runs=fit_modes(x, y, *args, **kwargs))
+        return seen["runs"]
+
+    status, plain, err = run_main(capsys, "lesson", "--no-figures", "--no-reference")
+    assert status == 0, err
+    monkeypatch.setattr(_commands, "fit_modes", seeing_fit_modes)
+    out = tmp_path / "figures"
+    status, text, err = run_main(capsys, "lesson", "--holdout", "0.2", "--out", str(out),
+                                 "--no-progress", "--no-reference")
+    assert status == 0, err
+    assert "Held out: 20 more rows of the same line" in text
+
+    held_x, held_y = (np.asarray(a, np.float64) for a in seen["held_out"])
+    assert held_x.shape == (20, 2) and (held_x[:, 1] == 1).all()
+    noise = held_y - held_x @ np.array([3.0, 2.0])  # the lesson's line plus U(0, 1)
+    assert (noise > -1e-5).all() and (noise < 1 + 1e-5).all()
+    assert not np.isin(held_x[:, 0], np.asarray(seen["x"])[:, 0]).any()  # rows of their own
+
+    training_rows = r"step\s+(\d+)\s+loss ([\d.]+)"
+    fitted = r"fitted a = \(([-\d.]+), ([-\d.]+)\)"
+    for mode in ("batch", "mini-batch", "stochastic"):
+        section = text.split(f"\n{mode} descent\n")[1].split("\n\n")[0]
+        before = plain.split(f"\n{mode} descent\n")[1].split("\n\n")[0]
+        assert re.findall(training_rows, section) == re.findall(training_rows, before)
+        assert re.findall(fitted, section) == re.findall(fitted, before)
+        held = [(int(t), float(v)) for t, v in
+                re.findall(r"step\s+(\d+)\s+loss [\d.]+\s+held-out ([\d.]+)", section)]
+        assert [t for t, _ in held] == list(range(0, 100, 10))
+        final = float(re.search(r"held-out loss ([\d.]+)  \[run", section).group(1))
+        # the params after t updates, as the run recorded them, on the held-out rows in
+        # float64; printed to 4 decimals (5e-5) from a float32 evaluation (~1e-7 here)
+        trajectory = np.asarray(seen["runs"][mode].result.trajectory, np.float64)
+        for t, value in held + [(100, final)]:
+            expected = np.mean((held_x @ trajectory[t] - held_y) ** 2)
+            assert abs(value - expected) <= 6e-5, (mode, t, value, expected)
+    rates = text.split("Learning rates")[1]
+    assert len(re.findall(r"line: loss [\d.e+-]+ -> [\d.e+-]+, held-out [\d.e+-]+", rates)) == 3
+    assert "line: diverged at step 60\n" in rates
+    for name in ("lesson_losses.png", "learning_rates.png"):
+        assert (out / name).stat().st_size > 1000, name
+
+
 def test_lesson_without_torch_says_so(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "reference", None)  # `import reference` now fails
     status, text, _ = run_main(capsys, "lesson", "--no-figures")
@@ -130,6 +181,13 @@ BAD_INPUT = [
     (["lesson", "--batch-size", "101"], "--batch-size 101 is larger than --n (100)"),
     (["lesson", "--n", "5", "--batch-size", "6"], "--batch-size 6 is larger than --n (5)"),
     (["lesson", "--bogus"], "unrecognized arguments: --bogus"),
+    (["lesson", "--holdout", "0"], "argument --holdout: must be a finite number > 0; got 0"),
+    (["lesson", "--holdout", "1.5"], "argument --holdout: must lie in (0, 1]; got 1.5"),
+    (["lesson", "--holdout", "nan"], "argument --holdout: must be a finite number > 0"),
+    (["lesson", "--holdout", "some"], "argument --holdout: expected a number; got 'some'"),
+    (["lesson", "--n", "4", "--holdout", "0.1"],
+     "--holdout 0.1 of --n 4 rows holds out no rows (it rounds to 0); pass --holdout at "
+     "least 0.25"),
     (["teach"], "invalid choice: 'teach'"),
     ([], "the following arguments are required: COMMAND"),
     (["lr-sweep", "--lr-min", "2", "--lr-max", "1"], "--lr-min 2.0 must be below --lr-max 1.0"),
@@ -178,6 +236,8 @@ TOO_LARGE = [
      "a row); 8.0 GB is available: pass --n at most 133333200"),
     (["lesson", "--steps", "2000000000"], "--steps 2000000000 needs about 72.0 GB of memory "
      "(36 bytes a step); 8.0 GB is available: pass --steps at most 222222088"),
+    (["lesson", "--n", "100000000", "--holdout", "0.5"], "--n 100000000 needs about 8.4 GB of "
+     "memory (84 bytes a row); 8.0 GB is available: pass --n at most 95237985"),
     (["lr-sweep", "--n", "100000000"], "--n 100000000 needs about 78.0 GB of memory (780 bytes "
      "a row); 8.0 GB is available: pass --n at most 10256377"),
     (["lr-sweep", "--steps", "100000000"], "--steps 100000000 needs about 25.6 GB of memory "),
@@ -219,7 +279,8 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
 def test_help_explains_every_option(capsys):
     status, text, _ = run_main(capsys, "lesson", "--help")
     assert status == 0
-    for option in ("--n", "--steps", "--lr", "--batch-size", "--seed", "--out", "--progress"):
+    for option in ("--n", "--steps", "--lr", "--batch-size", "--seed", "--out", "--progress",
+                   "--holdout"):
         assert option in text
 
 

@@ -95,15 +95,7 @@ def test_state_and_aux_with_a_stop_rule_and_a_checkpoint(tmp_path):
     assert int(one.aux["n"][0]) == 10
     assert float(jnp.abs(one.state).sum()) > 0
     path = os.fspath(tmp_path / "run.npz")
-    calls = []
-
-    def crash(result):
-        calls.append(result.step)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run(chunk_size=7, checkpoint=path, on_chunk=crash)
+    killed_after(3, run, chunk_size=7, checkpoint=path)
     assert_trees_close(run(chunk_size=7, checkpoint=path), one)
     stopped = run(tol=float(jnp.sort(one.losses)[5]) + 1e-6)
     steps = int(stopped.steps_run)
@@ -194,3 +186,116 @@ def test_mesh_refuses_what_has_no_meaning_row_by_row():
     assert_trees_close(result.params["a"], fsgd.fit(fsgd.linear_mse, params["a"], (X, Y),
                                                     lr=0.1, steps=100).params, rtol=1e-5)
     assert result.params["act"] is jnp.tanh
+
+
+def keyed_params():
+    """A line whose params also hold a PRNG key and an integer count, neither trained."""
+    return {"a": jnp.array(fsgd.LESSON_START), "key": jax.random.key(5),
+            "count": jnp.array(7, jnp.int32)}
+
+
+def keyed_line(params, x, y):
+    return fsgd.linear_mse(params["a"], x, y), {"key": params["key"], "count": params["count"]}
+
+
+def held_out_mse(params, x, y):
+    return {"mse": fsgd.linear_mse(params["a"], x, y)}
+
+
+HELD_OUT = fsgd.lesson_data(jax.random.key(9), 20)
+
+
+@pytest.mark.parametrize("driver", ["one call", "chunks", "memmap"])
+def test_record_params_and_restore_best_keep_key_and_int_leaves(driver, tmp_path):
+    """record_params with evaluate and restore_best, in one call or joined from
+    chunks on the host: the trainable leaf has the bits of the run without
+    record_params, the key and the count come back unchanged, in the
+    trajectory too (NumPy cannot hold a key: the host joins it as its bits)."""
+    data = (X, Y)
+    if driver == "memmap":
+        data = tuple(np.lib.format.open_memmap(tmp_path / f"{i}.npy", "w+", a.dtype, a.shape)
+                     for i, a in enumerate((X, Y)))
+        for mapped, a in zip(data, (X, Y)):
+            mapped[:] = np.asarray(a)
+    chunks = {} if driver == "one call" else {"chunk_size": 7}
+
+    def run(**kwargs):
+        return fsgd.fit(lambda p, x, y: keyed_line(p, x, y)[0], keyed_params(), data, lr=0.5,
+                        steps=40, batch_size=10, key=jax.random.key(1), evaluate=held_out_mse,
+                        eval_data=HELD_OUT, eval_every=5, monitor="mse", patience=3,
+                        restore_best=True, **chunks, **kwargs)
+
+    plain, recorded = run(), run(record_params=True)
+    np.testing.assert_array_equal(recorded.params["a"], plain.params["a"])
+    np.testing.assert_array_equal(recorded.evals["mse"], plain.evals["mse"])
+    for result in (plain, recorded):
+        np.testing.assert_array_equal(jax.random.key_data(result.params["key"]),
+                                      jax.random.key_data(jax.random.key(5)))
+        assert result.params["count"].dtype == jnp.int32 and int(result.params["count"]) == 7
+    trajectory = recorded.trajectory
+    assert trajectory["a"].shape == (41, 2) and trajectory["count"].shape == (41,)
+    assert jax.dtypes.issubdtype(trajectory["key"].dtype, jax.dtypes.prng_key)
+    np.testing.assert_array_equal(jax.random.key_data(trajectory["key"]),
+                                  np.tile(jax.random.key_data(jax.random.key(5)), (41, 1)))
+    assert (np.asarray(trajectory["count"]) == 7).all()
+    best = int(np.asarray(recorded.eval_steps)[np.nanargmin(recorded.evals["mse"])])
+    np.testing.assert_array_equal(recorded.params["a"], trajectory["a"][best])
+
+
+def test_aux_with_key_and_int_leaves_joins_from_chunks_and_a_checkpoint(tmp_path):
+    """aux stacking a key and an int over the steps: chunks joined on the host
+    and a checkpoint resumed after a kill give the aux of one call."""
+    def run(**kwargs):
+        return fsgd.fit(keyed_line, keyed_params(), (X, Y), lr=0.1, steps=30, batch_size=10,
+                        key=jax.random.key(1), has_aux=True, evaluate=held_out_mse,
+                        eval_data=HELD_OUT, eval_every=5, monitor="mse", restore_best=True,
+                        **kwargs)
+
+    one = run()
+    path = os.fspath(tmp_path / "run.npz")
+    killed_after(2, run, chunk_size=7, checkpoint=path)
+    for result in (run(chunk_size=7), run(chunk_size=7, checkpoint=path)):
+        np.testing.assert_array_equal(result.params["a"], one.params["a"])
+        np.testing.assert_array_equal(jax.random.key_data(result.aux["key"]),
+                                      jax.random.key_data(one.aux["key"]))
+        np.testing.assert_array_equal(result.aux["count"], one.aux["count"])
+        np.testing.assert_array_equal(jax.random.key_data(result.params["key"]),
+                                      jax.random.key_data(jax.random.key(5)))
+        assert int(result.params["count"]) == 7
+
+
+def test_a_checkpoint_keeps_the_best_params_key_and_int_leaves(tmp_path):
+    """restore_best from a run killed and resumed: the best params so far are
+    in the checkpoint, their key and count included."""
+    def run(**kwargs):
+        return fsgd.fit(lambda p, x, y: keyed_line(p, x, y)[0], keyed_params(), (X, Y), lr=0.9,
+                        steps=40, batch_size=10, key=jax.random.key(1),
+                        evaluate=held_out_mse, eval_data=HELD_OUT, eval_every=5,
+                        monitor="mse", restore_best=True, **kwargs)
+
+    one = run()
+    best = int(one.eval_steps[np.argmin(one.evals["mse"])])
+    assert 0 < best <= 30  # the best is in the checkpoint written after 30 steps,
+    assert float(one.evals["mse"][-1]) > float(one.evals["mse"].min())  # not the last
+    path = os.fspath(tmp_path / "run.npz")
+    killed_after(6, run, chunk_size=5, checkpoint=path)
+    resumed = run(chunk_size=5, checkpoint=path)
+    np.testing.assert_array_equal(resumed.params["a"], one.params["a"])
+    np.testing.assert_array_equal(resumed.evals["mse"], one.evals["mse"])
+    np.testing.assert_array_equal(jax.random.key_data(resumed.params["key"]),
+                                  jax.random.key_data(jax.random.key(5)))
+    assert resumed.params["count"].dtype == jnp.int32 and int(resumed.params["count"]) == 7
+
+
+def killed_after(chunks, run, **kwargs):
+    """``run(on_chunk=..., **kwargs)`` stopped by a KeyboardInterrupt after
+    ``chunks`` chunks, as a kill would stop it."""
+    calls = []
+
+    def crash(result):
+        calls.append(result.step)
+        if len(calls) == chunks:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(on_chunk=crash, **kwargs)

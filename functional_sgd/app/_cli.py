@@ -10,7 +10,7 @@ from ._compile_cache import CACHE_ENV, cache_folder, use_compile_cache
 from ._shared import (DIGITS_FILES, LESSON_FILES, SWEEP_FILES, UsageError,  # noqa: F401
                       check_batch_size, out_folder)
 from ._options import (INT32_MAX, LR_RANGE, MAX_RATES, SEED_LIMIT, fraction, int_in,
-                       learning_rate)
+                       learning_rate, share)
 
 PROG = "python -m functional_sgd"
 USAGE_ERROR = 2
@@ -65,7 +65,9 @@ def _parser():
         description="Fits y = 3x + 2 + U(0, 1) from a = (0.5, 0.75) by batch, mini-batch and "
         "stochastic descent; prints the loss as the lesson does, the fitted a, the agreement "
         "with the torch reference (when torch is installed) and the time taken; draws the "
-        "fit, the losses, the learning-rate lesson, the gradient and a GIF of the training.")
+        "fit, the losses, the learning-rate lesson, the gradient and a GIF of the training. "
+        "With --holdout, also the loss on held-out rows of the same line, measured inside "
+        "the compiled loop.")
     _line_options(lesson, steps_help=f"updates per mode, at most {INT32_MAX} and what memory "
                   "holds (default 100)",
                   batch_help="rows per mini-batch step, at most --n (default 10, or n if smaller)")
@@ -74,6 +76,15 @@ def _parser():
     lesson.add_argument("--every", type=int_in(1, INT32_MAX), default=None,
                         help="print the loss every this many steps (default 10; steps/10 "
                              "on runs longer than 100 steps)")
+    lesson.add_argument("--holdout", type=share, default=None, metavar="FRACTION",
+                        help="also draw round(FRACTION * --n) held-out rows of the same line, "
+                             "FRACTION in (0, 1], from a key of their own (the training rows "
+                             "do not change); their loss is evaluated inside the compiled loop "
+                             "(every step of batch descent, every --every steps of mini-batch "
+                             "and stochastic descent, every step of the learning-rate lesson), "
+                             "printed beside the training loss and drawn dashed in "
+                             "lesson_losses.png and learning_rates.png (default: off, as in "
+                             "the lesson)")
     lesson.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar while training (default: only on a terminal)")
     lesson.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,

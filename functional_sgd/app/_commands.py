@@ -12,7 +12,8 @@ from ._shared import (DIGITS_FILES, LESSON_FILES, SWEEP_FILES, UsageError, check
 from ._memory import available_bytes, digits_needs, lesson_needs, sweep_needs, too_large
 from ._options import INT32_MAX
 from ._progress import wants_progress
-from ._runs import fit_modes, learning_rate_runs, reference_agreement
+from ._runs import (HELD_OUT, fit_modes, held_out_curve, held_out_data, held_out_rates,
+                    learning_rate_runs, reference_agreement)
 from ._timing import timed
 
 REFERENCE_MAX_STEPS = 10_000
@@ -25,8 +26,10 @@ LR_LESSON_STEPS = 100
 def lesson(args):
     check_batch_size(args, args.n, "--n")
     batch_size = min(10, args.n) if args.batch_size is None else args.batch_size
+    rows = held_out_rows(args)
     check_memory(lesson_needs(args.n, args.steps, batch_size,
-                              reference=args.reference and args.steps <= REFERENCE_MAX_STEPS))
+                              reference=args.reference and args.steps <= REFERENCE_MAX_STEPS,
+                              holdout=args.holdout))
     folder = out_folder(args)
     every = args.every or (10 if args.steps <= 100 else max(args.steps // 10, 1))
     data_key, batch_key = jax.random.split(jax.random.key(args.seed))
@@ -34,26 +37,45 @@ def lesson(args):
     start = jnp.array(LESSON_START)
     print(f"The lesson: y = 3x + 2 + U(0, 1), n = {args.n}, a starts at {LESSON_START}, "
           f"lr = {args.lr}, {args.steps} steps; mini-batches of {batch_size} rows.")
+    held_out = start_loss = None
+    if rows is not None:
+        held_out = held_out_data(data_key, rows)
+        start_loss = float(linear_mse(start, *held_out))
+        print(f"Held out: {rows} more rows of the same line (a key of their own), their loss "
+              "evaluated inside the compiled loop after every step of batch descent and every "
+              f"{every} steps of mini-batch and stochastic descent.")
     runs = fit_modes(x, y, start, lr=args.lr, steps=args.steps, batch_size=batch_size,
-                     key=batch_key, progress=wants_progress(args.progress))
+                     key=batch_key, progress=wants_progress(args.progress), held_out=held_out,
+                     eval_every=every)
+    curves = {} if held_out is None else {
+        name: held_out_curve(run.result.eval_steps, run.result.evals[HELD_OUT], start_loss)
+        for name, run in runs.items()}
     for name, run in runs.items():
         losses = np.asarray(run.result.losses)
+        held = dict(zip(*curves[name])) if curves else {}
         print(f"\n{name} descent")
         for t in range(0, args.steps, every):
-            print(f"  step {t:6d}  loss {losses[t]:.4f}")
+            beside = f"  held-out {held[t]:.4f}" if t in held else ""
+            print(f"  step {t:6d}  loss {losses[t]:.4f}{beside}")
         a = np.asarray(run.result.params)
-        print(f"  fitted a = ({a[0]:.4g}, {a[1]:.4g})  [{run.timing}]")
+        final = f"  held-out loss {held[args.steps]:.4f}" if held else ""
+        print(f"  fitted a = ({a[0]:.4g}, {a[1]:.4g}){final}  [{run.timing}]")
         if int(run.result.diverged_at) >= 0:
             print(f"  diverged at step {int(run.result.diverged_at)}: lr = {args.lr} is too "
                   "high (try lr-sweep)")
     _print_reference(args, runs, x, y, start, batch_key)
 
     rate_runs = learning_rate_runs(x, y, start, steps=LR_LESSON_STEPS)
+    rate_curves = None if held_out is None else held_out_rates(x, y, start, held_out,
+                                                               steps=LR_LESSON_STEPS)
     print(f"\nLearning rates, {LR_LESSON_STEPS} full-batch steps on f(x) = x^2 from x = 3 "
           "and on the line:")
     for label, (on_parabola, on_line) in rate_runs.items():
+        line = _outcome(on_line)
+        if rate_curves is not None and int(on_line.diverged_at) < 0:
+            line += f", held-out {rate_curves[label][1][-1]:.3g}"
         print(f"  {label:9s} lr = {LEARNING_RATES[label]:<5}  f(x) = x^2: {_outcome(on_parabola)};"
-              f"  line: {_outcome(on_line)}")
+              f"  line: {line}")
     if folder is not None:
         from . import _plots
 
@@ -62,13 +84,26 @@ def lesson(args):
         paths = [
             _plots.plot_fit(folder / LESSON_FILES[0], x, y, start, fitted),
             _plots.plot_losses(folder / LESSON_FILES[1],
-                               {name: run.result.losses for name, run in runs.items()}),
-            _plots.plot_learning_rates(folder / LESSON_FILES[2], rate_runs, x, y),
+                               {name: run.result.losses for name, run in runs.items()},
+                               held_out=curves),
+            _plots.plot_learning_rates(folder / LESSON_FILES[2], rate_runs, x, y,
+                                       held_out=rate_curves),
             _plots.plot_gradient(folder / LESSON_FILES[3]),
             _plots.animate_fit(folder / LESSON_FILES[4], x, y, batch.trajectory, batch.losses),
         ]
         _print_written(paths)
     return 0
+
+
+def held_out_rows(args):
+    """How many rows ``--holdout`` holds out (``None`` without it)."""
+    if args.holdout is None:
+        return None
+    rows = round(args.holdout * args.n)
+    if rows < 1:
+        raise UsageError(f"--holdout {args.holdout:g} of --n {args.n} rows holds out no rows "
+                         f"(it rounds to 0); pass --holdout at least {1 / args.n:.3g}.")
+    return rows
 
 
 def _outcome(result):

@@ -6,6 +6,8 @@ and the temporaries of one pass over the data), and only refuse runs that
 clearly do not fit.
 """
 
+import math
+
 
 def available_bytes():
     """Memory the system could give this process now, or ``None`` if unknown.
@@ -32,15 +34,19 @@ FLOAT = 4
 """Bytes of a float32 or int32."""
 
 
-def lesson_needs(n, steps, batch_size, *, reference):
+def lesson_needs(n, steps, batch_size, *, reference, holdout=None):
     """What ``lesson`` keeps: per row, ``x`` and ``y`` (3 floats) and about as
     much again three times over for a full-batch pass (``x`` as the matmuls
     read it, ``x @ a``, the residual); per step, each of the three modes'
     loss and params (1 + 2 floats). The torch check adds its copy of the
-    data and the schedules it replays (``batch_size + 1`` indices a step)."""
+    data and the schedules it replays (``batch_size + 1`` indices a step).
+    ``--holdout`` adds its share of rows (counted in each row of ``--n``)
+    and at most one held-out loss a step per mode."""
     row, step = 4 * 3 * FLOAT, 3 * 3 * FLOAT
     if reference:
         row, step = row + 3 * FLOAT, step + (batch_size + 1) * FLOAT
+    if holdout is not None:
+        row, step = row + math.ceil(holdout * 4 * 3 * FLOAT), step + 3 * FLOAT
     return [("--n", n, row, "row"), ("--steps", steps, step, "step")]
 
 

@@ -1,8 +1,8 @@
 """The command line's option types: each refuses a value outside its range
 with a message that names the range, before anything runs.
 
->>> int_in(1, 10)("3"), learning_rate("0.1"), fraction("0.2")
-(3, 0.1, 0.2)
+>>> int_in(1, 10)("3"), learning_rate("0.1"), fraction("0.2"), share("1")
+(3, 0.1, 0.2, 1.0)
 """
 
 import argparse
@@ -63,4 +63,12 @@ def fraction(text):
     value = positive_float(text)
     if value >= 1:
         raise argparse.ArgumentTypeError(f"must lie between 0 and 1; got {text}")
+    return value
+
+
+def share(text):
+    """A number in (0, 1]: 1 is as many as there are."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1]; got {text}")
     return value

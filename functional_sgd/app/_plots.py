@@ -48,22 +48,34 @@ def plot_fit(path, x, y, start, fitted):
     return _save(figure, path)
 
 
-def plot_losses(path, losses):
-    """Loss per step of every mode on one log-scale plot."""
+def plot_losses(path, losses, held_out=None):
+    """Loss per step of every mode on one log-scale plot; with ``held_out``
+    (``{name: (steps, losses)}``), each mode's held-out loss dashed beside it,
+    in its colour. At step ``t`` both are losses of the params after ``t``
+    updates: the step's batch (before update ``t``), and the held-out rows."""
     figure = _figure(6, 4)
     ax = figure.add_subplot()
     for name, values in losses.items():
-        ax.plot(np.asarray(values), color=COLORS[name], label=name, lw=1)
-    ax.set(yscale="log", xlabel="step", ylabel="loss of the step's batch (before update)",
-           title="Batch, mini-batch and stochastic descent")
-    ax.legend()
+        label = name if not held_out else f"{name}: the step's batch"
+        ax.plot(np.asarray(values), color=COLORS[name], label=label, lw=1)
+        if held_out:
+            steps, held = held_out[name]
+            ax.plot(steps, held, "--", color=COLORS[name], lw=1.5,
+                    label=f"{name}: held-out rows ({len(steps) - 1} evaluations)")
+    ylabel = "loss of the step's batch (before update)" if not held_out else \
+        "loss after t updates"
+    ax.set(yscale="log", xlabel="step", ylabel=ylabel,
+           title="Batch, mini-batch and stochastic descent" if not held_out
+           else "Training loss (solid) and held-out loss (dashed)")
+    ax.legend(fontsize=8 if held_out else None)
     return _save(figure, path)
 
 
-def plot_learning_rates(path, runs, x, y, shown_steps=12):
+def plot_learning_rates(path, runs, x, y, shown_steps=12, held_out=None):
     """The learning-rate lesson: one column per rate. Top: the path of
     ``x`` on ``f(x) = x**2``; middle: the path of ``a`` over the line's loss
-    contours; bottom: the line's loss per step, with the divergence step."""
+    contours; bottom: the line's loss per step, with the divergence step,
+    and with ``held_out`` (``{label: (steps, losses)}``) its held-out loss dashed."""
     x, y = np.asarray(x), np.asarray(y)
     figure = _figure(15, 10)
     axes = figure.subplots(3, len(runs))
@@ -91,7 +103,13 @@ def plot_learning_rates(path, runs, x, y, shown_steps=12):
 
         ax = axes[2, column]
         losses = np.asarray(on_line.losses)
-        ax.plot(np.where(np.isfinite(losses), losses, np.nan), color=color)
+        ax.plot(np.where(np.isfinite(losses), losses, np.nan), color=color,
+                label="training rows")
+        if held_out is not None:
+            steps, held = held_out[label]
+            ax.plot(steps, np.where(np.isfinite(held), held, np.nan), "--", color=color,
+                    label="held-out rows")
+            ax.legend(fontsize=8, loc="upper right")
         ax.set(yscale="log", xlabel="step", ylabel="loss", title="the line: loss per step")
         at = int(on_line.diverged_at)
         if at >= 0:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from functional_sgd import fit, linear_mse, sample_indices
-from functional_sgd.lesson import LEARNING_RATES, PARABOLA_START, parabola
+from functional_sgd.lesson import LEARNING_RATES, PARABOLA_START, lesson_data, lr_sweep, parabola
 
 from ._progress import progress_bar
 from ._timing import timed
@@ -22,19 +22,63 @@ class ModeRun(NamedTuple):
     timing: object
 
 
-def fit_modes(x, y, start, *, lr, steps, batch_size, key, progress):
+HELD_OUT = "held-out loss"
+"""The name :func:`held_out_loss` gives its value."""
+
+
+def held_out_loss(a, x, y):
+    """``evaluate`` of the held-out rows, named as a progress bar shows it."""
+    return {HELD_OUT: linear_mse(a, x, y)}
+
+
+def held_out_data(data_key, rows):
+    """``rows`` more rows of the lesson's line, ``lesson_data(fold_in(data_key, 1), rows)``:
+    a key of their own, so the training rows (``lesson_data(data_key, n)``) do not change."""
+    return lesson_data(jax.random.fold_in(data_key, 1), rows)
+
+
+def fit_modes(x, y, start, *, lr, steps, batch_size, key, progress, held_out=None,
+              eval_every=None):
     """Batch, mini-batch and stochastic descent from ``start``, recording the
-    trajectory (the animation's frames); returns ``{name: ModeRun}``."""
+    trajectory (the animation's frames); returns ``{name: ModeRun}``.
+
+    With ``held_out`` rows, each run also evaluates their loss inside its
+    compiled loop (``fit(evaluate=...)``): after every step of batch descent,
+    after every ``eval_every`` steps of the others (and after the last)."""
     modes = {"batch": None, "mini-batch": batch_size, "stochastic": 1}
     runs = {}
     for name, size in modes.items():
         schedule = {} if size is None else {"batch_size": size, "key": key}
+        evaluation = {} if held_out is None else {
+            "evaluate": held_out_loss, "eval_data": held_out,
+            "eval_every": 1 if size is None else eval_every}
         with progress_bar(steps, enabled=progress, desc=name) as bar, timed() as timing:
             result = fit(linear_mse, start, (x, y), lr=lr, steps=steps, record_params=True,
-                         **schedule, **bar)
+                         **schedule, **evaluation, **bar)
             jax.block_until_ready(result)
         runs[name] = ModeRun(result, size, timing)
     return runs
+
+
+def held_out_curve(eval_steps, losses, start_loss):
+    """``(steps, losses)`` of a run's held-out evaluations (``-1`` steps: not
+    made), led by ``start_loss`` at step 0: the loss of the params after each
+    step count, on the axis where ``result.losses[t]`` (before update ``t``) sits."""
+    eval_steps, losses = np.asarray(eval_steps), np.asarray(losses)
+    made = eval_steps >= 0
+    return (np.concatenate([[0], eval_steps[made]]),
+            np.concatenate([[start_loss], losses[made]]))
+
+
+def held_out_rates(x, y, start, held_out, *, steps):
+    """The line's held-out loss after every step, for every rate of
+    :data:`LEARNING_RATES` (full batch), from one ``lr_sweep`` call;
+    returns ``{label: (steps, losses)}`` as :func:`held_out_curve` does."""
+    sweep = lr_sweep(linear_mse, start, (x, y), lrs=jnp.array(list(LEARNING_RATES.values())),
+                     steps=steps, evaluate=held_out_loss, eval_data=held_out, eval_every=1)
+    start_loss = float(linear_mse(start, *held_out))
+    return {label: held_out_curve(sweep.eval_steps[i], sweep.evals[HELD_OUT][i], start_loss)
+            for i, label in enumerate(LEARNING_RATES)}
 
 
 def learning_rate_runs(x, y, start, *, steps):

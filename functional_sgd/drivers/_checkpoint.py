@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._chunks import eval_count, evaluations_of, record_of, run_in_chunks
+from ._chunks import eval_count, evaluations_of, on_host, record_of, run_in_chunks
 from ._fingerprint import describe
 
 FORMAT = "functional-sgd checkpoint"
@@ -101,7 +101,8 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
         carry, record = run(spec, carry, inputs)
         steps_run = int(record.steps_run)
         history.append(np.asarray(record.losses)[:steps_run])
-        aux_history.append(jax.tree.map(lambda a: np.asarray(a)[:steps_run], record.aux))
+        aux_history.append(jax.tree.map(lambda a: on_host(lambda a: a[:steps_run], a),
+                                        record.aux))
         made = evaluations_of([record])
         if made is not None:
             eval_history.append(made)
@@ -136,7 +137,7 @@ def _joined(history):
     as one, each leaf concatenated (``None`` for no pieces)."""
     if not history:
         return None
-    return jax.tree.map(lambda *paths: np.concatenate(paths), *history)
+    return jax.tree.map(lambda *paths: on_host(lambda *ps: np.concatenate(ps), *paths), *history)
 
 
 def _check_path(path):
@@ -244,14 +245,14 @@ def _specs(tree):
 def _write(path, fingerprint, carry, losses, aux=None, evaluations=None):
     stop_state = carry.stop
     leaves = jax.tree.leaves((carry.params, carry.opt_state, carry.state, carry.best))
+    aux_leaves = jax.tree.leaves(aux)
     arrays = {f"leaf_{i}": a for i, a in enumerate(leaves)}
+    arrays.update({f"aux_{i}": a for i, a in enumerate(aux_leaves)})
     # PRNG keys (a model's frozen leaves, say) are stored as their bits.
     keys = {name: jax.random.key_impl(a) for name, a in arrays.items()
             if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)}
     arrays = {name: np.asarray(jax.random.key_data(a) if name in keys else a)
               for name, a in arrays.items()}
-    aux_leaves = jax.tree.leaves(aux)
-    arrays.update({f"aux_{i}": a for i, a in enumerate(aux_leaves)})
     evals, eval_steps = evaluations if evaluations is not None else ({}, None)
     names = sorted(evals)
     arrays.update({f"eval_{i}": evals[name] for i, name in enumerate(names)})
@@ -264,7 +265,7 @@ def _write(path, fingerprint, carry, losses, aux=None, evaluations=None):
               "dtypes": {name: str(a.dtype) for name, a in arrays.items()},
               "keys": {name: [str(impl), list(arrays[name].shape)]
                        for name, impl in keys.items()},
-              "aux": [list(a.shape) for a in aux_leaves],
+              "aux": [list(np.shape(a)) for a in aux_leaves],
               "evals": None if eval_steps is None else names}
     # Stored as raw bytes: .npz has no bfloat16, and bytes round-trip every dtype.
     raw = {name: np.frombuffer(np.ascontiguousarray(a).tobytes(), np.uint8)
@@ -355,11 +356,11 @@ def _state(header, contents, expected):
             raise _Corrupt(f"{name} holds {data.size} bytes, not a {dtype}{list(shape)}")
         return np.frombuffer(data.tobytes(), dtype).reshape(shape)
 
-    def leaf(name, spec):
+    def leaf(name, shape):
         if name in header.get("keys", {}):
             impl, shape = header["keys"][name]
             return jax.random.wrap_key_data(array(name, shape), impl=impl)
-        return array(name, json.loads(spec[spec.index("["):]))
+        return array(name, shape)
 
     specs = (expected["params"]["leaves"] + expected["opt_state"]["leaves"]
              + expected["state"]["leaves"] + expected["best"]["leaves"])
@@ -370,8 +371,9 @@ def _state(header, contents, expected):
                  array("eval_steps", (made,)))
     return {"done": done, "losses": array("losses", (done,)), "best": array("best", ()),
             "waited": array("waited", ()), "stopped": np.bool_(stopped),
-            "leaves": [leaf(f"leaf_{i}", spec) for i, spec in enumerate(specs)],
-            "aux": [array(f"aux_{i}", shape) for i, shape in enumerate(header.get("aux", []))],
+            "leaves": [leaf(f"leaf_{i}", json.loads(spec[spec.index("["):]))
+                       for i, spec in enumerate(specs)],
+            "aux": [leaf(f"aux_{i}", shape) for i, shape in enumerate(header.get("aux", []))],
             "evals": evals}
 
 

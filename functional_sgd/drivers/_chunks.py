@@ -57,20 +57,43 @@ def join(records, steps, record_params, last_params, evaluations=0):
     """One record for the whole run, joined on the host: eager device
     concatenation would compile anew for every number of chunks."""
     losses = np.concatenate([np.asarray(r.losses)[:int(r.steps_run)] for r in records])
-    aux = jax.tree.map(lambda *paths: np.concatenate(
-        [np.asarray(p)[:int(r.steps_run)] for p, r in zip(paths, records)]),
+    aux = jax.tree.map(lambda *paths: on_host(lambda *ps: np.concatenate(
+        [p[:int(r.steps_run)] for p, r in zip(ps, records)]), *paths),
         *[r.aux for r in records])
     trajectory = None
     if record_params:
         # Each chunk's path starts where the previous one ended: keep that point once.
-        paths = [records[0].trajectory] + [
-            jax.tree.map(lambda p: p[1:], r.trajectory) for r in records[1:]]
-        trajectory = jax.tree.map(lambda *ps: np.concatenate(ps), *paths)
-        missing = steps + 1 - jax.tree.leaves(trajectory)[0].shape[0]
-        trajectory = jax.tree.map(
-            lambda path, p: np.concatenate([path, np.broadcast_to(p, (missing,) + p.shape)]),
-            trajectory, last_params)
+        lengths = [jax.tree.leaves(r.trajectory)[0].shape[0] for r in records]
+        missing = steps + 1 - (sum(lengths) - len(records) + 1)  # points after a stop
+
+        def whole(last, first, *rest):
+            return np.concatenate([first, *(p[1:] for p in rest),
+                                   np.broadcast_to(last, (missing,) + last.shape)])
+
+        trajectory = jax.tree.map(lambda last, *paths: on_host(whole, last, *paths),
+                                  last_params, *[r.trajectory for r in records])
     return record_of(losses, steps, trajectory, aux, evaluations_of(records), evaluations)
+
+
+def on_host(function, *leaves):
+    """``function`` of the leaves' NumPy copies, as a leaf like the first.
+
+    NumPy cannot hold a PRNG key array (a model's frozen key, say): keys go
+    as their bits (``jax.random.key_data``) and come back as keys.
+    """
+    out = function(*(_host(a) for a in leaves))
+    if not _is_key(leaves[0]):
+        return out
+    return jax.random.wrap_key_data(out, impl=jax.random.key_impl(leaves[0]))
+
+
+def _host(a):
+    return np.asarray(jax.random.key_data(a) if _is_key(a) else a)
+
+
+def _is_key(a):
+    dtype = getattr(a, "dtype", None)
+    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
 
 def evaluations_of(records):
@@ -108,7 +131,7 @@ def record_of(losses, steps, trajectory=None, aux=None, evaluations=None, eval_c
 
 def _padded(tree, length):
     """Every leaf of ``tree`` padded along its leading axis to ``length``
-    with NaN (zeros where the dtype has none)."""
-    return jax.tree.map(lambda path: np.concatenate([path, np.full(
+    with NaN (zeros where the dtype has none: the bits of a key too)."""
+    return jax.tree.map(lambda leaf: on_host(lambda path: np.concatenate([path, np.full(
         (length - path.shape[0],) + path.shape[1:],
-        np.nan if jnp.issubdtype(path.dtype, jnp.inexact) else 0, path.dtype)]), tree)
+        np.nan if jnp.issubdtype(path.dtype, jnp.inexact) else 0, path.dtype)]), leaf), tree)
