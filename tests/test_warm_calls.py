@@ -117,3 +117,80 @@ def test_a_sweep_under_vmap_of_a_warm_call_matches(checks_run):
     np.testing.assert_array_equal(np.asarray(cold), np.asarray(warm))
     one = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.05, steps=20).params
     np.testing.assert_allclose(np.asarray(warm[0]), np.asarray(one), rtol=1e-6)
+
+
+def assert_same_result(a, b):
+    """Every field of two FitResults: the same structure, the same bits."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert np.asarray(x).dtype == np.asarray(y).dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("options", [
+    {"lr": 0.1, "steps": 20},
+    {"lr": 0.1, "steps": 20, "start_step": 7, "batch_size": 10, "key": jax.random.key(3)},
+    {"lr": 0.1, "steps": 20, "tol": 0.5},  # a stop rule: the loop counts the steps run
+    {"lr": 0.1, "steps": 1},
+    {"steps": 20, "record_params": True, "optimizer": "adam"},
+])
+def test_warm_calls_return_the_cold_result_and_compile_nothing(checks_run, options):
+    """The warm path fills in on the host what the loop leaves out (steps_run,
+    step), passes the start's counters and a repeated float lr as device
+    scalars: every field must be the cold call's, and nothing compiles."""
+    import optax
+
+    from tests.helpers import count_compilations
+
+    promotion = "strict"
+    if options.get("optimizer") == "adam":  # optax's adam needs standard promotion
+        options, promotion = {**options, "optimizer": optax.adam(0.05)}, "standard"
+    start, x, y = lesson()
+    with jax.numpy_dtype_promotion(promotion):
+        cold = fsgd.fit(fsgd.linear_mse, start, (x, y), **options)
+        with count_compilations() as compiled:
+            warm = [fsgd.fit(fsgd.linear_mse, start, (x, y), **options) for _ in range(3)]
+    assert compiled[0] == 0 and checks_run[0] == 1
+    for result in warm:
+        assert_same_result(cold, result)
+    if "optimizer" in options:
+        assert warm[-1].opt_state is not None
+
+
+def test_a_repeated_float_lr_is_passed_on_the_device_with_the_same_bits(checks_run):
+    start, x, y = lesson()
+    lrs = [0.1, 0.1, 0.1, 0.07, 0.1, 0.07, 0.07]
+    warm = [fsgd.fit(fsgd.linear_mse, start, (x, y), lr=lr, steps=20) for lr in lrs]
+    again = next(iter(_warm._calls.values())).again
+    seen, on_device = again.last_lr
+    assert seen == 0.07 and on_device is not None and on_device.weak_type
+    assert checks_run[0] == 1
+    _warm._calls.clear()
+    for lr, result in zip(lrs, warm):
+        assert_same_result(fsgd.fit(fsgd.linear_mse, start, (x, y), lr=lr, steps=20), result)
+
+
+def test_a_remembered_call_repeated_inside_jit_matches(checks_run):
+    """Inside another jit the loop's compiler options cannot apply: the warm
+    path falls back to the plain loop, as the full path does."""
+    start, x, y = lesson()
+    outside = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20)
+    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20)
+    inside = jax.jit(lambda: fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20))()
+    assert checks_run[0] == 1
+    np.testing.assert_allclose(np.asarray(inside.params), np.asarray(outside.params),
+                               rtol=1e-6)  # another compile may round differently
+    assert int(inside.step) == 20 and int(inside.steps_run) == 20
+
+
+def test_calls_naming_other_arrays_or_option_types_do_not_meet(checks_run):
+    """The key is one flat tuple: a call with one more array, or an option of
+    another type that compares equal, is another call."""
+    start, x, y = lesson()
+    indices = fsgd.sample_indices(jax.random.key(1), 100, 20, 10)
+    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20)
+    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, indices=indices)
+    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, record_params=False)
+    assert checks_run[0] == 2
+    with pytest.raises(TypeError, match="record_params"):
+        fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, record_params=0)

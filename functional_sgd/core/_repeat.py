@@ -42,7 +42,15 @@ def run(spec, carry, inputs, *, mesh=None):
     if mesh is not None:
         from ..drivers import data_parallel
         out = data_parallel(loop, spec, mesh, carry, inputs, slots_kind=Schedule)
-    elif spec.plan.cpu_compiler_options:
+    else:
+        out = run_loop(spec, carry, inputs)
+    return _known_on_the_host(spec, carry, *out)
+
+
+def run_loop(spec, carry, inputs):
+    """The compiled loop on one device, its ``(Carry, Record)`` as :func:`loop`
+    returns them (without what the host knows)."""
+    if spec.plan.cpu_compiler_options:
         try:
             out = _compiled_loop(carry, inputs, spec=spec)
         except ValueError:
@@ -53,7 +61,7 @@ def run(spec, carry, inputs, *, mesh=None):
         out = _plain_loop(carry, inputs, spec=spec)
     if _compiled_count() != _compiles_seen[0]:
         _note_compile(spec)
-    return _known_on_the_host(spec, carry, *out)
+    return out
 
 
 def loop(carry, inputs, *, spec):
@@ -261,12 +269,18 @@ def _known_on_the_host(spec, carry_in, carry, record):
     ``steps``, the step is ``start_step + steps``, the stop state unchanged."""
     if record.steps_run is not None:
         return carry, record
-    steps_run = _int32_constant(spec.steps)
-    start = carry_in.step
-    step = (_int32_constant(int(start) + spec.steps) if isinstance(start, (int, np.integer))
-            else start + steps_run)
+    steps_run, step = known_counts(spec, carry_in.step)
     return (Carry(carry.params, carry.opt_state, step, carry_in.stop, carry.state),
             Record(record.losses, record.diverged_at, steps_run, record.trajectory, record.aux))
+
+
+def known_counts(spec, start):
+    """``(steps_run, step)`` of a run from ``start`` that no rule stops:
+    ``steps`` and ``start + steps``, int32 device scalars."""
+    steps_run = _int32_constant(spec.steps)
+    step = (_int32_constant(int(start) + spec.steps) if isinstance(start, (int, np.integer))
+            else start + steps_run)
+    return steps_run, step
 
 
 @functools.lru_cache(maxsize=256)
@@ -309,7 +323,7 @@ def _note_compile(spec):
             "constants, compared by identity). Create them once and reuse them; to change "
             "a learning rate between calls, pass lr=, or wrap the optimizer in "
             "optax.inject_hyperparams and change its state. (Said once.)",
-            UserWarning, stacklevel=4)
+            UserWarning, stacklevel=5)  # the caller of fit (fit, run, run_loop, here)
 
 
 _warned_recompiling = []
