@@ -194,3 +194,12 @@ def test_calls_naming_other_arrays_or_option_types_do_not_meet(checks_run):
     assert checks_run[0] == 2
     with pytest.raises(TypeError, match="record_params"):
         fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, record_params=0)
+
+
+def test_the_warm_path_passes_carry_and_inputs_fields_in_their_order():
+    """Again passes both namedtuples as one tuple of their fields, by position."""
+    from functional_sgd._types import Carry, Inputs
+
+    assert Carry._fields == ("params", "opt_state", "step", "stop", "state", "best")
+    assert Inputs._fields == ("data", "lr", "key", "indices", "tol", "patience", "rng",
+                              "eval_data")
