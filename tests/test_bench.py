@@ -289,6 +289,16 @@ def test_torch_full_precision_restores_the_settings():
         torch.set_float32_matmul_precision(before)
 
 
+def test_the_lesson_profile_times_fit_and_its_jitted_call():
+    """bench/lesson_profile.py in this process (as users get it): every
+    measure is timed (no timing is asserted: the script reports them)."""
+    from bench import lesson_profile
+
+    medians = lesson_profile.measure({}, calls=5)
+    assert set(medians) == set(lesson_profile.MEASURES)
+    assert all(0 < s < 1 for s in medians.values())
+
+
 def test_bandwidth_is_a_plausible_number():
     gbs = machine.memory_read_bandwidth(2**24)
     assert 0.1 < gbs < 10_000
