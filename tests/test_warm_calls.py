@@ -98,12 +98,14 @@ def test_numpy_data_is_checked_on_every_call(checks_run):
 
 def test_a_remembered_call_keeps_no_array_alive(checks_run):
     start, x, y = lesson()
-    x = x + 0  # an array only this test holds
-    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=5)
-    gone = weakref.ref(x)
-    del x
+    x, start = x + 0, start + 0  # arrays only this test holds
+    for _ in range(3):  # remembered, then repeated (what a repeat prepares is kept too)
+        fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=5)
+    assert checks_run[0] == 1
+    gone = [weakref.ref(x), weakref.ref(start)]
+    del x, start
     gc.collect()
-    assert gone() is None
+    assert [ref() for ref in gone] == [None, None]
 
 
 def test_a_sweep_under_vmap_of_a_warm_call_matches(checks_run):

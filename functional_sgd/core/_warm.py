@@ -121,7 +121,7 @@ class Again:
 
     def __init__(self, spec, carry):
         self.spec = spec
-        self.start = carry
+        self.start = carry.step, carry.stop  # not its params: nothing big is kept alive
         self.known = None  # (step, stop, steps_run, step_after) on the device
         self.last_lr = (None, None)  # a float lr and its device scalar, once it repeats
 
@@ -141,8 +141,8 @@ class Again:
 
     def _know(self):
         with jax.ensure_compile_time_eval():  # concrete even inside another jit
-            step, stop = jax.device_put((self.start.step, self.start.stop))  # compiles nothing
-        self.known = (step, stop, *known_counts(self.spec, self.start.step))
+            step, stop = jax.device_put(self.start)  # compiles nothing
+        self.known = (step, stop, *known_counts(self.spec, self.start[0]))
         return self.known
 
     def _lr_on_device(self, lr):
