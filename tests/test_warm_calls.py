@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from functional_sgd.core import _fit, _warm
+from functional_sgd.core import _fit, _repeat, _warm
 
 
 @pytest.fixture
@@ -146,8 +146,6 @@ def test_warm_calls_return_the_cold_result_and_compile_nothing(checks_run, optio
 
     # From empty loop caches: past COMPILED_LOOPS_KEPT entries (a long session) the
     # bound clears them all, and the call after that compiles again, warm or not.
-    from functional_sgd.core import _repeat
-
     _repeat._compiled_loop.clear_cache()
     _repeat._plain_loop.clear_cache()
     promotion = "strict"
