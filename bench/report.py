@@ -20,8 +20,10 @@ import sys
 import numpy as np
 
 from bench import machine, plots
-from bench.methods import BASELINE, SCAN, TUNE_CPU_ENV, x_reads_per_step
-from bench.results_table import TARGETS, by_workload, fit_method, load, load_skipped, scan_overhead
+from bench.methods import (BASELINE, FASTAI, KERAS, SCAN, TORCH_COMPILE, TUNE_CPU_ENV,
+                           x_reads_per_step)
+from bench.results_table import (TARGETS, by_workload, fastest, fit_method, load, load_skipped,
+                                 scan_overhead)
 from bench.workloads import FULL
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -106,6 +108,37 @@ def scan_section(table, tuned_table):
     return _table(("workload", "fit as called", "median", "hand-written scan",
                    "overhead vs hand-written scan", "with tune_cpu()", "first call: fit",
                    "first call: scan"), rows)
+
+
+PEER_FAMILIES = (("hand-written scan", (SCAN,)), ("Keras 3", KERAS),
+                 ("torch.compile", TORCH_COMPILE), ("fastai", (FASTAI,)))
+FORMS = dict(zip(KERAS + TORCH_COMPILE, ("1 step an execution", "all steps in one execution",
+                                        "the step", "the loop unrolled", "torch's scan")))
+
+
+def peers_section(table):
+    """Per workload: ``fit`` and the fastest form of each peer, its median
+    with fit's speed-up over it, and its first call (compile included)."""
+    header = ["workload", "fit", "fit's first call"]
+    for family, _ in PEER_FAMILIES:
+        header += [f"{family}: median (fit's speed-up)", "first call"]
+    rows = []
+    for w, runs in table.items():
+        fit = fit_method(runs)
+        if fit is None:
+            continue
+        row = [w, _time(runs[fit].median_s), _time(runs[fit].extra["first_call_s"])]
+        for _, methods in PEER_FAMILIES:
+            peer = fastest(runs, methods)
+            if peer is None:
+                row += ["-", "-"]
+                continue
+            form = f", {FORMS[peer]}" if peer in FORMS else ""
+            ratio = _ratio(runs[peer].median_s / runs[fit].median_s)
+            row += [f"{_time(runs[peer].median_s)} ({ratio}{form})",
+                    _time(runs[peer].extra["first_call_s"])]
+        rows.append(row)
+    return _table(header, rows)
 
 
 def skipped_section(skipped):
@@ -236,10 +269,14 @@ max |p - p64| / (1 + |p64|); the suite fails above 1e-3).
 
 {_table(("", ""), info.items())}
 
-## Targets (issue 3)
+## Targets (issues 3 and 15)
 
 Measured as users get it, and in a process that called
-`functional_sgd.tune_cpu()` first (see [below](#with-functional_sgdtune_cpu)).
+`functional_sgd.tune_cpu()` first (see [below](#with-functional_sgdtune_cpu));
+each ratio's two sides come from the same process. A peer with several
+forms (Keras with one or all steps per execution, torch.compile around the
+step or the whole loop) counts by its fastest. A "-" is a case not run
+(a peer not installed, or skipped at smoke size).
 
 {_table(("target", "measured", "met", "with tune_cpu()", "met", "goal"), targets)}
 
@@ -272,6 +309,10 @@ and the first in a process also loads inductor). Peers that run each step
 from Python skip the 200 000-step stochastic workload.
 
 {skipped_section(skipped)}
+
+Side by side, each peer by its fastest form (named after the ratio):
+
+{peers_section(table)}
 
 ## Workloads
 

@@ -1,10 +1,11 @@
-"""Benchmark results read from pytest-benchmark's JSON, and the targets of issue 3."""
+"""Benchmark results read from pytest-benchmark's JSON, and the targets of issues 3 and 15."""
 
 import dataclasses
-from functools import partial
 import json
+from functools import partial
 
-from bench.methods import BASELINE, SCAN
+from bench.methods import BASELINE, FASTAI, KERAS, SCAN, TORCH_COMPILE
+from bench.workloads import FULL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +78,21 @@ def scan_overhead(table, workload):
     return None if fit is None else speedup(table, workload, SCAN, baseline=fit)
 
 
+def fastest(runs, methods):
+    """The fastest of ``methods`` in ``runs`` (``{method: Result}``), or None."""
+    ran = [m for m in methods if m in runs]
+    return min(ran, key=lambda m: runs[m].median_s) if ran else None
+
+
+def against_peers(table, workload, methods):
+    """How many times faster ``fit`` ran than the fastest of ``methods`` (a
+    peer's settings: Keras with one or all steps per execution, torch.compile
+    around the step or the loop), both from one run; None if either is missing."""
+    runs = table.get(workload, {})
+    fit, peer = fit_method(runs), fastest(runs, methods)
+    return None if fit is None or peer is None else speedup(table, workload, fit, peer)
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
     """``measure(table)`` must reach ``goal``: at least, or at most with ``at_most``."""
@@ -142,4 +158,24 @@ TARGETS = (
     for workload in ("full batch 1e6x2", "full batch 1e5x100", "full batch 1e4x1000")
     for path, method, goal, exact in (
         ("general path", "fit, general path (fast_path=False)", 1.5, False),  # issue 15
-        ("exact MSE path", "fit, exact MSE path (fast_path=True)", 5, True)))
+        ("exact MSE path", "fit, exact MSE path (fast_path=True)", 5, True))
+) + (  # issue 15: against what a user could pick instead (bench/peers.py, bench/peers_torch.py)
+    Target("lesson: fit vs Keras 3 model.fit (its faster setting)",
+           partial(against_peers, workload="lesson", methods=KERAS), 100, "x"),
+    Target("mini-batch: fit vs Keras 3 model.fit (its faster setting; 1,000 random batches "
+           "of 64 from 1e5x10, the suite's nearest to the issue's shuffled epoch)",
+           partial(against_peers, workload="mini-batch", methods=KERAS), 10, "x"),
+    Target("lesson: fit vs fastai Learner (full batch, 100 epochs of one batch)",
+           partial(against_peers, workload="lesson", methods=(FASTAI,)), 300, "x"),
+    Target("lesson in batches of 10 (the course's fastai run, 5 epochs): fit vs fastai Learner",
+           partial(against_peers, workload="lesson in batches of 10", methods=(FASTAI,)), 300,
+           "x"),
+) + tuple(
+    Target(f"{w.name}: {'jax.jit(jax.vmap(fit))' if w.sweep else 'fit'} vs hand-written scan",
+           partial(scan_overhead, workload=w.name), 1.2, "x the time", at_most=True)
+    for w in FULL
+) + tuple(
+    Target(f"{w.name}: fit vs torch.compile (its fastest form)",
+           partial(against_peers, workload=w.name, methods=TORCH_COMPILE), 1, "x")
+    for w in FULL if w.sweep == 0
+)

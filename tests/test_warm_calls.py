@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from functional_sgd.core import _fit, _warm
+from functional_sgd.core import _fit, _repeat, _warm
 
 
 @pytest.fixture
@@ -98,12 +98,14 @@ def test_numpy_data_is_checked_on_every_call(checks_run):
 
 def test_a_remembered_call_keeps_no_array_alive(checks_run):
     start, x, y = lesson()
-    x = x + 0  # an array only this test holds
-    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=5)
-    gone = weakref.ref(x)
-    del x
+    x, start = x + 0, start + 0  # arrays only this test holds
+    for _ in range(3):  # remembered, then repeated (what a repeat prepares is kept too)
+        fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=5)
+    assert checks_run[0] == 1
+    gone = [weakref.ref(x), weakref.ref(start)]
+    del x, start
     gc.collect()
-    assert gone() is None
+    assert [ref() for ref in gone] == [None, None]
 
 
 def test_a_sweep_under_vmap_of_a_warm_call_matches(checks_run):
@@ -117,3 +119,93 @@ def test_a_sweep_under_vmap_of_a_warm_call_matches(checks_run):
     np.testing.assert_array_equal(np.asarray(cold), np.asarray(warm))
     one = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.05, steps=20).params
     np.testing.assert_allclose(np.asarray(warm[0]), np.asarray(one), rtol=1e-6)
+
+
+def assert_same_result(a, b):
+    """Every field of two FitResults: the same structure, the same bits."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert np.asarray(x).dtype == np.asarray(y).dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("options", [
+    {"lr": 0.1, "steps": 20},
+    {"lr": 0.1, "steps": 20, "start_step": 7, "batch_size": 10, "key": jax.random.key(3)},
+    {"lr": 0.1, "steps": 20, "tol": 0.5},  # a stop rule: the loop counts the steps run
+    {"lr": 0.1, "steps": 1},
+    {"steps": 20, "record_params": True, "optimizer": "adam"},
+])
+def test_warm_calls_return_the_cold_result_and_compile_nothing(checks_run, options):
+    """The warm path fills in on the host what the loop leaves out (steps_run,
+    step), passes the start's counters and a repeated float lr as device
+    scalars: every field must be the cold call's, and nothing compiles."""
+    import optax
+
+    from tests.helpers import count_compilations
+
+    # From empty loop caches: past COMPILED_LOOPS_KEPT entries (a long session) the
+    # bound clears them all, and the call after that compiles again, warm or not.
+    _repeat._compiled_loop.clear_cache()
+    _repeat._plain_loop.clear_cache()
+    promotion = "strict"
+    if options.get("optimizer") == "adam":  # optax's adam needs standard promotion
+        options, promotion = {**options, "optimizer": optax.adam(0.05)}, "standard"
+    start, x, y = lesson()
+    with jax.numpy_dtype_promotion(promotion):
+        cold = fsgd.fit(fsgd.linear_mse, start, (x, y), **options)
+        with count_compilations() as compiled:
+            warm = [fsgd.fit(fsgd.linear_mse, start, (x, y), **options) for _ in range(3)]
+    assert compiled[0] == 0 and checks_run[0] == 1
+    for result in warm:
+        assert_same_result(cold, result)
+    if "optimizer" in options:
+        assert warm[-1].opt_state is not None
+
+
+def test_a_repeated_float_lr_is_passed_on_the_device_with_the_same_bits(checks_run):
+    start, x, y = lesson()
+    lrs = [0.1, 0.1, 0.1, 0.07, 0.1, 0.07, 0.07]
+    warm = [fsgd.fit(fsgd.linear_mse, start, (x, y), lr=lr, steps=20) for lr in lrs]
+    again = next(iter(_warm._calls.values())).again
+    seen, on_device = again.last_lr
+    assert seen == 0.07 and on_device is not None and on_device.weak_type
+    assert checks_run[0] == 1
+    _warm._calls.clear()
+    for lr, result in zip(lrs, warm):
+        assert_same_result(fsgd.fit(fsgd.linear_mse, start, (x, y), lr=lr, steps=20), result)
+
+
+def test_a_remembered_call_repeated_inside_jit_matches(checks_run):
+    """Inside another jit the loop's compiler options cannot apply: the warm
+    path falls back to the plain loop, as the full path does."""
+    start, x, y = lesson()
+    outside = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20)
+    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20)
+    inside = jax.jit(lambda: fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20))()
+    assert checks_run[0] == 1
+    np.testing.assert_allclose(np.asarray(inside.params), np.asarray(outside.params),
+                               rtol=1e-6)  # another compile may round differently
+    assert int(inside.step) == 20 and int(inside.steps_run) == 20
+
+
+def test_calls_naming_other_arrays_or_option_types_do_not_meet(checks_run):
+    """The key is one flat tuple: a call with one more array, or an option of
+    another type that compares equal, is another call."""
+    start, x, y = lesson()
+    indices = fsgd.sample_indices(jax.random.key(1), 100, 20, 10)
+    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20)
+    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, indices=indices)
+    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, record_params=False)
+    assert checks_run[0] == 2
+    with pytest.raises(TypeError, match="record_params"):
+        fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, record_params=0)
+
+
+def test_the_warm_path_passes_carry_and_inputs_fields_in_their_order():
+    """Again passes both namedtuples as one tuple of their fields, by position."""
+    from functional_sgd._types import Carry, Inputs
+
+    assert Carry._fields == ("params", "opt_state", "step", "stop", "state", "best")
+    assert Inputs._fields == ("data", "lr", "key", "indices", "tol", "patience", "rng",
+                              "eval_data")

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import drivers
 from .. import speed as _speed  # fit's keyword `speed` is a plan
-from .._types import Carry, Inputs, fit_result
+from .._types import Inputs, fit_result
 from . import _batches, _checks, _evaluate, _model, _model_checks, _stop, _warm
 from ._initialize import initialize
 from ._loss import PytreeData, linear_mse
@@ -213,8 +213,7 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         warm = _warm.recall(warm_call, params)
         if warm is not None:
             lr = _checks.check_lr(lr, optimizer, None, params)
-            return fit_result(*run(warm.spec, Carry(params, None, warm.step, warm.stop),
-                                   Inputs(data, lr, key, indices, tol, patience)))
+            return warm.again(params, data, lr, key, indices, tol, patience)
     data, structure, names = _checks.flatten_data(data)
     read_on_host = _checks.read_on_host(data, batch_size, indices)
     data, n = _checks.check_data(data, check_finite and not read_on_host, names)

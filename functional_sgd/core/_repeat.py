@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._types import Carry, Record
+from .._types import Carry, Inputs, Record
 from ..drivers import describe
 from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, one_pass, quadratic_mse
 from ._batches import Schedule, feed
@@ -43,18 +43,39 @@ def run(spec, carry, inputs, *, mesh=None):
     if mesh is not None:
         from ..drivers import data_parallel
         out = data_parallel(loop, spec, mesh, carry, inputs, slots_kind=Schedule)
-    elif spec.plan.cpu_compiler_options:
+    else:
+        out = run_loop(spec, carry, inputs)
+    return _known_on_the_host(spec, carry, *out)
+
+
+def run_loop(spec, carry, inputs):
+    """The compiled loop on one device, its ``(Carry, Record)`` as :func:`loop`
+    returns them (without what the host knows)."""
+    out = loop_outputs(spec, carry, inputs)
+    return Carry(*out[:_CARRY_FIELDS]), Record(*out[_CARRY_FIELDS:])
+
+
+def loop_outputs(spec, carry, inputs):
+    """:func:`run_loop`'s ``Carry`` and ``Record`` fields as one flat tuple,
+    indexed by :data:`OUTPUT` (building namedtuples takes ~1 us each)."""
+    return flat_loop_outputs(spec, (*carry, *inputs))
+
+
+def flat_loop_outputs(spec, fields):
+    """:func:`loop_outputs` of ``(*carry, *inputs)`` (every field of both,
+    in order; building the namedtuples takes ~0.5 us each)."""
+    if spec.plan.cpu_compiler_options:
         try:
-            out = _compiled_loop(carry, inputs, spec=spec)
+            out = _compiled_loop(*fields, spec=spec)
         except ValueError:
             if not _inside_a_trace():
                 raise
-            out = _plain_loop(carry, inputs, spec=spec)  # another jit's options apply
+            out = _plain_loop(*fields, spec=spec)  # another jit's options apply
     else:
-        out = _plain_loop(carry, inputs, spec=spec)
+        out = _plain_loop(*fields, spec=spec)
     if _compiled_count() != _compiles_seen[0]:
         _note_compile(spec)
-    return _known_on_the_host(spec, carry, *out)
+    return out
 
 
 def loop(carry, inputs, *, spec):
@@ -224,32 +245,41 @@ def _finish_trajectory(spec, trajectory, params, frozen, t):
 
 LONG_RUN = 4096
 """From this many steps, ``diverged_at`` first asks whether any loss is bad:
-XLA:CPU's ``argmax`` over 2e5 losses takes ~0.2 ms, the question ~0.05 ms."""
+XLA:CPU reduces 2e5 losses to a yes or no in ~0.13 ms, to the first bad
+index in ~0.18 ms."""
 
 
 def first_bad(losses, steps_run):
     """Index of the first non-finite loss among the steps run, ``-1`` if none.
 
-    ``argmax`` finds the first bad step (or 0 when none is bad) in one
-    reduction; XLA:CPU runs this as two kernels where ``any`` + ``argmax``
-    took four, which keeps the lesson's program small enough to run in
-    sequence. Long runs skip the ``argmax`` unless a loss is bad.
+    One reduction: the least index ``t`` of a bad step, as ``uint32``, where
+    a step that is not bad counts as ``2**32 - 1``, which read back as
+    ``int32`` is ``-1``. XLA:CPU runs it as one kernel, where ``argmax`` and
+    a select took two (on the lesson in batches of 10, 1.5-2 us of a 17 us
+    call under ``tune_cpu``). Long runs skip it unless a loss is bad.
 
     >>> import jax.numpy as jnp
     >>> int(first_bad(jnp.array([1.0, 2.0, jnp.inf, jnp.nan]), None))
     2
+    >>> int(first_bad(jnp.array([1.0, 2.0]), None))
+    -1
     """
     bad = ~jnp.isfinite(losses)
     if steps_run is not None:
         bad &= jnp.arange(losses.shape[0], dtype=jnp.int32) < steps_run
 
     def first():
-        i = jnp.argmax(bad).astype(jnp.int32)
-        return jnp.where(bad[i], i, -1)
+        index = jnp.arange(losses.shape[0], dtype=jnp.uint32)
+        least = jnp.min(jnp.where(bad, index, jnp.uint32(NONE_BAD)))
+        return jax.lax.bitcast_convert_type(least, jnp.int32)
 
     if losses.shape[0] < LONG_RUN:
         return first()
     return jax.lax.cond(bad.any(), first, lambda: jnp.int32(-1))
+
+
+NONE_BAD = 2**32 - 1
+"""``-1`` in ``int32``, as ``uint32``: the most any index can be."""
 
 
 def _known_on_the_host(spec, carry_in, carry, record):
@@ -257,12 +287,18 @@ def _known_on_the_host(spec, carry_in, carry, record):
     ``steps``, the step is ``start_step + steps``, the stop state unchanged."""
     if record.steps_run is not None:
         return carry, record
-    steps_run = _int32_constant(spec.steps)
-    start = carry_in.step
-    step = (_int32_constant(int(start) + spec.steps) if isinstance(start, (int, np.integer))
-            else start + steps_run)
+    steps_run, step = known_counts(spec, carry_in.step)
     return (Carry(carry.params, carry.opt_state, step, carry_in.stop, carry.state),
             Record(record.losses, record.diverged_at, steps_run, record.trajectory, record.aux))
+
+
+def known_counts(spec, start):
+    """``(steps_run, step)`` of a run from ``start`` that no rule stops:
+    ``steps`` and ``start + steps``, int32 device scalars."""
+    steps_run = _int32_constant(spec.steps)
+    step = (_int32_constant(int(start) + spec.steps) if isinstance(start, (int, np.integer))
+            else start + steps_run)
+    return steps_run, step
 
 
 @functools.lru_cache(maxsize=256)
@@ -305,7 +341,7 @@ def _note_compile(spec):
             "constants, compared by identity). Create them once and reuse them; to change "
             "a learning rate between calls, pass lr=, or wrap the optimizer in "
             "optax.inject_hyperparams and change its state. (Said once.)",
-            UserWarning, stacklevel=4)
+            UserWarning, stacklevel=5)  # the caller of fit (fit, run, run_loop, here)
 
 
 _warned_recompiling = []
@@ -317,5 +353,19 @@ def _inside_a_trace():
     return isinstance(jnp.zeros(()), jax.core.Tracer)
 
 
-_compiled_loop = jax.jit(loop, static_argnames="spec", compiler_options=CPU_COMPILER_OPTIONS)
-_plain_loop = jax.jit(loop, static_argnames="spec")  # options apply only at the top
+def _loop_flat(*fields, spec):
+    """:func:`loop` of ``Carry(*fields[:6]), Inputs(*fields[6:])``, its
+    ``Carry`` and ``Record`` as one flat tuple: a jitted call builds
+    namedtuple outputs slowly (~2 us of a 20 us call on the lesson in
+    batches of 10 under ``tune_cpu``)."""
+    carry, record = loop(Carry(*fields[:_CARRY_FIELDS]), Inputs(*fields[_CARRY_FIELDS:]),
+                         spec=spec)
+    return (*carry, *record)
+
+
+_CARRY_FIELDS = len(Carry._fields)
+OUTPUT = {name: i for i, name in enumerate(Carry._fields + Record._fields)}
+"""Where each field of ``Carry`` and ``Record`` sits in :func:`loop_outputs`."""
+_compiled_loop = jax.jit(_loop_flat, static_argnames="spec",
+                         compiler_options=CPU_COMPILER_OPTIONS)
+_plain_loop = jax.jit(_loop_flat, static_argnames="spec")  # options apply only at the top

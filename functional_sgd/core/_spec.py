@@ -49,6 +49,13 @@ class LoopSpec:
     model: Model = PLAIN
     evaluation: Any = None
 
+    def __hash__(self):  # jit hashes its static argument on every call: computed once
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(tuple(getattr(self, f.name) for f in _FIELDS))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
     def part(self, done, steps):
         """The spec of ``steps`` updates of this run from update ``done`` on
         (a chunk, or the rest of a resumed run)."""
@@ -60,3 +67,6 @@ class LoopSpec:
     def init_optimizer(self, params):
         """The optimizer's first state: ``optimizer.init`` of the trainable params."""
         return self.optimizer.init(self.model.split(params)[0])
+
+
+_FIELDS = dataclasses.fields(LoopSpec)

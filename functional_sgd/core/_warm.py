@@ -1,19 +1,27 @@
 """A warm call's front door: ``fit`` called again with the arrays of an earlier call.
 
 ``fit``'s checks (shapes, dtypes, finiteness, index ranges, the loss traced
-once) take ~25 us of Python a call, as long as a small run itself (the
-lesson in batches of 10 runs in ~36 us). Their verdict depends only on the
-arguments, and a JAX array never changes its values: a call that passes the
-same JAX arrays, loss and options as an earlier call that passed the checks
-would pass them again. Such a call goes straight to the compiled loop; only
-``lr`` (checked anew) and ``params`` (the same shape and dtype as before, so
-the same verdict) may differ, which covers a Python loop over learning rates
-and a run continued from ``result.params``.
+once) take ~25 us of Python a call, longer than a small run itself (a
+hand-written scan of the lesson in batches of 10 takes ~15 us under
+``tune_cpu``, a warm ``fit`` ~24 us). Their verdict
+depends only on the arguments, and a JAX array never changes its values: a
+call that passes the same JAX arrays, loss and options as an earlier call
+that passed the checks would pass them again. Such a call goes straight to
+the compiled loop; only ``lr`` (checked anew) and ``params`` (the same
+shape, dtype and weak type as before, so the same verdict) may differ, which covers a
+Python loop over learning rates and a run continued from ``result.params``.
 
 NumPy data (which can be written to between calls), pytrees of params,
 chunks, meshes, checkpoints and a user's model (``rng``, ``state``,
 ``has_aux``, ``trainable``, ``opt_state``) always take the full path.
 Arrays are held by weak references: remembering a call keeps no data alive.
+
+What the host knows of a remembered run is worked out once, at its first
+repeat (:class:`Again`): the step counter and stop state it starts from, on
+the device (NumPy scalars are copied there on every call), and the step
+count after it. A float ``lr`` that repeats is passed as the device scalar
+made of it (a Python float, too, is copied on every call, ~2 us); its
+bits and the compiled program are the same.
 """
 
 import weakref
@@ -21,10 +29,21 @@ from typing import Any, NamedTuple
 
 import jax
 
+from .._types import Carry, FitResult, Record, fit_result
+from ._repeat import OUTPUT, flat_loop_outputs, known_counts
+
+_PARAMS, _OPT_STATE, _LOSSES, _DIVERGED_AT, _STEPS_RUN, _TRAJECTORY = (OUTPUT[name] for name in (
+    "params", "opt_state", "losses", "diverged_at", "steps_run", "trajectory"))
+_CARRY_FIELDS = len(Carry._fields)
+
 try:  # the type of every concrete JAX array (tracers and NumPy arrays are not)
     from jax._src.array import ArrayImpl as _CONCRETE
 except ImportError:  # JAX moved it: no call is remembered, every call is checked
     _CONCRETE = None
+try:  # a concrete typed key (jax.random.key); a traced one is a tracer
+    from jax._src.random.prng import PRNGKeyArray as _CONCRETE_KEY
+except ImportError:  # JAX moved it: calls with a typed key are checked every time
+    _CONCRETE_KEY = None
 
 KEPT = 16
 """Calls remembered at once; past this many, all are forgotten."""
@@ -33,40 +52,46 @@ KEPT = 16
 class Warm(NamedTuple):
     """What a call that passed the checks leaves for the next one like it."""
 
-    arrays: tuple            # weak references to the call's data, key and indices
-    params_signature: tuple  # (shape, dtype, weak_type) of the params checked
-    spec: Any                # the LoopSpec
-    step: Any                # Carry.step and Carry.stop before the first step
-    stop: Any
+    arrays: tuple     # weak references to the call's data, key and indices
+    params_aval: Any  # shape, dtype and weak type of the params checked
+    again: Any        # the :class:`Again` that runs it
 
 
 _calls = {}
 
 
 def key(loss, params, data, batch_key, indices, optimizer, options):
-    """The dictionary key of a call, or ``None`` when the call is not one
-    that may skip its checks. ``options``: the call's hashable settings."""
+    """The dictionary key of a call and its arrays, or ``None`` when the call
+    is not one that may skip its checks. ``options``: the call's settings
+    (a call whose options do not hash is not remembered)."""
     if _CONCRETE is None or type(params) is not _CONCRETE or type(data) is not tuple:
         return None
-    arrays = data if batch_key is None and indices is None else \
-        data + tuple(a for a in (batch_key, indices) if a is not None)
-    for a in arrays:
+    for a in data:
         if type(a) is not _CONCRETE:
             return None
-    call = (loss, optimizer, tuple(map(id, arrays)), options, tuple(map(type, options)),
-            jax.config.jax_enable_x64)
-    try:
-        hash(call)
-    except TypeError:  # an option that is an array (tol=jnp.array(...)): not remembered
-        return None
-    return call, arrays
+    arrays = data
+    if batch_key is not None:
+        if type(batch_key) is not _CONCRETE and type(batch_key) is not _CONCRETE_KEY:
+            return None
+        arrays += (batch_key,)
+    if indices is not None:
+        if type(indices) is not _CONCRETE:
+            return None
+        arrays += (indices,)
+    # One flat tuple, whose length tells how many arrays it names; the types
+    # tell apart options that compare equal (replace=1 is refused, True is not).
+    return (loss, optimizer, jax.config.jax_enable_x64, *map(id, arrays), *options,
+            *map(type, options)), arrays
 
 
 def recall(call, params):
     """The :class:`Warm` of an earlier call equal to ``call`` with ``params``
-    of the same signature, or ``None``."""
-    warm = _calls.get(call[0])
-    if warm is None or warm.params_signature != _signature(params):
+    of the same shape, dtype and weak type, or ``None``."""
+    try:
+        warm = _calls.get(call[0])
+    except TypeError:  # an option that is an array (tol=jnp.array(...))
+        return None
+    if warm is None or params.aval != warm.params_aval:
         return None
     for ref, a in zip(warm.arrays, call[1]):
         if ref() is not a:  # an id reused by a new array
@@ -75,11 +100,61 @@ def recall(call, params):
 
 
 def remember(call, params, spec, carry):
+    """Remembers a call that passed the checks and ran (``carry``: its start)."""
+    try:
+        hash(call[0])
+    except TypeError:
+        return
     if len(_calls) >= KEPT:
         _calls.clear()
-    _calls[call[0]] = Warm(tuple(map(weakref.ref, call[1])), _signature(params), spec,
-                           carry.step, carry.stop)
+    _calls[call[0]] = Warm(tuple(map(weakref.ref, call[1])), params.aval, Again(spec, carry))
 
 
-def _signature(params):
-    return params.shape, params.dtype, params.weak_type
+class Again:
+    """A remembered call run again: ``run(spec, carry, inputs)`` with new
+    ``params`` and ``lr``, returning the :class:`FitResult`.
+
+    What the host knows is made at the first repeat and kept: the start's
+    step counter and stop state on the device, and a run's counts after it
+    (``steps_run``, ``step``) when no rule can stop it early. No namedtuple
+    is built but the result (each costs ~0.5 us).
+    """
+
+    def __init__(self, spec, carry):
+        self.spec = spec
+        self.start = carry.step, carry.stop  # not its params: nothing big is kept alive
+        self.known = None  # (step, stop, steps_run, step_after) on the device
+        self.last_lr = (None, None)  # a float lr and its device scalar, once it repeats
+
+    def __call__(self, params, data, lr, key, indices, tol, patience):
+        known = self.known or self._know()
+        step, stop, steps_run, step_after = known
+        if type(lr) is float:
+            lr = self._lr_on_device(lr)
+        # The fields of Carry(params, opt_state, step, stop, state, best) and of Inputs(data,
+        # lr, key, indices, tol, patience, rng, eval_data), without building either.
+        out = flat_loop_outputs(self.spec, (params, None, step, stop, None, None,
+                                            data, lr, key, indices, tol, patience, None, ()))
+        if out[_STEPS_RUN] is not None:  # a stop rule: the loop counted
+            return fit_result(Carry(*out[:_CARRY_FIELDS]), Record(*out[_CARRY_FIELDS:]))
+        return FitResult(out[_PARAMS], out[_LOSSES], out[_DIVERGED_AT], steps_run, step_after,
+                         out[_OPT_STATE], out[_TRAJECTORY])
+
+    def _know(self):
+        with jax.ensure_compile_time_eval():  # concrete even inside another jit
+            step, stop = jax.device_put(self.start)  # compiles nothing
+        self.known = (step, stop, *known_counts(self.spec, self.start[0]))
+        return self.known
+
+    def _lr_on_device(self, lr):
+        """``lr`` as a device scalar once the same float comes a second time
+        (one a call would cost a copy each); a new float is passed as it is."""
+        seen, on_device = self.last_lr  # one tuple: threads see a matching pair
+        if lr != seen:
+            self.last_lr = (lr, None)
+            return lr
+        if on_device is None:
+            with jax.ensure_compile_time_eval():
+                on_device = jax.device_put(lr)  # weakly typed, as the float: the same program
+            self.last_lr = (lr, on_device)
+        return on_device
