@@ -11,8 +11,9 @@ step needs a loss that is a mean over its rows: ``"auto"`` takes it only for
 """
 
 import dataclasses
+import math
 
-from . import _layout, _moments, _one_pass
+from . import _moments, _one_pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,18 +167,11 @@ once in blocks (at 4 MB, 1e3 x 1000: the plain step took a third of the time).""
 
 
 def one_pass_pays(x, plan):
-    """The rule of ``one_pass="auto"`` for ``linear_mse`` on ``(x, y)``.
-
-    Data stored column-major (``d <= MAX_COLUMNS``, see ``speed/_layout.py``)
-    is swept faster by the two whole-array passes than by blocks of rows;
-    row-major data of at least ``ONE_PASS_MIN_BYTES`` is read faster once
-    (measured by ``bench/one_pass.py``).
+    """The rule of ``one_pass="auto"`` for ``linear_mse`` on ``(x, y)``:
+    ``x`` of at least ``ONE_PASS_MIN_BYTES`` is read faster once, in blocks
+    stored as the plain step would store the whole (``bench/one_pass.py``).
     """
-    if len(x.shape) != 2:
-        return False
-    n, d = x.shape
-    column_major = plan.column_major and 1 < d <= _layout.MAX_COLUMNS
-    return not column_major and n * d * x.dtype.itemsize >= ONE_PASS_MIN_BYTES
+    return len(x.shape) == 2 and math.prod(x.shape) * x.dtype.itemsize >= ONE_PASS_MIN_BYTES
 
 
 def _use_one_pass(plan, exact_mse, plain_model, data, full_batch, mesh):
