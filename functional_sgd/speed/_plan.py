@@ -163,7 +163,8 @@ ONE_PASS_MIN_BYTES = 32 * 2**20
 """Smallest ``x`` read in one pass under ``one_pass="auto"``: past the last
 cache level (32 MiB on the machine measured), where the plain step's second
 read of ``x`` comes from memory. Data in cache is read twice faster than
-once in blocks (at 4 MB, 1e3 x 1000: the plain step took a third of the time)."""
+once in blocks (at 4 MB, 1e3 x 1000, with the first, copying blocks: the
+plain step took a third of the time)."""
 
 
 def one_pass_pays(x, plan):
