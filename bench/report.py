@@ -282,7 +282,7 @@ from Python skip the 200 000-step stochastic workload.
 
 A plain full-batch step of the linear model reads `x` twice: `x @ a`
 forward and `x^T r` backward. `fit`'s one-pass step (`SpeedPlan.one_pass`,
-taken by `linear_mse` on `x` of 32 MiB or more) reads it once, in row blocks
+taken by `linear_mse` on large row-major data) reads it once, in row blocks
 that stay in cache; the exact MSE path reads it only to build its moments.
 "Effective GB/s" counts the reads of `x` a step makes;
 the in-cache figure is BLAS re-reading an array of the workload's shape

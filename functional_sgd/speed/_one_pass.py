@@ -38,15 +38,18 @@ import jax.numpy as jnp
 
 from ._layout import layout_loss
 
-ROW_BLOCK_BYTES = 2 << 20
-"""Bytes of the data's rows in one block: the L2 cache of a core on the
-2-core EPYC measured (2 MiB L2, 32 MiB L3). Each block costs a few kernel
-launches, so much smaller blocks lose; larger ones leave L2
-(``python -m bench.one_pass --blocks``)."""
+ROW_BLOCK_BYTES = 4 << 20
+"""Bytes of the data's rows in one block. Measured on a 2-core EPYC (2 MiB L2
+a core, 32 MiB L3), ``fit`` at 1e4 x 1000 float32 against the plain step,
+paired rounds on a busy machine: 2 MiB blocks 1.51x, 4 MiB 1.58x; at
+1e5 x 100: 2 MiB 1.02-1.08x, 4 MiB 0.86-1.08x (level within the noise).
+Each block is a branch of the compiled step, and each branch costs compile
+time (about 0.25 s on that machine), so the larger of the two."""
 
-MAX_BLOCKS = 64
-"""Most blocks a step is cut into: each is a branch of the compiled step, so
-larger data gets larger blocks rather than a longer program."""
+MAX_BLOCKS = 16
+"""Most blocks a step is cut into: larger data gets larger blocks rather
+than a longer compile (a first call at 1e4 x 1000 compiled in 0.6 s plain,
+2.9 s in 10 blocks, 7.6 s in 20, on the busy machine)."""
 
 
 def block_bounds(data, block_bytes):
@@ -73,7 +76,7 @@ def one_pass(loss, params, data, block_bytes=ROW_BLOCK_BYTES, *, transpose=True,
     >>> import jax, jax.numpy as jnp
     >>> from functional_sgd import linear_mse
     >>> x = jnp.arange(20.0).reshape(10, 2); y = jnp.ones(10); a = jnp.array([0.5, -0.25])
-    >>> blocked, stored = one_pass(linear_mse, a, (x, y), block_bytes=4 * 12)  # 4 blocks
+    >>> blocked, stored = one_pass(linear_mse, a, (x, y), block_bytes=30)  # 120 bytes: 4 blocks
     >>> len(stored), stored[0].shape  # x's first block, column-major
     (8, (2, 2))
     >>> value, grad = jax.value_and_grad(blocked)(a, *stored)

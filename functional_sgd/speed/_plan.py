@@ -11,9 +11,8 @@ step needs a loss that is a mean over its rows: ``"auto"`` takes it only for
 """
 
 import dataclasses
-import math
 
-from . import _moments, _one_pass
+from . import _layout, _moments, _one_pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,11 +167,20 @@ plain step took a third of the time)."""
 
 
 def one_pass_pays(x, plan):
-    """The rule of ``one_pass="auto"`` for ``linear_mse`` on ``(x, y)``:
-    ``x`` of at least ``ONE_PASS_MIN_BYTES`` is read faster once, in blocks
-    stored as the plain step would store the whole (``bench/one_pass.py``).
+    """The rule of ``one_pass="auto"`` for ``linear_mse`` on ``(x, y)``.
+
+    Row-major data (``d > MAX_COLUMNS`` or ``column_major=False``, see
+    ``speed/_layout.py``) of at least ``ONE_PASS_MIN_BYTES`` is read faster
+    once (1.5x the plain step at 1e4 x 1000). Data the plain step stores
+    column-major is swept about as fast twice as once in blocks (1e5 x 100:
+    level within a busy machine's noise), and the blocks cost compile time,
+    so ``"auto"`` leaves it to the plain step (``bench/one_pass.py``).
     """
-    return len(x.shape) == 2 and math.prod(x.shape) * x.dtype.itemsize >= ONE_PASS_MIN_BYTES
+    if len(x.shape) != 2:
+        return False
+    n, d = x.shape
+    column_major = plan.column_major and 1 < d <= _layout.MAX_COLUMNS
+    return not column_major and n * d * x.dtype.itemsize >= ONE_PASS_MIN_BYTES
 
 
 def _use_one_pass(plan, exact_mse, plain_model, data, full_batch, mesh):
