@@ -100,14 +100,32 @@ def test_the_blocks_are_really_taken():
     assert loops(SMALL_BLOCKS) == loops(PLAIN) + 1
 
 
-def test_the_block_function_gives_the_loss_and_its_gradient():
+@pytest.mark.parametrize("transpose", [True, False])
+def test_the_block_function_gives_the_loss_and_its_gradient(transpose):
     x, y = regression(100, 3, np.float32)
     a = jnp.array([0.5, -1.0, 2.0])
-    for block_bytes in (16, 160, 1600, 16_000):  # 1, 10, 100 (all) rows a block
-        blocked = speed.one_pass(fsgd.linear_mse, (x, y), block_bytes)
-        value, grad = jax.value_and_grad(blocked)(a, x, y)
-        want_value, want_grad = jax.value_and_grad(fsgd.linear_mse)(a, x, y)
+    want_value, want_grad = jax.value_and_grad(fsgd.linear_mse)(a, x, y)
+    # 16 bytes a row: 1, 10 and 7 blocks (of 14 and 15 rows); 16 and 1 bytes would
+    # make 100 and 1600, capped at MAX_BLOCKS (16, of 6 and 7 rows).
+    for block_bytes, blocks in ((16_000, 1), (160, 10), (240, 7), (16, speed.MAX_BLOCKS),
+                                (1, speed.MAX_BLOCKS)):
+        blocked, stored = speed.one_pass(fsgd.linear_mse, a, (x, y), block_bytes,
+                                         transpose=transpose)
+        assert len(stored) == 2 * blocks
+        assert stored[0].shape[0] == (3 if transpose else 100 // blocks)
+        value, grad = jax.value_and_grad(blocked)(a, *stored)
         assert_trees_close((value, grad), (want_value, want_grad), rtol=1e-5, atol=1e-6)
+
+
+def test_the_step_reads_its_blocks_where_they_are_stored():
+    """No block is sliced (copied) out of the data inside the compiled loop:
+    every block is an array of its own, read in place by its branch."""
+    x, y = regression(1000, 3, np.float32)
+    text = jax.jit(lambda lr: fsgd.fit(fsgd.linear_mse, np.zeros(3, np.float32), (x, y), lr=lr,
+                                       steps=STEPS, fast_path=False,
+                                       speed=SMALL_BLOCKS).params).lower(0.1).compile().as_text()
+    assert "conditional(" in text
+    assert "dynamic-slice" not in text
 
 
 def resolved(plan=None, *, n=10_000, d=1000, exact_mse=True, full_batch=True, mesh=None,
@@ -121,7 +139,7 @@ def resolved(plan=None, *, n=10_000, d=1000, exact_mse=True, full_batch=True, me
 def test_auto_takes_one_pass_only_for_linear_mse_on_large_row_major_data():
     assert resolved() is True  # 1e4 x 1000: 40 MB, kept row-major
     assert resolved(exact_mse=False) is False  # any other loss: never guessed to be a mean
-    assert resolved(d=100, n=100_000) is False  # column-major data: two sweeps are faster
+    assert resolved(d=100, n=100_000) is False  # column-major data: level, for a longer compile
     assert resolved(SpeedPlan(column_major=False), d=100, n=100_000) is True
     assert resolved(n=1000) is False  # 4 MB: in cache, read twice at cache speed
     assert resolved(full_batch=False) is False

@@ -164,7 +164,8 @@ def _full_batch_speed_ups(spec, params, data):
     if plan.exact_moments:  # every full batch is the same: its moments stand in for it
         return quadratic_mse, (moments(*data),)
     if plan.one_pass is True:  # decide() allows it for a plain full-batch loss only
-        return one_pass(spec.loss, data, plan.row_block_bytes), data
+        return one_pass(spec.loss, params, data, plan.row_block_bytes,
+                        transpose=plan.column_major, sums_as_dots=plan.sums_as_dots)
     if spec.batches.batch_size is None and data and spec.model.plain \
             and (plan.column_major or plan.sums_as_dots):
         return column_major(spec.loss, params, data, transpose=plan.column_major,

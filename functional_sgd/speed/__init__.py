@@ -11,6 +11,7 @@ from ._cpu import tune_cpu as tune_cpu
 from ._layout import column_major as column_major
 from ._moments import moments as moments
 from ._moments import quadratic_mse as quadratic_mse
+from ._one_pass import MAX_BLOCKS as MAX_BLOCKS
 from ._one_pass import one_pass as one_pass
 from ._plan import CPU_COMPILER_OPTIONS as CPU_COMPILER_OPTIONS
 from ._plan import SpeedPlan as SpeedPlan

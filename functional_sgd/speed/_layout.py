@@ -50,19 +50,31 @@ def column_major(loss, params, data, *, transpose=True, sums_as_dots=True):
     >>> stored_x.shape, float(loss(jnp.ones(2), stored_x, y))
     ((2, 4), 4.0)
     """
+    stored_loss, flip = layout_loss(loss, params, data, transpose=transpose,
+                                    sums_as_dots=sums_as_dots)
+    if stored_loss is loss:
+        return loss, data
+    # The barrier keeps XLA from folding the transpose back into the matmuls.
+    return stored_loss, tuple(jax.lax.optimization_barrier(a.T) if i in flip else a
+                              for i, a in enumerate(data))
+
+
+def layout_loss(loss, params, data, *, transpose=True, sums_as_dots=True):
+    """The loss half of :func:`column_major`: ``(stored_loss, flip)``, where
+    ``flip`` lists the indices of the data arrays ``stored_loss`` takes
+    transposed (``data`` may be shapes: ``jax.ShapeDtypeStruct``). ``loss``
+    itself and ``()`` when neither change applies."""
     closed = jax.make_jaxpr(loss)(params, *data)
     n_params = len(jax.tree.leaves(params))
     data_vars = closed.jaxpr.invars[n_params:]
-    flip = [i for i, (var, a) in enumerate(zip(data_vars, data))
-            if transpose and a.ndim == 2 and 1 < a.shape[1] <= MAX_COLUMNS
-            and jnp.issubdtype(a.dtype, jnp.floating) and _only_in_matmuls(closed.jaxpr, var)]
+    flip = tuple(i for i, (var, a) in enumerate(zip(data_vars, data))
+                 if transpose and a.ndim == 2 and 1 < a.shape[1] <= MAX_COLUMNS
+                 and jnp.issubdtype(a.dtype, jnp.floating)
+                 and _only_in_matmuls(closed.jaxpr, var))
     by_dot = sums_as_dots and any(map(_sum_by_dot_applies, closed.jaxpr.eqns))
     if not flip and not by_dot:
-        return loss, data
+        return loss, ()
     flipped = {data_vars[i] for i in flip}
-    # The barrier keeps XLA from folding the transpose back into the matmuls.
-    stored = tuple(jax.lax.optimization_barrier(a.T) if i in flip else a
-                   for i, a in enumerate(data))
     treedef = jax.tree.structure(params)
 
     def stored_loss(params, *stored):
@@ -71,7 +83,7 @@ def column_major(loss, params, data, *, transpose=True, sums_as_dots=True):
         args = jax.tree.leaves(params) + list(stored)
         return _replay(closed.jaxpr, closed.consts, args, flipped, by_dot)[0]
 
-    return stored_loss, stored
+    return stored_loss, flip
 
 
 def _only_in_matmuls(jaxpr, var):

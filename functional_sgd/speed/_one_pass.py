@@ -11,80 +11,127 @@ where ``L_b`` is the loss on block ``b`` alone. :func:`one_pass` takes each
 block's value and gradient while the block is in cache (a loop over the
 blocks) and sums them: one read of ``x`` from memory a step.
 
+How the blocks are stored decides whether that pays on XLA:CPU:
+
+* Each block is its own array, copied out of the data once a call. A block
+  sliced out of one array inside the loop (``dynamic_slice``) is copied
+  every step before XLA's matmuls read it: one more write and read of ``x``.
+  The loop picks block ``i``'s work with ``lax.switch``, whose branches read
+  their block in place.
+* A block is stored as :func:`~._layout.column_major` would store the whole
+  array (``(d, rows)`` for ``d <= 256`` used only in matmuls): XLA:CPU's
+  row-major ``(rows, 100) @ a`` runs several times slower.
+* The blocks are taken one after another inside a loop. Unrolled, XLA
+  schedules every block's prediction before any block's gradient: two reads.
+
 That identity holds only for a loss that is a mean over its rows, so the
 plan uses it on its own only for the library's ``linear_mse``; any other loss
 must ask for it (``SpeedPlan(one_pass=True)``), as ``mesh`` asks the same of it.
 Results equal the plain step's to float rounding (another summation order).
 """
 
+import itertools
 import math
 
 import jax
 import jax.numpy as jnp
 
+from ._layout import layout_loss
+
 ROW_BLOCK_BYTES = 4 << 20
-"""Bytes of the data's rows in one block. Measured at 1e4 x 1000 float32 on a
-2-core EPYC (2 MiB L2 a core, 32 MiB L3; ``python -m bench.one_pass --blocks``):
-4 MiB blocks took 0.80x and 0.91x the plain step's time in two runs, 1 MiB
-1.22x and 2 MiB 1.28x (each block's loop iteration has a fixed cost), 8 MiB
-1.00x. At 1e5 x 100 the plain step on column-major data stays faster."""
+"""Bytes of the data's rows in one block. Measured on a 2-core EPYC (2 MiB L2
+a core, 32 MiB L3), ``fit`` at 1e4 x 1000 float32 against the plain step,
+paired rounds on a busy machine: 2 MiB blocks 1.51x, 4 MiB 1.58x; at
+1e5 x 100: 2 MiB 1.02-1.08x, 4 MiB 0.86-1.08x (level within the noise).
+Each block is a branch of the compiled step, and each branch costs compile
+time (about 0.25 s on that machine), so the larger of the two."""
+
+MAX_BLOCKS = 16
+"""Most blocks a step is cut into: larger data gets larger blocks rather
+than a longer compile (a first call at 1e4 x 1000 compiled in 0.6 s plain,
+2.9 s in 10 blocks, 7.6 s in 20, on the busy machine)."""
 
 
-def block_rows(data, block_bytes):
-    """Rows per block: ``block_bytes`` of the data's rows, at least one."""
-    row_bytes = sum(a.dtype.itemsize * math.prod(a.shape[1:]) for a in data)
-    return max(1, block_bytes // max(1, row_bytes))
+def block_bounds(data, block_bytes):
+    """Row bounds ``[0, b_1, ..., n]`` of near-equal blocks of about
+    ``block_bytes`` of ``data``'s rows each (at most :data:`MAX_BLOCKS`)."""
+    n = data[0].shape[0]
+    total = sum(a.dtype.itemsize * math.prod(a.shape) for a in data)
+    k = max(1, min(n, MAX_BLOCKS, -(-total // block_bytes)))
+    return [i * n // k for i in range(k + 1)]
 
 
-def one_pass(loss, data, block_bytes=ROW_BLOCK_BYTES):
-    """``loss`` (a mean over rows) as a loss whose value and gradient are
-    taken in one sweep over blocks of ``block_bytes`` of ``data``'s rows.
+def one_pass(loss, params, data, block_bytes=ROW_BLOCK_BYTES, *, transpose=True,
+             sums_as_dots=True):
+    """``(blocked_loss, stored)``: ``loss`` (a mean over rows) as a loss whose
+    value and gradient are taken in one sweep over blocks of about
+    ``block_bytes`` of ``data``'s rows, and the data stored as those blocks.
 
-    Returns ``blocked(params, *data)``: the value of ``loss(params, *data)``
-    and, under ``jax.grad``, its gradient (for data of the shapes given).
+    ``blocked_loss(params, *stored)`` gives the value of ``loss(params, *data)``
+    and, under ``jax.grad``, its gradient. Each block is stored as
+    :func:`~._layout.column_major` stores data (``transpose`` and
+    ``sums_as_dots`` switch its two changes off); storing costs one copy of
+    ``data`` a call.
 
     >>> import jax, jax.numpy as jnp
     >>> from functional_sgd import linear_mse
     >>> x = jnp.arange(20.0).reshape(10, 2); y = jnp.ones(10); a = jnp.array([0.5, -0.25])
-    >>> blocked = one_pass(linear_mse, (x, y), block_bytes=4 * 12)  # 4 rows a block
-    >>> value, grad = jax.value_and_grad(blocked)(a, x, y)
+    >>> blocked, stored = one_pass(linear_mse, a, (x, y), block_bytes=30)  # 120 bytes: 4 blocks
+    >>> len(stored), stored[0].shape  # x's first block, column-major
+    (8, (2, 2))
+    >>> value, grad = jax.value_and_grad(blocked)(a, *stored)
     >>> bool(jnp.allclose(value, linear_mse(a, x, y))), bool(jnp.allclose(
     ...     grad, jax.grad(linear_mse)(a, x, y)))
     (True, True)
     """
-    rows, n_data = block_rows(data, block_bytes), len(data)
+    n = data[0].shape[0]
+    if any(a.ndim == 0 or a.shape[0] != n for a in data):
+        raise ValueError("one_pass: every data array needs the same number of rows "
+                         f"(leading axis); got shapes {[a.shape for a in data]}.")
+    bounds = block_bounds(data, block_bytes)
+    sizes = [hi - lo for lo, hi in itertools.pairwise(bounds)]
+    per_size = {}  # at most two block sizes: a loss traced for each
+    for size in sizes:
+        if size not in per_size:
+            shapes = tuple(jax.ShapeDtypeStruct((size,) + a.shape[1:], a.dtype) for a in data)
+            per_size[size] = layout_loss(loss, params, shapes, transpose=transpose,
+                                         sums_as_dots=sums_as_dots)
+    # The barrier keeps XLA from folding the blocks back into slices in the loop.
+    stored = jax.lax.optimization_barrier(tuple(
+        a[lo:hi].T if j in per_size[hi - lo][1] else a[lo:hi]
+        for lo, hi in itertools.pairwise(bounds) for j, a in enumerate(data)))
+    n_data = len(data)
 
-    def value_and_grad(params, data):
-        n = data[0].shape[0]
-        full, tail = divmod(n, rows)
+    def block_terms(i):
+        block_loss = per_size[sizes[i]][0]
+        weight = sizes[i] / n
 
-        def block(start, size):
-            batch = tuple(jax.lax.dynamic_slice_in_dim(a, start, size) for a in data)
-            value, grad = jax.value_and_grad(loss)(params, *batch)
-            weight = size / n
+        def terms(params, stored):
+            value, grad = jax.value_and_grad(block_loss)(
+                params, *stored[i * n_data:(i + 1) * n_data])
             return value * weight, jax.tree.map(lambda g: g * jnp.asarray(weight, g.dtype), grad)
+        return terms
 
-        def add(total, term):
-            return jax.tree.map(jnp.add, total, term)
+    branches = [block_terms(i) for i in range(len(sizes))]
 
-        # The loop's first block starts it, so the sums keep the loss's own dtypes.
-        total = block(0, rows if full else tail)
-        if full > 1:
-            total = jax.lax.fori_loop(1, full, lambda i, t: add(t, block(i * rows, rows)), total)
-        if full and tail:
-            total = add(total, block(full * rows, tail))
-        return total
+    def value_and_grad(params, stored):
+        if len(branches) == 1:
+            return branches[0](params, stored)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                             jax.eval_shape(branches[0], params, stored))
+        return jax.lax.fori_loop(0, len(branches), lambda i, total: jax.tree.map(
+            jnp.add, total, jax.lax.switch(i, branches, params, stored)), zeros)
 
     @jax.custom_vjp
-    def blocked(params, *data):
-        return value_and_grad(params, data)[0]
+    def blocked(params, *stored):
+        return value_and_grad(params, stored)[0]
 
-    def forward(params, *data):
-        return value_and_grad(params, data)
+    def forward(params, *stored):
+        return value_and_grad(params, stored)
 
     def backward(grad, cotangent):
         scaled = jax.tree.map(lambda g: (cotangent * g).astype(g.dtype), grad)
-        return (scaled,) + (None,) * n_data
+        return (scaled,) + (None,) * len(stored)
 
     blocked.defvjp(forward, backward)
-    return blocked
+    return blocked, stored

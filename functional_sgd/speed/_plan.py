@@ -167,16 +167,19 @@ ONE_PASS_MIN_BYTES = 32 * 2**20
 """Smallest ``x`` read in one pass under ``one_pass="auto"``: past the last
 cache level (32 MiB on the machine measured), where the plain step's second
 read of ``x`` comes from memory. Data in cache is read twice faster than
-once in blocks (at 4 MB, 1e3 x 1000: the plain step took a third of the time)."""
+once in blocks (at 4 MB, 1e3 x 1000, with the first, copying blocks: the
+plain step took a third of the time)."""
 
 
 def one_pass_pays(x, plan):
     """The rule of ``one_pass="auto"`` for ``linear_mse`` on ``(x, y)``.
 
-    Data stored column-major (``d <= MAX_COLUMNS``, see ``speed/_layout.py``)
-    is swept faster by the two whole-array passes than by blocks of rows;
-    row-major data of at least ``ONE_PASS_MIN_BYTES`` is read faster once
-    (measured by ``bench/one_pass.py``).
+    Row-major data (``d > MAX_COLUMNS`` or ``column_major=False``, see
+    ``speed/_layout.py``) of at least ``ONE_PASS_MIN_BYTES`` is read faster
+    once (1.5x the plain step at 1e4 x 1000). Data the plain step stores
+    column-major is swept about as fast twice as once in blocks (1e5 x 100:
+    level within a busy machine's noise), and the blocks cost compile time,
+    so ``"auto"`` leaves it to the plain step (``bench/one_pass.py``).
     """
     if len(x.shape) != 2:
         return False
