@@ -98,6 +98,7 @@ def test_64_bit_numpy_input_without_x64_warns_once(monkeypatch):
         fit(data=(x64, y64))
     said = [w for w in caught if "jax_enable_x64 is off" in str(w.message)]
     assert len(said) == 1 and "float64" in str(said[0].message)
+    assert said[0].filename == __file__  # points at the caller, not inside the library
     with jax.enable_x64(True), warnings.catch_warnings():
         warnings.simplefilter("error")
         monkeypatch.setattr(_checks, "_WARNED", set())
@@ -115,6 +116,7 @@ def test_a_fresh_optimizer_per_call_warns_once_and_keeps_few_compiled_loops(monk
             counts.append(_repeat._compiled_count())
     said = [w for w in caught if "compiled its loop again" in str(w.message)]
     assert len(said) == 1 and "optax.inject_hyperparams" in str(said[0].message)
+    assert said[0].filename == __file__  # points at the caller, not inside the library
     assert max(counts) <= 3 + 1  # cleared once past the bound
 
 

@@ -9,6 +9,7 @@ import functools
 import math
 import numbers
 import os
+import sys
 import warnings
 import weakref
 
@@ -249,7 +250,7 @@ def warn_if_narrowed(tree, name):
                 f"computes in {_WIDE[leaf.dtype]} (as every JAX function does). To "
                 "train in 64 bits, run under `with jax.enable_x64(True):` or set "
                 "jax.config.update('jax_enable_x64', True) at start-up. (Said once.)",
-                UserWarning, stacklevel=4)
+                UserWarning, stacklevel=caller_stacklevel())
             return
 
 
@@ -535,3 +536,15 @@ def check_loss_value(out):
 
 def shapes(tree):
     return jax.tree.map(lambda s: f"{s.dtype}{list(s.shape)}", tree)
+
+
+_PACKAGE = __name__.split(".")[0]
+
+
+def caller_stacklevel():
+    """The ``stacklevel`` that makes a warning point at the first caller
+    outside this package, however deep inside it the warning is raised."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == _PACKAGE:
+        frame, level = frame.f_back, level + 1
+    return level

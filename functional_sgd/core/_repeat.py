@@ -29,6 +29,7 @@ from ..drivers import describe
 from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, one_pass, quadratic_mse
 from ._batches import Schedule, feed
 from ._blocks import block_steps, run_in_blocks
+from ._checks import caller_stacklevel
 from ._evaluate import not_run, run_with_evaluations
 from ._initialize import optimizer_state
 from ._loss import MaskedMean
@@ -51,19 +52,14 @@ def run(spec, carry, inputs, *, mesh=None):
 def run_loop(spec, carry, inputs):
     """The compiled loop on one device, its ``(Carry, Record)`` as :func:`loop`
     returns them (without what the host knows)."""
-    out = loop_outputs(spec, carry, inputs)
+    out = flat_loop_outputs(spec, (*carry, *inputs))
     return Carry(*out[:_CARRY_FIELDS]), Record(*out[_CARRY_FIELDS:])
 
 
-def loop_outputs(spec, carry, inputs):
-    """:func:`run_loop`'s ``Carry`` and ``Record`` fields as one flat tuple,
-    indexed by :data:`OUTPUT` (building namedtuples takes ~1 us each)."""
-    return flat_loop_outputs(spec, (*carry, *inputs))
-
-
 def flat_loop_outputs(spec, fields):
-    """:func:`loop_outputs` of ``(*carry, *inputs)`` (every field of both,
-    in order; building the namedtuples takes ~0.5 us each)."""
+    """The compiled loop on ``(*carry, *inputs)`` (every field of both, in
+    order), its ``Carry`` and ``Record`` fields as one flat tuple indexed by
+    :data:`OUTPUT` (building the namedtuples takes ~0.5 us each)."""
     if spec.plan.cpu_compiler_options:
         try:
             out = _compiled_loop(*fields, spec=spec)
@@ -342,7 +338,7 @@ def _note_compile(spec):
             "constants, compared by identity). Create them once and reuse them; to change "
             "a learning rate between calls, pass lr=, or wrap the optimizer in "
             "optax.inject_hyperparams and change its state. (Said once.)",
-            UserWarning, stacklevel=5)  # the caller of fit (fit, run, run_loop, here)
+            UserWarning, stacklevel=caller_stacklevel())
 
 
 _warned_recompiling = []
@@ -366,7 +362,7 @@ def _loop_flat(*fields, spec):
 
 _CARRY_FIELDS = len(Carry._fields)
 OUTPUT = {name: i for i, name in enumerate(Carry._fields + Record._fields)}
-"""Where each field of ``Carry`` and ``Record`` sits in :func:`loop_outputs`."""
+"""Where each field of ``Carry`` and ``Record`` sits in :func:`flat_loop_outputs`."""
 _compiled_loop = jax.jit(_loop_flat, static_argnames="spec",
                          compiler_options=CPU_COMPILER_OPTIONS)
 _plain_loop = jax.jit(_loop_flat, static_argnames="spec")  # options apply only at the top
