@@ -18,6 +18,15 @@ def strict_jax():
 
 
 @pytest.fixture
+def standard_promotion():
+    """Standard dtype promotion for one test: optax's adam (``decay ** count``)
+    and flax's layers mix Python floats and float32 with int32 counters, which
+    strict promotion refuses: theirs to fix, not ours."""
+    with jax.numpy_dtype_promotion("standard"):
+        yield
+
+
+@pytest.fixture
 def x64():
     """Float64 for one test, without flipping the process-wide flag."""
     with jax.enable_x64(True):

@@ -296,7 +296,7 @@ def test_the_lesson_profile_times_fit_and_its_jitted_call():
 
     medians = lesson_profile.measure({}, calls=5)
     assert set(medians) == set(lesson_profile.MEASURES)
-    assert all(0 < s < 1 for s in medians.values())
+    assert all(np.isfinite(s) and s > 0 for s in medians.values())
 
 
 def test_bandwidth_is_a_plausible_number():

@@ -69,13 +69,6 @@ def test_bad_schedule_is_refused_by_fit():
                       key=jax.random.key(0))
 
 
-@pytest.fixture
-def standard_promotion():
-    """optax's adam mixes an int32 count with float32 moments."""
-    with jax.numpy_dtype_promotion("standard"):
-        yield
-
-
 def test_sweep_with_held_out_data_an_indices_schedule_and_adam(standard_promotion):
     import optax
 

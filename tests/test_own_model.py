@@ -21,12 +21,7 @@ import functional_sgd as fsgd
 
 
 
-@pytest.fixture(autouse=True)
-def standard_promotion():
-    """optax's adam (``decay ** count``) and flax's layers mix Python floats with
-    int32 counters, which strict promotion refuses: theirs to fix, not ours."""
-    with jax.numpy_dtype_promotion("standard"):
-        yield
+pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax's adam, flax's layers
 
 
 X = jax.random.normal(jax.random.key(0), (256, 3))

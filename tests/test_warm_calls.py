@@ -141,8 +141,7 @@ def test_warm_calls_return_the_cold_result_and_compile_nothing(checks_run, optio
     step), passes the start's counters and a repeated float lr as device
     scalars: every field must be the cold call's, and nothing compiles."""
     import optax
-
-    from tests.helpers import count_compilations
+    from helpers import count_compilations
 
     # From empty loop caches: past COMPILED_LOOPS_KEPT entries (a long session) the
     # bound clears them all, and the call after that compiles again, warm or not.
