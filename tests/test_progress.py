@@ -48,3 +48,24 @@ def test_progress_bar_shows_the_latest_evaluation_and_never_stops_the_run(capsys
                           eval_data=(X, Y), eval_every=500, **bar)
     assert int(result.steps_run) == 2500  # tqdm's update returns True when it redraws
     assert "valid_mse=" in capsys.readouterr().err
+
+
+def test_chunks_of_whole_evaluation_periods_compile_as_few_programs_as_plain_chunks():
+    """Chunks cut across evaluation periods start at a new place in a period
+    each, and each place is a program of its own: a bar's chunks are whole
+    periods, so a run compiles its chunk once (and its shorter last one)."""
+    from helpers import count_compilations
+
+    mse = lambda a, x, y: {"valid_mse": fsgd.linear_mse(a, x, y)}  # noqa: E731
+    steps, every = 12_345, 1_234
+    size = chunk_size_for(steps, every)
+    assert size % every == 0 and size >= chunk_size_for(steps)
+    with progress_bar(steps, enabled=True, desc="test", multiple=every) as bar, \
+            count_compilations() as compiled:
+        chunked = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.01, steps=steps,
+                           evaluate=mse, eval_data=(X, Y), eval_every=every, **bar)
+    assert compiled[0] <= 3  # the whole chunk, the last one, and a host-side join at most
+    whole = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.01, steps=steps, evaluate=mse,
+                     eval_data=(X, Y), eval_every=every)
+    assert_trees_close(chunked.params, whole.params)
+    assert_trees_close(chunked.evals, whole.evals)

@@ -18,16 +18,22 @@ MIN_CHUNK = 1000
 """Fewer steps than this per chunk would spend more time on the host than on the device."""
 
 
-def chunk_size_for(steps):
+def chunk_size_for(steps, multiple=1):
     """Steps per chunk for a run of ``steps``: at most ``MAX_CHUNKS`` chunks of at
-    least ``MIN_CHUNK`` steps (one chunk for short runs).
+    least ``MIN_CHUNK`` steps (one chunk for short runs), rounded up to a
+    ``multiple`` of steps (a run's ``eval_every``) but never past ``steps``.
 
-    Equal chunks share one compiled program; only a shorter last chunk compiles again.
+    Equal chunks share one compiled program; only a shorter last chunk compiles
+    again. A chunk that is a whole number of evaluation periods starts each
+    at the same place in its period, so it too shares one program.
 
     >>> chunk_size_for(100), chunk_size_for(50_000), chunk_size_for(1_000_000)
     (100, 1000, 10000)
+    >>> chunk_size_for(12_345, multiple=1_234), chunk_size_for(100, multiple=300)
+    (1234, 100)
     """
-    return max(-(-steps // MAX_CHUNKS), min(steps, MIN_CHUNK))
+    size = max(-(-steps // MAX_CHUNKS), min(steps, MIN_CHUNK))
+    return min(steps, -(-size // multiple) * multiple)
 
 
 def wants_progress(flag, stream=None):
@@ -40,12 +46,13 @@ def wants_progress(flag, stream=None):
 
 
 @contextlib.contextmanager
-def progress_bar(steps, *, enabled, desc):
+def progress_bar(steps, *, enabled, desc, multiple=1):
     """Yields the ``fit`` keyword arguments that drive a bar of ``steps`` steps.
 
     ``fit(..., **kwargs)`` with the yielded ``kwargs``: empty when the bar is
     off (one compiled call), else ``chunk_size`` and an ``on_chunk`` that
-    moves the bar by each chunk's steps.
+    moves the bar by each chunk's steps; each chunk is a whole number of ``multiple``
+    steps (see :func:`chunk_size_for`).
     """
     if not enabled:
         yield {}
@@ -53,7 +60,7 @@ def progress_bar(steps, *, enabled, desc):
     from tqdm import tqdm
 
     with tqdm(total=steps, desc=desc, unit="step", leave=False, file=sys.stderr) as bar:
-        yield {"chunk_size": chunk_size_for(steps),
+        yield {"chunk_size": chunk_size_for(steps, multiple),
                "on_chunk": lambda chunk: _advance(bar, chunk)}
 
 

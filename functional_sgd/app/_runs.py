@@ -52,7 +52,8 @@ def fit_modes(x, y, start, *, lr, steps, batch_size, key, progress, held_out=Non
         evaluation = {} if held_out is None else {
             "evaluate": held_out_loss, "eval_data": held_out,
             "eval_every": 1 if size is None else eval_every}
-        with progress_bar(steps, enabled=progress, desc=name) as bar, timed() as timing:
+        with progress_bar(steps, enabled=progress, desc=name,  # whole evaluation periods
+                          multiple=evaluation.get("eval_every", 1)) as bar, timed() as timing:
             result = fit(linear_mse, start, (x, y), lr=lr, steps=steps, record_params=True,
                          **schedule, **evaluation, **bar)
             jax.block_until_ready(result)
