@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._chunks import eval_count, evaluations_of, on_host, record_of, run_in_chunks
+from ._chunks import eval_count, evaluations_of, is_key, on_host, record_of, run_in_chunks
 from ._fingerprint import describe
 
 FORMAT = "functional-sgd checkpoint"
@@ -206,7 +206,7 @@ def _fingerprint(spec, carry, inputs):
 
 
 def _key_words(key):
-    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if not is_key(key):
         return np.asarray(key).tolist()  # a legacy uint32[2] key
     return describe(key)
 
@@ -249,8 +249,7 @@ def _write(path, fingerprint, carry, losses, aux=None, evaluations=None):
     arrays = {f"leaf_{i}": a for i, a in enumerate(leaves)}
     arrays.update({f"aux_{i}": a for i, a in enumerate(aux_leaves)})
     # PRNG keys (a model's frozen leaves, say) are stored as their bits.
-    keys = {name: jax.random.key_impl(a) for name, a in arrays.items()
-            if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)}
+    keys = {name: jax.random.key_impl(a) for name, a in arrays.items() if is_key(a)}
     arrays = {name: np.asarray(jax.random.key_data(a) if name in keys else a)
               for name, a in arrays.items()}
     evals, eval_steps = evaluations if evaluations is not None else ({}, None)

@@ -82,16 +82,17 @@ def on_host(function, *leaves):
     as their bits (``jax.random.key_data``) and come back as keys.
     """
     out = function(*(_host(a) for a in leaves))
-    if not _is_key(leaves[0]):
+    if not is_key(leaves[0]):
         return out
     return jax.random.wrap_key_data(out, impl=jax.random.key_impl(leaves[0]))
 
 
 def _host(a):
-    return np.asarray(jax.random.key_data(a) if _is_key(a) else a)
+    return np.asarray(jax.random.key_data(a) if is_key(a) else a)
 
 
-def _is_key(a):
+def is_key(a):
+    """Whether ``a`` is a typed PRNG key array (NumPy cannot hold one)."""
     dtype = getattr(a, "dtype", None)
     return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 

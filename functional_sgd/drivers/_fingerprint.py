@@ -23,6 +23,7 @@ import weakref
 import jax
 import numpy as np
 
+from ._chunks import is_key
 from ._rows import row_reader
 
 MAX_DEPTH = 12
@@ -46,7 +47,7 @@ class _Describer:
             return f"<{type(value).__qualname__}>"
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
-        if _is_key(value):  # a few words: shown as they are
+        if is_key(value):  # a few words: shown as they are
             return np.asarray(jax.random.key_data(value)).tolist()
         if isinstance(value, jax.tree_util.PyTreeDef):  # data's structure (dict keys)
             return str(value)
@@ -92,11 +93,6 @@ def _code_hash(code):
                       else repr(const).encode())
     digest.update(repr(code.co_names).encode())
     return digest.hexdigest()
-
-
-def _is_key(value):
-    return isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype,
-                                                                  jax.dtypes.prng_key)
 
 
 _HASHES = {}
