@@ -161,6 +161,64 @@ def test_lr_sweep_prints_best_and_edge_and_plots(tmp_path, capsys):
         assert image.format == "PNG"
 
 
+def test_lr_sweep_holdout_prints_each_rates_held_out_loss(tmp_path, capsys, monkeypatch):
+    """--holdout: the training lines print as without it; beside them, each
+    rate's loss on held-out rows after its last step, which equals that of
+    full-batch descent by hand in NumPy float64 on those rows."""
+    from functional_sgd.app import _commands
+
+    seen, held_out_data = {}, _commands.held_out_data
+
+    def seeing_held_out_data(key, rows):
+        seen["held_out"] = held_out_data(key, rows)
+        return seen["held_out"]
+
+    status, plain, err = run_main(capsys, "lr-sweep", "--no-figures")
+    assert status == 0, err
+    monkeypatch.setattr(_commands, "held_out_data", seeing_held_out_data)
+    out = tmp_path / "figures"
+    status, text, err = run_main(capsys, "lr-sweep", "--holdout", "0.2", "--out", str(out))
+    assert status == 0, err
+    assert "Held out: 20 more rows of the same line" in text
+    training = r"lr\s+([\d.e+-]+)\s+final loss ([\d.e+-]+)"
+    assert re.findall(training, text) == re.findall(training, plain)
+    assert re.search(r"best: lr = .*", text).group(0) == re.search(r"best: lr = .*",
+                                                                   plain).group(0)
+
+    # every rate by hand: a <- a - lr * 2/n x^T (x a - y) from (0.5, 0.75), float64
+    import jax
+
+    from functional_sgd.lesson import LESSON_START, lesson_data
+
+    x, y = (np.asarray(a, np.float64) for a in lesson_data(
+        jax.random.split(jax.random.key(0))[0], 100))
+    held_x, held_y = (np.asarray(a, np.float64) for a in seen["held_out"])
+    lrs = np.geomspace(1e-3, 3.0, 64)
+    a = np.tile(np.array(LESSON_START, np.float64), (64, 1))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for _ in range(100):
+            a = a - lrs[:, None] * 2 / len(y) * ((a @ x.T - y) @ x)
+        by_hand = np.mean((a @ held_x.T - held_y) ** 2, axis=1)
+    printed = re.findall(r"lr\s+([\d.e+-]+)\s+final loss [\d.e+-]+\s+held-out ([\w.e+-]+)",
+                         text)
+    assert len(printed) == 8
+    for lr, value in printed:
+        i = int(np.argmin(abs(lrs / float(lr) - 1)))
+        if np.isfinite(by_hand[i]) and by_hand[i] < 1e30:
+            # printed to 4 significant digits (5e-4) from a float32 run (~1e-5 here)
+            assert float(value) == pytest.approx(by_hand[i], rel=1e-3), lr
+        else:
+            assert float(value) > 1e30 or value == "nan", lr
+    best_lr, best = map(float, re.search(
+        r"best on the held-out rows: lr = ([\d.e+-]+), held-out loss ([\d.e+-]+)", text).groups())
+    finite = np.where(np.isfinite(by_hand), by_hand, np.inf)
+    assert best == pytest.approx(finite.min(), rel=1e-3)
+    # the held-out curve is flat to ~1e-4 past lr 0.07: any rate that close to the minimum
+    assert finite[np.argmin(abs(lrs / best_lr - 1))] == pytest.approx(finite.min(), rel=1e-3)
+    with Image.open(out / SWEEP_FILES[0]) as image:
+        assert image.format == "PNG"
+
+
 def test_lr_sweep_says_how_the_edge_diverged_when_no_step_did(capsys):
     """At 26 steps, lr 3's batch losses are all finite (diverged_at is -1) and only its
     final loss on all the data overflows: the edge must not say "diverged at step -1"."""
@@ -192,6 +250,10 @@ BAD_INPUT = [
     ([], "the following arguments are required: COMMAND"),
     (["lr-sweep", "--lr-min", "2", "--lr-max", "1"], "--lr-min 2.0 must be below --lr-max 1.0"),
     (["lr-sweep", "--num", "1"], "argument --num: must be >= 2; got 1"),
+    (["lr-sweep", "--holdout", "0"], "argument --holdout: must be a finite number > 0; got 0"),
+    (["lr-sweep", "--n", "4", "--holdout", "0.1"],
+     "--holdout 0.1 of --n 4 rows holds out no rows (it rounds to 0); pass --holdout at "
+     "least 0.25"),
     (["digits", "--valid-fraction", "1.5"], "must lie between 0 and 1"),
     (["digits", "--loss", "hinge"], "argument --loss: invalid choice: 'hinge'"),
     (["digits", "--batch-size", "1000"], "--batch-size 1000 is larger than the training images"),
@@ -241,6 +303,8 @@ TOO_LARGE = [
     (["lr-sweep", "--n", "100000000"], "--n 100000000 needs about 78.0 GB of memory (780 bytes "
      "a row); 8.0 GB is available: pass --n at most 10256377"),
     (["lr-sweep", "--steps", "100000000"], "--steps 100000000 needs about 25.6 GB of memory "),
+    (["lr-sweep", "--n", "100000000", "--holdout", "0.5"], "--n 100000000 needs about 117.0 GB "
+     "of memory (1170 bytes a row); 8.0 GB is available: pass --n at most 6837584"),
     (["digits", "--epochs", "200000000"], "--epochs 200000000 needs about 39.2 GB of memory "
      "(196 bytes an epoch); 8.0 GB is available: pass --epochs at most 40816326"),
 ]

@@ -96,7 +96,8 @@ def _parser():
         "lr-sweep", help="train many learning rates at once and plot loss against rate",
         description="Trains the lesson's line once per learning rate, every rate from the "
         "same start on the same batches, all in one compiled call (jax.vmap over fit); "
-        "prints the best rate and the edge of divergence and plots final loss against rate.")
+        "prints the best rate and the edge of divergence and plots final loss against rate. "
+        "With --holdout, also each rate's loss on held-out rows of the same line.")
     _line_options(sweep, steps_help=f"updates per run, at most {INT32_MAX} and what memory "
                   "holds (default 100)",
                   batch_help="rows per step, at most --n (default: full batch)")
@@ -107,6 +108,13 @@ def _parser():
     sweep.add_argument("--num", type=int_in(2, MAX_RATES), default=64,
                        help=f"rates, spaced evenly on a log scale, 2 to {MAX_RATES} "
                             "(default 64)")
+    sweep.add_argument("--holdout", type=share, default=None, metavar="FRACTION",
+                       help="also draw round(FRACTION * --n) held-out rows of the same line, "
+                            "FRACTION in (0, 1], from a key of their own (the training rows "
+                            "do not change); every rate's loss on them after its last step is "
+                            "evaluated in the same compiled call, printed beside its final "
+                            "loss and drawn in lr_sweep.png, with the best rate on them "
+                            "(default: off)")
     _common(sweep, out_files=SWEEP_FILES)
 
     digits = commands.add_parser(

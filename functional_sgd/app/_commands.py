@@ -12,8 +12,8 @@ from ._shared import (DIGITS_FILES, LESSON_FILES, SWEEP_FILES, UsageError, check
 from ._memory import available_bytes, digits_needs, lesson_needs, sweep_needs, too_large
 from ._options import INT32_MAX
 from ._progress import wants_progress
-from ._runs import (HELD_OUT, fit_modes, held_out_curve, held_out_data, held_out_rates,
-                    learning_rate_runs, reference_agreement)
+from ._runs import (HELD_OUT, fit_modes, held_out_curve, held_out_data, held_out_loss,
+                    held_out_rates, learning_rate_runs, reference_agreement)
 from ._timing import timed
 
 REFERENCE_MAX_STEPS = 10_000
@@ -153,27 +153,41 @@ def lr_sweep(args):
             f"--num {args.num} rates from --lr-min {args.lr_min:g} to --lr-max "
             f"{args.lr_max:g} are too close for float32 to tell apart; pass a smaller --num "
             "or a wider range.")
-    check_memory(sweep_needs(args.n, args.steps, args.num, args.batch_size))
+    rows = held_out_rows(args)
+    check_memory(sweep_needs(args.n, args.steps, args.num, args.batch_size,
+                             holdout=args.holdout))
     folder = out_folder(args)
     data_key, batch_key = jax.random.split(jax.random.key(args.seed))
     x, y = lesson_data(data_key, args.n)
     schedule = {} if args.batch_size is None else {"batch_size": args.batch_size,
                                                    "key": batch_key}
+    evaluation = {} if rows is None else {  # once, after each rate's last step
+        "evaluate": held_out_loss, "eval_data": held_out_data(data_key, rows),
+        "eval_every": args.steps}
     with timed() as timing:
         sweep = sweep_rates(linear_mse, jnp.array(LESSON_START), (x, y), lrs=lrs,
-                            steps=args.steps, **schedule)
+                            steps=args.steps, **schedule, **evaluation)
         jax.block_until_ready(sweep)
     mode = "full batch" if args.batch_size is None else f"mini-batches of {args.batch_size}"
     print(f"{args.num} learning rates from {args.lr_min:g} to {args.lr_max:g}, {args.steps} "
           f"steps each, {mode}, in one compiled call  [{timing}]")
+    if rows is not None:
+        print(f"Held out: {rows} more rows of the same line (a key of their own), each rate's "
+              "loss on them evaluated after its last step, in the same call.")
     final, lrs = np.asarray(sweep.final_loss), np.asarray(sweep.lrs)
+    held = None if rows is None else np.asarray(sweep.evals[HELD_OUT])[:, -1]
     for i in range(0, args.num, max(args.num // 8, 1)):
-        print(f"  lr {lrs[i]:9.4g}  final loss {final[i]:.4g}")
+        beside = "" if held is None else f"  held-out {held[i]:.4g}"
+        print(f"  lr {lrs[i]:9.4g}  final loss {final[i]:.4g}{beside}")
     best, edge = int(sweep.best), int(sweep.edge)
     if best >= 0:
         print(f"best: lr = {lrs[best]:.4g}, final loss {final[best]:.4g}")
     else:
         print("best: none, every rate diverged; lower --lr-min")
+    if held is not None and np.isfinite(held).any():
+        on_held = int(np.nanargmin(np.where(np.isfinite(held), held, np.nan)))
+        print(f"best on the held-out rows: lr = {lrs[on_held]:.4g}, held-out loss "
+              f"{held[on_held]:.4g}")
     if edge >= 0:
         at = int(sweep.diverged_at[edge])
         how = (f"diverged at step {at}" if at >= 0 else  # its batch losses all stayed finite
@@ -184,7 +198,7 @@ def lr_sweep(args):
     if folder is not None:
         from ._plots import plot_lr_sweep
 
-        _print_written([plot_lr_sweep(folder / SWEEP_FILES[0], sweep)])
+        _print_written([plot_lr_sweep(folder / SWEEP_FILES[0], sweep, held_out=held)])
     return 0
 
 

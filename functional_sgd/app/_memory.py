@@ -50,11 +50,15 @@ def lesson_needs(n, steps, batch_size, *, reference, holdout=None):
     return [("--n", n, row, "row"), ("--steps", steps, step, "step")]
 
 
-def sweep_needs(n, steps, num, batch_size):
+def sweep_needs(n, steps, num, batch_size, *, holdout=None):
     """What ``lr-sweep`` keeps: ``x`` and ``y`` once, each rate's pass over the
-    rows of a step (3 floats a row) and each rate's loss per step."""
-    per_rate = [("--n", n, 3 * FLOAT * (num + 1), "row")] if batch_size is None else [
-        ("--n", n, 3 * FLOAT, "row"), ("--batch-size", batch_size, 3 * FLOAT * num, "row")]
+    rows of a step (3 floats a row) and each rate's loss per step.
+    ``--holdout`` adds its share of rows, kept once and passed over once per
+    rate (counted in each row of ``--n``)."""
+    held_out = 0 if holdout is None else math.ceil(holdout * 3 * FLOAT * (num + 1))
+    per_rate = [("--n", n, 3 * FLOAT * (num + 1) + held_out, "row")] if batch_size is None else [
+        ("--n", n, 3 * FLOAT + held_out, "row"),
+        ("--batch-size", batch_size, 3 * FLOAT * num, "row")]
     return per_rate + [("--steps", steps, FLOAT * num, "step")]
 
 

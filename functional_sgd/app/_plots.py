@@ -188,9 +188,11 @@ def animate_fit(path, x, y, trajectory, losses, *, frames=50, fps=10):
     return path
 
 
-def plot_lr_sweep(path, sweep):
+def plot_lr_sweep(path, sweep, held_out=None):
     """Final loss against learning rate, marking the best rate and the edge
-    of divergence (rates that diverged are drawn as crosses on the top edge)."""
+    of divergence (rates that diverged are drawn as crosses on the top edge).
+    ``held_out``: each rate's loss on held-out rows after its last step,
+    drawn dashed (where finite and on the scale), its best rate marked."""
     lrs, final = np.asarray(sweep.lrs), np.asarray(sweep.final_loss)
     best, edge = int(sweep.best), int(sweep.edge)
     # The view ends at 10x the starting loss: runs that ended above it blew up,
@@ -208,6 +210,16 @@ def plot_lr_sweep(path, sweep):
     if (~np.isfinite(final)).any():
         ax.plot(lrs[~np.isfinite(final)], np.full((~np.isfinite(final)).sum(), top), "x",
                 color="tab:red", label="diverged (loss not finite)")
+    if held_out is not None:
+        held_out = np.asarray(held_out)
+        on_scale = np.isfinite(held_out) & (held_out <= top)
+        ax.plot(lrs[on_scale], held_out[on_scale], "s--", ms=3, color="tab:purple",
+                label="held-out loss")
+        if on_scale.any():
+            at = int(np.flatnonzero(on_scale)[np.argmin(held_out[on_scale])])
+            ax.plot([lrs[at]], [held_out[at]], "*", ms=13, color="tab:purple", mec="white",
+                    label=f"best on held-out rows: lr = {lrs[at]:.3g} "
+                          f"(loss {held_out[at]:.3g})")
     if best >= 0:
         ax.plot([lrs[best]], [final[best]], "*", ms=16, color="tab:green",
                 label=f"best lr = {lrs[best]:.3g} (loss {final[best]:.3g})")
