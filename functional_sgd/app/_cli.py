@@ -37,6 +37,13 @@ def _line_options(parser, *, steps_help, batch_help):
                         help=batch_help)
 
 
+def _holdout_option(parser, what_is_done):
+    parser.add_argument("--holdout", type=share, default=None, metavar="FRACTION",
+                        help="also draw round(FRACTION * --n) held-out rows of the same line, "
+                             "FRACTION in (0, 1], from a key of their own (the training rows "
+                             f"do not change); {what_is_done}")
+
+
 def _compile_cache_option(parser):
     parser.add_argument("--compile-cache", action=argparse.BooleanOptionalAction, default=True,
                         help="keep compiled programs in the user's cache folder, so the next "
@@ -76,15 +83,11 @@ def _parser():
     lesson.add_argument("--every", type=int_in(1, INT32_MAX), default=None,
                         help="print the loss every this many steps (default 10; steps/10 "
                              "on runs longer than 100 steps)")
-    lesson.add_argument("--holdout", type=share, default=None, metavar="FRACTION",
-                        help="also draw round(FRACTION * --n) held-out rows of the same line, "
-                             "FRACTION in (0, 1], from a key of their own (the training rows "
-                             "do not change); their loss is evaluated inside the compiled loop "
-                             "(every step of batch descent, every --every steps of mini-batch "
-                             "and stochastic descent, every step of the learning-rate lesson), "
-                             "printed beside the training loss and drawn dashed in "
-                             "lesson_losses.png and learning_rates.png (default: off, as in "
-                             "the lesson)")
+    _holdout_option(lesson, "their loss is evaluated inside the compiled loop (every step "
+                    "of batch descent, every --every steps of mini-batch and stochastic descent, "
+                    "every step of the learning-rate lesson), printed beside the training loss "
+                    "and drawn dashed in lesson_losses.png and learning_rates.png (default: "
+                    "off, as in the lesson)")
     lesson.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar while training (default: only on a terminal)")
     lesson.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
@@ -108,13 +111,9 @@ def _parser():
     sweep.add_argument("--num", type=int_in(2, MAX_RATES), default=64,
                        help=f"rates, spaced evenly on a log scale, 2 to {MAX_RATES} "
                             "(default 64)")
-    sweep.add_argument("--holdout", type=share, default=None, metavar="FRACTION",
-                       help="also draw round(FRACTION * --n) held-out rows of the same line, "
-                            "FRACTION in (0, 1], from a key of their own (the training rows "
-                            "do not change); every rate's loss on them after its last step is "
-                            "evaluated in the same compiled call, printed beside its final "
-                            "loss and drawn in lr_sweep.png, with the best rate on them "
-                            "(default: off)")
+    _holdout_option(sweep, "every rate's loss on them after its last step is evaluated in "
+                    "the same compiled call, printed beside its final loss and drawn in "
+                    "lr_sweep.png, with the best rate on them (default: off)")
     _common(sweep, out_files=SWEEP_FILES)
 
     digits = commands.add_parser(
