@@ -210,7 +210,7 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         and eval_every is None
         and monitor is None and mode == "min" and restore_best is False) else None
     if warm_call is not None:
-        warm = _warm.recall(warm_call, params)
+        warm = _warm.recall(warm_call)
         if warm is not None:
             lr = _checks.check_lr(lr, optimizer, None, params)
             return warm.again(params, data, lr, key, indices, tol, patience)
@@ -259,7 +259,7 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         _checks.check_no_chunk_options(on_chunk, checkpoint)
         out = result(*loop(spec, carry, inputs))
         if warm_call is not None and model.plain and not read_on_host:
-            _warm.remember(warm_call, params, spec, carry)  # after the run: it succeeded
+            _warm.remember(warm_call, spec, carry)  # after the run: it succeeded
         return out
     chunk_size = _checks.check_chunks(chunk_size, on_chunk,
                                       (params, data, lr, start_step, rng, state, eval_data))
