@@ -266,3 +266,65 @@ def test_params_of_a_pytree_class_take_the_full_path():
     assert _warm.signature(Line(a, a)) is None and _warm.signature((Line(a, a),)) is None
     assert _warm.signature((a, [a, {"c": a, "d": None}])) is not None
     assert _warm.signature(()) is None and _warm.signature((a, np.zeros(()))) is None
+
+
+def digits_run(**kwargs):
+    """A run of the 3-vs-7 classifier that evaluates held-out accuracy every 7 steps."""
+    from functional_sgd.lesson import accuracy, classifier_mnist_loss, init_classifier
+
+    digits = fsgd.digits_3_vs_7(jax.random.key(0))
+    train = (jnp.asarray(digits.train_x), jnp.asarray(digits.train_y))
+    valid = (jnp.asarray(digits.valid_x), jnp.asarray(digits.valid_y))
+    params = init_classifier(jax.random.key(1), 64, std=0.1)
+    key = jax.random.key(2)  # one array: a new key is another call
+
+    def run(params=params, valid=valid, **more):
+        return fsgd.fit(classifier_mnist_loss, params, train, **{
+            "lr": 0.05, "steps": 200, "batch_size": 10, "key": key,
+            "replace": False, "evaluate": accuracy_of, "eval_data": valid, "eval_every": 7,
+            **kwargs, **more})
+
+    def accuracy_of(params, x, y):
+        return {"accuracy": accuracy(params, x, y)}
+
+    return run, params, valid
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"monitor": "accuracy", "mode": "max", "patience": 4},
+    {"monitor": "accuracy", "mode": "max", "patience": 4, "restore_best": True},
+])
+def test_evaluated_calls_stay_warm_with_the_cold_results(checks_run, options):
+    """fit(evaluate=...) repeated with the same held-out arrays skips the
+    checks and compiles nothing; every field (evaluations, the step the rule
+    stopped at, the best params restored) is the cold call's, bit for bit."""
+    from helpers import count_compilations
+
+    _repeat._compiled_loop.clear_cache()
+    _repeat._plain_loop.clear_cache()
+    run, _, _ = digits_run(**options)
+    cold = run()
+    with count_compilations() as compiled:
+        warm = [run(), run(params=cold.params)]
+    assert compiled[0] == 0 and checks_run[0] == 1
+    assert_same_result(cold, warm[0])
+    assert not np.array_equal(warm[1].evals["accuracy"], cold.evals["accuracy"])
+    _warm._calls.clear()
+    assert_same_result(run(params=cold.params), warm[1])
+    if "patience" in options:
+        assert int(cold.steps_run) < 200  # the rule fired
+    if options.get("restore_best"):
+        unrestored = run(restore_best=False)
+        assert not all(np.array_equal(a, b) for a, b in zip(unrestored.params, cold.params))
+
+
+def test_new_held_out_arrays_are_checked_again(checks_run):
+    run, _, valid = digits_run()
+    run()
+    run(valid=(valid[0] + 0, valid[1]))  # another array: the full path
+    assert checks_run[0] == 2
+    with pytest.raises(ValueError, match=r"eval_data\[0\] contains NaN"):
+        run(valid=(valid[0].at[0, 0].set(jnp.nan), valid[1]))
+    run(valid=list(valid))  # not a tuple: always the full path
+    assert checks_run[0] == 4

@@ -203,17 +203,18 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     # A call repeating an earlier one's arrays and options skips the checks it passed.
     warm_call = _warm.key(loss, params, data, key, indices, optimizer, (
         steps, batch_size, replace, tol, patience, record_params, start_step, check_finite,
-        fast_path, speed, drop_last)) if (
+        fast_path, speed, drop_last, evaluate, eval_every, monitor, mode, restore_best),
+        eval_data) if (
         opt_state is None and chunk_size is None and on_chunk is None and mesh is None
         and checkpoint is None and rng is None and state is None and has_aux is False
-        and trainable is None and evaluate is None and type(eval_data) is tuple and not eval_data
-        and eval_every is None
-        and monitor is None and mode == "min" and restore_best is False) else None
+        and trainable is None and (evaluate is not None or (
+            not _evaluate.given_data(eval_data) and eval_every is None and monitor is None
+            and mode == "min" and restore_best is False))) else None
     if warm_call is not None:
         warm = _warm.recall(warm_call)
         if warm is not None:
             lr = _checks.check_lr(lr, optimizer, None, params)
-            return warm.again(params, data, lr, key, indices, tol, patience)
+            return warm.again(params, data, lr, key, indices, tol, patience, eval_data)
     data, structure, names = _checks.flatten_data(data)
     read_on_host = _checks.read_on_host(data, batch_size, indices)
     data, n = _checks.check_data(data, check_finite and not read_on_host, names)

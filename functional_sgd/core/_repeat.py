@@ -300,9 +300,10 @@ def known_counts(spec, start):
 
 @functools.lru_cache(maxsize=256)
 def _int32_constant(value):
-    """One device scalar per value (JAX arrays are immutable, so sharing is safe)."""
+    """One device scalar per value (JAX arrays are immutable, so sharing is safe),
+    copied there as it is (``jnp.asarray`` of a Python int compiles a conversion)."""
     with jax.ensure_compile_time_eval():
-        return jnp.asarray(value, jnp.int32)
+        return jax.device_put(np.int32(value))
 
 
 COMPILED_LOOPS_KEPT = 64

@@ -15,7 +15,10 @@ checks of such params depend only on their structure and each leaf's
 shape, dtype and weak type. On 2 cores the ~30 us of checks run ~8x slower
 right after a run (its batches have pushed the interpreter out of the
 caches): ~0.25 ms of a 10 ms run of 2,560 steps, measured against the same
-run written by hand (``bench/evaluate_overhead.py``).
+run written by hand (``bench/evaluate_overhead.py``). A run that
+evaluates held-out data (``evaluate``, ``monitor``, ``restore_best``...) is
+repeated the same way when its ``eval_data`` is the same tuple of JAX
+arrays: the held-out arrays are part of the call's key.
 
 NumPy data (which can be written to between calls), params of a pytree
 class or with NumPy or Python leaves, chunks, meshes, checkpoints and a
@@ -67,14 +70,16 @@ class Warm(NamedTuple):
 _calls = {}
 
 
-def key(loss, params, data, batch_key, indices, optimizer, options):
+def key(loss, params, data, batch_key, indices, optimizer, options, eval_data=()):
     """``(key, arrays, signature)`` of a call: the dictionary key, the arrays
     it names and the signature of its params (:func:`signature`), or
     ``None`` when the call is not one that may skip its checks. ``options``:
-    the call's settings (a call whose options do not hash is not remembered)."""
-    if _CONCRETE is None or type(data) is not tuple:
+    the call's settings (a call whose options do not hash is not remembered).
+    ``eval_data`` (a tuple of arrays, with ``evaluate`` among the options)
+    is named after the data, key and indices."""
+    if _CONCRETE is None or type(data) is not tuple or type(eval_data) is not tuple:
         return None
-    for a in data:
+    for a in data + eval_data:
         if type(a) is not _CONCRETE:
             return None
     arrays = data
@@ -86,6 +91,7 @@ def key(loss, params, data, batch_key, indices, optimizer, options):
         if type(indices) is not _CONCRETE:
             return None
         arrays += (indices,)
+    arrays += eval_data
     params_signature = signature(params)
     if params_signature is None:
         return None
@@ -171,17 +177,23 @@ class Again:
         self.known = None  # (step, stop, steps_run, step_after) on the device
         self.last_lr = (None, None)  # a float lr and its device scalar, once it repeats
 
-    def __call__(self, params, data, lr, key, indices, tol, patience):
+    def __call__(self, params, data, lr, key, indices, tol, patience, eval_data=()):
         known = self.known or self._know()
         step, stop, steps_run, step_after = known
         if type(lr) is float:
             lr = self._lr_on_device(lr)
+        evaluation = self.spec.evaluation
+        best = (params, None) if evaluation is not None and evaluation.restore_best else None
         # The fields of Carry(params, opt_state, step, stop, state, best) and of Inputs(data,
         # lr, key, indices, tol, patience, rng, eval_data), without building either.
-        out = flat_loop_outputs(self.spec, (params, None, step, stop, None, None,
-                                            data, lr, key, indices, tol, patience, None, ()))
-        if out[_STEPS_RUN] is not None:  # a stop rule: the loop counted
-            return fit_result(Carry(*out[:_CARRY_FIELDS]), Record(*out[_CARRY_FIELDS:]))
+        out = flat_loop_outputs(self.spec, (params, None, step, stop, None, best,
+                                            data, lr, key, indices, tol, patience, None,
+                                            eval_data))
+        if out[_STEPS_RUN] is not None:  # a stop rule or evaluations: the loop counted
+            carry = Carry(*out[:_CARRY_FIELDS])
+            if best is not None:  # the params of the first best evaluation
+                carry = carry._replace(params=carry.best[0])
+            return fit_result(carry, Record(*out[_CARRY_FIELDS:]))
         return FitResult(out[_PARAMS], out[_LOSSES], out[_DIVERGED_AT], steps_run, step_after,
                          out[_OPT_STATE], out[_TRAJECTORY])
 
