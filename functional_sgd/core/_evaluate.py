@@ -103,6 +103,13 @@ class Evaluation:
         return -value if self.mode == "max" else value
 
 
+def restored(carry):
+    """``carry`` of a run with ``restore_best``, its params (and state) those
+    of its first best evaluation."""
+    params, state = carry.best
+    return carry._replace(params=params, state=state)
+
+
 def watch(rule, state, value, *, tol, patience):
     """The stop state after an evaluation whose signed monitored value is
     ``value``, and whether it improved (strictly) on the best so far.

@@ -276,10 +276,8 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
 
 
 def _restored(result, carry, record):
-    """``result`` of a run with ``restore_best``: the params (and state) of
-    its first best evaluation."""
-    params, state = carry.best
-    return result(carry._replace(params=params, state=state), record)
+    """``result`` of a run with ``restore_best`` (see ``_evaluate.restored``)."""
+    return result(_evaluate.restored(carry), record)
 
 
 HOST_BLOCK_BYTES = 16 * 2**20

@@ -29,9 +29,15 @@ def initialize(spec, params, opt_state, start_step, loss_dtype, state=None):
     """
     if isinstance(start_step, (int, np.integer)):
         start_step = np.int32(start_step)
-    best = (params, state) if spec.evaluation is not None and spec.evaluation.restore_best \
-        else None
-    return Carry(params, opt_state, start_step, spec.stop.init(loss_dtype), state, best)
+    return Carry(params, opt_state, start_step, spec.stop.init(loss_dtype), state,
+                 best_start(spec, params, state))
+
+
+def best_start(spec, params, state):
+    """The best params (and state) so far before the first evaluation: the
+    start's, with ``restore_best``; ``None`` without it."""
+    evaluation = spec.evaluation
+    return (params, state) if evaluation is not None and evaluation.restore_best else None
 
 
 def optimizer_state(optimizer, params, opt_state):

@@ -40,6 +40,8 @@ from typing import Any, NamedTuple
 import jax
 
 from .._types import Carry, FitResult, Record, fit_result
+from ._evaluate import restored
+from ._initialize import best_start
 from ._repeat import OUTPUT, flat_loop_outputs, known_counts
 
 _PARAMS, _OPT_STATE, _LOSSES, _DIVERGED_AT, _STEPS_RUN, _TRAJECTORY = (OUTPUT[name] for name in (
@@ -182,8 +184,7 @@ class Again:
         step, stop, steps_run, step_after = known
         if type(lr) is float:
             lr = self._lr_on_device(lr)
-        evaluation = self.spec.evaluation
-        best = (params, None) if evaluation is not None and evaluation.restore_best else None
+        best = best_start(self.spec, params, None)
         # The fields of Carry(params, opt_state, step, stop, state, best) and of Inputs(data,
         # lr, key, indices, tol, patience, rng, eval_data), without building either.
         out = flat_loop_outputs(self.spec, (params, None, step, stop, None, best,
@@ -191,8 +192,8 @@ class Again:
                                             eval_data))
         if out[_STEPS_RUN] is not None:  # a stop rule or evaluations: the loop counted
             carry = Carry(*out[:_CARRY_FIELDS])
-            if best is not None:  # the params of the first best evaluation
-                carry = carry._replace(params=carry.best[0])
+            if best is not None:
+                carry = restored(carry)
             return fit_result(carry, Record(*out[_CARRY_FIELDS:]))
         return FitResult(out[_PARAMS], out[_LOSSES], out[_DIVERGED_AT], steps_run, step_after,
                          out[_OPT_STATE], out[_TRAJECTORY])
