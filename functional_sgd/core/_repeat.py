@@ -52,7 +52,11 @@ def run(spec, carry, inputs, *, mesh=None):
 def run_loop(spec, carry, inputs):
     """The compiled loop on one device, its ``(Carry, Record)`` as :func:`loop`
     returns them (without what the host knows)."""
-    out = flat_loop_outputs(spec, (*carry, *inputs))
+    return carry_and_record(flat_loop_outputs(spec, (*carry, *inputs)))
+
+
+def carry_and_record(out):
+    """``(Carry, Record)`` of :func:`flat_loop_outputs`' flat tuple."""
     return Carry(*out[:_CARRY_FIELDS]), Record(*out[_CARRY_FIELDS:])
 
 

@@ -39,14 +39,13 @@ from typing import Any, NamedTuple
 
 import jax
 
-from .._types import Carry, FitResult, Record, fit_result
+from .._types import FitResult, fit_result
 from ._evaluate import restored
 from ._initialize import best_start
-from ._repeat import OUTPUT, flat_loop_outputs, known_counts
+from ._repeat import OUTPUT, carry_and_record, flat_loop_outputs, known_counts
 
 _PARAMS, _OPT_STATE, _LOSSES, _DIVERGED_AT, _STEPS_RUN, _TRAJECTORY = (OUTPUT[name] for name in (
     "params", "opt_state", "losses", "diverged_at", "steps_run", "trajectory"))
-_CARRY_FIELDS = len(Carry._fields)
 
 try:  # the type of every concrete JAX array (tracers and NumPy arrays are not)
     from jax._src.array import ArrayImpl as _CONCRETE
@@ -191,10 +190,10 @@ class Again:
                                             data, lr, key, indices, tol, patience, None,
                                             eval_data))
         if out[_STEPS_RUN] is not None:  # a stop rule or evaluations: the loop counted
-            carry = Carry(*out[:_CARRY_FIELDS])
+            carry, record = carry_and_record(out)
             if best is not None:
                 carry = restored(carry)
-            return fit_result(carry, Record(*out[_CARRY_FIELDS:]))
+            return fit_result(carry, record)
         return FitResult(out[_PARAMS], out[_LOSSES], out[_DIVERGED_AT], steps_run, step_after,
                          out[_OPT_STATE], out[_TRAJECTORY])
 
