@@ -169,11 +169,11 @@ def methods(size):
         return jax.block_until_ready(fsgd.fit(loss, params, train, **common).params)
 
     def in_loop():
-        result = fsgd.fit(loss, params, train, evaluate=scores, eval_data=valid, **common)
+        result = fsgd.fit(loss, params, train, evaluation=fsgd.Evaluation(scores, valid), **common)
         return jax.block_until_ready(result)
 
     def periods_alone():
-        result = fsgd.fit(loss, params, train, evaluate=bias, eval_every=per_epoch, **common)
+        result = fsgd.fit(loss, params, train, evaluation=fsgd.Evaluation(bias, every=per_epoch), **common)
         return jax.block_until_ready((result.params, result.evals))
 
     def hand_written():
@@ -202,9 +202,8 @@ def methods(size):
 
     def callback():
         curve = []
-        result = fsgd.fit(loss, params, train, chunk_size=per_epoch, **common,
-                          on_chunk=lambda chunk: curve.append(
-                              jax.block_until_ready(evaluated(chunk.params, *valid))))
+        result = fsgd.fit(loss, params, train, run=fsgd.Run(chunk_size=per_epoch, on_chunk=lambda chunk: curve.append(
+                              jax.block_until_ready(evaluated(chunk.params, *valid)))), **common)
         return jax.block_until_ready(result.params), curve
 
     return {"fit": plain, "fit(evaluate=...)": in_loop, "by hand": hand_written,

@@ -100,11 +100,11 @@ def streams(budget):
         return jax.block_until_ready(state.params)
 
     streamed = fsgd.fit(fsgd.linear_mse, start, fsgd.stream(iter(batches), block=256), lr=LR)
-    in_memory = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, indices=rows)
+    in_memory = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, rows=fsgd.Schedule(rows))
     same = bool(np.array_equal(streamed.params, in_memory.params))
     runs = {
         "fit, in memory (indices)": lambda: jax.block_until_ready(
-            fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, indices=rows).params),
+            fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, rows=fsgd.Schedule(rows)).params),
         "fit(stream(batches), block=256)": lambda: jax.block_until_ready(
             fsgd.fit(fsgd.linear_mse, start, fsgd.stream(iter(batches), block=256),
                      lr=LR).params),
@@ -122,10 +122,10 @@ def epochs(budget):
     steps = N // BATCH
     runs = {f"epoch, replace={replace}": (lambda replace=replace: jax.block_until_ready(
         fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=steps, batch_size=BATCH,
-                 key=key, replace=replace).params)) for replace in (True, False)}
+                 key=key, rows=(fsgd.Shuffled() if not replace else fsgd.Sampled())).params)) for replace in (True, False)}
     runs["epoch, replace=False, drop_last=False"] = lambda: jax.block_until_ready(
         fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=-(-N // BATCH),
-                 batch_size=BATCH, key=key, replace=False, drop_last=False).params)
+                 batch_size=BATCH, key=key, rows=fsgd.Shuffled(drop_last=False)).params)
     times = in_turns(runs, budget)
     key = jax.random.key(0)
     n = 1_000_000

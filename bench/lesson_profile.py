@@ -66,7 +66,7 @@ def measure(tune, calls):
 
     from bench import peers
     from bench.workloads import FULL, make_problem
-    from functional_sgd.core import _repeat, _warm
+    from functional_sgd.core import _repeat
 
     problem = make_problem(next(w for w in FULL if w.name == "lesson"))
     w = problem.workload
@@ -75,9 +75,14 @@ def measure(tune, calls):
     def fit():
         return fsgd.fit(fsgd.linear_mse, start, (x, y), lr=w.lr, steps=w.steps).params
 
-    _warm._calls.clear()  # the one call remembered is this one
+    trainer = fsgd.Trainer(fsgd.linear_mse, steps=w.steps)
+
+    def trained():
+        return trainer(start, (x, y), lr=w.lr).params
+
     fit(), fit(), fit()  # compiled, remembered, its lr on the device: warm calls from here
-    again = next(iter(_warm._calls.values())).again
+    trained(), trained(), trained()
+    again = trainer._memory.last()
     step, stop, *_ = again.known
     fields = (start, None, step, stop, None, None,
               (x, y), again.last_lr[1], None, None, None, None, None, ())
@@ -85,7 +90,7 @@ def measure(tune, calls):
         _repeat._plain_loop
     scan = peers.handwritten_scan(problem, None)
     trivial = jax.jit(lambda p: p + 1)
-    runs = {"fit": fit, "fit's jitted call": lambda: loop(*fields, spec=again.spec)[0],
+    runs = {"fit": fit, "Trainer call": trained, "fit's jitted call": lambda: loop(*fields, spec=again.spec)[0],
             "hand-written scan": scan, "trivial jitted call": lambda: trivial(start)}
     times = {name: [] for name in runs}
     for run in runs.values():

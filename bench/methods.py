@@ -72,7 +72,7 @@ def _fit_fused(problem, device, fast_path="auto"):
 
     def run():
         result = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=w.lr, steps=w.steps,
-                          indices=indices, fast_path=fast_path)
+                          rows=fsgd.Schedule(indices), run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=fast_path)))
         return np.asarray(result.params)
 
     return run
@@ -96,7 +96,7 @@ def _fit_new_inputs(problem, device, *, new_lr):
         k = next(calls) % variants
         lr = lrs[k] if new_lr else w.lr
         result = fsgd.fit(fsgd.linear_mse, start, data[k], lr=lr, steps=w.steps,
-                          indices=indices)
+                          rows=fsgd.Schedule(indices))
         return np.asarray(result.params)
 
     return run
@@ -110,7 +110,7 @@ def _fit_vmap(problem, device, *, jitted):
 
     def one(lr):
         return fsgd.fit(fsgd.linear_mse, start, (x, y), lr=lr, steps=steps,
-                        indices=indices).params
+                        rows=fsgd.Schedule(indices)).params
 
     train_all = jax.jit(jax.vmap(one)) if jitted else jax.vmap(one)
     return lambda: np.asarray(train_all(lrs))
@@ -122,7 +122,7 @@ def _fit_each_lr(problem, device):
 
     def run():
         return np.stack([np.asarray(fsgd.fit(fsgd.linear_mse, start, (x, y), lr=lr,
-                                             steps=steps, indices=indices).params)
+                                             steps=steps, rows=fsgd.Schedule(indices)).params)
                          for lr in lrs])
 
     return run
@@ -196,7 +196,7 @@ def _torch_reference(problem, device):
 
     def run():
         finals = [reference.fit(fsgd.linear_mse, start, data, lr=lr, steps=w.steps,
-                                indices=problem.indices)[0] for lr in lrs]
+                                rows=fsgd.Schedule(problem.indices))[0] for lr in lrs]
         return finals[0] if problem.lrs is None else np.stack(finals)
 
     return run

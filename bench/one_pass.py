@@ -32,7 +32,7 @@ STEPS = 100
 
 def fit_run(x, y, a, plan):
     return lambda: fsgd.fit(fsgd.linear_mse, a, (x, y), lr=1e-3, steps=STEPS,
-                            fast_path=False, speed=plan).params.block_until_ready()
+                            run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=False))).params.block_until_ready()
 
 
 def torch_run(x, y, a):
@@ -75,8 +75,7 @@ def main():
         if not args.no_torch:
             methods["torch reference"] = (torch_run(x, y, a), 2)
         results = {name: np.asarray(fsgd.fit(fsgd.linear_mse, aj, (xj, yj), lr=1e-3,
-                                             steps=STEPS, fast_path=False,
-                                             speed=SpeedPlan(one_pass=False)).params)
+                                             steps=STEPS, run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=False))).params)
                    for name in ("plain",)}
         for name, (run, _) in methods.items():  # warm-up, and agreement with the plain path
             out = run()

@@ -52,7 +52,7 @@ def problem(n, d, width, depth, steps, batch_size):
 
 def with_fit(model, x, y, indices, optimizer):
     def run():
-        result = fsgd.fit(loss, model, (x, y), indices=indices, optimizer=optimizer)
+        result = fsgd.fit(loss, model, (x, y), rows=fsgd.Schedule(indices), optimizer=optimizer)
         return jax.block_until_ready((result.params, result.losses))
     return run
 

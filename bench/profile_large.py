@@ -71,7 +71,7 @@ def torch_passes(x, y, a):
 def fit_step(x, y, a):
     xj, yj, aj = jnp.asarray(x), jnp.asarray(y), jnp.asarray(a)
     return lambda: fsgd.fit(fsgd.linear_mse, aj, (xj, yj), lr=1e-3, steps=PASSES,
-                            fast_path=False).params.block_until_ready()
+                            run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=False))).params.block_until_ready()
 
 
 def torch_step(x, y, a):

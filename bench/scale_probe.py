@@ -111,8 +111,7 @@ def per_sample_methods(x, y, lr):
         return model.coef_
 
     def jax_fit():
-        return fsgd.fit(fsgd.linear_mse, a, (xj, yj), lr=lr, indices=rows,
-                        check_finite=False).params.block_until_ready()
+        return fsgd.fit(fsgd.linear_mse, a, (xj, yj), lr=lr, rows=fsgd.Schedule(rows), run=fsgd.Run(check_finite=False)).params.block_until_ready()
 
     return {"jax per-sample": jax_fit, "sklearn SGDRegressor": sklearn}
 

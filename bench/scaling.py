@@ -79,7 +79,7 @@ def _worker(args):
         for where in (None, mesh):
             def call():
                 result = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=args.steps,
-                                  mesh=where, **kwargs)
+                                  run=fsgd.Run(mesh=where), **kwargs)
                 return result.params.block_until_ready()
 
             compile_s, run_s = _time_calls(call, args.repeats)

@@ -15,6 +15,14 @@ from .lesson import LESSON_START as LESSON_START
 from .lesson import lesson_data as lesson_data
 from .core import FitResult as FitResult
 from .core import fit as fit
+from .core import Trainer as Trainer
+from .core import Evaluation as Evaluation
+from .core import Model as Model
+from .core import Run as Run
+from .core import Sampled as Sampled
+from .core import Schedule as Schedule
+from .core import Shuffled as Shuffled
+from .core import Stop as Stop
 from .core import gradient as gradient
 from .core import linear as linear
 from .core import linear_mse as linear_mse

@@ -63,7 +63,7 @@ def agreement(n, devices, modes):
     for mode in modes:
         kwargs = MODES[mode]
         one = fit((x, y), start, **kwargs)
-        many = fit((x, y), start, mesh=mesh_of((devices,)), **kwargs)
+        many = fit((x, y), start, run=fsgd.Run(mesh=mesh_of((devices,))), **kwargs)
         out[mode] = {"params": max_relative_error(many.params, one.params),
                      "losses": max_relative_error(many.losses, one.losses),
                      "devices": len(many.params.sharding.device_set),
@@ -83,16 +83,15 @@ def resumed_on_mesh(data, start, mesh, **kwargs):
         raise Crash
 
     kwargs = {**kwargs, "chunk_size": STEPS // 2}
-    whole = fit(data, start, mesh=mesh, **kwargs)
+    whole = fit(data, start, run=fsgd.Run(mesh=mesh), **kwargs)
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "run.npz")
         try:
-            fit(data, start, mesh=mesh, checkpoint=path, on_chunk=crash, **kwargs)
+            fit(data, start, run=fsgd.Run(on_chunk=crash, checkpoint=path, mesh=mesh), **kwargs)
         except Crash:
             pass
         starts = []
-        resumed = fit(data, start, mesh=mesh, checkpoint=path, **kwargs,
-                      on_chunk=lambda r: starts.append(int(r.step) - int(r.steps_run)))
+        resumed = fit(data, start, run=fsgd.Run(on_chunk=lambda r: starts.append(int(r.step) - int(r.steps_run)), checkpoint=path, mesh=mesh), **kwargs)
     return {"error": max_relative_error(resumed, whole), "resumed_from": starts[0]}
 
 
@@ -108,8 +107,8 @@ def monitored(data, start, mesh):
               "restore_best": True, "eval_data": (held_x, held_y),
               "evaluate": lambda a, x, y: {"mse": fsgd.linear_mse(a, x, y)}}
     one = fit(data, start, **kwargs)
-    many = fit(data, start, mesh=mesh, **kwargs)
-    chunked = fit(data, start, mesh=mesh, chunk_size=30, **kwargs)
+    many = fit(data, start, run=fsgd.Run(mesh=mesh), **kwargs)
+    chunked = fit(data, start, run=fsgd.Run(chunk_size=30, mesh=mesh), **kwargs)
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "run.npz")
 
@@ -117,11 +116,11 @@ def monitored(data, start, mesh):
             raise KeyboardInterrupt
 
         try:
-            fit(data, start, mesh=mesh, checkpoint=path, on_chunk=crash, chunk_size=30,
+            fit(data, start, run=fsgd.Run(chunk_size=30, on_chunk=crash, checkpoint=path, mesh=mesh),
                 **kwargs)
         except KeyboardInterrupt:
             pass
-        resumed = fit(data, start, mesh=mesh, checkpoint=path, chunk_size=30, **kwargs)
+        resumed = fit(data, start, run=fsgd.Run(chunk_size=30, checkpoint=path, mesh=mesh), **kwargs)
     made = np.asarray(one.eval_steps) >= 0
 
     def error(a, b):
@@ -146,13 +145,13 @@ def extras():
     kwargs = dict(lr=None, optimizer=optax.sgd(0.05, momentum=0.9), batch_size=5,
                   key=jax.random.key(3), record_params=True)
     one = fit((x, y), start, **kwargs)
-    many = fit((x, y), start, mesh=mesh, **kwargs)
-    chunked = fit((x, y), start, mesh=mesh, chunk_size=STEPS // 2, **kwargs)
-    stop_one = fit((x, y), start, steps=500, tol=0.1)
-    stop_many = fit((x, y), start, steps=500, tol=0.1, mesh=mesh)
-    fit((x, y), start, mesh=mesh, **kwargs).params.block_until_ready()
+    many = fit((x, y), start, run=fsgd.Run(mesh=mesh), **kwargs)
+    chunked = fit((x, y), start, run=fsgd.Run(chunk_size=STEPS // 2, mesh=mesh), **kwargs)
+    stop_one = fit((x, y), start, steps=500, stop=fsgd.Stop(tol=0.1))
+    stop_many = fit((x, y), start, steps=500, stop=fsgd.Stop(tol=0.1), run=fsgd.Run(mesh=mesh))
+    fit((x, y), start, run=fsgd.Run(mesh=mesh), **kwargs).params.block_until_ready()
     with count_compilations() as compiled:
-        again = fit((x * 0.5, y), start * 2, mesh=mesh, **{**kwargs, "key": jax.random.key(4)})
+        again = fit((x * 0.5, y), start * 2, run=fsgd.Run(mesh=mesh), **{**kwargs, "key": jax.random.key(4)})
         again.params.block_until_ready()
     del kwargs["record_params"]  # a checkpoint does not store the trajectory
     return {

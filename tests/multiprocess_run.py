@@ -36,7 +36,7 @@ def run(mesh=None):
     for mode, batch_size in MODES.items():
         kwargs = {} if batch_size is None else {"batch_size": batch_size,
                                                 "key": jax.random.key(1)}
-        result = fsgd.fit(fsgd.linear_mse, start, data, lr=0.1, steps=STEPS, mesh=mesh,
+        result = fsgd.fit(fsgd.linear_mse, start, data, lr=0.1, steps=STEPS, run=fsgd.Run(mesh=mesh),
                           **kwargs)
         results[mode] = {"params": np.asarray(result.params).tolist(),
                          "losses": np.asarray(result.losses).tolist()}

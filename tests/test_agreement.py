@@ -42,10 +42,10 @@ def schedule(batch_size, steps=STEPS):
 def run_both(dtype, batch_size, **fit_kwargs):
     x, y, start = lesson_problem(dtype)
     indices = schedule(batch_size)
-    ours = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, indices=indices,
+    ours = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, rows=fsgd.Schedule(indices),
                     **fit_kwargs)
     theirs = reference.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS,
-                           indices=indices)
+                           rows=fsgd.Schedule(indices))
     return ours, theirs
 
 
@@ -74,7 +74,7 @@ def test_keyed_mini_batch_replays_in_the_reference(x64):
     ours = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, batch_size=5,
                     key=key)
     indices = np.asarray(fsgd.sample_indices(key, 100, STEPS, 5))
-    params, losses = reference.fit(fsgd.linear_mse, start, (x, y), lr=LR, indices=indices)
+    params, losses = reference.fit(fsgd.linear_mse, start, (x, y), lr=LR, rows=fsgd.Schedule(indices))
     assert max_relative_error(ours.params, params) <= 1e-12
     assert max_relative_error(ours.losses, losses) <= 1e-12
 
@@ -99,9 +99,9 @@ def test_optax_sgd_equals_the_plain_update(x64, mode):
     optax = pytest.importorskip("optax")
     x, y, start = lesson_problem(np.float64)
     indices = schedule(MODES[mode])
-    plain = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, indices=indices)
+    plain = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, rows=fsgd.Schedule(indices))
     with_optax = fsgd.fit(fsgd.linear_mse, start, (x, y), optimizer=optax.sgd(LR),
-                          steps=STEPS, indices=indices)
+                          steps=STEPS, rows=fsgd.Schedule(indices))
     # p + (-(lr g)) and p - lr g round identically: the same bits.
     assert_trees_close(with_optax.params, plain.params)
     assert_trees_close(with_optax.losses, plain.losses)
@@ -113,13 +113,13 @@ def test_optax_momentum_equals_torch_sgd_momentum(x64, mode):
     x, y, start = lesson_problem(np.float64)
     indices = schedule(MODES[mode])
     ours = fsgd.fit(fsgd.linear_mse, start, (x, y), optimizer=optax.sgd(LR, momentum=0.9),
-                    steps=STEPS, indices=indices)
+                    steps=STEPS, rows=fsgd.Schedule(indices))
     params, losses = reference.fit(
-        fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, indices=indices,
+        fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, rows=fsgd.Schedule(indices),
         optimizer=functools.partial(torch.optim.SGD, momentum=0.9))
     assert max_relative_error(ours.params, params) <= 1e-12
     assert max_relative_error(ours.losses, losses) <= 1e-12
-    plain = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, indices=indices)
+    plain = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, rows=fsgd.Schedule(indices))
     assert not np.allclose(np.asarray(plain.params), params)  # momentum made a difference
 
 

@@ -50,7 +50,7 @@ def test_truth_is_fit_in_float64(x64, workload):
 
     def one(lr):
         return fsgd.fit(fsgd.linear_mse, problem.start.astype(np.float64), (x, y), lr=lr,
-                        steps=workload.steps, indices=problem.indices).params
+                        steps=workload.steps, rows=fsgd.Schedule(problem.indices)).params
 
     lrs = problem.lrs.astype(np.float64) if workload.sweep else None
     params = jax.vmap(one)(lrs) if workload.sweep else one(np.float64(workload.lr))
@@ -61,9 +61,9 @@ def test_agreement_check_catches_a_wrong_schedule():
     problem = workloads.make_problem(workloads.SMOKE[2])  # mini-batch
     expected = workloads.truth(problem)
     right = fsgd.fit(fsgd.linear_mse, problem.start, (problem.x, problem.y), lr=0.1,
-                     indices=problem.indices).params
+                     rows=fsgd.Schedule(problem.indices)).params
     wrong = fsgd.fit(fsgd.linear_mse, problem.start, (problem.x, problem.y), lr=0.1,
-                     indices=problem.indices[::-1]).params
+                     rows=fsgd.Schedule(problem.indices[::-1])).params
     assert workloads.close_to_truth(right, expected) <= workloads.AGREEMENT
     assert workloads.close_to_truth(wrong, expected) > 10 * workloads.AGREEMENT
 

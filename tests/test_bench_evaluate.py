@@ -33,7 +33,7 @@ def small_run():
     steps = size["n"] // size["batch"] * size["epochs"]
     result = evaluate_overhead.fsgd.fit(
         evaluate_overhead.loss, params, train, lr=0.1, steps=steps, batch_size=size["batch"],
-        key=key, replace=False, evaluate=evaluate_overhead.scores, eval_data=valid)
+        key=key, rows=fsgd.Shuffled(), evaluation=fsgd.Evaluation(evaluate_overhead.scores, valid))
 
     def by_hand(**changed):
         arguments = {"batch_size": size["batch"], "epochs": size["epochs"], "lr": 0.1,

@@ -56,10 +56,10 @@ CASES = {
 def test_blocks_give_the_bits_of_one_gather(case, steps_per_block, blocks_run):
     params, data = problem()
     kwargs = {"lr": 0.3, "steps": STEPS, "batch_size": BATCH, **CASES[case]}
-    whole = fsgd.fit(loss, params, data, speed=SpeedPlan(gather_block_bytes=0), **kwargs)
+    whole = fsgd.fit(loss, params, data, run=fsgd.Run(speed=SpeedPlan(gather_block_bytes=0)), **kwargs)
     assert blocks_run == []
     plan = SpeedPlan(gather_block_bytes=steps_per_block * STEP_BYTES + 3)
-    blocked = fsgd.fit(loss, params, data, speed=plan, **kwargs)
+    blocked = fsgd.fit(loss, params, data, run=fsgd.Run(speed=plan), **kwargs)
     assert blocks_run == [steps_per_block]  # 37 steps: whole blocks, then a shorter one
     assert_trees_close(blocked.params, whole.params, rtol=0, atol=0)
     assert_trees_close(blocked.losses, whole.losses, rtol=0, atol=0)
@@ -71,17 +71,17 @@ def test_blocks_keep_aux_chunks_and_a_sweep(blocks_run):
     kwargs = {"lr": 0.3, "steps": STEPS, "batch_size": BATCH, "key": jax.random.key(1),
               "replace": False, "has_aux": True}
     plan = SpeedPlan(gather_block_bytes=4 * STEP_BYTES + 1)
-    whole = fsgd.fit(loss_with_aux, params, data, speed=SpeedPlan(gather_block_bytes=0),
+    whole = fsgd.fit(loss_with_aux, params, data, run=fsgd.Run(speed=SpeedPlan(gather_block_bytes=0)),
                      **kwargs)
-    blocked = fsgd.fit(loss_with_aux, params, data, speed=plan, **kwargs)
+    blocked = fsgd.fit(loss_with_aux, params, data, run=fsgd.Run(speed=plan), **kwargs)
     assert blocks_run == [4]
     assert_trees_close(blocked.aux, whole.aux, rtol=0, atol=0)
     assert blocked.aux["mean_logit"].shape == (STEPS,)
-    chunked = fsgd.fit(loss_with_aux, params, data, speed=plan, chunk_size=20, **kwargs)
+    chunked = fsgd.fit(loss_with_aux, params, data, run=fsgd.Run(chunk_size=20, speed=plan), **kwargs)
     assert_trees_close(chunked.params, whole.params, rtol=0, atol=0)
 
     def sweep(plan):
-        return jax.vmap(lambda lr: fsgd.fit(loss_with_aux, params, data, speed=plan,
+        return jax.vmap(lambda lr: fsgd.fit(loss_with_aux, params, data, run=fsgd.Run(speed=plan),
                                             **{**kwargs, "lr": lr}).params)(
             jnp.array([0.1, 0.3]))
 
@@ -97,7 +97,7 @@ def test_blocks_keep_aux_chunks_and_a_sweep(blocks_run):
 def test_a_stop_rule_or_a_trajectory_keeps_one_piece(other, blocks_run):
     params, data = problem()
     fsgd.fit(loss, params, data, lr=0.3, steps=STEPS, batch_size=BATCH,
-             key=jax.random.key(1), speed=SpeedPlan(gather_block_bytes=5 * STEP_BYTES + 5),
+             key=jax.random.key(1), run=fsgd.Run(speed=SpeedPlan(gather_block_bytes=5 * STEP_BYTES + 5)),
              **other)
     assert blocks_run == []
 
@@ -111,8 +111,8 @@ def test_a_block_that_divides_the_run_is_preferred(blocks_run):
     """40 steps, at most 7 a block: blocks of 5 (one piece to compile, no rest)."""
     params, data = problem()
     kwargs = {"lr": 0.3, "steps": 40, "batch_size": BATCH, "key": jax.random.key(1)}
-    whole = fsgd.fit(loss, params, data, speed=SpeedPlan(gather_block_bytes=0), **kwargs)
-    blocked = fsgd.fit(loss, params, data, speed=SpeedPlan(gather_block_bytes=7 * STEP_BYTES),
+    whole = fsgd.fit(loss, params, data, run=fsgd.Run(speed=SpeedPlan(gather_block_bytes=0)), **kwargs)
+    blocked = fsgd.fit(loss, params, data, run=fsgd.Run(speed=SpeedPlan(gather_block_bytes=7 * STEP_BYTES)),
                        **kwargs)
     assert blocks_run == [5]
     assert_trees_close(blocked.params, whole.params, rtol=0, atol=0)

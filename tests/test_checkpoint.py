@@ -49,17 +49,16 @@ def test_resume_gives_the_bits_of_an_uninterrupted_run(tmp_path, mode):
     whole = fit(**kwargs)
     path = tmp_path / "run.npz"
     with pytest.raises(Crash):
-        fit(chunk_size=20, checkpoint=path, on_chunk=crash_after(40), **kwargs)
+        fit(run=fsgd.Run(chunk_size=20, on_chunk=crash_after(40), checkpoint=path), **kwargs)
     chunk_starts = []
-    resumed = fit(chunk_size=20, checkpoint=path, **kwargs,
-                  on_chunk=lambda r: chunk_starts.append(int(r.step) - int(r.steps_run)))
+    resumed = fit(run=fsgd.Run(chunk_size=20, on_chunk=lambda r: chunk_starts.append(int(r.step) - int(r.steps_run)), checkpoint=path), **kwargs)
     assert chunk_starts[0] == 40  # it went on from step 40, not from the start
     assert_same_bits(resumed, whole)
     if mode == "patience":
         assert 40 < int(whole.steps_run) < 400  # the rule fired after the resume
     # A finished run's checkpoint gives its result without running again.
     ran = []
-    assert_same_bits(fit(chunk_size=20, checkpoint=path, on_chunk=ran.append, **kwargs), whole)
+    assert_same_bits(fit(run=fsgd.Run(chunk_size=20, on_chunk=ran.append, checkpoint=path), **kwargs), whole)
     assert ran == []
 
 
@@ -70,8 +69,8 @@ def test_optimizer_state_is_resumed():
     path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"adam-{os.getpid()}.npz")
     try:
         with pytest.raises(Crash):
-            fit(chunk_size=30, checkpoint=path, on_chunk=crash_after(60), **kwargs)
-        assert_same_bits(fit(chunk_size=30, checkpoint=path, **kwargs), whole)
+            fit(run=fsgd.Run(chunk_size=30, on_chunk=crash_after(60), checkpoint=path), **kwargs)
+        assert_same_bits(fit(run=fsgd.Run(chunk_size=30, checkpoint=path), **kwargs), whole)
     finally:
         os.remove(path)
 
@@ -111,7 +110,7 @@ def test_a_killed_run_resumes_with_the_same_bits(tmp_path, x64, flags):
 def saved(tmp_path):
     """A checkpoint of a finished run of ``fit(steps=40, chunk_size=20)``."""
     path = tmp_path / "run.npz"
-    fit(steps=40, chunk_size=20, checkpoint=path)
+    fit(steps=40, run=fsgd.Run(chunk_size=20, checkpoint=path))
     return path
 
 
@@ -141,14 +140,14 @@ def test_a_damaged_checkpoint_is_refused(saved, damage):
     saved.write_bytes({"truncated": whole[:len(whole) // 2], "garbage": b"not a zip" * 50,
                        "empty": b""}[damage])
     with pytest.raises(ValueError, match=r"checkpoint .* is corrupt or truncated"):
-        fit(steps=40, chunk_size=20, checkpoint=saved)
+        fit(steps=40, run=fsgd.Run(chunk_size=20, checkpoint=saved))
 
 
 def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     path = tmp_path / "other.npz"
     np.savez(path, header=np.array('{"format": "something else"}'))
     with pytest.raises(ValueError, match="is not a functional-sgd checkpoint"):
-        fit(steps=40, chunk_size=20, checkpoint=path)
+        fit(steps=40, run=fsgd.Run(chunk_size=20, checkpoint=path))
 
 
 def test_a_crash_mid_write_leaves_the_last_checkpoint(saved, monkeypatch):

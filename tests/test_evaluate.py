@@ -141,8 +141,7 @@ def test_a_crashed_run_resumes_from_its_checkpoint_with_the_best_params(digits, 
 
 
 def test_on_chunk_returning_true_stops_after_that_chunk():
-    result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=100, chunk_size=10,
-                      on_chunk=lambda chunk: int(chunk.step) >= 30)
+    result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=100, run=fsgd.Run(chunk_size=10, on_chunk=lambda chunk: int(chunk.step) >= 30))
     assert int(result.steps_run) == int(result.step) == 30
     assert np.isnan(result.losses[30:]).all() and np.isfinite(result.losses[:30]).all()
 
@@ -150,10 +149,9 @@ def test_on_chunk_returning_true_stops_after_that_chunk():
 def test_eval_every_defaults_to_an_epoch_or_the_run():
     mse = lambda a, x, y: {"mse": fsgd.linear_mse(a, x, y)}  # noqa: E731
     shuffled = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=25, batch_size=30,
-                        key=jax.random.key(1), replace=False, evaluate=mse, eval_data=(X, Y))
+                        key=jax.random.key(1), rows=fsgd.Shuffled(), evaluation=fsgd.Evaluation(mse, (X, Y)))
     np.testing.assert_array_equal(shuffled.eval_steps, [3, 6, 9, 12, 15, 18, 21, 24, 25])
-    full = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=25, evaluate=mse,
-                    eval_data=(X, Y))
+    full = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=25, evaluation=fsgd.Evaluation(mse, (X, Y)))
     np.testing.assert_array_equal(full.eval_steps, [25])
     np.testing.assert_allclose(full.evals["mse"], [fsgd.linear_mse(full.params, X, Y)],
                                rtol=1e-6)
@@ -161,16 +159,13 @@ def test_eval_every_defaults_to_an_epoch_or_the_run():
 
 def test_evaluations_follow_the_params_they_saw():
     mse = lambda a, x, y: {"mse": fsgd.linear_mse(a, x, y)}  # noqa: E731
-    result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=10, eval_every=4,
-                      evaluate=mse, eval_data=(X, Y), record_params=True)
+    result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=10, evaluation=fsgd.Evaluation(mse, (X, Y), every=4), run=fsgd.Run(record_params=True))
     np.testing.assert_array_equal(result.eval_steps, [4, 8, 10])
     expected = [fsgd.linear_mse(result.trajectory[t], X, Y) for t in (4, 8, 10)]
     np.testing.assert_allclose(result.evals["mse"], expected, rtol=1e-6)
     # a tie never improves: patience counts it, restore_best keeps the first best
     constant = lambda a: {"one": jnp.float32(1.0)}  # noqa: E731
-    tied = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=10, eval_every=2,
-                    evaluate=constant, monitor="one", patience=2, restore_best=True,
-                    record_params=True)
+    tied = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=10, evaluation=fsgd.Evaluation(constant, every=2, monitor="one", patience=2, restore_best=True), run=fsgd.Run(record_params=True))
     assert int(tied.steps_run) == 6  # best at 2, ties at 4 and 6
     np.testing.assert_array_equal(tied.params, tied.trajectory[2])
 
@@ -180,15 +175,13 @@ def test_evaluate_with_a_model_state_gets_the_state():
         return fsgd.linear_mse(params, x, y), state + 1
 
     seen = lambda params, state, x, y: {"state": state, "mse": fsgd.linear_mse(params, x, y)}  # noqa: E731
-    result = fsgd.fit(loss, START, (X, Y), lr=0.1, steps=10, eval_every=5, state=jnp.float32(0),
-                      evaluate=seen, eval_data=(X, Y))
+    result = fsgd.fit(loss, START, (X, Y), lr=0.1, steps=10, evaluation=fsgd.Evaluation(seen, (X, Y), every=5), model=fsgd.Model(state=jnp.float32(0)))
     np.testing.assert_array_equal(result.evals["state"], [5.0, 10.0])
 
 
 def test_tol_on_the_monitored_value():
     mse = lambda a, x, y: {"mse": fsgd.linear_mse(a, x, y)}  # noqa: E731
-    result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=100, eval_every=10,
-                      evaluate=mse, eval_data=(X, Y), monitor="mse", tol=0.2)
+    result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=100, evaluation=fsgd.Evaluation(mse, (X, Y), every=10, monitor="mse", tol=0.2))
     made = np.asarray(result.evals["mse"])[np.asarray(result.eval_steps) >= 0]
     assert made[-1] <= 0.2 < made[-2]
     assert int(result.steps_run) == int(result.eval_steps[len(made) - 1]) < 100
@@ -245,7 +238,7 @@ def test_a_memmap_read_in_blocks_evaluates_as_in_memory_data(tmp_path):
     kwargs = {"lr": 0.1, "steps": 95, "batch_size": 10, "key": jax.random.key(1),
               "replace": False, "evaluate": mse_dict, "eval_data": (x[:100], y[:100]),
               "eval_every": 20, "monitor": "mse", "restore_best": True}
-    read = fsgd.fit(fsgd.linear_mse, jnp.zeros(2), tuple(on_disk), chunk_size=7, **kwargs)
+    read = fsgd.fit(fsgd.linear_mse, jnp.zeros(2), tuple(on_disk), run=fsgd.Run(chunk_size=7), **kwargs)
     in_memory = fsgd.fit(fsgd.linear_mse, jnp.zeros(2), (x, y), **kwargs)
     np.testing.assert_array_equal(read.eval_steps, [20, 40, 60, 80, 95])
     assert_trees_close(read, in_memory)
@@ -254,6 +247,6 @@ def test_a_memmap_read_in_blocks_evaluates_as_in_memory_data(tmp_path):
 def test_a_stream_refuses_evaluation_arguments():
     batches = [(np.asarray(X[:10]), np.asarray(Y[:10]))] * 3
     with pytest.raises(ValueError, match="evaluate cannot be used with a stream"):
-        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches), lr=0.1, evaluate=mse_dict)
+        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches), lr=0.1, evaluation=fsgd.Evaluation(mse_dict))
     with pytest.raises(ValueError, match="monitor needs evaluate"):
-        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches), lr=0.1, monitor="mse")
+        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches), lr=0.1, evaluation=fsgd.Evaluation(monitor="mse"))

@@ -36,8 +36,8 @@ def regression(n, d, dtype, k=None, seed=0):
 
 def both_paths(x, y, params, **kwargs):
     kwargs = {"lr": 0.2, "steps": STEPS, **kwargs}
-    fast = fsgd.fit(fsgd.linear_mse, params, (x, y), fast_path=True, **kwargs)
-    plain = fsgd.fit(fsgd.linear_mse, params, (x, y), fast_path=False, **kwargs)
+    fast = fsgd.fit(fsgd.linear_mse, params, (x, y), run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=True)), **kwargs)
+    plain = fsgd.fit(fsgd.linear_mse, params, (x, y), run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=False)), **kwargs)
     return fast, plain
 
 
@@ -73,7 +73,7 @@ def test_float32_is_as_close_to_float64_as_the_plain_loop():
     with jax.enable_x64(True):
         exact = fsgd.fit(fsgd.linear_mse, start.astype(np.float64),
                          (x.astype(np.float64), y.astype(np.float64)), lr=0.2, steps=STEPS,
-                         fast_path=False)
+                         run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=False)))
     assert fast.losses.dtype == jnp.float32
     ulp = float(np.finfo(np.float32).eps)
     for got, want in [(fast.losses, plain.losses), (fast.params, plain.params)]:
@@ -88,13 +88,13 @@ def test_stop_rules_trajectory_and_continuation_work_on_the_fast_path(x64):
     fast, plain = both_paths(x, y, np.zeros(2), steps=500, **kwargs)
     assert 10 < int(fast.steps_run) == int(plain.steps_run) < 500
     assert max_relative_error(fast.trajectory, plain.trajectory) <= 1e-10
-    first = fsgd.fit(fsgd.linear_mse, np.zeros(2), (x, y), lr=0.2, steps=60, fast_path=True)
+    first = fsgd.fit(fsgd.linear_mse, np.zeros(2), (x, y), lr=0.2, steps=60, run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=True)))
     rest = fsgd.fit(fsgd.linear_mse, first.params, (x, y), lr=0.2, steps=60,
-                    fast_path=True, start_step=first.step)
-    whole = fsgd.fit(fsgd.linear_mse, np.zeros(2), (x, y), lr=0.2, steps=120, fast_path=True)
+                    run=fsgd.Run(start_step=first.step, speed=fsgd.speed.SpeedPlan(exact_moments=True)))
+    whole = fsgd.fit(fsgd.linear_mse, np.zeros(2), (x, y), lr=0.2, steps=120, run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=True)))
     assert_trees_close(rest.params, whole.params)  # same bits: the centre ignores params
     chunked = fsgd.fit(fsgd.linear_mse, np.zeros(2), (x, y), lr=0.2, steps=120,
-                       fast_path=True, chunk_size=50)
+                       run=fsgd.Run(chunk_size=50, speed=fsgd.speed.SpeedPlan(exact_moments=True)))
     assert_trees_close(chunked.losses, whole.losses)
 
 
@@ -109,7 +109,7 @@ def test_vmap_over_learning_rates_and_no_recompile():
     x, y = regression(500, 2, np.float32)
     start = np.zeros(2, np.float32)
     run = lambda lr: fsgd.fit(fsgd.linear_mse, start, (x, y), lr=lr, steps=STEPS,
-                              fast_path=True).losses
+                              run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=True))).losses
     lrs = jnp.array([0.05, 0.2])
     swept = jax.vmap(run)(lrs)
     assert_trees_close(swept[1], run(0.2), rtol=1e-6)
@@ -141,7 +141,7 @@ def test_auto_in_fit_runs_the_fast_path_where_chosen():
     x, y = regression(1000, 2, np.float32)
     start = np.zeros(2, np.float32)
     runs = {mode: fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.2, steps=STEPS,
-                           fast_path=mode).losses for mode in ("auto", True, False)}
+                           run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=mode))).losses for mode in ("auto", True, False)}
     assert np.array_equal(runs["auto"], runs[True])
     assert not np.array_equal(runs[True], runs[False])  # rounding tells the paths apart
 

@@ -31,7 +31,7 @@ def test_every_mode_learns_the_line(mode):
 
 
 def test_losses_are_the_batch_loss_before_each_update():
-    result = fit(steps=5, batch_size=7, key=KEY, record_params=True)
+    result = fit(steps=5, batch_size=7, key=KEY, run=fsgd.Run(record_params=True))
     rows = np.asarray(fsgd.sample_indices(KEY, 100, 5, 7))
     for t in range(5):
         expected = fsgd.linear_mse(result.trajectory[t], X[rows[t]], Y[rows[t]])
@@ -39,7 +39,7 @@ def test_losses_are_the_batch_loss_before_each_update():
 
 
 def test_trajectory_starts_at_params_and_ends_at_the_result():
-    result = fit(steps=20, record_params=True)
+    result = fit(steps=20, run=fsgd.Run(record_params=True))
     assert result.trajectory.shape == (21, 2)
     assert_trees_close(result.trajectory[0], START)
     assert_trees_close(result.trajectory[-1], result.params)
@@ -64,7 +64,7 @@ def test_divergence_is_reported_at_its_step(lr, diverges):
 def test_continuing_a_run_gives_the_same_bits(mode):
     whole = fit(steps=100, **MODES[mode])
     first = fit(steps=50, **MODES[mode])
-    second = fit(params=first.params, steps=50, start_step=first.step, **MODES[mode])
+    second = fit(params=first.params, steps=50, run=fsgd.Run(start_step=first.step), **MODES[mode])
     assert int(second.step) == 100
     assert_trees_close(second.params, whole.params)
     assert_trees_close(jnp.concatenate([first.losses, second.losses]), whole.losses)
@@ -76,17 +76,16 @@ def test_continuing_carries_the_optimizer_state():
     kwargs = dict(lr=None, optimizer=opt, batch_size=10, key=KEY)
     whole = fit(steps=60, **kwargs)
     first = fit(steps=25, **kwargs)
-    second = fit(params=first.params, steps=35, opt_state=first.opt_state,
-                 start_step=first.step, **kwargs)
+    second = fit(params=first.params, steps=35, run=fsgd.Run(start_step=first.step, opt_state=first.opt_state), **kwargs)
     assert_trees_close(second.params, whole.params)
     assert_trees_close(second.opt_state, whole.opt_state)
-    restarted = fit(params=first.params, steps=35, start_step=first.step, **kwargs)
+    restarted = fit(params=first.params, steps=35, run=fsgd.Run(start_step=first.step), **kwargs)
     assert not np.array_equal(restarted.params, whole.params)  # the state mattered
 
 
 def test_stop_rule_tol_stops_at_the_first_good_enough_step():
     tol = 0.2
-    result = fit(steps=1000, tol=tol, record_params=True)
+    result = fit(steps=1000, stop=fsgd.Stop(tol=tol), run=fsgd.Run(record_params=True))
     run = int(result.steps_run)
     losses = np.asarray(result.losses)
     full = np.asarray(fit(steps=1000).losses)
@@ -101,7 +100,7 @@ def test_stop_rule_tol_stops_at_the_first_good_enough_step():
 
 def test_stop_rule_patience_waits_for_no_improvement():
     patience = 8
-    result = fit(steps=2000, patience=patience, batch_size=1, key=KEY)
+    result = fit(steps=2000, stop=fsgd.Stop(patience=patience), batch_size=1, key=KEY)
     run = int(result.steps_run)
     full = np.asarray(fit(steps=2000, batch_size=1, key=KEY).losses)
     best_so_far = np.minimum.accumulate(full)
@@ -116,7 +115,7 @@ def test_stop_rule_patience_waits_for_no_improvement():
 
 
 def test_stop_rule_stops_at_divergence():
-    result = fit(lr=5.0, steps=1000, tol=1e-9)
+    result = fit(lr=5.0, steps=1000, stop=fsgd.Stop(tol=1e-9))
     run = int(result.steps_run)
     assert int(result.diverged_at) == run - 1 and run < 1000
 
@@ -158,9 +157,9 @@ def test_vmap_over_keys_and_initial_params():
 
 
 def test_vmap_with_a_stop_rule():
-    sweep = jax.vmap(lambda lr: fit(lr=lr, steps=500, tol=0.15))(jnp.array([0.05, 0.2]))
+    sweep = jax.vmap(lambda lr: fit(lr=lr, steps=500, stop=fsgd.Stop(tol=0.15)))(jnp.array([0.05, 0.2]))
     for i, lr in enumerate((0.05, 0.2)):
-        assert int(sweep.steps_run[i]) == int(fit(lr=lr, steps=500, tol=0.15).steps_run)
+        assert int(sweep.steps_run[i]) == int(fit(lr=lr, steps=500, stop=fsgd.Stop(tol=0.15)).steps_run)
 
 
 def test_fit_under_jit():
@@ -177,9 +176,9 @@ def test_new_lr_data_or_params_do_not_recompile():
             fit(lr=lr, **kwargs).params.block_until_ready()
         fit(data=(x2, y2), **kwargs).params.block_until_ready()
         fit(params=jnp.array([-1.0, 1.0]), **kwargs).params.block_until_ready()
-        fit(start_step=30, **{**kwargs, "key": jax.random.key(5)}).params.block_until_ready()
+        fit(run=fsgd.Run(start_step=30), **{**kwargs, "key": jax.random.key(5)}).params.block_until_ready()
         first = fit(**kwargs)
-        fit(start_step=first.step, **kwargs).params.block_until_ready()  # a continuation
+        fit(run=fsgd.Run(start_step=first.step), **kwargs).params.block_until_ready()  # a continuation
     assert compiled[0] == 0
     with count_compilations() as compiled:  # the counter can count
         fit(steps=31).params.block_until_ready()
@@ -244,7 +243,7 @@ def test_loss_that_is_not_a_scalar_is_refused():
 
 
 def test_non_finite_check_can_be_skipped_and_then_divergence_shows():
-    result = fit(data=(X, Y.at[3].set(jnp.nan)), check_finite=False, steps=3)
+    result = fit(data=(X, Y.at[3].set(jnp.nan)), run=fsgd.Run(check_finite=False), steps=3)
     assert int(result.diverged_at) == 0
 
 
@@ -253,10 +252,10 @@ def test_non_finite_check_can_be_skipped_and_then_divergence_shows():
 def test_every_way_of_gathering_batches_gives_the_same_bits(mode, route):
     """Batches gathered before the loop, gathered in the loop (tiny steps) or
     step by step (over the pre-gather budget) are the same rows."""
-    gathered = fit(steps=37, speed=SpeedPlan(tiny_step_bytes=0), **MODES[mode])
+    gathered = fit(steps=37, run=fsgd.Run(speed=SpeedPlan(tiny_step_bytes=0)), **MODES[mode])
     plan = (SpeedPlan(tiny_step_bytes=1 << 20) if route == "gathered in the loop"
             else SpeedPlan(tiny_step_bytes=0, pregather_bytes=0))
-    other = fit(steps=37, speed=plan, **MODES[mode])
+    other = fit(steps=37, run=fsgd.Run(speed=plan), **MODES[mode])
     assert_trees_close(other, gathered, rtol=0, atol=0)
 
 

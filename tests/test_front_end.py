@@ -106,11 +106,11 @@ def test_checks_run_on_data_closed_over_by_jit():
 def test_indices_out_of_range_are_found(rows, where_checked):
     x, y = (X, Y) if rows == 100 else (BIG_X, BIG_Y)
     indices = jnp.zeros((rows, 1), jnp.int32)
-    fsgd.fit(fsgd.linear_mse, START, (x, y), lr=0.1, indices=indices)
+    fsgd.fit(fsgd.linear_mse, START, (x, y), lr=0.1, rows=fsgd.Schedule(indices))
     for bad, value in ((0, -1), (rows - 1, rows)):
         with pytest.raises(ValueError, match=rf"indices must lie in \[0, {rows}\)"):
             fsgd.fit(fsgd.linear_mse, START, (x, y), lr=0.1,
-                     indices=indices.at[bad, 0].set(value))
+                     rows=fsgd.Schedule(indices.at[bad, 0].set(value)))
 
 
 def test_a_jax_array_is_checked_once_and_a_numpy_array_every_call(monkeypatch):
@@ -139,8 +139,8 @@ def test_index_ranges_are_remembered_for_jax_arrays_only(monkeypatch):
     on_device = jnp.zeros((7, 3), jnp.int32)
     on_host = np.zeros((7, 3), np.int32)
     for indices in (on_device, on_device, on_host, on_host):
-        fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, indices=indices)
+        fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, rows=fsgd.Schedule(indices))
     assert [a is on_device for a in read] == [True, False, False]
     on_host[2, 1] = 100  # written in place: found on the next call
     with pytest.raises(ValueError, match=r"indices must lie in \[0, 100\)"):
-        fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, indices=on_host)
+        fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, rows=fsgd.Schedule(on_host))

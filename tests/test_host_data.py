@@ -43,8 +43,7 @@ def test_a_memmap_gives_the_bits_of_the_array_in_memory(on_disk, mode, chunk_siz
     kwargs = MODES[mode]
     in_memory = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.01, **kwargs)
     blocks = []
-    read = fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, chunk_size=chunk_size,
-                    on_chunk=blocks.append, **kwargs)
+    read = fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, run=fsgd.Run(chunk_size=chunk_size, on_chunk=blocks.append), **kwargs)
     assert_trees_close(read, in_memory, rtol=0, atol=0)
     if chunk_size is not None and mode != "stop rule":
         assert [int(b.steps_run) for b in blocks][:2] == [chunk_size, chunk_size]
@@ -55,16 +54,16 @@ def test_only_the_scheduled_rows_are_checked_for_nan(tmp_path):
     x[:] = X
     x[0, 0] = np.nan  # row 0 is never scheduled below: it is never read
     rows = 1 + np.asarray(fsgd.sample_indices(KEY, N - 1, 40, 8))
-    fsgd.fit(fsgd.linear_mse, START, (x, Y), lr=0.01, indices=rows)
+    fsgd.fit(fsgd.linear_mse, START, (x, Y), lr=0.01, rows=fsgd.Schedule(rows))
     rows[30, 3] = 0
     with pytest.raises(ValueError, match=r"data\[0\] holds NaN or inf in the rows of steps"):
-        fsgd.fit(fsgd.linear_mse, START, (x, Y), lr=0.01, indices=rows, chunk_size=10)
+        fsgd.fit(fsgd.linear_mse, START, (x, Y), lr=0.01, rows=fsgd.Schedule(rows), run=fsgd.Run(chunk_size=10))
 
 
 def test_a_memmap_with_a_mesh_is_refused(on_disk):
     mesh = jax.make_mesh((1,), ("data",))
     with pytest.raises(ValueError, match="data read on the host"):
-        fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, mesh=mesh, **MODES["sampled"])
+        fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, run=fsgd.Run(mesh=mesh), **MODES["sampled"])
 
 
 @pytest.mark.parametrize("mode", ["sampled", "shuffled", "schedule"])
@@ -74,17 +73,14 @@ def test_a_memmap_run_resumes_from_its_checkpoint_with_the_bits_of_one_run(on_di
     in_memory = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.01, **kwargs)
     path = tmp_path / "run.npz"
     with pytest.raises(Crash):
-        fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, chunk_size=64, checkpoint=path,
-                 on_chunk=crash_after(128), **kwargs)
+        fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, run=fsgd.Run(chunk_size=64, on_chunk=crash_after(128), checkpoint=path), **kwargs)
     starts = []
-    resumed = fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, chunk_size=64,
-                       checkpoint=path, **kwargs,
-                       on_chunk=lambda r: starts.append(int(r.step) - int(r.steps_run)))
+    resumed = fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, run=fsgd.Run(chunk_size=64, on_chunk=lambda r: starts.append(int(r.step) - int(r.steps_run)), checkpoint=path), **kwargs)
     assert starts[0] == 128
     assert_trees_close(resumed, in_memory, rtol=0, atol=0)
     # Other data is refused (a memmap is described by its file and a sample of rows).
     with pytest.raises(ValueError, match="written by another run"):
-        fsgd.fit(fsgd.linear_mse, START, (X, Y * 2), lr=0.01, chunk_size=64, checkpoint=path,
+        fsgd.fit(fsgd.linear_mse, START, (X, Y * 2), lr=0.01, run=fsgd.Run(chunk_size=64, checkpoint=path),
                  **kwargs)
 
 
@@ -107,7 +103,7 @@ def batches_of(rows):
 @pytest.mark.parametrize("block", [1, 64, 256])
 def test_a_generator_of_batches_gives_the_bits_of_the_schedule(block):
     rows = np.asarray(fsgd.sample_indices(KEY, N, 1000, 10))
-    scheduled = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05, indices=rows)
+    scheduled = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05, rows=fsgd.Schedule(rows))
     streamed = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches_of(rows), block=block),
                         lr=0.05)
     assert_trees_close(streamed, scheduled, rtol=0, atol=0)
@@ -127,10 +123,10 @@ def test_a_torch_dataloader_gives_the_bits_of_its_order_replayed():
     rows = torch.utils.data.TensorDataset(torch.arange(N))
     order = np.stack([batch.numpy() for (batch,) in loader(rows)])
     streamed = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(loader(), block=100), lr=0.05)
-    scheduled = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05, indices=order)
+    scheduled = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05, rows=fsgd.Schedule(order))
     assert_trees_close(streamed, scheduled, rtol=0, atol=0)
     params, losses = reference.fit(fsgd.linear_mse, np.zeros(D, np.float32), (X, Y), lr=0.05,
-                                   indices=order)
+                                   rows=fsgd.Schedule(order))
     # float32, torch sums in another order: as tests/test_agreement.py holds float32
     assert_trees_close(streamed.params, params, rtol=1e-5)
     assert_trees_close(streamed.losses, losses, rtol=0, atol=1e-5)
@@ -141,9 +137,9 @@ def test_steps_cut_a_stream_and_a_stop_rule_ends_it():
     cut = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches_of(rows), block=64), lr=0.05,
                    steps=130)
     assert_trees_close(cut, fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05,
-                                     indices=rows[:130]), rtol=0, atol=0)
+                                     rows=fsgd.Schedule(rows[:130])), rtol=0, atol=0)
     stopped = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches_of(rows), block=64),
-                       lr=0.05, tol=1.0)
+                       lr=0.05, stop=fsgd.Stop(tol=1.0))
     assert int(stopped.steps_run) < 500 and float(stopped.losses[int(stopped.steps_run) - 1]) <= 1
 
 
@@ -182,14 +178,14 @@ def test_a_memmap_keeps_what_a_users_model_records(on_disk):
 
     kwargs = {"lr": 0.01, "has_aux": True, **MODES["sampled"]}
     in_memory = fsgd.fit(loss, START, (X, Y), **kwargs)
-    read = fsgd.fit(loss, START, on_disk, chunk_size=64, **kwargs)
+    read = fsgd.fit(loss, START, on_disk, run=fsgd.Run(chunk_size=64), **kwargs)
     assert read.aux is not None
     assert_trees_close(read, in_memory, rtol=0, atol=0)
 
 
 def test_a_memmap_checks_on_chunk_as_chunks_do(on_disk):
     with pytest.raises(TypeError, match="on_chunk must be callable"):
-        fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, on_chunk=5, **MODES["sampled"])
+        fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, run=fsgd.Run(on_chunk=5), **MODES["sampled"])
 
 
 @pytest.mark.parametrize("kwargs", [{"rng": KEY}, {"has_aux": True}, {"trainable": None,
@@ -203,7 +199,7 @@ def test_a_stream_refuses_what_it_cannot_carry(kwargs):
 def test_a_stream_takes_lists_single_arrays_and_torch_tensors():
     torch = pytest.importorskip("torch")
     rows = np.asarray(fsgd.sample_indices(KEY, N, 40, 10))
-    scheduled = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05, indices=rows)
+    scheduled = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05, rows=fsgd.Schedule(rows))
     for batches in ([[X[r], Y[r]] for r in rows],
                     [(torch.from_numpy(X[r]), torch.from_numpy(Y[r])) for r in rows],
                     [(jnp.asarray(X[r]), Y[r]) for r in rows]):
@@ -218,29 +214,28 @@ def test_a_stream_takes_lists_single_arrays_and_torch_tensors():
 @pytest.mark.parametrize("positioned", ["iterator", "function"])
 def test_a_stream_resumes_from_its_checkpoint_with_the_bits_of_one_run(tmp_path, positioned):
     rows = np.asarray(fsgd.sample_indices(KEY, N, 500, 10))
-    whole = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05, indices=rows)
+    whole = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05, rows=fsgd.Schedule(rows))
     path = tmp_path / "run.npz"
     with pytest.raises(Crash):
         fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches_of(rows), block=64), lr=0.05,
-                 checkpoint=path, on_chunk=crash_after(192))
+                 run=fsgd.Run(on_chunk=crash_after(192), checkpoint=path))
     if positioned == "iterator":  # the user skips what the checkpoint holds
         source = fsgd.stream(batches_of(rows[192:]), block=64)
     else:
         source = fsgd.stream(lambda done: batches_of(rows[done:]), block=64)
     starts = []
-    resumed = fsgd.fit(fsgd.linear_mse, START, source, lr=0.05, checkpoint=path,
-                       on_chunk=lambda r: starts.append(int(r.step) - int(r.steps_run)))
+    resumed = fsgd.fit(fsgd.linear_mse, START, source, lr=0.05, run=fsgd.Run(on_chunk=lambda r: starts.append(int(r.step) - int(r.steps_run)), checkpoint=path))
     assert starts == [192, 256, 320, 384, 448]
     assert_trees_close(resumed, whole, rtol=0, atol=0)
     # Run again: the stream is used up where the checkpoint ends; its result is returned.
     ran = []
     again = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(lambda done: batches_of(rows[done:])),
-                     lr=0.05, checkpoint=path, on_chunk=ran.append)
+                     lr=0.05, run=fsgd.Run(on_chunk=ran.append, checkpoint=path))
     assert ran == []
     assert_trees_close(again, whole, rtol=0, atol=0)
     with pytest.raises(ValueError, match="written by another run"):  # other batch shapes
         fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches_of(rows[:, :5]), block=64),
-                 lr=0.05, checkpoint=path)
+                 lr=0.05, run=fsgd.Run(checkpoint=path))
 
 
 def test_a_bad_batch_after_some_blocks_keeps_what_trained_before_it():
@@ -255,7 +250,7 @@ def test_a_bad_batch_after_some_blocks_keeps_what_trained_before_it():
     kept = raised.value.result
     assert int(kept.step) == 192 and int(kept.steps_run) == 192
     assert_trees_close(kept, fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05,
-                                      indices=rows[:192]), rtol=0, atol=0)
+                                      rows=fsgd.Schedule(rows[:192])), rtol=0, atol=0)
 
 
 def test_a_loaders_own_error_keeps_what_trained_before_it():
@@ -276,10 +271,10 @@ def test_nan_in_a_later_memmap_block_keeps_the_blocks_before(tmp_path):
     rows = np.asarray(fsgd.sample_indices(KEY, N, 40, 8))
     x[rows[30, 3]] = np.nan
     with pytest.raises(ValueError, match="holds NaN or inf") as raised:
-        fsgd.fit(fsgd.linear_mse, START, (x, Y), lr=0.01, indices=rows, chunk_size=10)
+        fsgd.fit(fsgd.linear_mse, START, (x, Y), lr=0.01, rows=fsgd.Schedule(rows), run=fsgd.Run(chunk_size=10))
     assert int(raised.value.result.step) == 30
     assert_trees_close(raised.value.result.params, fsgd.fit(
-        fsgd.linear_mse, START, (X, Y), lr=0.01, indices=rows[:30]).params, rtol=0, atol=0)
+        fsgd.linear_mse, START, (X, Y), lr=0.01, rows=fsgd.Schedule(rows[:30])).params, rtol=0, atol=0)
 
 
 def test_nan_in_a_later_memmap_block_keeps_the_evaluations_made(tmp_path):
@@ -291,10 +286,8 @@ def test_nan_in_a_later_memmap_block_keeps_the_evaluations_made(tmp_path):
     x[rows[30, 3]] = np.nan
     evaluate = lambda p, x, y: {"loss": fsgd.linear_mse(p, x, y)}
     with pytest.raises(ValueError, match="holds NaN or inf") as raised:
-        fsgd.fit(fsgd.linear_mse, START, (x, Y), lr=0.01, indices=rows, chunk_size=10,
-                 evaluate=evaluate, eval_data=(X[:50], Y[:50]), eval_every=5)
+        fsgd.fit(fsgd.linear_mse, START, (x, Y), lr=0.01, rows=fsgd.Schedule(rows), evaluation=fsgd.Evaluation(evaluate, (X[:50], Y[:50]), every=5), run=fsgd.Run(chunk_size=10))
     result = raised.value.result
     assert np.asarray(result.eval_steps).tolist() == [5, 10, 15, 20, 25, 30]
-    whole = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.01, indices=rows[:30],
-                     evaluate=evaluate, eval_data=(X[:50], Y[:50]), eval_every=5)
+    whole = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.01, rows=fsgd.Schedule(rows[:30]), evaluation=fsgd.Evaluation(evaluate, (X[:50], Y[:50]), every=5))
     assert_trees_close(result.evals, whole.evals, rtol=0, atol=0)

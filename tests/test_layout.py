@@ -71,7 +71,7 @@ def test_fit_with_the_layout_agrees_with_torch(request, dtype, bound):
     if dtype == np.float64:
         request.getfixturevalue("x64")
     x, y, a = (np.asarray(v, dtype) for v in (X, Y, START))
-    ours = fsgd.fit(fsgd.linear_mse, a, (x, y), lr=0.1, steps=150, fast_path=False)
+    ours = fsgd.fit(fsgd.linear_mse, a, (x, y), lr=0.1, steps=150, run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=False)))
     params, losses = reference.fit(fsgd.linear_mse, a, (x, y), lr=0.1, steps=150)
     assert ours.params.dtype == dtype
     if dtype == np.float64:
@@ -86,7 +86,7 @@ def test_fit_with_the_layout_agrees_with_torch(request, dtype, bound):
 def test_vmap_over_params_with_the_layout():
     starts = jnp.stack([START, START + 1.0])
     linear = lambda a: fsgd.fit(fsgd.linear_mse, a, (X, Y), lr=0.1, steps=50,
-                                fast_path=False).params
+                                run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=False))).params
     assert_trees_close(jax.vmap(linear)(starts)[1], linear(starts[1]), atol=1e-6)
 
 
@@ -127,9 +127,9 @@ def test_sums_as_dots_leave_fit_params_bit_identical():
     """float32 lesson, and a sweep over learning rates: params keep their bits
     (only the reported losses may move in their last bits)."""
     def run(plan):
-        one = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=50, speed=plan)
+        one = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=50, run=fsgd.Run(speed=plan))
         sweep = jax.jit(jax.vmap(lambda lr: fsgd.fit(
-            fsgd.linear_mse, START, (X, Y), lr=lr, steps=50, speed=plan)))(
+            fsgd.linear_mse, START, (X, Y), lr=lr, steps=50, run=fsgd.Run(speed=plan))))(
                 jnp.array([0.01, 0.1]))
         return one, sweep
 
@@ -142,6 +142,6 @@ def test_sums_as_dots_leave_fit_params_bit_identical():
 def test_the_plan_switches_the_layout_off_with_the_same_params():
     plain = SpeedPlan(column_major=False, sums_as_dots=False)
     for plan in (SpeedPlan(), SpeedPlan(sums_as_dots=False), plain):
-        result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=50, speed=plan)
-        reference = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=50, speed=plain)
+        result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=50, run=fsgd.Run(speed=plan))
+        reference = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=50, run=fsgd.Run(speed=plain))
         assert_trees_close(result.params, reference.params, rtol=1e-6)

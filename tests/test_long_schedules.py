@@ -21,12 +21,12 @@ SMALL_BUDGET = SpeedPlan(schedule_budget=64)
 def keyed_and_replayed(plan=None, **kwargs):
     kwargs = {"lr": 0.1, "steps": 90, "batch_size": 4, **kwargs}
     start = kwargs.pop("start_step", 0)
-    keyed = fsgd.fit(fsgd.linear_mse, START, (X, Y), key=KEY, start_step=start, speed=plan,
+    keyed = fsgd.fit(fsgd.linear_mse, START, (X, Y), key=KEY, run=fsgd.Run(start_step=start, speed=plan),
                      **kwargs)
     rows = fsgd.sample_indices(KEY, 60, kwargs.pop("steps"), kwargs.pop("batch_size"),
                                replace=kwargs.get("replace", True), start=start)
     kwargs.pop("replace", None)
-    replayed = fsgd.fit(fsgd.linear_mse, START, (X, Y), indices=rows, **kwargs)
+    replayed = fsgd.fit(fsgd.linear_mse, START, (X, Y), rows=fsgd.Schedule(rows), **kwargs)
     return keyed, replayed
 
 

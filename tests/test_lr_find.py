@@ -76,14 +76,14 @@ def test_sweep_with_held_out_data_an_indices_schedule_and_adam(standard_promotio
     indices = np.asarray(fsgd.sample_indices(jax.random.key(3), 100, 40, 10))
     adam = optax.inject_hyperparams(optax.adam)(learning_rate=0.1)
     lrs = jnp.array([0.01, 0.1, 0.5])
-    sweep = fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=lrs, indices=indices,
-                          optimizer=adam, eval_data=(held_x, held_y), eval_every=10)
+    sweep = fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=lrs, rows=fsgd.Schedule(indices), evaluation=fsgd.Evaluation(data=(held_x, held_y), every=10),
+                          optimizer=adam)
     assert sweep.evals["loss"].shape == (3, 4)
     np.testing.assert_array_equal(sweep.eval_steps, [[10, 20, 30, 40]] * 3)
     for i, lr in enumerate(lrs):
-        one = fsgd.fit(fsgd.linear_mse, START, (X, Y), indices=indices,
-                       optimizer=optax.adam(float(lr)), evaluate=fsgd.lesson.HeldOutLoss(
-                           fsgd.linear_mse), eval_data=(held_x, held_y), eval_every=10)
+        one = fsgd.fit(fsgd.linear_mse, START, (X, Y), rows=fsgd.Schedule(indices), evaluation=fsgd.Evaluation(fsgd.lesson.HeldOutLoss(
+                           fsgd.linear_mse), (held_x, held_y), every=10),
+                       optimizer=optax.adam(float(lr)))
         # vmap batches float32 ops and the injected rate is a traced value, not a constant:
         # XLA rounds differently, and adam's m / sqrt(v) with v ~ 0 on the first steps
         # magnifies a few ulps to ~2e-5 measured; 1e-4 (a wrong schedule or rate is off by >1%)

@@ -57,7 +57,7 @@ def test_descent_on_x_squared_follows_closed_form(x64, lr):
     """x_t = x_0 (1 - 2 lr)^t exactly, up to float64 rounding (1e-12 relative)."""
     steps = 60
     result = fsgd.fit(lambda x: x ** 2, jnp.float64(-1.5), lr=lr, steps=steps,
-                      record_params=True)
+                      run=fsgd.Run(record_params=True))
     expected = -1.5 * (1 - 2 * lr) ** np.arange(steps + 1)
     assert_trees_close(result.trajectory, expected, rtol=1e-12)
     assert_trees_close(result.losses, expected[:-1] ** 2, rtol=1e-12)

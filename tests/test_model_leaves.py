@@ -49,7 +49,7 @@ def test_the_optimizer_sees_only_the_trainable_leaves():
     assert sorted(k for k, v in trace.items() if v is not None) == ["a", "b"]
     assert len(jax.tree.leaves(trace)) == 2  # no state for what does not train
     again = fsgd.fit(line, result.params, (X, Y), optimizer=optax.sgd(0.1, momentum=0.9),
-                     steps=20, opt_state=result.opt_state, start_step=result.step)
+                     steps=20, run=fsgd.Run(start_step=result.step, opt_state=result.opt_state))
     assert float(again.losses[-1]) < float(result.losses[-1])
 
 
@@ -60,9 +60,9 @@ def test_trainable_freezes_more_by_prefix_or_function():
         return fsgd.linear_mse(p["a"] * p["frozen"]["w"], x, y) + (p["frozen"]["v"] ** 2).sum()
 
     by_prefix = fsgd.fit(loss, params, (X, Y), lr=0.1, steps=30,
-                         trainable={"a": True, "frozen": False})
+                         model=fsgd.Model(trainable={"a": True, "frozen": False}))
     by_function = fsgd.fit(loss, params, (X, Y), lr=0.1, steps=30,
-                           trainable=lambda leaf: leaf.shape == (2,) and leaf.sum() != 2.0)
+                           model=fsgd.Model(trainable=lambda leaf: leaf.shape == (2,) and leaf.sum() != 2.0))
     for result in (by_prefix, by_function):
         assert_trees_close(result.params["frozen"], params["frozen"])
         assert float(result.losses[-1]) < float(result.losses[0])
@@ -87,8 +87,7 @@ def test_state_and_aux_with_a_stop_rule_and_a_checkpoint(tmp_path):
 
     def run(**kwargs):
         return fsgd.fit(loss, jnp.array(fsgd.LESSON_START), (X, Y), lr=0.1, steps=40,
-                        batch_size=10, key=jax.random.key(1), rng=jax.random.key(2),
-                        state=jnp.zeros(2), has_aux=True, **kwargs)
+                        batch_size=10, key=jax.random.key(1), model=fsgd.Model(rng=jax.random.key(2), state=jnp.zeros(2), has_aux=True), **kwargs)
 
     one = run()
     assert one.aux["mean"].shape == (40,) and one.aux["n"].dtype == jnp.int32
@@ -106,7 +105,7 @@ def test_state_and_aux_with_a_stop_rule_and_a_checkpoint(tmp_path):
 
 
 def test_record_params_of_a_model_with_frozen_leaves():
-    result = fsgd.fit(line, mixed_params(), (X, Y), lr=0.1, steps=10, record_params=True)
+    result = fsgd.fit(line, mixed_params(), (X, Y), lr=0.1, steps=10, run=fsgd.Run(record_params=True))
     assert result.trajectory["a"].shape == (11, 2)
     assert result.trajectory["count"].shape == (11, 3)
     assert result.trajectory["act"] is jnp.tanh
@@ -178,11 +177,11 @@ def test_mesh_refuses_what_has_no_meaning_row_by_row():
 
     with pytest.raises(ValueError, match="mesh cannot run with rng"):
         fsgd.fit(loss, jnp.array(fsgd.LESSON_START), (X, Y), lr=0.1, steps=5,
-                 rng=jax.random.key(0), mesh=mesh)
+                 model=fsgd.Model(rng=jax.random.key(0)), run=fsgd.Run(mesh=mesh))
     # frozen and non-array leaves are fine on a mesh
     params = {"a": jnp.array(fsgd.LESSON_START), "act": jnp.tanh, "n": jnp.arange(2)}
     result = fsgd.fit(lambda p, x, y: fsgd.linear_mse(p["a"], x, y), params, (X, Y), lr=0.1,
-                      steps=100, mesh=mesh)
+                      steps=100, run=fsgd.Run(mesh=mesh))
     assert_trees_close(result.params["a"], fsgd.fit(fsgd.linear_mse, params["a"], (X, Y),
                                                     lr=0.1, steps=100).params, rtol=1e-5)
     assert result.params["act"] is jnp.tanh
@@ -221,9 +220,7 @@ def test_record_params_and_restore_best_keep_key_and_int_leaves(driver, tmp_path
 
     def run(**kwargs):
         return fsgd.fit(lambda p, x, y: keyed_line(p, x, y)[0], keyed_params(), data, lr=0.5,
-                        steps=40, batch_size=10, key=jax.random.key(1), evaluate=held_out_mse,
-                        eval_data=HELD_OUT, eval_every=5, monitor="mse", patience=3,
-                        restore_best=True, **chunks, **kwargs)
+                        steps=40, batch_size=10, key=jax.random.key(1), evaluation=fsgd.Evaluation(held_out_mse, HELD_OUT, every=5, monitor="mse", patience=3, restore_best=True), **chunks, **kwargs)
 
     plain, recorded = run(), run(record_params=True)
     np.testing.assert_array_equal(recorded.params["a"], plain.params["a"])
@@ -247,8 +244,7 @@ def test_aux_with_key_and_int_leaves_joins_from_chunks_and_a_checkpoint(tmp_path
     and a checkpoint resumed after a kill give the aux of one call."""
     def run(**kwargs):
         return fsgd.fit(keyed_line, keyed_params(), (X, Y), lr=0.1, steps=30, batch_size=10,
-                        key=jax.random.key(1), has_aux=True, evaluate=held_out_mse,
-                        eval_data=HELD_OUT, eval_every=5, monitor="mse", restore_best=True,
+                        key=jax.random.key(1), evaluation=fsgd.Evaluation(held_out_mse, HELD_OUT, every=5, monitor="mse", restore_best=True), model=fsgd.Model(has_aux=True),
                         **kwargs)
 
     one = run()
@@ -270,8 +266,7 @@ def test_a_checkpoint_keeps_the_best_params_key_and_int_leaves(tmp_path):
     def run(**kwargs):
         return fsgd.fit(lambda p, x, y: keyed_line(p, x, y)[0], keyed_params(), (X, Y), lr=0.9,
                         steps=40, batch_size=10, key=jax.random.key(1),
-                        evaluate=held_out_mse, eval_data=HELD_OUT, eval_every=5,
-                        monitor="mse", restore_best=True, **kwargs)
+                        evaluation=fsgd.Evaluation(held_out_mse, HELD_OUT, every=5, monitor="mse", restore_best=True), **kwargs)
 
     one = run()
     best = int(one.eval_steps[np.argmin(one.evals["mse"])])

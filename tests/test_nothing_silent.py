@@ -76,7 +76,7 @@ def test_bad_input_is_refused_naming_the_argument(kwargs, error, match):
 def test_a_bad_checkpoint_path_is_refused_before_any_chunk_runs(tmp_path):
     ran = []
     with pytest.raises(ValueError, match="does not exist"):
-        fit(chunk_size=5, checkpoint=tmp_path / "missing" / "run.npz", on_chunk=ran.append)
+        fit(run=fsgd.Run(chunk_size=5, on_chunk=ran.append, checkpoint=tmp_path / "missing" / "run.npz"))
     assert ran == [] and not (tmp_path / "missing").exists()
 
 
@@ -123,7 +123,7 @@ def test_a_fresh_optimizer_per_call_warns_once_and_keeps_few_compiled_loops(monk
 # Checkpoints: a foreign one is refused, naming what differs.
 
 def checkpointed(path, **kwargs):
-    return fit(steps=40, chunk_size=20, checkpoint=path, **kwargs)
+    return fit(steps=40, run=fsgd.Run(chunk_size=20, checkpoint=path), **kwargs)
 
 
 FOREIGN = [
@@ -156,9 +156,9 @@ def test_a_foreign_checkpoint_is_refused_with_what_differs(tmp_path, change, mat
 def test_the_same_run_in_new_objects_resumes(tmp_path):
     """Equal values in new objects (a new adam(0.1), a copy of the data) are the same run."""
     path = tmp_path / "run.npz"
-    first = fit(steps=40, chunk_size=20, checkpoint=path, lr=None,
+    first = fit(steps=40, run=fsgd.Run(chunk_size=20, checkpoint=path), lr=None,
                 optimizer=optax.sgd(0.1, momentum=0.9))
-    again = fit(steps=40, chunk_size=20, checkpoint=path, lr=None,
+    again = fit(steps=40, run=fsgd.Run(chunk_size=20, checkpoint=path), lr=None,
                 optimizer=optax.sgd(0.1, momentum=0.9),
                 data=(jnp.array(np.asarray(X)), jnp.array(np.asarray(Y))))
     assert_trees_close(again, first)
@@ -193,7 +193,7 @@ def rewrite_header(path, change):
 def test_a_crafted_header_is_refused_as_corrupt(tmp_path, change):
     path = tmp_path / "run.npz"
     with pytest.raises(Crash):
-        fit(steps=40, chunk_size=20, checkpoint=path, on_chunk=stop_after_first)
+        fit(steps=40, run=fsgd.Run(chunk_size=20, on_chunk=stop_after_first, checkpoint=path))
     rewrite_header(path, change)
     with pytest.raises(ValueError, match="is corrupt or truncated"):
         checkpointed(path)
@@ -214,14 +214,14 @@ def test_flipped_bytes_are_refused_or_harmless(tmp_path):
     whole = fit(steps=40)
     path = tmp_path / "run.npz"
     with pytest.raises(Crash):
-        fit(steps=40, chunk_size=20, checkpoint=path, on_chunk=stop_after_first)
+        fit(steps=40, run=fsgd.Run(chunk_size=20, on_chunk=stop_after_first, checkpoint=path))
     pristine = path.read_bytes()
     for position in np.linspace(0, len(pristine) - 1, 60).astype(int):
         damaged = bytearray(pristine)
         damaged[position] ^= 0xFF
         path.write_bytes(bytes(damaged))
         try:
-            resumed = fit(steps=40, chunk_size=20, checkpoint=path)
+            resumed = fit(steps=40, run=fsgd.Run(chunk_size=20, checkpoint=path))
         except ValueError as error:
             assert "checkpoint" in str(error)
         else:
@@ -233,14 +233,14 @@ def test_chunks_of_any_size_give_the_losses_of_one_call_to_the_bit(chunk_size):
     """Full batch, where the data is stored column-major: a one-step chunk once
     differed in the losses' last bits."""
     one = fit(steps=60)
-    chunked = fit(steps=60, chunk_size=chunk_size)
+    chunked = fit(steps=60, run=fsgd.Run(chunk_size=chunk_size))
     assert_trees_close(chunked, one, rtol=0, atol=0)
 
 
 def test_a_one_step_chunk_that_diverges_does_not_end_the_run():
     one = fit(lr=1.5, steps=80)
     assert 0 < int(one.diverged_at) < 79
-    assert_trees_close(fit(lr=1.5, steps=80, chunk_size=1), one, rtol=0, atol=0)
+    assert_trees_close(fit(lr=1.5, steps=80, run=fsgd.Run(chunk_size=1)), one, rtol=0, atol=0)
 
 
 def test_cpu_torch_tensors_are_data():

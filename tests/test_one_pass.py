@@ -38,8 +38,8 @@ def regression(n, d, dtype, k=None, seed=0):
 
 def both(loss, params, data, plan=SMALL_BLOCKS, **kwargs):
     kwargs = {"lr": 0.2, "steps": STEPS, "fast_path": False, **kwargs}
-    return (fsgd.fit(loss, params, data, speed=plan, **kwargs),
-            fsgd.fit(loss, params, data, speed=PLAIN, **kwargs))
+    return (fsgd.fit(loss, params, data, run=fsgd.Run(speed=plan), **kwargs),
+            fsgd.fit(loss, params, data, run=fsgd.Run(speed=PLAIN), **kwargs))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -80,8 +80,7 @@ def test_several_outputs_and_a_learning_rate_sweep():
 
     def sweep(plan):
         return jax.jit(jax.vmap(lambda lr: fsgd.fit(
-            fsgd.linear_mse, start, (x, y), lr=lr, steps=STEPS, fast_path=False,
-            speed=plan).params))(jnp.array([0.05, 0.1, 0.3]))
+            fsgd.linear_mse, start, (x, y), lr=lr, steps=STEPS, run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=False))).params))(jnp.array([0.05, 0.1, 0.3]))
 
     assert_trees_close(sweep(SMALL_BLOCKS), sweep(PLAIN), rtol=2e-5, atol=2e-5)
 
@@ -93,8 +92,7 @@ def test_the_blocks_are_really_taken():
 
     def loops(plan):
         text = jax.jit(lambda lr: fsgd.fit(fsgd.linear_mse, np.zeros(3, np.float32), (x, y),
-                                           lr=lr, steps=STEPS, fast_path=False,
-                                           speed=plan).params).lower(0.1).as_text()
+                                           lr=lr, steps=STEPS, run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=False))).params).lower(0.1).as_text()
         return text.count("stablehlo.while")
 
     assert loops(SMALL_BLOCKS) == loops(PLAIN) + 1
@@ -122,8 +120,7 @@ def test_the_step_reads_its_blocks_where_they_are_stored():
     every block is an array of its own, read in place by its branch."""
     x, y = regression(1000, 3, np.float32)
     text = jax.jit(lambda lr: fsgd.fit(fsgd.linear_mse, np.zeros(3, np.float32), (x, y), lr=lr,
-                                       steps=STEPS, fast_path=False,
-                                       speed=SMALL_BLOCKS).params).lower(0.1).compile().as_text()
+                                       steps=STEPS, run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=False))).params).lower(0.1).compile().as_text()
     assert "conditional(" in text
     assert "dynamic-slice" not in text
 
@@ -160,7 +157,7 @@ def test_fit_refuses_one_pass_for_mini_batches_before_compiling():
     x, y = regression(100, 3, np.float32)
     with pytest.raises(ValueError, match=r"one_pass=True\) cannot run: it is full-batch only"):
         fsgd.fit(fsgd.linear_mse, np.zeros(3, np.float32), (x, y), lr=0.1, steps=3,
-                 batch_size=10, key=jax.random.key(0), speed=SpeedPlan(one_pass=True))
+                 batch_size=10, key=jax.random.key(0), run=fsgd.Run(speed=SpeedPlan(one_pass=True)))
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "1MB"])

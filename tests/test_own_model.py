@@ -36,7 +36,7 @@ def mlp_loss(model, x, y):
 def test_equinox_mlp_equals_a_filter_jit_loop():
     model = eqx.nn.MLP(3, 1, 16, 2, key=jax.random.key(1))
     optimizer = optax.adam(1e-2)
-    result = fsgd.fit(mlp_loss, model, (X, Y), indices=INDICES, optimizer=optimizer)
+    result = fsgd.fit(mlp_loss, model, (X, Y), rows=fsgd.Schedule(INDICES), optimizer=optimizer)
 
     @eqx.filter_jit
     def step(model, opt_state, x, y):
@@ -79,7 +79,7 @@ def test_flax_nnx_batchnorm_through_state_equals_nnx_optimizer():
         return value, nnx.split(model, nnx.Param, nnx.BatchStat)[2]
 
     tx = optax.adam(1e-2)
-    result = fsgd.fit(loss, params, (X, Y), indices=INDICES, optimizer=tx, state=stats)
+    result = fsgd.fit(loss, params, (X, Y), rows=fsgd.Schedule(INDICES), model=fsgd.Model(state=stats), optimizer=tx)
 
     model = BatchNormNet(nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -214,8 +214,7 @@ def test_an_equinox_filter_spec_as_trainable_freezes_a_layer():
     model = eqx.nn.MLP(3, 1, 16, 2, key=jax.random.key(1))
     first = lambda m: (m.layers[0].weight, m.layers[0].bias)  # noqa: E731
     trainable = eqx.tree_at(first, jax.tree.map(lambda _: True, model), replace=(False, False))
-    result = fsgd.fit(mlp_loss, model, (X, Y), indices=INDICES, optimizer=optax.adam(1e-2),
-                      trainable=trainable)
+    result = fsgd.fit(mlp_loss, model, (X, Y), rows=fsgd.Schedule(INDICES), model=fsgd.Model(trainable=trainable), optimizer=optax.adam(1e-2))
     assert_trees_close(first(result.params), first(model))
     assert not np.allclose(result.params.layers[1].weight, model.layers[1].weight)
     assert float(result.losses[-1]) < float(result.losses[0])

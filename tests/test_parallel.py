@@ -88,7 +88,7 @@ def test_one_device_mesh_equals_fit(x64, kwargs):
     x, y = fsgd.lesson_data(jax.random.key(0), n=40, dtype=jnp.float64)
     start = np.array(fsgd.LESSON_START)
     one = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=60, **kwargs)
-    mesh = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=60, mesh=one_device_mesh(),
+    mesh = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=60, run=fsgd.Run(mesh=one_device_mesh()),
                     **kwargs)
     assert max_relative_error(mesh, one) <= TOLERANCE
 
@@ -97,7 +97,7 @@ def test_mesh_does_not_modify_the_data():
     x, y = (np.asarray(a) for a in fsgd.lesson_data(jax.random.key(0), n=13))
     copies = x.copy(), y.copy()
     fsgd.fit(fsgd.linear_mse, np.zeros(2, np.float32), (x, y), lr=0.1, steps=3,
-             mesh=one_device_mesh())
+             run=fsgd.Run(mesh=one_device_mesh()))
     for original, copy in zip((x, y), copies):
         np.testing.assert_array_equal(original, copy)
 
@@ -106,15 +106,15 @@ def test_bad_mesh_arguments_are_refused():
     x, y = fsgd.lesson_data(jax.random.key(0))
     start = jnp.array(fsgd.LESSON_START)
     with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh.*got list"):
-        fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=3, mesh=jax.devices())
+        fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=3, run=fsgd.Run(mesh=jax.devices()))
     with pytest.raises(ValueError, match="data is \\(\\): a data-free objective"):
-        fsgd.fit(lambda p: (p ** 2).sum(), start, lr=0.1, steps=3, mesh=one_device_mesh())
+        fsgd.fit(lambda p: (p ** 2).sum(), start, lr=0.1, steps=3, run=fsgd.Run(mesh=one_device_mesh()))
 
     def over_pairs_of_rows(p, x, y):  # not a mean over rows: needs an even count
         return fsgd.mse(fsgd.linear(p, x), y) + 0.0 * x.reshape(-1, 2, 2).sum()
 
     with pytest.raises(ValueError, match="loss is evaluated on batches of one row"):
-        fsgd.fit(over_pairs_of_rows, start, (x, y), lr=0.1, steps=3, mesh=one_device_mesh())
+        fsgd.fit(over_pairs_of_rows, start, (x, y), lr=0.1, steps=3, run=fsgd.Run(mesh=one_device_mesh()))
 
 
 def test_mesh_runs_the_plain_loop_where_auto_would_pick_the_moments(x64):
@@ -122,8 +122,8 @@ def test_mesh_runs_the_plain_loop_where_auto_would_pick_the_moments(x64):
     start = np.array(fsgd.LESSON_START)
     kwargs = dict(lr=0.1, steps=60)  # steps * n * d = 120 000: auto picks the moments
     with pytest.raises(ValueError, match="fast_path=True cannot run: it runs on one device"):
-        fsgd.fit(fsgd.linear_mse, start, (x, y), mesh=one_device_mesh(), fast_path=True,
+        fsgd.fit(fsgd.linear_mse, start, (x, y), run=fsgd.Run(mesh=one_device_mesh(), speed=fsgd.speed.SpeedPlan(exact_moments=True)),
                  **kwargs)
-    plain = fsgd.fit(fsgd.linear_mse, start, (x, y), fast_path=False, **kwargs)
-    mesh = fsgd.fit(fsgd.linear_mse, start, (x, y), mesh=one_device_mesh(), **kwargs)
+    plain = fsgd.fit(fsgd.linear_mse, start, (x, y), run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=False)), **kwargs)
+    mesh = fsgd.fit(fsgd.linear_mse, start, (x, y), run=fsgd.Run(mesh=one_device_mesh()), **kwargs)
     assert max_relative_error(mesh, plain) <= TOLERANCE

@@ -44,8 +44,7 @@ def test_progress_bar_advances_between_chunks_and_changes_no_bits(capsys):
 def test_progress_bar_shows_the_latest_evaluation_and_never_stops_the_run(capsys):
     mse = lambda a, x, y: {"valid_mse": fsgd.linear_mse(a, x, y)}  # noqa: E731
     with progress_bar(2500, enabled=True, desc="test") as bar:
-        result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=2500, evaluate=mse,
-                          eval_data=(X, Y), eval_every=500, **bar)
+        result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=2500, evaluation=fsgd.Evaluation(mse, (X, Y), every=500), **bar)
     assert int(result.steps_run) == 2500  # tqdm's update returns True when it redraws
     assert "valid_mse=" in capsys.readouterr().err
 
@@ -63,9 +62,8 @@ def test_chunks_of_whole_evaluation_periods_compile_as_few_programs_as_plain_chu
     with progress_bar(steps, enabled=True, desc="test", multiple=every) as bar, \
             count_compilations() as compiled:
         chunked = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.01, steps=steps,
-                           evaluate=mse, eval_data=(X, Y), eval_every=every, **bar)
+                           evaluation=fsgd.Evaluation(mse, (X, Y), every=every), **bar)
     assert compiled[0] <= 3  # the whole chunk, the last one, and a host-side join at most
-    whole = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.01, steps=steps, evaluate=mse,
-                     eval_data=(X, Y), eval_every=every)
+    whole = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.01, steps=steps, evaluation=fsgd.Evaluation(mse, (X, Y), every=every))
     assert_trees_close(chunked.params, whole.params)
     assert_trees_close(chunked.evals, whole.evals)

@@ -52,7 +52,7 @@ def test_sample_indices_drop_last_false_epochs_hold_every_row_once():
 def test_drop_last_false_changes_nothing_where_batches_divide_n():
     kwargs = dict(steps=30, batch_size=10, key=KEY, replace=False)
     x, y = X[:1000], Y[:1000]
-    assert_trees_close(fsgd.fit(fsgd.linear_mse, START, (x, y), lr=LR, drop_last=False, **kwargs),
+    assert_trees_close(fsgd.fit(fsgd.linear_mse, START, (x, y), lr=LR, rows=fsgd.Shuffled(drop_last=False), **kwargs),
                        fsgd.fit(fsgd.linear_mse, START, (x, y), lr=LR, **kwargs))
     np.testing.assert_array_equal(
         fsgd.sample_indices(KEY, 1000, 30, 10, replace=False, drop_last=False),
@@ -96,8 +96,7 @@ def test_three_ragged_epochs_equal_a_torch_dataloader_loop_and_a_numpy_loop():
         numpy_losses.append(float((error ** 2).mean()))
         p = p - np.float32(LR) * (2 * X[batch].T @ error / np.float32(len(batch)))
 
-    result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, indices=padded(order),
-                      drop_last=False)
+    result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, rows=fsgd.Schedule(padded(order), padded=True))
     assert result.losses.shape == (STEPS,)
     for params, losses in ((a.detach().numpy(), torch_losses), (p, numpy_losses)):
         assert_trees_close(result.params, params, rtol=1e-6)
@@ -109,9 +108,9 @@ def test_keyed_ragged_epochs_equal_their_schedule_in_one_call_chunks_and_on_the_
     kwargs = dict(steps=STEPS, batch_size=BATCH, key=KEY, replace=False, drop_last=False)
     keyed = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, **kwargs)
     rows = fsgd.sample_indices(KEY, N, STEPS, BATCH, replace=False, drop_last=False)
-    scheduled = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, indices=rows, drop_last=False)
+    scheduled = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, rows=fsgd.Schedule(rows, padded=True))
     assert_trees_close(keyed, scheduled)  # the same bits
-    chunked = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, chunk_size=40, **kwargs)
+    chunked = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, run=fsgd.Run(chunk_size=40), **kwargs)
     assert_trees_close(chunked, keyed)
 
 
@@ -120,7 +119,7 @@ def test_a_memmap_read_on_the_host_with_padding_gives_the_in_memory_bits(tmp_pat
     x[:] = X
     kwargs = dict(steps=STEPS, batch_size=BATCH, key=KEY, replace=False, drop_last=False)
     in_memory = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, **kwargs)
-    assert_trees_close(fsgd.fit(fsgd.linear_mse, START, (x, Y), lr=LR, chunk_size=64, **kwargs),
+    assert_trees_close(fsgd.fit(fsgd.linear_mse, START, (x, Y), lr=LR, run=fsgd.Run(chunk_size=64), **kwargs),
                        in_memory)
 
 
@@ -128,26 +127,23 @@ def test_reference_fit_with_padding_agrees_with_fit():
     """float32; torch and XLA may sum in other orders: tolerances as above."""
     rows = np.asarray(fsgd.sample_indices(KEY, N, STEPS, BATCH, replace=False,
                                           drop_last=False))
-    result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, indices=rows, drop_last=False)
-    params, losses = reference.fit(fsgd.linear_mse, START, (X, Y), lr=LR, indices=rows,
-                                   drop_last=False)
+    result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, rows=fsgd.Schedule(rows, padded=True))
+    params, losses = reference.fit(fsgd.linear_mse, START, (X, Y), lr=LR, rows=fsgd.Schedule(rows, padded=True))
     assert_trees_close(result.params, params, rtol=1e-6)
     assert_trees_close(result.losses, losses, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="-1 marks padding only with drop_last=False"):
-        reference.fit(fsgd.linear_mse, START, (X, Y), lr=LR, indices=rows)
+        reference.fit(fsgd.linear_mse, START, (X, Y), lr=LR, rows=fsgd.Schedule(rows))
 
 
 def test_padding_anywhere_in_a_step_is_the_mean_over_its_real_rows():
     rows = np.array([[5, -1, 7, -1], [1, 2, 3, 4], [-1, -1, -1, 9]])
-    result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, indices=rows, drop_last=False)
-    short = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, indices=np.array([[5, 7]]))
+    result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, rows=fsgd.Schedule(rows, padded=True))
+    short = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, rows=fsgd.Schedule(np.array([[5, 7]])))
     assert_trees_close(result.losses[0], short.losses[0], rtol=1e-6)
-    params, _ = reference.fit(fsgd.linear_mse, START, (X, Y), lr=LR, indices=rows,
-                              drop_last=False)
+    params, _ = reference.fit(fsgd.linear_mse, START, (X, Y), lr=LR, rows=fsgd.Schedule(rows, padded=True))
     assert_trees_close(result.params, params, rtol=1e-6)
     # traced indices cannot be looked at: with drop_last=False they are taken as padded
-    traced = jax.jit(lambda rows: fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, indices=rows,
-                                           drop_last=False))(rows)
+    traced = jax.jit(lambda rows: fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, rows=fsgd.Schedule(rows, padded=True)))(rows)
     assert_trees_close(traced.params, result.params)
 
 
@@ -155,8 +151,7 @@ def test_a_stream_whose_last_batch_is_short_equals_its_padded_schedule():
     order = [np.arange(i, min(i + BATCH, N)) for i in range(0, N, BATCH)]  # last: 3 rows
     stream = fsgd.stream(((X[b], Y[b]) for b in order), block=32)  # the short one in block 4
     streamed = fsgd.fit(fsgd.linear_mse, START, stream, lr=LR)
-    scheduled = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, indices=padded(order),
-                         drop_last=False)
+    scheduled = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, rows=fsgd.Schedule(padded(order), padded=True))
     assert int(streamed.steps_run) == len(order)
     assert_trees_close(streamed, scheduled)
 
@@ -168,8 +163,7 @@ def test_a_torch_dataloader_with_a_short_last_batch_streams():
     order = [b.numpy() for (b,) in torch_loader(rows)]
     streamed = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(torch_loader(data), block=64),
                         lr=LR)
-    scheduled = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, indices=padded(order),
-                         drop_last=False)
+    scheduled = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, rows=fsgd.Schedule(padded(order), padded=True))
     assert_trees_close(streamed, scheduled)
 
 
@@ -228,7 +222,7 @@ def test_dict_and_nested_tuple_data_equal_the_tuple_form(kwargs):
 def test_dict_data_through_chunks_jit_and_the_host():
     kwargs = dict(steps=30, batch_size=BATCH, key=KEY)
     expected = fsgd.fit(dict_loss, START, {"x": X, "y": Y}, lr=LR, **kwargs)
-    chunked = fsgd.fit(dict_loss, START, {"x": X, "y": Y}, lr=LR, chunk_size=7, **kwargs)
+    chunked = fsgd.fit(dict_loss, START, {"x": X, "y": Y}, lr=LR, run=fsgd.Run(chunk_size=7), **kwargs)
     jitted = jax.jit(lambda d: fsgd.fit(dict_loss, START, d, lr=LR, **kwargs))(
         {"x": X, "y": Y})
     assert_trees_close(chunked, expected)
@@ -252,7 +246,7 @@ def test_pytree_data_on_a_mesh_equals_one_device():
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
     kwargs = dict(steps=20, batch_size=BATCH, key=KEY, replace=False, drop_last=False)
     one = fsgd.fit(dict_loss, START, {"x": X, "y": Y}, lr=LR, **kwargs)
-    many = fsgd.fit(dict_loss, START, {"x": X, "y": Y}, lr=LR, mesh=mesh, **kwargs)
+    many = fsgd.fit(dict_loss, START, {"x": X, "y": Y}, lr=LR, run=fsgd.Run(mesh=mesh), **kwargs)
     assert_trees_close(many, one, rtol=1e-6, atol=1e-7)  # float32, per-row sums
 
 
@@ -304,7 +298,7 @@ def test_padding_with_a_batch_wide_model_is_refused(model):
 
     with pytest.raises(ValueError, match=f"drop_last=False cannot run with {list(model)[0]}"):
         fsgd.fit(loss, START, (X, Y), lr=LR, steps=5, batch_size=BATCH, key=KEY,
-                 replace=False, drop_last=False, **model)
+                 rows=fsgd.Shuffled(drop_last=False), **model)
 
 
 def test_a_loss_that_fails_on_one_row_is_refused_with_drop_last():
@@ -314,4 +308,4 @@ def test_a_loss_that_fails_on_one_row_is_refused_with_drop_last():
     with pytest.raises(ValueError, match="with drop_last=False, loss is evaluated on batches "
                                          "of one row and must be a mean over rows"):
         fsgd.fit(loss, START, (X, Y), lr=LR, steps=5, batch_size=BATCH, key=KEY,
-                 replace=False, drop_last=False)
+                 rows=fsgd.Shuffled(drop_last=False))

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from functional_sgd.core import _fit, _repeat, _warm
+from functional_sgd.core import _fit, _repeat, _trainer, _warm
 
 
 @pytest.fixture
 def checks_run(monkeypatch):
     """Counts the calls that took the full path (the data checks)."""
-    _warm._calls.clear()
+    _trainer._FIT_MEMORY.forget()
     count = [0]
     check_data = _fit._checks.check_data
 
@@ -27,7 +27,7 @@ def checks_run(monkeypatch):
 
     monkeypatch.setattr(_fit._checks, "check_data", counted)
     yield count
-    _warm._calls.clear()
+    _trainer._FIT_MEMORY.forget()
 
 
 def lesson():
@@ -36,7 +36,7 @@ def lesson():
 
 
 def schedule_fit(start, x, y, indices, **kwargs):
-    return fsgd.fit(fsgd.linear_mse, start, (x, y), indices=indices, **{"lr": 0.1, **kwargs})
+    return fsgd.fit(fsgd.linear_mse, start, (x, y), rows=fsgd.Schedule(indices), **{"lr": 0.1, **kwargs})
 
 
 def test_a_repeated_call_skips_the_checks_and_keeps_the_bits(checks_run):
@@ -55,7 +55,7 @@ def test_a_new_lr_or_new_params_of_the_same_signature_stay_warm(checks_run):
     first = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.05, steps=20)
     second = fsgd.fit(fsgd.linear_mse, first.params, (x, y), lr=0.05, steps=20)
     assert checks_run[0] == 1
-    _warm._calls.clear()
+    _trainer._FIT_MEMORY.forget()
     cold = fsgd.fit(fsgd.linear_mse, first.params, (x, y), lr=0.05, steps=20)
     np.testing.assert_array_equal(np.asarray(second.params), np.asarray(cold.params))
     np.testing.assert_array_equal(np.asarray(second.losses), np.asarray(cold.losses))
@@ -83,7 +83,7 @@ def test_anything_else_new_takes_the_full_path(checks_run):
         fsgd.fit(fsgd.linear_mse, start, (bad, y), lr=0.1, steps=5)
     with pytest.raises(TypeError, match="replace"):  # equal to True, but not a bool
         fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=5, batch_size=10,
-                 key=jax.random.key(0), replace=1)
+                 key=jax.random.key(0), rows=(fsgd.Shuffled() if not 1 else fsgd.Sampled()))
 
 
 def test_numpy_data_is_checked_on_every_call(checks_run):
@@ -166,11 +166,11 @@ def test_a_repeated_float_lr_is_passed_on_the_device_with_the_same_bits(checks_r
     start, x, y = lesson()
     lrs = [0.1, 0.1, 0.1, 0.07, 0.1, 0.07, 0.07]
     warm = [fsgd.fit(fsgd.linear_mse, start, (x, y), lr=lr, steps=20) for lr in lrs]
-    again = next(iter(_warm._calls.values())).again
+    again = _trainer._FIT_MEMORY.last()
     seen, on_device = again.last_lr
     assert seen == 0.07 and on_device is not None and on_device.weak_type
     assert checks_run[0] == 1
-    _warm._calls.clear()
+    _trainer._FIT_MEMORY.forget()
     for lr, result in zip(lrs, warm):
         assert_same_result(fsgd.fit(fsgd.linear_mse, start, (x, y), lr=lr, steps=20), result)
 
@@ -194,11 +194,11 @@ def test_calls_naming_other_arrays_or_option_types_do_not_meet(checks_run):
     start, x, y = lesson()
     indices = fsgd.sample_indices(jax.random.key(1), 100, 20, 10)
     fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20)
-    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, indices=indices)
-    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, record_params=False)
+    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, rows=fsgd.Schedule(indices))
+    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, run=fsgd.Run(record_params=False))
     assert checks_run[0] == 2
     with pytest.raises(TypeError, match="record_params"):
-        fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, record_params=0)
+        fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, run=fsgd.Run(record_params=0))
 
 
 def test_the_warm_path_passes_carry_and_inputs_fields_in_their_order():
@@ -233,7 +233,7 @@ def test_params_as_a_tuple_list_or_dict_stay_warm_with_the_same_bits(checks_run,
     moved = fsgd.fit(line_loss, cold.params, (x, y), **options)  # new params, same signature
     assert checks_run[0] == 1
     assert_same_result(cold, warm)
-    _warm._calls.clear()
+    _trainer._FIT_MEMORY.forget()
     assert_same_result(fsgd.fit(line_loss, cold.params, (x, y), **options), moved)
 
 
@@ -310,7 +310,7 @@ def test_evaluated_calls_stay_warm_with_the_cold_results(checks_run, options):
     assert compiled[0] == 0 and checks_run[0] == 1
     assert_same_result(cold, warm[0])
     assert not np.array_equal(warm[1].evals["accuracy"], cold.evals["accuracy"])
-    _warm._calls.clear()
+    _trainer._FIT_MEMORY.forget()
     assert_same_result(run(params=cold.params), warm[1])
     if "patience" in options:
         assert int(cold.steps_run) < 200  # the rule fired

@@ -21,7 +21,8 @@ def agreement(reference, dtype, batch_size, steps, lr, seed=0):
     start = np.asarray(fsgd.LESSON_START, dtype)
     indices = None if batch_size is None else np.asarray(
         fsgd.sample_indices(schedule_key, x.shape[0], steps, batch_size))
-    ours = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=lr, steps=steps, indices=indices)
+    ours = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=lr, steps=steps,
+                    rows=None if indices is None else fsgd.Schedule(indices))
     params, losses = reference.fit(fsgd.linear_mse, start, (x, y), lr=lr, steps=steps,
                                    indices=indices)
     rows = {}

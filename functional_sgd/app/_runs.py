@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from functional_sgd import fit, linear_mse, sample_indices
+from functional_sgd import Evaluation, Run, fit, linear_mse, sample_indices
 from functional_sgd.lesson import LEARNING_RATES, PARABOLA_START, lesson_data, lr_sweep, parabola
 
 from ._progress import progress_bar
@@ -49,13 +49,14 @@ def fit_modes(x, y, start, *, lr, steps, batch_size, key, progress, held_out=Non
     runs = {}
     for name, size in modes.items():
         schedule = {} if size is None else {"batch_size": size, "key": key}
-        evaluation = {} if held_out is None else {
-            "evaluate": held_out_loss, "eval_data": held_out,
-            "eval_every": 1 if size is None else eval_every}
+        every = 1 if size is None else eval_every
+        evaluation = None if held_out is None else Evaluation(held_out_loss, held_out,
+                                                               every=every)
         with progress_bar(steps, enabled=progress, desc=name,  # whole evaluation periods
-                          multiple=evaluation.get("eval_every", 1)) as bar, timed() as timing:
-            result = fit(linear_mse, start, (x, y), lr=lr, steps=steps, record_params=True,
-                         **schedule, **evaluation, **bar)
+                          multiple=1 if held_out is None else every or 1) as bar, \
+                timed() as timing:
+            result = fit(linear_mse, start, (x, y), lr=lr, steps=steps, **schedule,
+                         evaluation=evaluation, run=Run(record_params=True, **bar))
             jax.block_until_ready(result)
         runs[name] = ModeRun(result, size, timing)
     return runs
@@ -76,7 +77,7 @@ def held_out_rates(x, y, start, held_out, *, steps):
     :data:`LEARNING_RATES` (full batch), from one ``lr_sweep`` call;
     returns ``{label: (steps, losses)}`` as :func:`held_out_curve` does."""
     sweep = lr_sweep(linear_mse, start, (x, y), lrs=jnp.array(list(LEARNING_RATES.values())),
-                     steps=steps, evaluate=held_out_loss, eval_data=held_out, eval_every=1)
+                     steps=steps, evaluation=Evaluation(held_out_loss, held_out, every=1))
     start_loss = float(linear_mse(start, *held_out))
     return {label: held_out_curve(sweep.eval_steps[i], sweep.evals[HELD_OUT][i], start_loss)
             for i, label in enumerate(LEARNING_RATES)}
@@ -88,8 +89,8 @@ def learning_rate_runs(x, y, start, *, steps):
     runs = {}
     for label, lr in LEARNING_RATES.items():
         on_parabola = fit(parabola, jnp.array(PARABOLA_START), lr=lr, steps=steps,
-                          record_params=True)
-        on_line = fit(linear_mse, start, (x, y), lr=lr, steps=steps, record_params=True)
+                          run=Run(record_params=True))
+        on_line = fit(linear_mse, start, (x, y), lr=lr, steps=steps, run=Run(record_params=True))
         runs[label] = (on_parabola, on_line)
     return runs
 

@@ -171,6 +171,17 @@ def choose(evaluate, eval_data, eval_every, monitor, mode, restore_best, *, batc
     return evaluation, eval_data, dtype
 
 
+@dataclasses.dataclass(frozen=True)
+class HeldOutLoss:
+    """``evaluate`` by default: the training loss on the held-out data, as
+    ``{"loss": loss(params, *eval_data)}`` (frozen, so equal ones share a compile)."""
+
+    loss: Callable
+
+    def __call__(self, params, *eval_data):
+        return {"loss": self.loss(params, *eval_data)}
+
+
 def given_data(eval_data):
     """Whether ``eval_data`` is anything but the default ``()``."""
     return not (isinstance(eval_data, (tuple, list)) and len(eval_data) == 0)

@@ -32,159 +32,17 @@ from ._repeat import run
 from ._spec import LoopSpec
 
 
-def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None,
-        indices=None, optimizer=None, replace=True, tol=None, patience=None,
-        record_params=False, opt_state=None, start_step=0, check_finite=True,
-        chunk_size=None, on_chunk=None, mesh=None, checkpoint=None, fast_path="auto",
-        speed=None, rng=None, state=None, has_aux=False, trainable=None, evaluate=None,
-        eval_data=(), eval_every=None, monitor=None, mode="min", restore_best=False,
-        drop_last=True):
-    """Fits ``params`` by gradient descent on ``loss``, in one compiled call.
-
-    Each step ``t`` takes a batch ``B_t`` of rows and applies
-    ``p <- p - lr * grad L_{B_t}(p)`` (or the given optax optimizer), where
-    ``L_B(p) = loss(p, *(a[B] for a in data))``.
-
-    * ``batch_size=None``: batch gradient descent, every step sees all rows;
-    * ``batch_size=k`` with ``key``: mini-batch descent, ``k`` random rows
-      a step (see :func:`sample_indices` for ``replace``);
-    * ``batch_size=1`` with ``key``: stochastic descent, one row a step;
-    * ``indices`` of shape ``(steps, batch_size)``: an explicit schedule.
-
-    ``lr``, ``key``, ``params``, ``data``, ``tol``, ``patience``,
-    ``start_step``, ``rng`` and ``state`` are traced: a new learning rate or
-    new data of the same shape reuses the compiled loop, and ``jax.vmap(fit)``
-    over any of them is a sweep (over ``rng``: a seed ensemble). ``loss``,
-    ``optimizer``, ``steps``, ``batch_size``, ``has_aux``, ``trainable`` and
-    the non-array leaves of ``params`` shape the program: changing them
-    compiles again (so define ``loss`` once, not as a fresh ``lambda`` per call).
-
-    Args:
-      loss: ``loss(params, *batch) -> scalar``; with ``state`` and
-        ``has_aux`` see those; with ``rng`` it also takes the keyword ``key``.
-      params: initial parameters, any pytree (NumPy or JAX arrays; an
-        equinox ``Module``, a flax nnx ``State``, a dict, ...). Its leaves
-        that are arrays of an inexact dtype train (Python floats and NumPy
-        scalars too, as float arrays); every other leaf (integer, bool and
-        key arrays, functions, Python ints, ``None``) passes through
-        unchanged: no gradient, no update, no optimizer state.
-        ``result.params`` has the type given.
-      data: tuple of arrays sharing their leading axis ``n`` (unpacked into
-        the loss's arguments), or ``()``; or any other pytree of such arrays,
-        the elements of a tuple each one argument (a dict or nested tuples
-        inside the tuple), a dict passed as one argument:
-        ``fit(loss, p, {"x": x, "y": y})`` calls ``loss(p, {"x": xb, "y":
-        yb})``. Like all JAX inputs, float64 NumPy data becomes float32
-        unless ``jax_enable_x64`` is on. A ``np.memmap`` among them, with
-        ``batch_size`` or ``indices``, is never read whole: each block of
-        steps (``chunk_size``, by default 16 MiB of rows) has its rows read
-        from the file with ``pread`` and checked for NaN once, so the
-        process holds those rows and not the file's pages. A
-        :func:`~functional_sgd.stream` of batches trains on any iterable.
-      lr: learning rate ``> 0``; required unless ``optimizer`` is given.
-      steps: number of updates; may be omitted when ``indices`` is given.
-      batch_size: rows per step, ``1 <= batch_size <= n``; ``None`` for all.
-      key: ``jax.random`` key for drawing batches; required with
-        ``batch_size``. Step ``t`` draws from ``fold_in(key, t)``.
-      indices: explicit ``(steps, batch_size)`` integer schedule of rows in
-        ``[0, n)``; with ``drop_last=False`` a slot may also hold ``-1``,
-        padding (anywhere in its step's row; every step needs one real row).
-      optimizer: an optax ``GradientTransformation`` used instead of plain SGD;
-        it sees only the trainable leaves. One that takes extra arguments
-        (``GradientTransformationExtraArgs``: ``reduce_on_plateau``,
-        ``lbfgs``, ``polyak_sgd``) gets ``value=``, ``grad=`` and
-        ``value_fn=`` (the step's batch loss as a function of the trainable
-        params, with the step's key and state) on every update.
-      replace: with ``key``: ``True`` draws every step's rows independently
-        (the lesson's ``rand_idx``), ``False`` runs shuffled epochs.
-      drop_last: with ``replace=False``, ``True`` cuts each epoch into
-        ``n // batch_size`` full batches (the ``n % batch_size`` rows left
-        over sit that epoch out); ``False`` gives each epoch ``ceil(n /
-        batch_size)`` steps, the last one holding the rows left over, as
-        torch's ``DataLoader(shuffle=True, drop_last=False)`` does (see
-        :func:`sample_indices`). With ``indices``, ``False`` lets the
-        schedule hold ``-1`` padding. A short step's loss is the mean over
-        its real rows ``r``, ``sum_r loss(p, {r}) / count``, each row a batch
-        of one (as under ``mesh``): equal to ``loss`` on those rows only when
-        the loss is a mean over the rows of its batch, as ``mse`` and
-        cross-entropy are; fit checks that it runs on one row but cannot
-        check that it is a mean. Full steps call the loss as ever. Not with
-        ``rng``, ``state`` or ``has_aux`` (a batch-wide key, batch statistics
-        or aux): refused. Traced ``indices`` (under ``jax.jit``) are taken as
-        padded when ``drop_last=False``. A :func:`~functional_sgd.stream`
-        always takes a short batch this way.
-      tol: stop once a step's loss is ``<= tol``.
-      patience: stop once the best loss has not improved for this many steps.
-        With either stop rule, a non-finite loss also stops the run.
-      record_params: also return the parameter trajectory.
-      opt_state: optimizer state to continue from (``result.opt_state``).
-      start_step: global index of the first step (``result.step`` to
-        continue); it selects the batches drawn from ``key``.
-      check_finite: refuse data containing NaN or inf. NumPy arrays are
-        checked on every call (they can be written to); a JAX array, whose
-        values never change, only the first time ``fit`` sees it.
-      chunk_size: run the loop as compiled chunks of this many steps, with a
-        host step between chunks (for progress bars and checkpoints). The
-        result has the same bits as one call; each chunk syncs once.
-      on_chunk: called after each chunk with that chunk's :class:`FitResult`
-        (its ``losses`` cover the chunk; ``step`` is the global step after
-        it). Returning ``True`` stops the run after that chunk (the result
-        is returned, as after a stop rule). Needs ``chunk_size``.
-      mesh: a ``jax.sharding.Mesh``: run data-parallel, rows of ``data``
-        sharded over all its axes, params replicated, gradients all-reduced
-        every step (the same result as one device, up to the order of
-        additions). ``loss`` must be a mean over the rows of its batch.
-      checkpoint: a file path: after every chunk the run's state is written
-        there atomically, and a run started again with the same arguments
-        resumes from it with the same bits. Needs ``chunk_size`` (a memmap's
-        blocks and a stream's are its chunks). A memmap is fingerprinted by
-        its file (name, size, modification time) and a hash of 1,024 of its
-        rows, not by all its bytes; a stream by its batches' shapes
-        (see :func:`~functional_sgd.stream` for resuming one).
-      fast_path: ``"auto"``, ``True`` or ``False``. Full-batch descent on
-        ``linear_mse`` (by identity) with data ``(x, y)`` and one params
-        array can run from sufficient statistics (``XᵀX`` and friends, one
-        pass over the data, then ``O(d²)`` a step; see ``speed/_moments.py``),
-        with any optimizer and any float dtype. ``"auto"`` leaves it to
-        ``speed`` (by default: where it applies and is cheaper, ``d <= 2 *
-        steps`` and ``steps * n * d >= 1e5``); ``True`` insists (and says why
-        it cannot); ``False`` always runs the plain loop.
-      speed: a :class:`functional_sgd.speed.SpeedPlan` switching the loop's
-        speed-ups one by one; ``None`` for the defaults.
-      rng: a ``jax.random`` key for the model's own randomness (dropout):
-        step ``t`` (global, counted from ``start_step``) calls the loss with
-        the keyword ``key=jax.random.fold_in(rng, t)``. Chunks, checkpoints
-        and ``start_step`` keep the bits. Take it apart from ``key`` (e.g.
-        ``key, rng = jax.random.split(seed)``): the same key would draw the
-        batches and the dropout masks from the same bits.
-      state: model state the forward pass updates (BatchNorm statistics):
-        the loss is then ``loss(params, state, *batch) -> (value,
-        new_state)``; the new state (same structure, shapes and dtypes) is
-        carried to the next step and never differentiated; ``result.state``
-        is the last one. Checkpointed with the params. Not with ``mesh``:
-        refused, since the mesh evaluates the loss row by row, where batch
-        statistics mean nothing (the same holds for ``rng`` and ``has_aux``).
-      has_aux: the loss returns ``(value, aux)``, with ``state`` ``(value,
-        new_state, aux)``; ``result.aux`` stacks aux (a pytree of arrays)
-        over the steps. Steps a stop rule cut off hold NaN (zero for integer
-        and bool leaves), as their losses do.
-      trainable: freezes more of ``params``: a pytree of bools with the
-        structure of ``params`` or a prefix of it (one bool for a subtree),
-        or a function ``leaf -> bool``. Frozen leaves pass through as
-        non-float ones do.
-
-    Returns:
-      A :class:`FitResult`.
-
-    >>> import jax, jax.numpy as jnp
-    >>> from functional_sgd import fit, lesson_data, linear_mse
-    >>> x, y = lesson_data(jax.random.key(0))
-    >>> result = fit(linear_mse, jnp.array([0.5, 0.75]), (x, y), lr=0.1, steps=100)
-    >>> bool(result.losses[-1] < 0.1 < result.losses[0])
-    True
-    >>> [round(float(a), 1) for a in result.params]
-    [3.1, 2.4]
-    """
+def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None,
+                 indices=None, optimizer=None, replace=True, tol=None, patience=None,
+                 record_params=False, opt_state=None, start_step=0, check_finite=True,
+                 chunk_size=None, on_chunk=None, mesh=None, checkpoint=None, fast_path="auto",
+                 speed=None, rng=None, state=None, has_aux=False, trainable=None,
+                 evaluate=None, eval_data=(), eval_every=None, monitor=None, mode="min",
+                 restore_best=False, drop_last=True, memory=None, warm_call=None):
+    """The run ``fit`` asks for, its options spelled out as keywords (see
+    :func:`fit` and ``_options.py`` for their meanings). ``memory`` and
+    ``warm_call``: where a run that passed its checks is remembered, so the
+    same call again skips them (``_warm.py``)."""
     if isinstance(data, drivers.Stream):
         if evaluate is not None:
             raise ValueError("evaluate cannot be used with a stream as data for now: pass "
@@ -200,21 +58,6 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
                            unused=dict(batch_size=batch_size, key=key, indices=indices,
                                        chunk_size=chunk_size, mesh=mesh, rng=rng, state=state,
                                        has_aux=has_aux or None, trainable=trainable))
-    # A call repeating an earlier one's arrays and options skips the checks it passed.
-    warm_call = _warm.key(loss, params, data, key, indices, optimizer, (
-        steps, batch_size, replace, tol, patience, record_params, start_step, check_finite,
-        fast_path, speed, drop_last, evaluate, eval_every, monitor, mode, restore_best),
-        eval_data) if (
-        opt_state is None and chunk_size is None and on_chunk is None and mesh is None
-        and checkpoint is None and rng is None and state is None and has_aux is False
-        and trainable is None and (evaluate is not None or (
-            not _evaluate.given_data(eval_data) and eval_every is None and monitor is None
-            and mode == "min" and restore_best is False))) else None
-    if warm_call is not None:
-        warm = _warm.recall(warm_call)
-        if warm is not None:
-            lr = _checks.check_lr(lr, optimizer, None, params)
-            return warm.again(params, data, lr, key, indices, tol, patience, eval_data)
     data, structure, names = _checks.flatten_data(data)
     read_on_host = _checks.read_on_host(data, batch_size, indices)
     data, n = _checks.check_data(data, check_finite and not read_on_host, names)
@@ -260,7 +103,7 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         _checks.check_no_chunk_options(on_chunk, checkpoint)
         out = result(*loop(spec, carry, inputs))
         if warm_call is not None and model.plain and not read_on_host:
-            _warm.remember(warm_call, spec, carry)  # after the run: it succeeded
+            memory.remember(warm_call, spec, carry)  # after the run: it succeeded
         return out
     chunk_size = _checks.check_chunks(chunk_size, on_chunk,
                                       (params, data, lr, start_step, rng, state, eval_data))

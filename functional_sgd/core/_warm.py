@@ -34,6 +34,7 @@ made of it (a Python float, too, is copied on every call, ~2 us); its
 bits and the compiled program are the same.
 """
 
+import dataclasses
 import weakref
 from typing import Any, NamedTuple
 
@@ -63,43 +64,75 @@ KEPT = 16
 class Warm(NamedTuple):
     """What a call that passed the checks leaves for the next one like it."""
 
-    arrays: tuple     # weak references to the call's data, key and indices
+    arrays: tuple     # weak references to the arrays the call named
     params_signature: Any  # the params' structure, shapes, dtypes and weak types
     again: Any        # the :class:`Again` that runs it
 
 
-_calls = {}
-
-
-def key(loss, params, data, batch_key, indices, optimizer, options, eval_data=()):
+def key(loss, params, data, batch_key, options):
     """``(key, arrays, signature)`` of a call: the dictionary key, the arrays
     it names and the signature of its params (:func:`signature`), or
-    ``None`` when the call is not one that may skip its checks. ``options``:
-    the call's settings (a call whose options do not hash is not remembered).
-    ``eval_data`` (a tuple of arrays, with ``evaluate`` among the options)
-    is named after the data, key and indices."""
-    if _CONCRETE is None or type(data) is not tuple or type(eval_data) is not tuple:
+    ``None`` when the call is not one that may skip its checks.
+
+    ``options``: the call's other arguments, each a value or an option
+    object (a frozen dataclass). No option is listed here: every field of
+    every option joins the key, by value when it hashes, by identity when
+    it is a concrete JAX array (or a tuple of them); any other field (a
+    NumPy array, which can be written to) makes the call one that is
+    checked every time.
+    """
+    if _CONCRETE is None or type(data) is not tuple:
         return None
-    for a in data + eval_data:
+    for a in data:
         if type(a) is not _CONCRETE:
             return None
-    arrays = data
+    arrays = list(data)
     if batch_key is not None:
         if type(batch_key) is not _CONCRETE and type(batch_key) is not _CONCRETE_KEY:
             return None
-        arrays += (batch_key,)
-    if indices is not None:
-        if type(indices) is not _CONCRETE:
+        arrays.append(batch_key)
+    flat = []
+    for option in options:
+        if type(option) in _PLAIN:  # the common case, kept cheap
+            flat.append(option)
+        elif not _flatten_option(option, flat, arrays):
             return None
-        arrays += (indices,)
-    arrays += eval_data
     params_signature = signature(params)
     if params_signature is None:
         return None
     # One flat tuple, whose length tells how many arrays it names; the types
-    # tell apart options that compare equal (replace=1 is refused, True is not).
-    return (loss, optimizer, jax.config.jax_enable_x64, *map(id, arrays), *options,
-            *map(type, options)), arrays, params_signature
+    # tell apart values that compare equal (True and 1).
+    return (loss, jax.config.jax_enable_x64, *map(id, arrays), *flat, *map(type, flat)), \
+        tuple(arrays), params_signature
+
+
+def _flatten_option(option, flat, arrays):
+    """Appends ``option``'s part of a call's key to ``flat`` (its arrays to
+    ``arrays``); ``False`` if the call cannot be remembered."""
+    if dataclasses.is_dataclass(option) and not isinstance(option, type):
+        flat.append(type(option))
+        return all(_flatten_option(getattr(option, f.name), flat, arrays)
+                   for f in dataclasses.fields(option))
+    if type(option) is _CONCRETE or type(option) is _CONCRETE_KEY:
+        arrays.append(option)
+        flat.append(_ARRAY)
+        return True
+    if type(option) is tuple and any(hasattr(a, "shape") for a in option):
+        flat.append(len(option))
+        return all(_flatten_option(a, flat, arrays) for a in option)
+    try:
+        hash(option)
+    except TypeError:
+        return False
+    if hasattr(option, "__array__"):  # a NumPy array or scalar: its values may change
+        return False
+    flat.append(option)
+    return True
+
+
+_PLAIN = (type(None), int, float, str, bool)
+_ARRAY = object()
+"""Stands in a key for an array named by identity."""
 
 
 def signature(params):
@@ -136,30 +169,44 @@ def _plain_structure(structure):
                                                            structure.children())))
 
 
-def recall(call):
-    """The :class:`Warm` of an earlier call equal to ``call`` whose params
-    had the same signature, or ``None``."""
-    try:
-        warm = _calls.get(call[0])
-    except TypeError:  # an option that is an array (tol=jnp.array(...))
-        return None
-    if warm is None or call[2] != warm.params_signature:
-        return None
-    for ref, a in zip(warm.arrays, call[1]):
-        if ref() is not a:  # an id reused by a new array
+class Memory:
+    """Calls that passed their checks and ran, so that the same call again
+    skips them. A :class:`~functional_sgd.Trainer` holds one; ``fit`` holds
+    one for the process. At most ``kept`` calls are remembered: past that,
+    all are forgotten. Arrays are held by weak references."""
+
+    def __init__(self, kept=KEPT):
+        self.kept = kept
+        self._calls = {}
+
+    def __len__(self):
+        return len(self._calls)
+
+    def recall(self, call):
+        """The :class:`Warm` of an earlier call equal to ``call`` whose
+        params had the same signature, or ``None``."""
+        warm = self._calls.get(call[0])
+        if warm is None or call[2] != warm.params_signature:
             return None
-    return warm
+        for ref, a in zip(warm.arrays, call[1]):
+            if ref() is not a:  # an id reused by a new array
+                return None
+        return warm
 
+    def remember(self, call, spec, carry):
+        """Remembers a call that passed the checks and ran (``carry``: its start)."""
+        if len(self._calls) >= self.kept:
+            self._calls.clear()
+        self._calls[call[0]] = Warm(tuple(map(weakref.ref, call[1])), call[2],
+                                    Again(spec, carry))
 
-def remember(call, spec, carry):
-    """Remembers a call that passed the checks and ran (``carry``: its start)."""
-    try:
-        hash(call[0])
-    except TypeError:
-        return
-    if len(_calls) >= KEPT:
-        _calls.clear()
-    _calls[call[0]] = Warm(tuple(map(weakref.ref, call[1])), call[2], Again(spec, carry))
+    def forget(self):
+        """Drops every remembered call: the next of each is checked again."""
+        self._calls.clear()
+
+    def last(self):
+        """The :class:`Again` of the call remembered last (for profiling)."""
+        return next(reversed(self._calls.values())).again
 
 
 class Again:

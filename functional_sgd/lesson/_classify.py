@@ -166,7 +166,7 @@ def fit_classifier(digits, *, key, loss="mnist", lr=1.0, epochs=20, batch_size=3
     >>> len(stopped) < 20
     True
     """
-    from ..core import fit
+    from ..core import Evaluation, Run, Shuffled, fit
     from ..core._checks import check_int
 
     if loss not in LOSSES:
@@ -185,12 +185,13 @@ def fit_classifier(digits, *, key, loss="mnist", lr=1.0, epochs=20, batch_size=3
         reports.append(epoch_report(len(reports) + 1, chunk.losses, chunk.evals["accuracy"]))
         on_epoch(reports[-1])
 
-    live = {} if on_epoch is None else {"chunk_size": per_epoch, "on_chunk": after_epoch}
+    live = None if on_epoch is None else Run(chunk_size=per_epoch, on_chunk=after_epoch)
     result = fit(LOSSES[loss], params, (digits.train_x, digits.train_y), lr=lr,
-                 steps=epochs * per_epoch, batch_size=batch_size, key=batch_key,
-                 replace=False, evaluate=valid_accuracy,
-                 eval_data=(digits.valid_x, digits.valid_y), monitor="accuracy", mode="max",
-                 patience=patience, restore_best=bool(keep_best), **live)
+                 epochs=epochs, batch_size=batch_size, key=batch_key, rows=Shuffled(),
+                 evaluation=Evaluation(valid_accuracy, (digits.valid_x, digits.valid_y),
+                                       monitor="accuracy", mode="max", patience=patience,
+                                       restore_best=bool(keep_best)),
+                 run=live)
     if on_epoch is None:
         losses = np.asarray(result.losses).reshape(epochs, per_epoch)
         accuracies = np.asarray(result.evals["accuracy"])

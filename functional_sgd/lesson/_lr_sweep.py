@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import fit
+from ..core import Evaluation, Run, Sampled, Schedule, Shuffled, Trainer
 from ..core._checks import check_data, check_indices
-from ..core._evaluate import check_eval_data, given_data
+from ..core._evaluate import check_eval_data
+from ..core._trainer import Spec, check_spec, refuse_moved
 
 
 class LRSweep(NamedTuple):
@@ -50,37 +51,36 @@ class LRSweep(NamedTuple):
     eval_steps: Any = None
 
 
-@dataclasses.dataclass(frozen=True)
-class HeldOutLoss:
-    """``evaluate`` by default: the training loss on the held-out data, as
-    ``{"loss": loss(params, *eval_data)}`` (frozen, so equal ones share a compile)."""
-
-    loss: Callable
-
-    def __call__(self, params, *eval_data):
-        return {"loss": self.loss(params, *eval_data)}
-
-
-def lr_sweep(loss, params, data=(), *, lrs, steps=None, batch_size=None, key=None,
-             replace=True, indices=None, optimizer=None, evaluate=None, eval_data=(),
-             eval_every=None):
+@refuse_moved
+def lr_sweep(loss: Callable[..., Any], params: Any, data: Any = (), *, lrs: Any,
+             steps: int | None = None, epochs: int | None = None,
+             batch_size: int | None = None, key: jax.Array | None = None,
+             rows: Sampled | Shuffled | Schedule | None = None, optimizer: Any = None,
+             evaluation: Evaluation | None = None) -> LRSweep:
     """Trains one run per learning rate, all in one compiled call.
 
     Every run starts at ``params`` and sees the same batches (the same
-    ``key``, or ``indices``); only ``lr`` differs. Its score is the loss on
+    ``key``, or schedule); only ``lr`` differs. Its score is the loss on
     all of ``data`` at its final parameters, ``L(p_steps)``, so mini-batch
     noise in the last step does not pick the winner.
 
     Args:
-      loss, params, data, steps, batch_size, key, replace, indices: as for
-        :func:`fit`.
+      loss: as for :func:`~functional_sgd.fit`.
+      params: the start of every run.
+      data: as for :func:`~functional_sgd.fit` (arrays in memory).
       lrs: increasing learning rates ``> 0``, e.g. ``jnp.logspace(-3, 0.5, 64)``.
+      steps: updates per run (or ``epochs``).
+      epochs: passes over the data per run, instead of ``steps``.
+      batch_size: rows per step; ``None`` for all.
+      key: the key that draws the batches (the same for every run).
+      rows: which rows each step sees, as for :func:`~functional_sgd.fit`.
       optimizer: an optax optimizer made with ``optax.inject_hyperparams``
         (e.g. ``optax.inject_hyperparams(optax.adam)(learning_rate=0.1)``):
         each run sets its ``learning_rate`` in the optimizer's state, so the
         rates share one compile. ``None``: plain SGD.
-      evaluate, eval_data, eval_every: as for :func:`fit`; with ``eval_data``
-        and no ``evaluate``, the loss on the held-out data is evaluated.
+      evaluation: an :class:`~functional_sgd.Evaluation` run inside every
+        run; ``Evaluation(data=held_out)`` evaluates the loss on the
+        held-out data, one validation curve per rate.
 
     Returns:
       An :class:`LRSweep`.
@@ -92,38 +92,76 @@ def lr_sweep(loss, params, data=(), *, lrs, steps=None, batch_size=None, key=Non
     ...                       lrs=jnp.array([0.01, 0.1, 0.5, 2.0]), steps=100)
     >>> float(sweep.lrs[sweep.best]), float(sweep.lrs[sweep.edge])
     (0.5, 2.0)
-    >>> held_out = fsgd.lesson_data(jax.random.key(1))
+    >>> held_out = fsgd.Evaluation(data=fsgd.lesson_data(jax.random.key(1)), every=50)
     >>> sweep = fsgd.lr_sweep(fsgd.linear_mse, jnp.array([0.5, 0.75]), (x, y),
-    ...                       lrs=jnp.array([0.01, 0.5]), steps=100, eval_data=held_out,
-    ...                       eval_every=50)
+    ...                       lrs=jnp.array([0.01, 0.5]), steps=100, evaluation=held_out)
     >>> sweep.evals["loss"].shape, sweep.eval_steps[0].tolist()
     ((2, 2), [50, 100])
     """
     lrs = _check_lrs(lrs)
     data, n = check_data(data, True)
-    if indices is not None:
-        check_indices(indices, n)
+    check_spec(Spec(loss, optimizer, steps, epochs, batch_size, rows, None, evaluation))
+    indices = None
+    if isinstance(rows, Schedule):
+        indices = rows.indices
+        check_indices(indices, n, drop_last=not rows.padded)
     if optimizer is not None:
         _check_injected(optimizer, params)
-    if evaluate is None and given_data(eval_data):
-        evaluate = HeldOutLoss(loss)
+    eval_data = ()
+    if evaluation is not None:
+        eval_data = check_eval_data(evaluation.data, True)
     # fit checks the rest (steps, batch_size, key, loss, evaluate) as it is traced.
-    return _sweep(lrs, params, data, key, indices, check_eval_data(eval_data, True), loss=loss, steps=steps,
-                  batch_size=batch_size, replace=bool(replace), optimizer=optimizer,
-                  evaluate=evaluate, eval_every=eval_every)
+    return _sweep(lrs, params, data, key, indices, eval_data,
+                  _Traceable(loss, optimizer, steps, epochs, batch_size, rows, evaluation))
 
 
-@partial(jax.jit, static_argnames=("loss", "steps", "batch_size", "replace", "optimizer",
-                                   "evaluate", "eval_every"))
-def _sweep(lrs, params, data, key, indices, eval_data, *, loss, steps, batch_size, replace,
-           optimizer, evaluate, eval_every):
+class _Traceable(NamedTuple):
+    """A sweep's options as a static argument of ``jax.jit``: each option
+    value with its arrays taken out (they are traced arguments)."""
+
+    loss: Callable
+    optimizer: Any
+    steps: Any
+    epochs: Any
+    batch_size: Any
+    rows: Any
+    evaluation: Any
+
+    def key(self):
+        rows = self.rows.key() if self.rows is not None else None
+        evaluation = self.evaluation.key() if self.evaluation is not None else None
+        return (self.loss, self.optimizer, self.steps, self.epochs, self.batch_size, rows,
+                evaluation)
+
+    def __hash__(self):
+        return hash(self.key())
+
+    def __eq__(self, other):
+        return isinstance(other, _Traceable) and self.key() == other.key()
+
+    def spec(self, indices, eval_data):
+        rows, evaluation = self.rows, self.evaluation
+        if isinstance(rows, Schedule):
+            rows = dataclasses.replace(rows, indices=indices)
+        if evaluation is not None:
+            evaluation = dataclasses.replace(evaluation, data=eval_data)
+        return Spec(self.loss, self.optimizer, self.steps, self.epochs, self.batch_size,
+                    rows, None, evaluation)
+
+
+@partial(jax.jit, static_argnames=("options",))
+def _sweep(lrs, params, data, key, indices, eval_data, options):
+    trainer_spec = options.spec(indices, eval_data)
+    loss = options.loss
+
     def one_run(lr):
-        rate = {"lr": lr} if optimizer is None else {
-            "optimizer": optimizer, "opt_state": _with_rate(optimizer.init(params), lr)}
-        held_out = {} if evaluate is None else {
-            "evaluate": evaluate, "eval_data": eval_data, "eval_every": eval_every}
-        result = fit(loss, params, data, steps=steps, batch_size=batch_size, key=key,
-                     replace=replace, indices=indices, **rate, **held_out)
+        if options.optimizer is None:
+            spec, rate = trainer_spec, lr
+        else:
+            spec = trainer_spec._replace(run=Run(opt_state=_with_rate(
+                options.optimizer.init(params), lr)))
+            rate = None
+        result = Trainer(*spec)(params, data, lr=rate, key=key)
         return (result.losses, result.diverged_at, loss(result.params, *data), result.evals,
                 result.eval_steps)
 

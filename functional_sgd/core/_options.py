@@ -1,0 +1,390 @@
+"""Options as values: the few frozen, typed objects that say how ``fit`` runs.
+
+The lesson's calls need none of them (``fit(loss, params, (x, y), lr=0.1,
+steps=100)``, with ``batch_size=`` and ``key=`` for mini-batches). Everything
+else is one value per concern, checked when it is built:
+
+* which rows each step sees: :class:`Sampled`, :class:`Shuffled`, :class:`Schedule`;
+* the stop rule on the training loss: :class:`Stop`;
+* held-out evaluation and the stop rule it drives: :class:`Evaluation`;
+* the model's parts beyond its params: :class:`Model`;
+* how the run is cut, kept and continued: :class:`Run`.
+
+Each value splits into what shapes the compiled program (its :meth:`key`,
+hashable, compared by value) and the arrays it carries (traced: a new
+learning-rate, held-out set, key or state reuses the compiled loop).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import os
+from typing import Any, Callable, Literal, Mapping, Union
+
+import numpy as np
+
+from ..speed import SpeedPlan
+from . import _checks
+
+__all__ = ["Evaluation", "Model", "Run", "Sampled", "Schedule", "Shuffled", "Stop"]
+
+
+def _check_flag(value: object, name: str) -> bool:
+    """A real bool (Python's or NumPy's), never a truthy stand-in such as ``"no"``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r} of type "
+                        f"{type(value).__name__}.")
+    return bool(value)
+
+
+def _check_count(value: object, name: str, *, minimum: int = 1) -> int | Any:
+    """A Python or NumPy int ``>= minimum``, or a 0-d integer array; tracers pass."""
+    if not _checks.is_concrete(value):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int; got {value!r}.")
+    if not isinstance(value, numbers.Integral):
+        shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+        if shape != () or dtype is None or not np.issubdtype(np.dtype(dtype), np.integer):
+            raise TypeError(f"{name} must be an int; got {value!r} of type "
+                            f"{type(value).__name__}.")
+        value = int(value)  # a 0-d integer array (jnp.int32(3))
+    return _checks.check_int(value, name, minimum=minimum)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampled:
+    """Every step draws its ``batch_size`` rows independently and uniformly,
+    with replacement across steps (the lesson's ``rand_idx``). The default
+    when ``fit`` gets ``batch_size`` and ``key``.
+
+    >>> import jax, jax.numpy as jnp, functional_sgd as fsgd
+    >>> x, y = fsgd.lesson_data(jax.random.key(0))
+    >>> r = fsgd.fit(fsgd.linear_mse, jnp.array([0.5, 0.75]), (x, y), lr=0.1, steps=100,
+    ...              batch_size=10, key=jax.random.key(1), rows=fsgd.Sampled())
+    >>> r.losses.shape
+    (100,)
+    """
+
+    def key(self) -> tuple:
+        return (Sampled,)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shuffled:
+    """Epochs of shuffled rows: within an epoch no row repeats.
+
+    Attributes:
+      drop_last: ``True`` cuts each epoch into ``n // batch_size`` full
+        batches (the ``n % batch_size`` rows left over sit that epoch out);
+        ``False`` gives each epoch ``ceil(n / batch_size)`` steps, the last
+        one holding the rows left over, as torch's
+        ``DataLoader(shuffle=True, drop_last=False)`` does. A short step's
+        loss is the mean over its real rows, each row a batch of one: equal
+        to the loss on those rows when the loss is a mean over the rows of
+        its batch (``mse``, cross-entropy).
+
+    >>> import jax, jax.numpy as jnp, functional_sgd as fsgd
+    >>> x, y = fsgd.lesson_data(jax.random.key(0))
+    >>> r = fsgd.fit(fsgd.linear_mse, jnp.array([0.5, 0.75]), (x, y), lr=0.1, epochs=3,
+    ...              batch_size=30, key=jax.random.key(1), rows=fsgd.Shuffled(drop_last=False))
+    >>> r.losses.shape  # 3 epochs of ceil(100 / 30) = 4 steps
+    (12,)
+    """
+
+    drop_last: bool = True
+
+    def __post_init__(self) -> None:
+        _check_flag(self.drop_last, "Shuffled(drop_last=)")
+
+    def key(self) -> tuple:
+        return (Shuffled, bool(self.drop_last))
+
+    def steps_per_epoch(self, n: int, batch_size: int) -> int:
+        return n // batch_size if self.drop_last else -(-n // batch_size)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Schedule:
+    """An explicit schedule: step ``t`` sees rows ``indices[t]``.
+
+    Attributes:
+      indices: integer array ``(steps, batch_size)`` of rows in ``[0, n)``
+        (NumPy or JAX; traced under ``jax.jit``). It replays any order, such
+        as the one a torch loader used, so the reference can see the same
+        batches.
+      padded: ``True`` lets a slot hold ``-1``, padding (a short batch:
+        its loss is the mean over its real rows, as with
+        ``Shuffled(drop_last=False)``); every step needs one real row.
+
+    >>> import jax, jax.numpy as jnp, numpy as np, functional_sgd as fsgd
+    >>> x, y = fsgd.lesson_data(jax.random.key(0))
+    >>> rows = fsgd.Schedule(np.arange(100).reshape(10, 10))
+    >>> fsgd.fit(fsgd.linear_mse, jnp.array([0.5, 0.75]), (x, y), lr=0.1,
+    ...          rows=rows).losses.shape
+    (10,)
+    """
+
+    indices: Any
+    padded: bool = False
+
+    def __post_init__(self) -> None:
+        _check_flag(self.padded, "Schedule(padded=)")
+        shape, dtype = getattr(self.indices, "shape", None), getattr(self.indices, "dtype", None)
+        if shape is None or dtype is None:
+            raise TypeError(f"Schedule(indices=) must be an integer array (steps, batch_size); "
+                            f"got {type(self.indices).__name__}.")
+        if len(shape) != 2 or not np.issubdtype(np.dtype(dtype), np.integer):
+            raise ValueError(f"Schedule(indices=) must be an integer array of shape "
+                             f"(steps, batch_size); got {dtype} of shape {tuple(shape)}.")
+
+    def key(self) -> tuple:
+        return (Schedule, bool(self.padded))
+
+
+Rows = Union[Sampled, Shuffled, Schedule]
+"""Which rows each step sees; ``None`` (with no ``batch_size``) is full-batch descent."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Stop:
+    """Step 7 on the training loss: stop before ``steps`` run out.
+
+    A non-finite loss also stops a run that has a stop rule (without one,
+    the run goes on and ``result.diverged_at`` says where it broke).
+
+    Attributes:
+      tol: stop once a step's loss is ``<= tol``.
+      patience: stop once the best loss has not improved (strictly) for
+        this many steps.
+
+    Both are traced: a new value compiles nothing, and ``jax.vmap`` sweeps them.
+
+    >>> import jax, jax.numpy as jnp, functional_sgd as fsgd
+    >>> x, y = fsgd.lesson_data(jax.random.key(0))
+    >>> r = fsgd.fit(fsgd.linear_mse, jnp.array([0.5, 0.75]), (x, y), lr=0.1, steps=1000,
+    ...              stop=fsgd.Stop(tol=0.1))
+    >>> int(r.steps_run) < 1000
+    True
+    """
+
+    tol: Any = None
+    patience: Any = None
+
+    def __post_init__(self) -> None:
+        if self.tol is None and self.patience is None:
+            raise ValueError("Stop needs tol= or patience= (or both).")
+        if self.tol is not None and _checks.is_concrete(self.tol):
+            _checks.check_real(self.tol, "Stop(tol=)")
+        if self.patience is not None:
+            _check_count(self.patience, "Stop(patience=)")
+
+    def key(self) -> tuple:
+        return (Stop, self.tol is not None, self.patience is not None)
+
+
+def _check_eval_every(every: object) -> Any:
+    if every is None or every == "epoch":
+        return every
+    if isinstance(every, (list, tuple)) or (hasattr(every, "shape") and len(every.shape) == 1):
+        raise TypeError("Evaluation(every=) takes an int or 'epoch' for now; got a list.")
+    return _check_count(every, "Evaluation(every=)")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Evaluation:
+    """Held-out evaluation inside the compiled loop, and the stop rule it drives.
+
+    ``evaluate(params, *data)`` (with a model state: ``evaluate(params,
+    state, *data)``) returns a dict of scalars. It runs after every
+    ``every``-th update and after the last one; ``result.evals`` holds each
+    value stacked over the evaluations and ``result.eval_steps`` the update
+    count after each.
+
+    With ``monitor``, it is also step 7 (as Keras's ``EarlyStopping``):
+    ``patience`` counts evaluations without a strict improvement of
+    ``evals[monitor]`` (a tie does not improve) and stops the run when it
+    reaches ``patience``; ``tol`` stops it once the value is at least as
+    good as ``tol``; ``restore_best`` returns the params (and state) of the
+    first best evaluation. A run whose evaluations are all NaN, or that
+    stopped before its first, keeps its last params (with a warning).
+
+    Attributes:
+      evaluate: ``evaluate(params, *data) -> dict`` of scalars; ``None``
+        evaluates the training loss on ``data`` as ``{"loss": ...}``.
+      data: the held-out arrays, a tuple sharing their leading axis
+        (traced: new held-out data of the same shapes compiles nothing).
+      every: updates between evaluations; ``None`` is one epoch with
+        :class:`Shuffled` rows, else the end of the run only; ``"epoch"``
+        insists on epochs.
+      monitor: the key of ``evaluate``'s dict that the stop rule watches.
+      mode: ``"min"`` or ``"max"``: which way ``monitor`` improves.
+      patience: evaluations without improvement before the run stops.
+      tol: stop once ``monitor`` is this good (``<=`` with ``"min"``).
+      restore_best: return the params of the best evaluation.
+
+    >>> import jax, jax.numpy as jnp, functional_sgd as fsgd
+    >>> x, y = fsgd.lesson_data(jax.random.key(0))
+    >>> held_out = fsgd.lesson_data(jax.random.key(1))
+    >>> check = fsgd.Evaluation(lambda a, x, y: {"mse": fsgd.linear_mse(a, x, y)},
+    ...                         held_out, every=25)
+    >>> r = fsgd.fit(fsgd.linear_mse, jnp.array([0.5, 0.75]), (x, y), lr=0.1, steps=100,
+    ...              evaluation=check)
+    >>> r.eval_steps.tolist()
+    [25, 50, 75, 100]
+    """
+
+    evaluate: Callable[..., Mapping[str, Any]] | None = None
+    data: Any = ()
+    every: Any = None
+    monitor: str | None = None
+    mode: Literal["min", "max"] = "min"
+    patience: Any = None
+    tol: Any = None
+    restore_best: bool = False
+
+    def __post_init__(self) -> None:
+        if self.evaluate is None:
+            if isinstance(self.data, (tuple, list)) and len(self.data) == 0:
+                raise ValueError("Evaluation needs evaluate= or data= (with data alone, the "
+                                 "training loss is evaluated on it as {'loss': ...}).")
+        elif not callable(self.evaluate):
+            raise TypeError(f"Evaluation(evaluate=) must be callable as evaluate(params, *data)"
+                            f" -> dict; got {self.evaluate!r}.")
+        _check_eval_every(self.every)
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"Evaluation(mode=) must be 'min' or 'max'; got {self.mode!r}.")
+        _check_flag(self.restore_best, "Evaluation(restore_best=)")
+        if self.monitor is not None and not isinstance(self.monitor, str):
+            raise TypeError(f"Evaluation(monitor=) must be a key of evaluate's dict (a str); "
+                            f"got {self.monitor!r}.")
+        needs_monitor = [name for name, given in (
+            ("patience", self.patience is not None), ("tol", self.tol is not None),
+            ("restore_best", self.restore_best), ("mode", self.mode != "min")) if given]
+        if self.monitor is None and needs_monitor:
+            raise ValueError(f"Evaluation({', '.join(needs_monitor)}=) needs monitor: name the "
+                             f"key of evaluate's dict to watch, e.g. monitor='accuracy'.")
+        if self.patience is not None:
+            _check_count(self.patience, "Evaluation(patience=)")
+        if self.tol is not None and _checks.is_concrete(self.tol):
+            _checks.check_real(self.tol, "Evaluation(tol=)")
+
+    def key(self) -> tuple:
+        return (Evaluation, self.evaluate, self.every, self.monitor, self.mode,
+                self.patience is not None, self.tol is not None, bool(self.restore_best))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """A model's parts beyond its params: its randomness, its state, its extra outputs.
+
+    Attributes:
+      rng: a ``jax.random`` key for the model's own randomness (dropout):
+        step ``t`` (global, counted from ``Run(start_step=)``) calls the
+        loss with the keyword ``key=jax.random.fold_in(rng, t)``. Take it
+        apart from ``fit``'s ``key`` (``key, rng = jax.random.split(seed)``).
+        ``jax.vmap`` over it is a seed ensemble.
+      state: model state that the forward pass updates (BatchNorm
+        statistics): the loss is then ``loss(params, state, *batch) ->
+        (value, new_state)``, the new state (same structure, shapes and
+        dtypes) is carried to the next step, never differentiated, and
+        ``result.state`` is the last one.
+      has_aux: the loss returns ``(value, aux)`` (with a state ``(value,
+        new_state, aux)``); ``result.aux`` stacks aux over the steps.
+      trainable: freezes part of params: a pytree of bools with the
+        structure of params or a prefix of it, or a function ``leaf ->
+        bool``. Frozen leaves pass through unchanged.
+
+    ``rng``, ``state`` and ``has_aux`` are refused with a mesh and with
+    short batches (``Shuffled(drop_last=False)``), whose losses are taken
+    row by row.
+    """
+
+    rng: Any = None
+    state: Any = None
+    has_aux: bool = False
+    trainable: Any = None
+
+    def __post_init__(self) -> None:
+        _check_flag(self.has_aux, "Model(has_aux=)")
+        if self.rng is not None and _checks.is_concrete(self.rng):
+            _checks.check_key(self.rng, "Model(rng=)")
+
+    def key(self) -> tuple:
+        trainable = self.trainable
+        try:
+            hash(trainable)
+        except TypeError:  # a pytree of bools: compared by its leaves and structure
+            import jax
+            leaves, treedef = jax.tree_util.tree_flatten(trainable)
+            trainable = (treedef, tuple(bool(b) for b in leaves))
+        return (Model, self.rng is not None, self.state is not None, bool(self.has_aux),
+                trainable)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Run:
+    """How a run is cut, kept and continued.
+
+    Attributes:
+      chunk_size: run the loop as compiled chunks of this many steps, with
+        a host step between them (progress, ``on_chunk``, checkpoints). The
+        result has the same bits as one call.
+      on_chunk: called after each chunk with that chunk's ``FitResult``;
+        returning a true boolean scalar stops the run after that chunk.
+      checkpoint: a file path: after every chunk the run's state is written
+        there atomically, and the same call started again resumes from it
+        with the same bits.
+      mesh: a ``jax.sharding.Mesh``: rows sharded over all its axes, params
+        replicated, gradients all-reduced every step. The loss must be a
+        mean over the rows of its batch.
+      record_params: also return the params before every step and after
+        the last (``result.trajectory``).
+      check_finite: refuse data holding NaN or inf.
+      start_step: global index of the first step (``result.step`` to
+        continue a run); it selects the batches drawn from ``key``.
+      opt_state: the optimizer state to continue from (``result.opt_state``).
+      speed: a :class:`functional_sgd.speed.SpeedPlan`; ``None`` for the defaults.
+
+    :meth:`after` continues a run: ``fit(..., run=Run.after(first))`` gives
+    the same bits as one longer run.
+    """
+
+    chunk_size: int | None = None
+    on_chunk: Callable[[Any], Any] | None = None
+    checkpoint: str | os.PathLike[str] | None = None
+    mesh: Any = None
+    record_params: bool = False
+    check_finite: bool = True
+    start_step: Any = 0
+    opt_state: Any = None
+    speed: SpeedPlan | None = None
+
+    def __post_init__(self) -> None:
+        if self.chunk_size is not None:
+            _check_count(self.chunk_size, "Run(chunk_size=)")
+        if self.on_chunk is not None and not callable(self.on_chunk):
+            raise TypeError(f"Run(on_chunk=) must be callable as on_chunk(result); got "
+                            f"{self.on_chunk!r}.")
+        if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
+            raise TypeError(f"Run(checkpoint=) must be a file path; got {self.checkpoint!r}.")
+        _check_flag(self.record_params, "Run(record_params=)")
+        _check_flag(self.check_finite, "Run(check_finite=)")
+        if self.speed is not None and not isinstance(self.speed, SpeedPlan):
+            raise TypeError(f"Run(speed=) must be a functional_sgd.speed.SpeedPlan; got "
+                            f"{type(self.speed).__name__}.")
+
+    @classmethod
+    def after(cls, result: Any, **options: Any) -> "Run":
+        """The run that continues ``result`` (its ``step`` and ``opt_state``)."""
+        return cls(start_step=result.step, opt_state=result.opt_state, **options)
+
+    def key(self) -> tuple:
+        return (Run, self.chunk_size, self.on_chunk, self.checkpoint, self.mesh,
+                bool(self.record_params), bool(self.check_finite), self.opt_state is not None,
+                self.speed)
+
+
+DEFAULT_RUN = Run()
+DEFAULT_MODEL = Model()

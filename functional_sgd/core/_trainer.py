@@ -1,0 +1,388 @@
+"""The front door: :func:`fit`, a thin convenience over :class:`Trainer`.
+
+A :class:`Trainer` holds one spec (the loss, the optimizer, how many steps,
+which rows, the stop rule, the evaluation, the model's parts, how the run is
+cut) and remembers the calls that passed its checks, so the same call again
+goes straight to the compiled loop. ``fit`` keeps one such memory for the
+process, keyed by the spec itself (``_warm.key``: every field of every
+option joins the key; none is listed by hand).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+
+from .. import drivers
+from .._types import FitResult
+from . import _checks, _warm
+from ._evaluate import HeldOutLoss
+from ._fit import run_keywords
+from ._options import Evaluation, Model, Run, Sampled, Schedule, Shuffled, Stop
+
+Loss = Callable[..., Any]
+"""``loss(params, *batch) -> scalar`` (see :class:`Model` for the other forms)."""
+
+
+class Spec(NamedTuple):
+    """What a :class:`Trainer` is: everything about a run but its params,
+    data, learning rate and key."""
+
+    loss: Loss
+    optimizer: Any = None
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    rows: Sampled | Shuffled | Schedule | None = None
+    stop: Stop | None = None
+    evaluation: Evaluation | None = None
+    model: Model | None = None
+    run: Run | None = None
+
+
+MOVED = {
+    "indices": "rows=fsgd.Schedule(indices)",
+    "replace": "rows=fsgd.Sampled() (replace=True) or rows=fsgd.Shuffled() (replace=False)",
+    "drop_last": "rows=fsgd.Shuffled(drop_last=...) (or fsgd.Schedule(indices, padded=True))",
+    "tol": "stop=fsgd.Stop(tol=...) (on held-out data: fsgd.Evaluation(tol=...))",
+    "patience": "stop=fsgd.Stop(patience=...) (on held-out data: fsgd.Evaluation(patience=...))",
+    "evaluate": "evaluation=fsgd.Evaluation(evaluate, data)",
+    "eval_data": "evaluation=fsgd.Evaluation(evaluate, data)",
+    "eval_every": "evaluation=fsgd.Evaluation(..., every=...)",
+    "monitor": "evaluation=fsgd.Evaluation(..., monitor=...)",
+    "mode": "evaluation=fsgd.Evaluation(..., mode=...)",
+    "restore_best": "evaluation=fsgd.Evaluation(..., restore_best=...)",
+    "rng": "model=fsgd.Model(rng=...)",
+    "state": "model=fsgd.Model(state=...)",
+    "has_aux": "model=fsgd.Model(has_aux=...)",
+    "trainable": "model=fsgd.Model(trainable=...)",
+    "chunk_size": "run=fsgd.Run(chunk_size=...)",
+    "on_chunk": "run=fsgd.Run(on_chunk=...)",
+    "checkpoint": "run=fsgd.Run(checkpoint=...)",
+    "mesh": "run=fsgd.Run(mesh=...)",
+    "record_params": "run=fsgd.Run(record_params=...)",
+    "check_finite": "run=fsgd.Run(check_finite=...)",
+    "start_step": "run=fsgd.Run(start_step=...) (or run=fsgd.Run.after(result))",
+    "opt_state": "run=fsgd.Run(opt_state=...) (or run=fsgd.Run.after(result))",
+    "speed": "run=fsgd.Run(speed=fsgd.speed.SpeedPlan(...))",
+    "fast_path": "run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=...))",
+}
+"""Where each keyword of the older ``fit`` lives now."""
+
+
+def refuse_moved(function: Callable) -> Callable:
+    """``function``, which answers a keyword of the older API with a
+    ``TypeError`` that names its new home. ``inspect.signature`` and
+    ``help`` show ``function``'s own signature."""
+    parameters = frozenset(function.__code__.co_varnames[:function.__code__.co_argcount
+                                                        + function.__code__.co_kwonlyargcount])
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        if not parameters.issuperset(kwargs):
+            _refuse(function.__name__, [name for name in kwargs if name not in parameters])
+        return function(*args, **kwargs)
+
+    return call
+
+
+def _refuse(name: str, unknown: list[str]) -> None:
+    for keyword in unknown:
+        if keyword in MOVED:
+            raise TypeError(f"{name}() no longer takes {keyword}=: it is now "
+                            f"{MOVED[keyword]}.")
+    raise TypeError(f"{name}() got an unexpected keyword argument {unknown[0]!r}.")
+
+
+class Trainer:
+    """One spec's training loop, compiled once and called as often as needed.
+
+    ``Trainer(loss, ...)`` takes everything about a run but the params, the
+    data, the learning rate and the key; ``trainer(params, data, lr=...,
+    key=...)`` runs it and returns a :class:`FitResult`. The first call
+    checks its arguments, traces the loss and compiles the loop; a call
+    that repeats an earlier one's JAX arrays (data, key, held-out data,
+    schedule) with params of the same structure, shapes and dtypes skips the
+    checks and goes straight to the compiled loop. New data, params or a new
+    learning rate of the same shapes compile nothing. :func:`fit` is
+    ``Trainer(loss, ...)(params, data, lr=..., key=...)``, its trainers
+    kept by their spec.
+
+    Args:
+      loss, optimizer, steps, epochs, batch_size, rows, stop, evaluation,
+        model, run: as for :func:`fit`.
+
+    >>> import jax, jax.numpy as jnp, functional_sgd as fsgd
+    >>> x, y = fsgd.lesson_data(jax.random.key(0))
+    >>> trainer = fsgd.Trainer(fsgd.linear_mse, steps=100, batch_size=10)
+    >>> a = jnp.array([0.5, 0.75])
+    >>> results = [trainer(a, (x, y), lr=lr, key=jax.random.key(1)) for lr in (0.01, 0.1)]
+    >>> [bool(r.losses[-1] < r.losses[0]) for r in results]
+    [True, True]
+    """
+
+    def __init__(self, loss: Loss, *, optimizer: Any = None, steps: int | None = None,
+                 epochs: int | None = None, batch_size: int | None = None,
+                 rows: Sampled | Shuffled | Schedule | None = None, stop: Stop | None = None,
+                 evaluation: Evaluation | None = None, model: Model | None = None,
+                 run: Run | None = None) -> None:
+        self.spec = Spec(loss, optimizer, steps, epochs, batch_size, rows, stop, evaluation,
+                         model, run)
+        check_spec(self.spec)
+        self._memory = _warm.Memory()
+
+    __init__ = refuse_moved(__init__)
+
+    def __call__(self, params: Any, data: Any = (), *, lr: Any = None,
+                 key: jax.Array | None = None) -> FitResult:
+        """Runs the loop from ``params`` on ``data`` (see :func:`fit`).
+
+        Args:
+          params: the initial parameters, any pytree.
+          data: the training data (see :func:`fit`).
+          lr: the learning rate, or an optax schedule; not with an optimizer.
+          key: the ``jax.random`` key that draws the batches.
+
+        Returns:
+          A :class:`FitResult`.
+        """
+        return train(self._memory, self.spec, params, data, lr, key)
+
+    def __repr__(self) -> str:
+        given = ", ".join(f"{name}={value!r}" for name, value in self.spec._asdict().items()
+                          if value is not None and name != "loss")
+        return f"Trainer({getattr(self.spec.loss, '__name__', self.spec.loss)!r}, {given})"
+
+
+_FIT_MEMORY = _warm.Memory()
+"""The calls :func:`fit` remembers (bounded: ``_warm.KEPT``)."""
+
+
+@refuse_moved
+def fit(loss: Loss, params: Any, data: Any = (), *, lr: Any = None, optimizer: Any = None,
+        steps: int | None = None, epochs: int | None = None, batch_size: int | None = None,
+        key: jax.Array | None = None, rows: Sampled | Shuffled | Schedule | None = None,
+        stop: Stop | None = None, evaluation: Evaluation | None = None,
+        model: Model | None = None, run: Run | None = None) -> FitResult:
+    """Fits ``params`` by gradient descent on ``loss``, in one compiled call.
+
+    Each step ``t`` takes a batch ``B_t`` of rows and applies
+    ``p <- p - lr * grad L_{B_t}(p)`` (or the given optax optimizer), where
+    ``L_B(p) = loss(p, *(a[B] for a in data))``.
+
+    * no ``batch_size``: batch gradient descent, every step sees all rows;
+    * ``batch_size=k`` with ``key``: mini-batch descent, ``k`` random rows a
+      step (``rows=Sampled()``, the default, or ``rows=Shuffled()`` epochs);
+    * ``batch_size=1`` with ``key``: stochastic descent, one row a step;
+    * ``rows=Schedule(indices)``: an explicit schedule.
+
+    ``params``, ``data``, ``lr`` and ``key`` are traced, and so are the
+    arrays inside the option values (held-out data, a model's ``rng`` and
+    ``state``, a schedule, ``tol`` and ``patience``): new values of the
+    same shapes reuse the compiled loop, and ``jax.vmap(fit)`` over any of
+    them is a sweep. ``loss``, ``optimizer``, ``steps``, ``batch_size`` and
+    the options' other fields shape the program: changing them compiles
+    again (so define ``loss`` once, not as a fresh ``lambda`` per call).
+
+    Args:
+      loss: ``loss(params, *batch) -> scalar`` (with a model's state, aux
+        or rng, see :class:`Model`).
+      params: initial parameters, any pytree (NumPy or JAX arrays; an
+        equinox ``Module``, a flax nnx ``State``, a dict, ...). Its leaves
+        that are arrays of an inexact dtype train (Python floats and NumPy
+        scalars too, as float arrays); every other leaf (integer, bool and
+        key arrays, functions, Python ints, ``None``) passes through
+        unchanged: no gradient, no update, no optimizer state.
+        ``result.params`` has the type given.
+      data: a tuple of arrays sharing their leading axis ``n`` (unpacked
+        into the loss's arguments), or ``()`` for a data-free objective; or
+        any other pytree of such arrays (a dict is passed as one argument).
+        NumPy, JAX, ``np.memmap`` and CPU torch arrays are accepted. A
+        ``np.memmap`` with ``batch_size`` (or a schedule) is never read
+        whole: each block of steps has its rows read from the file and
+        checked on the host. A :func:`~functional_sgd.stream` of batches
+        trains on any iterable.
+      lr: the learning rate ``> 0``; required unless ``optimizer`` is given.
+      optimizer: an optax ``GradientTransformation`` used instead of plain
+        SGD (it carries its own learning rate); it sees only the trainable
+        leaves. One that takes extra arguments (``reduce_on_plateau``,
+        ``lbfgs``, ``polyak_sgd``) gets ``value=``, ``grad=`` and
+        ``value_fn=`` on every update.
+      steps: the number of updates; may be omitted with ``epochs`` or a
+        schedule.
+      epochs: the number of passes over the data instead of ``steps``: an
+        epoch is one step without ``batch_size``, ``n // batch_size`` steps
+        with ``Shuffled()`` (``ceil(n / batch_size)`` with
+        ``drop_last=False``) and ``ceil(n / batch_size)`` steps of
+        independent draws with ``Sampled()``.
+      batch_size: rows per step, ``1 <= batch_size <= n``; ``None`` for all.
+      key: ``jax.random`` key that draws the batches; required with
+        ``batch_size``. Step ``t`` draws from ``fold_in(key, t)``.
+      rows: which rows each step sees: :class:`Sampled` (the default with
+        ``batch_size``), :class:`Shuffled` epochs or a :class:`Schedule`.
+      stop: a :class:`Stop` rule on the training loss (``tol``,
+        ``patience``); the run ends early and ``result.steps_run`` says when.
+      evaluation: an :class:`Evaluation` of held-out data inside the loop,
+        and the stop rule it may drive (``monitor``, ``patience``,
+        ``restore_best``).
+      model: a :class:`Model`: the model's ``rng``, ``state``, ``has_aux``
+        and ``trainable`` parts.
+      run: a :class:`Run`: chunks, ``on_chunk``, checkpoints, a mesh,
+        recorded params, ``check_finite``, the step and optimizer state to
+        continue from, and the speed plan.
+
+    Returns:
+      A :class:`FitResult`.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from functional_sgd import fit, lesson_data, linear_mse
+    >>> x, y = lesson_data(jax.random.key(0))
+    >>> result = fit(linear_mse, jnp.array([0.5, 0.75]), (x, y), lr=0.1, steps=100)
+    >>> bool(result.losses[-1] < 0.1 < result.losses[0])
+    True
+    >>> [round(float(a), 1) for a in result.params]
+    [3.1, 2.4]
+    """
+    return train(_FIT_MEMORY, Spec(loss, optimizer, steps, epochs, batch_size, rows, stop,
+                                   evaluation, model, run), params, data, lr, key)
+
+
+def train(memory: _warm.Memory, spec: Spec, params: Any, data: Any, lr: Any,
+          key: Any) -> FitResult:
+    """Runs ``spec`` from ``params`` on ``data``; a call ``memory`` holds
+    skips its checks."""
+    call = _warm_call(spec, params, data, key)
+    if call is not None:
+        warm = memory.recall(call)
+        if warm is not None:
+            lr = _checks.check_lr(lr, spec.optimizer, None, params)
+            return warm.again(params, data, lr, key, *_traced(spec))
+    else:
+        check_spec(spec)
+    return run_keywords(spec.loss, params, data, lr=lr, key=key, **keywords(spec, data),
+                        memory=memory, warm_call=call)
+
+
+def _warm_call(spec: Spec, params: Any, data: Any, key: Any) -> Any:
+    """The key under which ``memory`` remembers this call, or ``None`` for a
+    call checked every time (a model's parts, chunks, meshes, checkpoints,
+    an optimizer state to continue from)."""
+    if spec.model is not None:
+        return None
+    run = spec.run
+    if run is not None and (run.chunk_size is not None or run.on_chunk is not None
+                            or run.checkpoint is not None or run.mesh is not None
+                            or run.opt_state is not None):
+        return None
+    if run is None and spec.rows is None and spec.stop is None and spec.evaluation is None:
+        options = spec[1:5]  # the lesson's call: a few plain values
+    else:
+        options = spec[1:]
+        try:
+            check_spec(spec)  # the options' types are part of what a key may trust
+        except TypeError:
+            return None
+    return _warm.key(spec.loss, params, data, key, options)
+
+
+_OPTION_TYPES = {"rows": (Sampled, Shuffled, Schedule), "stop": (Stop,),
+                 "evaluation": (Evaluation,), "model": (Model,), "run": (Run,)}
+
+
+def check_spec(spec: Spec) -> None:
+    """Each option of ``spec`` is ``None`` or a value of its kind."""
+    for name, kinds in _OPTION_TYPES.items():
+        value = getattr(spec, name)
+        if value is not None and not isinstance(value, kinds):
+            expected = " or ".join(f"fsgd.{kind.__name__}(...)" for kind in kinds)
+            raise TypeError(f"{name} must be {expected}; got {value!r}.")
+
+
+def _traced(spec: Spec) -> tuple:
+    """``(indices, tol, patience, eval_data)``: the arrays a warm call reads from the options."""
+    rows, stop, evaluation = spec.rows, spec.stop, spec.evaluation
+    indices = rows.indices if isinstance(rows, Schedule) else None
+    rule = evaluation if evaluation is not None and evaluation.monitor is not None else stop
+    tol = None if rule is None else rule.tol
+    patience = None if rule is None else rule.patience
+    eval_data = () if evaluation is None else tuple(evaluation.data)
+    return indices, tol, patience, eval_data
+
+
+def keywords(spec: Spec, data: Any) -> dict:
+    """The run ``spec`` asks for, as the loop's keywords (``_fit.run_keywords``)."""
+    rows, stop, evaluation = spec.rows, spec.stop, spec.evaluation
+    model = spec.model or _DEFAULT_MODEL
+    run = spec.run or _DEFAULT_RUN
+    if isinstance(rows, (Sampled, Shuffled)) and spec.batch_size is None:
+        raise ValueError(f"rows={rows!r} needs batch_size (and key): without it every step "
+                         "sees all rows.")
+    indices, tol, patience, eval_data = _traced(spec)
+    if stop is not None and evaluation is not None and evaluation.monitor is not None:
+        raise ValueError("stop= watches the training loss and evaluation's monitor watches "
+                         "held-out data; one rule at a time: give tol/patience to "
+                         "fsgd.Evaluation(monitor=..., patience=..., tol=...), or drop monitor.")
+    steps = spec.steps
+    per_epoch = None
+    if spec.epochs is not None or (evaluation is not None and evaluation.every == "epoch"):
+        per_epoch = _steps_per_epoch(spec, data)
+    if spec.epochs is not None:
+        if steps is not None:
+            raise ValueError(f"give steps= or epochs=, not both; got steps={steps} and "
+                             f"epochs={spec.epochs}.")
+        steps = _checks.check_int(spec.epochs, "epochs", minimum=1,
+                                  maximum=_checks.MAX_STEP // per_epoch) * per_epoch
+    found = dict(
+        steps=steps, batch_size=spec.batch_size, optimizer=spec.optimizer,
+        indices=indices, replace=not isinstance(rows, Shuffled),
+        drop_last=(not rows.padded if isinstance(rows, Schedule) else
+                   rows.drop_last if isinstance(rows, Shuffled) else True),
+        tol=tol, patience=patience,
+        rng=model.rng, state=model.state, has_aux=model.has_aux, trainable=model.trainable,
+        record_params=run.record_params, opt_state=run.opt_state, start_step=run.start_step,
+        check_finite=run.check_finite, chunk_size=run.chunk_size, on_chunk=run.on_chunk,
+        mesh=run.mesh, checkpoint=run.checkpoint, speed=run.speed)
+    if evaluation is not None:
+        evaluate = evaluation.evaluate
+        if evaluate is None:
+            if not model_is_plain(model):
+                raise ValueError("Evaluation(evaluate=None) evaluates loss(params, *data), "
+                                 "which a model with rng, state or has_aux does not give: "
+                                 "pass evaluate=fn returning a dict.")
+            evaluate = HeldOutLoss(spec.loss)
+        every = per_epoch if evaluation.every == "epoch" else evaluation.every
+        found.update(evaluate=evaluate, eval_data=eval_data, eval_every=every,
+                     monitor=evaluation.monitor, mode=evaluation.mode,
+                     restore_best=evaluation.restore_best)
+    return found
+
+
+def model_is_plain(model: Model) -> bool:
+    return model.rng is None and model.state is None and not model.has_aux
+
+
+def _steps_per_epoch(spec: Spec, data: Any) -> int:
+    """Steps in one pass over ``data`` with ``spec``'s rows."""
+    if isinstance(data, drivers.Stream):
+        raise ValueError("epochs (and Evaluation(every='epoch')) need data of known length; "
+                         "a stream has none: give steps, or let the stream end the run.")
+    if isinstance(spec.rows, Schedule):
+        raise ValueError("epochs (and Evaluation(every='epoch')) with a Schedule: the "
+                         "schedule's rows give the steps; drop epochs.")
+    leaves = jax.tree_util.tree_leaves(data)
+    if not leaves or not hasattr(leaves[0], "shape") or not leaves[0].shape:
+        raise ValueError("epochs (and Evaluation(every='epoch')) need data with rows; "
+                         "give steps for a data-free objective.")
+    n = int(leaves[0].shape[0])
+    if spec.batch_size is None:
+        return 1
+    batch_size = _checks.check_int(spec.batch_size, "batch_size", minimum=1, maximum=n)
+    if isinstance(spec.rows, Shuffled):
+        return spec.rows.steps_per_epoch(n, batch_size)
+    return -(-n // batch_size)
+
+
+_DEFAULT_MODEL = Model()
+_DEFAULT_RUN = Run()
