@@ -160,7 +160,7 @@ def methods(size):
     per_epoch = size["n"] // size["batch"]
     steps, epochs = per_epoch * size["epochs"], size["epochs"]
     common = {"lr": 0.1, "steps": steps, "batch_size": size["batch"],
-              "key": jax.random.key(3), "replace": False}
+              "key": jax.random.key(3), "rows": fsgd.Shuffled()}
     evaluated = jax.jit(scores)
     hand = jax.jit(functools.partial(by_hand, batch_size=size["batch"], epochs=epochs,
                                      lr=common["lr"]), static_argnames="evaluate")

@@ -196,7 +196,7 @@ def _torch_reference(problem, device):
 
     def run():
         finals = [reference.fit(fsgd.linear_mse, start, data, lr=lr, steps=w.steps,
-                                rows=fsgd.Schedule(problem.indices))[0] for lr in lrs]
+                                indices=problem.indices)[0] for lr in lrs]
         return finals[0] if problem.lrs is None else np.stack(finals)
 
     return run

@@ -25,10 +25,9 @@ MODES = {
     "batch": {},
     "mini-batch": {"batch_size": 10, "key": jax.random.key(1)},
     "stochastic": {"batch_size": 1, "key": jax.random.key(1)},
-    "indices": {"indices": "schedule"},
+    "indices": {"rows": fsgd.Schedule("schedule")},
     # shuffled epochs of 37 rows in 4 batches of 10, the last one holding 7 real rows
-    "drop_last=False": {"batch_size": 10, "key": jax.random.key(1), "replace": False,
-                        "drop_last": False},
+    "drop_last=False": {"batch_size": 10, "key": jax.random.key(1), "rows": fsgd.Shuffled(drop_last=False)},
 }
 
 # devices/rows: 100 rows split evenly over 2 devices, batches of 9 not;
@@ -103,9 +102,7 @@ def monitored(data, start, mesh):
 
     held_x, held_y = fsgd.lesson_data(jax.random.key(7), n=30, dtype=jnp.float64)
     kwargs = {"steps": 400, "lr": 0.2, "batch_size": 5, "key": jax.random.key(3),
-              "replace": False, "eval_every": 4, "monitor": "mse", "patience": 3,
-              "restore_best": True, "eval_data": (held_x, held_y),
-              "evaluate": lambda a, x, y: {"mse": fsgd.linear_mse(a, x, y)}}
+              "rows": fsgd.Shuffled(), "evaluation": fsgd.Evaluation(lambda a, x, y: {"mse": fsgd.linear_mse(a, x, y)}, (held_x, held_y), every=4, monitor="mse", patience=3, restore_best=True)}
     one = fit(data, start, **kwargs)
     many = fit(data, start, run=fsgd.Run(mesh=mesh), **kwargs)
     chunked = fit(data, start, run=fsgd.Run(chunk_size=30, mesh=mesh), **kwargs)
@@ -143,7 +140,7 @@ def extras():
     x, y, start = lesson(37)
     mesh = mesh_of((2, 4), ("hosts", "data"))
     kwargs = dict(lr=None, optimizer=optax.sgd(0.05, momentum=0.9), batch_size=5,
-                  key=jax.random.key(3), record_params=True)
+                  key=jax.random.key(3), run=fsgd.Run(record_params=True))
     one = fit((x, y), start, **kwargs)
     many = fit((x, y), start, run=fsgd.Run(mesh=mesh), **kwargs)
     chunked = fit((x, y), start, run=fsgd.Run(chunk_size=STEPS // 2, mesh=mesh), **kwargs)

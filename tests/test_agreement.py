@@ -45,7 +45,7 @@ def run_both(dtype, batch_size, **fit_kwargs):
     ours = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, rows=fsgd.Schedule(indices),
                     **fit_kwargs)
     theirs = reference.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS,
-                           rows=fsgd.Schedule(indices))
+                           indices=indices)
     return ours, theirs
 
 
@@ -74,7 +74,7 @@ def test_keyed_mini_batch_replays_in_the_reference(x64):
     ours = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, batch_size=5,
                     key=key)
     indices = np.asarray(fsgd.sample_indices(key, 100, STEPS, 5))
-    params, losses = reference.fit(fsgd.linear_mse, start, (x, y), lr=LR, rows=fsgd.Schedule(indices))
+    params, losses = reference.fit(fsgd.linear_mse, start, (x, y), lr=LR, indices=indices)
     assert max_relative_error(ours.params, params) <= 1e-12
     assert max_relative_error(ours.losses, losses) <= 1e-12
 
@@ -115,7 +115,7 @@ def test_optax_momentum_equals_torch_sgd_momentum(x64, mode):
     ours = fsgd.fit(fsgd.linear_mse, start, (x, y), optimizer=optax.sgd(LR, momentum=0.9),
                     steps=STEPS, rows=fsgd.Schedule(indices))
     params, losses = reference.fit(
-        fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, rows=fsgd.Schedule(indices),
+        fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, indices=indices,
         optimizer=functools.partial(torch.optim.SGD, momentum=0.9))
     assert max_relative_error(ours.params, params) <= 1e-12
     assert max_relative_error(ours.losses, losses) <= 1e-12

@@ -44,10 +44,10 @@ def blocks_run(monkeypatch):
 
 
 CASES = {
-    "shuffled epochs": {"key": jax.random.key(1), "replace": False},
+    "shuffled epochs": {"key": jax.random.key(1), "rows": fsgd.Shuffled()},
     "sampled": {"key": jax.random.key(1)},
-    "padded epochs": {"key": jax.random.key(1), "replace": False, "drop_last": False},
-    "indices": {"indices": jax.random.randint(jax.random.key(2), (STEPS, BATCH), 0, N)},
+    "padded epochs": {"key": jax.random.key(1), "rows": fsgd.Shuffled(drop_last=False)},
+    "indices": {"rows": fsgd.Schedule(jax.random.randint(jax.random.key(2), (STEPS, BATCH), 0, N))},
 }
 
 
@@ -69,7 +69,7 @@ def test_blocks_give_the_bits_of_one_gather(case, steps_per_block, blocks_run):
 def test_blocks_keep_aux_chunks_and_a_sweep(blocks_run):
     params, data = problem()
     kwargs = {"lr": 0.3, "steps": STEPS, "batch_size": BATCH, "key": jax.random.key(1),
-              "replace": False, "has_aux": True}
+              "rows": fsgd.Shuffled(), "model": fsgd.Model(has_aux=True)}
     plan = SpeedPlan(gather_block_bytes=4 * STEP_BYTES + 1)
     whole = fsgd.fit(loss_with_aux, params, data, run=fsgd.Run(speed=SpeedPlan(gather_block_bytes=0)),
                      **kwargs)
@@ -92,7 +92,7 @@ def test_blocks_keep_aux_chunks_and_a_sweep(blocks_run):
     assert blocks_run == [4] * 4  # the run, its two chunks (20 and 17 steps), the sweep
 
 
-@pytest.mark.parametrize("other", [{"tol": -1.0}, {"record_params": True}],
+@pytest.mark.parametrize("other", [{"stop": fsgd.Stop(tol=-1.0)}, {"run": fsgd.Run(record_params=True)}],
                          ids=["stop rule", "trajectory"])
 def test_a_stop_rule_or_a_trajectory_keeps_one_piece(other, blocks_run):
     params, data = problem()

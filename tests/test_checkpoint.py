@@ -35,11 +35,11 @@ def assert_same_bits(actual, expected):
 
 RESUMABLE = {
     "mini-batch": {},
-    "epochs": {"batch_size": 7, "replace": False},
+    "epochs": {"batch_size": 7, "rows": fsgd.Shuffled()},
     "indices": {"key": None, "batch_size": None,
-                "indices": np.asarray(fsgd.sample_indices(KEY, 100, 120, 3))},
+                "rows": fsgd.Schedule(np.asarray(fsgd.sample_indices(KEY, 100, 120, 3)))},
     # patience=25 fires after the crash at step 40, from stop state carried over
-    "patience": {"batch_size": 1, "patience": 25, "steps": 400},
+    "patience": {"batch_size": 1, "stop": fsgd.Stop(patience=25), "steps": 400},
 }
 
 
@@ -165,9 +165,9 @@ def test_a_crash_mid_write_leaves_the_last_checkpoint(saved, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"checkpoint": "run.npz"}, ValueError, "checkpoint needs chunk_size"),
-    ({"checkpoint": 3, "chunk_size": 20}, TypeError, "checkpoint must be a file path"),
-    ({"checkpoint": "run.npz", "chunk_size": 20, "record_params": True}, ValueError,
+    ({"run": fsgd.Run(checkpoint="run.npz")}, ValueError, "checkpoint needs chunk_size"),
+    ({"run": fsgd.Run(chunk_size=20, checkpoint=3)}, TypeError, "checkpoint must be a file path"),
+    ({"run": fsgd.Run(chunk_size=20, checkpoint="run.npz", record_params=True)}, ValueError,
      "checkpoint does not store the parameter trajectory"),
 ])
 def test_bad_checkpoint_arguments(kwargs, error, match):

@@ -11,8 +11,8 @@ from helpers import KEY, assert_trees_close, count_compilations, fit_lesson
 MODES = {
     "batch": {},
     "mini-batch": {"batch_size": 10, "key": jax.random.key(1)},
-    "epochs": {"batch_size": 7, "key": jax.random.key(1), "replace": False},
-    "indices": {"indices": np.asarray(fsgd.sample_indices(KEY, 100, 95, 3))},
+    "epochs": {"batch_size": 7, "key": jax.random.key(1), "rows": fsgd.Shuffled()},
+    "indices": {"rows": fsgd.Schedule(np.asarray(fsgd.sample_indices(KEY, 100, 95, 3)))},
 }
 
 
@@ -37,7 +37,7 @@ def test_chunks_carry_the_optimizer_state():
     assert_same_run(fit(run=fsgd.Run(chunk_size=30), **kwargs), fit(**kwargs))
 
 
-@pytest.mark.parametrize("rule", [{"tol": 0.2}, {"patience": 40, "batch_size": 1, "key": KEY}])
+@pytest.mark.parametrize("rule", [{"stop": fsgd.Stop(tol=0.2)}, {"stop": fsgd.Stop(patience=40), "batch_size": 1, "key": KEY}])
 def test_stop_rules_hold_across_chunk_boundaries(rule):
     whole = fit(steps=600, **rule)
     chunked = fit(steps=600, run=fsgd.Run(chunk_size=7), **rule)
@@ -66,9 +66,9 @@ def test_equal_chunks_compile_once():
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"chunk_size": 0}, ValueError, "chunk_size must be >= 1"),
-    ({"chunk_size": 2.0}, TypeError, "chunk_size must be an int"),
-    ({"on_chunk": print}, ValueError, "on_chunk needs chunk_size"),
+    ({"run": fsgd.Run(chunk_size=0)}, ValueError, "chunk_size must be >= 1"),
+    ({"run": fsgd.Run(chunk_size=2.0)}, TypeError, "chunk_size must be an int"),
+    ({"run": fsgd.Run(on_chunk=print)}, ValueError, "on_chunk needs chunk_size"),
 ])
 def test_bad_chunk_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -106,8 +106,7 @@ def test_chunked_runs_with_monitor_equal_one_call(digits, chunk_size):
     train = (digits.train_x, digits.train_y)
     valid = (digits.valid_x, digits.valid_y)
     params = init_classifier(jax.random.key(1), 64, std=0.1)
-    kwargs = {"steps": 200, "eval_every": 7, "monitor": "accuracy", "mode": "max",
-              "patience": 4, "restore_best": True}
+    kwargs = {"steps": 200, "evaluation": fsgd.Evaluation(every=7, monitor="accuracy", mode="max", patience=4, restore_best=True)}
     one = fit_digits(train, valid, params, **kwargs)
     chunked = fit_digits(train, valid, params, chunk_size=chunk_size, **kwargs)
     assert int(one.steps_run) < 200  # the rule fired
@@ -118,8 +117,7 @@ def test_a_crashed_run_resumes_from_its_checkpoint_with_the_best_params(digits, 
     train = (digits.train_x, digits.train_y)
     valid = (digits.valid_x, digits.valid_y)
     params = init_classifier(jax.random.key(1), 64, std=0.1)
-    kwargs = {"steps": 200, "eval_every": 7, "monitor": "accuracy", "mode": "max",
-              "patience": 4, "restore_best": True, "chunk_size": 10}
+    kwargs = {"steps": 200, "evaluation": fsgd.Evaluation(every=7, monitor="accuracy", mode="max", patience=4, restore_best=True), "run": fsgd.Run(chunk_size=10)}
     path = tmp_path / "run.npz"
     seen = []
 
@@ -189,30 +187,30 @@ def test_tol_on_the_monitored_value():
 
 mse_dict = lambda a, x, y: {"mse": fsgd.linear_mse(a, x, y)}  # noqa: E731
 BAD = [
-    ({"monitor": "mse"}, ValueError, "monitor needs evaluate"),
-    ({"eval_data": (X, Y)}, ValueError, "eval_data needs evaluate"),
-    ({"evaluate": mse_dict, "eval_data": (X, Y), "monitor": "acc"}, ValueError,
+    ({"evaluation": fsgd.Evaluation(monitor="mse")}, ValueError, "monitor needs evaluate"),
+    ({"evaluation": fsgd.Evaluation(data=(X, Y))}, ValueError, "eval_data needs evaluate"),
+    ({"evaluation": fsgd.Evaluation(mse_dict, (X, Y), monitor="acc")}, ValueError,
      r"monitor must be a key of the dict evaluate returns, one of \['mse'\]; got 'acc'"),
-    ({"evaluate": mse_dict, "eval_data": (X, Y), "monitor": "mse", "mode": "up"}, ValueError,
+    ({"evaluation": fsgd.Evaluation(mse_dict, (X, Y), monitor="mse", mode="up")}, ValueError,
      "mode must be 'min' or 'max'"),
-    ({"evaluate": mse_dict, "eval_data": (X, Y), "eval_every": 0}, ValueError,
+    ({"evaluation": fsgd.Evaluation(mse_dict, (X, Y), every=0)}, ValueError,
      "eval_every must be >= 1"),
-    ({"evaluate": mse_dict, "eval_data": (X, Y), "eval_every": 2.0}, TypeError,
+    ({"evaluation": fsgd.Evaluation(mse_dict, (X, Y), every=2.0)}, TypeError,
      "eval_every must be an int"),
-    ({"evaluate": lambda a, x, y: {"err": (x @ a - y)}, "eval_data": (X, Y)}, ValueError,
+    ({"evaluation": fsgd.Evaluation(lambda a, x, y: {"err": (x @ a - y)}, (X, Y))}, ValueError,
      r"evaluate must return a dict of real scalars; its 'err' is float32\[100\]"),
-    ({"evaluate": lambda a, x, y: fsgd.linear_mse(a, x, y), "eval_data": (X, Y)}, ValueError,
+    ({"evaluation": fsgd.Evaluation(lambda a, x, y: fsgd.linear_mse(a, x, y), (X, Y))}, ValueError,
      "evaluate must return a non-empty dict"),
-    ({"evaluate": mse_dict, "eval_data": (X, Y), "restore_best": True}, ValueError,
+    ({"evaluation": fsgd.Evaluation(mse_dict, (X, Y), restore_best=True)}, ValueError,
      "restore_best needs monitor"),
-    ({"evaluate": mse_dict, "eval_data": (X, Y[:50])}, ValueError,
+    ({"evaluation": fsgd.Evaluation(mse_dict, (X, Y[:50]))}, ValueError,
      r"eval_data arrays must share their leading axis .*eval_data\[1\].shape=\(50,\)"),
-    ({"evaluate": mse_dict, "eval_data": (X, np.full(100, np.nan, np.float32))}, ValueError,
+    ({"evaluation": fsgd.Evaluation(mse_dict, (X, np.full(100, np.nan, np.float32)))}, ValueError,
      r"eval_data\[1\] contains NaN"),
     ({"evaluate": "mse", "eval_data": (X, Y)}, TypeError, "evaluate must be callable"),
-    ({"evaluate": mse_dict, "eval_data": X}, TypeError, "eval_data must be a tuple"),
-    ({"mode": "max"}, ValueError, "mode='max' needs monitor"),
-    ({"evaluate": mse_dict, "eval_data": (X,)}, ValueError, r"evaluate\(params, \*eval_data\) failed"),
+    ({"evaluation": fsgd.Evaluation(mse_dict, X)}, TypeError, "eval_data must be a tuple"),
+    ({"evaluation": fsgd.Evaluation(mode="max")}, ValueError, "mode='max' needs monitor"),
+    ({"evaluation": fsgd.Evaluation(mse_dict, (X,))}, ValueError, r"evaluate\(params, \*eval_data\) failed"),
 ]
 
 
@@ -236,8 +234,7 @@ def test_a_memmap_read_in_blocks_evaluates_as_in_memory_data(tmp_path):
         mapped[:] = np.asarray(a)
         on_disk.append(mapped)
     kwargs = {"lr": 0.1, "steps": 95, "batch_size": 10, "key": jax.random.key(1),
-              "replace": False, "evaluate": mse_dict, "eval_data": (x[:100], y[:100]),
-              "eval_every": 20, "monitor": "mse", "restore_best": True}
+              "rows": fsgd.Shuffled(), "evaluation": fsgd.Evaluation(mse_dict, (x[:100], y[:100]), every=20, monitor="mse", restore_best=True)}
     read = fsgd.fit(fsgd.linear_mse, jnp.zeros(2), tuple(on_disk), run=fsgd.Run(chunk_size=7), **kwargs)
     in_memory = fsgd.fit(fsgd.linear_mse, jnp.zeros(2), (x, y), **kwargs)
     np.testing.assert_array_equal(read.eval_steps, [20, 40, 60, 80, 95])

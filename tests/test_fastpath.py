@@ -83,8 +83,7 @@ def test_float32_is_as_close_to_float64_as_the_plain_loop():
 
 def test_stop_rules_trajectory_and_continuation_work_on_the_fast_path(x64):
     x, y = regression(200, 2, np.float64)
-    kwargs = dict(tol=float(fsgd.linear_mse(np.linalg.lstsq(x, y)[0], x, y)) * 1.01,
-                  record_params=True)
+    kwargs = dict(stop=fsgd.Stop(tol=float(fsgd.linear_mse(np.linalg.lstsq(x, y)[0], x, y)) * 1.01), run=fsgd.Run(record_params=True))
     fast, plain = both_paths(x, y, np.zeros(2), steps=500, **kwargs)
     assert 10 < int(fast.steps_run) == int(plain.steps_run) < 500
     assert max_relative_error(fast.trajectory, plain.trajectory) <= 1e-10
@@ -168,9 +167,9 @@ def test_moments_give_the_loss_exactly_where_naive_moments_cancel():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"fast_path": "yes"}, 'fast_path must be "auto", True or False'),
-    ({"fast_path": True, "batch_size": 10, "key": jax.random.key(0)}, "full-batch only"),
-    ({"fast_path": True, "loss": lambda a, x, y: fsgd.linear_mse(a, x, y)},
+    ({"run": fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments="yes"))}, 'fast_path must be "auto", True or False'),
+    ({"run": fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=True)), "batch_size": 10, "key": jax.random.key(0)}, "full-batch only"),
+    ({"run": fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=True)), "loss": lambda a, x, y: fsgd.linear_mse(a, x, y)},
      "not functional_sgd.linear_mse"),
 ])
 def test_bad_fast_path_requests_say_why(kwargs, match):

@@ -31,9 +31,9 @@ def on_disk(tmp_path):
 
 MODES = {
     "sampled": {"steps": 300, "batch_size": 32, "key": KEY},
-    "shuffled": {"steps": 300, "batch_size": 32, "key": KEY, "replace": False},
-    "schedule": {"indices": np.asarray(fsgd.sample_indices(KEY, N, 300, 16))},
-    "stop rule": {"steps": 300, "batch_size": 32, "key": KEY, "patience": 5},
+    "shuffled": {"steps": 300, "batch_size": 32, "key": KEY, "rows": fsgd.Shuffled()},
+    "schedule": {"rows": fsgd.Schedule(np.asarray(fsgd.sample_indices(KEY, N, 300, 16)))},
+    "stop rule": {"steps": 300, "batch_size": 32, "key": KEY, "stop": fsgd.Stop(patience=5)},
 }
 
 
@@ -126,7 +126,7 @@ def test_a_torch_dataloader_gives_the_bits_of_its_order_replayed():
     scheduled = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.05, rows=fsgd.Schedule(order))
     assert_trees_close(streamed, scheduled, rtol=0, atol=0)
     params, losses = reference.fit(fsgd.linear_mse, np.zeros(D, np.float32), (X, Y), lr=0.05,
-                                   rows=fsgd.Schedule(order))
+                                   indices=order)
     # float32, torch sums in another order: as tests/test_agreement.py holds float32
     assert_trees_close(streamed.params, params, rtol=1e-5)
     assert_trees_close(streamed.losses, losses, rtol=0, atol=1e-5)
@@ -152,7 +152,7 @@ def test_steps_cut_a_stream_and_a_stop_rule_ends_it():
     (lambda: fsgd.stream(iter([(X[:10], Y[:10])]), block=0), {}, ValueError,
      "block must be an int >= 1"),
     (lambda: fsgd.stream(5), {}, TypeError, "stream needs an iterable of batches"),
-    (lambda: fsgd.stream(iter([(X[:10], Y[:10])])), {"record_params": True}, ValueError,
+    (lambda: fsgd.stream(iter([(X[:10], Y[:10])])), {"run": fsgd.Run(record_params=True)}, ValueError,
      "record_params needs a run of known length"),
     (lambda: fsgd.stream(iter([(X[:10], Y[:10])] * 3 + [(X[:10], Y[:10].astype(np.float64))])),
      {}, ValueError, r"batch 3 of the stream has \['float32\[10, 5\]', 'float64\[10\]'\]"),
@@ -188,7 +188,7 @@ def test_a_memmap_checks_on_chunk_as_chunks_do(on_disk):
         fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, run=fsgd.Run(on_chunk=5), **MODES["sampled"])
 
 
-@pytest.mark.parametrize("kwargs", [{"rng": KEY}, {"has_aux": True}, {"trainable": None,
+@pytest.mark.parametrize("kwargs", [{"model": fsgd.Model(rng=KEY)}, {"model": fsgd.Model(has_aux=True)}, {"trainable": None,
                                                                        "state": {}}])
 def test_a_stream_refuses_what_it_cannot_carry(kwargs):
     with pytest.raises(ValueError, match="with a stream as data"):

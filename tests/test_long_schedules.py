@@ -38,8 +38,8 @@ def test_chunk_sizes_follow_the_budget(replace, chunk):
 
 
 @pytest.mark.parametrize("kwargs", [
-    {}, {"replace": False}, {"start_step": 37}, {"tol": 0.3},
-    {"replace": False, "record_params": True, "patience": 5},
+    {}, {"rows": fsgd.Shuffled()}, {"run": fsgd.Run(start_step=37)}, {"stop": fsgd.Stop(tol=0.3)},
+    {"rows": fsgd.Shuffled(), "stop": fsgd.Stop(patience=5), "run": fsgd.Run(record_params=True)},
 ])
 def test_chunked_draws_equal_the_whole_schedule(kwargs):
     keyed, replayed = keyed_and_replayed(SMALL_BUDGET, **kwargs)

@@ -130,16 +130,16 @@ def test_jit_and_vmap_over_a_model():
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"params": {"n": jnp.arange(2)}}, ValueError, "params has nothing to train.*int32"),
     ({"params": {"n": 3}}, ValueError, "params has nothing to train"),
-    ({"trainable": False}, ValueError, "trainable freezes all"),
+    ({"model": fsgd.Model(trainable=False)}, ValueError, "trainable freezes all"),
     ({"trainable": {"a": True}}, ValueError, "trainable must be a pytree"),
     ({"trainable": {"a": 1, "b": True}}, TypeError, "trainable's leaves must be True or False"),
-    ({"trainable": lambda leaf: 1}, TypeError, "trainable\\(leaf\\) must return"),
-    ({"rng": 3}, TypeError, "rng must be a jax.random key"),
-    ({"rng": jax.random.split(jax.random.key(0))}, ValueError, "rng must be a single key"),
-    ({"rng": jax.random.key(0)}, ValueError, "key=.*give the loss that argument"),
-    ({"has_aux": 1}, TypeError, "has_aux must be True or False"),
-    ({"has_aux": True}, ValueError, "has_aux=True, loss must return \\(value, aux\\)"),
-    ({"state": jnp.zeros(2)}, ValueError, "with state, loss must return \\(value, new_state\\)"),
+    ({"model": fsgd.Model(trainable=lambda leaf: 1)}, TypeError, "trainable\\(leaf\\) must return"),
+    ({"model": fsgd.Model(rng=3)}, TypeError, "rng must be a jax.random key"),
+    ({"model": fsgd.Model(rng=jax.random.split(jax.random.key(0)))}, ValueError, "rng must be a single key"),
+    ({"model": fsgd.Model(rng=jax.random.key(0))}, ValueError, "key=.*give the loss that argument"),
+    ({"model": fsgd.Model(has_aux=1)}, TypeError, "has_aux must be True or False"),
+    ({"model": fsgd.Model(has_aux=True)}, ValueError, "has_aux=True, loss must return \\(value, aux\\)"),
+    ({"model": fsgd.Model(state=jnp.zeros(2))}, ValueError, "with state, loss must return \\(value, new_state\\)"),
 ])
 def test_bad_model_arguments_name_the_argument(kwargs, error, match):
     kwargs = {"params": {"a": jnp.array(fsgd.LESSON_START), "b": jnp.zeros(())}, **kwargs}
@@ -153,12 +153,12 @@ def test_bad_model_arguments_name_the_argument(kwargs, error, match):
 
 
 @pytest.mark.parametrize("returns, kwargs, match", [
-    (lambda v, s: (v, s[:1]), {"state": jnp.zeros(2)}, "structure, shapes and dtypes of state"),
-    (lambda v, s: (v, s), {"state": jnp.zeros(2), "has_aux": True},
+    (lambda v, s: (v, s[:1]), {"model": fsgd.Model(state=jnp.zeros(2))}, "structure, shapes and dtypes of state"),
+    (lambda v, s: (v, s), {"model": fsgd.Model(state=jnp.zeros(2), has_aux=True)},
      "state and has_aux=True, loss must return \\(value, new_state, aux\\)"),
     (lambda v, s: (v, v), {}, "If it returns \\(value, aux\\), pass has_aux=True"),
-    (lambda v, s: (v, jnp.tanh), {"has_aux": True}, "aux must be a pytree of arrays"),
-    (lambda v, s: (v[None], 0), {"has_aux": True}, "value .* must be a real scalar"),
+    (lambda v, s: (v, jnp.tanh), {"model": fsgd.Model(has_aux=True)}, "aux must be a pytree of arrays"),
+    (lambda v, s: (v[None], 0), {"model": fsgd.Model(has_aux=True)}, "value .* must be a real scalar"),
 ])
 def test_a_loss_whose_returns_do_not_match(returns, kwargs, match):
     def loss(a, *args):
@@ -216,7 +216,7 @@ def test_record_params_and_restore_best_keep_key_and_int_leaves(driver, tmp_path
                      for i, a in enumerate((X, Y)))
         for mapped, a in zip(data, (X, Y)):
             mapped[:] = np.asarray(a)
-    chunks = {} if driver == "one call" else {"chunk_size": 7}
+    chunks = {} if driver == "one call" else {"run": fsgd.Run(chunk_size=7)}
 
     def run(**kwargs):
         return fsgd.fit(lambda p, x, y: keyed_line(p, x, y)[0], keyed_params(), data, lr=0.5,

@@ -50,7 +50,7 @@ def test_sample_indices_drop_last_false_epochs_hold_every_row_once():
 
 
 def test_drop_last_false_changes_nothing_where_batches_divide_n():
-    kwargs = dict(steps=30, batch_size=10, key=KEY, replace=False)
+    kwargs = dict(steps=30, batch_size=10, key=KEY, rows=fsgd.Shuffled())
     x, y = X[:1000], Y[:1000]
     assert_trees_close(fsgd.fit(fsgd.linear_mse, START, (x, y), lr=LR, rows=fsgd.Shuffled(drop_last=False), **kwargs),
                        fsgd.fit(fsgd.linear_mse, START, (x, y), lr=LR, **kwargs))
@@ -105,7 +105,7 @@ def test_three_ragged_epochs_equal_a_torch_dataloader_loop_and_a_numpy_loop():
 
 
 def test_keyed_ragged_epochs_equal_their_schedule_in_one_call_chunks_and_on_the_host():
-    kwargs = dict(steps=STEPS, batch_size=BATCH, key=KEY, replace=False, drop_last=False)
+    kwargs = dict(steps=STEPS, batch_size=BATCH, key=KEY, rows=fsgd.Shuffled(drop_last=False))
     keyed = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, **kwargs)
     rows = fsgd.sample_indices(KEY, N, STEPS, BATCH, replace=False, drop_last=False)
     scheduled = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, rows=fsgd.Schedule(rows, padded=True))
@@ -117,7 +117,7 @@ def test_keyed_ragged_epochs_equal_their_schedule_in_one_call_chunks_and_on_the_
 def test_a_memmap_read_on_the_host_with_padding_gives_the_in_memory_bits(tmp_path):
     x = np.memmap(tmp_path / "x.f32", np.float32, "w+", shape=X.shape)
     x[:] = X
-    kwargs = dict(steps=STEPS, batch_size=BATCH, key=KEY, replace=False, drop_last=False)
+    kwargs = dict(steps=STEPS, batch_size=BATCH, key=KEY, rows=fsgd.Shuffled(drop_last=False))
     in_memory = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, **kwargs)
     assert_trees_close(fsgd.fit(fsgd.linear_mse, START, (x, Y), lr=LR, run=fsgd.Run(chunk_size=64), **kwargs),
                        in_memory)
@@ -128,11 +128,12 @@ def test_reference_fit_with_padding_agrees_with_fit():
     rows = np.asarray(fsgd.sample_indices(KEY, N, STEPS, BATCH, replace=False,
                                           drop_last=False))
     result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, rows=fsgd.Schedule(rows, padded=True))
-    params, losses = reference.fit(fsgd.linear_mse, START, (X, Y), lr=LR, rows=fsgd.Schedule(rows, padded=True))
+    params, losses = reference.fit(fsgd.linear_mse, START, (X, Y), lr=LR, indices=rows,
+                                   drop_last=False)
     assert_trees_close(result.params, params, rtol=1e-6)
     assert_trees_close(result.losses, losses, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="-1 marks padding only with drop_last=False"):
-        reference.fit(fsgd.linear_mse, START, (X, Y), lr=LR, rows=fsgd.Schedule(rows))
+        reference.fit(fsgd.linear_mse, START, (X, Y), lr=LR, indices=rows)
 
 
 def test_padding_anywhere_in_a_step_is_the_mean_over_its_real_rows():
@@ -140,7 +141,8 @@ def test_padding_anywhere_in_a_step_is_the_mean_over_its_real_rows():
     result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, rows=fsgd.Schedule(rows, padded=True))
     short = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, rows=fsgd.Schedule(np.array([[5, 7]])))
     assert_trees_close(result.losses[0], short.losses[0], rtol=1e-6)
-    params, _ = reference.fit(fsgd.linear_mse, START, (X, Y), lr=LR, rows=fsgd.Schedule(rows, padded=True))
+    params, _ = reference.fit(fsgd.linear_mse, START, (X, Y), lr=LR, indices=rows,
+                              drop_last=False)
     assert_trees_close(result.params, params, rtol=1e-6)
     # traced indices cannot be looked at: with drop_last=False they are taken as padded
     traced = jax.jit(lambda rows: fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, rows=fsgd.Schedule(rows, padded=True)))(rows)
@@ -206,7 +208,7 @@ def flat_nested_loss(params, x, scale, y):
 
 @pytest.mark.parametrize("kwargs", [
     {"steps": 20},
-    {"steps": STEPS, "batch_size": BATCH, "key": KEY, "replace": False, "drop_last": False},
+    {"steps": STEPS, "batch_size": BATCH, "key": KEY, "rows": fsgd.Shuffled(drop_last=False)},
 ], ids=["batch", "ragged"])
 def test_dict_and_nested_tuple_data_equal_the_tuple_form(kwargs):
     """The same loss on the same arrays, as a pytree or as a tuple: the same bits."""
@@ -244,14 +246,14 @@ def test_a_bad_leaf_in_pytree_data_is_named_by_its_path():
 
 def test_pytree_data_on_a_mesh_equals_one_device():
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
-    kwargs = dict(steps=20, batch_size=BATCH, key=KEY, replace=False, drop_last=False)
+    kwargs = dict(steps=20, batch_size=BATCH, key=KEY, rows=fsgd.Shuffled(drop_last=False))
     one = fsgd.fit(dict_loss, START, {"x": X, "y": Y}, lr=LR, **kwargs)
     many = fsgd.fit(dict_loss, START, {"x": X, "y": Y}, lr=LR, run=fsgd.Run(mesh=mesh), **kwargs)
     assert_trees_close(many, one, rtol=1e-6, atol=1e-7)  # float32, per-row sums
 
 
 def test_jax_vmap_over_lr_of_ragged_epochs_is_one_sweep():
-    kwargs = dict(steps=STEPS, batch_size=BATCH, key=KEY, replace=False, drop_last=False)
+    kwargs = dict(steps=STEPS, batch_size=BATCH, key=KEY, rows=fsgd.Shuffled(drop_last=False))
     sweep = jax.vmap(lambda lr: fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=lr, **kwargs))(
         jnp.array([0.01, LR]))
     single = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, **kwargs)
@@ -263,17 +265,17 @@ ROWS = np.asarray(fsgd.sample_indices(KEY, N, 5, BATCH, replace=False, drop_last
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"steps": 5, "batch_size": 10, "key": KEY, "replace": False, "drop_last": 0}, TypeError,
+    ({"steps": 5, "batch_size": 10, "key": KEY, "rows": fsgd.Shuffled(drop_last=0)}, TypeError,
      "drop_last must be True or False; got 0"),
-    ({"steps": 5, "batch_size": 10, "key": KEY, "drop_last": False}, ValueError,
+    ({"steps": 5, "batch_size": 10, "key": KEY, "rows": fsgd.Shuffled(drop_last=False)}, ValueError,
      "drop_last=False needs replace=False"),
-    ({"steps": 5, "drop_last": False}, ValueError, "drop_last=False needs batches"),
-    ({"indices": ROWS}, ValueError,
+    ({"steps": 5, "rows": fsgd.Shuffled(drop_last=False)}, ValueError, "drop_last=False needs batches"),
+    ({"rows": fsgd.Schedule(ROWS)}, ValueError,
      r"indices must lie in \[0, 1003\).*-1 to .*-1 marks padding only with drop_last=False"),
-    ({"indices": ROWS - 1, "drop_last": False}, ValueError,
+    ({"rows": fsgd.Schedule(ROWS - 1, padded=True)}, ValueError,
      r"indices must lie in \[0, 1003\) or -1 \(padding\).*got values from -2"),
-    ({"indices": np.array([[0, N]]), "drop_last": False}, ValueError, "got values from 0 to 1003"),
-    ({"indices": np.array([[0, 1], [-1, -1]]), "drop_last": False}, ValueError,
+    ({"rows": fsgd.Schedule(np.array([[0, N]]), padded=True)}, ValueError, "got values from 0 to 1003"),
+    ({"rows": fsgd.Schedule(np.array([[0, 1], [-1, -1]]), padded=True)}, ValueError,
      "steps of padding only.*at step 1"),
 ])
 def test_bad_ragged_arguments_are_refused(kwargs, error, match):
@@ -288,8 +290,8 @@ def test_sample_indices_refuses_drop_last_without_epochs():
         fsgd.sample_indices(KEY, N, 5, BATCH, replace=False, drop_last="no")
 
 
-@pytest.mark.parametrize("model", [{"rng": jax.random.key(5)}, {"has_aux": True},
-                                   {"state": jnp.zeros(())}])
+@pytest.mark.parametrize("model", [{"model": fsgd.Model(rng=jax.random.key(5))}, {"model": fsgd.Model(has_aux=True)},
+                                   {"model": fsgd.Model(state=jnp.zeros(()))}])
 def test_padding_with_a_batch_wide_model_is_refused(model):
     def loss(params, *args, key=None):
         value = dict_loss(params, {"x": args[-2], "y": args[-1]})

@@ -222,9 +222,9 @@ def test_valid_indices_of_any_integer_kind_agree_and_nothing_is_mutated(torch_in
                  torch.tensor(INDICES, dtype=torch.long)]
     inputs = [params, data, schedules]
     copies = snapshot(inputs)
-    results = [reference.fit(mse, params, data, lr=0.1, rows=fsgd.Schedule(s)) for s in schedules]
+    results = [reference.fit(mse, params, data, lr=0.1, indices=s) for s in schedules]
     results.append(reference.fit(mse, params, data, lr=0.1, steps=4,
-                                 rows=fsgd.Schedule(schedules[0])))  # steps that agree
+                                 indices=schedules[0]))  # steps that agree
     assert_unchanged(inputs, copies)
     first_params, first_losses = results[0]
     assert first_params.shape == (2,) and first_losses.shape == (4,)

@@ -131,10 +131,10 @@ def assert_same_result(a, b):
 
 @pytest.mark.parametrize("options", [
     {"lr": 0.1, "steps": 20},
-    {"lr": 0.1, "steps": 20, "start_step": 7, "batch_size": 10, "key": jax.random.key(3)},
-    {"lr": 0.1, "steps": 20, "tol": 0.5},  # a stop rule: the loop counts the steps run
+    {"lr": 0.1, "steps": 20, "run": fsgd.Run(start_step=7), "batch_size": 10, "key": jax.random.key(3)},
+    {"lr": 0.1, "steps": 20, "stop": fsgd.Stop(tol=0.5)},  # a stop rule: the loop counts the steps run
     {"lr": 0.1, "steps": 1},
-    {"steps": 20, "record_params": True, "optimizer": "adam"},
+    {"steps": 20, "run": fsgd.Run(record_params=True), "optimizer": "adam"},
 ])
 def test_warm_calls_return_the_cold_result_and_compile_nothing(checks_run, options):
     """The warm path fills in on the host what the loop leaves out (steps_run,
@@ -227,7 +227,7 @@ def test_params_as_a_tuple_list_or_dict_stay_warm_with_the_same_bits(checks_run,
     start, x, y = lesson()
     params = as_pytree((start[0], start[1]))
     options = {"lr": 0.1, "steps": 20, "batch_size": 10, "key": jax.random.key(3),
-               "replace": False}
+               "rows": fsgd.Shuffled()}
     cold = fsgd.fit(line_loss, params, (x, y), **options)
     warm = fsgd.fit(line_loss, params, (x, y), **options)
     moved = fsgd.fit(line_loss, cold.params, (x, y), **options)  # new params, same signature
@@ -292,8 +292,8 @@ def digits_run(**kwargs):
 
 @pytest.mark.parametrize("options", [
     {},
-    {"monitor": "accuracy", "mode": "max", "patience": 4},
-    {"monitor": "accuracy", "mode": "max", "patience": 4, "restore_best": True},
+    {"evaluation": fsgd.Evaluation(monitor="accuracy", mode="max", patience=4)},
+    {"evaluation": fsgd.Evaluation(monitor="accuracy", mode="max", patience=4, restore_best=True)},
 ])
 def test_evaluated_calls_stay_warm_with_the_cold_results(checks_run, options):
     """fit(evaluate=...) repeated with the same held-out arrays skips the

@@ -29,7 +29,7 @@ from ._data import lesson_data as lesson_data
 from ._digits import Digits as Digits
 from ._digits import digits_3_vs_7 as digits_3_vs_7
 from ._digits import load_image_folder as load_image_folder
-from ._lr_sweep import HeldOutLoss as HeldOutLoss
+from ..core._evaluate import HeldOutLoss as HeldOutLoss
 from ._lr_sweep import LRSweep as LRSweep
 from ._lr_sweep import lr_sweep as lr_sweep
 from ._parabola import LEARNING_RATES as LEARNING_RATES
