@@ -25,7 +25,7 @@ MODES = {
     "batch": {},
     "mini-batch": {"batch_size": 10, "key": jax.random.key(1)},
     "stochastic": {"batch_size": 1, "key": jax.random.key(1)},
-    "indices": {"rows": fsgd.Schedule("schedule")},
+    "indices": {"indices": "schedule"},
     # shuffled epochs of 37 rows in 4 batches of 10, the last one holding 7 real rows
     "drop_last=False": {"batch_size": 10, "key": jax.random.key(1), "rows": fsgd.Shuffled(drop_last=False)},
 }
@@ -49,9 +49,10 @@ def mesh_of(shape, names=("data",)):
 
 def fit(data, start, **kwargs):
     kwargs = {"lr": 0.1, "steps": STEPS, **kwargs}
-    if isinstance(kwargs.get("indices"), str):
-        kwargs["indices"] = np.asarray(
-            fsgd.sample_indices(jax.random.key(2), data[0].shape[0], STEPS, 9))
+    if isinstance(kwargs.get("indices"), str):  # "schedule": drawn for these rows
+        del kwargs["indices"]
+        kwargs["rows"] = fsgd.Schedule(np.asarray(
+            fsgd.sample_indices(jax.random.key(2), data[0].shape[0], STEPS, 9)))
     return fsgd.fit(fsgd.linear_mse, start, data, **kwargs)
 
 

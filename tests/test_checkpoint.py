@@ -165,11 +165,12 @@ def test_a_crash_mid_write_leaves_the_last_checkpoint(saved, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"run": fsgd.Run(checkpoint="run.npz")}, ValueError, "checkpoint needs chunk_size"),
-    ({"run": fsgd.Run(chunk_size=20, checkpoint=3)}, TypeError, "checkpoint must be a file path"),
-    ({"run": fsgd.Run(chunk_size=20, checkpoint="run.npz", record_params=True)}, ValueError,
+    (lambda: {"run": fsgd.Run(checkpoint="run.npz")}, ValueError, "checkpoint needs chunk_size"),
+    (lambda: {"run": fsgd.Run(chunk_size=20, checkpoint=3)}, TypeError, "checkpoint must be a file path"),
+    (lambda: {"run": fsgd.Run(chunk_size=20, checkpoint="run.npz", record_params=True)}, ValueError,
      "checkpoint does not store the parameter trajectory"),
 ])
 def test_bad_checkpoint_arguments(kwargs, error, match):
+    kwargs = kwargs() if callable(kwargs) else kwargs  # built here
     with pytest.raises(error, match=match):
         fit(**kwargs)

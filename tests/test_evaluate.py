@@ -187,35 +187,36 @@ def test_tol_on_the_monitored_value():
 
 mse_dict = lambda a, x, y: {"mse": fsgd.linear_mse(a, x, y)}  # noqa: E731
 BAD = [
-    ({"evaluation": fsgd.Evaluation(monitor="mse")}, ValueError, "monitor needs evaluate"),
-    ({"evaluation": fsgd.Evaluation(data=(X, Y))}, ValueError, "eval_data needs evaluate"),
-    ({"evaluation": fsgd.Evaluation(mse_dict, (X, Y), monitor="acc")}, ValueError,
+    (lambda: {"evaluation": fsgd.Evaluation(monitor="mse")}, ValueError, "monitor needs evaluate"),
+    (lambda: {"evaluation": fsgd.Evaluation(data=(X, Y))}, ValueError, "eval_data needs evaluate"),
+    (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), monitor="acc")}, ValueError,
      r"monitor must be a key of the dict evaluate returns, one of \['mse'\]; got 'acc'"),
-    ({"evaluation": fsgd.Evaluation(mse_dict, (X, Y), monitor="mse", mode="up")}, ValueError,
+    (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), monitor="mse", mode="up")}, ValueError,
      "mode must be 'min' or 'max'"),
-    ({"evaluation": fsgd.Evaluation(mse_dict, (X, Y), every=0)}, ValueError,
+    (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), every=0)}, ValueError,
      "eval_every must be >= 1"),
-    ({"evaluation": fsgd.Evaluation(mse_dict, (X, Y), every=2.0)}, TypeError,
+    (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), every=2.0)}, TypeError,
      "eval_every must be an int"),
-    ({"evaluation": fsgd.Evaluation(lambda a, x, y: {"err": (x @ a - y)}, (X, Y))}, ValueError,
+    (lambda: {"evaluation": fsgd.Evaluation(lambda a, x, y: {"err": (x @ a - y)}, (X, Y))}, ValueError,
      r"evaluate must return a dict of real scalars; its 'err' is float32\[100\]"),
-    ({"evaluation": fsgd.Evaluation(lambda a, x, y: fsgd.linear_mse(a, x, y), (X, Y))}, ValueError,
+    (lambda: {"evaluation": fsgd.Evaluation(lambda a, x, y: fsgd.linear_mse(a, x, y), (X, Y))}, ValueError,
      "evaluate must return a non-empty dict"),
-    ({"evaluation": fsgd.Evaluation(mse_dict, (X, Y), restore_best=True)}, ValueError,
+    (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), restore_best=True)}, ValueError,
      "restore_best needs monitor"),
-    ({"evaluation": fsgd.Evaluation(mse_dict, (X, Y[:50]))}, ValueError,
+    (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y[:50]))}, ValueError,
      r"eval_data arrays must share their leading axis .*eval_data\[1\].shape=\(50,\)"),
-    ({"evaluation": fsgd.Evaluation(mse_dict, (X, np.full(100, np.nan, np.float32)))}, ValueError,
+    (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, np.full(100, np.nan, np.float32)))}, ValueError,
      r"eval_data\[1\] contains NaN"),
     ({"evaluate": "mse", "eval_data": (X, Y)}, TypeError, "evaluate must be callable"),
-    ({"evaluation": fsgd.Evaluation(mse_dict, X)}, TypeError, "eval_data must be a tuple"),
-    ({"evaluation": fsgd.Evaluation(mode="max")}, ValueError, "mode='max' needs monitor"),
-    ({"evaluation": fsgd.Evaluation(mse_dict, (X,))}, ValueError, r"evaluate\(params, \*eval_data\) failed"),
+    (lambda: {"evaluation": fsgd.Evaluation(mse_dict, X)}, TypeError, "eval_data must be a tuple"),
+    (lambda: {"evaluation": fsgd.Evaluation(mode="max")}, ValueError, "mode='max' needs monitor"),
+    (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X,))}, ValueError, r"evaluate\(params, \*eval_data\) failed"),
 ]
 
 
 @pytest.mark.parametrize("kwargs, error, match", BAD, ids=[m[:30] for _, _, m in BAD])
 def test_bad_evaluation_arguments_are_refused_before_any_compile(kwargs, error, match):
+    kwargs = kwargs() if callable(kwargs) else kwargs  # built here
     with count_compilations() as compiles, pytest.raises(error, match=match):
         fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=10, **kwargs)
     assert compiles[0] == 0

@@ -199,15 +199,15 @@ BAD_INPUT = [
     ({"steps": None}, TypeError, "steps is required"),
     ({"steps": 0}, ValueError, "steps must be >= 1"),
     ({"steps": 2.5}, TypeError, "steps must be an int"),
-    ({"rows": fsgd.Schedule(np.zeros(10, np.int32)), "steps": None}, ValueError,
+    (lambda: {"rows": fsgd.Schedule(np.zeros(10, np.int32)), "steps": None}, ValueError,
      r"indices must have shape \(steps, batch_size\)"),
-    ({"rows": fsgd.Schedule(np.full((10, 2), 100)), "steps": None}, ValueError,
+    (lambda: {"rows": fsgd.Schedule(np.full((10, 2), 100)), "steps": None}, ValueError,
      r"indices must lie in \[0, 100\).*from 100 to 100"),
-    ({"rows": fsgd.Schedule(jnp.full((10, 2), -1)), "steps": None}, ValueError,
+    (lambda: {"rows": fsgd.Schedule(jnp.full((10, 2), -1)), "steps": None}, ValueError,
      r"indices must lie in \[0, 100\)"),
-    ({"rows": fsgd.Schedule(np.zeros((10, 2))), "steps": None}, TypeError, "indices must be an integer"),
-    ({"rows": fsgd.Schedule(np.zeros((10, 2), int)), "steps": 5}, ValueError, "steps=5 disagrees"),
-    ({"rows": fsgd.Schedule(np.zeros((10, 2), int)), "steps": None, "key": KEY}, ValueError,
+    (lambda: {"rows": fsgd.Schedule(np.zeros((10, 2))), "steps": None}, TypeError, "indices must be an integer"),
+    (lambda: {"rows": fsgd.Schedule(np.zeros((10, 2), int)), "steps": 5}, ValueError, "steps=5 disagrees"),
+    (lambda: {"rows": fsgd.Schedule(np.zeros((10, 2), int)), "steps": None, "key": KEY}, ValueError,
      "pass key or indices"),
     ({"data": (X, Y[:50])}, ValueError, r"leading axis.*data\[1\].shape=\(50,\)"),
     ({"data": X}, TypeError, "data must be a tuple of arrays"),
@@ -216,16 +216,18 @@ BAD_INPUT = [
     ({"params": jnp.zeros(3)}, ValueError,
      r"loss\(params, \*batch\) failed for params of shape float32\[3\].*linear: x of shape"),
     ({"params": jnp.zeros((2, 2))}, ValueError, r"loss\(params.*mse: y_hat has shape"),
-    ({"stop": fsgd.Stop(tol=float("inf"))}, ValueError, "tol must be a finite number"),
-    ({"stop": fsgd.Stop(patience=0)}, ValueError, "patience must be >= 1"),
-    ({"run": fsgd.Run(start_step=-1)}, ValueError, "start_step must be >= 0"),
+    (lambda: {"stop": fsgd.Stop(tol=float("inf"))}, ValueError, "tol must be a finite number"),
+    (lambda: {"stop": fsgd.Stop(patience=0)}, ValueError, "patience must be >= 1"),
+    (lambda: {"run": fsgd.Run(start_step=-1)}, ValueError, "start_step must be >= 0"),
     ({"optimizer": object(), "lr": None}, TypeError, "optimizer must be an optax"),
 ]
 
 
 @pytest.mark.parametrize("kwargs, error, match", BAD_INPUT,
-                         ids=[f"{i}-{'-'.join(k)}" for i, (k, _, _) in enumerate(BAD_INPUT)])
+                         ids=[f"{i}-{'-'.join(k) if isinstance(k, dict) else 'option'}"
+                              for i, (k, _, _) in enumerate(BAD_INPUT)])
 def test_bad_input_names_the_argument(kwargs, error, match):
+    kwargs = kwargs() if callable(kwargs) else kwargs  # built here
     with pytest.raises(error, match=match):
         fit(**kwargs)
 
@@ -259,7 +261,7 @@ def test_every_way_of_gathering_batches_gives_the_same_bits(mode, route):
     assert_trees_close(other, gathered, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("stop_rule", [{}, {"stop": fsgd.Stop(tol=-1.0)}], ids=["scan", "while"])
+@pytest.mark.parametrize("stop_rule", [{}, lambda: {"stop": fsgd.Stop(tol=-1.0)}], ids=["scan", "while"])
 def test_long_runs_find_the_first_bad_step_too(stop_rule):
     """From LONG_RUN steps diverged_at takes another route (any, then the least bad index)."""
     from functional_sgd.core._repeat import LONG_RUN

@@ -130,18 +130,19 @@ def test_jit_and_vmap_over_a_model():
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"params": {"n": jnp.arange(2)}}, ValueError, "params has nothing to train.*int32"),
     ({"params": {"n": 3}}, ValueError, "params has nothing to train"),
-    ({"model": fsgd.Model(trainable=False)}, ValueError, "trainable freezes all"),
+    (lambda: {"model": fsgd.Model(trainable=False)}, ValueError, "trainable freezes all"),
     ({"trainable": {"a": True}}, ValueError, "trainable must be a pytree"),
     ({"trainable": {"a": 1, "b": True}}, TypeError, "trainable's leaves must be True or False"),
-    ({"model": fsgd.Model(trainable=lambda leaf: 1)}, TypeError, "trainable\\(leaf\\) must return"),
-    ({"model": fsgd.Model(rng=3)}, TypeError, "rng must be a jax.random key"),
-    ({"model": fsgd.Model(rng=jax.random.split(jax.random.key(0)))}, ValueError, "rng must be a single key"),
-    ({"model": fsgd.Model(rng=jax.random.key(0))}, ValueError, "key=.*give the loss that argument"),
-    ({"model": fsgd.Model(has_aux=1)}, TypeError, "has_aux must be True or False"),
-    ({"model": fsgd.Model(has_aux=True)}, ValueError, "has_aux=True, loss must return \\(value, aux\\)"),
-    ({"model": fsgd.Model(state=jnp.zeros(2))}, ValueError, "with state, loss must return \\(value, new_state\\)"),
+    (lambda: {"model": fsgd.Model(trainable=lambda leaf: 1)}, TypeError, "trainable\\(leaf\\) must return"),
+    (lambda: {"model": fsgd.Model(rng=3)}, TypeError, "rng must be a jax.random key"),
+    (lambda: {"model": fsgd.Model(rng=jax.random.split(jax.random.key(0)))}, ValueError, "rng must be a single key"),
+    (lambda: {"model": fsgd.Model(rng=jax.random.key(0))}, ValueError, "key=.*give the loss that argument"),
+    (lambda: {"model": fsgd.Model(has_aux=1)}, TypeError, "has_aux must be True or False"),
+    (lambda: {"model": fsgd.Model(has_aux=True)}, ValueError, "has_aux=True, loss must return \\(value, aux\\)"),
+    (lambda: {"model": fsgd.Model(state=jnp.zeros(2))}, ValueError, "with state, loss must return \\(value, new_state\\)"),
 ])
 def test_bad_model_arguments_name_the_argument(kwargs, error, match):
+    kwargs = kwargs() if callable(kwargs) else kwargs  # built here
     kwargs = {"params": {"a": jnp.array(fsgd.LESSON_START), "b": jnp.zeros(())}, **kwargs}
     params = kwargs.pop("params")
 
@@ -153,14 +154,15 @@ def test_bad_model_arguments_name_the_argument(kwargs, error, match):
 
 
 @pytest.mark.parametrize("returns, kwargs, match", [
-    (lambda v, s: (v, s[:1]), {"model": fsgd.Model(state=jnp.zeros(2))}, "structure, shapes and dtypes of state"),
-    (lambda v, s: (v, s), {"model": fsgd.Model(state=jnp.zeros(2), has_aux=True)},
+    (lambda v, s: (v, s[:1]), lambda: {"model": fsgd.Model(state=jnp.zeros(2))}, "structure, shapes and dtypes of state"),
+    (lambda v, s: (v, s), lambda: {"model": fsgd.Model(state=jnp.zeros(2), has_aux=True)},
      "state and has_aux=True, loss must return \\(value, new_state, aux\\)"),
     (lambda v, s: (v, v), {}, "If it returns \\(value, aux\\), pass has_aux=True"),
-    (lambda v, s: (v, jnp.tanh), {"model": fsgd.Model(has_aux=True)}, "aux must be a pytree of arrays"),
-    (lambda v, s: (v[None], 0), {"model": fsgd.Model(has_aux=True)}, "value .* must be a real scalar"),
+    (lambda v, s: (v, jnp.tanh), lambda: {"model": fsgd.Model(has_aux=True)}, "aux must be a pytree of arrays"),
+    (lambda v, s: (v[None], 0), lambda: {"model": fsgd.Model(has_aux=True)}, "value .* must be a real scalar"),
 ])
 def test_a_loss_whose_returns_do_not_match(returns, kwargs, match):
+    kwargs = kwargs() if callable(kwargs) else kwargs  # built here
     def loss(a, *args):
         state = args[0] if len(args) == 3 else None
         return returns(fsgd.linear_mse(a, *args[-2:]), state)

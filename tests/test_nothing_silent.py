@@ -32,40 +32,41 @@ BAD = [
     ("lr bool", {"lr": True}, TypeError, "lr must be a real scalar"),
     ("lr string", {"lr": "0.1"}, TypeError, "lr must be a real scalar"),
     ("steps past int32", {"steps": 2**31}, ValueError, r"steps must be <= 2147483647"),
-    ("start_step overflows", {"run": fsgd.Run(start_step=2**31 - 10), "steps": 20},
+    ("start_step overflows", lambda: {"run": fsgd.Run(start_step=2**31 - 10), "steps": 20},
      ValueError, r"start_step=2147483638 plus steps=20 passes"),
-    ("start_step overflows in chunks", {"run": fsgd.Run(chunk_size=5, start_step=2**31 - 10), "steps": 20}, ValueError, "start_step=.* passes"),
-    ("start_step int64", {"run": fsgd.Run(start_step=np.int64(2**40))}, ValueError, "start_step=.* passes"),
-    ("start_step huge without chunks", {"run": fsgd.Run(start_step=2**31 - 1)}, ValueError,
+    ("start_step overflows in chunks", lambda: {"run": fsgd.Run(chunk_size=5, start_step=2**31 - 10), "steps": 20}, ValueError, "start_step=.* passes"),
+    ("start_step int64", lambda: {"run": fsgd.Run(start_step=np.int64(2**40))}, ValueError, "start_step=.* passes"),
+    ("start_step huge without chunks", lambda: {"run": fsgd.Run(start_step=2**31 - 1)}, ValueError,
      "start_step=.* passes"),
-    ("tol a string", {"stop": fsgd.Stop(tol="a")}, TypeError, "tol must be a real number"),
-    ("tol nan", {"stop": fsgd.Stop(tol=float("nan"))}, ValueError, "tol must be a finite number"),
-    ("replace a string", {"rows": (fsgd.Shuffled() if not "False" else fsgd.Sampled()), "batch_size": 5, "key": KEY}, TypeError,
+    ("tol a string", lambda: {"stop": fsgd.Stop(tol="a")}, TypeError, "tol must be a real number"),
+    ("tol nan", lambda: {"stop": fsgd.Stop(tol=float("nan"))}, ValueError, "tol must be a finite number"),
+    ("replace a string", lambda: {"rows": (fsgd.Shuffled() if not "False" else fsgd.Sampled()), "batch_size": 5, "key": KEY}, TypeError,
      "replace must be True or False"),
-    ("record_params a string", {"run": fsgd.Run(record_params="no")}, TypeError,
+    ("record_params a string", lambda: {"run": fsgd.Run(record_params="no")}, TypeError,
      "record_params must be True or False"),
-    ("opt_state without optimizer", {"run": fsgd.Run(opt_state=())}, ValueError,
+    ("opt_state without optimizer", lambda: {"run": fsgd.Run(opt_state=())}, ValueError,
      "opt_state is given but optimizer is None"),
-    ("opt_state of another optimizer", {
+    ("opt_state of another optimizer", lambda: {
         "lr": None, "optimizer": optax.adam(0.1),
         "run": fsgd.Run(opt_state=optax.sgd(0.1, momentum=0.9).init(START))}, ValueError,
      r"opt_state does not have the structure optimizer.init\(params\) gives"),
-    ("record_params past memory", {"run": fsgd.Run(record_params=True), "steps": 2**31 - 1,
+    ("record_params past memory", lambda: {"run": fsgd.Run(record_params=True), "steps": 2**31 - 1,
                                    "params": jnp.zeros(2**10), "data": ()}, ValueError,
      "record_params keeps 2147483648 copies"),
-    ("on_chunk not callable", {"run": fsgd.Run(chunk_size=5, on_chunk=5)}, TypeError,
+    ("on_chunk not callable", lambda: {"run": fsgd.Run(chunk_size=5, on_chunk=5)}, TypeError,
      "on_chunk must be callable"),
-    ("checkpoint empty", {"run": fsgd.Run(chunk_size=5, checkpoint="")}, ValueError,
+    ("checkpoint empty", lambda: {"run": fsgd.Run(chunk_size=5, checkpoint="")}, ValueError,
      "checkpoint must name a file"),
-    ("checkpoint a folder", {"run": fsgd.Run(chunk_size=5, checkpoint=".")}, ValueError,
+    ("checkpoint a folder", lambda: {"run": fsgd.Run(chunk_size=5, checkpoint=".")}, ValueError,
      "is a folder; name a file in it"),
-    ("checkpoint folder missing", {"run": fsgd.Run(chunk_size=5, checkpoint="no/such/dir/run.npz")},
+    ("checkpoint folder missing", lambda: {"run": fsgd.Run(chunk_size=5, checkpoint="no/such/dir/run.npz")},
      ValueError, "its folder .* does not exist"),
 ]
 
 
 @pytest.mark.parametrize("kwargs, error, match", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_input_is_refused_naming_the_argument(kwargs, error, match):
+    kwargs = kwargs() if callable(kwargs) else kwargs  # built here
     loss = (lambda p: (p ** 2).sum()) if kwargs.get("data") == () else fsgd.linear_mse
     with pytest.raises(error, match=match):
         fsgd.fit(loss, kwargs.pop("params", START), kwargs.pop("data", (X, Y)),

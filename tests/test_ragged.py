@@ -208,10 +208,11 @@ def flat_nested_loss(params, x, scale, y):
 
 @pytest.mark.parametrize("kwargs", [
     {"steps": 20},
-    {"steps": STEPS, "batch_size": BATCH, "key": KEY, "rows": fsgd.Shuffled(drop_last=False)},
+    lambda: {"steps": STEPS, "batch_size": BATCH, "key": KEY, "rows": fsgd.Shuffled(drop_last=False)},
 ], ids=["batch", "ragged"])
 def test_dict_and_nested_tuple_data_equal_the_tuple_form(kwargs):
     """The same loss on the same arrays, as a pytree or as a tuple: the same bits."""
+    kwargs = kwargs() if callable(kwargs) else kwargs  # built here
     scale = np.linspace(0.5, 1.5, N, dtype=np.float32)
     as_dict = fsgd.fit(dict_loss, START, {"x": X, "y": Y}, lr=LR, **kwargs)
     flat = fsgd.fit(flat_dict_loss, START, (X, Y), lr=LR, **kwargs)
@@ -265,20 +266,21 @@ ROWS = np.asarray(fsgd.sample_indices(KEY, N, 5, BATCH, replace=False, drop_last
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"steps": 5, "batch_size": 10, "key": KEY, "rows": fsgd.Shuffled(drop_last=0)}, TypeError,
+    (lambda: {"steps": 5, "batch_size": 10, "key": KEY, "rows": fsgd.Shuffled(drop_last=0)}, TypeError,
      "drop_last must be True or False; got 0"),
-    ({"steps": 5, "batch_size": 10, "key": KEY, "rows": fsgd.Shuffled(drop_last=False)}, ValueError,
+    (lambda: {"steps": 5, "batch_size": 10, "key": KEY, "rows": fsgd.Shuffled(drop_last=False)}, ValueError,
      "drop_last=False needs replace=False"),
-    ({"steps": 5, "rows": fsgd.Shuffled(drop_last=False)}, ValueError, "drop_last=False needs batches"),
-    ({"rows": fsgd.Schedule(ROWS)}, ValueError,
+    (lambda: {"steps": 5, "rows": fsgd.Shuffled(drop_last=False)}, ValueError, "drop_last=False needs batches"),
+    (lambda: {"rows": fsgd.Schedule(ROWS)}, ValueError,
      r"indices must lie in \[0, 1003\).*-1 to .*-1 marks padding only with drop_last=False"),
-    ({"rows": fsgd.Schedule(ROWS - 1, padded=True)}, ValueError,
+    (lambda: {"rows": fsgd.Schedule(ROWS - 1, padded=True)}, ValueError,
      r"indices must lie in \[0, 1003\) or -1 \(padding\).*got values from -2"),
-    ({"rows": fsgd.Schedule(np.array([[0, N]]), padded=True)}, ValueError, "got values from 0 to 1003"),
-    ({"rows": fsgd.Schedule(np.array([[0, 1], [-1, -1]]), padded=True)}, ValueError,
+    (lambda: {"rows": fsgd.Schedule(np.array([[0, N]]), padded=True)}, ValueError, "got values from 0 to 1003"),
+    (lambda: {"rows": fsgd.Schedule(np.array([[0, 1], [-1, -1]]), padded=True)}, ValueError,
      "steps of padding only.*at step 1"),
 ])
 def test_bad_ragged_arguments_are_refused(kwargs, error, match):
+    kwargs = kwargs() if callable(kwargs) else kwargs  # built here
     with pytest.raises(error, match=match):
         fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, **kwargs)
 
@@ -290,8 +292,8 @@ def test_sample_indices_refuses_drop_last_without_epochs():
         fsgd.sample_indices(KEY, N, 5, BATCH, replace=False, drop_last="no")
 
 
-@pytest.mark.parametrize("model", [{"model": fsgd.Model(rng=jax.random.key(5))}, {"model": fsgd.Model(has_aux=True)},
-                                   {"model": fsgd.Model(state=jnp.zeros(()))}])
+@pytest.mark.parametrize("model", [lambda: {"model": fsgd.Model(rng=jax.random.key(5))}, lambda: {"model": fsgd.Model(has_aux=True)},
+                                   lambda: {"model": fsgd.Model(state=jnp.zeros(()))}])
 def test_padding_with_a_batch_wide_model_is_refused(model):
     def loss(params, *args, key=None):
         value = dict_loss(params, {"x": args[-2], "y": args[-1]})

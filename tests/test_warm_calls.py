@@ -279,10 +279,9 @@ def digits_run(**kwargs):
     key = jax.random.key(2)  # one array: a new key is another call
 
     def run(params=params, valid=valid, **more):
-        return fsgd.fit(classifier_mnist_loss, params, train, **{
-            "lr": 0.05, "steps": 200, "batch_size": 10, "key": key,
-            "replace": False, "evaluate": accuracy_of, "eval_data": valid, "eval_every": 7,
-            **kwargs, **more})
+        evaluation = fsgd.Evaluation(accuracy_of, valid, every=7, **{**kwargs, **more})
+        return fsgd.fit(classifier_mnist_loss, params, train, lr=0.05, steps=200,
+                        batch_size=10, key=key, rows=fsgd.Shuffled(), evaluation=evaluation)
 
     def accuracy_of(params, x, y):
         return {"accuracy": accuracy(params, x, y)}
@@ -292,8 +291,8 @@ def digits_run(**kwargs):
 
 @pytest.mark.parametrize("options", [
     {},
-    {"evaluation": fsgd.Evaluation(monitor="accuracy", mode="max", patience=4)},
-    {"evaluation": fsgd.Evaluation(monitor="accuracy", mode="max", patience=4, restore_best=True)},
+    {"monitor": "accuracy", "mode": "max", "patience": 4},
+    {"monitor": "accuracy", "mode": "max", "patience": 4, "restore_best": True},
 ])
 def test_evaluated_calls_stay_warm_with_the_cold_results(checks_run, options):
     """fit(evaluate=...) repeated with the same held-out arrays skips the

@@ -96,7 +96,7 @@ class Shuffled:
     drop_last: bool = True
 
     def __post_init__(self) -> None:
-        _check_flag(self.drop_last, "Shuffled(drop_last=)")
+        _check_flag(self.drop_last, "drop_last")
 
     def key(self) -> tuple:
         return (Shuffled, bool(self.drop_last))
@@ -130,14 +130,16 @@ class Schedule:
     padded: bool = False
 
     def __post_init__(self) -> None:
-        _check_flag(self.padded, "Schedule(padded=)")
+        _check_flag(self.padded, "padded")
         shape, dtype = getattr(self.indices, "shape", None), getattr(self.indices, "dtype", None)
         if shape is None or dtype is None:
-            raise TypeError(f"Schedule(indices=) must be an integer array (steps, batch_size); "
-                            f"got {type(self.indices).__name__}.")
-        if len(shape) != 2 or not np.issubdtype(np.dtype(dtype), np.integer):
-            raise ValueError(f"Schedule(indices=) must be an integer array of shape "
-                             f"(steps, batch_size); got {dtype} of shape {tuple(shape)}.")
+            raise TypeError(f"indices must be an integer array (steps, batch_size); got "
+                            f"{type(self.indices).__name__}.")
+        if not np.issubdtype(np.dtype(dtype), np.integer) or np.dtype(dtype) == np.bool_:
+            raise TypeError(f"indices must be an integer array; got dtype {dtype}.")
+        if len(shape) != 2:
+            raise ValueError(f"indices must have shape (steps, batch_size); got shape "
+                             f"{tuple(shape)}.")
 
     def key(self) -> tuple:
         return (Schedule, bool(self.padded))
@@ -176,9 +178,9 @@ class Stop:
         if self.tol is None and self.patience is None:
             raise ValueError("Stop needs tol= or patience= (or both).")
         if self.tol is not None and _checks.is_concrete(self.tol):
-            _checks.check_real(self.tol, "Stop(tol=)")
+            _checks.check_real(self.tol, "tol")
         if self.patience is not None:
-            _check_count(self.patience, "Stop(patience=)")
+            _check_count(self.patience, "patience")
 
     def key(self) -> tuple:
         return (Stop, self.tol is not None, self.patience is not None)
@@ -188,8 +190,8 @@ def _check_eval_every(every: object) -> Any:
     if every is None or every == "epoch":
         return every
     if isinstance(every, (list, tuple)) or (hasattr(every, "shape") and len(every.shape) == 1):
-        raise TypeError("Evaluation(every=) takes an int or 'epoch' for now; got a list.")
-    return _check_count(every, "Evaluation(every=)")
+        raise TypeError("every takes an int or 'epoch' for now; got a list.")
+    return _check_count(every, "every")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -250,14 +252,14 @@ class Evaluation:
                 raise ValueError("Evaluation needs evaluate= or data= (with data alone, the "
                                  "training loss is evaluated on it as {'loss': ...}).")
         elif not callable(self.evaluate):
-            raise TypeError(f"Evaluation(evaluate=) must be callable as evaluate(params, *data)"
+            raise TypeError(f"evaluate must be callable as evaluate(params, *data)"
                             f" -> dict; got {self.evaluate!r}.")
         _check_eval_every(self.every)
         if self.mode not in ("min", "max"):
-            raise ValueError(f"Evaluation(mode=) must be 'min' or 'max'; got {self.mode!r}.")
-        _check_flag(self.restore_best, "Evaluation(restore_best=)")
+            raise ValueError(f"mode must be 'min' or 'max'; got {self.mode!r}.")
+        _check_flag(self.restore_best, "restore_best")
         if self.monitor is not None and not isinstance(self.monitor, str):
-            raise TypeError(f"Evaluation(monitor=) must be a key of evaluate's dict (a str); "
+            raise TypeError(f"monitor must be a key of evaluate's dict (a str); "
                             f"got {self.monitor!r}.")
         needs_monitor = [name for name, given in (
             ("patience", self.patience is not None), ("tol", self.tol is not None),
@@ -266,9 +268,9 @@ class Evaluation:
             raise ValueError(f"Evaluation({', '.join(needs_monitor)}=) needs monitor: name the "
                              f"key of evaluate's dict to watch, e.g. monitor='accuracy'.")
         if self.patience is not None:
-            _check_count(self.patience, "Evaluation(patience=)")
+            _check_count(self.patience, "patience")
         if self.tol is not None and _checks.is_concrete(self.tol):
-            _checks.check_real(self.tol, "Evaluation(tol=)")
+            _checks.check_real(self.tol, "tol")
 
     def key(self) -> tuple:
         return (Evaluation, self.evaluate, self.every, self.monitor, self.mode,
@@ -307,9 +309,9 @@ class Model:
     trainable: Any = None
 
     def __post_init__(self) -> None:
-        _check_flag(self.has_aux, "Model(has_aux=)")
+        _check_flag(self.has_aux, "has_aux")
         if self.rng is not None and _checks.is_concrete(self.rng):
-            _checks.check_key(self.rng, "Model(rng=)")
+            _checks.check_key(self.rng, "rng")
 
     def key(self) -> tuple:
         trainable = self.trainable
@@ -363,16 +365,16 @@ class Run:
 
     def __post_init__(self) -> None:
         if self.chunk_size is not None:
-            _check_count(self.chunk_size, "Run(chunk_size=)")
+            _check_count(self.chunk_size, "chunk_size")
         if self.on_chunk is not None and not callable(self.on_chunk):
-            raise TypeError(f"Run(on_chunk=) must be callable as on_chunk(result); got "
+            raise TypeError(f"on_chunk must be callable as on_chunk(result); got "
                             f"{self.on_chunk!r}.")
         if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
-            raise TypeError(f"Run(checkpoint=) must be a file path; got {self.checkpoint!r}.")
-        _check_flag(self.record_params, "Run(record_params=)")
-        _check_flag(self.check_finite, "Run(check_finite=)")
+            raise TypeError(f"checkpoint must be a file path; got {self.checkpoint!r}.")
+        _check_flag(self.record_params, "record_params")
+        _check_flag(self.check_finite, "check_finite")
         if self.speed is not None and not isinstance(self.speed, SpeedPlan):
-            raise TypeError(f"Run(speed=) must be a functional_sgd.speed.SpeedPlan; got "
+            raise TypeError(f"speed must be a functional_sgd.speed.SpeedPlan; got "
                             f"{type(self.speed).__name__}.")
 
     @classmethod
