@@ -6,7 +6,28 @@ host-side drivers around it (chunks, checkpoints, a mesh) can all use these
 types without importing one another.
 """
 
-from typing import Any, NamedTuple
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Union
+
+import jax
+import numpy as np
+
+PyTree = Any
+"""Any pytree of arrays: an array, a tuple, list or dict of them, an equinox module..."""
+
+ArrayLike = jax.typing.ArrayLike
+"""What JAX takes as an array: a JAX or NumPy array, or a Python or NumPy scalar."""
+
+Tensor = Any
+"""A JAX, NumPy or torch array: the lesson's model and loss are written with
+operators only, so the torch reference trains the very same functions."""
+
+Key = jax.Array
+"""A ``jax.random`` key: a typed key (``jax.random.key``) or a ``uint32[2]`` one."""
+
+Scalar = Union[float, int, np.number, jax.Array]
+"""A real number: a Python or NumPy scalar, or a 0-d array."""
 
 
 class StopState(NamedTuple):
@@ -69,30 +90,35 @@ class FitResult(NamedTuple):
         before that step's update. Steps not run (stop rule) hold NaN.
       diverged_at: first step whose loss is not finite, ``-1`` if none.
       steps_run: number of updates made (``steps`` unless a stop rule fired).
-      step: global step count after the run; pass it as ``start_step`` (with
-        ``opt_state``) to continue the run.
+      step: global step count after the run; ``Run.after(result)`` passes
+        it (with ``opt_state``) to continue the run.
       opt_state: the optimizer's state, ``None`` for plain SGD.
-      trajectory: with ``record_params=True``, the params before every step
+      trajectory: with ``Run(record_params=True)``, the params before every step
         and after the last, stacked on a leading axis of ``steps + 1``;
         otherwise ``None``.
-      state: with ``fit(state=...)``, the model state after the last step
+      state: with ``Model(state=...)``, the model state after the last step
         (BatchNorm statistics, say); otherwise ``None``.
-      aux: with ``has_aux=True``, the loss's aux of every step, stacked on a
-        leading axis of ``steps``: steps a stop rule cut off hold NaN
-        (integer and bool leaves: zero/False); otherwise ``None``.
+      aux: with ``Model(has_aux=True)``, the loss's aux of every step,
+        stacked on a leading axis of ``steps``: steps a stop rule cut off
+        hold NaN (integer and bool leaves: zero/False); otherwise ``None``.
+      evals: with an :class:`~functional_sgd.Evaluation`, its dict, each
+        value stacked over the evaluations (evaluations a stop rule cut off
+        hold NaN); otherwise ``None``.
+      eval_steps: the update count after each evaluation (``-1`` for one
+        cut off); otherwise ``None``.
     """
 
-    params: Any
-    losses: Any
-    diverged_at: Any
-    steps_run: Any
-    step: Any
-    opt_state: Any
-    trajectory: Any = None
-    state: Any = None
-    aux: Any = None
-    evals: Any = None
-    eval_steps: Any = None
+    params: PyTree
+    losses: jax.Array
+    diverged_at: jax.Array
+    steps_run: jax.Array
+    step: jax.Array
+    opt_state: PyTree
+    trajectory: PyTree = None
+    state: PyTree = None
+    aux: PyTree = None
+    evals: dict[str, jax.Array] | None = None
+    eval_steps: jax.Array | None = None
 
 
 def fit_result(carry, record):

@@ -14,6 +14,10 @@ from .._types import Inputs as Inputs
 from .._types import Record as Record
 from .._types import StopState as StopState
 from ._batches import sample_indices as sample_indices
+from ._gradient import gradient as gradient
+from ._initialize import initialize as initialize
+from ._loss import linear_mse as linear_mse
+from ._loss import mse as mse
 from ._options import Evaluation as Evaluation
 from ._options import Model as Model
 from ._options import Run as Run
@@ -21,12 +25,6 @@ from ._options import Sampled as Sampled
 from ._options import Schedule as Schedule
 from ._options import Shuffled as Shuffled
 from ._options import Stop as Stop
-from ._trainer import Trainer as Trainer
-from ._trainer import fit as fit
-from ._gradient import gradient as gradient
-from ._initialize import initialize as initialize
-from ._loss import linear_mse as linear_mse
-from ._loss import mse as mse
 from ._predict import linear as linear
 from ._repeat import run as run
 from ._spec import LoopSpec as LoopSpec
@@ -34,3 +32,5 @@ from ._step import model_step as model_step
 from ._step import sgd_update as sgd_update
 from ._step import train_step as train_step
 from ._stop import StopRule as StopRule
+from ._trainer import Trainer as Trainer
+from ._trainer import fit as fit

@@ -28,6 +28,8 @@ inside it, or step by step), as the speed plan says.
 True
 """
 
+from __future__ import annotations
+
 import dataclasses
 from functools import partial
 from typing import Any, Callable, NamedTuple
@@ -36,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._types import Key
 from . import _checks
 
 
@@ -247,7 +250,8 @@ def _gathered_bytes(data, indices):
                for a in data)
 
 
-def sample_indices(key, n, steps, batch_size, *, replace=True, start=0, drop_last=True):
+def sample_indices(key: Key, n: int, steps: int, batch_size: int, *, replace: bool = True,
+                   start: int | jax.Array = 0, drop_last: bool = True) -> jax.Array:
     """Draws the row indices of ``steps`` batches of ``batch_size`` rows.
 
     ``replace=True`` is the lesson's ``rand_idx``: every step draws its rows

@@ -1,9 +1,16 @@
 """Step 4 of the lesson, gradient: how the loss changes with each parameter."""
 
+from __future__ import annotations
+
+from typing import Any, Callable
+
 import jax
 
+from .._types import PyTree
 
-def gradient(loss, params, *batch, has_aux=False):
+
+def gradient(loss: Callable[..., Any], params: PyTree, *batch: Any,
+             has_aux: bool = False) -> tuple[Any, PyTree]:
     """The loss and its gradient with respect to ``params``: ``(L(p), ∇L(p))``.
 
     With ``has_aux``, ``loss`` returns ``(value, aux)`` and this returns

@@ -4,6 +4,8 @@ Written with operators only (``-``, ``**``, ``.mean()``), so the same
 functions run on JAX arrays, NumPy arrays and torch tensors.
 """
 
+from __future__ import annotations
+
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -11,11 +13,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .._types import Tensor
 from ..drivers import real_rows_sum
 from ._predict import linear
 
 
-def mse(y_hat, y):
+def mse(y_hat: Tensor, y: Tensor) -> Tensor:
     """Mean squared error ``mean((y_hat - y)**2)`` (step 3 of the lesson).
 
     The shapes must be equal: ``(n,)`` against ``(n, 1)`` would otherwise
@@ -34,7 +37,7 @@ def mse(y_hat, y):
     return ((y_hat - y) ** 2).mean()
 
 
-def linear_mse(params, x, y):
+def linear_mse(params: Tensor, x: Tensor, y: Tensor) -> Tensor:
     """The lesson's objective ``mse(linear(params, x), y)``, as ``fit`` wants it.
 
     >>> import jax.numpy as jnp

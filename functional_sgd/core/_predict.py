@@ -5,8 +5,12 @@ arrays, NumPy arrays and torch tensors: the torch reference trains exactly
 the model the JAX loop trains.
 """
 
+from __future__ import annotations
 
-def linear(params, x):
+from .._types import Tensor
+
+
+def linear(params: Tensor, x: Tensor) -> Tensor:
     """Predicts ``y_hat = x @ params`` (step 2 of the lesson).
 
     Args:

@@ -6,16 +6,19 @@ user's own model (frozen leaves, a key, a state, an aux output; see
 ``_model``), of which ``train_step`` is the plain case.
 """
 
+from __future__ import annotations
+
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from .._types import ArrayLike, PyTree
 from ._gradient import gradient
 from ._model import PLAIN, takes_extra_args
 
 
-def sgd_update(params, grads, lr):
+def sgd_update(params: PyTree, grads: PyTree, lr: ArrayLike) -> PyTree:
     """``p <- p - lr * g`` for every leaf, kept in the leaf's dtype.
 
     ``lr`` is cast to each parameter's dtype first, as torch's

@@ -11,9 +11,13 @@ the compiled call as host arrays, which the call copies in: an explicit
 ``jax.device_put`` first cost ~0.13 ms a block more.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import itertools
 import json
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +37,8 @@ class Stream:
         return f"stream({type(self.batches).__name__}, block={self.block})"
 
 
-def stream(batches, *, block=256):
+def stream(batches: Iterable[Any] | Callable[[int], Iterable[Any]], *,
+           block: int = 256) -> Stream:
     """Trains on any iterable of batches: ``fit(loss, params, stream(loader), lr=...)``.
 
     ``batches`` is an iterable or a function ``done -> iterable`` (see below).

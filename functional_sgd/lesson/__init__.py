@@ -14,22 +14,22 @@ imported when images or digits are read, not before.
 (0, 1)
 """
 
+from ..core._evaluate import HeldOutLoss as HeldOutLoss
 from ._classify import EpochReport as EpochReport
 from ._classify import accuracy as accuracy
-from ._classify import classifier_mnist_loss as classifier_mnist_loss
-from ._classify import init_classifier as init_classifier
-from ._classify import valid_accuracy as valid_accuracy
 from ._classify import binary_cross_entropy as binary_cross_entropy
+from ._classify import classifier_mnist_loss as classifier_mnist_loss
 from ._classify import fit_classifier as fit_classifier
+from ._classify import init_classifier as init_classifier
 from ._classify import linear_classifier as linear_classifier
 from ._classify import mnist_loss as mnist_loss
+from ._classify import valid_accuracy as valid_accuracy
 from ._data import LESSON_A as LESSON_A
 from ._data import LESSON_START as LESSON_START
 from ._data import lesson_data as lesson_data
 from ._digits import Digits as Digits
 from ._digits import digits_3_vs_7 as digits_3_vs_7
 from ._digits import load_image_folder as load_image_folder
-from ..core._evaluate import HeldOutLoss as HeldOutLoss
 from ._lr_sweep import LRSweep as LRSweep
 from ._lr_sweep import lr_sweep as lr_sweep
 from ._parabola import LEARNING_RATES as LEARNING_RATES

@@ -6,14 +6,18 @@ lesson's model and loss, these use operators only, so they run on JAX arrays
 and torch tensors alike.
 """
 
+from __future__ import annotations
+
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._types import Key, Tensor
 
-def linear_classifier(params, x):
+
+def linear_classifier(params: tuple[Tensor, Tensor], x: Tensor) -> Tensor:
     """Scores ``(x * w).sum() + b`` for every image, written as ``x @ w + b``.
 
     Args:
@@ -37,7 +41,7 @@ def linear_classifier(params, x):
     return x @ w + b
 
 
-def mnist_loss(scores, targets):
+def mnist_loss(scores: Tensor, targets: Tensor) -> Tensor:
     """The lesson's ``mnist_loss``: how far ``sigmoid(score)`` is from the target.
 
     ``p = sigmoid(s)``; ``mean(where(t == 1, 1 - p, p))``. Smooth in the
@@ -52,7 +56,7 @@ def mnist_loss(scores, targets):
     return jnp.where(targets == 1, 1 - p, p).mean()
 
 
-def binary_cross_entropy(scores, targets):
+def binary_cross_entropy(scores: Tensor, targets: Tensor) -> Tensor:
     """Binary cross-entropy of ``sigmoid(score)`` against 0/1 targets.
 
     ``mean(-t log p - (1 - t) log(1 - p))`` with ``p = sigmoid(s)``, computed
@@ -66,7 +70,7 @@ def binary_cross_entropy(scores, targets):
     return (jax.nn.softplus(scores) - targets * scores).mean()
 
 
-def accuracy(params, x, y):
+def accuracy(params: tuple[Tensor, Tensor], x: Tensor, y: Tensor) -> Tensor:
     """Share of images whose score falls on the side of their target.
 
     >>> import jax.numpy as jnp
@@ -78,12 +82,12 @@ def accuracy(params, x, y):
     return (predicted_three == (y == 1)).mean(dtype=jnp.result_type(float))
 
 
-def classifier_mnist_loss(params, x, y):
+def classifier_mnist_loss(params: tuple[Tensor, Tensor], x: Tensor, y: Tensor) -> Tensor:
     """``mnist_loss(linear_classifier(params, x), y)``, as ``fit`` wants it."""
     return mnist_loss(linear_classifier(params, x), y)
 
 
-def classifier_cross_entropy(params, x, y):
+def classifier_cross_entropy(params: tuple[Tensor, Tensor], x: Tensor, y: Tensor) -> Tensor:
     """``binary_cross_entropy(linear_classifier(params, x), y)``, as ``fit`` wants it."""
     return binary_cross_entropy(linear_classifier(params, x), y)
 
@@ -92,7 +96,7 @@ LOSSES = {"mnist": classifier_mnist_loss, "cross-entropy": classifier_cross_entr
 """The classifier's losses by name: the lesson's ``mnist_loss`` and cross-entropy."""
 
 
-def init_classifier(key, pixels, *, std=1.0):
+def init_classifier(key: Key, pixels: int, *, std: float = 1.0) -> tuple[jax.Array, jax.Array]:
     """The lesson's ``init_params``: ``w ~ N(0, std^2)`` per pixel and ``b ~ N(0, std^2)``.
 
     >>> import jax
@@ -119,7 +123,7 @@ class EpochReport(NamedTuple):
     valid_accuracy: float
 
 
-def valid_accuracy(params, x, y):
+def valid_accuracy(params: tuple[Tensor, Tensor], x: Tensor, y: Tensor) -> dict[str, Tensor]:
     """``{"accuracy": accuracy(params, x, y)}``: what ``fit`` evaluates on held-out images."""
     return {"accuracy": accuracy(params, x, y)}
 

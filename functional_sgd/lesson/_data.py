@@ -1,7 +1,14 @@
 """The lesson's data, drawn from an explicit key."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
+
+from .._types import Key
 
 LESSON_A = (3.0, 2.0)
 """The true weights of the lesson's line, ``y = 3 x + 2 + noise``."""
@@ -10,7 +17,8 @@ LESSON_START = (0.5, 0.75)
 """The lesson's initial guess for ``a`` (one version of it starts at (-1, 1))."""
 
 
-def lesson_data(key, n=100, *, a=LESSON_A, dtype=None):
+def lesson_data(key: Key, n: int = 100, *, a: Sequence[float] = LESSON_A,
+                dtype: DTypeLike | None = None) -> tuple[jax.Array, jax.Array]:
     """The lesson's regression data: ``x = ones(n, 2)``, ``x[:, 0] ~ U(-1, 1)``,
     ``y = x @ a + U(0, 1)``.
 

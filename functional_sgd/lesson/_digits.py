@@ -4,12 +4,17 @@ Both give flattened pixels in ``[0, 1]`` and targets ``1.0`` for a 3 and
 ``0.0`` for a 7, as the lesson labels them.
 """
 
+from __future__ import annotations
+
 import math
+import os
 from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import numpy as np
+
+from .._types import Key
 
 DIGITS = ("3", "7")
 
@@ -32,7 +37,7 @@ class Digits(NamedTuple):
     source: str
 
 
-def digits_3_vs_7(key, *, valid_fraction=0.2):
+def digits_3_vs_7(key: Key, *, valid_fraction: float = 0.2) -> Digits:
     """The 3s and 7s of scikit-learn's bundled 8x8 digits, split at random.
 
     Args:
@@ -68,7 +73,7 @@ def digits_3_vs_7(key, *, valid_fraction=0.2):
                   "scikit-learn's 8x8 digits")
 
 
-def load_image_folder(path):
+def load_image_folder(path: str | os.PathLike[str]) -> Digits:
     """3s and 7s from a folder laid out like fastai's MNIST_SAMPLE.
 
     ``path/train/3/*.png``, ``path/train/7/*.png``, ``path/valid/3/*.png``

@@ -15,6 +15,8 @@ library cannot change them for one call; :func:`tune_cpu` sets them for a
 program that asks, and refuses once it is too late to take effect.
 """
 
+from __future__ import annotations
+
 import os
 
 import jax
@@ -25,7 +27,7 @@ SMALL_LOOP_BYTES = 1 << 16
 _SMALL_LOOP_OPTION = "xla_cpu_small_while_loop_byte_threshold"
 
 
-def tune_cpu(*, inline_dispatch=True, small_loops=True):
+def tune_cpu(*, inline_dispatch: bool = True, small_loops: bool = True) -> None:
     """Sets up this process's JAX CPU backend for many small, short fits.
 
     Call it at the start of a program, before the first JAX array is made
