@@ -24,6 +24,13 @@ def mse(y_hat: Tensor, y: Tensor) -> Tensor:
     The shapes must be equal: ``(n,)`` against ``(n, 1)`` would otherwise
     broadcast to ``(n, n)`` and give a wrong loss without a word.
 
+    Args:
+      y_hat: the predictions (a JAX, NumPy or torch array).
+      y: the targets, of the shape of ``y_hat``.
+
+    Returns:
+      The mean of the squared differences, a scalar.
+
     >>> import jax.numpy as jnp
     >>> mse(jnp.array([1.0, 2.0]), jnp.array([1.0, 4.0]))
     Array(2., dtype=float32)
@@ -39,6 +46,14 @@ def mse(y_hat: Tensor, y: Tensor) -> Tensor:
 
 def linear_mse(params: Tensor, x: Tensor, y: Tensor) -> Tensor:
     """The lesson's objective ``mse(linear(params, x), y)``, as ``fit`` wants it.
+
+    Args:
+      params: the weights ``a``, of shape ``(d,)``.
+      x: the inputs, ``(n, d)``.
+      y: the targets, ``(n,)``.
+
+    Returns:
+      ``mean((x @ params - y) ** 2)``, a scalar.
 
     >>> import jax.numpy as jnp
     >>> x = jnp.array([[1.0, 1.0], [0.5, 1.0]])

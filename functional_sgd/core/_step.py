@@ -24,6 +24,14 @@ def sgd_update(params: PyTree, grads: PyTree, lr: ArrayLike) -> PyTree:
     ``lr`` is cast to each parameter's dtype first, as torch's
     ``p.sub_(lr * p.grad)`` computes in the parameter's precision.
 
+    Args:
+      params: the parameters, any pytree of arrays.
+      grads: their gradient, of the same structure.
+      lr: the learning rate.
+
+    Returns:
+      The updated parameters.
+
     >>> import jax.numpy as jnp
     >>> sgd_update(jnp.array([1.0, 2.0]), jnp.array([10.0, -10.0]), 0.1)
     Array([0., 3.], dtype=float32)

@@ -41,7 +41,13 @@ def stream(batches: Iterable[Any] | Callable[[int], Iterable[Any]], *,
            block: int = 256) -> Stream:
     """Trains on any iterable of batches: ``fit(loss, params, stream(loader), lr=...)``.
 
-    ``batches`` is an iterable or a function ``done -> iterable`` (see below).
+    Args:
+      batches: an iterable of batches, or a function ``done -> iterable``
+        (see below).
+      block: batches stacked on the host and trained in one compiled call.
+
+    Returns:
+      A ``Stream``, to pass as ``fit``'s ``data``.
 
     Each batch is a tuple of arrays sharing their leading axis (NumPy, JAX or
     CPU torch tensors: a torch ``DataLoader``, a generator, a grain loader),

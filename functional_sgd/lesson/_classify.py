@@ -8,13 +8,17 @@ and torch tensors alike.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .._types import Key, Tensor
+
+if TYPE_CHECKING:
+    from ._digits import Digits
 
 
 def linear_classifier(params: tuple[Tensor, Tensor], x: Tensor) -> Tensor:
@@ -47,6 +51,13 @@ def mnist_loss(scores: Tensor, targets: Tensor) -> Tensor:
     ``p = sigmoid(s)``; ``mean(where(t == 1, 1 - p, p))``. Smooth in the
     weights (unlike accuracy), so its gradient says which way to move.
 
+    Args:
+      scores: one score per image.
+      targets: 1 for a 3, 0 for a 7, of the shape of ``scores``.
+
+    Returns:
+      The mean distance, a scalar in ``[0, 1]``.
+
     >>> import jax.numpy as jnp
     >>> mnist_loss(jnp.array([0.0, 100.0]), jnp.array([1.0, 0.0]))
     Array(0.75, dtype=float32)
@@ -61,6 +72,13 @@ def binary_cross_entropy(scores: Tensor, targets: Tensor) -> Tensor:
 
     ``mean(-t log p - (1 - t) log(1 - p))`` with ``p = sigmoid(s)``, computed
     as ``mean(softplus(s) - t s)`` so a confident score never takes ``log(0)``.
+
+    Args:
+      scores: one score per image.
+      targets: 1 or 0, of the shape of ``scores``.
+
+    Returns:
+      The mean cross-entropy, a scalar.
 
     >>> import jax.numpy as jnp
     >>> binary_cross_entropy(jnp.array([0.0]), jnp.array([1.0]))  # log 2
@@ -128,8 +146,11 @@ def valid_accuracy(params: tuple[Tensor, Tensor], x: Tensor, y: Tensor) -> dict[
     return {"accuracy": accuracy(params, x, y)}
 
 
-def fit_classifier(digits, *, key, loss="mnist", lr=1.0, epochs=20, batch_size=32,
-                   init_std=0.1, on_epoch=None, patience=None, keep_best=False):
+def fit_classifier(digits: Digits, *, key: Key, loss: str = "mnist", lr: float = 1.0,
+                   epochs: int = 20, batch_size: int = 32, init_std: float = 0.1,
+                   on_epoch: Callable[[EpochReport], Any] | None = None,
+                   patience: int | None = None,
+                   keep_best: bool = False) -> tuple[tuple[jax.Array, jax.Array], list[EpochReport]]:
     """Trains :func:`linear_classifier` on ``digits`` by mini-batch SGD.
 
     Every epoch shows each training image once, in a new random order
