@@ -171,6 +171,6 @@ def test_a_crash_mid_write_leaves_the_last_checkpoint(saved, monkeypatch):
      "checkpoint does not store the parameter trajectory"),
 ])
 def test_bad_checkpoint_arguments(kwargs, error, match):
-    kwargs = kwargs() if callable(kwargs) else kwargs  # built here
     with pytest.raises(error, match=match):
+        kwargs = kwargs() if callable(kwargs) else kwargs  # built here
         fit(**kwargs)

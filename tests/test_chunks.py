@@ -37,7 +37,7 @@ def test_chunks_carry_the_optimizer_state():
     assert_same_run(fit(run=fsgd.Run(chunk_size=30), **kwargs), fit(**kwargs))
 
 
-@pytest.mark.parametrize("rule", [lambda: {"stop": fsgd.Stop(tol=0.2)}, lambda: {"stop": fsgd.Stop(patience=40), "batch_size": 1, "key": KEY}])
+@pytest.mark.parametrize("rule", [{"stop": fsgd.Stop(tol=0.2)}, {"stop": fsgd.Stop(patience=40), "batch_size": 1, "key": KEY}])
 def test_stop_rules_hold_across_chunk_boundaries(rule):
     whole = fit(steps=600, **rule)
     chunked = fit(steps=600, run=fsgd.Run(chunk_size=7), **rule)
@@ -71,8 +71,8 @@ def test_equal_chunks_compile_once():
     (lambda: {"run": fsgd.Run(on_chunk=print)}, ValueError, "on_chunk needs chunk_size"),
 ])
 def test_bad_chunk_arguments(kwargs, error, match):
-    kwargs = kwargs() if callable(kwargs) else kwargs  # built here
     with pytest.raises(error, match=match):
+        kwargs = kwargs() if callable(kwargs) else kwargs  # built here
         fit(**kwargs)
 
 

@@ -227,8 +227,8 @@ BAD_INPUT = [
                          ids=[f"{i}-{'-'.join(k) if isinstance(k, dict) else 'option'}"
                               for i, (k, _, _) in enumerate(BAD_INPUT)])
 def test_bad_input_names_the_argument(kwargs, error, match):
-    kwargs = kwargs() if callable(kwargs) else kwargs  # built here
     with pytest.raises(error, match=match):
+        kwargs = kwargs() if callable(kwargs) else kwargs  # built here
         fit(**kwargs)
 
 
@@ -261,7 +261,7 @@ def test_every_way_of_gathering_batches_gives_the_same_bits(mode, route):
     assert_trees_close(other, gathered, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("stop_rule", [{}, lambda: {"stop": fsgd.Stop(tol=-1.0)}], ids=["scan", "while"])
+@pytest.mark.parametrize("stop_rule", [{}, {"stop": fsgd.Stop(tol=-1.0)}], ids=["scan", "while"])
 def test_long_runs_find_the_first_bad_step_too(stop_rule):
     """From LONG_RUN steps diverged_at takes another route (any, then the least bad index)."""
     from functional_sgd.core._repeat import LONG_RUN

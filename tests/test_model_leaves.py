@@ -162,12 +162,12 @@ def test_bad_model_arguments_name_the_argument(kwargs, error, match):
     (lambda v, s: (v[None], 0), lambda: {"model": fsgd.Model(has_aux=True)}, "value .* must be a real scalar"),
 ])
 def test_a_loss_whose_returns_do_not_match(returns, kwargs, match):
-    kwargs = kwargs() if callable(kwargs) else kwargs  # built here
     def loss(a, *args):
         state = args[0] if len(args) == 3 else None
         return returns(fsgd.linear_mse(a, *args[-2:]), state)
 
     with pytest.raises(ValueError, match=match):
+        kwargs = kwargs() if callable(kwargs) else kwargs  # built here
         fsgd.fit(loss, jnp.array(fsgd.LESSON_START), (X, Y), lr=0.1, steps=5, **kwargs)
 
 

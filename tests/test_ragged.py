@@ -280,8 +280,8 @@ ROWS = np.asarray(fsgd.sample_indices(KEY, N, 5, BATCH, replace=False, drop_last
      "steps of padding only.*at step 1"),
 ])
 def test_bad_ragged_arguments_are_refused(kwargs, error, match):
-    kwargs = kwargs() if callable(kwargs) else kwargs  # built here
     with pytest.raises(error, match=match):
+        kwargs = kwargs() if callable(kwargs) else kwargs  # built here
         fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=LR, **kwargs)
 
 
@@ -292,8 +292,8 @@ def test_sample_indices_refuses_drop_last_without_epochs():
         fsgd.sample_indices(KEY, N, 5, BATCH, replace=False, drop_last="no")
 
 
-@pytest.mark.parametrize("model", [lambda: {"model": fsgd.Model(rng=jax.random.key(5))}, lambda: {"model": fsgd.Model(has_aux=True)},
-                                   lambda: {"model": fsgd.Model(state=jnp.zeros(()))}])
+@pytest.mark.parametrize("model", [{"model": fsgd.Model(rng=jax.random.key(5))}, {"model": fsgd.Model(has_aux=True)},
+                                   {"model": fsgd.Model(state=jnp.zeros(()))}])
 def test_padding_with_a_batch_wide_model_is_refused(model):
     def loss(params, *args, key=None):
         value = dict_loss(params, {"x": args[-2], "y": args[-1]})
