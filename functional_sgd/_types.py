@@ -59,14 +59,14 @@ class Inputs(NamedTuple):
     values (a new learning rate, new data of the same shape) reuse the
     compiled loop and ``jax.vmap`` can sweep over any of them."""
 
-    data: tuple
+    data: tuple[Any, ...]
     lr: Any
     key: Any
     indices: Any  # (steps, batch_size) rows of an explicit schedule; its leading axis is steps
     tol: Any
     patience: Any
     rng: Any = None  # the model's key: step t's loss gets key=fold_in(rng, t)
-    eval_data: tuple = ()  # held-out data: evaluate(params, *eval_data)
+    eval_data: tuple[Any, ...] = ()  # held-out data: evaluate(params, *eval_data)
 
 
 class Record(NamedTuple):
@@ -121,7 +121,7 @@ class FitResult(NamedTuple):
     eval_steps: jax.Array | None = None
 
 
-def fit_result(carry, record):
+def fit_result(carry: Carry, record: Record) -> FitResult:
     """The :class:`FitResult` of a run that ended in ``carry`` and recorded ``record``."""
     return FitResult(carry.params, record.losses, record.diverged_at, record.steps_run,
                      carry.step, carry.opt_state, record.trajectory, carry.state, record.aux,

@@ -6,6 +6,7 @@ cannot be inspected; their checks are skipped so that tracing still works.
 """
 
 import functools
+from typing import Any
 import math
 import numbers
 import os
@@ -232,7 +233,7 @@ def _from_torch(a, name):
     return as_host_array(a, name) if type(a).__module__.startswith("torch") else a
 
 
-_WARNED = set()
+_WARNED: set[Any] = set()
 """Warnings given once per process."""
 
 
@@ -362,7 +363,7 @@ def _non_finite(data):
     return sorted(bad)
 
 
-_SEEN = {}
+_SEEN: dict[Any, Any] = {}
 """``(id, fact) -> (weakref, value)``: what a check learned about a JAX array.
 A JAX array never changes its values, so a check holds for the array object's
 life; NumPy arrays can be written to and are checked on every call. An entry

@@ -49,7 +49,7 @@ def _check_count(value: object, name: str, *, minimum: int = 1) -> int | Any:
         if shape != () or dtype is None or not np.issubdtype(np.dtype(dtype), np.integer):
             raise TypeError(f"{name} must be an int; got {value!r} of type "
                             f"{type(value).__name__}.")
-        value = int(value)  # a 0-d integer array (jnp.int32(3))
+        value = int(value)  # type: ignore[call-overload]  # a 0-d integer array (jnp.int32(3))
     return _checks.check_int(value, name, minimum=minimum)
 
 
@@ -67,7 +67,7 @@ class Sampled:
     (100,)
     """
 
-    def key(self) -> tuple:
+    def key(self) -> tuple[Any, ...]:
         return (Sampled,)
 
 
@@ -98,7 +98,7 @@ class Shuffled:
     def __post_init__(self) -> None:
         _check_flag(self.drop_last, "drop_last")
 
-    def key(self) -> tuple:
+    def key(self) -> tuple[Any, ...]:
         return (Shuffled, bool(self.drop_last))
 
     def steps_per_epoch(self, n: int, batch_size: int) -> int:
@@ -141,7 +141,7 @@ class Schedule:
             raise ValueError(f"indices must have shape (steps, batch_size); got shape "
                              f"{tuple(shape)}.")
 
-    def key(self) -> tuple:
+    def key(self) -> tuple[Any, ...]:
         return (Schedule, bool(self.padded))
 
 
@@ -182,7 +182,7 @@ class Stop:
         if self.patience is not None:
             _check_count(self.patience, "patience")
 
-    def key(self) -> tuple:
+    def key(self) -> tuple[Any, ...]:
         return (Stop, self.tol is not None, self.patience is not None)
 
 
@@ -272,7 +272,7 @@ class Evaluation:
         if self.tol is not None and _checks.is_concrete(self.tol):
             _checks.check_real(self.tol, "tol")
 
-    def key(self) -> tuple:
+    def key(self) -> tuple[Any, ...]:
         return (Evaluation, self.evaluate, self.every, self.monitor, self.mode,
                 self.patience is not None, self.tol is not None, bool(self.restore_best))
 
@@ -313,7 +313,7 @@ class Model:
         if self.rng is not None and _checks.is_concrete(self.rng):
             _checks.check_key(self.rng, "rng")
 
-    def key(self) -> tuple:
+    def key(self) -> tuple[Any, ...]:
         trainable = self.trainable
         try:
             hash(trainable)
@@ -382,7 +382,7 @@ class Run:
         """The run that continues ``result`` (its ``step`` and ``opt_state``)."""
         return cls(start_step=result.step, opt_state=result.opt_state, **options)
 
-    def key(self) -> tuple:
+    def key(self) -> tuple[Any, ...]:
         return (Run, self.chunk_size, self.on_chunk, self.checkpoint, self.mesh,
                 bool(self.record_params), bool(self.check_finite), self.opt_state is not None,
                 self.speed)

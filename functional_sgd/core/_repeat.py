@@ -17,6 +17,7 @@ the loop once per spec and fills in what the host already knows.
 """
 
 import functools
+from typing import Any
 import json
 import warnings
 
@@ -315,7 +316,7 @@ COMPILED_LOOPS_KEPT = 64
 past this many, the oldest are dropped and compile again when asked for."""
 
 _compiles_seen = [0]
-_specs_compiled = {}
+_specs_compiled: dict[Any, Any] = {}
 """A program's description -> the (loss, optimizer) objects compiled for it."""
 
 
@@ -346,7 +347,7 @@ def _note_compile(spec):
             UserWarning, stacklevel=caller_stacklevel())
 
 
-_warned_recompiling = []
+_warned_recompiling: list[Any] = []
 
 
 def _inside_a_trace():

@@ -72,7 +72,7 @@ MOVED = {
 """Where each keyword of the older ``fit`` lives now."""
 
 
-def refuse_moved(function: Callable) -> Callable:
+def refuse_moved(function: Callable[..., Any]) -> Callable[..., Any]:
     """``function``, which answers a keyword of the older API with a
     ``TypeError`` that names its new home. ``inspect.signature`` and
     ``help`` show ``function``'s own signature."""
@@ -80,7 +80,7 @@ def refuse_moved(function: Callable) -> Callable:
                                                         + function.__code__.co_kwonlyargcount])
 
     @functools.wraps(function)
-    def call(*args, **kwargs):
+    def call(*args: Any, **kwargs: Any) -> Any:
         if not parameters.issuperset(kwargs):
             _refuse(function.__name__, [name for name in kwargs if name not in parameters])
         return function(*args, **kwargs)
@@ -258,11 +258,13 @@ def train(memory: _warm.Memory, spec: Spec, params: Any, data: Any, lr: Any,
         warm = memory.recall(call)
         if warm is not None:
             lr = _checks.check_lr(lr, spec.optimizer, None, params)
-            return warm.again(params, data, lr, key, *_traced(spec))
+            result: FitResult = warm.again(params, data, lr, key, *_traced(spec))
+            return result
     else:
         check_spec(spec)
-    return run_keywords(spec.loss, params, data, lr=lr, key=key, **keywords(spec, data),
-                        memory=memory, warm_call=call)
+    result = run_keywords(spec.loss, params, data, lr=lr, key=key, **keywords(spec, data),
+                          memory=memory, warm_call=call)
+    return result  # type: ignore[no-any-return]
 
 
 def _warm_call(spec: Spec, params: Any, data: Any, key: Any) -> Any:
@@ -276,10 +278,9 @@ def _warm_call(spec: Spec, params: Any, data: Any, key: Any) -> Any:
                             or run.checkpoint is not None or run.mesh is not None
                             or run.opt_state is not None):
         return None
+    options: tuple[Any, ...] = spec[1:]
     if run is None and spec.rows is None and spec.stop is None and spec.evaluation is None:
         options = spec[1:5]  # the lesson's call: a few plain values
-    else:
-        options = spec[1:]
         try:
             check_spec(spec)  # the options' types are part of what a key may trust
         except TypeError:
@@ -300,7 +301,7 @@ def check_spec(spec: Spec) -> None:
             raise TypeError(f"{name} must be {expected}; got {value!r}.")
 
 
-def _traced(spec: Spec) -> tuple:
+def _traced(spec: Spec) -> tuple[Any, ...]:
     """``(indices, tol, patience, eval_data)``: the arrays a warm call reads from the options."""
     rows, stop, evaluation = spec.rows, spec.stop, spec.evaluation
     indices = rows.indices if isinstance(rows, Schedule) else None
@@ -311,7 +312,7 @@ def _traced(spec: Spec) -> tuple:
     return indices, tol, patience, eval_data
 
 
-def keywords(spec: Spec, data: Any) -> dict:
+def keywords(spec: Spec, data: Any) -> dict[str, Any]:
     """The run ``spec`` asks for, as the loop's keywords (``_fit.run_keywords``)."""
     rows, stop, evaluation = spec.rows, spec.stop, spec.evaluation
     model = spec.model or _DEFAULT_MODEL
@@ -325,7 +326,7 @@ def keywords(spec: Spec, data: Any) -> dict:
                          "held-out data; one rule at a time: give tol/patience to "
                          "fsgd.Evaluation(monitor=..., patience=..., tol=...), or drop monitor.")
     steps = spec.steps
-    per_epoch = None
+    per_epoch = 1
     if spec.epochs is not None or (evaluation is not None and evaluation.every == "epoch"):
         per_epoch = _steps_per_epoch(spec, data)
     if spec.epochs is not None:
@@ -378,10 +379,10 @@ def _steps_per_epoch(spec: Spec, data: Any) -> int:
     n = int(leaves[0].shape[0])
     if spec.batch_size is None:
         return 1
-    batch_size = _checks.check_int(spec.batch_size, "batch_size", minimum=1, maximum=n)
+    batch_size: int = _checks.check_int(spec.batch_size, "batch_size", minimum=1, maximum=n)
     if isinstance(spec.rows, Shuffled):
         return spec.rows.steps_per_epoch(n, batch_size)
-    return -(-n // batch_size)
+    return int(-(-n // batch_size))
 
 
 _DEFAULT_MODEL = Model()

@@ -51,11 +51,11 @@ _PARAMS, _OPT_STATE, _LOSSES, _DIVERGED_AT, _STEPS_RUN, _TRAJECTORY = (OUTPUT[na
 try:  # the type of every concrete JAX array (tracers and NumPy arrays are not)
     from jax._src.array import ArrayImpl as _CONCRETE
 except ImportError:  # JAX moved it: no call is remembered, every call is checked
-    _CONCRETE = None
+    _CONCRETE = None  # type: ignore[assignment,misc]
 try:  # a concrete typed key (jax.random.key); a traced one is a tracer
     from jax._src.random.prng import PRNGKeyArray as _CONCRETE_KEY
 except ImportError:  # JAX moved it: calls with a typed key are checked every time
-    _CONCRETE_KEY = None
+    _CONCRETE_KEY = None  # type: ignore[assignment,misc]
 
 KEPT = 16
 """Calls remembered at once; past this many, all are forgotten."""

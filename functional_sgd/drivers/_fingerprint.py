@@ -15,6 +15,7 @@ False
 
 import dataclasses
 import functools
+from typing import Any
 import hashlib
 import os
 import types
@@ -95,7 +96,7 @@ def _code_hash(code):
     return digest.hexdigest()
 
 
-_HASHES = {}
+_HASHES: dict[Any, Any] = {}
 """``id -> (weakref, hash)`` of JAX arrays: their values never change, so one
 hash serves for the array's life. NumPy arrays can be written to and are
 hashed on every call."""

@@ -204,7 +204,7 @@ def fit_classifier(digits: Digits, *, key: Key, loss: str = "mnist", lr: float =
     init_key, batch_key = jax.random.split(key)
     params = init_classifier(init_key, digits.train_x.shape[1], std=init_std)
     per_epoch = n // batch_size
-    reports = []
+    reports: list[EpochReport] = []
 
     def after_epoch(chunk):
         reports.append(epoch_report(len(reports) + 1, chunk.losses, chunk.evals["accuracy"]))

@@ -42,15 +42,15 @@ def lesson_data(key: Key, n: int = 100, *, a: Sequence[float] = LESSON_A,
     from ..core._checks import check_int, check_key
     check_key(key, "key")
     n = check_int(n, "n", minimum=1)
-    a = jnp.asarray(a, jnp.result_type(float) if dtype is None else dtype)
-    if not jnp.issubdtype(a.dtype, jnp.floating):
-        raise TypeError(f"dtype must be a float dtype; got {a.dtype}.")
-    if a.ndim != 1 or a.shape[0] < 1:
-        raise ValueError(f"a must be a 1-D sequence of weights; got shape {a.shape}.")
+    weights = jnp.asarray(a, jnp.result_type(float) if dtype is None else dtype)
+    if not jnp.issubdtype(weights.dtype, jnp.floating):
+        raise TypeError(f"dtype must be a float dtype; got {weights.dtype}.")
+    if weights.ndim != 1 or weights.shape[0] < 1:
+        raise ValueError(f"a must be a 1-D sequence of weights; got shape {weights.shape}.")
     key_x, key_noise = jax.random.split(key)
-    d = a.shape[0]
-    x = jax.random.uniform(key_x, (n, d), a.dtype, -1.0, 1.0)
+    d = weights.shape[0]
+    x = jax.random.uniform(key_x, (n, d), weights.dtype, -1.0, 1.0)
     if d == 2:
         x = x.at[:, 1].set(1.0)
-    y = x @ a + jax.random.uniform(key_noise, (n,), a.dtype)
+    y = x @ weights + jax.random.uniform(key_noise, (n,), weights.dtype)
     return x, y

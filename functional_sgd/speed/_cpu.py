@@ -27,7 +27,7 @@ SMALL_LOOP_BYTES = 1 << 16
 _SMALL_LOOP_OPTION = "xla_cpu_small_while_loop_byte_threshold"
 
 
-def tune_cpu(*, inline_dispatch: bool = True, small_loops: bool = True) -> None:
+def tune_cpu(*, inline_dispatch: bool = True, small_loops: bool = True) -> dict[str, object]:
     """Sets up this process's JAX CPU backend for many small, short fits.
 
     Call it at the start of a program, before the first JAX array is made
@@ -61,7 +61,7 @@ def tune_cpu(*, inline_dispatch: bool = True, small_loops: bool = True) -> None:
         raise RuntimeError(
             "tune_cpu() must run before JAX starts its backends (before the first "
             "array or computation); call it at the top of the program.")
-    made = {}
+    made: dict[str, object] = {}
     if inline_dispatch:
         jax.config.update("jax_cpu_enable_async_dispatch", False)
         made["jax_cpu_enable_async_dispatch"] = False
