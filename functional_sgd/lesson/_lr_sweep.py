@@ -161,9 +161,8 @@ def _sweep(lrs, params, data, key, indices, eval_data, options):
             spec = trainer_spec._replace(run=Run(opt_state=_with_rate(
                 options.optimizer.init(params), lr)))
             rate = None
-        loss_, *options = spec
-        result = Trainer(loss_, **dict(zip(spec._fields[1:], options)))(params, data, lr=rate,
-                                                                        key=key)
+        trainer = Trainer(spec.loss, **{name: getattr(spec, name) for name in spec._fields[1:]})
+        result = trainer(params, data, lr=rate, key=key)
         return (result.losses, result.diverged_at, loss(result.params, *data), result.evals,
                 result.eval_steps)
 
