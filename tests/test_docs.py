@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(path.relative_to(DOCS).as_posix() for path in DOCS.rglob("*.md"))
-BLOCK = re.compile(r"(?:<!-- compile-only: ([^>]*?) -->\n)?```python\n(.*?)```", re.S)
+BLOCK = re.compile(r"(?:<!-- compile-only: ([^>]*?) -->\n)?```python\n(.*?)```", re.DOTALL)
 COMPILE_ONLY_REASONS = ("GPU", "devices", "hosts")
 
 
@@ -43,7 +43,7 @@ def run_page(page):
             for number, (reason, code) in enumerate(python_blocks(page)):
                 compiled = compile(code, f"docs/{page}, python block {number}", "exec")
                 if reason is None:
-                    exec(compiled, namespace)
+                    exec(compiled, namespace)  # noqa: S102 -- the docs are the code under test
         finally:
             os.chdir(cwd)
     return namespace, printed.getvalue()
@@ -73,7 +73,7 @@ def public_names():
 
 def reference_directives():
     return {name for path in (DOCS / "api").glob("*.md")
-            for name in re.findall(r"^::: (\S+)", path.read_text(), re.M)}
+            for name in re.findall(r"^::: (\S+)", path.read_text(), re.MULTILINE)}
 
 
 def test_every_public_name_has_a_reference_page():
@@ -97,7 +97,7 @@ def test_every_page_is_in_the_nav():
 
 def test_no_page_refers_to_issues_or_sessions():
     for page in PAGES:
-        assert not re.search(r"\bissues?\b|\bsessions?\b", (DOCS / page).read_text(), re.I), page
+        assert not re.search(r"\bissues?\b|\bsessions?\b", (DOCS / page).read_text(), re.IGNORECASE), page
 
 
 def test_the_own_model_guide_trains_each_model():

@@ -1,17 +1,23 @@
-"""Griffe extension: a docstring's doctests rendered as Python sessions.
+"""Griffe extension: docstrings written for ``help()`` and doctest, read as Markdown.
 
 The docstrings carry their examples as bare doctests (``>>>`` lines and
 their output), which ``pytest --doctest-modules`` runs. Markdown would read
 them as quotes and their output (``[3.1, 2.4]``) as links, so each run of
 doctest lines, up to the next blank line, is fenced as ``pycon`` before the
-docstring is parsed. The source is not changed.
+docstring is parsed. Sphinx roles (``:func:`~functional_sgd.stream```)
+become code (``stream``). The source is not changed.
 """
 
+import re
+
 import griffe
+
+SPHINX_ROLE = re.compile(r":(?:func|class|meth|attr|mod|data|obj):`~?([^`]+)`")
 
 
 def fence_doctests(text):
     """Returns ``text`` with every doctest run wrapped in a ``pycon`` fence."""
+    text = SPHINX_ROLE.sub(lambda role: f"`{role.group(1).rsplit('.', 1)[-1]}`", text)
     lines, out, inside, indent = text.splitlines(), [], False, ""
     for line in lines:
         stripped = line.lstrip()
