@@ -5,7 +5,8 @@ their output), which ``pytest --doctest-modules`` runs. Markdown would read
 them as quotes and their output (``[3.1, 2.4]``) as links, so each run of
 doctest lines, up to the next blank line, is fenced as ``pycon`` before the
 docstring is parsed. Sphinx roles (``:func:`~functional_sgd.stream```)
-become code (``stream``). The source is not changed.
+become code (``stream``), and reST's ``::`` before a literal block a colon.
+The source is not changed.
 """
 
 import re
@@ -13,11 +14,13 @@ import re
 import griffe
 
 SPHINX_ROLE = re.compile(r":(?:func|class|meth|attr|mod|data|obj):`~?([^`]+)`")
+LITERAL_BLOCK_COLONS = re.compile(r"(?<=\S)::$", re.MULTILINE)  # reST's "...:" + literal block
 
 
 def fence_doctests(text):
     """Returns ``text`` with every doctest run wrapped in a ``pycon`` fence."""
     text = SPHINX_ROLE.sub(lambda role: f"`{role.group(1).rsplit('.', 1)[-1]}`", text)
+    text = LITERAL_BLOCK_COLONS.sub(":", text)
     lines, out, inside, indent = text.splitlines(), [], False, ""
     for line in lines:
         stripped = line.lstrip()
