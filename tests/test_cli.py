@@ -362,3 +362,46 @@ def test_module_exit_codes():
     assert bad.stderr.strip().splitlines() == [
         "python -m functional_sgd lesson: error: argument --n: must be >= 1; got 0"]
     assert run_module("--help").returncode == 0
+
+
+MISSING_EXTRAS = [
+    # (hidden module, argv, what the line must name)
+    ("matplotlib", ["lesson"], ["matplotlib", 'pip install "functional-sgd[app]"',
+                                "--no-figures"]),
+    ("PIL", ["lesson"], ["Pillow", 'pip install "functional-sgd[app]"', "--no-figures"]),
+    ("tqdm", ["lesson", "--progress", "--no-figures"],
+     ["tqdm", 'pip install "functional-sgd[app]"', "--no-progress"]),
+    ("matplotlib", ["lr-sweep"], ["matplotlib", 'pip install "functional-sgd[app]"']),
+    ("sklearn", ["digits", "--no-figures"],
+     ["scikit-learn", 'pip install "functional-sgd[app]"', "--data"]),
+    ("PIL", ["digits", "--no-figures", "--data", "."], ["Pillow", "functional-sgd[app]"]),
+    ("matplotlib", ["digits"], ["matplotlib", 'pip install "functional-sgd[app]"']),
+    ("torch", ["agreement"], ["torch", 'pip install "functional-sgd[torch]"',
+                              "--index-url https://download.pytorch.org/whl/cpu"]),
+]
+
+
+@pytest.mark.parametrize("hidden, argv, named", MISSING_EXTRAS,
+                         ids=[f"{m}-{' '.join(a)}" for m, a, _ in MISSING_EXTRAS])
+def test_a_missing_extra_is_one_line_before_anything_runs(hidden, argv, named, tmp_path,
+                                                          monkeypatch, capsys):
+    """Without the [app] extra a command used to train and then fail with a
+    ModuleNotFoundError traceback; now it says what to install, before it starts."""
+    monkeypatch.setitem(sys.modules, hidden, None)  # `import hidden` now fails
+    monkeypatch.delitem(sys.modules, "reference", raising=False)  # imported again: needs torch
+    out = [] if argv[0] == "agreement" else ["--out", str(tmp_path / "never")]
+    status, text, err = run_main(capsys, *argv, *out)
+    assert status == 2 and text == "", text  # nothing trained, nothing printed
+    assert err.count("\n") == 1, err
+    for name in named:
+        assert name in err, (name, err)
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_missing_extra_a_command_does_not_use_is_no_error(monkeypatch, capsys):
+    for hidden in ("matplotlib", "PIL", "tqdm"):
+        monkeypatch.setitem(sys.modules, hidden, None)
+    status, text, err = run_main(capsys, "lr-sweep", "--no-figures", "--steps", "5",
+                                 "--num", "2")
+    assert status == 0, err
+    assert "best: lr" in text

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from ._compile_cache import CACHE_ENV, cache_folder, use_compile_cache
+from ._extras import check_extras
 from ._shared import (DIGITS_FILES, LESSON_FILES, SWEEP_FILES, UsageError,  # noqa: F401
                       check_batch_size, out_folder)
 from ._options import (INT32_MAX, LR_RANGE, MAX_RATES, SEED_LIMIT, fraction, int_in,
@@ -164,6 +165,7 @@ def main(argv=None):
             args = _parser().parse_args(argv)
         except SystemExit as done:  # --help
             return done.code
+        check_extras(args)
         if args.compile_cache:
             use_compile_cache(cache_folder())
         from . import _commands

@@ -9,6 +9,7 @@ from functional_sgd.lesson import LEARNING_RATES, LESSON_START, lesson_data
 
 from ._shared import (DIGITS_FILES, LESSON_FILES, SWEEP_FILES, UsageError, check_batch_size,
                       out_folder)
+from ._extras import TORCH_INSTALL
 from ._memory import available_bytes, digits_needs, lesson_needs, sweep_needs, too_large
 from ._options import INT32_MAX
 from ._progress import wants_progress
@@ -129,7 +130,7 @@ def _print_reference(args, runs, x, y, start, key):
         return
     differences = reference_agreement(runs, x, y, start, lr=args.lr, key=key)
     if differences is None:
-        print("\ntorch reference: torch is not installed (pip install -e \".[torch]\").")
+        print(f"\ntorch reference: torch is not installed ({TORCH_INSTALL}).")
         return
     print("\ntorch reference (the lesson's loop, same batches): largest difference in params "
           "and losses, |jax - torch| / max(1, |torch|), float32")
@@ -251,8 +252,8 @@ def agreement(args):
     try:
         import reference
     except ImportError:
-        raise UsageError("agreement needs the torch reference, and torch is not installed "
-                         "(pip install -e \".[torch]\").") from None
+        raise UsageError("agreement needs the torch reference, and torch is not installed: "
+                         f"{TORCH_INSTALL}.") from None
     from ._agreement import print_table
 
     print_table(reference, steps=args.steps, lr=args.lr)
