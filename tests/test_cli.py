@@ -238,7 +238,8 @@ BAD_INPUT = [
     (["lesson", "--steps", "2.5"], "argument --steps: expected a whole number"),
     (["lesson", "--batch-size", "101"], "--batch-size 101 is larger than --n (100)"),
     (["lesson", "--n", "5", "--batch-size", "6"], "--batch-size 6 is larger than --n (5)"),
-    (["lesson", "--bogus"], "unrecognized arguments: --bogus"),
+    (["lesson", "--bogus"], "python -m functional_sgd lesson: error: unrecognized arguments: "
+     "--bogus (python -m functional_sgd lesson --help lists its options)"),
     (["lesson", "--holdout", "0"], "argument --holdout: must be a finite number > 0; got 0"),
     (["lesson", "--holdout", "1.5"], "argument --holdout: must lie in (0, 1]; got 1.5"),
     (["lesson", "--holdout", "nan"], "argument --holdout: must be a finite number > 0"),
@@ -246,8 +247,14 @@ BAD_INPUT = [
     (["lesson", "--n", "4", "--holdout", "0.1"],
      "--holdout 0.1 of --n 4 rows holds out no rows (it rounds to 0); pass --holdout at "
      "least 0.25"),
-    (["teach"], "invalid choice: 'teach'"),
-    ([], "the following arguments are required: COMMAND"),
+    (["teach"], "unknown command 'teach'; the commands are lesson, lr-sweep, digits, agreement"),
+    (["lesso"], "unknown command 'lesso'; did you mean 'lesson'?"),
+    (["lr-swep", "--steps", "5"], "unknown command 'lr-swep'; did you mean 'lr-sweep'?"),
+    (["--steps", "5", "lesson"], "unrecognized arguments: --steps 5 lesson; options go after "
+     "the command"),
+    (["lesson", "--setps", "5"], "lesson: error: unrecognized arguments: --setps 5; did you "
+     "mean --steps?"),
+    (["digits", "--lr", "1", "extra"], "digits: error: unrecognized arguments: extra"),
     (["lr-sweep", "--lr-min", "2", "--lr-max", "1"], "--lr-min 2.0 must be below --lr-max 1.0"),
     (["lr-sweep", "--num", "1"], "argument --num: must be >= 2; got 1"),
     (["lr-sweep", "--holdout", "0"], "argument --holdout: must be a finite number > 0; got 0"),
@@ -405,3 +412,49 @@ def test_a_missing_extra_a_command_does_not_use_is_no_error(monkeypatch, capsys)
                                  "--num", "2")
     assert status == 0, err
     assert "best: lr" in text
+
+
+def test_no_command_lists_the_commands(capsys):
+    status, text, err = run_main(capsys)
+    assert status == 2 and text == ""
+    assert "the following arguments are required" not in err
+    lines = err.splitlines()
+    assert lines[0] == "usage: python -m functional_sgd COMMAND [options]"
+    for command, summary in [("lesson", "fit the lesson's line by batch, mini-batch"),
+                             ("lr-sweep", "train many learning rates at once"),
+                             ("digits", "the lesson's linear classifier of 3s versus 7s"),
+                             ("agreement", "how closely fit agrees with the torch reference")]:
+        assert any(line.split()[:1] == [command] and summary in line for line in lines), command
+    assert "python -m functional_sgd COMMAND --help" in err
+
+
+def test_help_names_the_files_each_command_writes_in_plain_english(capsys):
+    written = {}
+    for command in ("lesson", "lr-sweep", "digits"):
+        status, text, _ = run_main(capsys, command, "--help")
+        assert status == 0
+        written[command] = re.search(r"only (\S+(?:, \S+)*(?: and \S+)?) (?:is|are) written", " ".join(text.split()))
+    assert written["lr-sweep"].group(0) == "only lr_sweep.png is written"
+    assert written["digits"].group(0) == "only digits_weights.png and digits_curves.png are written"
+    assert written["lesson"].group(0) == ("only lesson_fit.png, lesson_losses.png, "
+                                          "learning_rates.png, gradient.png and lesson_fit.gif "
+                                          "are written")
+
+
+def test_the_program_is_named_as_it_was_called():
+    """The installed script is `functional-sgd`: its errors and usage say so."""
+    script = ("import sys; sys.argv[0] = '/venv/bin/functional-sgd'; "
+              "from functional_sgd.app import main; sys.exit(main())")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    called = lambda *argv: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env,
+        cwd=ROOT, timeout=300, check=False)
+    bad = called("lesson", "--n", "0")
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == [
+        "functional-sgd lesson: error: argument --n: must be >= 1; got 0"]
+    helped = called("lr-sweep", "--help")
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: functional-sgd lr-sweep")
+    none = called()
+    assert none.returncode == 2 and "usage: functional-sgd COMMAND" in none.stderr
