@@ -47,6 +47,7 @@ def test_lesson_prints_the_lesson_and_writes_every_figure(tmp_path, capsys):
     assert agreement and max(map(float, agreement.groups())) < 1e-4
     assert "too high  lr = 1.5" in text and "line: diverged at step" in text
 
+    assert re.search(r"Wrote to .*: lesson_fit.png, .*lesson_fit.gif  \(drawn in [\d.]+ s\)", text)
     for name in LESSON_FILES:
         assert (out / name).stat().st_size > 1000, name
     assert (out / "notes.txt").read_text() == "mine"  # not ours: left alone

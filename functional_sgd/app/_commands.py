@@ -12,7 +12,7 @@ from ._shared import (DIGITS_FILES, LESSON_FILES, SWEEP_FILES, UsageError, check
 from ._extras import TORCH_INSTALL
 from ._memory import available_bytes, digits_needs, lesson_needs, sweep_needs, too_large
 from ._options import INT32_MAX
-from ._progress import wants_progress
+from ._progress import progress_over, wants_progress
 from ._runs import (HELD_OUT, fit_modes, held_out_curve, held_out_data, held_out_loss,
                     held_out_rates, learning_rate_runs, reference_agreement)
 from ._timing import timed
@@ -82,17 +82,17 @@ def lesson(args):
 
         fitted = {name: run.result.params for name, run in runs.items()}
         batch = runs["batch"].result
-        paths = [
-            _plots.plot_fit(folder / LESSON_FILES[0], x, y, start, fitted),
-            _plots.plot_losses(folder / LESSON_FILES[1],
-                               {name: run.result.losses for name, run in runs.items()},
-                               held_out=curves),
-            _plots.plot_learning_rates(folder / LESSON_FILES[2], rate_runs, x, y,
-                                       held_out=rate_curves),
-            _plots.plot_gradient(folder / LESSON_FILES[3]),
-            _plots.animate_fit(folder / LESSON_FILES[4], x, y, batch.trajectory, batch.losses),
-        ]
-        _print_written(paths)
+        _draw([
+            lambda: _plots.plot_fit(folder / LESSON_FILES[0], x, y, start, fitted),
+            lambda: _plots.plot_losses(folder / LESSON_FILES[1],
+                                       {name: run.result.losses for name, run in runs.items()},
+                                       held_out=curves),
+            lambda: _plots.plot_learning_rates(folder / LESSON_FILES[2], rate_runs, x, y,
+                                               held_out=rate_curves),
+            lambda: _plots.plot_gradient(folder / LESSON_FILES[3]),
+            lambda: _plots.animate_fit(folder / LESSON_FILES[4], x, y, batch.trajectory,
+                                       batch.losses, descent="batch"),
+        ], progress=wants_progress(args.progress))
     return 0
 
 
@@ -137,9 +137,15 @@ def _print_reference(args, runs, x, y, start, key):
     print("  " + ", ".join(f"{name} {value:.1e}" for name, value in differences.items()))
 
 
-def _print_written(paths):
-    folder = paths[0].parent
-    print(f"\nWrote to {folder}/: {', '.join(p.name for p in paths)}")
+def _draw(drawings, *, progress=False):
+    """Draws each figure (``drawings``: functions that return the path they
+    wrote), with a bar over them when ``progress``; prints where they went
+    and how long drawing took."""
+    with timed() as timing:
+        paths = [draw() for draw in progress_over(drawings, enabled=progress, desc="figures",
+                                                   unit="figure")]
+    print(f"\nWrote to {paths[0].parent}/: {', '.join(p.name for p in paths)}  "
+          f"(drawn in {timing.total_seconds:.2f} s)")
 
 
 def lr_sweep(args):
@@ -199,7 +205,7 @@ def lr_sweep(args):
     if folder is not None:
         from ._plots import plot_lr_sweep
 
-        _print_written([plot_lr_sweep(folder / SWEEP_FILES[0], sweep, held_out=held)])
+        _draw([lambda: plot_lr_sweep(folder / SWEEP_FILES[0], sweep, held_out=held)])
     return 0
 
 
@@ -241,10 +247,10 @@ def digits(args):
     if folder is not None:
         from ._plots import plot_digit_curves, plot_digit_weights
 
-        _print_written([
-            plot_digit_weights(folder / DIGITS_FILES[0], params, data),
-            plot_digit_curves(folder / DIGITS_FILES[1], reports, patience=args.patience,
-                              best_epoch=best, epochs=args.epochs)])
+        _draw([
+            lambda: plot_digit_weights(folder / DIGITS_FILES[0], params, data),
+            lambda: plot_digit_curves(folder / DIGITS_FILES[1], reports, patience=args.patience,
+                                      best_epoch=best, epochs=args.epochs)])
     return 0
 
 
