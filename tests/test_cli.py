@@ -130,7 +130,7 @@ def test_agreement_prints_every_mode_and_dtype(capsys):
     status, text, err = run_main(capsys, "agreement", "--steps", "30")
     assert status == 0, err
     lines = text.splitlines()
-    assert lines[0] == "functional_sgd.fit vs reference.fit, lesson data, 30 steps, lr=0.1"
+    assert lines[0] == "functional_sgd.fit vs reference.fit, lesson data, 30 steps, lr=0.1, seed=0"
     assert lines[1].split() == ["dtype", "mode", "params", "rel", "params", "abs", "losses",
                                 "rel", "losses", "abs"]
     rows = [line.split() for line in lines[2:]]
@@ -459,3 +459,45 @@ def test_the_program_is_named_as_it_was_called():
     assert helped.returncode == 0 and helped.stdout.startswith("usage: functional-sgd lr-sweep")
     none = called()
     assert none.returncode == 2 and "usage: functional-sgd COMMAND" in none.stderr
+
+
+SEED_MEANING = "data_key, batch_key = jax.random.split(jax.random.key(SEED))"
+
+
+def test_seed_means_the_same_in_every_command(capsys):
+    """--seed S is the README's first example: data_key, batch_key =
+    jax.random.split(jax.random.key(S)), the data from data_key and the
+    mini-batches from batch_key; every command says so in its help."""
+    import jax
+
+    import functional_sgd as fsgd
+    from functional_sgd.lesson import LESSON_START, lesson_data
+    from functional_sgd.lesson import lr_sweep as sweep_rates
+
+    for command in ("lesson", "lr-sweep", "digits", "agreement"):
+        status, text, _ = run_main(capsys, command, "--help")
+        assert status == 0 and SEED_MEANING in " ".join(text.split()), command
+
+    data_key, batch_key = jax.random.split(jax.random.key(7))
+    x, y = lesson_data(data_key)
+    status, text, err = run_main(capsys, "lesson", "--seed", "7", "--steps", "20",
+                                 "--no-figures", "--no-reference")
+    assert status == 0, err
+    printed = dict(re.findall(r"\n(\S+) descent\n(?:.*\n)*?  fitted a = \(([-\d.]+, [-\d.]+)\)",
+                              text))
+    for mode, batch_size in (("batch", None), ("mini-batch", 10), ("stochastic", 1)):
+        schedule = {} if batch_size is None else {"batch_size": batch_size, "key": batch_key}
+        ours = fsgd.fit(fsgd.linear_mse, jax.numpy.array(LESSON_START), (x, y), lr=0.1, steps=20,
+                        **schedule).params
+        # printed to 4 significant digits
+        np.testing.assert_allclose([float(v) for v in printed[mode].split(", ")],
+                                   np.asarray(ours), rtol=6e-4, err_msg=mode)
+
+    status, text, err = run_main(capsys, "lr-sweep", "--seed", "7", "--steps", "20", "--num", "2",
+                                 "--batch-size", "10", "--no-figures")
+    assert status == 0, err
+    sweep = sweep_rates(fsgd.linear_mse, jax.numpy.array(LESSON_START), (x, y),
+                        lrs=jax.numpy.geomspace(1e-3, 3.0, 2), steps=20, batch_size=10,
+                        key=batch_key)
+    printed = [float(v) for v in re.findall(r"lr\s+[\d.e+-]+\s+final loss ([\d.e+-]+)", text)]
+    np.testing.assert_allclose(printed, np.asarray(sweep.final_loss), rtol=6e-4)

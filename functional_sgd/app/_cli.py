@@ -115,11 +115,23 @@ def _compile_cache_option(parser):
                              "off, a path moves it)")
 
 
-def _common(parser, *, out_files):
-    _compile_cache_option(parser)
+SEED_SPLIT = "data_key, batch_key = jax.random.split(jax.random.key(SEED))"
+"""What ``--seed`` means in every command, as in the README's first example."""
+
+
+def _seed_option(parser, keys_use):
     parser.add_argument("--seed", type=int_in(0, SEED_LIMIT - 1), default=0,
-                        help=f"seed of every jax.random key, in [0, {SEED_LIMIT - 1}] "
-                             "(default 0)")
+                        help=f"every random draw comes from it, as in the README: {SEED_SPLIT}; "
+                             f"{keys_use}; in [0, {SEED_LIMIT - 1}] (default 0)")
+
+
+LINE_KEYS = ("the data are lesson_data(data_key, n) (--holdout rows: lesson_data("
+             "jax.random.fold_in(data_key, 1), rows)), the mini-batches are drawn from batch_key")
+
+
+def _common(parser, *, out_files, keys_use=LINE_KEYS):
+    _compile_cache_option(parser)
+    _seed_option(parser, keys_use)
     written = f"{_listing(out_files)} {'is' if len(out_files) == 1 else 'are'} written"
     parser.add_argument("--out", default="out", metavar="FOLDER",
                         help=f"folder for the figures, created if missing; only {written} "
@@ -215,7 +227,9 @@ def _parser(prog=PROG):
                         help="images per step (default 32)")
     digits.add_argument("--valid-fraction", type=fraction, default=0.2,
                         help="share of the 8x8 digits held out (default 0.2)")
-    _common(digits, out_files=DIGITS_FILES)
+    _common(digits, out_files=DIGITS_FILES,
+            keys_use="data_key shuffles the 8x8 digits before the split, batch_key draws the "
+                     "initial weights and the batches")
 
     agreement = command(
         "agreement", help="how closely fit agrees with the torch reference, per mode and dtype",
@@ -229,6 +243,8 @@ def _parser(prog=PROG):
     agreement.add_argument("--lr", type=learning_rate, default=0.1,
                            help=f"learning rate in {RATES} (default 0.1)")
     _compile_cache_option(agreement)
+    _seed_option(agreement, "the data are lesson_data(data_key), the batches of mini-batch and "
+                            "stochastic descent are drawn from batch_key")
     return parser, {name: (sub, summaries[name]) for name, sub in commands.choices.items()}
 
 

@@ -212,7 +212,7 @@ def lr_sweep(args):
 def digits(args):
     from functional_sgd.lesson import digits_3_vs_7, fit_classifier, load_image_folder
 
-    data_key, train_key = jax.random.split(jax.random.key(args.seed))
+    data_key, batch_key = jax.random.split(jax.random.key(args.seed))  # as every command
     if args.data is None:
         try:
             data = digits_3_vs_7(data_key, valid_fraction=args.valid_fraction)
@@ -233,7 +233,7 @@ def digits(args):
     report = lambda r: print(f"  epoch {r.epoch:3d}  train loss {r.train_loss:.4f}  "
                              f"valid accuracy {r.valid_accuracy:.3f}")
     with timed() as timing:
-        params, reports = fit_classifier(data, key=train_key, loss=args.loss, lr=args.lr,
+        params, reports = fit_classifier(data, key=batch_key, loss=args.loss, lr=args.lr,
                                          epochs=args.epochs, batch_size=args.batch_size,
                                          on_epoch=report, patience=args.patience,
                                          keep_best=True)
@@ -262,5 +262,5 @@ def agreement(args):
                          f"{TORCH_INSTALL}.") from None
     from ._agreement import print_table
 
-    print_table(reference, steps=args.steps, lr=args.lr)
+    print_table(reference, steps=args.steps, lr=args.lr, seed=args.seed)
     return 0
