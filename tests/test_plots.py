@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib")
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.path import Path  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.path import Path
 
-from functional_sgd.app import _plots  # noqa: E402
+from functional_sgd.app import _plots
 
 
 @pytest.fixture
@@ -118,11 +118,11 @@ def test_bin_curve_refuses_what_it_cannot_bin():
 
 def test_the_divergence_label_stays_clear_of_the_loss_curve(figures, tmp_path):
     """'diverged at step 60' was drawn across the diverging run's loss line."""
+    import jax
     import jax.numpy as jnp
 
     from functional_sgd.app._runs import learning_rate_runs
     from functional_sgd.lesson import LESSON_START, lesson_data
-    import jax
 
     x, y = lesson_data(jax.random.split(jax.random.key(0))[0])
     runs = learning_rate_runs(x, y, jnp.array(LESSON_START), steps=100)

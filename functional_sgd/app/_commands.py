@@ -130,7 +130,7 @@ def _print_reference(args, runs, x, y, start, key):
         return
     differences = reference_agreement(runs, x, y, start, lr=args.lr, key=key)
     if differences is None:
-        print(f"\ntorch reference: torch is not installed ({TORCH_INSTALL}).")
+        print(f"\ntorch reference: torch is not installed: {TORCH_INSTALL}.")
         return
     print("\ntorch reference (the lesson's loop, same batches): largest difference in params "
           "and losses, |jax - torch| / max(1, |torch|), float32")

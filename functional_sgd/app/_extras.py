@@ -11,8 +11,8 @@ from ._progress import wants_progress
 from ._shared import UsageError
 
 APP_INSTALL = 'pip install "functional-sgd[app]"'
-TORCH_INSTALL = ('pip install "functional-sgd[torch]" (torch for the CPU only: pip install torch '
-                 "--index-url https://download.pytorch.org/whl/cpu)")
+TORCH_INSTALL = ('pip install "functional-sgd[torch]"; for a CPU-only torch (no CUDA wheels), '
+                 "first: pip install torch --index-url https://download.pytorch.org/whl/cpu")
 
 PACKAGES = {"matplotlib": ("matplotlib", APP_INSTALL), "PIL": ("Pillow", APP_INSTALL),
             "sklearn": ("scikit-learn", APP_INSTALL), "tqdm": ("tqdm", APP_INSTALL),
