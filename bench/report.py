@@ -214,8 +214,8 @@ speed-up over torch that any step reading `x` twice can reach on this
 machine. A target above it needs a step that reads `x` once: the exact MSE
 path, or `fit`'s one-pass step (`SpeedPlan.one_pass`, for a loss that is a
 mean over rows; `python -m bench.one_pass` times it against the plain step
-and torch). What else was tried is listed in the README, under "Performance
-at scale".
+and torch). What else was tried is listed in the docs, docs/explanations/time.md,
+under "Large full batch".
 
 {table}
 """

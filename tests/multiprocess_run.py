@@ -5,7 +5,7 @@ coordinator at 127.0.0.1:PORT (CPU collectives over gloo), fits the lesson's
 line in float64 on a mesh of every device of every process, and prints one
 JSON line: the process's view of the run (what each process sees must be the
 same). tests/test_multiprocess.py starts it; it is also the example of the
-README's section "Scaling out".
+docs' guide docs/how-to/many-devices.md.
 """
 
 import json

@@ -47,6 +47,7 @@ def test_lesson_prints_the_lesson_and_writes_every_figure(tmp_path, capsys):
     assert agreement and max(map(float, agreement.groups())) < 1e-4
     assert "too high  lr = 1.5" in text and "line: diverged at step" in text
 
+    assert re.search(r"Wrote to .*: lesson_fit.png, .*lesson_fit.gif  \(drawn in [\d.]+ s\)", text)
     for name in LESSON_FILES:
         assert (out / name).stat().st_size > 1000, name
     assert (out / "notes.txt").read_text() == "mine"  # not ours: left alone
@@ -129,7 +130,7 @@ def test_agreement_prints_every_mode_and_dtype(capsys):
     status, text, err = run_main(capsys, "agreement", "--steps", "30")
     assert status == 0, err
     lines = text.splitlines()
-    assert lines[0] == "functional_sgd.fit vs reference.fit, lesson data, 30 steps, lr=0.1"
+    assert lines[0] == "functional_sgd.fit vs reference.fit, lesson data, 30 steps, lr=0.1, seed=0"
     assert lines[1].split() == ["dtype", "mode", "params", "rel", "params", "abs", "losses",
                                 "rel", "losses", "abs"]
     rows = [line.split() for line in lines[2:]]
@@ -238,7 +239,8 @@ BAD_INPUT = [
     (["lesson", "--steps", "2.5"], "argument --steps: expected a whole number"),
     (["lesson", "--batch-size", "101"], "--batch-size 101 is larger than --n (100)"),
     (["lesson", "--n", "5", "--batch-size", "6"], "--batch-size 6 is larger than --n (5)"),
-    (["lesson", "--bogus"], "unrecognized arguments: --bogus"),
+    (["lesson", "--bogus"], "python -m functional_sgd lesson: error: unrecognized arguments: "
+     "--bogus (python -m functional_sgd lesson --help lists its options)"),
     (["lesson", "--holdout", "0"], "argument --holdout: must be a finite number > 0; got 0"),
     (["lesson", "--holdout", "1.5"], "argument --holdout: must lie in (0, 1]; got 1.5"),
     (["lesson", "--holdout", "nan"], "argument --holdout: must be a finite number > 0"),
@@ -246,8 +248,14 @@ BAD_INPUT = [
     (["lesson", "--n", "4", "--holdout", "0.1"],
      "--holdout 0.1 of --n 4 rows holds out no rows (it rounds to 0); pass --holdout at "
      "least 0.25"),
-    (["teach"], "invalid choice: 'teach'"),
-    ([], "the following arguments are required: COMMAND"),
+    (["teach"], "unknown command 'teach'; the commands are lesson, lr-sweep, digits, agreement"),
+    (["lesso"], "unknown command 'lesso'; did you mean 'lesson'?"),
+    (["lr-swep", "--steps", "5"], "unknown command 'lr-swep'; did you mean 'lr-sweep'?"),
+    (["--steps", "5", "lesson"], "unrecognized arguments: --steps 5 lesson; options go after "
+     "the command"),
+    (["lesson", "--setps", "5"], "lesson: error: unrecognized arguments: --setps 5; did you "
+     "mean --steps?"),
+    (["digits", "--lr", "1", "extra"], "digits: error: unrecognized arguments: extra"),
     (["lr-sweep", "--lr-min", "2", "--lr-max", "1"], "--lr-min 2.0 must be below --lr-max 1.0"),
     (["lr-sweep", "--num", "1"], "argument --num: must be >= 2; got 1"),
     (["lr-sweep", "--holdout", "0"], "argument --holdout: must be a finite number > 0; got 0"),
@@ -362,3 +370,134 @@ def test_module_exit_codes():
     assert bad.stderr.strip().splitlines() == [
         "python -m functional_sgd lesson: error: argument --n: must be >= 1; got 0"]
     assert run_module("--help").returncode == 0
+
+
+MISSING_EXTRAS = [
+    # (hidden module, argv, what the line must name)
+    ("matplotlib", ["lesson"], ["matplotlib", 'pip install "functional-sgd[app]"',
+                                "--no-figures"]),
+    ("PIL", ["lesson"], ["Pillow", 'pip install "functional-sgd[app]"', "--no-figures"]),
+    ("tqdm", ["lesson", "--progress", "--no-figures"],
+     ["tqdm", 'pip install "functional-sgd[app]"', "--no-progress"]),
+    ("matplotlib", ["lr-sweep"], ["matplotlib", 'pip install "functional-sgd[app]"']),
+    ("sklearn", ["digits", "--no-figures"],
+     ["scikit-learn", 'pip install "functional-sgd[app]"', "--data"]),
+    ("PIL", ["digits", "--no-figures", "--data", "."], ["Pillow", "functional-sgd[app]"]),
+    ("matplotlib", ["digits"], ["matplotlib", 'pip install "functional-sgd[app]"']),
+    ("torch", ["agreement"], ["torch", 'pip install "functional-sgd[torch]"',
+                              "--index-url https://download.pytorch.org/whl/cpu"]),
+]
+
+
+@pytest.mark.parametrize("hidden, argv, named", MISSING_EXTRAS,
+                         ids=[f"{m}-{' '.join(a)}" for m, a, _ in MISSING_EXTRAS])
+def test_a_missing_extra_is_one_line_before_anything_runs(hidden, argv, named, tmp_path,
+                                                          monkeypatch, capsys):
+    """Without the [app] extra a command used to train and then fail with a
+    ModuleNotFoundError traceback; now it says what to install, before it starts."""
+    monkeypatch.setitem(sys.modules, hidden, None)  # `import hidden` now fails
+    monkeypatch.delitem(sys.modules, "reference", raising=False)  # imported again: needs torch
+    out = [] if argv[0] == "agreement" else ["--out", str(tmp_path / "never")]
+    status, text, err = run_main(capsys, *argv, *out)
+    assert status == 2 and text == "", text  # nothing trained, nothing printed
+    assert err.count("\n") == 1, err
+    for name in named:
+        assert name in err, (name, err)
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_missing_extra_a_command_does_not_use_is_no_error(monkeypatch, capsys):
+    for hidden in ("matplotlib", "PIL", "tqdm"):
+        monkeypatch.setitem(sys.modules, hidden, None)
+    status, text, err = run_main(capsys, "lr-sweep", "--no-figures", "--steps", "5",
+                                 "--num", "2")
+    assert status == 0, err
+    assert "best: lr" in text
+
+
+def test_no_command_lists_the_commands(capsys):
+    status, text, err = run_main(capsys)
+    assert status == 2 and text == ""
+    assert "the following arguments are required" not in err
+    lines = err.splitlines()
+    assert lines[0] == "usage: python -m functional_sgd COMMAND [options]"
+    for command, summary in [("lesson", "fit the lesson's line by batch, mini-batch"),
+                             ("lr-sweep", "train many learning rates at once"),
+                             ("digits", "the lesson's linear classifier of 3s versus 7s"),
+                             ("agreement", "how closely fit agrees with the torch reference")]:
+        assert any(line.split()[:1] == [command] and summary in line for line in lines), command
+    assert "python -m functional_sgd COMMAND --help" in err
+
+
+def test_help_names_the_files_each_command_writes_in_plain_english(capsys):
+    written = {}
+    for command in ("lesson", "lr-sweep", "digits"):
+        status, text, _ = run_main(capsys, command, "--help")
+        assert status == 0
+        written[command] = re.search(r"only (\S+(?:, \S+)*(?: and \S+)?) (?:is|are) written", " ".join(text.split()))
+    assert written["lr-sweep"].group(0) == "only lr_sweep.png is written"
+    assert written["digits"].group(0) == "only digits_weights.png and digits_curves.png are written"
+    assert written["lesson"].group(0) == ("only lesson_fit.png, lesson_losses.png, "
+                                          "learning_rates.png, gradient.png and lesson_fit.gif "
+                                          "are written")
+
+
+def test_the_program_is_named_as_it_was_called():
+    """The installed script is `functional-sgd`: its errors and usage say so."""
+    script = ("import sys; sys.argv[0] = '/venv/bin/functional-sgd'; "
+              "from functional_sgd.app import main; sys.exit(main())")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    called = lambda *argv: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env,
+        cwd=ROOT, timeout=300, check=False)
+    bad = called("lesson", "--n", "0")
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == [
+        "functional-sgd lesson: error: argument --n: must be >= 1; got 0"]
+    helped = called("lr-sweep", "--help")
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: functional-sgd lr-sweep")
+    none = called()
+    assert none.returncode == 2 and "usage: functional-sgd COMMAND" in none.stderr
+
+
+SEED_MEANING = "data_key, batch_key = jax.random.split(jax.random.key(SEED))"
+
+
+def test_seed_means_the_same_in_every_command(capsys):
+    """--seed S is the README's first example: data_key, batch_key =
+    jax.random.split(jax.random.key(S)), the data from data_key and the
+    mini-batches from batch_key; every command says so in its help."""
+    import jax
+
+    import functional_sgd as fsgd
+    from functional_sgd.lesson import LESSON_START, lesson_data
+    from functional_sgd.lesson import lr_sweep as sweep_rates
+
+    for command in ("lesson", "lr-sweep", "digits", "agreement"):
+        status, text, _ = run_main(capsys, command, "--help")
+        assert status == 0 and SEED_MEANING in " ".join(text.split()), command
+
+    data_key, batch_key = jax.random.split(jax.random.key(7))
+    x, y = lesson_data(data_key)
+    status, text, err = run_main(capsys, "lesson", "--seed", "7", "--steps", "20",
+                                 "--no-figures", "--no-reference")
+    assert status == 0, err
+    printed = dict(re.findall(r"\n(\S+) descent\n(?:.*\n)*?  fitted a = \(([-\d.]+, [-\d.]+)\)",
+                              text))
+    for mode, batch_size in (("batch", None), ("mini-batch", 10), ("stochastic", 1)):
+        schedule = {} if batch_size is None else {"batch_size": batch_size, "key": batch_key}
+        ours = fsgd.fit(fsgd.linear_mse, jax.numpy.array(LESSON_START), (x, y), lr=0.1, steps=20,
+                        **schedule).params
+        # printed to 4 significant digits
+        np.testing.assert_allclose([float(v) for v in printed[mode].split(", ")],
+                                   np.asarray(ours), rtol=6e-4, err_msg=mode)
+
+    status, text, err = run_main(capsys, "lr-sweep", "--seed", "7", "--steps", "20", "--num", "2",
+                                 "--batch-size", "10", "--no-figures")
+    assert status == 0, err
+    sweep = sweep_rates(fsgd.linear_mse, jax.numpy.array(LESSON_START), (x, y),
+                        lrs=jax.numpy.geomspace(1e-3, 3.0, 2), steps=20, batch_size=10,
+                        key=batch_key)
+    printed = [float(v) for v in re.findall(r"lr\s+[\d.e+-]+\s+final loss ([\d.e+-]+)", text)]
+    np.testing.assert_allclose(printed, np.asarray(sweep.final_loss), rtol=6e-4)

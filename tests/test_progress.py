@@ -67,3 +67,14 @@ def test_chunks_of_whole_evaluation_periods_compile_as_few_programs_as_plain_chu
     whole = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.01, steps=steps, evaluation=fsgd.Evaluation(mse, (X, Y), every=every))
     assert_trees_close(chunked.params, whole.params)
     assert_trees_close(chunked.evals, whole.evals)
+
+
+def test_progress_over_figures_moves_once_per_figure(capsys):
+    from functional_sgd.app._progress import progress_over
+
+    drawn = [draw() for draw in progress_over([lambda: "a.png", lambda: "b.png"], enabled=True,
+                                              desc="figures", unit="figure")]
+    assert drawn == ["a.png", "b.png"]
+    assert "figures" in capsys.readouterr().err  # tqdm drew on stderr
+    items = [lambda: None]
+    assert progress_over(items, enabled=False, desc="figures", unit="figure") is items

@@ -9,9 +9,10 @@ from functional_sgd.lesson import LEARNING_RATES, LESSON_START, lesson_data
 
 from ._shared import (DIGITS_FILES, LESSON_FILES, SWEEP_FILES, UsageError, check_batch_size,
                       out_folder)
+from ._extras import TORCH_INSTALL
 from ._memory import available_bytes, digits_needs, lesson_needs, sweep_needs, too_large
 from ._options import INT32_MAX
-from ._progress import wants_progress
+from ._progress import progress_over, wants_progress
 from ._runs import (HELD_OUT, fit_modes, held_out_curve, held_out_data, held_out_loss,
                     held_out_rates, learning_rate_runs, reference_agreement)
 from ._timing import timed
@@ -81,17 +82,17 @@ def lesson(args):
 
         fitted = {name: run.result.params for name, run in runs.items()}
         batch = runs["batch"].result
-        paths = [
-            _plots.plot_fit(folder / LESSON_FILES[0], x, y, start, fitted),
-            _plots.plot_losses(folder / LESSON_FILES[1],
-                               {name: run.result.losses for name, run in runs.items()},
-                               held_out=curves),
-            _plots.plot_learning_rates(folder / LESSON_FILES[2], rate_runs, x, y,
-                                       held_out=rate_curves),
-            _plots.plot_gradient(folder / LESSON_FILES[3]),
-            _plots.animate_fit(folder / LESSON_FILES[4], x, y, batch.trajectory, batch.losses),
-        ]
-        _print_written(paths)
+        _draw([
+            lambda: _plots.plot_fit(folder / LESSON_FILES[0], x, y, start, fitted),
+            lambda: _plots.plot_losses(folder / LESSON_FILES[1],
+                                       {name: run.result.losses for name, run in runs.items()},
+                                       held_out=curves),
+            lambda: _plots.plot_learning_rates(folder / LESSON_FILES[2], rate_runs, x, y,
+                                               held_out=rate_curves),
+            lambda: _plots.plot_gradient(folder / LESSON_FILES[3]),
+            lambda: _plots.animate_fit(folder / LESSON_FILES[4], x, y, batch.trajectory,
+                                       batch.losses, descent="batch"),
+        ], progress=wants_progress(args.progress))
     return 0
 
 
@@ -129,16 +130,22 @@ def _print_reference(args, runs, x, y, start, key):
         return
     differences = reference_agreement(runs, x, y, start, lr=args.lr, key=key)
     if differences is None:
-        print("\ntorch reference: torch is not installed (pip install -e \".[torch]\").")
+        print(f"\ntorch reference: torch is not installed: {TORCH_INSTALL}.")
         return
     print("\ntorch reference (the lesson's loop, same batches): largest difference in params "
           "and losses, |jax - torch| / max(1, |torch|), float32")
     print("  " + ", ".join(f"{name} {value:.1e}" for name, value in differences.items()))
 
 
-def _print_written(paths):
-    folder = paths[0].parent
-    print(f"\nWrote to {folder}/: {', '.join(p.name for p in paths)}")
+def _draw(drawings, *, progress=False):
+    """Draws each figure (``drawings``: functions that return the path they
+    wrote), with a bar over them when ``progress``; prints where they went
+    and how long drawing took."""
+    with timed() as timing:
+        paths = [draw() for draw in progress_over(drawings, enabled=progress, desc="figures",
+                                                   unit="figure")]
+    print(f"\nWrote to {paths[0].parent}/: {', '.join(p.name for p in paths)}  "
+          f"(drawn in {timing.total_seconds:.2f} s)")
 
 
 def lr_sweep(args):
@@ -198,14 +205,14 @@ def lr_sweep(args):
     if folder is not None:
         from ._plots import plot_lr_sweep
 
-        _print_written([plot_lr_sweep(folder / SWEEP_FILES[0], sweep, held_out=held)])
+        _draw([lambda: plot_lr_sweep(folder / SWEEP_FILES[0], sweep, held_out=held)])
     return 0
 
 
 def digits(args):
     from functional_sgd.lesson import digits_3_vs_7, fit_classifier, load_image_folder
 
-    data_key, train_key = jax.random.split(jax.random.key(args.seed))
+    data_key, batch_key = jax.random.split(jax.random.key(args.seed))  # as every command
     if args.data is None:
         try:
             data = digits_3_vs_7(data_key, valid_fraction=args.valid_fraction)
@@ -226,7 +233,7 @@ def digits(args):
     report = lambda r: print(f"  epoch {r.epoch:3d}  train loss {r.train_loss:.4f}  "
                              f"valid accuracy {r.valid_accuracy:.3f}")
     with timed() as timing:
-        params, reports = fit_classifier(data, key=train_key, loss=args.loss, lr=args.lr,
+        params, reports = fit_classifier(data, key=batch_key, loss=args.loss, lr=args.lr,
                                          epochs=args.epochs, batch_size=args.batch_size,
                                          on_epoch=report, patience=args.patience,
                                          keep_best=True)
@@ -240,10 +247,10 @@ def digits(args):
     if folder is not None:
         from ._plots import plot_digit_curves, plot_digit_weights
 
-        _print_written([
-            plot_digit_weights(folder / DIGITS_FILES[0], params, data),
-            plot_digit_curves(folder / DIGITS_FILES[1], reports, patience=args.patience,
-                              best_epoch=best, epochs=args.epochs)])
+        _draw([
+            lambda: plot_digit_weights(folder / DIGITS_FILES[0], params, data),
+            lambda: plot_digit_curves(folder / DIGITS_FILES[1], reports, patience=args.patience,
+                                      best_epoch=best, epochs=args.epochs)])
     return 0
 
 
@@ -251,9 +258,9 @@ def agreement(args):
     try:
         import reference
     except ImportError:
-        raise UsageError("agreement needs the torch reference, and torch is not installed "
-                         "(pip install -e \".[torch]\").") from None
+        raise UsageError("agreement needs the torch reference, and torch is not installed: "
+                         f"{TORCH_INSTALL}.") from None
     from ._agreement import print_table
 
-    print_table(reference, steps=args.steps, lr=args.lr)
+    print_table(reference, steps=args.steps, lr=args.lr, seed=args.seed)
     return 0

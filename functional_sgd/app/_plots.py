@@ -10,6 +10,8 @@ import numpy as np
 
 from functional_sgd.lesson import LEARNING_RATES, parabola
 
+from ._curves import MAX_POINTS, bin_curve
+
 COLORS = {"batch": "tab:blue", "mini-batch": "tab:orange", "stochastic": "tab:green"}
 RATE_COLORS = {"too low": "tab:gray", "good": "tab:green", "bouncing": "tab:orange",
                "too high": "tab:red"}
@@ -52,22 +54,40 @@ def plot_losses(path, losses, held_out=None):
     """Loss per step of every mode on one log-scale plot; with ``held_out``
     (``{name: (steps, losses)}``), each mode's held-out loss dashed beside it,
     in its colour. At step ``t`` both are losses of the params after ``t``
-    updates: the step's batch (before update ``t``), and the held-out rows."""
+    updates: the step's batch (before update ``t``), and the held-out rows.
+
+    A run longer than :data:`~._curves.MAX_POINTS` steps is drawn binned
+    (see :func:`~._curves.bin_curve`) on a log scale of steps: each bin's
+    mean loss, and a band from its smallest loss to its largest.
+    """
+    curves = {name: bin_curve(values) for name, values in losses.items()}
+    binned = any(curve.binned for curve in curves.values())
     figure = _figure(6, 4)
     ax = figure.add_subplot()
-    for name, values in losses.items():
+    for name, curve in curves.items():
         label = name if not held_out else f"{name}: the step's batch"
-        ax.plot(np.asarray(values), color=COLORS[name], label=label, lw=1)
+        if binned:
+            label += ", mean per bin"
+            ax.fill_between(curve.steps, curve.low, curve.high, color=COLORS[name], alpha=0.15,
+                            lw=0)
+        ax.plot(curve.steps, curve.mean, color=COLORS[name], label=label, lw=1)
         if held_out:
             steps, held = held_out[name]
-            ax.plot(steps, held, "--", color=COLORS[name], lw=1.5,
+            held_curve = bin_curve(held, steps=steps)
+            ax.plot(held_curve.steps, held_curve.mean, "--", color=COLORS[name], lw=1.5,
                     label=f"{name}: held-out rows ({len(steps) - 1} evaluations)")
     ylabel = "loss of the step's batch (before update)" if not held_out else \
         "loss after t updates"
-    ax.set(yscale="log", xlabel="step", ylabel=ylabel,
-           title="Batch, mini-batch and stochastic descent" if not held_out
-           else "Training loss (solid) and held-out loss (dashed)")
-    ax.legend(fontsize=8 if held_out else None)
+    title = ("Batch, mini-batch and stochastic descent" if not held_out
+             else "Training loss (solid) and held-out loss (dashed)")
+    if binned:  # a log scale of steps that still has step 0
+        ax.set_xscale("symlog", linthresh=1, linscale=0.6)
+        ax.set_xlim(0, None)
+        title += f"\n{MAX_POINTS} log-spaced bins: the mean, a band from min to max"
+    ax.set(yscale="log", xlabel="step", ylabel=ylabel, title=title)
+    # a fixed place: "best" searches every point, and the losses fall from the top left
+    ax.legend(fontsize=8 if held_out or binned else None,
+              loc="lower left" if binned else "upper right")
     return _save(figure, path)
 
 
@@ -105,17 +125,19 @@ def plot_learning_rates(path, runs, x, y, shown_steps=12, held_out=None):
         losses = np.asarray(on_line.losses)
         ax.plot(np.where(np.isfinite(losses), losses, np.nan), color=color,
                 label="training rows")
+        at = int(on_line.diverged_at)
         if held_out is not None:
             steps, held = held_out[label]
             ax.plot(steps, np.where(np.isfinite(held), held, np.nan), "--", color=color,
                     label="held-out rows")
-            ax.legend(fontsize=8, loc="upper right")
+            # clear of the curve: a falling loss leaves the top right empty, a rising one
+            # the bottom right
+            ax.legend(fontsize=8, loc="lower right" if at >= 0 else "upper right")
         ax.set(yscale="log", xlabel="step", ylabel="loss", title="the line: loss per step")
-        at = int(on_line.diverged_at)
-        if at >= 0:
+        if at >= 0:  # the loss rises from the bottom left to the line: the top left is clear
             ax.axvline(at, color="red", ls="--")
-            ax.text(at, 0.5, f" diverged\n at step {at}", color="red",
-                    transform=ax.get_xaxis_transform(), ha="right", va="center")
+            ax.text(0.04, 0.95, f"diverged at step {at}\n(vertical line)", color="red",
+                    transform=ax.transAxes, ha="left", va="top")
     return _save(figure, path)
 
 
@@ -159,9 +181,10 @@ def plot_gradient(path, slope_at=(-1.5, 3.0), lr=0.1):
     return _save(figure, path)
 
 
-def animate_fit(path, x, y, trajectory, losses, *, frames=50, fps=10):
+def animate_fit(path, x, y, trajectory, losses, *, descent, frames=50, fps=10):
     """A GIF of the line moving as it trains, one frame per recorded step
-    (``fit(..., record_params=True).trajectory``), at most ``frames`` frames."""
+    (``fit(..., record_params=True).trajectory``), at most ``frames`` frames;
+    its title names the ``descent`` it shows (``"batch"``, ...)."""
     from matplotlib.animation import FuncAnimation, PillowWriter
 
     x, y = np.asarray(x), np.asarray(y)
@@ -170,12 +193,13 @@ def animate_fit(path, x, y, trajectory, losses, *, frames=50, fps=10):
     shown = np.unique(np.linspace(0, steps, min(frames, steps + 1)).round().astype(int))
     xs, ends = _line_ends(x)
     figure = _figure(4.5, 3.2, layout=None)  # a fixed layout: constrained layout per frame is slow
-    figure.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.9)
+    figure.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.83)
+    figure.suptitle(f"{descent} descent", fontsize=11, fontweight="bold")
     ax = figure.add_subplot()
     ax.scatter(x[:, 0], y, s=8, color="black", alpha=0.5)
     (line,) = ax.plot(xs, ends @ trajectory[0], color="tab:blue", lw=2)
     ax.set(xlabel="x", ylabel="y", ylim=(min(y.min(), 0) - 0.5, y.max() + 0.5))
-    title = ax.set_title("")
+    title = ax.set_title("", fontsize=10)
 
     def draw(t):
         line.set_ydata(ends @ trajectory[t])

@@ -64,6 +64,16 @@ def progress_bar(steps, *, enabled, desc, multiple=1):
                "on_chunk": lambda chunk: _advance(bar, chunk)}
 
 
+def progress_over(items, *, enabled, desc, unit):
+    """``items``, through a tqdm bar that moves once per item when ``enabled``
+    (drawing a long run's figures takes seconds)."""
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit=unit, leave=False, file=sys.stderr)
+
+
 def _advance(bar, chunk):
     """Moves ``bar`` by a chunk's steps and shows its latest evaluation.
     Returns ``None``: an ``on_chunk`` returning ``True`` would stop the run
