@@ -32,11 +32,11 @@ def run(evaluate=False, **kwargs):
     """The run; inside ``jax.enable_x64(True)``."""
     x, y = fsgd.lesson_data(jax.random.key(0), dtype=jnp.float64)
     if evaluate:
-        kwargs.update(evaluate=held_out_mse, eval_every=40, monitor="mse", patience=3,
-                      restore_best=True, eval_data=fsgd.lesson_data(jax.random.key(5),
-                                                                    dtype=jnp.float64))
+        kwargs.update(evaluation=fsgd.Evaluation(
+            held_out_mse, fsgd.lesson_data(jax.random.key(5), dtype=jnp.float64), every=40,
+            monitor="mse", patience=3, restore_best=True))
     else:
-        kwargs.update(patience=300)
+        kwargs.update(stop=fsgd.Stop(patience=300))
     return fsgd.fit(fsgd.linear_mse, jnp.array(fsgd.LESSON_START, jnp.float64), (x, y),
                     lr=0.05, steps=STEPS, batch_size=10, key=jax.random.key(1), **kwargs)
 
@@ -48,8 +48,8 @@ def main(checkpoint, out, *flags):
             time.sleep(0.1)
 
     with jax.enable_x64(True):
-        result = run("--evaluate" in flags, chunk_size=CHUNK, checkpoint=checkpoint,
-                     on_chunk=report)
+        result = run("--evaluate" in flags, run=fsgd.Run(chunk_size=CHUNK, checkpoint=checkpoint,
+                                                          on_chunk=report))
         leaves = jax.tree.leaves(result)
     np.savez(out, *[np.asarray(leaf) for leaf in leaves])
 

@@ -25,7 +25,7 @@ MODES = {
     "batch": {},
     "mini-batch": {"batch_size": 10, "key": jax.random.key(1)},
     "stochastic": {"batch_size": 1, "key": jax.random.key(1)},
-    "indices": {"indices": "schedule"},
+    "indices": {"rows": "schedule"},
     # shuffled epochs of 37 rows in 4 batches of 10, the last one holding 7 real rows
     "drop_last=False": {"batch_size": 10, "key": jax.random.key(1), "rows": fsgd.Shuffled(drop_last=False)},
 }
@@ -49,8 +49,7 @@ def mesh_of(shape, names=("data",)):
 
 def fit(data, start, **kwargs):
     kwargs = {"lr": 0.1, "steps": STEPS, **kwargs}
-    if isinstance(kwargs.get("indices"), str):  # "schedule": drawn for these rows
-        del kwargs["indices"]
+    if isinstance(kwargs.get("rows"), str):  # "schedule": drawn for these rows
         kwargs["rows"] = fsgd.Schedule(np.asarray(
             fsgd.sample_indices(jax.random.key(2), data[0].shape[0], STEPS, 9)))
     return fsgd.fit(fsgd.linear_mse, start, data, **kwargs)
@@ -82,16 +81,19 @@ def resumed_on_mesh(data, start, mesh, **kwargs):
     def crash(result):
         raise Crash
 
-    kwargs = {**kwargs, "chunk_size": STEPS // 2}
-    whole = fit(data, start, run=fsgd.Run(mesh=mesh), **kwargs)
+    chunk = STEPS // 2
+    whole = fit(data, start, run=fsgd.Run(chunk_size=chunk, mesh=mesh), **kwargs)
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "run.npz")
         try:
-            fit(data, start, run=fsgd.Run(on_chunk=crash, checkpoint=path, mesh=mesh), **kwargs)
+            fit(data, start, run=fsgd.Run(chunk_size=chunk, on_chunk=crash, checkpoint=path,
+                                          mesh=mesh), **kwargs)
         except Crash:
             pass
         starts = []
-        resumed = fit(data, start, run=fsgd.Run(on_chunk=lambda r: starts.append(int(r.step) - int(r.steps_run)), checkpoint=path, mesh=mesh), **kwargs)
+        resumed = fit(data, start, run=fsgd.Run(
+            chunk_size=chunk, on_chunk=lambda r: starts.append(int(r.step) - int(r.steps_run)),
+            checkpoint=path, mesh=mesh), **kwargs)
     return {"error": max_relative_error(resumed, whole), "resumed_from": starts[0]}
 
 
@@ -141,17 +143,20 @@ def extras():
     x, y, start = lesson(37)
     mesh = mesh_of((2, 4), ("hosts", "data"))
     kwargs = dict(lr=None, optimizer=optax.sgd(0.05, momentum=0.9), batch_size=5,
-                  key=jax.random.key(3), run=fsgd.Run(record_params=True))
-    one = fit((x, y), start, **kwargs)
-    many = fit((x, y), start, run=fsgd.Run(mesh=mesh), **kwargs)
-    chunked = fit((x, y), start, run=fsgd.Run(chunk_size=STEPS // 2, mesh=mesh), **kwargs)
+                  key=jax.random.key(3))
+    recorded = {"record_params": True}
+    one = fit((x, y), start, run=fsgd.Run(**recorded), **kwargs)
+    many = fit((x, y), start, run=fsgd.Run(mesh=mesh, **recorded), **kwargs)
+    chunked = fit((x, y), start, run=fsgd.Run(chunk_size=STEPS // 2, mesh=mesh, **recorded),
+                  **kwargs)
     stop_one = fit((x, y), start, steps=500, stop=fsgd.Stop(tol=0.1))
     stop_many = fit((x, y), start, steps=500, stop=fsgd.Stop(tol=0.1), run=fsgd.Run(mesh=mesh))
-    fit((x, y), start, run=fsgd.Run(mesh=mesh), **kwargs).params.block_until_ready()
+    fit((x, y), start, run=fsgd.Run(mesh=mesh, **recorded), **kwargs).params.block_until_ready()
     with count_compilations() as compiled:
-        again = fit((x * 0.5, y), start * 2, run=fsgd.Run(mesh=mesh), **{**kwargs, "key": jax.random.key(4)})
+        again = fit((x * 0.5, y), start * 2, run=fsgd.Run(mesh=mesh, **recorded),
+                    **{**kwargs, "key": jax.random.key(4)})
         again.params.block_until_ready()
-    del kwargs["record_params"]  # a checkpoint does not store the trajectory
+    # resumed_on_mesh records no params: a checkpoint does not store the trajectory
     return {
         "2x4-checkpoint-resumed": resumed_on_mesh((x, y), start, mesh, **kwargs),
         "2x4-momentum": max_relative_error(many, one),

@@ -39,10 +39,15 @@ def schedule(batch_size, steps=STEPS):
     return np.asarray(fsgd.sample_indices(jax.random.key(7), 100, steps, batch_size))
 
 
+def schedule_of(indices):
+    """``indices`` as ``fit``'s rows: ``None`` (full batch) stays ``None``."""
+    return None if indices is None else fsgd.Schedule(indices)
+
+
 def run_both(dtype, batch_size, **fit_kwargs):
     x, y, start = lesson_problem(dtype)
     indices = schedule(batch_size)
-    ours = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, rows=fsgd.Schedule(indices),
+    ours = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, rows=schedule_of(indices),
                     **fit_kwargs)
     theirs = reference.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS,
                            indices=indices)
@@ -99,9 +104,9 @@ def test_optax_sgd_equals_the_plain_update(x64, mode):
     optax = pytest.importorskip("optax")
     x, y, start = lesson_problem(np.float64)
     indices = schedule(MODES[mode])
-    plain = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, rows=fsgd.Schedule(indices))
+    plain = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, rows=schedule_of(indices))
     with_optax = fsgd.fit(fsgd.linear_mse, start, (x, y), optimizer=optax.sgd(LR),
-                          steps=STEPS, rows=fsgd.Schedule(indices))
+                          steps=STEPS, rows=schedule_of(indices))
     # p + (-(lr g)) and p - lr g round identically: the same bits.
     assert_trees_close(with_optax.params, plain.params)
     assert_trees_close(with_optax.losses, plain.losses)
@@ -113,13 +118,13 @@ def test_optax_momentum_equals_torch_sgd_momentum(x64, mode):
     x, y, start = lesson_problem(np.float64)
     indices = schedule(MODES[mode])
     ours = fsgd.fit(fsgd.linear_mse, start, (x, y), optimizer=optax.sgd(LR, momentum=0.9),
-                    steps=STEPS, rows=fsgd.Schedule(indices))
+                    steps=STEPS, rows=schedule_of(indices))
     params, losses = reference.fit(
         fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, indices=indices,
         optimizer=functools.partial(torch.optim.SGD, momentum=0.9))
     assert max_relative_error(ours.params, params) <= 1e-12
     assert max_relative_error(ours.losses, losses) <= 1e-12
-    plain = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, rows=fsgd.Schedule(indices))
+    plain = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=LR, steps=STEPS, rows=schedule_of(indices))
     assert not np.allclose(np.asarray(plain.params), params)  # momentum made a difference
 
 

@@ -47,10 +47,11 @@ def test_truth_is_fit_in_float64(x64, workload):
     problem = workloads.make_problem(workload)
     expected = workloads.truth(problem)
     x, y = problem.x.astype(np.float64), problem.y.astype(np.float64)
+    rows = None if problem.indices is None else fsgd.Schedule(problem.indices)  # full batch
 
     def one(lr):
         return fsgd.fit(fsgd.linear_mse, problem.start.astype(np.float64), (x, y), lr=lr,
-                        steps=workload.steps, rows=fsgd.Schedule(problem.indices)).params
+                        steps=workload.steps, rows=rows).params
 
     lrs = problem.lrs.astype(np.float64) if workload.sweep else None
     params = jax.vmap(one)(lrs) if workload.sweep else one(np.float64(workload.lr))

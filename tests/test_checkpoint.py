@@ -129,7 +129,7 @@ MISMATCHES = [
 @pytest.mark.parametrize("change, match", MISMATCHES,
                          ids=[f"{i}-{'-'.join(c)}" for i, (c, _) in enumerate(MISMATCHES)])
 def test_a_checkpoint_of_another_run_is_refused(saved, change, match):
-    kwargs = {"steps": 40, "chunk_size": 20, "checkpoint": saved, **change}
+    kwargs = {"steps": 40, "run": fsgd.Run(chunk_size=20, checkpoint=saved), **change}
     with pytest.raises(ValueError, match=r"written by another run and was not loaded.*" + match):
         fit(**kwargs)
 

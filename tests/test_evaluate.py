@@ -37,23 +37,26 @@ def scores(params, x, y):
 
 
 def fit_digits(train, valid, params, **kwargs):
-    kwargs = {"lr": 0.05, "batch_size": BATCH, "key": jax.random.key(2), "replace": False,
-              "evaluate": scores, "eval_data": valid, **kwargs}
+    """Shuffled epochs of the digits, ``scores`` on ``valid`` each epoch
+    (``evaluation=`` replaces it: ``None`` for no evaluation)."""
+    kwargs = {"lr": 0.05, "batch_size": BATCH, "key": jax.random.key(2), "rows": fsgd.Shuffled(),
+              "evaluation": fsgd.Evaluation(scores, valid), **kwargs}
     return fsgd.fit(classifier_mnist_loss, params, train, **kwargs)
 
 
 def test_stop_rule_on_accuracy_is_a_python_loop_over_epochs(digits, x64):
     train, valid, params = as64(digits)
     per_epoch, epochs = len(digits.train_y) // BATCH, 60
-    result = fit_digits(train, valid, params, steps=epochs * per_epoch, monitor="accuracy",
-                        mode="max", patience=PATIENCE, restore_best=True)
+    result = fit_digits(train, valid, params, steps=epochs * per_epoch,
+                        evaluation=fsgd.Evaluation(scores, valid, monitor="accuracy", mode="max",
+                                                   patience=PATIENCE, restore_best=True))
 
     # The same run as the book's loop: train an epoch, evaluate, stop when it gets worse.
     best, waited, best_params, curve = -np.inf, 0, params, []
     evaluated = jax.jit(scores)
     for epoch in range(epochs):
-        params = fit_digits(train, valid, params, steps=per_epoch, start_step=epoch * per_epoch,
-                            evaluate=None, eval_data=()).params
+        params = fit_digits(train, valid, params, steps=per_epoch,
+                            run=fsgd.Run(start_step=epoch * per_epoch), evaluation=None).params
         value = float(evaluated(params, *valid)["accuracy"])
         curve.append(value)
         if value > best:  # strictly better: a tie does not improve
@@ -78,8 +81,9 @@ def test_vmap_over_16_rates_gives_16_validation_curves_in_one_compile(digits, x6
     per_epoch = len(digits.train_y) // BATCH
 
     def run(lr):
-        return fit_digits(train, valid, params, lr=lr, steps=12 * per_epoch, monitor="loss",
-                          patience=2, restore_best=True)
+        return fit_digits(train, valid, params, lr=lr, steps=12 * per_epoch,
+                          evaluation=fsgd.Evaluation(scores, valid, monitor="loss", patience=2,
+                                                     restore_best=True))
 
     lrs = jnp.geomspace(0.01, 30.0, 16)
     sweep = jax.jit(jax.vmap(run))
@@ -106,9 +110,11 @@ def test_chunked_runs_with_monitor_equal_one_call(digits, chunk_size):
     train = (digits.train_x, digits.train_y)
     valid = (digits.valid_x, digits.valid_y)
     params = init_classifier(jax.random.key(1), 64, std=0.1)
-    kwargs = {"steps": 200, "evaluation": fsgd.Evaluation(every=7, monitor="accuracy", mode="max", patience=4, restore_best=True)}
+    kwargs = {"steps": 200, "evaluation": fsgd.Evaluation(scores, valid, every=7, monitor="accuracy",
+                                                          mode="max", patience=4,
+                                                          restore_best=True)}
     one = fit_digits(train, valid, params, **kwargs)
-    chunked = fit_digits(train, valid, params, chunk_size=chunk_size, **kwargs)
+    chunked = fit_digits(train, valid, params, run=fsgd.Run(chunk_size=chunk_size), **kwargs)
     assert int(one.steps_run) < 200  # the rule fired
     assert_trees_close(chunked, one)  # bits equal
 
@@ -117,7 +123,9 @@ def test_a_crashed_run_resumes_from_its_checkpoint_with_the_best_params(digits, 
     train = (digits.train_x, digits.train_y)
     valid = (digits.valid_x, digits.valid_y)
     params = init_classifier(jax.random.key(1), 64, std=0.1)
-    kwargs = {"steps": 200, "evaluation": fsgd.Evaluation(every=7, monitor="accuracy", mode="max", patience=4, restore_best=True), "run": fsgd.Run(chunk_size=10)}
+    kwargs = {"steps": 200, "evaluation": fsgd.Evaluation(scores, valid, every=7, monitor="accuracy",
+                                                          mode="max", patience=4,
+                                                          restore_best=True)}
     path = tmp_path / "run.npz"
     seen = []
 
@@ -127,12 +135,13 @@ def test_a_crashed_run_resumes_from_its_checkpoint_with_the_best_params(digits, 
             raise KeyboardInterrupt  # killed after the third checkpoint was written
 
     with pytest.raises(KeyboardInterrupt):
-        fit_digits(train, valid, params, checkpoint=path, on_chunk=crash_after_three, **kwargs)
+        fit_digits(train, valid, params, run=fsgd.Run(chunk_size=10, checkpoint=path,
+                                                      on_chunk=crash_after_three), **kwargs)
     resumed_at = []
-    resumed = fit_digits(train, valid, params, checkpoint=path,
-                         on_chunk=lambda chunk: resumed_at.append(int(chunk.step)), **kwargs)
-    whole = fit_digits(train, valid, params, **{k: v for k, v in kwargs.items()
-                                               if k != "chunk_size"})
+    resumed = fit_digits(train, valid, params, run=fsgd.Run(
+        chunk_size=10, checkpoint=path, on_chunk=lambda chunk: resumed_at.append(int(chunk.step))),
+        **kwargs)
+    whole = fit_digits(train, valid, params, **kwargs)
     assert resumed_at[0] == 40  # from the checkpoint, not the start
     assert int(whole.steps_run) < 200
     assert_trees_close(resumed, whole)
@@ -187,29 +196,31 @@ def test_tol_on_the_monitored_value():
 
 mse_dict = lambda a, x, y: {"mse": fsgd.linear_mse(a, x, y)}  # noqa: E731
 BAD = [
-    (lambda: {"evaluation": fsgd.Evaluation(monitor="mse")}, ValueError, "monitor needs evaluate"),
-    (lambda: {"evaluation": fsgd.Evaluation(data=(X, Y))}, ValueError, "eval_data needs evaluate"),
+    (lambda: {"evaluation": fsgd.Evaluation(monitor="mse")}, ValueError,
+     "Evaluation needs evaluate= or data="),
+    (lambda: {"evaluation": fsgd.Evaluation()}, ValueError, "Evaluation needs evaluate= or data="),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), monitor="acc")}, ValueError,
      r"monitor must be a key of the dict evaluate returns, one of \['mse'\]; got 'acc'"),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), monitor="mse", mode="up")}, ValueError,
      "mode must be 'min' or 'max'"),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), every=0)}, ValueError,
-     "eval_every must be >= 1"),
+     "every must be >= 1"),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), every=2.0)}, TypeError,
-     "eval_every must be an int"),
+     "every must be an int"),
     (lambda: {"evaluation": fsgd.Evaluation(lambda a, x, y: {"err": (x @ a - y)}, (X, Y))}, ValueError,
      r"evaluate must return a dict of real scalars; its 'err' is float32\[100\]"),
     (lambda: {"evaluation": fsgd.Evaluation(lambda a, x, y: fsgd.linear_mse(a, x, y), (X, Y))}, ValueError,
      "evaluate must return a non-empty dict"),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), restore_best=True)}, ValueError,
-     "restore_best needs monitor"),
+     r"Evaluation\(restore_best=\) needs monitor"),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y[:50]))}, ValueError,
      r"eval_data arrays must share their leading axis .*eval_data\[1\].shape=\(50,\)"),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, np.full(100, np.nan, np.float32)))}, ValueError,
      r"eval_data\[1\] contains NaN"),
-    ({"evaluate": "mse", "eval_data": (X, Y)}, TypeError, "evaluate must be callable"),
+    (lambda: {"evaluation": fsgd.Evaluation("mse", (X, Y))}, TypeError, "evaluate must be callable"),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, X)}, TypeError, "eval_data must be a tuple"),
-    (lambda: {"evaluation": fsgd.Evaluation(mode="max")}, ValueError, "mode='max' needs monitor"),
+    (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), mode="max")}, ValueError,
+     r"Evaluation\(mode=\) needs monitor"),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X,))}, ValueError, r"evaluate\(params, \*eval_data\) failed"),
 ]
 
@@ -245,6 +256,8 @@ def test_a_memmap_read_in_blocks_evaluates_as_in_memory_data(tmp_path):
 def test_a_stream_refuses_evaluation_arguments():
     batches = [(np.asarray(X[:10]), np.asarray(Y[:10]))] * 3
     with pytest.raises(ValueError, match="evaluate cannot be used with a stream"):
-        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches), lr=0.1, evaluation=fsgd.Evaluation(mse_dict))
-    with pytest.raises(ValueError, match="monitor needs evaluate"):
-        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches), lr=0.1, evaluation=fsgd.Evaluation(monitor="mse"))
+        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches), lr=0.1,
+                 evaluation=fsgd.Evaluation(mse_dict))
+    with pytest.raises(ValueError, match="Evaluation needs evaluate= or data="):
+        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches), lr=0.1,
+                 evaluation=fsgd.Evaluation(monitor="mse"))

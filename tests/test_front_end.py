@@ -95,11 +95,11 @@ def test_checks_run_on_data_closed_over_by_jit():
                                                     steps=5, **kwargs).params))(lrs)
 
     assert sweep((X, Y)).shape == (2, 2)
-    assert sweep((X, Y), indices=indices).shape == (2, 2)
+    assert sweep((X, Y), rows=fsgd.Schedule(indices)).shape == (2, 2)
     with pytest.raises(ValueError, match=r"data\[1\] contains NaN or inf"):
         sweep((X, Y.at[0].set(jnp.nan)))
     with pytest.raises(ValueError, match=r"indices must lie in \[0, 100\)"):
-        sweep((X, Y), indices=indices.at[0, 0].set(100))
+        sweep((X, Y), rows=fsgd.Schedule(indices.at[0, 0].set(100)))
 
 
 @pytest.mark.parametrize("rows", [100, 20_000], ids=["small", "big"])

@@ -176,7 +176,7 @@ def test_a_memmap_keeps_what_a_users_model_records(on_disk):
         residual = x @ params - y
         return (residual ** 2).mean(), {"largest": jnp.abs(residual).max()}
 
-    kwargs = {"lr": 0.01, "has_aux": True, **MODES["sampled"]}
+    kwargs = {"lr": 0.01, "model": fsgd.Model(has_aux=True), **MODES["sampled"]}
     in_memory = fsgd.fit(loss, START, (X, Y), **kwargs)
     read = fsgd.fit(loss, START, on_disk, run=fsgd.Run(chunk_size=64), **kwargs)
     assert read.aux is not None
@@ -188,8 +188,7 @@ def test_a_memmap_checks_on_chunk_as_chunks_do(on_disk):
         fsgd.fit(fsgd.linear_mse, START, on_disk, lr=0.01, run=fsgd.Run(on_chunk=5), **MODES["sampled"])
 
 
-@pytest.mark.parametrize("kwargs", [{"model": fsgd.Model(rng=KEY)}, {"model": fsgd.Model(has_aux=True)}, {"trainable": None,
-                                                                       "state": {}}])
+@pytest.mark.parametrize("kwargs", [{"model": fsgd.Model(rng=KEY)}, {"model": fsgd.Model(has_aux=True)}, {"model": fsgd.Model(trainable=None, state={})}])
 def test_a_stream_refuses_what_it_cannot_carry(kwargs):
     with pytest.raises(ValueError, match="with a stream as data"):
         fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches_of(np.zeros((3, 10), int))),

@@ -1,5 +1,7 @@
 """Long keyed runs draw their rows a chunk at a time, with the same bits."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -18,15 +20,17 @@ SMALL_BUDGET = SpeedPlan(schedule_budget=64)
 """A 64-index budget, so a 90-step run of 4 rows is drawn in chunks."""
 
 
-def keyed_and_replayed(plan=None, **kwargs):
+def keyed_and_replayed(plan=None, rows=None, run=fsgd.Run(), **kwargs):
+    """The run drawn from ``KEY`` with ``plan`` (from ``run.start_step``), and
+    the same batches replayed as a schedule (from step 0, no plan)."""
     kwargs = {"lr": 0.1, "steps": 90, "batch_size": 4, **kwargs}
-    start = kwargs.pop("start_step", 0)
-    keyed = fsgd.fit(fsgd.linear_mse, START, (X, Y), key=KEY, run=fsgd.Run(start_step=start, speed=plan),
-                     **kwargs)
-    rows = fsgd.sample_indices(KEY, 60, kwargs.pop("steps"), kwargs.pop("batch_size"),
-                               replace=kwargs.get("replace", True), start=start)
-    kwargs.pop("replace", None)
-    replayed = fsgd.fit(fsgd.linear_mse, START, (X, Y), rows=fsgd.Schedule(rows), **kwargs)
+    keyed = fsgd.fit(fsgd.linear_mse, START, (X, Y), key=KEY, rows=rows,
+                     run=dataclasses.replace(run, speed=plan), **kwargs)
+    schedule = fsgd.sample_indices(KEY, 60, kwargs.pop("steps"), kwargs.pop("batch_size"),
+                                   replace=not isinstance(rows, fsgd.Shuffled),
+                                   start=run.start_step)
+    replayed = fsgd.fit(fsgd.linear_mse, START, (X, Y), rows=fsgd.Schedule(schedule),
+                        run=dataclasses.replace(run, start_step=0), **kwargs)
     return keyed, replayed
 
 
@@ -44,7 +48,7 @@ def test_chunk_sizes_follow_the_budget(replace, chunk):
 def test_chunked_draws_equal_the_whole_schedule(kwargs):
     keyed, replayed = keyed_and_replayed(SMALL_BUDGET, **kwargs)
     assert_trees_close(keyed._replace(step=0), replayed._replace(step=0))
-    assert int(keyed.step) == int(replayed.step) + kwargs.get("start_step", 0)
+    assert int(keyed.step) == int(replayed.step) + kwargs.get("run", fsgd.Run()).start_step
 
 
 def test_without_chunks_the_schedule_is_drawn_whole():

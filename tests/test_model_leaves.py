@@ -95,8 +95,8 @@ def test_state_and_aux_with_a_stop_rule_and_a_checkpoint(tmp_path):
     assert float(jnp.abs(one.state).sum()) > 0
     path = os.fspath(tmp_path / "run.npz")
     killed_after(3, run, chunk_size=7, checkpoint=path)
-    assert_trees_close(run(chunk_size=7, checkpoint=path), one)
-    stopped = run(tol=float(jnp.sort(one.losses)[5]) + 1e-6)
+    assert_trees_close(run(run=fsgd.Run(chunk_size=7, checkpoint=path)), one)
+    stopped = run(stop=fsgd.Stop(tol=float(jnp.sort(one.losses)[5]) + 1e-6))
     steps = int(stopped.steps_run)
     assert steps < 40
     assert not np.isnan(stopped.aux["mean"][:steps]).any()
@@ -218,11 +218,11 @@ def test_record_params_and_restore_best_keep_key_and_int_leaves(driver, tmp_path
                      for i, a in enumerate((X, Y)))
         for mapped, a in zip(data, (X, Y)):
             mapped[:] = np.asarray(a)
-    chunks = {} if driver == "one call" else {"run": fsgd.Run(chunk_size=7)}
+    chunks = {} if driver == "one call" else {"chunk_size": 7}
 
     def run(**kwargs):
         return fsgd.fit(lambda p, x, y: keyed_line(p, x, y)[0], keyed_params(), data, lr=0.5,
-                        steps=40, batch_size=10, key=jax.random.key(1), evaluation=fsgd.Evaluation(held_out_mse, HELD_OUT, every=5, monitor="mse", patience=3, restore_best=True), **chunks, **kwargs)
+                        steps=40, batch_size=10, key=jax.random.key(1), evaluation=fsgd.Evaluation(held_out_mse, HELD_OUT, every=5, monitor="mse", patience=3, restore_best=True), run=fsgd.Run(**chunks, **kwargs))
 
     plain, recorded = run(), run(record_params=True)
     np.testing.assert_array_equal(recorded.params["a"], plain.params["a"])
@@ -252,7 +252,8 @@ def test_aux_with_key_and_int_leaves_joins_from_chunks_and_a_checkpoint(tmp_path
     one = run()
     path = os.fspath(tmp_path / "run.npz")
     killed_after(2, run, chunk_size=7, checkpoint=path)
-    for result in (run(chunk_size=7), run(chunk_size=7, checkpoint=path)):
+    for result in (run(run=fsgd.Run(chunk_size=7)),
+                   run(run=fsgd.Run(chunk_size=7, checkpoint=path))):
         np.testing.assert_array_equal(result.params["a"], one.params["a"])
         np.testing.assert_array_equal(jax.random.key_data(result.aux["key"]),
                                       jax.random.key_data(one.aux["key"]))
@@ -276,7 +277,7 @@ def test_a_checkpoint_keeps_the_best_params_key_and_int_leaves(tmp_path):
     assert float(one.evals["mse"][-1]) > float(one.evals["mse"].min())  # not the last
     path = os.fspath(tmp_path / "run.npz")
     killed_after(6, run, chunk_size=5, checkpoint=path)
-    resumed = run(chunk_size=5, checkpoint=path)
+    resumed = run(run=fsgd.Run(chunk_size=5, checkpoint=path))
     np.testing.assert_array_equal(resumed.params["a"], one.params["a"])
     np.testing.assert_array_equal(resumed.evals["mse"], one.evals["mse"])
     np.testing.assert_array_equal(jax.random.key_data(resumed.params["key"]),
@@ -285,8 +286,8 @@ def test_a_checkpoint_keeps_the_best_params_key_and_int_leaves(tmp_path):
 
 
 def killed_after(chunks, run, **kwargs):
-    """``run(on_chunk=..., **kwargs)`` stopped by a KeyboardInterrupt after
-    ``chunks`` chunks, as a kill would stop it."""
+    """``run(run=fsgd.Run(on_chunk=..., **fields))`` stopped by a KeyboardInterrupt
+    after ``chunks`` chunks, as a kill would stop it."""
     calls = []
 
     def crash(result):
@@ -295,4 +296,4 @@ def killed_after(chunks, run, **kwargs):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run(on_chunk=crash, **kwargs)
+        run(run=fsgd.Run(on_chunk=crash, **kwargs))

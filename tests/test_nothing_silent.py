@@ -145,8 +145,8 @@ def test_a_foreign_checkpoint_is_refused_with_what_differs(tmp_path, change, mat
         kwargs = dict(kwargs)
         loss = kwargs.pop("loss", fsgd.linear_mse)
         return fsgd.fit(loss, kwargs.pop("params", START), kwargs.pop("data", (X, Y)),
-                        **{"lr": 0.1, "steps": 40, "chunk_size": 20, "checkpoint": path,
-                           **kwargs})
+                        **{"lr": 0.1, "steps": 40,
+                           "run": fsgd.Run(chunk_size=20, checkpoint=path), **kwargs})
 
     run(first)
     with pytest.raises(ValueError, match="written by another run.*" + match):

@@ -105,8 +105,10 @@ def dropout_loss(w, x, y, *, key):
     return ((x @ jnp.where(keep, w / 0.5, 0.0) - y[:, 0]) ** 2).mean(), keep
 
 
-def fit_dropout(params=jnp.zeros(3), **kwargs):
-    kwargs = {"lr": 0.05, "steps": 24, "rng": jax.random.key(7), "has_aux": True, **kwargs}
+def fit_dropout(params=jnp.zeros(3), rng=None, **kwargs):
+    """``dropout_loss`` fitted with the model's ``rng`` (``key(7)`` unless given)."""
+    rng = jax.random.key(7) if rng is None else rng
+    kwargs = {"lr": 0.05, "steps": 24, "model": fsgd.Model(rng=rng, has_aux=True), **kwargs}
     return fsgd.fit(dropout_loss, params, (X, Y), **kwargs)
 
 
@@ -125,7 +127,7 @@ def test_dropout_masks_change_every_step_and_repeat_with_the_same_rng():
 
 def test_dropout_chunked_and_resumed_equal_one_call(tmp_path):
     one = fit_dropout()
-    assert_trees_close(fit_dropout(chunk_size=5), one)
+    assert_trees_close(fit_dropout(run=fsgd.Run(chunk_size=5)), one)
     path = os.fspath(tmp_path / "run.npz")
     chunks = []
 
@@ -135,14 +137,14 @@ def test_dropout_chunked_and_resumed_equal_one_call(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit_dropout(chunk_size=5, checkpoint=path, on_chunk=crash_after_two)
-    resumed = fit_dropout(chunk_size=5, checkpoint=path)
+        fit_dropout(run=fsgd.Run(chunk_size=5, checkpoint=path, on_chunk=crash_after_two))
+    resumed = fit_dropout(run=fsgd.Run(chunk_size=5, checkpoint=path))
     assert_trees_close(resumed, one)
     with pytest.raises(ValueError, match="rng"):  # the key is part of the run
-        fit_dropout(chunk_size=5, checkpoint=path, rng=jax.random.key(9))
+        fit_dropout(run=fsgd.Run(chunk_size=5, checkpoint=path), rng=jax.random.key(9))
     # continuing by hand: start_step moves rng's keys along too
     first = fit_dropout(steps=10)
-    rest = fit_dropout(steps=14, params=first.params, start_step=first.step)
+    rest = fit_dropout(steps=14, params=first.params, run=fsgd.Run(start_step=first.step))
     np.testing.assert_array_equal(np.concatenate([first.aux, rest.aux]), one.aux)
 
 

@@ -32,7 +32,8 @@ def test_progress_bar_advances_between_chunks_and_changes_no_bits(capsys):
     with progress_bar(steps, enabled=True, desc="test") as bar:
         on_chunk = bar["on_chunk"]
         bar = {**bar, "on_chunk": lambda chunk: (seen.append(int(chunk.step)), on_chunk(chunk))}
-        chunked = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=steps, **bar)
+        chunked = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=steps,
+                           run=fsgd.Run(**bar))
     assert seen == [1000, 2000, 2500]
     assert "/2500" in capsys.readouterr().err  # tqdm drew on stderr
     whole = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=steps)
@@ -44,7 +45,8 @@ def test_progress_bar_advances_between_chunks_and_changes_no_bits(capsys):
 def test_progress_bar_shows_the_latest_evaluation_and_never_stops_the_run(capsys):
     mse = lambda a, x, y: {"valid_mse": fsgd.linear_mse(a, x, y)}  # noqa: E731
     with progress_bar(2500, enabled=True, desc="test") as bar:
-        result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=2500, evaluation=fsgd.Evaluation(mse, (X, Y), every=500), **bar)
+        result = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=2500, evaluation=fsgd.Evaluation(mse, (X, Y), every=500),
+                          run=fsgd.Run(**bar))
     assert int(result.steps_run) == 2500  # tqdm's update returns True when it redraws
     assert "valid_mse=" in capsys.readouterr().err
 
@@ -62,7 +64,8 @@ def test_chunks_of_whole_evaluation_periods_compile_as_few_programs_as_plain_chu
     with progress_bar(steps, enabled=True, desc="test", multiple=every) as bar, \
             count_compilations() as compiled:
         chunked = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.01, steps=steps,
-                           evaluation=fsgd.Evaluation(mse, (X, Y), every=every), **bar)
+                           evaluation=fsgd.Evaluation(mse, (X, Y), every=every),
+                           run=fsgd.Run(**bar))
     assert compiled[0] <= 3  # the whole chunk, the last one, and a host-side join at most
     whole = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.01, steps=steps, evaluation=fsgd.Evaluation(mse, (X, Y), every=every))
     assert_trees_close(chunked.params, whole.params)

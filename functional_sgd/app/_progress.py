@@ -47,9 +47,9 @@ def wants_progress(flag, stream=None):
 
 @contextlib.contextmanager
 def progress_bar(steps, *, enabled, desc, multiple=1):
-    """Yields the ``fit`` keyword arguments that drive a bar of ``steps`` steps.
+    """Yields the fields of a :class:`~functional_sgd.Run` that drive a bar of ``steps`` steps.
 
-    ``fit(..., **kwargs)`` with the yielded ``kwargs``: empty when the bar is
+    ``fit(..., run=Run(**fields))`` with the yielded ``fields``: empty when the bar is
     off (one compiled call), else ``chunk_size`` and an ``on_chunk`` that
     moves the bar by each chunk's steps; each chunk is a whole number of ``multiple``
     steps (see :func:`chunk_size_for`).
