@@ -50,7 +50,7 @@ class Carry(NamedTuple):
     opt_state: Any
     step: Any  # global index of the next step: it selects the batch a key draws
     stop: StopState
-    state: Any = None  # the model's state (BatchNorm statistics), with fit(state=...)
+    state: Any = None  # the model's state (BatchNorm statistics), with fit(model=Model(state=...))
     best: Any = None  # with restore_best: (params, state) of the first best evaluation
 
 

@@ -183,7 +183,7 @@ def plot_gradient(path, slope_at=(-1.5, 3.0), lr=0.1):
 
 def animate_fit(path, x, y, trajectory, losses, *, descent, frames=50, fps=10):
     """A GIF of the line moving as it trains, one frame per recorded step
-    (``fit(..., record_params=True).trajectory``), at most ``frames`` frames;
+    (``fit(..., run=Run(record_params=True)).trajectory``), at most ``frames`` frames;
     its title names the ``descent`` it shows (``"batch"``, ...)."""
     from matplotlib.animation import FuncAnimation, PillowWriter
 

@@ -1,6 +1,6 @@
 """Progress on long runs: a tqdm bar that advances between compiled chunks.
 
-The loop stays compiled: ``fit(..., chunk_size=K, on_chunk=...)`` runs K
+The loop stays compiled: ``fit(..., run=Run(chunk_size=K, on_chunk=...))`` runs K
 steps on the device and comes back to the host once per chunk, where the
 bar moves, showing the latest evaluation of held-out data when ``fit``
 evaluates one. Nothing syncs per step.
@@ -86,7 +86,7 @@ def _advance(bar, chunk):
 
 def latest_evaluation(chunk):
     """``{name: value}`` of the last evaluation a chunk's result made
-    (``fit(evaluate=...)``), ``{}`` if it made none.
+    (``fit(evaluation=Evaluation(...))``), ``{}`` if it made none.
 
     >>> import numpy as np
     >>> from functional_sgd import FitResult

@@ -43,7 +43,7 @@ def fit_modes(x, y, start, *, lr, steps, batch_size, key, progress, held_out=Non
     trajectory (the animation's frames); returns ``{name: ModeRun}``.
 
     With ``held_out`` rows, each run also evaluates their loss inside its
-    compiled loop (``fit(evaluate=...)``): after every step of batch descent,
+    compiled loop (``fit(evaluation=Evaluation(...))``): after every step of batch descent,
     after every ``eval_every`` steps of the others (and after the last)."""
     modes = {"batch": None, "mini-batch": batch_size, "stochastic": 1}
     runs = {}

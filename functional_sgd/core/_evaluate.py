@@ -2,8 +2,8 @@
 model started getting worse". Held-out data is evaluated inside the
 compiled loop, and a stop rule may watch what it says.
 
-``fit(..., evaluate=fn, eval_data=(...), eval_every=k)`` runs
-``fn(params, *eval_data) -> dict of scalars`` after every ``k``-th update
+``fit(..., evaluation=Evaluation(fn, data, every=k))`` runs
+``fn(params, *data) -> dict of scalars`` after every ``k``-th update
 and after the last one. An :class:`Evaluation` (part of the loop's
 compile-time spec) says how; the loop (``_repeat``) runs periods of ``k``
 steps, each ending in an evaluation.

@@ -4,7 +4,7 @@ The caller gives the initial parameters; the optimizer's state starts from
 ``optimizer.init(params)`` (inside the compiled loop, so a call pays no
 extra dispatch), or continues from a given ``opt_state``; the step counter
 starts at ``start_step``; the stop rule starts with no best loss (or
-monitored value); a model's state (``fit(state=...)``) starts as given,
+monitored value); a model's state (``fit(model=Model(state=...))``) starts as given,
 and so do the best params so far (``restore_best``).
 """
 

@@ -1,4 +1,4 @@
-"""Checks of a user's model (``fit(rng=, state=, has_aux=, trainable=)``),
+"""Checks of a user's model (``fit(model=Model(rng=, state=, has_aux=, trainable=))``),
 in plain Python before the loop is traced.
 
 The loss is traced once per signature, as the model calls it, and what it

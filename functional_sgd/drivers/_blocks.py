@@ -56,11 +56,11 @@ def stream(batches: Iterable[Any] | Callable[[int], Iterable[Any]], *,
     ``steps=None`` trains until the iterable ends. Every batch must have the
     first batch's shapes, or fewer rows: a short batch (the last one of a
     ``DataLoader(drop_last=False)``) is taken as its real rows, as
-    ``fit(drop_last=False)`` takes a short batch: the mean over them, so the
-    loss must be a mean over rows.
+    ``fit(rows=Shuffled(drop_last=False))`` takes a short batch: the mean over
+    them, so the loss must be a mean over rows.
 
     A stream is read once, from where it stands. ``on_chunk`` sees each
-    block's result. With ``checkpoint=path`` the run's state is written after
+    block's result. With ``run=Run(checkpoint=path)`` the run's state is written after
     every block, and a run started again resumes from it with the bits of
     one uninterrupted run, if its stream yields the batches from the
     checkpoint's step on: pass an iterator positioned there, or pass as

@@ -1,6 +1,6 @@
 """Checkpoints: a chunked run writes its state after every chunk and resumes from it.
 
-``fit(..., chunk_size=K, checkpoint=path)`` writes, after every chunk of K
+``fit(..., run=Run(chunk_size=K, checkpoint=path))`` writes, after every chunk of K
 steps, everything the rest of the run depends on: params, optimizer state,
 the model's state, steps done (hence the global step and the position in the
 key's schedule and in ``rng``'s keys, both pure functions of ``(key, step)``),

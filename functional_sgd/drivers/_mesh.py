@@ -1,6 +1,6 @@
 """Data-parallel fitting: rows sharded over a device mesh, gradients all-reduced.
 
-``fit(..., mesh=mesh)`` runs the same loop as on one device, inside
+``fit(..., run=Run(mesh=mesh))`` runs the same loop as on one device, inside
 ``jax.shard_map``: parameters and optimizer state are replicated, the rows of
 ``data`` are split in equal blocks over all axes of the mesh, and every step
 all-reduces (``psum``) the devices' partial losses and gradients.

@@ -154,8 +154,8 @@ def fit_classifier(digits: Digits, *, key: Key, loss: str = "mnist", lr: float =
     """Trains :func:`linear_classifier` on ``digits`` by mini-batch SGD.
 
     Every epoch shows each training image once, in a new random order
-    (``fit(..., replace=False)``), and ends with the validation accuracy,
-    measured inside the compiled loop (``fit(evaluate=...)``). Step 7 as
+    (``fit(..., rows=Shuffled())``), and ends with the validation accuracy,
+    measured inside the compiled loop (``fit(evaluation=Evaluation(...))``). Step 7 as
     the lesson puts it, "keep training until the accuracy of the model
     started getting worse": with ``patience``, training stops once the
     validation accuracy has not improved (strictly) for that many epochs.

@@ -5,7 +5,7 @@ so each point of its curve mixes the rate with how far training had got.
 Here every rate trains from the same start on the same batches for the same
 number of steps (``jax.vmap`` over :func:`fit`, one compiled call), and the
 curve is the loss each rate really ends at. With held-out data, every run
-also evaluates it inside the same compiled call (``fit(evaluate=...)``), so
+also evaluates it inside the same compiled call (``fit(evaluation=Evaluation(...))``), so
 the curve can show the validation loss each rate reaches, and how it went.
 """
 
