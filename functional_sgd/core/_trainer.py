@@ -10,6 +10,7 @@ option joins the key; none is listed by hand).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, NamedTuple
 
@@ -274,6 +275,8 @@ def _warm_call(spec: Spec, params: Any, data: Any, key: Any) -> Any:
     if spec.model is not None:
         return None
     run = spec.run
+    if run is not None and _all_defaults(run):  # Run() is no Run: the same call
+        spec, run = spec._replace(run=None), None
     if run is not None and (run.chunk_size is not None or run.on_chunk is not None
                             or run.checkpoint is not None or run.mesh is not None
                             or run.opt_state is not None):
@@ -286,6 +289,16 @@ def _warm_call(spec: Spec, params: Any, data: Any, key: Any) -> Any:
         except TypeError:
             return None
     return _warm.key(spec.loss, params, data, key, options)
+
+
+def _all_defaults(value: Any) -> bool:
+    """Every field of the option ``value`` is its default, of the default's type
+    (``record_params=0`` is not ``False``)."""
+    for field in dataclasses.fields(value):
+        given = getattr(value, field.name)
+        if type(given) is not type(field.default) or given != field.default:
+            return False
+    return True
 
 
 _OPTION_TYPES = {"rows": (Sampled, Shuffled, Schedule), "stop": (Stop,),
