@@ -92,13 +92,14 @@ def test_blocks_keep_aux_chunks_and_a_sweep(blocks_run):
     assert blocks_run == [4] * 4  # the run, its two chunks (20 and 17 steps), the sweep
 
 
-@pytest.mark.parametrize("other", [{"stop": fsgd.Stop(tol=-1.0)}, {"run": fsgd.Run(record_params=True)}],
+@pytest.mark.parametrize("stop, record_params", [(fsgd.Stop(tol=-1.0), False), (None, True)],
                          ids=["stop rule", "trajectory"])
-def test_a_stop_rule_or_a_trajectory_keeps_one_piece(other, blocks_run):
+def test_a_stop_rule_or_a_trajectory_keeps_one_piece(stop, record_params, blocks_run):
     params, data = problem()
+    plan = SpeedPlan(gather_block_bytes=5 * STEP_BYTES + 5)
     fsgd.fit(loss, params, data, lr=0.3, steps=STEPS, batch_size=BATCH,
-             key=jax.random.key(1), run=fsgd.Run(speed=SpeedPlan(gather_block_bytes=5 * STEP_BYTES + 5)),
-             **other)
+             key=jax.random.key(1), stop=stop,
+             run=fsgd.Run(speed=plan, record_params=record_params))
     assert blocks_run == []
 
 

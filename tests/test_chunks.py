@@ -27,8 +27,9 @@ def assert_same_run(actual, expected):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_chunks_give_the_same_bits_as_one_call(mode):
-    kwargs = {**MODES[mode], "record_params": True}
-    assert_same_run(fit(run=fsgd.Run(chunk_size=20), **kwargs), fit(**kwargs))
+    kwargs = MODES[mode]
+    assert_same_run(fit(run=fsgd.Run(chunk_size=20, record_params=True), **kwargs),
+                    fit(run=fsgd.Run(record_params=True), **kwargs))
 
 
 def test_chunks_carry_the_optimizer_state():

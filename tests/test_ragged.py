@@ -50,10 +50,12 @@ def test_sample_indices_drop_last_false_epochs_hold_every_row_once():
 
 
 def test_drop_last_false_changes_nothing_where_batches_divide_n():
-    kwargs = dict(steps=30, batch_size=10, key=KEY, rows=fsgd.Shuffled())
+    kwargs = dict(steps=30, batch_size=10, key=KEY)
     x, y = X[:1000], Y[:1000]
-    assert_trees_close(fsgd.fit(fsgd.linear_mse, START, (x, y), lr=LR, rows=fsgd.Shuffled(drop_last=False), **kwargs),
-                       fsgd.fit(fsgd.linear_mse, START, (x, y), lr=LR, **kwargs))
+    assert_trees_close(fsgd.fit(fsgd.linear_mse, START, (x, y), lr=LR,
+                                rows=fsgd.Shuffled(drop_last=False), **kwargs),
+                       fsgd.fit(fsgd.linear_mse, START, (x, y), lr=LR, rows=fsgd.Shuffled(),
+                                **kwargs))
     np.testing.assert_array_equal(
         fsgd.sample_indices(KEY, 1000, 30, 10, replace=False, drop_last=False),
         fsgd.sample_indices(KEY, 1000, 30, 10, replace=False))
@@ -292,8 +294,8 @@ def test_sample_indices_refuses_drop_last_without_epochs():
         fsgd.sample_indices(KEY, N, 5, BATCH, replace=False, drop_last="no")
 
 
-@pytest.mark.parametrize("model", [{"model": fsgd.Model(rng=jax.random.key(5))}, {"model": fsgd.Model(has_aux=True)},
-                                   {"model": fsgd.Model(state=jnp.zeros(()))}])
+@pytest.mark.parametrize("model", [{"rng": jax.random.key(5)}, {"has_aux": True},
+                                   {"state": jnp.zeros(())}])
 def test_padding_with_a_batch_wide_model_is_refused(model):
     def loss(params, *args, key=None):
         value = dict_loss(params, {"x": args[-2], "y": args[-1]})
@@ -302,7 +304,7 @@ def test_padding_with_a_batch_wide_model_is_refused(model):
 
     with pytest.raises(ValueError, match=f"drop_last=False cannot run with {list(model)[0]}"):
         fsgd.fit(loss, START, (X, Y), lr=LR, steps=5, batch_size=BATCH, key=KEY,
-                 rows=fsgd.Shuffled(drop_last=False), **model)
+                 rows=fsgd.Shuffled(drop_last=False), model=fsgd.Model(**model))
 
 
 def test_a_loss_that_fails_on_one_row_is_refused_with_drop_last():

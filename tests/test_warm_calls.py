@@ -81,9 +81,9 @@ def test_anything_else_new_takes_the_full_path(checks_run):
     bad = x.at[3, 0].set(jnp.nan)  # new data of the same shape is checked again
     with pytest.raises(ValueError, match="NaN or inf"):
         fsgd.fit(fsgd.linear_mse, start, (bad, y), lr=0.1, steps=5)
-    with pytest.raises(TypeError, match="replace"):  # equal to True, but not a bool
+    with pytest.raises(TypeError, match="drop_last"):  # equal to True, but not a bool
         fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=5, batch_size=10,
-                 key=jax.random.key(0), rows=(fsgd.Shuffled() if not 1 else fsgd.Sampled()))
+                 key=jax.random.key(0), rows=fsgd.Shuffled(drop_last=1))
 
 
 def test_numpy_data_is_checked_on_every_call(checks_run):
