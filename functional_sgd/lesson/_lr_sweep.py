@@ -107,11 +107,12 @@ def lr_sweep(loss: Callable[..., Any], params: Any, data: Any = (), *, lrs: Any,
         check_indices(indices, n, drop_last=not rows.padded)
     if optimizer is not None:
         _check_injected(optimizer, params)
-    eval_data = ()
+    eval_data, limits = (), (None, None)
     if evaluation is not None:
         eval_data = check_eval_data(evaluation.data, True)
+        limits = (evaluation.patience, evaluation.tol)  # traced, as fit traces them
     # fit checks the rest (steps, batch_size, key, loss, evaluate) as it is traced.
-    return _sweep(lrs, params, data, key, indices, eval_data,
+    return _sweep(lrs, params, data, key, indices, eval_data, limits,
                   _Traceable(loss, optimizer, steps, epochs, batch_size, rows, evaluation))
 
 
@@ -139,19 +140,21 @@ class _Traceable(NamedTuple):
     def __eq__(self, other):
         return isinstance(other, _Traceable) and self.key() == other.key()
 
-    def spec(self, indices, eval_data):
+    def spec(self, indices, eval_data, limits):
         rows, evaluation = self.rows, self.evaluation
         if isinstance(rows, Schedule):
             rows = dataclasses.replace(rows, indices=indices)
-        if evaluation is not None:
-            evaluation = dataclasses.replace(evaluation, data=eval_data)
+        if evaluation is not None:  # its key holds only whether patience and tol are given
+            patience, tol = limits
+            evaluation = dataclasses.replace(evaluation, data=eval_data, patience=patience,
+                                             tol=tol)
         return Spec(self.loss, self.optimizer, self.steps, self.epochs, self.batch_size,
                     rows, None, evaluation)
 
 
 @partial(jax.jit, static_argnames=("options",))
-def _sweep(lrs, params, data, key, indices, eval_data, options):
-    trainer_spec = options.spec(indices, eval_data)
+def _sweep(lrs, params, data, key, indices, eval_data, limits, options):
+    trainer_spec = options.spec(indices, eval_data, limits)
     loss = options.loss
 
     def one_run(lr):
