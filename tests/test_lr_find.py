@@ -91,3 +91,20 @@ def test_sweep_with_held_out_data_an_indices_schedule_and_adam(standard_promotio
     with pytest.raises(ValueError, match="inject_hyperparams"):
         fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=lrs, steps=10,
                       optimizer=optax.adam(0.1))
+
+
+def test_a_new_patience_or_tol_is_not_a_stale_sweep():
+    """patience and tol are traced: a second sweep differing only in them
+    gets its own stop rule, not the first sweep's compiled one."""
+    held_out = fsgd.lesson_data(jax.random.key(1))
+    lrs = jnp.array([0.01, 0.1])
+
+    def stopped_at(patience):
+        evaluation = fsgd.Evaluation(data=held_out, every=1, monitor="loss", patience=patience,
+                                     tol=0.0)
+        sweep = fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=lrs, steps=100,
+                              evaluation=evaluation)
+        return np.asarray(sweep.eval_steps).max(axis=1).tolist()
+
+    assert stopped_at(50) == [100, 100]  # no plateau of 50 evaluations in 100 steps
+    assert stopped_at(1)[1] < 100  # lr=0.1 levels off: patience 1 stops it early
