@@ -218,7 +218,7 @@ BAD = [
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, np.full(100, np.nan, np.float32)))}, ValueError,
      r"eval_data\[1\] contains NaN"),
     (lambda: {"evaluation": fsgd.Evaluation("mse", (X, Y))}, TypeError, "evaluate must be callable"),
-    (lambda: {"evaluation": fsgd.Evaluation(mse_dict, X)}, TypeError, "eval_data must be a tuple"),
+    (lambda: {"evaluation": fsgd.Evaluation(mse_dict, X)}, TypeError, "data must be a tuple"),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), mode="max")}, ValueError,
      r"Evaluation\(mode=\) needs monitor"),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X,))}, ValueError, r"evaluate\(params, \*eval_data\) failed"),
@@ -227,8 +227,8 @@ BAD = [
 
 @pytest.mark.parametrize("kwargs, error, match", BAD, ids=[m[:30] for _, _, m in BAD])
 def test_bad_evaluation_arguments_are_refused_before_any_compile(kwargs, error, match):
-    kwargs = kwargs() if callable(kwargs) else kwargs  # built here
     with count_compilations() as compiles, pytest.raises(error, match=match):
+        kwargs = kwargs() if callable(kwargs) else kwargs  # built here
         fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=10, **kwargs)
     assert compiles[0] == 0
 

@@ -172,14 +172,15 @@ def test_moments_give_the_loss_exactly_where_naive_moments_cancel():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (lambda: {"run": fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments="yes"))}, 'fast_path must be "auto", True or False'),
+    (lambda: {"run": fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments="yes"))},
+     r'exact_moments \(fast_path\) must be "auto", True or False'),
     (lambda: {"run": fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=True)), "batch_size": 10, "key": jax.random.key(0)}, "full-batch only"),
     (lambda: {"run": fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=True)), "loss": lambda a, x, y: fsgd.linear_mse(a, x, y)},
      "not functional_sgd.linear_mse"),
 ])
 def test_bad_fast_path_requests_say_why(kwargs, match):
-    kwargs = kwargs() if callable(kwargs) else kwargs  # built here
     x, y = regression(100, 2, np.float32)
-    loss = kwargs.pop("loss", fsgd.linear_mse)
     with pytest.raises(ValueError, match=match):
+        kwargs = kwargs() if callable(kwargs) else kwargs  # built here
+        loss = kwargs.pop("loss", fsgd.linear_mse)
         fsgd.fit(loss, np.zeros(2, np.float32), (x, y), lr=0.1, steps=10, **kwargs)

@@ -131,8 +131,9 @@ def test_jit_and_vmap_over_a_model():
     ({"params": {"n": jnp.arange(2)}}, ValueError, "params has nothing to train.*int32"),
     ({"params": {"n": 3}}, ValueError, "params has nothing to train"),
     (lambda: {"model": fsgd.Model(trainable=False)}, ValueError, "trainable freezes all"),
-    ({"trainable": {"a": True}}, ValueError, "trainable must be a pytree"),
-    ({"trainable": {"a": 1, "b": True}}, TypeError, "trainable's leaves must be True or False"),
+    (lambda: {"model": fsgd.Model(trainable={"a": True})}, ValueError, "trainable must be a pytree"),
+    (lambda: {"model": fsgd.Model(trainable={"a": 1, "b": True})}, TypeError,
+     "trainable's leaves must be True or False"),
     (lambda: {"model": fsgd.Model(trainable=lambda leaf: 1)}, TypeError, "trainable\\(leaf\\) must return"),
     (lambda: {"model": fsgd.Model(rng=3)}, TypeError, "rng must be a jax.random key"),
     (lambda: {"model": fsgd.Model(rng=jax.random.split(jax.random.key(0)))}, ValueError, "rng must be a single key"),
@@ -142,14 +143,13 @@ def test_jit_and_vmap_over_a_model():
     (lambda: {"model": fsgd.Model(state=jnp.zeros(2))}, ValueError, "with state, loss must return \\(value, new_state\\)"),
 ])
 def test_bad_model_arguments_name_the_argument(kwargs, error, match):
-    kwargs = kwargs() if callable(kwargs) else kwargs  # built here
-    kwargs = {"params": {"a": jnp.array(fsgd.LESSON_START), "b": jnp.zeros(())}, **kwargs}
-    params = kwargs.pop("params")
-
     def loss(p, *args):
         return fsgd.linear_mse(p["a"], *args[-2:]) if "a" in p else jnp.float32(0.0)
 
     with pytest.raises(error, match=match):
+        kwargs = kwargs() if callable(kwargs) else kwargs  # built here
+        kwargs = {"params": {"a": jnp.array(fsgd.LESSON_START), "b": jnp.zeros(())}, **kwargs}
+        params = kwargs.pop("params")
         fsgd.fit(loss, params, (X, Y), lr=0.1, steps=5, **kwargs)
 
 

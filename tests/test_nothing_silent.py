@@ -40,8 +40,9 @@ BAD = [
      "start_step=.* passes"),
     ("tol a string", lambda: {"stop": fsgd.Stop(tol="a")}, TypeError, "tol must be a real number"),
     ("tol nan", lambda: {"stop": fsgd.Stop(tol=float("nan"))}, ValueError, "tol must be a finite number"),
-    ("replace a string", lambda: {"rows": (fsgd.Shuffled() if not "False" else fsgd.Sampled()), "batch_size": 5, "key": KEY}, TypeError,
-     "replace must be True or False"),
+    ("drop_last a string", lambda: {"rows": fsgd.Shuffled(drop_last="False"), "batch_size": 5,
+                                    "key": KEY}, TypeError,
+     "drop_last must be True or False"),
     ("record_params a string", lambda: {"run": fsgd.Run(record_params="no")}, TypeError,
      "record_params must be True or False"),
     ("opt_state without optimizer", lambda: {"run": fsgd.Run(opt_state=())}, ValueError,
@@ -66,9 +67,9 @@ BAD = [
 
 @pytest.mark.parametrize("kwargs, error, match", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_input_is_refused_naming_the_argument(kwargs, error, match):
-    kwargs = kwargs() if callable(kwargs) else kwargs  # built here
-    loss = (lambda p: (p ** 2).sum()) if kwargs.get("data") == () else fsgd.linear_mse
     with pytest.raises(error, match=match):
+        kwargs = kwargs() if callable(kwargs) else kwargs  # built here
+        loss = (lambda p: (p ** 2).sum()) if kwargs.get("data") == () else fsgd.linear_mse
         fsgd.fit(loss, kwargs.pop("params", START), kwargs.pop("data", (X, Y)),
                  **{"lr": 0.1, "steps": 10, **kwargs})
 
