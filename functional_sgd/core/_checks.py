@@ -97,10 +97,12 @@ def check_real(value, name):
 
 def check_no_chunk_options(on_chunk, checkpoint):
     if on_chunk is not None:
-        raise ValueError("on_chunk needs chunk_size: pass e.g. chunk_size=1000.")
+        raise ValueError("on_chunk needs chunk_size: pass e.g. "
+                         "run=fsgd.Run(chunk_size=1000, on_chunk=...).")
     if checkpoint is not None:
         raise ValueError("checkpoint needs chunk_size: the state is written after "
-                         "every chunk; pass e.g. chunk_size=1000.")
+                         "every chunk; pass e.g. run=fsgd.Run(chunk_size=1000, "
+                         "checkpoint=...).")
 
 
 def check_chunks(chunk_size, on_chunk, values):
@@ -224,7 +226,7 @@ def check_data(data, check_finite, names=None):
         for i in _non_finite(data):
             raise ValueError(
                 f"{name(i)} contains NaN or inf values; clean or drop those rows "
-                "(or pass check_finite=False to skip this check).")
+                "(or pass run=fsgd.Run(check_finite=False) to skip this check).")
     return data, rows[0]
 
 
@@ -526,8 +528,9 @@ def check_loss_value(out):
     if isinstance(out, (tuple, list)):
         raise ValueError(
             f"loss must return a real scalar; it returned a {type(out).__name__} of "
-            f"{len(out)}: {shapes(out)}. If it returns (value, aux), pass has_aux=True; "
-            "if (value, new_state), pass the initial model state as state=.")
+            f"{len(out)}: {shapes(out)}. If it returns (value, aux), pass "
+            "model=fsgd.Model(has_aux=True); if (value, new_state), pass the initial model "
+            "state as model=fsgd.Model(state=...).")
     if not hasattr(out, "shape") or out.shape != () \
             or not jnp.issubdtype(out.dtype, jnp.floating):
         raise ValueError(

@@ -214,7 +214,8 @@ def check_eval_data(eval_data, check_finite):
     if check_finite:
         for i in _checks._non_finite(eval_data):
             raise ValueError(f"eval_data[{i}] contains NaN or inf values; clean or drop "
-                             "those rows (or pass check_finite=False to skip this check).")
+                             "those rows (or pass run=fsgd.Run(check_finite=False) to skip "
+                             "this check).")
     return eval_data
 
 

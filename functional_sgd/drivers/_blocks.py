@@ -139,7 +139,8 @@ def _next_block(blocks, carry, records, spec, result):
             if hasattr(error, "add_note"):
                 error.add_note(
                     f"fit trained {done} steps before this error: error.result holds them "
-                    f"(params, opt_state; continue with start_step={int(carry.step)}).")
+                    f"(params, opt_state; continue with run=fsgd.Run.after(error.result), "
+                    f"from step {int(carry.step)}).")
         raise
 
 
@@ -344,4 +345,5 @@ def _refuse_non_finite(arrays, where):
     for i, a in enumerate(arrays):
         if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
             raise ValueError(f"data[{i}] holds NaN or inf in the {where}; clean or drop "
-                             "those rows (or pass check_finite=False to skip this check).")
+                             "those rows (or pass run=fsgd.Run(check_finite=False) to skip "
+                             "this check).")

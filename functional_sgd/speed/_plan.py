@@ -158,8 +158,8 @@ def _use_moments(plan, fast_path, exact_mse, params, data, full_batch, steps, me
         return False
     why_not = _moments.why_not(exact_mse, params, data, full_batch, mesh)
     if wanted is True and why_not is not None:
-        raise ValueError(f"fast_path=True cannot run: {why_not}. Use fast_path=\"auto\" "
-                         "to fall back to the plain loop.")
+        raise ValueError(f"exact_moments=True (fast_path) cannot run: {why_not}. Use "
+                         "SpeedPlan(exact_moments=\"auto\") to fall back to the plain loop.")
     return why_not is None
 
 
