@@ -157,7 +157,7 @@ def test_bad_model_arguments_name_the_argument(kwargs, error, match):
     (lambda v, s: (v, s[:1]), lambda: {"model": fsgd.Model(state=jnp.zeros(2))}, "structure, shapes and dtypes of state"),
     (lambda v, s: (v, s), lambda: {"model": fsgd.Model(state=jnp.zeros(2), has_aux=True)},
      "state and has_aux=True, loss must return \\(value, new_state, aux\\)"),
-    (lambda v, s: (v, v), {}, "If it returns \\(value, aux\\), pass has_aux=True"),
+    (lambda v, s: (v, v), {}, "If it returns \\(value, aux\\), pass model=fsgd.Model\\(has_aux=True\\)"),
     (lambda v, s: (v, jnp.tanh), lambda: {"model": fsgd.Model(has_aux=True)}, "aux must be a pytree of arrays"),
     (lambda v, s: (v[None], 0), lambda: {"model": fsgd.Model(has_aux=True)}, "value .* must be a real scalar"),
 ])
