@@ -261,8 +261,7 @@ def train(memory: _warm.Memory, spec: Spec, params: Any, data: Any, lr: Any,
             lr = _checks.check_lr(lr, spec.optimizer, None, params)
             result: FitResult = warm.again(params, data, lr, key, *_traced(spec))
             return result
-    else:
-        check_spec(spec)
+    check_spec(spec)  # a call not remembered yet is checked, whatever its key
     result = run_keywords(spec.loss, params, data, lr=lr, key=key, **keywords(spec, data),
                           memory=memory, warm_call=call)
     return result  # type: ignore[no-any-return]
