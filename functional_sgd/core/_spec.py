@@ -37,6 +37,9 @@ class LoopSpec:
         ``loss(params, *batch) -> scalar`` with every leaf training.
       evaluation: how held-out data is evaluated inside the loop (an
         :class:`~functional_sgd.core._evaluate.Evaluation`), or ``None``.
+      lr_schedule: ``lr(step) -> rate`` for the plain update (``fit(lr=schedule)``):
+        step ``t`` (global) uses ``lr_schedule(t)``; ``None`` reads the
+        traced ``Inputs.lr``.
     """
 
     loss: Callable
@@ -48,6 +51,7 @@ class LoopSpec:
     plan: SpeedPlan = SpeedPlan(exact_moments=False, one_pass=False)
     model: Model = PLAIN
     evaluation: Any = None
+    lr_schedule: Callable | None = None
 
     def __hash__(self):  # jit hashes its static argument on every call: computed once
         cached = self.__dict__.get("_hash")
