@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-import functional_sgd as fsgd
 from helpers import KEY, START, X, Y, assert_trees_close
 from helpers import fit_lesson as fit
+
+import functional_sgd as fsgd
 
 SCHEDULE = optax.linear_schedule(init_value=0.2, end_value=0.01, transition_steps=40)
 MINI_BATCH = {"batch_size": 10, "key": jax.random.key(1)}
@@ -28,7 +28,7 @@ def test_a_schedule_as_lr_has_the_bits_of_optax_sgd_of_it(mode):
 
 
 def test_step_t_uses_the_rate_of_the_global_step():
-    stepped = lambda t: jnp.where(t < 3, 0.1, 0.0)  # noqa: E731
+    stepped = lambda t: jnp.where(t < 3, 0.1, 0.0)
     first = fit(lr=stepped, steps=5)
     assert_trees_close(first.params, fit(lr=0.1, steps=3).params)  # steps 3, 4: rate 0
     later = fit(lr=stepped, steps=5, start_step=3)  # global steps 3..7: rate 0
@@ -56,8 +56,8 @@ def test_a_schedule_with_a_stop_rule_a_model_and_evaluations():
     reference = fit(lr=None, optimizer=optax.sgd(SCHEDULE), steps=60, tol=0.2)
     assert_trees_close(stopped.losses, reference.losses)
     assert int(stopped.steps_run) == int(reference.steps_run) < 60
-    aux_loss = lambda a, x, y: (fsgd.linear_mse(a, x, y), a.sum())  # noqa: E731
-    evaluate = lambda a, x, y: {"mse": fsgd.linear_mse(a, x, y)}  # noqa: E731
+    aux_loss = lambda a, x, y: (fsgd.linear_mse(a, x, y), a.sum())
+    evaluate = lambda a, x, y: {"mse": fsgd.linear_mse(a, x, y)}
     for loss, options in [(aux_loss, {"has_aux": True}), (fsgd.linear_mse, {
             "evaluate": evaluate, "eval_data": (X, Y), "eval_every": 10})]:
         scheduled = fsgd.fit(loss, START, (X, Y), lr=SCHEDULE, steps=30, **options)
