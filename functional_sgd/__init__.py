@@ -22,6 +22,9 @@ from .core import mse as mse
 from .core import sample_indices as sample_indices
 from .core import sgd_update as sgd_update
 from .drivers import stream as stream
+from .drivers import Saved as Saved
+from .drivers import load as load
+from .drivers import save as save
 from .speed import tune_cpu as tune_cpu
 
 __version__ = "0.1.0"
