@@ -69,7 +69,7 @@ def test_nnx_state_with_its_rng_keys_round_trips_and_merges_back(tmp_path):
             self.norm = nnx.BatchNorm(3, rngs=rngs)
             self.dropout = nnx.Dropout(0.5, rngs=rngs)
 
-    graphdef, params, state = nnx.split(Net(nnx.Rngs(0)), nnx.Param, ...)
+    _, params, state = nnx.split(Net(nnx.Rngs(0)), nnx.Param, ...)
     params = jax.tree.map(lambda a: a * 2, params)
     fsgd.save(tmp_path / "net.npz", params, state=state)
     fresh_graph, fresh_params, fresh_state = nnx.split(Net(nnx.Rngs(1)), nnx.Param, ...)
