@@ -30,6 +30,7 @@ from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, one_pass, quadr
 from ._batches import Schedule, feed
 from ._blocks import block_steps, run_in_blocks
 from ._checks import caller_stacklevel
+from ._compare import SMALL_ARRAY_BYTES
 from ._evaluate import not_run, run_with_evaluations
 from ._initialize import optimizer_state
 from ._loss import MaskedMean
@@ -332,8 +333,9 @@ def _compiled_count():
 
 def _note_compile(spec):
     """After a call that compiled: bound the compiled loops kept, and say once
-    when a loss or optimizer equal to an earlier one but a new object made
-    the compile (a fresh ``optax.adam(lr)`` per call compiles every call)."""
+    when a loss or optimizer that looks like an earlier one but could not be
+    told equal to it made the compile (one closing over an object that is
+    compared by identity, made afresh per call; see ``_compare``)."""
     if _compiled_count() > COMPILED_LOOPS_KEPT:
         _compiled_loop.clear_cache()
         _plain_loop.clear_cache()
@@ -345,11 +347,14 @@ def _note_compile(spec):
     if len(objects) >= 3 and not _warned_recompiling:
         _warned_recompiling.append(True)
         warnings.warn(
-            "fit compiled its loop again for a loss or optimizer equal to one it has "
-            "compiled before, but a new object (loss and optimizer are compile-time "
-            "constants, compared by identity). Create them once and reuse them; to change "
-            "a learning rate between calls, pass lr=, or wrap the optimizer in "
-            "optax.inject_hyperparams and change its state. (Said once.)",
+            "fit compiled its loop again for a loss or optimizer that looks like one it "
+            "has compiled before but is a new object it could not tell equal (loss and "
+            "optimizer are compile-time constants, compared by their code and the values "
+            "they close over; an object of another kind, or an array over "
+            f"{SMALL_ARRAY_BYTES} bytes, in them is compared by identity). Create them once "
+            "and reuse them, or close over the same objects; to change a learning rate "
+            "between calls, pass lr=, or wrap the optimizer in optax.inject_hyperparams "
+            "and change its state. (Said once.)",
             UserWarning, stacklevel=caller_stacklevel())
 
 
