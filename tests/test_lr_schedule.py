@@ -87,3 +87,12 @@ def test_a_schedule_under_jit():
     run = jax.jit(lambda params: fit(lr=SCHEDULE, params=params, steps=20, key=KEY,
                                      batch_size=10).params)
     assert_trees_close(run(START), fit(lr=SCHEDULE, steps=20, key=KEY, batch_size=10).params)
+
+
+def test_a_schedule_with_a_stream_of_batches():
+    batches = [(X[i:i + 10], Y[i:i + 10]) for i in range(0, 100, 10)]
+    streamed = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches, block=4), lr=SCHEDULE)
+    optaxed = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches, block=4),
+                       optimizer=optax.sgd(SCHEDULE))
+    assert_trees_close(streamed.losses, optaxed.losses)
+    assert_trees_close(streamed.params, optaxed.params)

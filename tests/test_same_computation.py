@@ -3,6 +3,7 @@ when it computes the same thing (issue 23.7): compared by code and the
 values closed over; whatever cannot be compared safely, by identity."""
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ import pytest
 from helpers import START, X, Y, assert_trees_close, count_compilations
 
 import functional_sgd as fsgd
+from functional_sgd.core import _repeat
 from functional_sgd.core._compare import computation_key
 
 
@@ -101,3 +103,12 @@ def test_a_global_the_loss_reads_is_part_of_its_key():
         losses.append(fsgd.fit(loss, START, (X, Y), lr=0.01, steps=3).losses[0])
     SCALE = 1.0
     assert_trees_close(losses[1], 2 * losses[0], rtol=1e-6)  # not the first program again
+
+
+def test_an_equal_loss_compiled_again_for_new_shapes_does_not_warn(monkeypatch):
+    monkeypatch.setattr(_repeat, "_warned_recompiling", [])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for size in (1, 2, 3, 4):  # a new shape compiles; the fresh lambda is not why
+            fsgd.fit(lambda p: (p ** 2).sum(), jnp.ones(size), lr=0.1, steps=2)
+    assert not [w for w in caught if "compiled its loop again" in str(w.message)]

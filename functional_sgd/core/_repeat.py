@@ -30,7 +30,7 @@ from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, one_pass, quadr
 from ._batches import Schedule, feed
 from ._blocks import block_steps, run_in_blocks
 from ._checks import caller_stacklevel
-from ._compare import SMALL_ARRAY_BYTES
+from ._compare import SMALL_ARRAY_BYTES, computation_key
 from ._evaluate import not_run, run_with_evaluations
 from ._initialize import optimizer_state
 from ._loss import MaskedMean
@@ -324,7 +324,7 @@ past this many, the oldest are dropped and compile again when asked for."""
 
 _compiles_seen = [0]
 _specs_compiled = {}
-"""A program's description -> the (loss, optimizer) objects compiled for it."""
+"""A program's description -> the keys of the (loss, optimizer, schedule) compiled for it."""
 
 
 def _compiled_count():
@@ -343,7 +343,7 @@ def _note_compile(spec):
     _compiles_seen[0] = _compiled_count()
     same_program = json.dumps(describe(spec, contents=False), sort_keys=True, default=str)
     objects = _specs_compiled.setdefault(same_program, set())
-    objects.add((id(spec.loss), id(spec.optimizer), id(spec.lr_schedule)))
+    objects.add(tuple(map(computation_key, (spec.loss, spec.optimizer, spec.lr_schedule))))
     if len(objects) >= 3 and not _warned_recompiling:
         _warned_recompiling.append(True)
         warnings.warn(

@@ -58,7 +58,7 @@ def schedule_from(order: Iterable, *, epochs: int = 1) -> np.ndarray:
     if not isinstance(order, Iterable):
         raise TypeError("order must be a torch DataLoader, Sampler or BatchSampler, or an "
                         f"iterable of batches of row indices; got {type(order).__name__}.")
-    batches = []
+    batches: list[list[int]] = []
     with _random_state_kept(torch, order):
         for epoch in range(epochs):
             seen = len(batches)
@@ -196,7 +196,7 @@ def from_batches(data: Any, *, epochs: int = 1) -> tuple[Any, np.ndarray]:
     if not with_paths:
         raise ValueError("data holds no arrays; pass a tuple of arrays of shape "
                          "(steps, batch, ...).")
-    first = None
+    first: tuple[int, ...] | None = None
     for path, leaf in with_paths:
         name = "data" + jax.tree_util.keystr(path)
         shape = tuple(getattr(leaf, "shape", ()))
@@ -208,6 +208,7 @@ def from_batches(data: Any, *, epochs: int = 1) -> tuple[Any, np.ndarray]:
         elif shape[:2] != first:
             raise ValueError(f"{name} has shape {shape}, but the first array's batches are "
                              f"{first}: every array must be ({first[0]}, {first[1]}, ...).")
+    assert first is not None  # with_paths is not empty
     steps, batch = first
     flat = [leaf.reshape((steps * batch,) + tuple(leaf.shape[2:])) for _, leaf in with_paths]
     indices = np.arange(steps * batch, dtype=np.int32).reshape(steps, batch)

@@ -53,7 +53,7 @@ def save(path: str | os.PathLike, params: Any, *, state: Any = None) -> None:
       state: the model state (``result.state`` of ``fit(state=...)``), or
         ``None``.
 
-    >>> import os, tempfile, jax.numpy as jnp
+    >>> import os, tempfile, jax, jax.numpy as jnp
     >>> import functional_sgd as fsgd
     >>> x, y = fsgd.lesson_data(jax.random.key(0))
     >>> result = fsgd.fit(fsgd.linear_mse, jnp.array([0.5, 0.75]), (x, y), lr=0.1, steps=100)
@@ -69,7 +69,9 @@ def save(path: str | os.PathLike, params: Any, *, state: Any = None) -> None:
                              "saved with its params; pass one or the other.")
         params, state = params.params, params.state
     path = check_path(path, "path")
-    arrays, header = {}, {"format": FORMAT, "version": VERSION, "scalars": {}}
+    arrays: dict[str, Any] = {}
+    scalars: dict[str, list] = {}
+    header: dict[str, Any] = {"format": FORMAT, "version": VERSION, "scalars": scalars}
     for part, tree in (("params", params), ("state", state)):
         if part == "state" and tree is None:
             header["state"] = None
@@ -81,7 +83,7 @@ def save(path: str | os.PathLike, params: Any, *, state: Any = None) -> None:
             if _is_array(leaf):
                 arrays[name] = leaf
             elif isinstance(leaf, (bool, int, float, complex)):
-                header["scalars"][name] = _number(leaf)
+                scalars[name] = _number(leaf)
     arrays, header["keys"] = keys_as_bits(arrays)
     header["dtypes"] = {name: str(a.dtype) for name, a in arrays.items()}
     write_atomically(path, {"header": np.array(json.dumps(header)), **as_raw_bytes(arrays)})
