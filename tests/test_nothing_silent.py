@@ -105,14 +105,20 @@ def test_64_bit_numpy_input_without_x64_warns_once(monkeypatch):
         fit(data=(x64, y64), params=np.asarray(START, np.float64))  # nothing narrowed
 
 
+class _Opaque:
+    """An object fit cannot compare but by identity."""
+
+
 def test_a_fresh_optimizer_per_call_warns_once_and_keeps_few_compiled_loops(monkeypatch):
     monkeypatch.setattr(_repeat, "COMPILED_LOOPS_KEPT", 3)
     monkeypatch.setattr(_repeat, "_warned_recompiling", [])
     counts = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for _ in range(6):
-            fit(lr=None, optimizer=optax.sgd(0.1), steps=5)
+        for _ in range(6):  # a fresh optax.sgd(0.1) compiles once; one over a new object, always
+            opaque = _Opaque()
+            optimizer = optax.chain(optax.sgd(0.1), optax.stateless(lambda u, p, o=opaque: u))
+            fit(lr=None, optimizer=optimizer, steps=5)
             counts.append(_repeat._compiled_count())
     said = [w for w in caught if "compiled its loop again" in str(w.message)]
     assert len(said) == 1 and "optax.inject_hyperparams" in str(said[0].message)

@@ -129,6 +129,8 @@ def check_lr(lr, optimizer, opt_state=None, params=()):
         return None
     if lr is None:
         raise TypeError("lr is required when no optimizer is given, e.g. lr=0.1.")
+    if callable(lr):
+        return check_schedule(lr)
     if type(lr) is float:  # the usual case, without NumPy
         if not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"lr must be a finite number > 0; got {lr}.")
@@ -145,6 +147,30 @@ def check_lr(lr, optimizer, opt_state=None, params=()):
         if value < SMALLEST_SAFE_LR:
             _check_lr_representable(value, params)
     return lr
+
+
+def check_schedule(schedule):
+    """Checks ``lr`` given as a schedule ``step -> rate`` (an optax schedule):
+    called on an int32 step it must give a real scalar. Its values are
+    traced in the loop, so only their shape and dtype are checked here."""
+    try:
+        rate = jax.eval_shape(schedule, jax.ShapeDtypeStruct((), jnp.int32))
+    except Exception as error:
+        raise TypeError(
+            f"lr is callable, so it is taken as a schedule step -> rate (as optax's "
+            f"schedules are), but calling it on an int32 step failed: "
+            f"{type(error).__name__}: {error}") from error
+    dtype = getattr(rate, "dtype", None)
+    if getattr(rate, "shape", None) != () or dtype is None or not (
+            jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+        described = f"{dtype}{list(getattr(rate, 'shape', ()))}" if dtype is not None \
+            else type(rate).__name__
+        raise TypeError(
+            f"lr is callable, so it is taken as a schedule step -> rate, but on an int32 "
+            f"step it gave {described}, not a real scalar (shape (), a float or int dtype; "
+            f"got shape {getattr(rate, 'shape', None)}). Return one rate per step, e.g. "
+            "optax.linear_schedule(0.1, 0.01, 1000).")
+    return schedule
 
 
 SMALLEST_SAFE_LR = 6e-8

@@ -81,7 +81,13 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         from the file with ``pread`` and checked for NaN once, so the
         process holds those rows and not the file's pages. A
         :func:`~functional_sgd.stream` of batches trains on any iterable.
-      lr: learning rate ``> 0``; required unless ``optimizer`` is given.
+      lr: learning rate ``> 0``; required unless ``optimizer`` is given. Or a
+        schedule ``lr(step) -> rate`` (an optax schedule such as
+        ``optax.linear_schedule(0.1, 0.01, 1000)``): step ``t`` (global,
+        counted from ``start_step``, so chunks and resumed runs keep the
+        bits) updates ``p <- p - lr(t) * g``, with the bits of
+        ``optimizer=optax.sgd(lr)``. A schedule is compile-time, as
+        ``optimizer`` is; a rate is traced.
       steps: number of updates; may be omitted when ``indices`` is given.
       batch_size: rows per step, ``1 <= batch_size <= n``; ``None`` for all.
       key: ``jax.random`` key for drawing batches; required with
@@ -206,6 +212,7 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         fast_path, speed, drop_last, evaluate, eval_every, monitor, mode, restore_best),
         eval_data) if (
         opt_state is None and chunk_size is None and on_chunk is None and mesh is None
+        and not callable(lr)
         and checkpoint is None and rng is None and state is None and has_aux is False
         and trainable is None and (evaluate is not None or (
             not _evaluate.given_data(eval_data) and eval_every is None and monitor is None
@@ -220,7 +227,7 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     data, n = _checks.check_data(data, check_finite and not read_on_host, names)
     if structure is not None:  # the loop sees a tuple of arrays; the loss its pytree
         loss = PytreeData(loss, structure)
-    lr = _checks.check_lr(lr, optimizer, opt_state, params)
+    lr, lr_schedule = _rate(_checks.check_lr(lr, optimizer, opt_state, params))
     batches, steps = _batches.choose(n, steps, batch_size, key, indices, replace, drop_last)
     _checks.check_start(start_step, steps, name="start_step")
     stop = _stop.choose(tol, patience)
@@ -245,7 +252,7 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         evaluate, eval_data, eval_every, monitor, mode, restore_best, batches=batches,
         steps=steps, params=params, state=state, model=model, check_finite=check_finite)
     spec = LoopSpec(loss, optimizer, batches, steps, stop, record_params, plan, model,
-                    evaluation)
+                    evaluation, lr_schedule)
     watched = loss_out.dtype if watched is None or not _checks.is_inexact_dtype(watched) \
         else watched
     carry = initialize(spec, params, opt_state, start_step, watched, state)
@@ -273,6 +280,12 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
             checkpoint, loop, spec, carry, inputs, chunk_size=chunk_size, on_chunk=on_chunk))
     return result(*drivers.run_in_chunks(loop, spec, carry, inputs,
                                          chunk_size=chunk_size, on_chunk=on_chunk))
+
+
+def _rate(lr):
+    """``(lr, lr_schedule)``: a schedule ``step -> rate`` is compile-time (the
+    spec's), a rate is traced (the inputs')."""
+    return (None, lr) if callable(lr) else (lr, None)
 
 
 def _restored(result, carry, record):
@@ -331,7 +344,7 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
                          "has_aux, trainable or mesh).")
     if steps is not None:
         steps = _checks.check_int(steps, "steps", minimum=1, maximum=_checks.MAX_STEP)
-    lr = _checks.check_lr(lr, optimizer, opt_state, params)
+    lr, lr_schedule = _rate(_checks.check_lr(lr, optimizer, opt_state, params))
     _checks.check_start(start_step, steps or 0, name="start_step")
     stop = _stop.choose(tol, patience)
     if on_chunk is not None and not callable(on_chunk):
@@ -350,7 +363,7 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
     plan = _speed.decide(speed, False, exact_mse=False, params=params, data=example,
                          full_batch=False, steps=1)
     spec = LoopSpec(loss, optimizer, _batches.Stacked(example[0].shape[0]), steps, stop,
-                    False, plan)
+                    False, plan, lr_schedule=lr_schedule)
     carry = initialize(spec, params, opt_state, start_step, loss_out.dtype)
     inputs = Inputs((), lr, None, None, tol, patience)
 

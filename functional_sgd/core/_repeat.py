@@ -30,6 +30,7 @@ from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, one_pass, quadr
 from ._batches import Schedule, feed
 from ._blocks import block_steps, run_in_blocks
 from ._checks import caller_stacklevel
+from ._compare import SMALL_ARRAY_BYTES, computation_key
 from ._evaluate import not_run, run_with_evaluations
 from ._initialize import optimizer_state
 from ._loss import MaskedMean
@@ -113,23 +114,31 @@ def piece(spec, loss, data, params, opt_state, frozen, start_step, carry, inputs
     model = spec.model
     source = feed(spec.batches, data, inputs.key, inputs.indices, start_step, spec.steps,
                   spec.plan)
-    step = functools.partial(model_step, model, loss, spec.optimizer, inputs.lr, frozen)
     key_at = (lambda t: jax.random.fold_in(inputs.rng, start_step + t)) if model.rng \
         else (lambda t: None)
+    schedule = spec.lr_schedule
+    lr_at = (lambda t: schedule(start_step + t)) if schedule is not None \
+        else (lambda t: inputs.lr)
+
+    def step(params, opt_state, model_state, batch, t):
+        """Step ``t`` of this piece (its key and rate are those of ``start_step + t``)."""
+        return model_step(model, loss, spec.optimizer, lr_at(t), frozen, params, opt_state,
+                          model_state, batch, key_at(t))
+
     # A scan of one step is inlined by XLA, which then reads column-major data
     # another way: the loss would differ in its last bits from the same step
     # inside a longer run. A while loop whose end depends on the data stays a loop.
     if spec.stop.active or spec.steps == 1:
-        return _run_until_stop(spec, step, key_at, source, params, opt_state, carry, frozen,
+        return _run_until_stop(spec, step, source, params, opt_state, carry, frozen,
                                start_step, inputs)
-    # Step t's key needs t; when the loop steps over rows, it steps over (t, rows).
-    counted = model.rng and source.xs is not None
+    # Step t's key and rate need t; when the loop steps over rows, it steps over (t, rows).
+    counted = (model.rng or schedule is not None) and source.xs is not None
 
     def body(state, x):
         params, opt_state, model_state, rows = state
         t, x = x if counted else (x, x)
         batch, rows = source.batch_at(x, rows)
-        out = step(params, opt_state, model_state, batch, key_at(t))
+        out = step(params, opt_state, model_state, batch, t)
         return ((out.params, out.opt_state, out.state, rows),
                 (out.value, out.aux, params if spec.record_params else None))
 
@@ -173,15 +182,14 @@ def _full_batch_speed_ups(spec, params, data):
     return spec.loss, data
 
 
-def _run_until_stop(spec, step, key_at, source, params, opt_state, carry, frozen, start_step,
-                    inputs):
+def _run_until_stop(spec, step, source, params, opt_state, carry, frozen, start_step, inputs):
     """Step 7 on the device: a while loop that ends at ``steps`` or when the rule
     fires (any non-finite loss ends it too).
 
     The records are filled in place: steps after the stop keep NaN losses
     (and aux of NaN, or zeros for integer and bool leaves)."""
     steps = spec.steps
-    x_at, losses, aux, trajectory, first = _empty_records(spec, step, key_at, source, params,
+    x_at, losses, aux, trajectory, first = _empty_records(spec, step, source, params,
                                                           opt_state, carry)
     stop_state = carry.stop._replace(best=jnp.asarray(carry.stop.best, first.value.dtype),
                                      waited=jnp.asarray(carry.stop.waited, jnp.int32),
@@ -196,7 +204,7 @@ def _run_until_stop(spec, step, key_at, source, params, opt_state, carry, frozen
         if spec.record_params:
             trajectory = jax.tree.map(lambda path, p: path.at[t].set(p), trajectory, params)
         batch, rows = source.batch_at(x_at(t), rows)
-        out = step(params, opt_state, model_state, batch, key_at(t))
+        out = step(params, opt_state, model_state, batch, t)
         stop_state = spec.stop.update(stop_state, out.value, tol=inputs.tol,
                                       patience=inputs.patience)
         aux = jax.tree.map(lambda path, a: path.at[t].set(a), aux, out.aux)
@@ -215,14 +223,14 @@ def _run_until_stop(spec, step, key_at, source, params, opt_state, carry, frozen
             Record(losses, first_bad(losses, t), t, trajectory, aux))
 
 
-def _empty_records(spec, step, key_at, source, params, opt_state, carry):
+def _empty_records(spec, step, source, params, opt_state, carry):
     """``(x_at, losses, aux, trajectory, first)`` for a loop that fills its
     records in place: NaN losses (aux of NaN, or zeros for integer and bool
     leaves), zero trajectory; ``first`` is the shape of a step's output."""
     steps = spec.steps
     x_at = (lambda t: t) if source.xs is None else (lambda t: source.xs[t])
     first = jax.eval_shape(lambda: step(params, opt_state, carry.state, source.batch_at(
-        x_at(jnp.int32(0)), source.rows)[0], key_at(jnp.int32(0))))
+        x_at(jnp.int32(0)), source.rows)[0], jnp.int32(0)))
     losses = jnp.full((steps,), jnp.nan, first.value.dtype)
     aux = jax.tree.map(lambda a: jnp.full((steps,) + a.shape, not_run(a.dtype), a.dtype),
                        first.aux)
@@ -316,7 +324,7 @@ past this many, the oldest are dropped and compile again when asked for."""
 
 _compiles_seen = [0]
 _specs_compiled = {}
-"""A program's description -> the (loss, optimizer) objects compiled for it."""
+"""A program's description -> the keys of the (loss, optimizer, schedule) compiled for it."""
 
 
 def _compiled_count():
@@ -325,8 +333,9 @@ def _compiled_count():
 
 def _note_compile(spec):
     """After a call that compiled: bound the compiled loops kept, and say once
-    when a loss or optimizer equal to an earlier one but a new object made
-    the compile (a fresh ``optax.adam(lr)`` per call compiles every call)."""
+    when a loss or optimizer that looks like an earlier one but could not be
+    told equal to it made the compile (one closing over an object that is
+    compared by identity, made afresh per call; see ``_compare``)."""
     if _compiled_count() > COMPILED_LOOPS_KEPT:
         _compiled_loop.clear_cache()
         _plain_loop.clear_cache()
@@ -334,15 +343,18 @@ def _note_compile(spec):
     _compiles_seen[0] = _compiled_count()
     same_program = json.dumps(describe(spec, contents=False), sort_keys=True, default=str)
     objects = _specs_compiled.setdefault(same_program, set())
-    objects.add((id(spec.loss), id(spec.optimizer)))
+    objects.add(tuple(map(computation_key, (spec.loss, spec.optimizer, spec.lr_schedule))))
     if len(objects) >= 3 and not _warned_recompiling:
         _warned_recompiling.append(True)
         warnings.warn(
-            "fit compiled its loop again for a loss or optimizer equal to one it has "
-            "compiled before, but a new object (loss and optimizer are compile-time "
-            "constants, compared by identity). Create them once and reuse them; to change "
-            "a learning rate between calls, pass lr=, or wrap the optimizer in "
-            "optax.inject_hyperparams and change its state. (Said once.)",
+            "fit compiled its loop again for a loss or optimizer that looks like one it "
+            "has compiled before but is a new object it could not tell equal (loss and "
+            "optimizer are compile-time constants, compared by their code and the values "
+            "they close over; an object of another kind, or an array over "
+            f"{SMALL_ARRAY_BYTES} bytes, in them is compared by identity). Create them once "
+            "and reuse them, or close over the same objects; to change a learning rate "
+            "between calls, pass lr=, or wrap the optimizer in optax.inject_hyperparams "
+            "and change its state. (Said once.)",
             UserWarning, stacklevel=caller_stacklevel())
 
 

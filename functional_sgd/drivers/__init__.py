@@ -18,3 +18,6 @@ from ._fingerprint import describe as describe
 from ._mesh import check_mesh as check_mesh
 from ._mesh import data_parallel as data_parallel
 from ._mesh import real_rows_sum as real_rows_sum
+from ._saved import Saved as Saved
+from ._saved import load as load
+from ._saved import save as save

@@ -156,6 +156,11 @@ def _check_injected(optimizer, params):
 
 
 def _check_lrs(lrs):
+    if callable(lrs):
+        raise TypeError(
+            f"lrs must be an array of constant learning rates; got a callable {lrs!r}, a "
+            "schedule step -> rate. A sweep runs each rate as a constant: pass "
+            "lrs=jnp.logspace(-3, 0.5, 64), and give the chosen rate's schedule to fit(lr=...).")
     array = np.asarray(lrs)
     if array.ndim != 1 or array.shape[0] < 2 or not np.issubdtype(array.dtype, np.floating):
         raise ValueError(
