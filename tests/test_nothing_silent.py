@@ -249,3 +249,35 @@ def test_cpu_torch_tensors_are_data():
     assert_trees_close(fit(data=(x, y), steps=20), fit(steps=20), rtol=0, atol=0)
     with pytest.raises(TypeError, match=r"data\[0\] is a torch tensor of dtype torch.bfloat16"):
         fit(data=(x.to(torch.bfloat16), y))
+
+
+# Round three (issue 22): complex params, divergence that stays finite, host
+# memory written after fit returns, on_chunk's booleans, restore_best without
+# a valid evaluation, chunks of a model with adam.
+
+STOP_NOW = [True, np.bool_(True), np.array(True), jnp.array(True), jnp.bool_(True)]
+
+
+@pytest.mark.parametrize("answer", STOP_NOW, ids=["python", "numpy scalar", "numpy 0-d",
+                                                  "jax 0-d", "jax scalar"])
+def test_on_chunk_may_stop_the_run_with_any_boolean_scalar(answer):
+    assert int(fit(steps=100, chunk_size=10, on_chunk=lambda r: answer).steps_run) == 10
+    no = np.logical_not(answer)
+    assert int(fit(steps=100, chunk_size=10, on_chunk=lambda r: no).steps_run) == 100
+    stopped = fit(steps=100, chunk_size=10, on_chunk=lambda r: r.losses[-1] < 1.0)
+    assert int(stopped.steps_run) < 100
+
+
+@pytest.mark.parametrize("answer", [1, "yes", jnp.array([True]), 0.0, jnp.int32(1)])
+def test_on_chunk_returning_anything_else_is_refused(answer):
+    with pytest.raises(TypeError, match="on_chunk must return None, True or False"):
+        fit(steps=100, chunk_size=10, on_chunk=lambda r: answer)
+
+
+def test_on_chunk_stops_a_stream_with_a_numpy_boolean():
+    batches = ((X[i:i + 10], Y[i:i + 10]) for i in range(0, 100, 10))
+    result = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches, block=2), lr=0.1,
+                      on_chunk=lambda r: np.bool_(True))
+    assert int(result.steps_run) == 2
+
+

@@ -128,8 +128,11 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         result has the same bits as one call; each chunk syncs once.
       on_chunk: called after each chunk with that chunk's :class:`FitResult`
         (its ``losses`` cover the chunk; ``step`` is the global step after
-        it). Returning ``True`` stops the run after that chunk (the result
-        is returned, as after a stop rule). Needs ``chunk_size``.
+        it). Returning ``True`` (or any boolean scalar that is true: a
+        NumPy or JAX one too, as ``result.losses[-1] < 1.0`` gives) stops the
+        run after that chunk (the result is returned, as after a stop rule);
+        ``None`` or a false one goes on; any other value is refused with a
+        ``TypeError``. Needs ``chunk_size``.
       mesh: a ``jax.sharding.Mesh``: run data-parallel, rows of ``data``
         sharded over all its axes, params replicated, gradients all-reduced
         every step (the same result as one device, up to the order of

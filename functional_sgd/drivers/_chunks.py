@@ -40,12 +40,29 @@ def run_in_chunks(run, spec, carry, inputs, *, chunk_size, on_chunk=None):
             indices=inputs.indices[done:done + length])
         carry, record = run(spec.part(done, length), carry, piece)
         records.append(record)
-        asked_to_stop = on_chunk is not None and on_chunk(fit_result(carry, record)) is True
+        asked_to_stop = on_chunk is not None and asks_to_stop(
+            on_chunk(fit_result(carry, record)))
         done += int(record.steps_run)
         if asked_to_stop or bool(carry.stop.stopped):
             break
     return carry, join(records, spec.steps, spec.record_params, carry.params,
                        eval_count(spec))
+
+
+def asks_to_stop(answer):
+    """Whether ``on_chunk``'s answer stops the run: ``None`` goes on, a
+    boolean scalar (Python, NumPy or JAX, as ``r.losses[-1] < 1.0`` gives)
+    says; anything else is refused rather than read as "go on"."""
+    if answer is None:
+        return False
+    if isinstance(answer, (bool, np.bool_)) or (
+            isinstance(answer, (np.ndarray, jax.Array)) and answer.shape == ()
+            and answer.dtype == np.bool_):
+        return bool(answer)
+    raise TypeError(
+        "on_chunk must return None, True or False (a Python, NumPy or JAX boolean "
+        f"scalar); got {answer!r} of type {type(answer).__name__}. Return a comparison, "
+        "e.g. result.losses[-1] < 1.0, or bool(...) of what you mean.")
 
 
 def eval_count(spec):
