@@ -281,3 +281,41 @@ def test_on_chunk_stops_a_stream_with_a_numpy_boolean():
     assert int(result.steps_run) == 2
 
 
+def mse_dict(a, x, y):
+    return {"mse": fsgd.linear_mse(a, x, y)}
+
+
+def nan_dict(a, x, y):
+    return {"mse": fsgd.linear_mse(a, x, y) * jnp.nan}
+
+
+BEST = {"evaluate": mse_dict, "eval_data": (X, Y), "monitor": "mse", "restore_best": True}
+
+
+def test_restore_best_without_an_evaluation_keeps_the_last_params_and_says_so():
+    with pytest.warns(UserWarning, match="restore_best"):
+        result = fit(steps=100, eval_every=50, chunk_size=10, on_chunk=lambda r: True, **BEST)
+    assert_trees_close(result.params, fit(steps=10).params)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 7])
+def test_restore_best_with_every_metric_nan_keeps_the_last_params_and_says_so(chunk_size):
+    with pytest.warns(UserWarning, match="restore_best"):
+        result = fit(steps=30, eval_every=10, chunk_size=chunk_size,
+                     **{**BEST, "evaluate": nan_dict})
+    assert_trees_close(result.params, fit(steps=30).params)
+
+
+def test_restore_best_with_every_metric_nan_keeps_the_last_params_under_jit():
+    @jax.jit
+    def run(lr):
+        return fit(lr=lr, steps=30, eval_every=10, **{**BEST, "evaluate": nan_dict}).params
+
+    assert_trees_close(run(0.1), fit(steps=30).params, rtol=1e-6)
+
+
+def test_eval_data_without_rows_is_refused():
+    with pytest.raises(ValueError, match=r"eval_data has no rows .*shape \(0, 2\)"):
+        fit(**{**BEST, "eval_data": (X[:0], Y[:0])})
+
+

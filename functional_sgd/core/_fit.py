@@ -175,6 +175,15 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         structure of ``params`` or a prefix of it (one bool for a subtree),
         or a function ``leaf -> bool``. Frozen leaves pass through as
         non-float ones do.
+      evaluate, eval_data, eval_every, monitor, mode: held-out evaluation
+        inside the loop and a stop rule on it (``_evaluate``); ``eval_data``
+        must have rows (0 rows is refused: its metrics would be NaN).
+      restore_best: return the params (and state) of the first best
+        evaluation of ``monitor``. With no valid evaluation (none ran before
+        the run stopped, e.g. ``on_chunk`` stopped it first, or every
+        monitored value was NaN) the last params are returned, as Keras
+        keeps the final weights, with a ``UserWarning`` naming
+        ``restore_best``.
 
     Returns:
       A :class:`FitResult`.
