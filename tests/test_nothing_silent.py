@@ -319,3 +319,71 @@ def test_eval_data_without_rows_is_refused():
         fit(**{**BEST, "eval_data": (X[:0], Y[:0])})
 
 
+def complex_loss(z):
+    return jnp.abs(z - (1 + 2j)) ** 2
+
+
+def test_complex_params_descend_as_torch_does():
+    """The step follows the conjugate of jax.grad (torch's and optax's convention)."""
+    torch = pytest.importorskip("torch")
+    result = fsgd.fit(complex_loss, jnp.array(0j, jnp.complex64), lr=0.1, steps=100)
+    z = torch.zeros((), dtype=torch.complex64, requires_grad=True)
+    losses = []
+    for _ in range(100):
+        loss = (z - (1 + 2j)).abs() ** 2
+        loss.backward()
+        losses.append(loss.item())
+        with torch.no_grad():
+            z.sub_(0.1 * z.grad)
+            z.grad.zero_()
+    # complex64 arithmetic in both, in another order: a few float32 roundings apart
+    assert abs(complex(result.params) - z.item()) < 1e-6
+    assert abs(complex(result.params) - (1 + 2j)) < 1e-5
+    np.testing.assert_allclose(result.losses, losses, rtol=1e-5, atol=1e-10)
+    assert int(result.diverged_at) == -1
+
+
+@pytest.mark.usefixtures("standard_promotion")  # optax's adam
+def test_complex_params_descend_with_an_optax_optimizer():
+    optimizer = optax.adam(0.05)
+    params = {"z": jnp.array(0j, jnp.complex64), "w": jnp.float32(3.0)}
+
+    def loss(p):
+        return complex_loss(p["z"]) + p["w"] ** 2
+
+    result = fsgd.fit(loss, params, optimizer=optimizer, steps=300)
+    state, theirs = optimizer.init(params), params
+    for _ in range(300):  # optax's own loop, as its docs say for complex params
+        grads = jax.tree.map(jnp.conj, jax.grad(loss)(theirs))
+        updates, state = optimizer.update(grads, state, theirs)
+        theirs = optax.apply_updates(theirs, updates)
+    assert_trees_close(result.params, theirs, rtol=1e-6, atol=1e-7)  # the same float32 ops
+    assert abs(complex(result.params["z"]) - (1 + 2j)) < 0.05
+
+
+def test_a_loss_grown_1e15_fold_is_divergence_though_finite():
+    """p <- p - 1.5 * 2p = -2p: the loss p**2 grows 4-fold a step from 1, past
+    1e15 at step 25 (4**25 = 1.1e15), still finite in float32 until step 64."""
+    kwargs = {"lr": 1.5, "steps": 40}
+    result = fsgd.fit(lambda p: p ** 2, jnp.float32(1.0), **kwargs)
+    assert np.isfinite(result.losses).all()
+    assert int(result.diverged_at) == 25
+    assert int(fsgd.fit(lambda p: p ** 2, jnp.float32(1.0), chunk_size=7, **kwargs)
+               .diverged_at) == 25
+    assert int(fsgd.fit(lambda p: p ** 2, jnp.float32(1.0), tol=-1.0, **kwargs)
+               .diverged_at) == 25
+
+
+def test_a_loss_that_grows_from_zero_is_not_divergence():
+    """The rule's scale is max(1, |first loss|): a first batch fitted exactly
+    (loss 0) followed by larger, healthy losses is no divergence."""
+    x = np.full((4, 1), 1e7, np.float32)
+    x[0] = 0.0
+    indices = np.array([[0], [1], [2], [3]], np.int32)
+    result = fsgd.fit(lambda p, x: (x ** 2).mean() + 0 * p, jnp.float32(0.0), (x,), lr=0.1,
+                      indices=indices)
+    assert float(result.losses[0]) == 0.0 and float(result.losses[1]) == float(np.float32(1e14))
+    assert int(result.diverged_at) == -1
+    assert int(fit(steps=100).diverged_at) == -1  # the lesson
+
+

@@ -68,7 +68,9 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         scalars too, as float arrays); every other leaf (integer, bool and
         key arrays, functions, Python ints, ``None``) passes through
         unchanged: no gradient, no update, no optimizer state.
-        ``result.params`` has the type given.
+        ``result.params`` has the type given. A complex leaf of a real loss
+        steps along the conjugate of ``jax.grad``'s gradient (see
+        :func:`gradient`), so it descends as in torch and optax.
       data: tuple of arrays sharing their leading axis ``n`` (unpacked into
         the loss's arguments), or ``()``; or any other pytree of such arrays,
         the elements of a tuple each one argument (a dict or nested tuples

@@ -126,15 +126,35 @@ def evaluations_of(records):
     return evals, eval_steps
 
 
+DIVERGED_GROWTH = 1e15
+"""A finite loss more than this many times ``max(1, |first loss|)`` counts as
+diverged: no healthy run grows its loss 1e15-fold, while a diverging one in
+float32 or float64 can stay finite for many steps past that."""
+
+
+def diverged(losses, xp=np):
+    """Per step, whether its loss counts as diverged: not finite, or more than
+    :data:`DIVERGED_GROWTH` times ``max(1, |losses[0]|)`` (the run's first
+    loss, floored at 1 so that a run starting at a loss near 0 may grow).
+    ``xp``: ``numpy`` on the host, ``jax.numpy`` inside the loop.
+
+    >>> diverged(np.array([2.0, 1e10, 3e15, np.inf, 1.0])).tolist()
+    [False, False, True, True, False]
+    """
+    scale = DIVERGED_GROWTH * xp.maximum(xp.abs(losses[:1]), 1)
+    return ~xp.isfinite(losses) | (xp.abs(losses) > scale)
+
+
 def record_of(losses, steps, trajectory=None, aux=None, evaluations=None, eval_count=0):
     """The ``Record`` of a run of ``steps`` whose first ``len(losses)`` steps
     ran: losses (and every leaf of ``aux``, stacked over those steps) padded
     with NaN (zeros where the dtype has none), ``steps_run`` and
-    ``diverged_at`` read off them; ``evaluations`` (``(evals, eval_steps)``
+    ``diverged_at`` read off them (:func:`diverged`); ``evaluations`` (``(evals, eval_steps)``
     made so far) padded to ``eval_count`` (eval steps with -1); a run cut
     short by an error (``eval_count`` 0) keeps the evaluations it made."""
     steps_run = losses.shape[0]
-    bad = np.flatnonzero(~np.isfinite(losses))
+    with np.errstate(over="ignore"):  # float16: 1e15 is inf, and nothing finite passes it
+        bad = np.flatnonzero(diverged(losses))
     padded, aux = (_padded(tree, steps) for tree in (losses, aux))
     evals = eval_steps = None
     if evaluations is not None:

@@ -30,7 +30,8 @@ class LRSweep(NamedTuple):
       final_loss: ``(k,)`` loss on all the data at each run's final params;
         ``inf`` where the run diverged.
       losses: ``(k, steps)`` per-step batch losses of every run.
-      diverged_at: ``(k,)`` first non-finite step of each run, ``-1`` if none.
+      diverged_at: ``(k,)`` first diverged step of each run (see
+        ``FitResult.diverged_at``), ``-1`` if none.
       best: index of the lowest ``final_loss`` (``-1`` if every run diverged).
       edge: index of the smallest rate that diverged (``-1`` if none did):
         the edge of divergence.
