@@ -387,3 +387,42 @@ def test_a_loss_that_grows_from_zero_is_not_divergence():
     assert int(fit(steps=100).diverged_at) == -1  # the lesson
 
 
+def _aligned(array):
+    """A copy of ``array`` at a 64-byte boundary, where JAX's CPU client reads
+    NumPy memory in place instead of copying it."""
+    buffer = np.empty(array.nbytes + 64, np.uint8)
+    start = -buffer.ctypes.data % 64
+    out = buffer[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    out[...] = array
+    return out
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warm call", "chunked call"])
+def test_nan_written_into_host_memory_a_jax_array_shares_is_refused(warm):
+    x = _aligned(np.asarray(X))
+    xj = jax.device_put(x)
+    if xj.unsafe_buffer_pointer() != x.ctypes.data:
+        pytest.skip("this JAX copies NumPy input to the device")
+    options = {} if warm else {"chunk_size": 5}
+    fit(data=(xj, Y), **options)
+    fit(data=(xj, Y), **options)  # remembered
+    x[3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"data\[0\] contains NaN"):
+        fit(data=(xj, Y), **options)
+
+
+@pytest.mark.parametrize("row", [10**6, -1])
+@pytest.mark.parametrize("warm", [True, False], ids=["warm call", "chunked call"])
+def test_indices_rewritten_in_host_memory_a_jax_array_shares_are_refused(warm, row):
+    indices = _aligned(np.asarray(fsgd.sample_indices(KEY, 100, steps=10, batch_size=5)))
+    shared = jax.device_put(indices)
+    if shared.unsafe_buffer_pointer() != indices.ctypes.data:
+        pytest.skip("this JAX copies NumPy input to the device")
+    options = {} if warm else {"chunk_size": 5}
+    fit(indices=shared, steps=None, **options)
+    fit(indices=shared, steps=None, **options)  # remembered
+    indices[4, 2] = row
+    with pytest.raises(ValueError, match="indices must lie in"):
+        fit(indices=shared, steps=None, **options)
+
+

@@ -122,9 +122,13 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
       opt_state: optimizer state to continue from (``result.opt_state``).
       start_step: global index of the first step (``result.step`` to
         continue); it selects the batches drawn from ``key``.
-      check_finite: refuse data containing NaN or inf. NumPy arrays are
-        checked on every call (they can be written to); a JAX array, whose
-        values never change, only the first time ``fit`` sees it.
+      check_finite: refuse data containing NaN or inf. NumPy arrays and
+        JAX arrays on the CPU (which may be views of NumPy or DLPack memory
+        that their owner writes to) are checked on every call; a JAX array
+        on an accelerator, whose values XLA owns, only the first time
+        ``fit`` sees it (one imported there by DLPack shares its exporter's
+        memory: pass a copy, ``jnp.array(a)``, if the exporter may write to
+        it). ``indices`` are range-checked the same way.
       chunk_size: run the loop as compiled chunks of this many steps, with a
         host step between chunks (for progress bars and checkpoints). The
         result has the same bits as one call; each chunk syncs once.
@@ -226,7 +230,9 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
             and mode == "min" and restore_best is False))) else None
     if warm_call is not None:
         warm = _warm.recall(warm_call)
-        if warm is not None:
+        if warm is not None and _checks.values_still_pass(
+                data, indices, eval_data, check_finite=check_finite, drop_last=drop_last,
+                padded=warm.again.spec.batches.padded):
             lr = _checks.check_lr(lr, optimizer, None, params)
             return warm.again(params, data, lr, key, indices, tol, patience, eval_data)
     data, structure, names = _checks.flatten_data(data)
