@@ -136,7 +136,7 @@ def piece(spec, loss, data, params, opt_state, frozen, start_step, carry, inputs
     steps = jnp.arange(spec.steps, dtype=jnp.int32)
     xs = steps if source.xs is None else (steps, source.xs) if counted else source.xs
     (params, opt_state, model_state, _), (losses, aux, trajectory) = jax.lax.scan(
-        body, (params, opt_state, carry.state, source.rows), xs, unroll=source.unroll)
+        body, (params, opt_state, carry.state, source.rows), xs)
     if spec.record_params:
         trajectory = _whole_path(model, jax.tree.map(
             lambda path, last: jnp.concatenate([path, last[None]]), trajectory, params),
