@@ -446,3 +446,20 @@ def test_chunks_of_an_equinox_mlp_with_adam_give_the_bits_of_one_call(chunk_size
     assert_trees_close(chunked.losses, one.losses)  # to the bit
     assert_trees_close(eqx.filter(chunked.params, eqx.is_array),
                        eqx.filter(one.params, eqx.is_array))
+def test_numpy_data_written_after_fit_returns_does_not_change_its_result():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200_000, 8)).astype(np.float32)
+    y = (x @ np.arange(8, dtype=np.float32)).astype(np.float32)
+
+    def loss(a, x, y):  # not linear_mse: no moments, every step reads the data
+        return ((x @ a - y) ** 2).mean()
+
+    expected = fsgd.fit(loss, np.zeros(8, np.float32), (x.copy(), y.copy()), lr=0.1,
+                        steps=100)
+    x, y = _aligned(x), _aligned(y)
+    result = fsgd.fit(loss, np.zeros(8, np.float32), (x, y), lr=0.1, steps=100)
+    x[:] = 0.0
+    y[:] = 0.0
+    assert_trees_close(result.params, expected.params)
+
+

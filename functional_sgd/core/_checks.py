@@ -94,6 +94,13 @@ def check_real(value, name):
         raise ValueError(f"{name} must be a finite number; got {value}.")
 
 
+def holds_host_arrays(tree):
+    """Whether ``tree`` holds a NumPy array: JAX's CPU client reads an aligned
+    one in place, so the compiled call, which returns before it has run,
+    would see what the caller writes into it after ``fit`` returned."""
+    return any(isinstance(leaf, np.ndarray) for leaf in jax.tree.leaves(tree))
+
+
 def check_no_chunk_options(on_chunk, checkpoint):
     if on_chunk is not None:
         raise ValueError("on_chunk needs chunk_size: pass e.g. chunk_size=1000.")

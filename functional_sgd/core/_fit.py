@@ -20,6 +20,7 @@ import dataclasses
 import itertools
 from functools import partial
 
+import jax
 import numpy as np
 
 from .. import drivers
@@ -83,6 +84,12 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         from the file with ``pread`` and checked for NaN once, so the
         process holds those rows and not the file's pages. A
         :func:`~functional_sgd.stream` of batches trains on any iterable.
+        When any input (data, params, ``indices``, ``eval_data``, ...) is a
+        NumPy array, ``fit`` returns only once the run has finished: JAX's
+        CPU client reads aligned NumPy memory in place, so a run still
+        going would see the caller's later writes to it. With JAX arrays
+        only, it returns at once, as JAX calls do (copying the inputs
+        instead would cost a copy of the data every call).
       lr: learning rate ``> 0``; required unless ``optimizer`` is given.
       steps: number of updates; may be omitted when ``indices`` is given.
       batch_size: rows per step, ``1 <= batch_size <= n``; ``None`` for all.
@@ -235,7 +242,9 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
                 padded=warm.again.spec.batches.padded):
             lr = _checks.check_lr(lr, optimizer, None, params)
             return warm.again(params, data, lr, key, indices, tol, patience, eval_data)
+    given = (params, opt_state, state, indices, eval_data)  # and data, once flattened
     data, structure, names = _checks.flatten_data(data)
+    given += (data,)
     read_on_host = _checks.read_on_host(data, batch_size, indices)
     data, n = _checks.check_data(data, check_finite and not read_on_host, names)
     if structure is not None:  # the loop sees a tuple of arrays; the loss its pytree
@@ -279,6 +288,8 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     if chunk_size is None:
         _checks.check_no_chunk_options(on_chunk, checkpoint)
         out = result(*loop(spec, carry, inputs))
+        if _checks.holds_host_arrays(given):
+            jax.block_until_ready(out)  # JAX may read them in place, after fit returned
         if warm_call is not None and model.plain and not read_on_host:
             _warm.remember(warm_call, spec, carry)  # after the run: it succeeded
         return out
