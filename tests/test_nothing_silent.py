@@ -463,3 +463,21 @@ def test_numpy_data_written_after_fit_returns_does_not_change_its_result():
     assert_trees_close(result.params, expected.params)
 
 
+
+
+def test_numpy_data_written_after_lr_sweep_returns_does_not_change_its_result():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200_000, 8)).astype(np.float32)
+    y = (x @ np.arange(8, dtype=np.float32)).astype(np.float32)
+
+    def loss(a, x, y):
+        return ((x @ a - y) ** 2).mean()
+
+    lrs = jnp.array([0.05, 0.1])
+    expected = fsgd.lr_sweep(loss, np.zeros(8, np.float32), (x.copy(), y.copy()), lrs=lrs,
+                             steps=50)
+    x, y = _aligned(x), _aligned(y)
+    sweep = fsgd.lr_sweep(loss, np.zeros(8, np.float32), (x, y), lrs=lrs, steps=50)
+    x[:] = 0.0
+    y[:] = 0.0
+    assert_trees_close(sweep.losses, expected.losses)
