@@ -246,9 +246,9 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
                 padded=warm.again.spec.batches.padded):
             lr = _checks.check_lr(lr, optimizer, None, params)
             return warm.again(params, data, lr, key, indices, tol, patience, eval_data)
-    given = (params, opt_state, state, indices, eval_data)  # and data, once flattened
+    given = (params, opt_state, state, indices, eval_data, key, rng, lr, tol, patience)
     data, structure, names = _checks.flatten_data(data)
-    given += (data,)
+    given += (data,)  # torch tensors are NumPy views from here on
     read_on_host = _checks.read_on_host(data, batch_size, indices)
     data, n = _checks.check_data(data, check_finite and not read_on_host, names)
     if structure is not None:  # the loop sees a tuple of arrays; the loss its pytree
