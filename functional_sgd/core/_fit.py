@@ -124,7 +124,9 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         always takes a short batch this way.
       tol: stop once a step's loss is ``<= tol``.
       patience: stop once the best loss has not improved for this many steps.
-        With either stop rule, a non-finite loss also stops the run.
+        With either stop rule, a non-finite loss also stops the run (a
+        finite one grown 1e15-fold is reported in ``diverged_at`` but does
+        not stop it).
       record_params: also return the parameter trajectory.
       opt_state: optimizer state to continue from (``result.opt_state``).
       start_step: global index of the first step (``result.step`` to
