@@ -55,9 +55,11 @@ def test_divergence_is_reported_at_its_step(lr, diverges):
     if not diverges:
         assert at == -1 and np.isfinite(losses).all()
     else:
+        # the first loss past 1e15 * max(1, |first loss|), or not finite
+        bound = 1e15 * max(1.0, abs(float(losses[0])))
         assert at > 0
-        assert np.isfinite(losses[:at]).all() and not np.isfinite(losses[at])
-        assert losses[at - 1] > 1e30  # it blew up on the way there
+        assert (np.abs(losses[:at]) <= bound).all()
+        assert not np.abs(losses[at]) <= bound
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -118,7 +120,10 @@ def test_stop_rule_patience_waits_for_no_improvement():
 def test_stop_rule_stops_at_divergence():
     result = fit(lr=5.0, steps=1000, tol=1e-9)
     run = int(result.steps_run)
-    assert int(result.diverged_at) == run - 1 and run < 1000
+    losses = np.asarray(result.losses)
+    # the rule stops at the first non-finite loss; diverged_at may come before it
+    assert run < 1000 and not np.isfinite(losses[run - 1]) and np.isfinite(losses[:run - 1]).all()
+    assert 0 < int(result.diverged_at) <= run - 1
 
 
 def test_data_free_objective():

@@ -94,6 +94,13 @@ def check_real(value, name):
         raise ValueError(f"{name} must be a finite number; got {value}.")
 
 
+def holds_host_arrays(tree):
+    """Whether ``tree`` holds a NumPy array: JAX's CPU client reads an aligned
+    one in place, so the compiled call, which returns before it has run,
+    would see what the caller writes into it after ``fit`` returned."""
+    return any(isinstance(leaf, np.ndarray) for leaf in jax.tree.leaves(tree))
+
+
 def check_no_chunk_options(on_chunk, checkpoint):
     if on_chunk is not None:
         raise ValueError("on_chunk needs chunk_size: pass e.g. chunk_size=1000.")
@@ -390,9 +397,18 @@ def _non_finite(data):
 
 _SEEN = {}
 """``(id, fact) -> (weakref, value)``: what a check learned about a JAX array.
-A JAX array never changes its values, so a check holds for the array object's
-life; NumPy arrays can be written to and are checked on every call. An entry
-leaves with its array."""
+A JAX array that XLA owns never changes its values, so a check holds for the
+array object's life; NumPy arrays can be written to, and so can JAX arrays
+that may be views of host memory (:func:`may_share_host_memory`): both are
+checked on every call. An entry leaves with its array."""
+
+
+def may_share_host_memory(a):
+    """Whether the values of JAX array ``a`` may change under it: on a CPU
+    device it can be a view of another library's memory that its owner
+    writes to (``jax.device_put`` of an aligned NumPy array, DLPack), and
+    nothing tells such a view from an array XLA owns."""
+    return any(device.platform == "cpu" for device in a.devices())
 
 
 def _recall(a, fact):
@@ -402,10 +418,26 @@ def _recall(a, fact):
 
 
 def _remember(a, fact, value):
-    if not isinstance(a, jax.Array) or not is_concrete(a):
+    if not isinstance(a, jax.Array) or not is_concrete(a) or may_share_host_memory(a):
         return
     key = (id(a), fact)
     _SEEN[key] = (weakref.ref(a, lambda _: _SEEN.pop(key, None)), value)
+
+
+def values_still_pass(data, indices, eval_data, *, check_finite, drop_last, padded):
+    """Whether a warm call's arrays (``_warm``) still pass the checks of their
+    values: the finiteness of ``data`` and ``eval_data`` and the range of
+    ``indices``, read again for arrays that may share host memory (others
+    are looked up). ``padded``: whether the remembered run's schedule held
+    padding; a schedule that now does, or does not, is not the same run."""
+    if check_finite and (_non_finite(data) or _non_finite(eval_data)):
+        return False
+    if indices is None:
+        return True
+    try:
+        return check_indices(indices, data[0].shape[0], drop_last) == padded
+    except ValueError:
+        return False
 
 
 @jax.jit

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._types import Carry, Inputs, Record
-from ..drivers import describe
+from ..drivers import describe, diverged
 from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, one_pass, quadratic_mse
 from ._batches import Schedule, feed
 from ._blocks import block_steps, run_in_blocks
@@ -145,7 +145,7 @@ def piece(spec, loss, data, params, opt_state, frozen, start_step, carry, inputs
     steps = jnp.arange(spec.steps, dtype=jnp.int32)
     xs = steps if source.xs is None else (steps, source.xs) if counted else source.xs
     (params, opt_state, model_state, _), (losses, aux, trajectory) = jax.lax.scan(
-        body, (params, opt_state, carry.state, source.rows), xs, unroll=source.unroll)
+        body, (params, opt_state, carry.state, source.rows), xs)
     if spec.record_params:
         trajectory = _whole_path(model, jax.tree.map(
             lambda path, last: jnp.concatenate([path, last[None]]), trajectory, params),
@@ -259,7 +259,9 @@ index in ~0.18 ms."""
 
 
 def first_bad(losses, steps_run):
-    """Index of the first non-finite loss among the steps run, ``-1`` if none.
+    """Index of the first diverged loss among the steps run, ``-1`` if none:
+    a loss that is not finite, or past ``1e15 * max(1, |losses[0]|)``
+    (``drivers.diverged``).
 
     One reduction: the least index ``t`` of a bad step, as ``uint32``, where
     a step that is not bad counts as ``2**32 - 1``, which read back as
@@ -272,8 +274,10 @@ def first_bad(losses, steps_run):
     2
     >>> int(first_bad(jnp.array([1.0, 2.0]), None))
     -1
+    >>> int(first_bad(jnp.array([2.0, 8.0, 4e15]), None))  # finite, but 2e15 times the first
+    2
     """
-    bad = ~jnp.isfinite(losses)
+    bad = diverged(losses, jnp)
     if steps_run is not None:
         bad &= jnp.arange(losses.shape[0], dtype=jnp.int32) < steps_run
 

@@ -20,6 +20,12 @@ evaluates held-out data (``evaluate``, ``monitor``, ``restore_best``...) is
 repeated the same way when its ``eval_data`` is the same tuple of JAX
 arrays: the held-out arrays are part of the call's key.
 
+A JAX array on the CPU may be a view of host memory that its owner writes
+to (``jax.device_put`` of an aligned NumPy array, DLPack): the checks of its
+values (finiteness, the range of indices) are read again on every call
+(``_checks.values_still_pass``), and a call whose arrays no longer pass
+takes the full path, which refuses them.
+
 NumPy data (which can be written to between calls), params of a pytree
 class or with NumPy or Python leaves, chunks, meshes, checkpoints and a
 user's model (``rng``, ``state``, ``has_aux``, ``trainable``,

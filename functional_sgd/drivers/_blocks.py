@@ -18,7 +18,7 @@ import json
 import numpy as np
 
 from .._types import fit_result
-from ._chunks import eval_count, join
+from ._chunks import asks_to_stop, eval_count, join
 from ._rows import row_reader
 
 
@@ -109,7 +109,8 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
         done += int(record.steps_run)
         if not spec.stop.active:  # the step is known on the host: keep it there
             carry = carry._replace(step=np.int32(carry.step))
-        asked_to_stop = on_chunk is not None and on_chunk(fit_result(carry, record)) is True
+        asked_to_stop = on_chunk is not None and asks_to_stop(
+            on_chunk(fit_result(carry, record)))
         if asked_to_stop or bool(carry.stop.stopped):
             break
     if not records:

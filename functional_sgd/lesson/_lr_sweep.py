@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import fit
-from ..core._checks import check_data, check_indices
+from ..core._checks import check_data, check_indices, holds_host_arrays
 from ..core._evaluate import check_eval_data, given_data
 
 
@@ -30,7 +30,8 @@ class LRSweep(NamedTuple):
       final_loss: ``(k,)`` loss on all the data at each run's final params;
         ``inf`` where the run diverged.
       losses: ``(k, steps)`` per-step batch losses of every run.
-      diverged_at: ``(k,)`` first non-finite step of each run, ``-1`` if none.
+      diverged_at: ``(k,)`` first diverged step of each run (see
+        ``FitResult.diverged_at``), ``-1`` if none.
       best: index of the lowest ``final_loss`` (``-1`` if every run diverged).
       edge: index of the smallest rate that diverged (``-1`` if none did):
         the edge of divergence.
@@ -73,7 +74,8 @@ def lr_sweep(loss, params, data=(), *, lrs, steps=None, batch_size=None, key=Non
 
     Args:
       loss, params, data, steps, batch_size, key, replace, indices: as for
-        :func:`fit`.
+        :func:`fit` (with a NumPy array among the inputs, the sweep returns
+        once it has run, as ``fit`` does).
       lrs: increasing learning rates ``> 0``, e.g. ``jnp.logspace(-3, 0.5, 64)``.
       optimizer: an optax optimizer made with ``optax.inject_hyperparams``
         (e.g. ``optax.inject_hyperparams(optax.adam)(learning_rate=0.1)``):
@@ -108,9 +110,13 @@ def lr_sweep(loss, params, data=(), *, lrs, steps=None, batch_size=None, key=Non
     if evaluate is None and given_data(eval_data):
         evaluate = HeldOutLoss(loss)
     # fit checks the rest (steps, batch_size, key, loss, evaluate) as it is traced.
-    return _sweep(lrs, params, data, key, indices, check_eval_data(eval_data, True), loss=loss, steps=steps,
-                  batch_size=batch_size, replace=bool(replace), optimizer=optimizer,
-                  evaluate=evaluate, eval_every=eval_every)
+    eval_data = check_eval_data(eval_data, True)
+    sweep = _sweep(lrs, params, data, key, indices, eval_data, loss=loss, steps=steps,
+                   batch_size=batch_size, replace=bool(replace), optimizer=optimizer,
+                   evaluate=evaluate, eval_every=eval_every)
+    if holds_host_arrays((params, data, indices, eval_data)):
+        jax.block_until_ready(sweep)  # as fit: JAX may read NumPy inputs in place
+    return sweep
 
 
 @partial(jax.jit, static_argnames=("loss", "steps", "batch_size", "replace", "optimizer",
