@@ -299,3 +299,41 @@ def killed_after(chunks, run, **kwargs):
 
     with pytest.raises(KeyboardInterrupt):
         run(on_chunk=crash, **kwargs)
+
+
+def counted_line(a, stream, x, y):
+    """A line with noise drawn from a key and a counter in its state, the
+    counter moved every step (as a flax nnx random stream does)."""
+    noise = jax.random.normal(jax.random.fold_in(stream["key"], stream["count"]), ())
+    value = fsgd.linear_mse(a * (1.0 + 0.01 * noise), x, y)
+    return value, {"key": stream["key"], "count": stream["count"] + 1}, noise
+
+
+def fit_counted(**kwargs):
+    stream = {"key": jax.random.key(4), "count": jnp.array(0, jnp.uint32)}
+    return fsgd.fit(counted_line, jnp.array(fsgd.LESSON_START), (X, Y), lr=0.1, steps=20,
+                    state=stream, has_aux=True, **kwargs)
+
+
+def test_a_typed_key_and_a_counter_in_state_are_carried(tmp_path):
+    """Issue 22.13: state= holding a typed key failed with ``TypeError: Cannot
+    interpret 'key<fry>' as a data type``; carried from step to step now, in
+    chunks and through a checkpoint too."""
+    one = fit_counted()
+    assert int(one.state["count"]) == 20 and one.state["count"].dtype == jnp.uint32
+    np.testing.assert_array_equal(jax.random.key_data(one.state["key"]),
+                                  jax.random.key_data(jax.random.key(4)))
+    expected = [jax.random.normal(jax.random.fold_in(jax.random.key(4), t), ())
+                for t in range(20)]
+    np.testing.assert_array_equal(one.aux, jnp.stack(expected))  # a new draw every step
+    path = os.fspath(tmp_path / "run.npz")
+    killed_after(2, fit_counted, chunk_size=6, checkpoint=path)
+    for result in (fit_counted(chunk_size=6), fit_counted(chunk_size=6, checkpoint=path)):
+        np.testing.assert_array_equal(result.params, one.params)
+        np.testing.assert_array_equal(result.aux, one.aux)
+        assert int(result.state["count"]) == 20
+    # a new state that is not the state's double is refused as for any other state
+    with pytest.raises(ValueError, match="dtypes of state; state is .*key<fry>.*uint32"):
+        fsgd.fit(lambda a, s, x, y: (fsgd.linear_mse(a, x, y), jax.random.key_data(s)),
+                 jnp.array(fsgd.LESSON_START), (X, Y), lr=0.1, steps=5,
+                 state=jax.random.key(0))

@@ -160,8 +160,9 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
       state: model state the forward pass updates (BatchNorm statistics):
         the loss is then ``loss(params, state, *batch) -> (value,
         new_state)``; the new state (same structure, shapes and dtypes) is
-        carried to the next step and never differentiated; ``result.state``
-        is the last one. Checkpointed with the params. Not with ``mesh``:
+        carried to the next step and never differentiated (PRNG keys and
+        integer counters included); ``result.state`` is the last one.
+        Checkpointed with the params. Not with ``mesh``:
         refused, since the mesh evaluates the loss row by row, where batch
         statistics mean nothing (the same holds for ``rng`` and ``has_aux``).
       has_aux: the loss returns ``(value, aux)``, with ``state`` ``(value,
