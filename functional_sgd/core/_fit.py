@@ -64,11 +64,15 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         ``has_aux`` see those; with ``rng`` it also takes the keyword ``key``.
       params: initial parameters, any pytree (NumPy or JAX arrays; an
         equinox ``Module``, a flax nnx ``State``, a dict, ...). Its leaves
-        that are arrays of an inexact dtype train (Python floats and NumPy
-        scalars too, as float arrays); every other leaf (integer, bool and
-        key arrays, functions, Python ints, ``None``) passes through
-        unchanged: no gradient, no update, no optimizer state.
-        ``result.params`` has the type given.
+        that are arrays of an inexact dtype train (NumPy scalars too);
+        every other leaf (integer, bool and key arrays, functions, Python
+        ints, ``None``) passes through unchanged: no gradient, no update,
+        no optimizer state. A Python float trains (as a float array) when
+        it is the whole params or sits in dicts, lists and tuples only;
+        inside a Module or any other pytree node it is a compile-time
+        constant, never traced, as equinox has it (``eqx.nn.Dropout``'s
+        rate); so is one that ``trainable`` freezes. ``result.params`` has
+        the type given.
       data: tuple of arrays sharing their leading axis ``n`` (unpacked into
         the loss's arguments), or ``()``; or any other pytree of such arrays,
         the elements of a tuple each one argument (a dict or nested tuples
