@@ -72,7 +72,8 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         inside a Module or any other pytree node it is a compile-time
         constant, never traced, as equinox has it (``eqx.nn.Dropout``'s
         rate); so is one that ``trainable`` freezes. ``result.params`` has
-        the type given.
+        the type given. An nnx random stream (``nnx.Dropout``'s) belongs
+        in ``state``, not here (see ``state``).
       data: tuple of arrays sharing their leading axis ``n`` (unpacked into
         the loss's arguments), or ``()``; or any other pytree of such arrays,
         the elements of a tuple each one argument (a dict or nested tuples
@@ -165,7 +166,11 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         the loss is then ``loss(params, state, *batch) -> (value,
         new_state)``; the new state (same structure, shapes and dtypes) is
         carried to the next step and never differentiated (PRNG keys and
-        integer counters included); ``result.state`` is the last one.
+        integer counters included); ``result.state`` is the last one. A
+        flax nnx model: ``graphdef, params, rest = nnx.split(model,
+        nnx.Param, ...)``, ``state=rest``, a loss that merges them and
+        returns ``(value, nnx.split(model, nnx.Param, ...)[2])``; the
+        recipe, run, is in ``functional_sgd.core._flax_nnx``.
         Checkpointed with the params. Not with ``mesh``:
         refused, since the mesh evaluates the loss row by row, where batch
         statistics mean nothing (the same holds for ``rng`` and ``has_aux``).

@@ -52,7 +52,7 @@ import jax
 import numpy as np
 
 from .._types import fit_result
-from . import _checks
+from . import _checks, _flax_nnx
 
 
 class Static:
@@ -243,6 +243,7 @@ def choose(params, trainable, rng, state, has_aux):
             isinstance(params, jax.Array) and _checks.is_inexact_dtype(params.dtype))):
         return params, None, PLAIN
     leaves, treedef = jax.tree.flatten(params)  # the one walk over params (slow for Modules)
+    _flax_nnx.refuse_updated_variables(params)
     if lesson and all(map(_is_float_array, leaves)):
         return params, None, PLAIN
     has_aux = _checks.check_bool(has_aux, "has_aux")
