@@ -44,45 +44,37 @@ as weights). flax is never imported here: a model holding nnx objects has
 imported it already.
 """
 
+import functools
 import sys
 
 import jax
 
 
-def refuse_updated_variables(params):
-    """Refuse ``params`` holding nnx variables that the model's forward pass
-    updates: a random stream (``RngKey``, ``RngCount``) or BatchNorm's
-    running statistics (``BatchStat``).
+def refuse_updated_variables(treedef):
+    """Refuse params (of this structure) holding nnx variables that the
+    model's forward pass updates: a random stream (``RngKey``, ``RngCount``)
+    or BatchNorm's running statistics (``BatchStat``).
 
     In ``params`` they would be weights: the counter would pass through
     unchanged (the same dropout mask every step), the statistics would get
     a gradient and an update and never the batch's statistics. A dict
-    lookup when flax is not imported; one walk over ``params`` when it is.
+    lookup when flax is not imported; one walk per structure when it is.
 
     Raises:
       ValueError: naming where they sit and giving the recipe above.
     """
     nnx = sys.modules.get("flax.nnx")
-    kinds = tuple(getattr(nnx, name, None) for name in ("RngState", "BatchStat"))
-    if nnx is None or None in kinds:  # no nnx model here (or a flax without them)
+    if nnx is None:  # no nnx model here
         return
-
-    def kind(x):
-        kind = x.type if type(x).__name__ == "VariableState" else type(x)  # flax < 0.11
-        return kind if isinstance(kind, type) and issubclass(kind, kinds) else None
-
-    found = [(jax.tree_util.keystr(path), kind(leaf)) for path, leaf in
-             jax.tree_util.tree_leaves_with_path(params, is_leaf=lambda x: kind(x) is not None)
-             if kind(leaf)]
+    found = _updated_variables(treedef, nnx)
     if not found:
         return
-    streams = any(issubclass(k, kinds[0]) for _, k in found)
+    streams, stats = (any(kind == k for _, k in found) for kind in ("stream", "statistics"))
     raise ValueError(
         "params holds "
         + " and ".join(what for what, on in (
             ("a flax nnx random stream", streams),
-            ("BatchNorm's running statistics (nnx.BatchStat)",
-             any(issubclass(k, kinds[1]) for _, k in found))) if on)
+            ("BatchNorm's running statistics (nnx.BatchStat)", stats)) if on)
         + f" (at {', '.join(path for path, _ in found[:4])}"
         + (", ...)" if len(found) > 4 else ")") + ": the model updates "
         "them as it runs, but in params they would be weights: "
@@ -94,3 +86,21 @@ def refuse_updated_variables(params):
         "nnx.merge(graphdef, params, rest) and returns (value, nnx.split(model, nnx.Param, "
         "...)[2]); fit(loss, params, data, state=rest, ...); then nnx.merge(graphdef, "
         "result.params, result.state).")
+
+
+@functools.lru_cache(maxsize=256)
+def _updated_variables(treedef, nnx):
+    """``[(path, "stream" or "statistics")]`` of the nnx variables in a tree
+    of this structure that the model updates as it runs."""
+    kinds = {"stream": getattr(nnx, "RngState", None),
+             "statistics": getattr(nnx, "BatchStat", None)}
+
+    def kind(x):
+        held = x.type if type(x).__name__ == "VariableState" else type(x)  # flax < 0.11
+        return next((name for name, k in kinds.items() if k is not None
+                     and isinstance(held, type) and issubclass(held, k)), None)
+
+    tree = treedef.unflatten([0] * treedef.num_leaves)
+    return tuple((jax.tree_util.keystr(path), kind(leaf)) for path, leaf in
+                 jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: kind(x) is not None)
+                 if kind(leaf))

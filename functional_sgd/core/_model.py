@@ -136,14 +136,17 @@ def _is_other_node(x):
                 or (isinstance(x, tuple) and hasattr(type(x), "_fields")))  # a namedtuple
 
 
-def _in_python_containers(params):
-    """Per leaf of ``params``: whether every container above it is Python's
-    own (dict, list, tuple, namedtuple) rather than another pytree node."""
+@functools.lru_cache(maxsize=256)
+def _in_python_containers(treedef):
+    """Per leaf of a tree of this structure: whether every container above
+    it is Python's own (dict, list, tuple, namedtuple) rather than another
+    pytree node (cached: a warm call with a Module pays no walk here)."""
     flags = []
-    for top in jax.tree.leaves(params, is_leaf=_is_other_node):
+    for top in jax.tree.leaves(treedef.unflatten([0] * treedef.num_leaves),
+                               is_leaf=_is_other_node):
         below = jax.tree.leaves(top)
         flags.extend([len(below) == 1 and below[0] is top] * len(below))
-    return flags
+    return tuple(flags)
 
 
 def wrap(tree):
@@ -243,7 +246,7 @@ def choose(params, trainable, rng, state, has_aux):
             isinstance(params, jax.Array) and _checks.is_inexact_dtype(params.dtype))):
         return params, None, PLAIN
     leaves, treedef = jax.tree.flatten(params)  # the one walk over params (slow for Modules)
-    _flax_nnx.refuse_updated_variables(params)
+    _flax_nnx.refuse_updated_variables(treedef)
     if lesson and all(map(_is_float_array, leaves)):
         return params, None, PLAIN
     has_aux = _checks.check_bool(has_aux, "has_aux")
@@ -253,7 +256,7 @@ def choose(params, trainable, rng, state, has_aux):
     scalars = tuple(map(_is_python_scalar, leaves))
     if any(scalars):  # static unless Python's own containers hold them all the way up
         arrays = tuple(a and not (s and not plain) for a, s, plain in
-                       zip(arrays, scalars, _in_python_containers(params)))
+                       zip(arrays, scalars, _in_python_containers(treedef)))
     statics, traced, wrapped = _wrapped(params, treedef, leaves, arrays)
     mask = _trainable_mask(trainable, wrapped, traced)
     floats = sum(map(_is_float, traced))
