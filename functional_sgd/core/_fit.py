@@ -65,11 +65,16 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         ``has_aux`` see those; with ``rng`` it also takes the keyword ``key``.
       params: initial parameters, any pytree (NumPy or JAX arrays; an
         equinox ``Module``, a flax nnx ``State``, a dict, ...). Its leaves
-        that are arrays of an inexact dtype train (Python floats and NumPy
-        scalars too, as float arrays); every other leaf (integer, bool and
-        key arrays, functions, Python ints, ``None``) passes through
-        unchanged: no gradient, no update, no optimizer state.
-        ``result.params`` has the type given. A complex leaf of a real loss
+        that are arrays of an inexact dtype train (NumPy scalars too);
+        every other leaf (integer, bool and key arrays, functions, Python
+        ints, ``None``) passes through unchanged: no gradient, no update,
+        no optimizer state. A Python float trains (as a float array) when
+        it is the whole params or sits in dicts, lists and tuples only;
+        inside a Module or any other pytree node it is a compile-time
+        constant, never traced, as equinox has it (``eqx.nn.Dropout``'s
+        rate); so is one that ``trainable`` freezes. ``result.params`` has
+        the type given. An nnx random stream (``nnx.Dropout``'s) belongs
+        in ``state``, not here (see ``state``). A complex leaf of a real loss
         steps along the conjugate of ``jax.grad``'s gradient (see
         :func:`gradient`), so it descends as in torch and optax.
       data: tuple of arrays sharing their leading axis ``n`` (unpacked into
@@ -188,8 +193,13 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
       state: model state the forward pass updates (BatchNorm statistics):
         the loss is then ``loss(params, state, *batch) -> (value,
         new_state)``; the new state (same structure, shapes and dtypes) is
-        carried to the next step and never differentiated; ``result.state``
-        is the last one. Checkpointed with the params. Not with ``mesh``:
+        carried to the next step and never differentiated (PRNG keys and
+        integer counters included); ``result.state`` is the last one. A
+        flax nnx model: ``graphdef, params, rest = nnx.split(model,
+        nnx.Param, ...)``, ``state=rest``, a loss that merges them and
+        returns ``(value, nnx.split(model, nnx.Param, ...)[2])``; the
+        recipe, run, is in ``functional_sgd.core._flax_nnx``.
+        Checkpointed with the params. Not with ``mesh``:
         refused, since the mesh evaluates the loss row by row, where batch
         statistics mean nothing (the same holds for ``rng`` and ``has_aux``).
       has_aux: the loss returns ``(value, aux)``, with ``state`` ``(value,

@@ -126,14 +126,22 @@ def _trace_loss(loss, model, treedef, state_def, signature):
 
 def _check_new_state(state_spec, new_state):
     """The new state must be the state's double: same structure, shapes, dtypes."""
-    old = [(tuple(a.shape), jax.numpy.dtype(a.dtype)) for a in jax.tree.leaves(state_spec)]
-    new = [(tuple(a.shape), jax.numpy.dtype(a.dtype)) if hasattr(a, "shape") else a
+    old = [(tuple(a.shape), _dtype(a)) for a in jax.tree.leaves(state_spec)]
+    new = [(tuple(a.shape), _dtype(a)) if hasattr(a, "shape") else a
            for a in jax.tree.leaves(new_state)]
     if jax.tree.structure(state_spec) != jax.tree.structure(new_state) or old != new:
         raise ValueError(
             "with state, loss must return (value, new_state) where new_state has the "
             f"structure, shapes and dtypes of state; state is {_described(state_spec)} "
             f"but the loss returned {_described(new_state)}.")
+
+
+def _dtype(a):
+    """``a``'s dtype, comparable: a PRNG key's (``key<fry>``, an nnx stream's)
+    is no NumPy dtype, and is compared as it is."""
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.extended):
+        return a.dtype
+    return jax.numpy.dtype(a.dtype)
 
 
 def _described(tree):
