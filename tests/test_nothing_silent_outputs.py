@@ -50,3 +50,28 @@ def test_torch_eval_data_on_another_device_or_dtype_is_refused_by_name():
                                         r"torch.bfloat16"):
         fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=5, evaluate=held_out_mse,
                  eval_data=half)
+
+
+# Item 4: lr_sweep with an optimizer whose rate is a schedule.
+
+def test_lr_sweep_refuses_a_scheduled_rate_it_cannot_set():
+    schedule = optax.linear_schedule(0.1, 0.01, 50)
+    optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=schedule)
+    with pytest.raises(ValueError, match=r"learning_rate is a schedule.*scale_by_schedule"):
+        fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=jnp.array([1e-3, 0.1, 1.5]),
+                      steps=50, optimizer=optimizer)
+
+
+def test_lr_sweep_sweeps_the_peak_of_a_schedule_written_as_its_message_says():
+    shape = optax.linear_schedule(1.0, 0.1, 50)  # the schedule's shape, peak 1
+    optimizer = optax.inject_hyperparams(
+        lambda learning_rate: optax.chain(optax.sgd(learning_rate),
+                                          optax.scale_by_schedule(shape)))(learning_rate=0.1)
+    sweep = fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=jnp.array([1e-3, 0.1, 1.5]),
+                          steps=50, optimizer=optimizer)
+    final = np.asarray(sweep.final_loss)
+    assert len(set(final.tolist())) == 3  # every rate trains its own run
+    manual = fsgd.fit(fsgd.linear_mse, START, (X, Y), steps=50, optimizer=optax.chain(
+        optax.sgd(0.1), optax.scale_by_schedule(shape)))
+    # The sweep's run at 0.1 is that run: the same updates, vmapped (float32, a few ulp).
+    np.testing.assert_allclose(sweep.losses[1], manual.losses, rtol=1e-5)

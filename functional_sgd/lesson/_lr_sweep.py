@@ -78,7 +78,10 @@ def lr_sweep(loss, params, data=(), *, lrs, steps=None, batch_size=None, key=Non
       optimizer: an optax optimizer made with ``optax.inject_hyperparams``
         (e.g. ``optax.inject_hyperparams(optax.adam)(learning_rate=0.1)``):
         each run sets its ``learning_rate`` in the optimizer's state, so the
-        rates share one compile. ``None``: plain SGD.
+        rates share one compile. ``None``: plain SGD. A ``learning_rate``
+        that is a schedule is refused (it would overwrite the swept rate at
+        every update); to sweep a schedule's peak, inject a constant rate and
+        chain ``optax.scale_by_schedule(shape)`` with ``shape`` peaking at 1.
       evaluate, eval_data, eval_every: as for :func:`fit`; with ``eval_data``
         and no ``evaluate``, the loss on the held-out data is evaluated.
 
@@ -153,6 +156,17 @@ def _check_injected(optimizer, params):
             "optimizer must keep its learning rate in its state, so every rate of the sweep "
             "shares one compile: build it with optax.inject_hyperparams, e.g. "
             "optax.inject_hyperparams(optax.adam)(learning_rate=0.1).")
+    # A scheduled rate is recomputed from the step count at every update,
+    # over whatever rate the sweep set: every run would train alike.
+    if "learning_rate" in getattr(state, "hyperparams_states", {}):
+        raise ValueError(
+            "optimizer's learning_rate is a schedule, which sets the rate at every update "
+            "from the step count, so the sweep cannot set it: every rate of lrs would train "
+            "alike. Sweep the schedule's peak instead: give inject_hyperparams a constant "
+            "rate and the schedule's shape (peak 1) as a scale, e.g. "
+            "optax.inject_hyperparams(lambda learning_rate: optax.chain(optax.sgd("
+            "learning_rate), optax.scale_by_schedule(shape)))(learning_rate=0.1), where "
+            "shape = optax.linear_schedule(1.0, 0.1, steps); lrs then are the peaks.")
 
 
 def _check_lrs(lrs):
