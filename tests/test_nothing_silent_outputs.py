@@ -75,3 +75,67 @@ def test_lr_sweep_sweeps_the_peak_of_a_schedule_written_as_its_message_says():
         optax.sgd(0.1), optax.scale_by_schedule(shape)))
     # The sweep's run at 0.1 is that run: the same updates, vmapped (float32, a few ulp).
     np.testing.assert_allclose(sweep.losses[1], manual.losses, rtol=1e-5)
+
+
+# Item 12: opt_state held against optimizer.init of the trainable part, for every model.
+
+def mlp_loss(model, x, y):
+    return jnp.mean((jax.vmap(model)(x)[:, 0] - y) ** 2)
+
+
+def noisy_mse(params, x, y, *, key):
+    return fsgd.linear_mse(params + 1e-3 * jax.random.normal(key, params.shape), x, y)
+
+
+def an_mlp():
+    eqx = pytest.importorskip("equinox")
+    return eqx.nn.MLP(2, 1, 4, 1, key=jax.random.key(2))
+
+
+ADAM = optax.adam(0.1)
+MOMENTUM = optax.sgd(0.1, momentum=0.9)
+WRONG_OPT_STATE = {
+    "plain params, other shapes": (
+        lambda: dict(params=START, opt_state=ADAM.init(jnp.zeros(3))),
+        r"opt_state\[0\]\.mu is float32\[3\], but optimizer.init\(params\) gives float32\[2\]"),
+    "plain params, another dtype": (
+        lambda: dict(params=START, opt_state=ADAM.init(START.astype(jnp.float16))),
+        r"opt_state\[0\]\.mu is float16\[2\], but optimizer.init\(params\) gives float32\[2\]"),
+    "equinox module, another optimizer's state": (
+        lambda: dict(params=an_mlp(), loss=mlp_loss, opt_state=MOMENTUM.init(
+            pytest.importorskip("equinox").filter(an_mlp(), lambda a: isinstance(a, jax.Array)))),
+        r"opt_state does not have the structure optimizer.init\(the trainable part of params\)"),
+    "rng, another optimizer's state": (
+        lambda: dict(params=START, loss=noisy_mse, rng=jax.random.key(3),
+                     opt_state=MOMENTUM.init(START)),
+        r"opt_state does not have the structure optimizer.init\(params\) gives"),
+    "trainable, the state of all params": (
+        lambda: dict(params={"w": START, "b": jnp.zeros(())}, trainable={"w": True, "b": False},
+                     loss=lambda p, x, y: fsgd.linear_mse(p["w"], x, y) + p["b"],
+                     opt_state=ADAM.init({"w": START, "b": jnp.zeros(())})),
+        r"optimizer.init\(the trainable part of params\).* None at every leaf that does not "
+        r"train"),
+}
+
+
+@pytest.mark.parametrize("case", WRONG_OPT_STATE)
+def test_an_opt_state_that_does_not_fit_is_refused_with_what_was_expected(
+        case, standard_promotion):
+    make, match = WRONG_OPT_STATE[case]
+    kwargs = make()
+    with pytest.raises(ValueError, match=match) as caught:
+        fsgd.fit(kwargs.pop("loss", fsgd.linear_mse), kwargs.pop("params"), (X, Y),
+                 optimizer=ADAM, steps=5, **kwargs)
+    assert "result.opt_state" in str(caught.value)
+
+
+def test_a_trainable_part_continues_from_its_own_opt_state(standard_promotion):
+    params = {"w": START, "b": jnp.zeros(())}
+    options = dict(trainable={"w": True, "b": False}, optimizer=ADAM, steps=5,
+                   loss=lambda p, x, y: fsgd.linear_mse(p["w"], x, y) + p["b"])
+    loss = options.pop("loss")
+    first = fsgd.fit(loss, params, (X, Y), **options)
+    then = fsgd.fit(loss, first.params, (X, Y), opt_state=first.opt_state,
+                    start_step=first.step, **options)
+    whole = fsgd.fit(loss, params, (X, Y), **{**options, "steps": 10})
+    assert_trees_close(then.params, whole.params, rtol=0, atol=0)  # the same bits

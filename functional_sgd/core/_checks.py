@@ -257,23 +257,50 @@ def warn_if_narrowed(tree, name):
 _WIDE = {np.dtype(np.float64): "float32", np.dtype(np.complex128): "complex64"}
 
 
-def check_opt_state(optimizer, opt_state, params):
-    """An ``opt_state`` must have the structure ``optimizer.init(params)`` gives."""
+def check_opt_state(optimizer, opt_state, trainable, *, part="params"):
+    """``opt_state`` must be what ``optimizer.init(trainable)`` gives, leaf for
+    leaf: structure, shapes and dtypes (``jax.eval_shape``: nothing runs).
+
+    ``trainable`` is what the optimizer sees (``Model.split``); ``part`` names
+    it in messages.
+    """
     if optimizer is None or opt_state is None:
         return
-    leaves, treedef = jax.tree.flatten(params)
-    expected = _init_structure(optimizer, treedef, tuple(map(signature, leaves)))
-    if jax.tree.structure(opt_state) != expected:
+    leaves, treedef = jax.tree.flatten(trainable)
+    signatures = tuple(map(signature, leaves))
+    try:
+        hash(optimizer)
+        expected = _cached_init_shapes(optimizer, treedef, signatures)
+    except TypeError:  # an optimizer that does not hash
+        expected = _init_shapes(optimizer, treedef, signatures)
+    fix = (f" Pass the opt_state that this optimizer returned for these params "
+           f"(result.opt_state), or optimizer.init({part}), or drop it to start afresh.")
+    if part != "params":
+        fix += (" The trainable part is params with None at every leaf that does not train "
+                "(frozen, or not a float array), as eqx.filter(params, eqx.is_inexact_array) "
+                "gives.")
+    got, got_def = jax.tree_util.tree_flatten_with_path(opt_state)
+    expected_leaves, expected_def = jax.tree.flatten(expected)
+    if got_def != expected_def:
         raise ValueError(
-            "opt_state does not have the structure optimizer.init(params) gives: got "
-            f"{jax.tree.structure(opt_state)}, expected {expected}. Pass the opt_state "
-            "that this optimizer returned (result.opt_state), or drop it to start afresh.")
+            f"opt_state does not have the structure optimizer.init({part}) gives: got "
+            f"{got_def}, expected {expected_def}." + fix)
+    for (path, leaf), want in zip(got, expected_leaves):
+        shape, dtype, weak = signature(leaf) if hasattr(leaf, "dtype") or isinstance(
+            leaf, (int, float, complex)) else (None, type(leaf).__name__, False)
+        # A weakly typed leaf (a Python number) takes the dtype the loop gives it.
+        if shape != tuple(want.shape) or (dtype != want.dtype and not weak):
+            raise ValueError(
+                f"opt_state{jax.tree_util.keystr(path)} is {dtype}{list(shape or ())}, but "
+                f"optimizer.init({part}) gives {want.dtype}{list(want.shape)} there." + fix)
 
 
-@functools.lru_cache(maxsize=64)
-def _init_structure(optimizer, treedef, signatures):
+def _init_shapes(optimizer, treedef, signatures):
     params = jax.tree.unflatten(treedef, [spec(s) for s in signatures])
-    return jax.tree.structure(jax.eval_shape(optimizer.init, params))
+    return jax.eval_shape(optimizer.init, params)
+
+
+_cached_init_shapes = functools.lru_cache(maxsize=64)(_init_shapes)
 
 
 def check_trajectory_fits(record_params, steps, params):

@@ -237,8 +237,10 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     plan = _speed.decide(speed, fast_path, exact_mse=loss is linear_mse and model.plain,
                          params=params, data=data, full_batch=batches.batch_size is None,
                          steps=steps, mesh=mesh)
-    if model.plain:  # a model's optimizer state covers its trainable leaves only
-        _checks.check_opt_state(optimizer, opt_state, params)
+    # A model's optimizer state covers its trainable leaves only.
+    _checks.check_opt_state(optimizer, opt_state, model.split(params)[0],
+                            part="params" if model.trains is None else
+                            "the trainable part of params")
     record_params = _checks.check_bool(record_params, "record_params")
     _checks.check_trajectory_fits(record_params, steps, params)
     evaluation, eval_data, watched = _evaluate.choose(
