@@ -139,3 +139,46 @@ def test_a_trainable_part_continues_from_its_own_opt_state(standard_promotion):
                     start_step=first.step, **options)
     whole = fsgd.fit(loss, params, (X, Y), **{**options, "steps": 10})
     assert_trees_close(then.params, whole.params, rtol=0, atol=0)  # the same bits
+
+
+# Item 5: a stream whose loader reuses its output buffer for the next batch.
+
+def batches_in_one_buffer(x, y, size, short_last=False):
+    """Yields each batch in the same two arrays, as a loader that reuses its
+    buffer does (correct in a for loop, which reads each batch before the next)."""
+    xb, yb = np.empty((size,) + x.shape[1:], x.dtype), np.empty(size, y.dtype)
+    for i in range(0, len(x), size):
+        rows = min(size, len(x) - i)
+        xb[:rows], yb[:rows] = x[i:i + rows], y[i:i + rows]
+        yield (xb, yb) if rows == size or not short_last else (xb[:rows], yb[:rows])
+
+
+def fresh_batches(x, y, size):
+    return ((x[i:i + size].copy(), y[i:i + size].copy()) for i in range(0, len(x), size))
+
+
+@pytest.mark.parametrize("rows, block", [(100, 4), (95, 3)], ids=["full", "short last batch"])
+def test_a_stream_that_reuses_its_buffer_trains_on_each_batch(rows, block):
+    x, y = np.array(X)[:rows], np.array(Y)[:rows]
+    got = fsgd.fit(fsgd.linear_mse, START,
+                   fsgd.stream(batches_in_one_buffer(x, y, 10, short_last=True), block=block),
+                   lr=0.1)
+    want = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(fresh_batches(x, y, 10), block=block),
+                    lr=0.1)
+    assert_trees_close((got.losses, got.params), (want.losses, want.params), rtol=0, atol=0)
+
+
+def test_a_stream_of_reused_torch_tensors_trains_on_each_batch():
+    torch = pytest.importorskip("torch")
+    xb, yb = torch.empty(10, 2), torch.empty(10)
+
+    def loader():
+        for i in range(0, 100, 10):
+            xb.copy_(torch.from_numpy(np.array(X[i:i + 10])))
+            yb.copy_(torch.from_numpy(np.array(Y[i:i + 10])))
+            yield xb, yb
+
+    got = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(loader(), block=5), lr=0.1)
+    want = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(fresh_batches(np.array(X), np.array(Y),
+                                                                      10), block=5), lr=0.1)
+    assert_trees_close(got.losses, want.losses, rtol=0, atol=0)
