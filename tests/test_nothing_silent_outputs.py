@@ -4,6 +4,8 @@ streams that reuse their buffers, memmaps whose file was replaced, and
 outputs that no memory holds. Each case gets the right result or one
 clear error naming the argument."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -182,3 +184,42 @@ def test_a_stream_of_reused_torch_tensors_trains_on_each_batch():
     want = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(fresh_batches(np.array(X), np.array(Y),
                                                                       10), block=5), lr=0.1)
     assert_trees_close(got.losses, want.losses, rtol=0, atol=0)
+
+
+# Item 8: a memmap's rows come from the file it maps, not whatever file has its name now.
+
+def memmap_of(path, x, y):
+    """``x`` and ``y`` side by side in one file, mapped as a (rows, 3) memmap."""
+    np.concatenate([x, y[:, None]], axis=1).astype(np.float32).tofile(path)
+    return np.memmap(path, np.float32, "r", shape=(len(x), 3))
+
+
+def columns_mse(params, rows):
+    return fsgd.linear_mse(params, rows[:, :2], rows[:, 2])
+
+
+MEMMAP_RUN = {"lr": 0.1, "steps": 20, "batch_size": 10, "key": jax.random.key(4)}
+
+
+def replace_file(path, x, y):
+    """Writes other rows to ``path`` by an atomic rename, as a data pipeline does."""
+    memmap_of(f"{path}.new", x, y)
+    os.replace(f"{path}.new", path)
+
+
+def test_a_memmap_whose_file_was_replaced_is_refused(tmp_path):
+    path = tmp_path / "rows.f32"
+    rows = memmap_of(path, np.array(X), np.array(Y))
+    replace_file(path, np.array(X) * 100, np.array(Y) * 100)
+    with pytest.raises(ValueError, match=r"data\[0\] is a np.memmap of .*rows.f32, but that "
+                                         r"file was replaced"):
+        fsgd.fit(columns_mse, START, (rows,), **MEMMAP_RUN)
+
+
+def test_a_memmap_file_replaced_during_the_run_is_read_as_mapped(tmp_path):
+    path = tmp_path / "rows.f32"
+    rows = memmap_of(path, np.array(X), np.array(Y))
+    want = fsgd.fit(columns_mse, START, (np.array(rows),), **MEMMAP_RUN)
+    got = fsgd.fit(columns_mse, START, (rows,), chunk_size=5, **MEMMAP_RUN,
+                   on_chunk=lambda _: replace_file(path, np.array(X) * 100, np.array(Y) * 100))
+    assert_trees_close(got.losses, want.losses, rtol=0, atol=0)  # the mapped rows throughout

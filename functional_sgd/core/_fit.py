@@ -79,7 +79,10 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         ``batch_size`` or ``indices``, is never read whole: each block of
         steps (``chunk_size``, by default 16 MiB of rows) has its rows read
         from the file with ``pread`` and checked for NaN once, so the
-        process holds those rows and not the file's pages. A
+        process holds those rows and not the file's pages. The file is
+        the one the memmap maps: one whose name now names another file
+        (replaced by a rename since the memmap was made) is refused, and
+        one replaced during the run is still read as mapped. A
         :func:`~functional_sgd.stream` of batches trains on any iterable.
       lr: learning rate ``> 0``; required unless ``optimizer`` is given.
       steps: number of updates; may be omitted when ``indices`` is given.
