@@ -14,6 +14,7 @@ import pytest
 from helpers import assert_trees_close
 
 import functional_sgd as fsgd
+from functional_sgd.core import _checks
 
 X, Y = fsgd.lesson_data(jax.random.key(0))
 X_VALID, Y_VALID = fsgd.lesson_data(jax.random.key(1))
@@ -98,25 +99,25 @@ ADAM = optax.adam(0.1)
 MOMENTUM = optax.sgd(0.1, momentum=0.9)
 WRONG_OPT_STATE = {
     "plain params, other shapes": (
-        lambda: dict(params=START, opt_state=ADAM.init(jnp.zeros(3))),
+        lambda: {"params": START, "opt_state": ADAM.init(jnp.zeros(3))},
         r"opt_state\[0\]\.mu is float32\[3\], but optimizer.init\(params\) gives float32\[2\]"),
     "plain params, another dtype": (
-        lambda: dict(params=START, opt_state=ADAM.init(START.astype(jnp.float16))),
+        lambda: {"params": START, "opt_state": ADAM.init(START.astype(jnp.float16))},
         r"opt_state\[0\]\.mu is float16\[2\], but optimizer.init\(params\) gives float32\[2\]"),
     "equinox module, another optimizer's state": (
-        lambda: dict(params=an_mlp(), loss=mlp_loss, opt_state=MOMENTUM.init(
-            pytest.importorskip("equinox").filter(an_mlp(), lambda a: isinstance(a, jax.Array)))),
+        lambda: {"params": an_mlp(), "loss": mlp_loss, "opt_state": MOMENTUM.init(
+            pytest.importorskip("equinox").filter(an_mlp(), lambda a: isinstance(a, jax.Array)))},
         r"opt_state does not have the structure optimizer.init\(the trainable part of params\)"),
     "rng, another optimizer's state": (
-        lambda: dict(params=START, loss=noisy_mse, rng=jax.random.key(3),
-                     opt_state=MOMENTUM.init(START)),
+        lambda: {"params": START, "loss": noisy_mse, "rng": jax.random.key(3),
+                     "opt_state": MOMENTUM.init(START)},
         r"opt_state does not have the structure optimizer.init\(params\) gives"),
     "trainable, the state of all params": (
-        lambda: dict(params={"w": START, "b": jnp.zeros(())}, trainable={"w": True, "b": False},
-                     loss=lambda p, x, y: fsgd.linear_mse(p["w"], x, y) + p["b"],
-                     opt_state=ADAM.init({"w": START, "b": jnp.zeros(())})),
-        r"optimizer.init\(the trainable part of params\).* None at every leaf that does not "
-        r"train"),
+        lambda: {"params": {"w": START, "b": jnp.zeros(())}, "trainable": {"w": True, "b": False},
+                     "loss": lambda p, x, y: fsgd.linear_mse(p["w"], x, y) + p["b"],
+                     "opt_state": ADAM.init({"w": START, "b": jnp.zeros(())})},
+        (r"optimizer.init\(the trainable part of params\).* None at every leaf that does not "
+         r"train")),
 }
 
 
@@ -133,8 +134,8 @@ def test_an_opt_state_that_does_not_fit_is_refused_with_what_was_expected(
 
 def test_a_trainable_part_continues_from_its_own_opt_state(standard_promotion):
     params = {"w": START, "b": jnp.zeros(())}
-    options = dict(trainable={"w": True, "b": False}, optimizer=ADAM, steps=5,
-                   loss=lambda p, x, y: fsgd.linear_mse(p["w"], x, y) + p["b"])
+    options = {"trainable": {"w": True, "b": False}, "optimizer": ADAM, "steps": 5,
+                   "loss": lambda p, x, y: fsgd.linear_mse(p["w"], x, y) + p["b"]}
     loss = options.pop("loss")
     first = fsgd.fit(loss, params, (X, Y), **options)
     then = fsgd.fit(loss, first.params, (X, Y), opt_state=first.opt_state,
@@ -223,3 +224,57 @@ def test_a_memmap_file_replaced_during_the_run_is_read_as_mapped(tmp_path):
     got = fsgd.fit(columns_mse, START, (rows,), chunk_size=5, **MEMMAP_RUN,
                    on_chunk=lambda _: replace_file(path, np.array(X) * 100, np.array(Y) * 100))
     assert_trees_close(got.losses, want.losses, rtol=0, atol=0)  # the mapped rows throughout
+
+
+# Item 11: outputs no memory holds are refused before compiling, with their sizes.
+
+@pytest.fixture
+def small_machine(monkeypatch):
+    """A machine of 64 KiB: outputs over 32 KiB do not fit. Runs that the
+    refusal guards against (40 GB of aux) would hang a real one instead."""
+    monkeypatch.setattr(_checks, "_memory_bytes", lambda: 64 * 2**10)
+
+
+def loss_with_aux(params, x, y):
+    return fsgd.linear_mse(params, x, y), {"big": jnp.zeros(100) + params[0]}  # 400 B a step
+
+
+def ten_metrics(params, x, y):
+    return {f"m{i}": fsgd.linear_mse(params, x, y) for i in range(10)}
+
+
+TOO_LARGE = {
+    "aux": (lambda: fsgd.fit(loss_with_aux, START, (X, Y), lr=0.1, steps=200, has_aux=True),
+            r"the aux of 200 steps: 78.1 KiB.*Return a smaller aux"),
+    "losses": (lambda: fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=10_000),
+               r"losses of 10000 steps: 39.1 KiB.*Train fewer steps a call"),
+    "evaluations": (lambda: fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=1000,
+                                     evaluate=ten_metrics, eval_data=(X_VALID, Y_VALID),
+                                     eval_every=1),
+                    r"1000 evaluations: 43.0 KiB.*larger eval_every"),
+    "trajectory": (lambda: fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=4000,
+                                    record_params=True),
+                   r"record_params keeps 4001 copies of params: 31.3 KiB.*record_params=False"),
+    "sweep": (lambda: fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=jnp.linspace(0.01, 0.1, 20),
+                                    steps=500),
+              r"20 runs' losses and evaluations: 39.\d KiB.*Sweep fewer rates"),
+    "stream": (lambda: fsgd.fit(fsgd.linear_mse, START,
+                                fsgd.stream(fresh_batches(np.array(X), np.array(Y), 10)),
+                                lr=0.1, steps=10_000),
+               r"losses of 10000 steps: 39.1 KiB"),
+}
+
+
+@pytest.mark.parametrize("case", TOO_LARGE)
+def test_outputs_no_memory_holds_are_refused_with_their_size(case, small_machine):
+    run, match = TOO_LARGE[case]
+    with pytest.raises(ValueError, match=r"the outputs of this call take .*, more than half "
+                                         r"this machine's memory \(64.0 KiB\)"):
+        run()
+    with pytest.raises(ValueError, match=match):
+        run()
+
+
+def test_outputs_that_fit_run(small_machine):
+    result = fsgd.fit(loss_with_aux, START, (X, Y), lr=0.1, steps=20, has_aux=True)
+    assert result.aux["big"].shape == (20, 100)

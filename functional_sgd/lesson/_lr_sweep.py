@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import fit
-from ..core._checks import check_data, check_indices
+from ..core._checks import check_data, check_indices, check_outputs_fit
 from ..core._evaluate import check_eval_data, given_data
 
 
@@ -111,9 +111,15 @@ def lr_sweep(loss, params, data=(), *, lrs, steps=None, batch_size=None, key=Non
     if evaluate is None and given_data(eval_data):
         evaluate = HeldOutLoss(loss)
     # fit checks the rest (steps, batch_size, key, loss, evaluate) as it is traced.
-    return _sweep(lrs, params, data, key, indices, check_eval_data(eval_data, True), loss=loss, steps=steps,
-                  batch_size=batch_size, replace=bool(replace), optimizer=optimizer,
-                  evaluate=evaluate, eval_every=eval_every)
+    arguments = (lrs, params, data, key, indices, check_eval_data(eval_data, True))
+    options = {"loss": loss, "steps": steps, "batch_size": batch_size, "replace": bool(replace),
+               "optimizer": optimizer, "evaluate": evaluate, "eval_every": eval_every}
+    # The sweep's outputs, from its trace (which the call then reuses).
+    check_outputs_fit([(f"{len(lrs)} runs' losses and evaluations",
+                        _sweep.eval_shape(*arguments, **options),
+                        ("Sweep fewer rates, or fewer steps, a call (split lrs: one "
+                         "lr_sweep each part)."))])
+    return _sweep(*arguments, **options)
 
 
 @partial(jax.jit, static_argnames=("loss", "steps", "batch_size", "replace", "optimizer",
