@@ -42,6 +42,8 @@ def stream(batches, *, block=256):
     CPU torch tensors: a torch ``DataLoader``, a generator, a grain loader),
     or one array. ``fit`` stacks ``block`` batches on the host, trains them
     in one compiled call, and reads the next block while that call runs.
+    Each batch is copied as it is taken, before the next is asked for, so a
+    loader may reuse its buffers for the next batch (as a for loop allows).
     ``steps=None`` trains until the iterable ends. Every batch must have the
     first batch's shapes, or fewer rows: a short batch (the last one of a
     ``DataLoader(drop_last=False)``) is taken as its real rows, as
