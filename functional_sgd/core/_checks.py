@@ -290,38 +290,107 @@ def warn_if_narrowed(tree, name):
 _WIDE = {np.dtype(np.float64): "float32", np.dtype(np.complex128): "complex64"}
 
 
-def check_opt_state(optimizer, opt_state, params):
-    """An ``opt_state`` must have the structure ``optimizer.init(params)`` gives."""
+def check_opt_state(optimizer, opt_state, trainable, *, part="params"):
+    """``opt_state`` must be what ``optimizer.init(trainable)`` gives, leaf for
+    leaf: structure, shapes and dtypes (``jax.eval_shape``: nothing runs).
+
+    ``trainable`` is what the optimizer sees (``Model.split``); ``part`` names
+    it in messages.
+    """
     if optimizer is None or opt_state is None:
         return
-    leaves, treedef = jax.tree.flatten(params)
-    expected = _init_structure(optimizer, treedef, tuple(map(signature, leaves)))
-    if jax.tree.structure(opt_state) != expected:
+    leaves, treedef = jax.tree.flatten(trainable)
+    signatures = tuple(map(signature, leaves))
+    try:
+        hash(optimizer)
+        expected = _cached_init_shapes(optimizer, treedef, signatures)
+    except TypeError:  # an optimizer that does not hash
+        expected = _init_shapes(optimizer, treedef, signatures)
+    fix = (f" Pass the opt_state that this optimizer returned for these params "
+           f"(result.opt_state), or optimizer.init({part}), or drop it to start afresh.")
+    if part != "params":
+        fix += (" The trainable part is params with None at every leaf that does not train "
+                "(frozen, or not a float array), as eqx.filter(params, eqx.is_inexact_array) "
+                "gives.")
+    got, got_def = jax.tree_util.tree_flatten_with_path(opt_state)
+    expected_leaves, expected_def = jax.tree.flatten(expected)
+    if got_def != expected_def:
         raise ValueError(
-            "opt_state does not have the structure optimizer.init(params) gives: got "
-            f"{jax.tree.structure(opt_state)}, expected {expected}. Pass the opt_state "
-            "that this optimizer returned (result.opt_state), or drop it to start afresh.")
+            f"opt_state does not have the structure optimizer.init({part}) gives: got "
+            f"{got_def}, expected {expected_def}." + fix)
+    for (path, leaf), want in zip(got, expected_leaves):
+        shape, dtype, weak = signature(leaf) if hasattr(leaf, "dtype") or isinstance(
+            leaf, (int, float, complex)) else (None, type(leaf).__name__, False)
+        # A weakly typed leaf (a Python number) takes the dtype the loop gives it.
+        if shape != tuple(want.shape) or (dtype != want.dtype and not weak):
+            raise ValueError(
+                f"opt_state{jax.tree_util.keystr(path)} is {dtype}{list(shape or ())}, but "
+                f"optimizer.init({part}) gives {want.dtype}{list(want.shape)} there." + fix)
 
 
-@functools.lru_cache(maxsize=64)
-def _init_structure(optimizer, treedef, signatures):
+def _init_shapes(optimizer, treedef, signatures):
     params = jax.tree.unflatten(treedef, [spec(s) for s in signatures])
-    return jax.tree.structure(jax.eval_shape(optimizer.init, params))
+    return jax.eval_shape(optimizer.init, params)
 
 
-def check_trajectory_fits(record_params, steps, params):
-    """``record_params`` keeps ``steps + 1`` copies of params: refuse what no
-    memory holds, before compiling."""
-    if not record_params:
+_cached_init_shapes = functools.lru_cache(maxsize=64)(_init_shapes)
+
+
+def check_outputs_fit(outputs):
+    """Refuses, before compiling, a call whose outputs no memory holds.
+
+    A compiled call returns before its outputs exist; outputs too large to
+    allocate would then block whoever reads them, for good. So every output
+    a call returns is estimated here, from shapes alone, against half this
+    machine's memory.
+
+    Args:
+      outputs: ``(what, shapes, advice)`` for each output: ``what`` names it
+        in the message, ``shapes`` is a pytree of arrays or
+        ``jax.ShapeDtypeStruct`` of its full size, ``advice`` says how to
+        make it smaller.
+
+    >>> check_outputs_fit([("losses of 10 steps", jax.ShapeDtypeStruct((10,), jnp.float32),
+    ...                     "Run fewer steps.")])
+    """
+    sizes = sorted(((what, tree_bytes(shapes), advice) for what, shapes, advice in outputs),
+                   key=lambda output: -output[1])
+    needed, memory = sum(size for _, size, _ in sizes), _memory_bytes()
+    if needed <= memory / 2:
         return
-    size = sum(_dtype(a).itemsize * int(np.prod(np.shape(a))) for a in jax.tree.leaves(params)
-               if hasattr(a, "dtype") and not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key))
-    needed = (steps + 1) * size
-    if needed > _memory_bytes() / 2:
-        raise ValueError(
-            f"record_params keeps {steps + 1} copies of params ({needed / 2**30:.1f} GiB), "
-            f"more than half this machine's memory ({_memory_bytes() / 2**30:.1f} GiB). "
-            "Record a shorter run, or pass chunk_size with on_chunk and keep what you need.")
+    listed = "; ".join(f"{what}: {_in_bytes(size)}" for what, size, _ in sizes if size)
+    advice = " ".join(dict.fromkeys(advice for _, size, advice in sizes if size >= needed / 4))
+    raise ValueError(
+        f"the outputs of this call take {_in_bytes(needed)} ({listed}), more than half this "
+        f"machine's memory ({_in_bytes(memory)}): no run could hand them back. {advice}")
+
+
+def stacked(tree, count):
+    """Shapes and dtypes of ``tree``'s arrays stacked ``count`` times (a
+    record over steps or evaluations), as ``jax.ShapeDtypeStruct``."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+        (count,) + tuple(np.shape(a)), a.dtype if hasattr(a, "dtype") else jnp.result_type(a)),
+        tree)
+
+
+def tree_bytes(tree):
+    """Bytes the arrays of ``tree`` (arrays or ``ShapeDtypeStruct``) take."""
+    return sum(int(np.prod(np.shape(a))) * _itemsize(a.dtype) for a in jax.tree.leaves(tree)
+               if hasattr(a, "dtype"))
+
+
+def _itemsize(dtype):
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return 8  # the two uint32 of a threefry key
+    return np.dtype(dtype).itemsize
+
+
+def _in_bytes(size):
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
 
 
 def _dtype(leaf):

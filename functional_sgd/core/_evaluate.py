@@ -206,12 +206,14 @@ def _epoch(batches):
 
 
 def check_eval_data(eval_data, check_finite):
-    """``eval_data`` as a tuple of arrays sharing their leading axis."""
+    """``eval_data`` as a tuple of arrays sharing their leading axis (CPU
+    torch tensors as NumPy views of their memory, as ``data`` takes them)."""
     if not isinstance(eval_data, (tuple, list)):
         raise TypeError("eval_data must be a tuple of arrays, unpacked into evaluate's "
                         f"arguments, e.g. (valid_x, valid_y); got {type(eval_data).__name__}. "
                         "Wrap a single array as (x,).")
-    eval_data = tuple(eval_data)
+    eval_data = tuple(_checks._from_torch(a, f"eval_data[{i}]")
+                      for i, a in enumerate(eval_data))
     for i, a in enumerate(eval_data):
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
             raise TypeError(f"eval_data[{i}] must be an array; got {type(a).__name__}.")

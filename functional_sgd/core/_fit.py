@@ -87,7 +87,10 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         ``batch_size`` or ``indices``, is never read whole: each block of
         steps (``chunk_size``, by default 16 MiB of rows) has its rows read
         from the file with ``pread`` and checked for NaN once, so the
-        process holds those rows and not the file's pages. A
+        process holds those rows and not the file's pages. The file is
+        the one the memmap maps: one whose name now names another file
+        (replaced by a rename since the memmap was made) is refused, and
+        one replaced during the run is still read as mapped. A
         :func:`~functional_sgd.stream` of batches trains on any iterable.
         When any input (data, params, ``indices``, ``eval_data``, ...) is a
         NumPy array, ``fit`` returns only once the run has finished: JAX's
@@ -221,7 +224,10 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         ``restore_best``.
 
     Returns:
-      A :class:`FitResult`.
+      A :class:`FitResult`. Its records (losses, aux, trajectory,
+      evaluations) are estimated from their shapes before anything
+      compiles: a call whose records would take more than half this
+      machine's memory is refused, naming each record's size.
 
     >>> import jax, jax.numpy as jnp
     >>> from functional_sgd import fit, lesson_data, linear_mse
@@ -278,7 +284,7 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     stop = _stop.choose(tol, patience)
     params, state, model = _model.choose(params, trainable, rng, state, has_aux)
     example = data if batches.batch_size is None else _checks.batch_of(data, batches.batch_size)
-    loss_out = _checks.check_loss(loss, params, example) if model.plain else \
+    loss_out, aux = (_checks.check_loss(loss, params, example), None) if model.plain else \
         _model_checks.check_loss(loss, params, state, example, model, rng)
     if mesh is not None:
         drivers.check_mesh(mesh, data)
@@ -289,13 +295,18 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     plan = _speed.decide(speed, fast_path, exact_mse=loss is linear_mse and model.plain,
                          params=params, data=data, full_batch=batches.batch_size is None,
                          steps=steps, mesh=mesh)
-    if model.plain:  # a model's optimizer state covers its trainable leaves only
-        _checks.check_opt_state(optimizer, opt_state, params)
+    # A model's optimizer state covers its trainable leaves only.
+    _checks.check_opt_state(optimizer, opt_state, model.split(params)[0],
+                            part="params" if model.trains is None else
+                            "the trainable part of params")
     record_params = _checks.check_bool(record_params, "record_params")
-    _checks.check_trajectory_fits(record_params, steps, params)
     evaluation, eval_data, watched = _evaluate.choose(
         evaluate, eval_data, eval_every, monitor, mode, restore_best, batches=batches,
         steps=steps, params=params, state=state, model=model, check_finite=check_finite)
+    evaluated = None if evaluation is None else (  # the evaluations' shapes: looked up
+        evaluation, _evaluate.check_evaluate(evaluate, params, state, eval_data, model))
+    _checks.check_outputs_fit(_outputs(steps, loss_out, aux,
+                                       params if record_params else None, evaluated))
     spec = LoopSpec(loss, optimizer, batches, steps, stop, record_params, plan, model,
                     evaluation, lr_schedule)
     watched = loss_out.dtype if watched is None or not _checks.is_inexact_dtype(watched) \
@@ -333,6 +344,32 @@ def _rate(lr):
     """``(lr, lr_schedule)``: a schedule ``step -> rate`` is compile-time (the
     spec's), a rate is traced (the inputs')."""
     return (None, lr) if callable(lr) else (lr, None)
+
+
+def _outputs(steps, loss_out, aux, trajectory_of, evaluated):
+    """What a run of ``steps`` returns besides its final carry, for
+    :func:`~functional_sgd.core._checks.check_outputs_fit`: the losses, the
+    aux (``None`` without ``has_aux``), the params trajectory
+    (``trajectory_of``: the params with ``record_params``, else ``None``)
+    and the evaluations (``(Evaluation, shapes of its dict)``, or ``None``)."""
+    stacked = _checks.stacked
+    shorter = ("Train fewer steps a call: continue the next call from this one's result "
+               "(params, opt_state=result.opt_state, start_step=result.step).")
+    outputs = [(f"losses of {steps} steps", stacked(loss_out, steps), shorter)]
+    if aux is not None:
+        outputs.append((f"the aux of {steps} steps", stacked(aux, steps),
+                        "Return a smaller aux from the loss (a mean, a few values). " + shorter))
+    if trajectory_of is not None:
+        outputs.append((f"record_params keeps {steps + 1} copies of params",
+                        stacked(trajectory_of, steps + 1),
+                        "Record fewer steps (record_params=False, or fewer steps a call)."))
+    if evaluated is not None:
+        evaluation, shapes = evaluated
+        count = evaluation.count(steps)
+        outputs.append((f"{count} evaluations",
+                        (stacked(shapes, count), stacked(np.int32(0), count)),
+                        "Evaluate less often (a larger eval_every)."))
+    return outputs
 
 
 def _restored(result, carry, record):
@@ -406,6 +443,8 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
     example, batches = drivers.first_batch(
         source.batches(done) if from_done else source.batches, saved)
     loss_out = _checks.check_loss(loss, params, example)
+    if steps is not None:
+        _checks.check_outputs_fit(_outputs(steps, loss_out, None, None, None))
     _checks.check_opt_state(optimizer, opt_state, params)
     plan = _speed.decide(speed, False, exact_mse=False, params=params, data=example,
                          full_batch=False, steps=1)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import fit
-from ..core._checks import check_data, check_indices, holds_host_arrays
+from ..core._checks import check_data, check_indices, check_outputs_fit, holds_host_arrays
 from ..core._evaluate import check_eval_data, given_data
 
 
@@ -80,7 +80,10 @@ def lr_sweep(loss, params, data=(), *, lrs, steps=None, batch_size=None, key=Non
       optimizer: an optax optimizer made with ``optax.inject_hyperparams``
         (e.g. ``optax.inject_hyperparams(optax.adam)(learning_rate=0.1)``):
         each run sets its ``learning_rate`` in the optimizer's state, so the
-        rates share one compile. ``None``: plain SGD.
+        rates share one compile. ``None``: plain SGD. A ``learning_rate``
+        that is a schedule is refused (it would overwrite the swept rate at
+        every update); to sweep a schedule's peak, inject a constant rate and
+        chain ``optax.scale_by_schedule(shape)`` with ``shape`` peaking at 1.
       evaluate, eval_data, eval_every: as for :func:`fit`; with ``eval_data``
         and no ``evaluate``, the loss on the held-out data is evaluated.
 
@@ -110,11 +113,16 @@ def lr_sweep(loss, params, data=(), *, lrs, steps=None, batch_size=None, key=Non
     if evaluate is None and given_data(eval_data):
         evaluate = HeldOutLoss(loss)
     # fit checks the rest (steps, batch_size, key, loss, evaluate) as it is traced.
-    eval_data = check_eval_data(eval_data, True)
-    sweep = _sweep(lrs, params, data, key, indices, eval_data, loss=loss, steps=steps,
-                   batch_size=batch_size, replace=bool(replace), optimizer=optimizer,
-                   evaluate=evaluate, eval_every=eval_every)
-    if holds_host_arrays((params, data, indices, eval_data)):
+    arguments = (lrs, params, data, key, indices, check_eval_data(eval_data, True))
+    options = {"loss": loss, "steps": steps, "batch_size": batch_size, "replace": bool(replace),
+               "optimizer": optimizer, "evaluate": evaluate, "eval_every": eval_every}
+    # The sweep's outputs, from its trace (which the call then reuses).
+    check_outputs_fit([(f"{len(lrs)} runs' losses and evaluations",
+                        _sweep.eval_shape(*arguments, **options),
+                        ("Sweep fewer rates, or fewer steps, a call (split lrs: one "
+                         "lr_sweep each part)."))])
+    sweep = _sweep(*arguments, **options)
+    if holds_host_arrays((params, data, indices, arguments[-1])):
         jax.block_until_ready(sweep)  # as fit: JAX may read NumPy inputs in place
     return sweep
 
@@ -159,6 +167,17 @@ def _check_injected(optimizer, params):
             "optimizer must keep its learning rate in its state, so every rate of the sweep "
             "shares one compile: build it with optax.inject_hyperparams, e.g. "
             "optax.inject_hyperparams(optax.adam)(learning_rate=0.1).")
+    # A scheduled rate is recomputed from the step count at every update,
+    # over whatever rate the sweep set: every run would train alike.
+    if "learning_rate" in getattr(state, "hyperparams_states", {}):
+        raise ValueError(
+            "optimizer's learning_rate is a schedule, which sets the rate at every update "
+            "from the step count, so the sweep cannot set it: every rate of lrs would train "
+            "alike. Sweep the schedule's peak instead: give inject_hyperparams a constant "
+            "rate and the schedule's shape (peak 1) as a scale, e.g. "
+            "optax.inject_hyperparams(lambda learning_rate: optax.chain(optax.sgd("
+            "learning_rate), optax.scale_by_schedule(shape)))(learning_rate=0.1), where "
+            "shape = optax.linear_schedule(1.0, 0.1, steps); lrs then are the peaks.")
 
 
 def _check_lrs(lrs):
