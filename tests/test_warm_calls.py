@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import backend_tolerance
 
 import functional_sgd as fsgd
 from functional_sgd.core import _fit, _repeat, _warm
@@ -118,7 +119,7 @@ def test_a_sweep_under_vmap_of_a_warm_call_matches(checks_run):
     assert checks_run[0] == 1  # the lr is a tracer; everything else repeats
     np.testing.assert_array_equal(np.asarray(cold), np.asarray(warm))
     one = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.05, steps=20).params
-    np.testing.assert_allclose(np.asarray(warm[0]), np.asarray(one), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(warm[0]), np.asarray(one), **backend_tolerance(rtol=1e-6))
 
 
 def assert_same_result(a, b):
