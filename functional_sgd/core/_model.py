@@ -195,7 +195,7 @@ def choose(params, trainable, rng, state, has_aux):
 
     The lesson's case (every leaf a float array, no ``rng``, ``state``,
     ``has_aux`` or ``trainable``) is checked first and returns :data:`PLAIN`
-    with ``params`` untouched: a warm ``fit`` of one array pays ~0.2 us here.
+    with ``params`` untouched: a warm ``fit`` of one array pays next to nothing here.
     """
     if rng is None and state is None and has_aux is False and trainable is None and (
             isinstance(params, jax.Array) and _checks.is_inexact_dtype(params.dtype)):
