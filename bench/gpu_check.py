@@ -96,7 +96,7 @@ def xdist_workers():
     return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
-def test_command(size):
+def pytest_command(size):
     files = SMOKE_TEST_FILES if size == "smoke" else TEST_FILES
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                *[str(pathlib.Path("tests") / f) for f in files]]
@@ -128,7 +128,7 @@ def main(argv=None):
     began = time.monotonic()
     outcomes = []
     if "tests" not in skip:
-        outcomes.append(run_stage("tests", test_command(args.size), budgets["tests"], env))
+        outcomes.append(run_stage("tests", pytest_command(args.size), budgets["tests"], env))
     if "table" not in skip:
         platform = default_platform()
         command = [sys.executable, "-m", "bench.run", "--devices", platform, "--size",
