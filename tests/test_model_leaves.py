@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import X, Y, assert_trees_close
+from helpers import X, Y, assert_trees_close, backend_tolerance
 
 import functional_sgd as fsgd
 
@@ -126,7 +126,7 @@ def test_jit_and_vmap_over_a_model():
     swept = sweep(jnp.array([0.1, 0.2]))
     one = fsgd.fit(loss, params, (X, Y), lr=0.2, steps=20)
     assert swept.shape == (2, 2) and one.params["act"] is jnp.tanh
-    assert_trees_close(swept[1], one.params["a"], rtol=1e-6)
+    assert_trees_close(swept[1], one.params["a"], **backend_tolerance(rtol=1e-6))
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

@@ -197,8 +197,8 @@ def feed(batches, data, key, indices, start_step, steps, plan):
 
     Tiny steps (one row, say) make a loop that XLA:CPU compiles into one
     kernel, where a row gather costs nanoseconds: those gather in the loop.
-    Larger steps run as separate kernels, where a gather costs ~3 us a step
-    and a slice of batches gathered up front ~0.3 us: those are gathered
+    Larger steps run as separate kernels, where a gather a step costs about
+    ten times reading a slice of batches gathered up front: those are gathered
     before the loop while they fit in ``plan.pregather_bytes``. A long keyed
     schedule is drawn a chunk at a time, when step ``t`` starts one.
 
@@ -332,8 +332,8 @@ def _schedule(key, start, *, n, steps, batch_size, replace, drop_last=True):
     round_keys = jax.vmap(lambda e: jax.random.bits(
         jax.random.fold_in(key, e), (FEISTEL_ROUNDS,), jnp.uint32))(epochs)
     # Step by step (lax.map), so each step's cycle-walk ends with its own rows,
-    # not with the slowest row of the whole schedule: 2.1 against 3.4 ms for
-    # an epoch of 1,562 batches of 64 from 1e5 rows.
+    # not with the slowest row of the whole schedule (faster on an epoch of
+    # 1,562 batches of 64 from 1e5 rows).
     if drop_last:
         return jax.lax.map(lambda pk: shuffled_position(*pk, n), (positions, round_keys))
     # Positions past the epoch's n rows are padding: -1 (each permuted as

@@ -172,7 +172,10 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         additions). ``loss`` must be a mean over the rows of its batch.
       checkpoint: a file path: after every chunk the run's state is written
         there atomically, and a run started again with the same arguments
-        resumes from it with the same bits. Needs ``chunk_size`` (a memmap's
+        resumes from it with the same bits (on a GPU, with
+        ``XLA_FLAGS=--xla_gpu_deterministic_ops=true``: XLA:GPU otherwise picks
+        kernels by timing them, which may sum in another order). Needs
+        ``chunk_size`` (a memmap's
         blocks and a stream's are its chunks). A memmap is fingerprinted by
         its file (name, size, modification time) and a hash of 1,024 of its
         rows, not by all its bytes; a stream by its batches' shapes

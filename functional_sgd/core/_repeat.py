@@ -64,7 +64,7 @@ def carry_and_record(out):
 def flat_loop_outputs(spec, fields):
     """The compiled loop on ``(*carry, *inputs)`` (every field of both, in
     order), its ``Carry`` and ``Record`` fields as one flat tuple indexed by
-    :data:`OUTPUT` (building the namedtuples takes ~0.5 us each)."""
+    :data:`OUTPUT` (namedtuples are slow to build in Python)."""
     if spec.plan.cpu_compiler_options:
         try:
             out = _compiled_loop(*fields, spec=spec)
@@ -254,8 +254,8 @@ def _finish_trajectory(spec, trajectory, params, frozen, t):
 
 LONG_RUN = 4096
 """From this many steps, ``diverged_at`` first asks whether any loss is bad:
-XLA:CPU reduces 2e5 losses to a yes or no in ~0.13 ms, to the first bad
-index in ~0.18 ms."""
+XLA:CPU reduces many losses to a yes or no faster than to the first bad
+index."""
 
 
 def first_bad(losses, steps_run):
@@ -266,8 +266,8 @@ def first_bad(losses, steps_run):
     One reduction: the least index ``t`` of a bad step, as ``uint32``, where
     a step that is not bad counts as ``2**32 - 1``, which read back as
     ``int32`` is ``-1``. XLA:CPU runs it as one kernel, where ``argmax`` and
-    a select took two (on the lesson in batches of 10, 1.5-2 us of a 17 us
-    call under ``tune_cpu``). Long runs skip it unless a loss is bad.
+    a select took two (visible on the lesson in batches of 10 under
+    ``tune_cpu``). Long runs skip it unless a loss is bad.
 
     >>> import jax.numpy as jnp
     >>> int(first_bad(jnp.array([1.0, 2.0, jnp.inf, jnp.nan]), None))
@@ -300,26 +300,42 @@ def _known_on_the_host(spec, carry_in, carry, record):
     ``steps``, the step is ``start_step + steps``, the stop state unchanged."""
     if record.steps_run is not None:
         return carry, record
-    steps_run, step = known_counts(spec, carry_in.step)
+    steps_run, step = known_counts(spec, carry_in.step, home_device(carry.params))
     return (Carry(carry.params, carry.opt_state, step, carry_in.stop, carry.state),
             Record(record.losses, record.diverged_at, steps_run, record.trajectory, record.aux))
 
 
-def known_counts(spec, start):
+def known_counts(spec, start, device=None):
     """``(steps_run, step)`` of a run from ``start`` that no rule stops:
-    ``steps`` and ``start + steps``, int32 device scalars."""
-    steps_run = _int32_constant(spec.steps)
-    step = (_int32_constant(int(start) + spec.steps) if isinstance(start, (int, np.integer))
-            else start + steps_run)
+    ``steps`` and ``start + steps``, int32 scalars on ``device`` (``None``:
+    the default device)."""
+    steps_run = _int32_constant(spec.steps, device)
+    step = (_int32_constant(int(start) + spec.steps, device)
+            if isinstance(start, (int, np.integer)) else start + steps_run)
     return steps_run, step
 
 
+def home_device(params):
+    """The one device ``params`` are on when it is not the default device
+    (a CPU device of a GPU machine), else ``None``; ``None`` too for traced
+    or sharded params. A run's own scalars (step counts, a repeated lr) are
+    made there, so no call copies them between devices."""
+    leaves = jax.tree_util.tree_leaves(params)
+    if not leaves or isinstance(leaves[0], jax.core.Tracer):
+        return None
+    devices = getattr(leaves[0], "devices", lambda: ())()
+    if len(devices) != 1:
+        return None
+    (device,) = devices
+    return None if device == jax.devices()[0] else device
+
+
 @functools.lru_cache(maxsize=256)
-def _int32_constant(value):
+def _int32_constant(value, device=None):
     """One device scalar per value (JAX arrays are immutable, so sharing is safe),
     copied there as it is (``jnp.asarray`` of a Python int compiles a conversion)."""
     with jax.ensure_compile_time_eval():
-        return jax.device_put(np.int32(value))
+        return jax.device_put(np.int32(value), device)
 
 
 COMPILED_LOOPS_KEPT = 64
@@ -374,7 +390,7 @@ def _inside_a_trace():
 def _loop_flat(*fields, spec):
     """:func:`loop` of ``Carry(*fields[:6]), Inputs(*fields[6:])``, its
     ``Carry`` and ``Record`` as one flat tuple: a jitted call builds
-    namedtuple outputs slowly (~2 us of a 20 us call on the lesson in
+    namedtuple outputs slowly (a visible part of a call on the lesson in
     batches of 10 under ``tune_cpu``)."""
     carry, record = loop(Carry(*fields[:_CARRY_FIELDS]), Inputs(*fields[_CARRY_FIELDS:]),
                          spec=spec)

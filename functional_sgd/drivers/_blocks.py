@@ -8,7 +8,7 @@ compiled call before the device is done, so reading the next block on the
 host overlaps with the training of this one, without threads; the host waits
 for a block's results only after the next block is ready. A block goes to
 the compiled call as host arrays, which the call copies in: an explicit
-``jax.device_put`` first cost ~0.13 ms a block more.
+``jax.device_put`` first was slower (one more dispatch a block).
 """
 
 import dataclasses
@@ -286,7 +286,7 @@ def _fill(a, rows):
 
 ALIGNMENT = 64
 """Bytes: JAX on CPU takes a NumPy array this aligned as it is, without a copy
-(a block of 256 batches of 64 x 10 float32: ~0.1 ms a call less)."""
+(``bench/investigations/host_data.py`` times blocks of batches read this way)."""
 
 
 def aligned_empty(shape, dtype):

@@ -10,7 +10,11 @@ memory (best loss or monitored value, steps or evaluations since it,
 whether it fired). Started
 again with the same arguments, ``fit`` finds the file, checks that it belongs
 to this run and continues: the result has exactly the bits of an
-uninterrupted run.
+uninterrupted run. On a GPU that holds when XLA compiles deterministically:
+set ``XLA_FLAGS=--xla_gpu_deterministic_ops=true`` before JAX starts, in the
+run and in its resumption. Without it XLA:GPU autotunes (picks a matmul or
+reduction kernel by timing it), so two processes, or a chunk and a whole
+run, may pick kernels that sum in another order and differ by rounding.
 
 Why plain ``.npz``: the state is a handful of small arrays and one JSON
 header, which NumPy writes and reads with no new dependency; every member of
