@@ -1,8 +1,10 @@
 """Benchmarks of functional-sgd against the lesson's torch loop and its peers.
 
 * ``python -m pytest bench --benchmark-enable --bench-size=full``: the suite;
-* ``python -m bench.report``: runs it and writes ``bench/results/REPORT.md``;
-* ``python -m bench.accelerators``: the same workloads on every device.
+* ``python -m bench.run``: runs it and writes ``bench/results/REPORT.md``;
+* ``python -m bench.run --devices all``: the same workloads on every device
+  (``--help`` for the other comparisons; ``bench/investigations/`` holds
+  one-off measurements).
 
 Peers a user could pick instead (``bench/peers.py``): a hand-written
 ``jax.jit(lax.scan)``, Keras 3 on JAX (``pip install -e ".[bench]"``),

@@ -1,4 +1,4 @@
-"""``python -m bench.accelerators``: the workloads on every device JAX and torch see.
+"""The workloads on every device JAX and torch see: ``python -m bench.run --devices all``.
 
 For each workload, each JAX device (cpu, gpu, tpu) runs ``fit`` (for the
 sweep ``jax.jit(jax.vmap(fit))``), the hand-written scan and Keras, and each
@@ -9,9 +9,12 @@ is checked against a float64 NumPy run; times are medians of warm calls,
 synchronised. The peers that compile for seconds run at full size only; a
 peer that cannot run here is listed with the reason. Writes
 ``accelerators.md`` and ``accelerators.png`` to the output folder.
+``--devices cpu,gpu`` keeps those platforms (``cuda`` names torch's GPU and
+JAX's alike), ``--peers`` those comparisons (``fit`` always runs);
+``python -m bench.accelerators`` is an alias of ``python -m bench.run
+--devices all``.
 """
 
-import argparse
 import contextlib
 import pathlib
 import sys
@@ -21,12 +24,16 @@ import jax
 import numpy as np
 
 from bench import machine, timing
-from bench.methods import BASELINE, SCAN, Unavailable, methods_for
+from bench.methods import BASELINE, FASTAI, KERAS, SCAN, TORCH_COMPILE, Unavailable, methods_for
 from bench.workloads import AGREEMENT, SIZES, close_to_truth, make_problem, truth
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 JAX_METHODS = ("fit", "jax.jit(jax.vmap(fit))", SCAN)  # and every Keras method
-BUDGET_S = {"full": 1.0, "smoke": 0.02}
+BUDGET_S = {"full": 1.0, "short": 1.0, "smoke": 0.02}
+PLATFORM_ALIASES = {"cuda": "gpu", "rocm": "gpu"}  # torch's names of JAX's "gpu"
+PEERS = {"torch": (BASELINE,), "scan": (SCAN,), "keras": KERAS,
+         "torch.compile": TORCH_COMPILE, "fastai": (FASTAI,)}
+"""``--peers`` names and the methods each adds beside ``fit`` (every form of it)."""
 
 
 def jax_devices():
@@ -83,74 +90,120 @@ def runs_on(device):
     return params.devices() == {device}
 
 
-def targets(workload, slow=True):
+def platform_of(name):
+    """The JAX platform a ``--devices`` name means: ``cuda`` and ``rocm`` are ``gpu``.
+
+    >>> platform_of("cuda"), platform_of("cpu:0"), platform_of("mps")
+    ('gpu', 'cpu', 'mps')
+    """
+    name = name.split(":")[0]
+    return PLATFORM_ALIASES.get(name, name)
+
+
+def targets(workload, slow=True, platforms=None, peers=None):
     """``(engine, device name, device, method)`` for every place the workload
-    runs; ``slow=False`` leaves out the peers that compile for seconds."""
+    runs; ``slow=False`` leaves out the peers that compile for seconds,
+    ``platforms`` (a set of :func:`platform_of` names) keeps those devices,
+    ``peers`` (names of :data:`PEERS`) those comparisons beside ``fit``."""
+    wanted = None if peers is None else {m for peer in peers for m in PEERS[peer]}
+
+    def kept(method):
+        return wanted is None or method.name in wanted or method.name.startswith("fit") \
+            or method.name.startswith("jax.") and method.name.endswith("(fit))")
+
     for device in jax_devices():
+        if platforms is not None and device.platform not in platforms:
+            continue
         for method in methods_for(workload, engines=("jax", "keras"), slow=slow):
-            if method.name in JAX_METHODS or method.engine == "keras":
+            if (method.name in JAX_METHODS or method.engine == "keras") and kept(method):
                 yield method.engine, f"{device.platform}:{device.id}", device, method
     for name in machine.torch_devices():
+        if platforms is not None and platform_of(name) not in platforms:
+            continue
         for method in methods_for(workload, engines=("torch",), slow=slow):
-            yield "torch", name, name, method
+            if kept(method):
+                yield "torch", name, name, method
 
 
-def compare(size="full", names=None):
+def compare(size="full", names=None, platforms=None, peers=None, budget_s=None):
     """One row per (workload, engine, device, method): a dict of what was
-    measured, or with ``skipped`` (the reason) for a peer that cannot run here."""
-    rows = []
-    for workload in SIZES[size]:
+    measured, or with ``skipped`` (the reason) for a peer that cannot run here.
+    ``platforms``, ``peers``: as for :func:`targets`. ``budget_s``: once this
+    many seconds have passed, the cases left are listed as skipped, not run;
+    the peers that compile for seconds run last, after every other case of
+    every workload, so a budget cuts them first."""
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    cases = []  # (pass, order, workload, problem, expected, target)
+    for w_index, workload in enumerate(SIZES[size]):
         if names and workload.name not in names:
             continue
         problem = make_problem(workload)
-        expected = truth(problem)
-        for engine, name, device, method in targets(workload, slow=size == "full"):
-            if engine == "jax" and not runs_on(device):
-                raise RuntimeError(f"fit on inputs placed on {name} did not run there.")
-            precision = (jax.default_matmul_precision("highest") if method.on_jax
-                         else torch_full_precision())
-            with precision:
-                try:
-                    run = method.prepare(problem, device)
-                    if engine == "torch":
-                        run = torch_synchronised(run, device)
-                    first_s = timing.first_call(run, fresh=False)
-                except Unavailable as why:
-                    rows.append(dict(workload=workload.name, engine=engine, device=name,
-                                     method=method.name, skipped=str(why)))
-                    print(f"{workload.name:22s} {engine:5s} {name:8s} {method.name}: "
-                          f"skipped, {why}", flush=True)
-                    continue
-                warm_s = -time.perf_counter()
-                error = close_to_truth(run(), expected)
-                warm_s += time.perf_counter()
-                median_s = timing.median_seconds(run, budget=BUDGET_S[size], min_rounds=2,
-                                                 call_s=warm_s)
-            rows.append(dict(workload=workload.name, engine=engine, device=name,
-                             method=method.name, median_s=median_s, first_s=first_s,
-                             steps_per_s=workload.steps * max(1, workload.sweep) / median_s,
-                             error=error, agrees=error <= AGREEMENT))
-            print(f"{workload.name:22s} {engine:5s} {name:8s} {method.name:22s} "
-                  f"{median_s * 1e3:10.3f} ms  error {error:.1e}", flush=True)
-    return rows
+        for t_index, target in enumerate(targets(workload, slow=size != "smoke",
+                                                 platforms=platforms, peers=peers)):
+            cases.append((target[3].slow, (w_index, t_index), workload, problem, target))
+    cases.sort(key=lambda case: case[:2])
+    truths, rows = {}, []
+    for _, order, workload, problem, (engine, name, device, method) in cases:
+        where = dict(workload=workload.name, engine=engine, device=name, method=method.name)
+        if deadline is not None and time.monotonic() > deadline:
+            rows.append((order, {**where, "skipped": f"past the run's time budget of "
+                                                    f"{budget_s:g} s"}))
+            continue
+        if workload not in truths:
+            truths[workload] = truth(problem)
+        row = measure(workload, problem, truths[workload], engine, name, device, method, size)
+        rows.append((order, {**where, **row}))
+    return [row for _, row in sorted(rows, key=lambda r: r[0])]
 
 
-def write(rows, out, note=""):
+def measure(workload, problem, expected, engine, name, device, method, size):
+    """What one case measured, or ``{"skipped": why}``."""
+    if engine == "jax" and not runs_on(device):
+        raise RuntimeError(f"fit on inputs placed on {name} did not run there.")
+    precision = (jax.default_matmul_precision("highest") if method.on_jax
+                 else torch_full_precision())
+    with precision:
+        try:
+            run = method.prepare(problem, device)
+            if engine == "torch":
+                run = torch_synchronised(run, device)
+            first_s = timing.first_call(run, fresh=False)
+        except Unavailable as why:
+            print(f"{workload.name:22s} {engine:5s} {name:8s} {method.name}: "
+                  f"skipped, {why}", flush=True)
+            return {"skipped": str(why)}
+        warm_s = -time.perf_counter()
+        error = close_to_truth(run(), expected)
+        warm_s += time.perf_counter()
+        median_s = timing.median_seconds(run, budget=BUDGET_S[size], min_rounds=2,
+                                         call_s=warm_s)
+    print(f"{workload.name:22s} {engine:5s} {name:8s} {method.name:22s} "
+          f"{median_s * 1e3:10.3f} ms  error {error:.1e}", flush=True)
+    return dict(median_s=median_s, first_s=first_s,
+                steps_per_s=workload.steps * max(1, workload.sweep) / median_s,
+                error=error, agrees=error <= AGREEMENT)
+
+
+def write(rows, out, note="", *, command="python -m bench.run --devices all", size=None):
     """``accelerators.md`` (one cross-device table) and ``accelerators.png``;
-    ``note``, if any, is printed under the title."""
+    ``note``, if any, is printed under the title; ``size``: the workloads'
+    size, whose shapes are listed under the table."""
     from bench import plots
 
-    header = ("workload", "engine", "device", "method", "median", "vs torch cpu",
+    header = ("workload", "engine", "device", "method", "median", "vs torch reference",
               "steps/s", "first call (compile + run)", "error vs float64", "agrees")
     rows, skipped = measured(rows), [r for r in rows if "skipped" in r]
-    base = {r["workload"]: r["median_s"] for r in rows
-            if r["engine"] == "torch" and r["device"] == "cpu" and r["method"] == BASELINE}
+    base = {}  # the torch reference on CPU, else on the first torch device measured
+    for r in sorted(rows, key=lambda r: r["device"] != "cpu"):
+        if r["engine"] == "torch" and r["method"] == BASELINE:
+            base.setdefault(r["workload"], (r["median_s"], r["device"]))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        ratio = base.get(r["workload"], float("nan")) / r["median_s"]
+        base_s, base_device = base.get(r["workload"], (float("nan"), "-"))
         lines.append(
             f"| {r['workload']} | {r['engine']} | {r['device']} | {r['method']} | "
-            f"{r['median_s'] * 1e3:,.3f} ms | {ratio:,.1f}x | {r['steps_per_s']:,.0f} | "
+            f"{r['median_s'] * 1e3:,.3f} ms | {base_s / r['median_s']:,.1f}x "
+            f"({base_device}) | {r['steps_per_s']:,.0f} | "
             f"{r['first_s'] * 1e3:,.1f} ms | {r['error']:.1e} | "
             f"{'yes' if r['agrees'] else '**no**'} |")
     if skipped:
@@ -159,16 +212,24 @@ def write(rows, out, note=""):
     info = machine.machine_info()
     heading = f"{note}\n\n" if note else ""
     text = (f"# functional-sgd across devices\n\n{heading}"
-            f"Written by `python -m bench.accelerators` on {info['cpu']} "
+            f"Written by `{command}` on {info['cpu']} "
             f"({info['cores']} cores); JAX devices: {info['jax devices']}; "
             f"torch devices: {info['torch devices']}. Full float32 matmul precision "
             f"everywhere; agreement is max |p - p64| / (1 + |p64|) <= {AGREEMENT:g} "
             "against a float64 NumPy run.\n\n" + "\n".join(lines) + "\n\n"
-            "![time per workload and device](accelerators.png)\n")
+            + (sizes_note(size, {r["workload"] for r in rows}) if size else "")
+            + "![time per workload and device](accelerators.png)\n")
     (out / "accelerators.md").write_text(text)
     plots.device_bars(rows, out / "accelerators.png",
                       title="Median time per workload, engine and device")
     return text
+
+
+def sizes_note(size, names):
+    """The shapes of the workloads in the table, at ``size``."""
+    shapes = "; ".join(f"{w.name}: {w.label}" + (f", {w.sweep} rates" if w.sweep else "")
+                       for w in SIZES[size] if w.name in names)
+    return f"Workloads at size `{size}`: {shapes}.\n\n"
 
 
 def measured(rows):
@@ -176,24 +237,20 @@ def measured(rows):
     return [r for r in rows if "skipped" not in r]
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bench.accelerators",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--size", choices=("full", "smoke"), default="full")
-    parser.add_argument("--workloads", help="comma-separated workload names (default: all)")
-    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--note", default="", help="a line to print under the title")
-    args = parser.parse_args(argv)
-    names = set(args.workloads.split(",")) if args.workloads else None
-    known = {w.name for w in SIZES[args.size]}
-    if names and not names <= known:
-        parser.error(f"unknown workloads {sorted(names - known)}; known: {sorted(known)}")
-    rows = compare(args.size, names)
+def devices_run(args, command):
+    """Runs the comparison ``args`` asks for (``python -m bench.run --devices
+    ...``) and writes its table into ``args.out``; ``command``: the command
+    line, quoted in the table. Returns 0 when every result agrees."""
+    platforms = None if args.devices == "all" else {
+        platform_of(d) for d in args.devices.split(",")}
+    rows = compare(args.size, args.workloads, platforms, args.peers, args.budget)
     args.out.mkdir(parents=True, exist_ok=True)
-    write(rows, args.out, args.note)
+    write(rows, args.out, args.note, command=command, size=args.size)
     print(f"wrote {args.out / 'accelerators.md'}")
     return 0 if all(r["agrees"] for r in measured(rows)) else 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the old command, kept as an alias
+    from bench import run
+
+    sys.exit(run.main(["--devices", "all", *sys.argv[1:]]))

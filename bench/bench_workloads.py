@@ -17,7 +17,7 @@ from bench.conftest import bench_size, skip_case, slow_peers
 from bench.methods import Unavailable, methods_for
 from bench.workloads import AGREEMENT, SIZES, close_to_truth, make_problem, truth
 
-BUDGET_S = {"full": 2.0, "smoke": 0.05}  # timed seconds per case
+BUDGET_S = {"full": 2.0, "short": 1.0, "smoke": 0.05}  # timed seconds per case
 MIN_ROUNDS, MAX_ROUNDS = 3, 5000
 
 

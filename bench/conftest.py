@@ -1,6 +1,7 @@
 """Benchmark sizes: a smoke run (CI) unless benchmarks are enabled.
 
-``--bench-size=full`` gives the issue's sizes, ``smoke`` tiny ones; the
+``--bench-size=full`` gives the issue's sizes, ``short`` the same with 10x
+fewer steps where Python-driven peers take minutes, ``smoke`` tiny ones; the
 default is ``full`` with ``--benchmark-enable`` and ``smoke`` otherwise, so
 the plain test command runs every benchmark body once, small and untimed.
 The peers that compile for seconds (torch.compile, Keras) run at full size,
@@ -8,7 +9,7 @@ or at smoke size with ``--slow-peers``; otherwise their cases are skipped.
 
 With ``FSGD_BENCH_TUNE_CPU=1`` in the environment the run measures
 ``functional_sgd.tune_cpu()`` (set here, before JAX starts) on the workloads
-and methods it is meant for; ``python -m bench.report`` runs that second.
+and methods it is meant for; ``python -m bench.run`` runs that second.
 """
 
 import pytest
@@ -22,7 +23,7 @@ if tuned_run():
 
 
 def pytest_addoption(parser):
-    parser.addoption("--bench-size", choices=("smoke", "full"), default=None,
+    parser.addoption("--bench-size", choices=("smoke", "short", "full"), default=None,
                      help="benchmark workload sizes (default: full when benchmarks "
                           "are enabled, smoke otherwise)")
     parser.addoption("--slow-peers", action="store_true",
@@ -40,7 +41,7 @@ def bench_size(config):
 
 def slow_peers(config):
     """Whether the peers that compile for seconds run: at full size, or when asked."""
-    return bench_size(config) == "full" or config.getoption("slow_peers")
+    return bench_size(config) != "smoke" or config.getoption("slow_peers")
 
 
 SKIPPED = pytest.StashKey[list]()
@@ -59,4 +60,4 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
 
 
 # Standalone probe scripts (issue 6) are run by hand, not collected by pytest.
-collect_ignore = ["scale_probe.py", "profile_large.py"]
+collect_ignore = ["investigations/scale_probe.py", "investigations/profile_large.py"]

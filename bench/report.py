@@ -1,17 +1,16 @@
-"""``python -m bench.report``: run the benchmark suite and write the report.
+"""This machine's benchmark report, written by ``python -m bench.run``.
 
-Runs ``bench/bench_workloads.py`` under pytest-benchmark (full sizes by
-default), measures this machine's memory read bandwidth, then writes
+``python -m bench.run`` runs ``bench/bench_workloads.py`` under
+pytest-benchmark (full sizes by default), measures this machine's memory
+read bandwidth, then :func:`write_report` writes
 ``REPORT.md``, ``speedup.png``, ``time_per_step.png`` and the raw
 ``benchmarks.json`` into the output folder (``bench/results`` by default).
-``--json FILE`` skips the run and reports on an earlier one. The peers that
+``--json FILE`` skips the run and reports on an earlier one
+(``python -m bench.report`` is an alias of ``python -m bench.run``). The peers that
 could not run (and why) are read from the same JSON.
 """
 
-import argparse
 import datetime
-import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -20,50 +19,21 @@ import sys
 import numpy as np
 
 from bench import machine, plots
-from bench.methods import (BASELINE, FASTAI, KERAS, SCAN, TORCH_COMPILE, TUNE_CPU_ENV,
-                           x_reads_per_step)
-from bench.results_table import (TARGETS, by_workload, fastest, fit_method, load, load_skipped,
-                                 scan_overhead)
+from bench.methods import BASELINE, FASTAI, KERAS, SCAN, TORCH_COMPILE, x_reads_per_step
+from bench.results_table import (
+    TARGETS,
+    by_workload,
+    fastest,
+    fit_method,
+    load,
+    load_skipped,
+    scan_overhead,
+)
+from bench.suite import drop_round_times, format_time, run_suite
 from bench.workloads import FULL
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results"
-
-
-def run_suite(json_path, size, select=None, tuned=False):
-    """Runs the suite in a child pytest that imports this checkout; ``select``
-    is a pytest ``-k`` expression choosing cases; ``tuned`` runs it under
-    ``functional_sgd.tune_cpu()`` (a process-wide setting, hence the child)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    env.pop(TUNE_CPU_ENV, None)
-    if tuned:
-        env[TUNE_CPU_ENV] = "1"
-    command = [sys.executable, "-m", "pytest", str(ROOT / "bench" / "bench_workloads.py"),
-               "-p", "no:cacheprovider", "-q", "--benchmark-enable",
-               f"--bench-size={size}", f"--benchmark-json={json_path}"]
-    if select:
-        command += ["-k", select]
-    subprocess.run(command, cwd=ROOT, env=env, check=True)
-
-
-def _drop_round_times(json_path):
-    """Keeps the statistics, drops every round's time (megabytes of JSON)."""
-    with open(json_path) as file:
-        data = json.load(file)
-    for benchmark in data["benchmarks"]:
-        benchmark["stats"].pop("data", None)
-    with open(json_path, "w") as file:
-        json.dump(data, file, indent=1)
-
-
-def _time(seconds):
-    if seconds is None:
-        return "-"
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if seconds >= scale:
-            return f"{seconds / scale:,.3g} {unit}"
-    return f"{seconds * 1e9:,.3g} ns"
 
 
 def _ratio(value):
@@ -83,8 +53,8 @@ def workload_sections(table):
         any_run = next(iter(runs.values()))
         sweep = any_run.extra["sweep"]
         label = any_run.extra["label"] + (f", {sweep} learning rates" if sweep else "")
-        rows = [(m, _time(r.median_s), _ratio(base.median_s / r.median_s if base else None),
-                 f"{r.steps_per_s:,.0f}", _time(r.extra["first_call_s"]),
+        rows = [(m, format_time(r.median_s), _ratio(base.median_s / r.median_s if base else None),
+                 f"{r.steps_per_s:,.0f}", format_time(r.extra["first_call_s"]),
                  f"{r.extra['error']:.1e}", r.rounds)
                 for m, r in sorted(runs.items(), key=lambda item: item[1].median_s)]
         parts.append(f"### {w} ({label})\n\n" + _table(
@@ -101,10 +71,10 @@ def scan_section(table, tuned_table):
         if fit is None or SCAN not in runs:
             continue
         tuned = scan_overhead(tuned_table, w)
-        rows.append((w, fit, _time(runs[fit].median_s), _time(runs[SCAN].median_s),
+        rows.append((w, fit, format_time(runs[fit].median_s), format_time(runs[SCAN].median_s),
                      _ratio(scan_overhead(table, w)), "-" if tuned is None else _ratio(tuned),
-                     _time(runs[fit].extra["first_call_s"]),
-                     _time(runs[SCAN].extra["first_call_s"])))
+                     format_time(runs[fit].extra["first_call_s"]),
+                     format_time(runs[SCAN].extra["first_call_s"])))
     return _table(("workload", "fit as called", "median", "hand-written scan",
                    "overhead vs hand-written scan", "with tune_cpu()", "first call: fit",
                    "first call: scan"), rows)
@@ -127,7 +97,7 @@ def peers_section(table):
         fit = fit_method(runs)
         if fit is None:
             continue
-        row = [w, _time(runs[fit].median_s), _time(runs[fit].extra["first_call_s"])]
+        row = [w, format_time(runs[fit].median_s), format_time(runs[fit].extra["first_call_s"])]
         for _, methods in PEER_FAMILIES:
             peer = fastest(runs, methods)
             if peer is None:
@@ -135,8 +105,8 @@ def peers_section(table):
                 continue
             form = f", {FORMS[peer]}" if peer in FORMS else ""
             ratio = _ratio(runs[peer].median_s / runs[fit].median_s)
-            row += [f"{_time(runs[peer].median_s)} ({ratio}{form})",
-                    _time(runs[peer].extra["first_call_s"])]
+            row += [f"{format_time(runs[peer].median_s)} ({ratio}{form})",
+                    format_time(runs[peer].extra["first_call_s"])]
         rows.append(row)
     return _table(header, rows)
 
@@ -163,11 +133,11 @@ def bandwidth_section(table, dram_gbs, in_cache_gbs):
         for m, r in sorted(runs.items(), key=lambda item: item[1].median_s):
             reads = x_reads_per_step(m, workloads[w]) if w in workloads else 2
             if not reads:  # the moments: x is read once per call, not per step
-                rows.append((w, m, _time(r.step_s), "0 (moments)", "-", "-", "-"))
+                rows.append((w, m, format_time(r.step_s), "0 (moments)", "-", "-", "-"))
                 continue
             gbs = reads * r.extra["x_bytes"] / r.step_s / 1e9
             read = f"{reads} ({reads * r.extra['x_bytes'] / 2**20:,.0f} MiB)"
-            rows.append((w, m, _time(r.step_s), read, f"{gbs:,.1f}", f"{100 * gbs / in_cache_gbs[w]:.0f}%",
+            rows.append((w, m, format_time(r.step_s), read, f"{gbs:,.1f}", f"{100 * gbs / in_cache_gbs[w]:.0f}%",
                          f"{100 * gbs / dram_gbs:.0f}%"))
     return _table(("workload", "method", "time per step", "reads of x a step",
                    "effective GB/s (those reads)", "of in-cache read bandwidth",
@@ -192,9 +162,9 @@ measured in that same process.
 
 
 def profile_large(quick=False):
-    """The Markdown table of ``bench/profile_large.py`` (each pass over ``x``
+    """The Markdown table of ``bench/investigations/profile_large.py`` (each pass over ``x``
     timed alone), run in a child so its compiled programs stay out of ours."""
-    command = [sys.executable, str(ROOT / "bench" / "profile_large.py")]
+    command = [sys.executable, str(ROOT / "bench" / "investigations" / "profile_large.py")]
     done = subprocess.run(command + (["--quick"] if quick else []), cwd=ROOT, check=True,
                           capture_output=True, text=True)
     return "\n".join(line for line in done.stdout.splitlines() if line.startswith("|"))
@@ -205,7 +175,7 @@ def profile_section(table):
         return ""
     return f"""### Profile: each pass over `x` alone
 
-`python bench/profile_large.py` times the two passes of a step on their own
+`python bench/investigations/profile_large.py` times the two passes of a step on their own
 (100 in one compiled loop for JAX, eager for torch), then the whole step.
 Where both libraries already run each pass at about the in-cache read speed,
 the general path can only win by torch's per-step overhead: the last column,
@@ -213,7 +183,7 @@ torch's step over two reads of `x` at in-cache speed, is the largest
 speed-up over torch that any step reading `x` twice can reach on this
 machine. A target above it needs a step that reads `x` once: the exact MSE
 path, or `fit`'s one-pass step (`SpeedPlan.one_pass`, for a loss that is a
-mean over rows; `python -m bench.one_pass` times it against the plain step
+mean over rows; `python -m bench.investigations.one_pass` times it against the plain step
 and torch). What else was tried is listed in the docs, docs/explanations/time.md,
 under "Large full batch".
 
@@ -241,7 +211,7 @@ def write_report(results, out, *, dram_gbs, bandwidth_bytes, in_cache_gbs, note=
     def shown(target, value):
         if value is None:
             return "-"
-        return _time(value) if target.unit == "s" else f"{value:,.2f} {target.unit}"
+        return format_time(value) if target.unit == "s" else f"{value:,.2f} {target.unit}"
 
     def met(target, value, table):
         why_not = target.not_applicable and target.not_applicable(table)
@@ -258,7 +228,7 @@ def write_report(results, out, *, dram_gbs, bandwidth_bytes, in_cache_gbs, note=
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = f"""# functional-sgd benchmark report
 
-Written {stamp} by `python -m bench.report`. Times are medians of warm calls
+Written {stamp} by `python -m bench.run`. Times are medians of warm calls
 (compilation is never timed as run time; the first call, compile included, is
 its own column); every JAX result is synchronised with the host. Ratios are
 measured side by side in one run. Every method's final params are checked
@@ -338,41 +308,36 @@ that speed, not at DRAM's).
 ## Reproduce
 
 ```bash
-pip install -e ".[bench]" && python -m bench.report
+pip install -e ".[bench]" && python -m bench.run
 ```
 
 The same workloads on every device JAX and torch can see:
-`python -m bench.accelerators` writes [accelerators.md](accelerators.md).
+`python -m bench.run --devices all` writes [accelerators.md](accelerators.md).
 """
     (out / "REPORT.md").write_text(text)
     return text
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split(
-        "\n")[0])
-    parser.add_argument("--json", type=pathlib.Path, help="report on this benchmark JSON "
-                        "instead of running the suite")
-    parser.add_argument("--size", choices=("full", "smoke"), default="full")
-    parser.add_argument("-k", dest="select", help="pytest -k expression choosing cases")
-    parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
-    parser.add_argument("--bandwidth-bytes", type=int, default=2 * 2**30,
-                        help="size of the array read to measure memory bandwidth")
-    parser.add_argument("--note", default="", help="a line to print under the title")
-    parser.add_argument("--tuned-json", type=pathlib.Path, help="with --json: the run "
-                        "under functional_sgd.tune_cpu() to report on")
-    parser.add_argument("--no-tuned", action="store_true",
-                        help="skip the second run under functional_sgd.tune_cpu()")
-    parser.add_argument("--no-profile", action="store_true",
-                        help="skip bench/profile_large.py (each pass over x timed alone)")
-    args = parser.parse_args(argv)
+def report_run(args):
+    """Runs the suite (or reads ``args.json``) and writes the report into
+    ``args.out``; ``args``: ``python -m bench.run``'s options. The second run,
+    under ``tune_cpu()``, is made only where JAX's default backend is the CPU
+    (the settings are XLA:CPU's)."""
+    import jax
+
+    if args.json is None and jax.default_backend() != "cpu" and not args.no_tuned:
+        print(f"the default backend is {jax.default_backend()}: no run under tune_cpu()")
+        args.no_tuned = True
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / "benchmarks.json"
     tuned_path = args.out / "benchmarks_tune_cpu.json"
     if args.json is None:
-        run_suite(json_path, args.size, args.select)
-        if not args.no_tuned:
-            run_suite(tuned_path, args.size, args.select, tuned=True)
+        for path, tuned in ((json_path, False), (tuned_path, True)):
+            if tuned and args.no_tuned:
+                continue
+            code = run_suite(ROOT, path, args.size, args.select, tuned=tuned)
+            if code != 0:
+                raise subprocess.CalledProcessError(code, f"the suite (tuned={tuned})")
     else:
         for given, path in ((args.json, json_path), (args.tuned_json, tuned_path)):
             if given is not None and given.resolve() != path.resolve():
@@ -380,9 +345,9 @@ def main(argv=None):
     run_tuned = not args.no_tuned and (args.json is None or args.tuned_json is not None)
     tuned_results = ()
     if run_tuned:
-        _drop_round_times(tuned_path)
+        drop_round_times(tuned_path)
         tuned_results = load(tuned_path)
-    _drop_round_times(json_path)
+    drop_round_times(json_path)
     results = load(json_path)
     in_cache = {}
     for r in results:
@@ -399,5 +364,8 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+
+if __name__ == "__main__":  # the old command, kept as an alias
+    from bench import run
+
+    sys.exit(run.main(sys.argv[1:]))

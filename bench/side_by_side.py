@@ -1,9 +1,11 @@
-"""``python -m bench.side_by_side``: two checkouts' benchmark suites, alternated in one run.
+"""Two checkouts' benchmark suites, alternated in one run, compared case by case.
 
 Shows whether a change (a refactor) made any workload slower::
 
-    python -m bench.side_by_side --before DIR --after DIR [-k EXPR] [--repeats R]
-                                 [--size full|smoke] [--out FILE.md]
+    python -m bench.run --before DIR --after DIR [-k EXPR] [--repeats R]
+                        [--size full|smoke] [--out FILE.md]
+
+(``python -m bench.side_by_side`` is an alias of ``python -m bench.run``.)
 
 Each checkout's OWN ``bench/bench_workloads.py`` runs in a child
 ``python -m pytest`` with ``cwd=DIR`` and ``DIR`` first on ``PYTHONPATH``, so
@@ -24,7 +26,6 @@ elsewhere too. Nothing is written into either checkout: the children run
 with ``PYTHONDONTWRITEBYTECODE=1`` and without pytest's cache.
 """
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -37,10 +38,10 @@ import sys
 import tempfile
 import time
 
+from bench.suite import SUITE, drop_round_times, format_time, run_suite
+
 TOLERANCE = 0.05
-SUITE = pathlib.Path("bench") / "bench_workloads.py"
 PACKAGES = ("functional_sgd", "bench", "reference")  # must come from the checkout run
-TUNE_CPU_ENV = "FSGD_BENCH_TUNE_CPU"  # bench.methods.TUNE_CPU_ENV, unset in the children
 PROBE_MODULE = "_fsgd_side_by_side_probe"
 PROBE_ENV = "FSGD_SIDE_BY_SIDE_PROBE"
 PROBE_SOURCE = f'''"""Written by bench/side_by_side.py, loaded with ``-p {PROBE_MODULE}``:
@@ -161,27 +162,16 @@ def compare(before_runs, after_runs):
 # --- writing ----------------------------------------------------------------------------
 
 
-def _time(seconds):
-    """
-    >>> _time(0.0123), _time(2.5), _time(4.2e-5), _time(3e-9)
-    ('12.3 ms', '2.5 s', '42 us', '3 ns')
-    """
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if seconds >= scale:
-            return f"{seconds / scale:,.3g} {unit}"
-    return f"{seconds * 1e9:,.3g} ns"
-
-
 def _with_range(values):
     """The median of ``values``, and their range when there are several.
 
     >>> _with_range([2e-3, 1e-3, 4e-3]), _with_range([2e-3])
     ('2 ms (1 ms – 4 ms)', '2 ms')
     """
-    middle = _time(statistics.median(values))
+    middle = format_time(statistics.median(values))
     if len(values) == 1:
         return middle
-    return f"{middle} ({_time(min(values))} – {_time(max(values))})"
+    return f"{middle} ({format_time(min(values))} – {format_time(max(values))})"
 
 
 def _case_text(case):
@@ -272,39 +262,17 @@ def imported_elsewhere(files, checkout):
     return wrong
 
 
-def child_env(checkout, probe_dir, probe_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(checkout), str(probe_dir), os.environ.get("PYTHONPATH")]))}
-    env.pop(TUNE_CPU_ENV, None)  # the suite as users get it, not under tune_cpu()
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # write nothing into the checkouts
-    env[PROBE_ENV] = str(probe_path)
-    return env
-
-
-def run_suite(checkout, *, json_path, log_path, probe_dir, size, select):
+def run_side(checkout, *, json_path, log_path, probe_dir, size, select):
     """One child pytest of ``checkout``'s own suite; returns its exit code and
     the modules of :data:`PACKAGES` it imported, ``{name: file}``."""
     probe_path = json_path.with_suffix(".modules.json")
-    command = [sys.executable, "-m", "pytest", str(checkout / SUITE),
-               "-p", "no:cacheprovider", "-p", PROBE_MODULE, "-q", "--benchmark-enable",
-               f"--bench-size={size}", f"--benchmark-json={json_path}"]
-    if select:
-        command += ["-k", select]
-    with open(log_path, "w") as log:
-        log.write(shlex.join(command) + "\n\n")
-        log.flush()
-        done = subprocess.run(command, cwd=checkout, stdout=log, stderr=subprocess.STDOUT,
-                              env=child_env(checkout, probe_dir, probe_path))
+    code = run_suite(checkout, json_path, size, select, log_path=log_path,
+                     plugins=(PROBE_MODULE,), env={
+                         "PYTHONPATH": str(probe_dir),
+                         "PYTHONDONTWRITEBYTECODE": "1",  # write nothing into the checkouts
+                         PROBE_ENV: str(probe_path)})
     files = json.loads(probe_path.read_text()) if probe_path.exists() else {}
-    return done.returncode, files
-
-
-def _drop_round_times(json_path):
-    """Keeps the statistics, drops every round's time (megabytes at full size)."""
-    data = json.loads(json_path.read_text())
-    for benchmark in data["benchmarks"]:
-        benchmark["stats"].pop("data", None)
-    json_path.write_text(json.dumps(data, indent=1))
+    return code, files
 
 
 def _tail(path, lines=40):
@@ -330,31 +298,15 @@ def _load():
         return "?"
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bench.side_by_side",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--before", type=pathlib.Path, required=True,
-                        help="checkout before the change")
-    parser.add_argument("--after", type=pathlib.Path, required=True,
-                        help="checkout after the change")
-    parser.add_argument("-k", dest="select", help="pytest -k expression choosing cases")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs per checkout, alternated (default 3)")
-    parser.add_argument("--size", choices=("full", "smoke"), default="full")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
-                        help="slower beyond spread: ratio > (1 + tolerance) * spread "
-                             "(default 0.05)")
-    parser.add_argument("--out", type=pathlib.Path, help="also write the report here")
-    parser.add_argument("--work", type=pathlib.Path, help="folder for child logs, raw "
-                        "JSON and the report (default: a new temporary folder)")
-    args = parser.parse_args(argv)
-    argv = sys.argv[1:] if argv is None else argv
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+def run_side_by_side(args, argv):
+    """Runs both checkouts' suites ``args.repeats`` times, alternated, and
+    writes the comparison; ``argv``: the command line, quoted in the report.
+    Returns the exit status (1 if any run failed)."""
     sides = {"before": args.before.resolve(), "after": args.after.resolve()}
     for side, checkout in sides.items():
         if not (checkout / SUITE).is_file():
-            parser.error(f"--{side} {checkout}: no {SUITE} there")
+            raise ValueError(f"--{side} {checkout}: no {SUITE} there; give the root of a "
+                             "checkout of functional-sgd.")
     work = args.work or pathlib.Path(tempfile.mkdtemp(prefix="side_by_side_"))
     work.mkdir(parents=True, exist_ok=True)
     (work / f"{PROBE_MODULE}.py").write_text(PROBE_SOURCE)
@@ -372,7 +324,7 @@ def main(argv=None):
             json_path, log_path = work / f"{side}-{i}.json", work / f"{side}-{i}.log"
             json_path.unlink(missing_ok=True)
             start = time.perf_counter()
-            code, files = run_suite(checkout, json_path=json_path, log_path=log_path,
+            code, files = run_side(checkout, json_path=json_path, log_path=log_path,
                                     probe_dir=work, size=args.size, select=args.select)
             wall = time.perf_counter() - start
             walls[side].append(wall)
@@ -394,11 +346,11 @@ def main(argv=None):
                 print(_tail(log_path), file=sys.stderr)
             if not json_path.exists():
                 sys.exit(f"{side} run {i} wrote no benchmark JSON (log: {log_path})")
-            _drop_round_times(json_path)
+            drop_round_times(json_path)
             runs[side].append(medians(json_path))
 
     rows, missing = compare(runs["before"], runs["after"])
-    command = shlex.join(["python", "-m", "bench.side_by_side", *argv])
+    command = shlex.join(["python", "-m", "bench.run", *argv])
     stamp = began.strftime("%Y-%m-%d %H:%M UTC")
     def where(side):
         return modules[side].get("functional_sgd") or "?"
@@ -437,5 +389,8 @@ cases `-k {shlex.quote(args.select) if args.select else "(all)"}`; raw JSON and 
     return 1 if failures else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+
+if __name__ == "__main__":  # the old command, kept as an alias
+    from bench import run
+
+    sys.exit(run.main(sys.argv[1:]))

@@ -72,7 +72,16 @@ _SMOKE_SIZES = {
 }
 SMOKE = tuple(dataclasses.replace(w, **_SMOKE_SIZES[w.name]) for w in FULL)
 
-SIZES = {"full": FULL, "smoke": SMOKE}
+# Full sizes but for the workloads whose Python-driven peers (the lesson's torch
+# loop, Keras one step an execution) take minutes: 10x fewer steps there, so a
+# cross-device run with every peer fits a short GPU session (issue 24).
+_SHORT_SIZES = {
+    "long lesson": dict(steps=1_000),
+    "stochastic": dict(n=20_000, steps=20_000),
+}
+SHORT = tuple(dataclasses.replace(w, **_SHORT_SIZES.get(w.name, {})) for w in FULL)
+
+SIZES = {"full": FULL, "short": SHORT, "smoke": SMOKE}
 
 
 @dataclasses.dataclass(frozen=True)

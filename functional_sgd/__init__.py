@@ -24,9 +24,14 @@ from .core import gradient as gradient
 from .core import linear as linear
 from .core import linear_mse as linear_mse
 from .core import mse as mse
+from .core import from_batches as from_batches
 from .core import sample_indices as sample_indices
+from .core import schedule_from as schedule_from
 from .core import sgd_update as sgd_update
 from .drivers import stream as stream
+from .drivers import Saved as Saved
+from .drivers import load as load
+from .drivers import save as save
 from .lesson import LESSON_A as LESSON_A
 from .lesson import LESSON_START as LESSON_START
 from .lesson import lesson_data as lesson_data

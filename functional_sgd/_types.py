@@ -73,7 +73,7 @@ class Record(NamedTuple):
     """What a run of the loop records besides its final ``Carry``."""
 
     losses: Any       # (steps,), NaN for steps a stop rule skipped
-    diverged_at: Any  # first step whose loss is not finite, -1 if none
+    diverged_at: Any  # first step whose loss diverged (drivers.diverged), -1 if none
     steps_run: Any    # updates made
     trajectory: Any   # params before every step and after the last, or None
     aux: Any = None   # with has_aux: the loss's aux stacked over the steps
@@ -88,7 +88,9 @@ class FitResult(NamedTuple):
       params: the parameters after the last update.
       losses: ``(steps,)``; ``losses[t]`` is the loss of step ``t``'s batch,
         before that step's update. Steps not run (stop rule) hold NaN.
-      diverged_at: first step whose loss is not finite, ``-1`` if none.
+      diverged_at: first step whose loss diverged, ``-1`` if none: a loss
+        that is not finite, or more than ``1e15 * max(1, |losses[0]|)``
+        (finite, but grown 1e15-fold: no healthy run does that).
       steps_run: number of updates made (``steps`` unless a stop rule fired).
       step: global step count after the run; ``Run.after(result)`` passes
         it (with ``opt_state``) to continue the run.

@@ -10,6 +10,13 @@ import pytest
 # cache folder; tests/test_compile_cache.py turns it on in a temporary one.
 os.environ["FUNCTIONAL_SGD_COMPILE_CACHE"] = "0"
 
+# Full float32 matmul precision on every backend, here and in the subprocesses
+# tests start: on GPU/TPU JAX's default takes TF32 or bfloat16 passes (~1e-3
+# relative), which the float32 tolerances of these tests do not allow for;
+# XLA:CPU always computes float32 matmuls in full, so on CPU nothing changes.
+os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
+jax.config.update("jax_default_matmul_precision", "highest")
+
 
 @pytest.fixture(autouse=True)
 def strict_jax():

@@ -1,11 +1,14 @@
-"""Shared test helpers: comparing pytrees and counting compilations."""
+"""Shared test helpers: comparing pytrees, counting compilations, and what
+differs between backends (tolerances, CPU-only cases, subprocess set-up)."""
 
 import contextlib
+import os
 
 import jax
 import jax.monitoring
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import functional_sgd as fsgd
 
@@ -74,3 +77,58 @@ def crash_after(step):
         if int(result.step) >= step:
             raise Crash
     return on_chunk
+
+
+BACKEND = jax.default_backend()
+ON_CPU = BACKEND == "cpu"
+
+requires_cpu = pytest.mark.skipif(
+    not ON_CPU, reason=f"the default backend is {BACKEND}: the case measures XLA:CPU itself "
+                       "(functional_sgd.tune_cpu() and its compiled kernels)")
+
+RTOL_OFF_CPU = {np.dtype(np.float32): 2e-4, np.dtype(np.float64): 1e-10}
+"""rtol of two compiled programs that compute the same values in another
+shape (a ``jax.vmap`` sweep against one run per rate, a stop rule's loop
+against a plain one) on GPU/TPU. There the batched or reshaped program's
+matmuls and reductions may take other kernels and summation orders, and
+float32 rounding grows with the steps: a seed ensemble of 24 steps was
+measured 3.5e-5 apart on an H200 (issue 24); 2e-4 leaves headroom and still
+catches a wrong rate or schedule (off by >1%). float64: the same ulps, 1e-10."""
+
+
+def backend_tolerance(rtol=0.0, atol=0.0, *, dtype=np.float32):
+    """``dict(rtol=, atol=)`` for comparing two programs that compute the same
+    values in another shape (see :data:`RTOL_OFF_CPU`): the test's own figure
+    on CPU, where XLA:CPU runs both with the same kernels (exact, or within
+    that figure), and at least :data:`RTOL_OFF_CPU` on other backends."""
+    if ON_CPU:
+        return {"rtol": rtol, "atol": atol}
+    return {"rtol": max(rtol, RTOL_OFF_CPU[np.dtype(dtype)]), "atol": atol}
+
+
+DETERMINISTIC_GPU_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
+def deterministic_backend():
+    """Whether two compilations of one program give the same bits: always on
+    CPU; on GPU only with ``XLA_FLAGS=--xla_gpu_deterministic_ops=true``, which
+    turns off autotuning (a kernel picked by timing may differ between
+    compilations) and takes deterministic scatters and reductions."""
+    return ON_CPU or DETERMINISTIC_GPU_FLAG in os.environ.get("XLA_FLAGS", "")
+
+
+def cpu_subprocess_env(device_count=None, root=None):
+    """The environment for a child Python that must run on CPU wherever the
+    tests run: ``JAX_PLATFORMS=cpu`` (on a GPU machine the default backend is
+    the GPU, with one device, and two processes on one GPU fail in NCCL with
+    "Duplicate GPU detected"), ``device_count`` simulated CPU devices added to
+    the parent's ``XLA_FLAGS``, and ``root`` first on ``PYTHONPATH``."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    if device_count is not None:
+        env["XLA_FLAGS"] = " ".join(filter(None, [
+            os.environ.get("XLA_FLAGS"),
+            f"--xla_force_host_platform_device_count={device_count}"]))
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root),
+                                                          os.environ.get("PYTHONPATH")]))
+    return env

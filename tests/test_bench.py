@@ -22,15 +22,17 @@ from bench.methods import FASTAI, KERAS, METHODS, SCAN, TORCH_COMPILE, methods_f
 from bench.results_table import (TARGETS, Result, by_workload, load, load_skipped,  # noqa: E402
                                  scan_overhead)
 
+from helpers import cpu_subprocess_env  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def run_module(module, *args, xla_flags=None, timeout=300):
-    """``python -m module args`` importing this checkout, in the parent's environment."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    if xla_flags is not None:
-        env["XLA_FLAGS"] = xla_flags
+def run_module(module, *args, cpu_devices=None, timeout=300):
+    """``python -m module args`` importing this checkout, on the CPU platform
+    (also on a GPU machine: these tests check the CPU report, tune_cpu()
+    included), in the parent's environment otherwise; ``cpu_devices``: that
+    many simulated CPU devices."""
+    env = cpu_subprocess_env(cpu_devices, ROOT)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -70,7 +72,7 @@ def test_agreement_check_catches_a_wrong_schedule():
 
 
 def test_report_from_a_smoke_run(tmp_path):
-    done = run_module("bench.report", "--size", "smoke", "-k", "lesson and not long",
+    done = run_module("bench.run", "--size", "smoke", "-k", "lesson and not long",
                       "--out", str(tmp_path), "--bandwidth-bytes", str(2**26),
                       "--note", "a smoke run")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -249,7 +251,7 @@ def test_keras_replays_the_schedule():
 
 
 def test_accelerator_comparison_on_cpu(tmp_path):
-    rows = accelerators.compare("smoke", {"lesson", "sweep"})
+    rows = accelerators.compare("smoke", {"lesson", "sweep"}, platforms={"cpu"})
     places = {(r["workload"], r["engine"], r["device"], r["method"]) for r in rows}
     assert ("lesson", "jax", "cpu:0", "fit") in places
     assert ("sweep", "jax", "cpu:0", "jax.jit(jax.vmap(fit))") in places
@@ -266,9 +268,8 @@ def test_accelerator_comparison_on_cpu(tmp_path):
 
 
 def test_accelerator_comparison_iterates_8_devices(tmp_path):
-    done = run_module("bench.accelerators", "--size", "smoke", "--workloads", "lesson",
-                      "--out", str(tmp_path),
-                      xla_flags="--xla_force_host_platform_device_count=8")
+    done = run_module("bench.run", "--devices", "cpu", "--size", "smoke", "--workloads",
+                      "lesson", "--out", str(tmp_path), cpu_devices=8)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = (tmp_path / "accelerators.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| lesson | jax |")
@@ -291,9 +292,9 @@ def test_torch_full_precision_restores_the_settings():
 
 
 def test_the_lesson_profile_times_fit_and_its_jitted_call():
-    """bench/lesson_profile.py in this process (as users get it): every
+    """bench/investigations/lesson_profile.py in this process (as users get it): every
     measure is timed (no timing is asserted: the script reports them)."""
-    from bench import lesson_profile
+    from bench.investigations import lesson_profile
 
     medians = lesson_profile.measure({}, calls=5)
     assert set(medians) == set(lesson_profile.MEASURES)
@@ -349,7 +350,7 @@ def test_side_by_side_verdicts_on_synthetic_runs(tmp_path):
 
 def test_side_by_side_of_this_checkout_twice(tmp_path):
     """End to end at smoke sizes: both children import this checkout's own code."""
-    done = run_module("bench.side_by_side", "--before", str(ROOT), "--after", str(ROOT),
+    done = run_module("bench.run", "--before", str(ROOT), "--after", str(ROOT),
                       "--size", "smoke", "--repeats", "1", "-k", "lesson-fit and not long",
                       "--out", str(tmp_path / "side.md"), "--work", str(tmp_path / "work"),
                       timeout=120)
@@ -361,3 +362,23 @@ def test_side_by_side_of_this_checkout_twice(tmp_path):
     for name in ("before-1", "after-1"):
         files = json.loads((tmp_path / "work" / f"{name}.modules.json").read_text())
         assert all(pathlib.Path(f).is_relative_to(ROOT) for f in files.values() if f)
+
+
+def test_the_runner_chooses_devices_and_peers(capsys):
+    """``python -m bench.run --devices ... --peers ...``: fit always, the peers
+    asked for, on the platforms asked for; a wrong option says what is known."""
+    from bench import run
+
+    chosen = list(accelerators.targets(workloads.SMOKE[0], slow=False, platforms={"cpu"},
+                                       peers=["scan"]))
+    names = {method.name for _, _, _, method in chosen}
+    assert names == {"fit", SCAN}  # no torch reference: it was not asked for
+    assert {device for _, device, _, _ in chosen} == {"cpu:0"}
+    assert accelerators.platform_of("cuda") == "gpu"
+    for argv, message in [(["--devices", "cpu", "--peers", "nope"], "unknown ['nope']"),
+                          (["--peers", "torch"], "add --devices"),
+                          (["--before", "."], "give both checkouts"),
+                          (["--devices", "cpu", "--workloads", "nope"], "unknown ['nope']")]:
+        with pytest.raises(SystemExit):
+            run.main(argv)
+        assert message in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""bench/evaluate_overhead.py runs (its small size, once: a smoke run, not a
+"""bench/investigations/evaluate_overhead.py runs (its small size, once: a smoke run, not a
 timing), and its hand-written run is fit's run, or the bench says so."""
 
 import re
@@ -6,7 +6,7 @@ import re
 import jax
 import pytest
 
-from bench import evaluate_overhead
+from bench.investigations import evaluate_overhead
 
 
 def test_the_evaluate_overhead_benchmark_runs(capsys):

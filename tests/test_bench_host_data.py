@@ -1,10 +1,10 @@
-"""bench/host_data.py's pieces run (small: smoke runs, not timings)."""
+"""bench/investigations/host_data.py's pieces run (small: smoke runs, not timings)."""
 
 import sys
 
 import pytest
 
-from bench import host_data
+from bench.investigations import host_data
 
 
 def test_in_turns_times_every_method():

@@ -1,10 +1,10 @@
-"""bench/own_model.py runs (its small size, once: a smoke run, not a timing)."""
+"""bench/investigations/own_model.py runs (its small size, once: a smoke run, not a timing)."""
 
 import re
 
 import jax
 
-from bench import own_model
+from bench.investigations import own_model
 
 
 def test_the_own_model_benchmark_runs(capsys):

@@ -8,7 +8,7 @@ import pytest
 import functional_sgd as fsgd
 from functional_sgd.core import _repeat
 from functional_sgd.speed import SpeedPlan
-from helpers import assert_trees_close
+from helpers import assert_trees_close, backend_tolerance
 
 N, D, BATCH, STEPS = 250, 8, 16, 37
 STEP_BYTES = BATCH * (D + 1) * 4  # a batch of x rows and y values, float32
@@ -87,8 +87,8 @@ def test_blocks_keep_aux_chunks_and_a_sweep(blocks_run):
 
     # Under vmap XLA compiles the batched step inside each loop its own way
     # (one element was measured 1 ulp apart): agreement to float32 rounding.
-    assert_trees_close(sweep(plan), sweep(SpeedPlan(gather_block_bytes=0)), rtol=1e-6,
-                       atol=1e-7)
+    assert_trees_close(sweep(plan), sweep(SpeedPlan(gather_block_bytes=0)),
+                       **backend_tolerance(rtol=1e-6, atol=1e-7))
     assert blocks_run == [4] * 4  # the run, its two chunks (20 and 17 steps), the sweep
 
 

@@ -8,7 +8,7 @@ import pytest
 
 import functional_sgd as fsgd
 from functional_sgd.speed import SpeedPlan
-from helpers import KEY, START, X, Y, assert_trees_close, count_compilations
+from helpers import KEY, START, X, Y, assert_trees_close, count_compilations, backend_tolerance
 from helpers import fit_lesson as fit
 
 MODES = {
@@ -55,9 +55,11 @@ def test_divergence_is_reported_at_its_step(lr, diverges):
     if not diverges:
         assert at == -1 and np.isfinite(losses).all()
     else:
+        # the first loss past 1e15 * max(1, |first loss|), or not finite
+        bound = 1e15 * max(1.0, abs(float(losses[0])))
         assert at > 0
-        assert np.isfinite(losses[:at]).all() and not np.isfinite(losses[at])
-        assert losses[at - 1] > 1e30  # it blew up on the way there
+        assert (np.abs(losses[:at]) <= bound).all()
+        assert not np.abs(losses[at]) <= bound
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -93,9 +95,9 @@ def test_stop_rule_tol_stops_at_the_first_good_enough_step():
     assert 1 < run == expected_run < 1000 and int(result.step) == run
     assert losses[run - 1] <= tol and (losses[: run - 1] > tol).all()
     assert np.isnan(losses[run:]).all()
-    assert_trees_close(losses[:run], full[:run], rtol=1e-6)
+    assert_trees_close(losses[:run], full[:run], **backend_tolerance(rtol=1e-6))
     assert_trees_close(result.trajectory[run:], np.broadcast_to(result.params, (1001 - run, 2)))
-    assert_trees_close(result.params, fit(steps=run).params, rtol=1e-6)
+    assert_trees_close(result.params, fit(steps=run).params, **backend_tolerance(rtol=1e-6))
 
 
 def test_stop_rule_patience_waits_for_no_improvement():
@@ -117,7 +119,10 @@ def test_stop_rule_patience_waits_for_no_improvement():
 def test_stop_rule_stops_at_divergence():
     result = fit(lr=5.0, steps=1000, stop=fsgd.Stop(tol=1e-9))
     run = int(result.steps_run)
-    assert int(result.diverged_at) == run - 1 and run < 1000
+    losses = np.asarray(result.losses)
+    # the rule stops at the first non-finite loss; diverged_at may come before it
+    assert run < 1000 and not np.isfinite(losses[run - 1]) and np.isfinite(losses[:run - 1]).all()
+    assert 0 < int(result.diverged_at) <= run - 1
 
 
 def test_data_free_objective():
@@ -142,7 +147,7 @@ def test_vmap_over_learning_rates_is_a_sweep():
     assert sweep.losses.shape == (4, 60) and sweep.params.shape == (4, 2)
     for i, lr in enumerate(lrs):
         one = fit(lr=float(lr), steps=60)
-        assert_trees_close(sweep.params[i], one.params, rtol=1e-5)
+        assert_trees_close(sweep.params[i], one.params, **backend_tolerance(rtol=1e-5))
         assert int(sweep.diverged_at[i]) == int(one.diverged_at)
     assert [int(d) for d in sweep.diverged_at[:3]] == [-1, -1, -1]
 
@@ -169,7 +174,11 @@ def test_fit_under_jit():
 
 def test_new_lr_data_or_params_do_not_recompile():
     kwargs = dict(steps=30, batch_size=10, key=KEY)
-    fit(**kwargs).params.block_until_ready()  # warm up
+    # Warm up each kind of call counted below, so nothing compiled once per process
+    # (the eager int32 add a continuation from a device step makes) is counted,
+    # whichever tests ran before in this process (pytest-xdist deals them out).
+    warm = fit(**kwargs)
+    fit(run=fsgd.Run(start_step=warm.step), **kwargs).params.block_until_ready()
     x2, y2 = fsgd.lesson_data(jax.random.key(9))
     with count_compilations() as compiled:
         for lr in (0.05, 0.2, 0.3):

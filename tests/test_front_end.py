@@ -113,12 +113,22 @@ def test_indices_out_of_range_are_found(rows, where_checked):
                      rows=fsgd.Schedule(indices.at[bad, 0].set(value)))
 
 
-def test_a_jax_array_is_checked_once_and_a_numpy_array_every_call(monkeypatch):
+@pytest.mark.parametrize("where", ["as placed", "as on an accelerator"])
+def test_a_jax_array_is_checked_once_and_a_numpy_array_every_call(monkeypatch, where):
     """JAX arrays never change, so one finite check per array object holds;
-    a NumPy array can be written to between calls and is checked again."""
+    a NumPy array can be written to between calls and is checked again.
+    "as on an accelerator": JAX arrays are not readable in place by NumPy, as
+    on a GPU, so a large one is checked by a compiled call on its device."""
+    if where == "as on an accelerator":
+        monkeypatch.setattr(_checks, "_host_view",
+                            lambda a: a if isinstance(a, np.ndarray) else None)
     checked = []
     check = _checks._finite_on_host
     monkeypatch.setattr(_checks, "_finite_on_host", lambda a: checked.append(a) or check(a))
+    # On an accelerator x (160 KB) is checked on its device, not on the host: count both.
+    check_on_device = _checks._jit_all_finite
+    monkeypatch.setattr(_checks, "_jit_all_finite",
+                        lambda arrays: checked.extend(arrays) or check_on_device(arrays))
     x, y = jnp.array(BIG_X), np.array(BIG_Y)  # fresh objects, never seen before
     fsgd.fit(fsgd.linear_mse, START, (x, y), lr=0.1, steps=2)
     assert len(checked) == 2

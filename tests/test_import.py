@@ -1,9 +1,9 @@
-"""``import functional_sgd`` stays light: no torch, matplotlib, scikit-learn, tqdm or PIL."""
+"""``import functional_sgd`` stays light: no torch, matplotlib, sklearn, tqdm, PIL or flax."""
 
 import subprocess
 import sys
 
-HEAVY = ("torch", "matplotlib", "sklearn", "optax", "tqdm", "PIL")
+HEAVY = ("torch", "matplotlib", "sklearn", "optax", "tqdm", "PIL", "flax", "equinox")
 
 
 def run(code):

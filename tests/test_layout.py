@@ -12,7 +12,7 @@ import pytest
 
 import functional_sgd as fsgd
 from functional_sgd.speed import SpeedPlan, _layout
-from helpers import assert_trees_close, max_relative_error
+from helpers import assert_trees_close, max_relative_error, backend_tolerance
 
 X, Y = fsgd.lesson_data(jax.random.key(0), n=300)
 START = jnp.array(fsgd.LESSON_START)
@@ -87,7 +87,7 @@ def test_vmap_over_params_with_the_layout():
     starts = jnp.stack([START, START + 1.0])
     linear = lambda a: fsgd.fit(fsgd.linear_mse, a, (X, Y), lr=0.1, steps=50,
                                 run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=False))).params
-    assert_trees_close(jax.vmap(linear)(starts)[1], linear(starts[1]), atol=1e-6)
+    assert_trees_close(jax.vmap(linear)(starts)[1], linear(starts[1]), **backend_tolerance(atol=1e-6))
 
 
 def sum_kinds(params, x, y):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from helpers import assert_trees_close, count_compilations
+from helpers import assert_trees_close, count_compilations, backend_tolerance
 
 X, Y = fsgd.lesson_data(jax.random.key(0))
 START = jnp.array(fsgd.LESSON_START)
@@ -25,8 +25,9 @@ def test_sweep_equals_one_run_per_rate(schedule):
         final = float(fsgd.linear_mse(one.params, X, Y))
         finals.append(final if int(one.diverged_at) < 0 else np.inf)
         # vmap batches the same float32 ops; XLA may fuse them differently: a few ulps
-        assert_trees_close(sweep.losses[i, :10], one.losses[:10], rtol=1e-5)
-    assert_trees_close(sweep.final_loss, np.array(finals, np.float32), rtol=1e-5)
+        assert_trees_close(sweep.losses[i, :10], one.losses[:10], **backend_tolerance(rtol=1e-5))
+    assert_trees_close(sweep.final_loss, np.array(finals, np.float32),
+                       **backend_tolerance(rtol=1e-5))
     assert int(sweep.best) == int(np.argmin(finals))
     assert int(sweep.edge) == 4  # 2.0 is the first rate past the curvature limit (~1)
     assert float(sweep.lrs[sweep.best]) < 1.0
@@ -87,7 +88,7 @@ def test_sweep_with_held_out_data_an_indices_schedule_and_adam(standard_promotio
         # vmap batches float32 ops and the injected rate is a traced value, not a constant:
         # XLA rounds differently, and adam's m / sqrt(v) with v ~ 0 on the first steps
         # magnifies a few ulps to ~2e-5 measured; 1e-4 (a wrong schedule or rate is off by >1%)
-        assert_trees_close(sweep.evals["loss"][i], one.evals["loss"], rtol=1e-4)
+        assert_trees_close(sweep.evals["loss"][i], one.evals["loss"], **backend_tolerance(rtol=1e-4))
     with pytest.raises(ValueError, match="inject_hyperparams"):
         fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=lrs, steps=10,
                       optimizer=optax.adam(0.1))

@@ -17,7 +17,7 @@ import jax
 import pytest
 
 import multiprocess_run
-from helpers import max_relative_error
+from helpers import cpu_subprocess_env, max_relative_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROCESSES = 2
@@ -31,10 +31,9 @@ def free_port():
 
 @pytest.fixture(scope="module")
 def views():
-    """What each of the 2 processes printed."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    """What each of the 2 processes printed (each on the CPU platform: two
+    processes on one GPU would fail in NCCL with "Duplicate GPU detected")."""
+    env = cpu_subprocess_env(2, ROOT)
     port = str(free_port())
     script = os.path.join(ROOT, "tests", "multiprocess_run.py")
     processes = [subprocess.Popen([sys.executable, script, str(i), str(PROCESSES), port],

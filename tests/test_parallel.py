@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from helpers import max_relative_error
+from helpers import cpu_subprocess_env, max_relative_error
 from multidevice_checks import MESHES, STEPS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,11 +31,10 @@ CASES = [(mesh, mode) for mesh, modes in MESHES.items() for mode in modes]
 
 
 def run_on_devices(script, count, timeout=240):
-    """Runs ``tests/<script>`` with ``count`` simulated CPU devices; its JSON output."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "tests", script)], env=env,
+    """Runs ``tests/<script>`` on ``count`` simulated CPU devices (on the CPU
+    platform, also on a GPU machine); its JSON output."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tests", script)],
+                          env=cpu_subprocess_env(count, ROOT),
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import MODES_FOR_TUNING
+from helpers import MODES_FOR_TUNING, requires_cpu
 
 import functional_sgd as fsgd
 from functional_sgd.speed import _cpu as _tuning
@@ -56,6 +56,7 @@ def tuned():
     return run_child()
 
 
+@requires_cpu
 def test_both_settings_take_effect(tuned):
     assert tuned["made"] == {
         "jax_cpu_enable_async_dispatch": False,
@@ -64,6 +65,7 @@ def test_both_settings_take_effect(tuned):
     assert tuned["one_kernel"]  # the lesson's loop is compiled as a single kernel
 
 
+@requires_cpu
 @pytest.mark.parametrize("mode", MODES_FOR_TUNING)
 def test_results_agree_with_the_default_backend(tuned, mode):
     """float32; a loop compiled as one kernel may round a reduction
@@ -76,6 +78,7 @@ def test_results_agree_with_the_default_backend(tuned, mode):
     np.testing.assert_allclose(got["losses"], plain.losses, rtol=1e-5, atol=1e-6)
 
 
+@requires_cpu
 def test_a_threshold_the_user_chose_is_kept():
     chosen = "--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=0"
     child = run_child(chosen)

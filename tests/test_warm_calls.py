@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import backend_tolerance
 
 import functional_sgd as fsgd
 from functional_sgd.core import _fit, _repeat, _trainer, _warm
@@ -118,7 +119,7 @@ def test_a_sweep_under_vmap_of_a_warm_call_matches(checks_run):
     assert checks_run[0] == 1  # the lr is a tracer; everything else repeats
     np.testing.assert_array_equal(np.asarray(cold), np.asarray(warm))
     one = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.05, steps=20).params
-    np.testing.assert_allclose(np.asarray(warm[0]), np.asarray(one), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(warm[0]), np.asarray(one), **backend_tolerance(rtol=1e-6))
 
 
 def assert_same_result(a, b):
@@ -291,8 +292,8 @@ def digits_run(**kwargs):
 
 @pytest.mark.parametrize("options", [
     {},
-    {"monitor": "accuracy", "mode": "max", "patience": 4},
-    {"monitor": "accuracy", "mode": "max", "patience": 4, "restore_best": True},
+    {"evaluation": fsgd.Evaluation(monitor="accuracy", mode="max", patience=4)},
+    {"evaluation": fsgd.Evaluation(monitor="accuracy", mode="max", patience=4, restore_best=True)},
 ])
 def test_evaluated_calls_stay_warm_with_the_cold_results(checks_run, options):
     """fit(evaluate=...) repeated with the same held-out arrays skips the
@@ -327,3 +328,46 @@ def test_new_held_out_arrays_are_checked_again(checks_run):
         run(valid=(valid[0].at[0, 0].set(jnp.nan), valid[1]))
     run(valid=list(valid))  # not a tuple: always the full path
     assert checks_run[0] == 4
+
+
+ON_ANOTHER_DEVICE = """
+import json, jax, numpy as np
+import functional_sgd as fsgd
+from functional_sgd.core import _trainer
+other = jax.devices()[1]  # not the default device, as a CPU beside a GPU
+x, y = (jax.device_put(a, other) for a in fsgd.lesson_data(jax.random.key(0)))
+start = jax.device_put(np.asarray(fsgd.LESSON_START, np.float32), other)
+kwargs = dict(lr=0.1, steps=20, batch_size=10, key=jax.device_put(jax.random.key(1), other))
+for _ in range(3):  # cold, first repeat (the warm path's scalars made), warm
+    first = fsgd.fit(fsgd.linear_mse, start, (x, y), **kwargs)
+for _ in range(3):  # a continuation from the step the warm call returned
+    later = fsgd.fit(fsgd.linear_mse, first.params, (x, y), run=fsgd.Run(start_step=first.step),
+                     **kwargs)
+made = jax.tree.leaves([(w.again.known, w.again.last_lr[1])
+                        for w in _trainer._FIT_MEMORY._calls.values()])
+print(json.dumps({"other": str(other), "made on": sorted({str(d) for a in made
+                                                          for d in a.devices()}),
+                  "results on": sorted({str(d) for a in jax.tree.leaves((first, later))
+                                        for d in a.devices()})}))
+"""
+
+
+def test_a_warm_call_on_another_device_than_the_default_copies_nothing():
+    """Params and data on a device that is not the default one (a CPU device
+    of a GPU machine): the run's own scalars (step counter, stop state, a
+    repeated lr, the counts in the result) are made on that device, so no
+    call, and no continuation from ``result.step``, copies them across."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from helpers import cpu_subprocess_env
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", ON_ANOTHER_DEVICE], capture_output=True,
+                          text=True, timeout=240, env=cpu_subprocess_env(2, root))
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["made on"] == [seen["other"]]
+    assert seen["results on"] == [seen["other"]]

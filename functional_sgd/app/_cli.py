@@ -23,7 +23,7 @@ USAGE_ERROR = 2
 
 
 AGREEMENT_MAX_STEPS = 100_000
-"""The agreement table runs torch's eager loop six times, ~0.1 ms a step."""
+"""The agreement table runs torch's eager loop six times, one Python step at a time."""
 
 RATES = f"[{LR_RANGE[0]:g}, {LR_RANGE[1]:g}]"
 

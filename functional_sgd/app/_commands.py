@@ -18,7 +18,7 @@ from ._runs import (HELD_OUT, fit_modes, held_out_curve, held_out_data, held_out
 from ._timing import timed
 
 REFERENCE_MAX_STEPS = 10_000
-"""Longer runs skip the torch check: its eager loop takes ~0.1 ms a step."""
+"""Longer runs skip the torch check: its eager loop runs one Python step at a time."""
 
 LR_LESSON_STEPS = 100
 """The learning-rate lesson runs the lesson's 100 steps whatever --steps says."""

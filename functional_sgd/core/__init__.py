@@ -27,6 +27,8 @@ from ._options import Shuffled as Shuffled
 from ._options import Stop as Stop
 from ._predict import linear as linear
 from ._repeat import run as run
+from ._schedules import from_batches as from_batches
+from ._schedules import schedule_from as schedule_from
 from ._spec import LoopSpec as LoopSpec
 from ._step import model_step as model_step
 from ._step import sgd_update as sgd_update

@@ -192,7 +192,6 @@ class Feed(NamedTuple):
     xs: Any
     rows: Any
     batch_at: Callable
-    unroll: int
     tiny_steps: bool
 
 
@@ -201,8 +200,8 @@ def feed(batches, data, key, indices, start_step, steps, plan):
 
     Tiny steps (one row, say) make a loop that XLA:CPU compiles into one
     kernel, where a row gather costs nanoseconds: those gather in the loop.
-    Larger steps run as separate kernels, where a gather costs ~3 us a step
-    and a slice of batches gathered up front ~0.3 us: those are gathered
+    Larger steps run as separate kernels, where a gather a step costs about
+    ten times reading a slice of batches gathered up front: those are gathered
     before the loop while they fit in ``plan.pregather_bytes``. A long keyed
     schedule is drawn a chunk at a time, when step ``t`` starts one.
 
@@ -211,7 +210,7 @@ def feed(batches, data, key, indices, start_step, steps, plan):
     that the mask leaves out).
     """
     if isinstance(batches, Stacked):
-        return Feed(None, None, lambda t, rows: (tuple(a[t] for a in data), rows), 1, False)
+        return Feed(None, None, lambda t, rows: (tuple(a[t] for a in data), rows), False)
     take = _take_padded if batches.padded else _take
     chunk = batches.chunk(steps, plan.schedule_budget) if batches.keyed else None
     if chunk is not None:
@@ -222,18 +221,18 @@ def feed(batches, data, key, indices, start_step, steps, plan):
             return take(data, rows[t % chunk]), rows
 
         rows = jnp.zeros((chunk, batches.batch_size), jnp.int32)
-        return Feed(None, rows, batch_at, 1, False)
+        return Feed(None, rows, batch_at, False)
     indices = batches.rows(key, indices, start_step, steps)
     if indices is None:
-        return Feed(None, None, lambda t, rows: (data, rows), 1, False)
+        return Feed(None, None, lambda t, rows: (data, rows), False)
     tiny = _gathered_bytes(data, indices[0]) <= plan.tiny_step_bytes
     if tiny or _gathered_bytes(data, indices) > plan.pregather_bytes:
-        # Unrolling by two halves the loop overhead of tiny steps (10% per sample).
-        return Feed(indices, None, lambda rows_t, rows: (take(data, rows_t), rows),
-                    2 if tiny else 1, tiny)
+        # Not unrolled: XLA compiles the two steps of an unrolled iteration in
+        # other roundings than one, so a chunk of odd length (or odd start) would
+        # not give the bits of one call (~10% slower a step for one row on CPU).
+        return Feed(indices, None, lambda rows_t, rows: (take(data, rows_t), rows), tiny)
     gathered = take(data, indices)
-    return Feed(None, None, lambda t, rows: (tuple(b[t] for b in gathered), rows),
-                1, False)
+    return Feed(None, None, lambda t, rows: (tuple(b[t] for b in gathered), rows), False)
 
 
 def _take(data, rows):
@@ -337,8 +336,8 @@ def _schedule(key, start, *, n, steps, batch_size, replace, drop_last=True):
     round_keys = jax.vmap(lambda e: jax.random.bits(
         jax.random.fold_in(key, e), (FEISTEL_ROUNDS,), jnp.uint32))(epochs)
     # Step by step (lax.map), so each step's cycle-walk ends with its own rows,
-    # not with the slowest row of the whole schedule: 2.1 against 3.4 ms for
-    # an epoch of 1,562 batches of 64 from 1e5 rows.
+    # not with the slowest row of the whole schedule (faster on an epoch of
+    # 1,562 batches of 64 from 1e5 rows).
     if drop_last:
         return jax.lax.map(lambda pk: shuffled_position(*pk, n), (positions, round_keys))
     # Positions past the epoch's n rows are padding: -1 (each permuted as

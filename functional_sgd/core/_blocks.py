@@ -1,15 +1,15 @@
 """A long mini-batch run gathers its batches a block of steps at a time.
 
-Steps larger than a few rows run as separate kernels, where a gather costs
-~3 us a step and reading a batch gathered up front ~0.3 us; so the loop
+Steps larger than a few rows run as separate kernels, where a gather a step
+costs about ten times reading a batch gathered up front; so the loop
 gathers a run's batches before it (``SpeedPlan.pregather_bytes``). For a
 long run that buffer is large (2,560 batches of 64 rows x 64 floats: 42 MiB)
 and costs more than it saves: it does not stay in the cache, and a buffer
 that size is fresh memory on every call, each page faulted in as it is
 written. On 2 cores the gather of those 42 MiB alone took several times as
 long per row as ten gathers of 4 MiB reusing one buffer
-(``bench/evaluate_overhead.py``: plain ``fit`` ~2x slower than the same run
-cut into periods). So a run whose batches would all be gathered up front but
+(``bench/investigations/evaluate_overhead.py``: plain ``fit`` slower than the same
+run cut into periods). So a run whose batches would all be gathered up front but
 take more than ``SpeedPlan.gather_block_bytes`` runs as a ``scan`` over
 blocks of steps, each gathering its own batches (a piece of the plain loop,
 as a chunk of that length would), then a last shorter block. The steps are the same and
@@ -35,12 +35,12 @@ def block_steps(spec, data, has_indices):
     schedule within ``pregather_bytes`` and drawn at once) and whose batches
     take more than ``gather_block_bytes`` runs in blocks of at most that
     many bytes (4 MiB by default; blocks of 16 to 1,280 of the benchmark's
-    steps all ran ~2x faster than gathering its 2,560 at once); a stop
+    steps all ran faster than gathering its 2,560 at once); a stop
     rule's ``while_loop`` and a recorded trajectory keep their one piece.
     The benchmark's epoch (256 batches of 64 rows x 65 floats: 4.26 MB)
     is just over 4 MiB, so it runs in blocks of 160 steps; there, blocks of
-    its 256-step epochs ran 0.15-0.45 ms (2-4%) faster than blocks of 160 in
-    each of 5 runs, and blocks of 128 in between (``bench/evaluate_overhead.py``
+    its 256-step epochs ran a few percent faster than blocks of 160 in
+    each of 5 runs, and blocks of 128 in between (``bench/investigations/evaluate_overhead.py``
     written by hand gathers an epoch at a time).
     """
     batches, plan = spec.batches, spec.plan

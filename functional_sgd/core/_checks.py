@@ -95,6 +95,13 @@ def check_real(value, name):
         raise ValueError(f"{name} must be a finite number; got {value}.")
 
 
+def holds_host_arrays(tree):
+    """Whether ``tree`` holds a NumPy array: JAX's CPU client reads an aligned
+    one in place, so the compiled call, which returns before it has run,
+    would see what the caller writes into it after ``fit`` returned."""
+    return any(isinstance(leaf, np.ndarray) for leaf in jax.tree.leaves(tree))
+
+
 def check_no_chunk_options(on_chunk, checkpoint):
     if on_chunk is not None:
         raise ValueError("on_chunk needs chunk_size: pass e.g. "
@@ -132,6 +139,8 @@ def check_lr(lr, optimizer, opt_state=None, params=()):
         return None
     if lr is None:
         raise TypeError("lr is required when no optimizer is given, e.g. lr=0.1.")
+    if callable(lr):
+        return check_schedule(lr)
     if type(lr) is float:  # the usual case, without NumPy
         if not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"lr must be a finite number > 0; got {lr}.")
@@ -148,6 +157,30 @@ def check_lr(lr, optimizer, opt_state=None, params=()):
         if value < SMALLEST_SAFE_LR:
             _check_lr_representable(value, params)
     return lr
+
+
+def check_schedule(schedule):
+    """Checks ``lr`` given as a schedule ``step -> rate`` (an optax schedule):
+    called on an int32 step it must give a real scalar. Its values are
+    traced in the loop, so only their shape and dtype are checked here."""
+    try:
+        rate = jax.eval_shape(schedule, jax.ShapeDtypeStruct((), jnp.int32))
+    except Exception as error:
+        raise TypeError(
+            f"lr is callable, so it is taken as a schedule step -> rate (as optax's "
+            f"schedules are), but calling it on an int32 step failed: "
+            f"{type(error).__name__}: {error}") from error
+    dtype = getattr(rate, "dtype", None)
+    if getattr(rate, "shape", None) != () or dtype is None or not (
+            jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+        described = f"{dtype}{list(getattr(rate, 'shape', ()))}" if dtype is not None \
+            else type(rate).__name__
+        raise TypeError(
+            f"lr is callable, so it is taken as a schedule step -> rate, but on an int32 "
+            f"step it gave {described}, not a real scalar (shape (), a float or int dtype; "
+            f"got shape {getattr(rate, 'shape', None)}). Return one rate per step, e.g. "
+            "optax.linear_schedule(0.1, 0.01, 1000).")
+    return schedule
 
 
 SMALLEST_SAFE_LR = 6e-8
@@ -260,38 +293,107 @@ def warn_if_narrowed(tree, name):
 _WIDE = {np.dtype(np.float64): "float32", np.dtype(np.complex128): "complex64"}
 
 
-def check_opt_state(optimizer, opt_state, params):
-    """An ``opt_state`` must have the structure ``optimizer.init(params)`` gives."""
+def check_opt_state(optimizer, opt_state, trainable, *, part="params"):
+    """``opt_state`` must be what ``optimizer.init(trainable)`` gives, leaf for
+    leaf: structure, shapes and dtypes (``jax.eval_shape``: nothing runs).
+
+    ``trainable`` is what the optimizer sees (``Model.split``); ``part`` names
+    it in messages.
+    """
     if optimizer is None or opt_state is None:
         return
-    leaves, treedef = jax.tree.flatten(params)
-    expected = _init_structure(optimizer, treedef, tuple(map(signature, leaves)))
-    if jax.tree.structure(opt_state) != expected:
+    leaves, treedef = jax.tree.flatten(trainable)
+    signatures = tuple(map(signature, leaves))
+    try:
+        hash(optimizer)
+        expected = _cached_init_shapes(optimizer, treedef, signatures)
+    except TypeError:  # an optimizer that does not hash
+        expected = _init_shapes(optimizer, treedef, signatures)
+    fix = (f" Pass the opt_state that this optimizer returned for these params "
+           f"(result.opt_state), or optimizer.init({part}), or drop it to start afresh.")
+    if part != "params":
+        fix += (" The trainable part is params with None at every leaf that does not train "
+                "(frozen, or not a float array), as eqx.filter(params, eqx.is_inexact_array) "
+                "gives.")
+    got, got_def = jax.tree_util.tree_flatten_with_path(opt_state)
+    expected_leaves, expected_def = jax.tree.flatten(expected)
+    if got_def != expected_def:
         raise ValueError(
-            "opt_state does not have the structure optimizer.init(params) gives: got "
-            f"{jax.tree.structure(opt_state)}, expected {expected}. Pass the opt_state "
-            "that this optimizer returned (result.opt_state), or drop it to start afresh.")
+            f"opt_state does not have the structure optimizer.init({part}) gives: got "
+            f"{got_def}, expected {expected_def}." + fix)
+    for (path, leaf), want in zip(got, expected_leaves):
+        shape, dtype, weak = signature(leaf) if hasattr(leaf, "dtype") or isinstance(
+            leaf, (int, float, complex)) else (None, type(leaf).__name__, False)
+        # A weakly typed leaf (a Python number) takes the dtype the loop gives it.
+        if shape != tuple(want.shape) or (dtype != want.dtype and not weak):
+            raise ValueError(
+                f"opt_state{jax.tree_util.keystr(path)} is {dtype}{list(shape or ())}, but "
+                f"optimizer.init({part}) gives {want.dtype}{list(want.shape)} there." + fix)
 
 
-@functools.lru_cache(maxsize=64)
-def _init_structure(optimizer, treedef, signatures):
+def _init_shapes(optimizer, treedef, signatures):
     params = jax.tree.unflatten(treedef, [spec(s) for s in signatures])
-    return jax.tree.structure(jax.eval_shape(optimizer.init, params))
+    return jax.eval_shape(optimizer.init, params)
 
 
-def check_trajectory_fits(record_params, steps, params):
-    """``record_params`` keeps ``steps + 1`` copies of params: refuse what no
-    memory holds, before compiling."""
-    if not record_params:
+_cached_init_shapes = functools.lru_cache(maxsize=64)(_init_shapes)
+
+
+def check_outputs_fit(outputs):
+    """Refuses, before compiling, a call whose outputs no memory holds.
+
+    A compiled call returns before its outputs exist; outputs too large to
+    allocate would then block whoever reads them, for good. So every output
+    a call returns is estimated here, from shapes alone, against half this
+    machine's memory.
+
+    Args:
+      outputs: ``(what, shapes, advice)`` for each output: ``what`` names it
+        in the message, ``shapes`` is a pytree of arrays or
+        ``jax.ShapeDtypeStruct`` of its full size, ``advice`` says how to
+        make it smaller.
+
+    >>> check_outputs_fit([("losses of 10 steps", jax.ShapeDtypeStruct((10,), jnp.float32),
+    ...                     "Run fewer steps.")])
+    """
+    sizes = sorted(((what, tree_bytes(shapes), advice) for what, shapes, advice in outputs),
+                   key=lambda output: -output[1])
+    needed, memory = sum(size for _, size, _ in sizes), _memory_bytes()
+    if needed <= memory / 2:
         return
-    size = sum(_dtype(a).itemsize * int(np.prod(np.shape(a))) for a in jax.tree.leaves(params)
-               if hasattr(a, "dtype") and not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key))
-    needed = (steps + 1) * size
-    if needed > _memory_bytes() / 2:
-        raise ValueError(
-            f"record_params keeps {steps + 1} copies of params ({needed / 2**30:.1f} GiB), "
-            f"more than half this machine's memory ({_memory_bytes() / 2**30:.1f} GiB). "
-            "Record a shorter run, or pass chunk_size with on_chunk and keep what you need.")
+    listed = "; ".join(f"{what}: {_in_bytes(size)}" for what, size, _ in sizes if size)
+    advice = " ".join(dict.fromkeys(advice for _, size, advice in sizes if size >= needed / 4))
+    raise ValueError(
+        f"the outputs of this call take {_in_bytes(needed)} ({listed}), more than half this "
+        f"machine's memory ({_in_bytes(memory)}): no run could hand them back. {advice}")
+
+
+def stacked(tree, count):
+    """Shapes and dtypes of ``tree``'s arrays stacked ``count`` times (a
+    record over steps or evaluations), as ``jax.ShapeDtypeStruct``."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+        (count,) + tuple(np.shape(a)), a.dtype if hasattr(a, "dtype") else jnp.result_type(a)),
+        tree)
+
+
+def tree_bytes(tree):
+    """Bytes the arrays of ``tree`` (arrays or ``ShapeDtypeStruct``) take."""
+    return sum(int(np.prod(np.shape(a))) * _itemsize(a.dtype) for a in jax.tree.leaves(tree)
+               if hasattr(a, "dtype"))
+
+
+def _itemsize(dtype):
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return 8  # the two uint32 of a threefry key
+    return np.dtype(dtype).itemsize
+
+
+def _in_bytes(size):
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
 
 
 def _dtype(leaf):
@@ -323,8 +425,8 @@ def _host_view(a):
 
 def _finite_on_host(a):
     """Whether ``a`` holds no NaN or inf. Its min and max propagate NaN and
-    show an inf, and NumPy vectorises them: on CPU this reads 1.6 MB in
-    ~30 us, where XLA:CPU's reduction took ~270 us."""
+    show an inf, and NumPy vectorises them: on CPU several times faster
+    than XLA:CPU's reduction of the same array."""
     if np.issubdtype(a.dtype, np.complexfloating) or a.size == 0:
         return bool(np.isfinite(a).all())
     return bool(np.isfinite(a.min()) and np.isfinite(a.max()))
@@ -332,7 +434,7 @@ def _finite_on_host(a):
 
 @functools.lru_cache(maxsize=64)
 def is_inexact_dtype(dtype):
-    return bool(jnp.issubdtype(dtype, jnp.inexact))  # ~1 us a call uncached
+    return bool(jnp.issubdtype(dtype, jnp.inexact))  # slow uncached, and called every fit
 
 
 def _non_finite(data):
@@ -367,9 +469,18 @@ def _non_finite(data):
 
 _SEEN: dict[Any, Any] = {}
 """``(id, fact) -> (weakref, value)``: what a check learned about a JAX array.
-A JAX array never changes its values, so a check holds for the array object's
-life; NumPy arrays can be written to and are checked on every call. An entry
-leaves with its array."""
+A JAX array that XLA owns never changes its values, so a check holds for the
+array object's life; NumPy arrays can be written to, and so can JAX arrays
+that may be views of host memory (:func:`may_share_host_memory`): both are
+checked on every call. An entry leaves with its array."""
+
+
+def may_share_host_memory(a):
+    """Whether the values of JAX array ``a`` may change under it: on a CPU
+    device it can be a view of another library's memory that its owner
+    writes to (``jax.device_put`` of an aligned NumPy array, DLPack), and
+    nothing tells such a view from an array XLA owns."""
+    return any(device.platform == "cpu" for device in a.devices())
 
 
 def _recall(a, fact):
@@ -379,10 +490,26 @@ def _recall(a, fact):
 
 
 def _remember(a, fact, value):
-    if not isinstance(a, jax.Array) or not is_concrete(a):
+    if not isinstance(a, jax.Array) or not is_concrete(a) or may_share_host_memory(a):
         return
     key = (id(a), fact)
     _SEEN[key] = (weakref.ref(a, lambda _: _SEEN.pop(key, None)), value)
+
+
+def values_still_pass(data, indices, eval_data, *, check_finite, drop_last, padded):
+    """Whether a warm call's arrays (``_warm``) still pass the checks of their
+    values: the finiteness of ``data`` and ``eval_data`` and the range of
+    ``indices``, read again for arrays that may share host memory (others
+    are looked up). ``padded``: whether the remembered run's schedule held
+    padding; a schedule that now does, or does not, is not the same run."""
+    if check_finite and (_non_finite(data) or _non_finite(eval_data)):
+        return False
+    if indices is None:
+        return True
+    try:
+        return check_indices(indices, data[0].shape[0], drop_last) == padded
+    except ValueError:
+        return False
 
 
 @jax.jit
@@ -447,7 +574,7 @@ def _jit_min_max(a):
 
 def batch_of(data, batch_size):
     """Shapes and dtypes of a batch of ``batch_size`` rows of ``data``
-    (built once per signature: a ``ShapeDtypeStruct`` costs ~5 us)."""
+    (built once per signature: a ``ShapeDtypeStruct`` is slow to build)."""
     return _batch_of(tuple(signature(a)[:2] for a in data), batch_size)
 
 

@@ -24,6 +24,7 @@ value ``s = v`` (min) or ``s = -v`` (max), so "better" is always "lower".
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -105,8 +106,28 @@ class Evaluation:
 
 def restored(carry):
     """``carry`` of a run with ``restore_best``, its params (and state) those
-    of its first best evaluation."""
+    of its first best evaluation.
+
+    A run with no valid evaluation (none ran before the run was stopped, or
+    every monitored value was NaN, which never improves) has no best: it
+    keeps its last params and state, as Keras keeps the final weights, and
+    says so in a warning (when the run is concrete; under ``jax.jit`` or
+    ``jax.vmap`` the choice is made on the device, silently).
+    """
     params, state = carry.best
+    evaluated = carry.stop.best < jnp.inf  # the start's best is inf; nothing beats NaN
+    if _checks.is_concrete(evaluated):
+        if bool(evaluated):
+            return carry._replace(params=params, state=state)
+        warnings.warn(
+            "restore_best=True found no valid evaluation (none ran before the run "
+            "stopped, or every monitored value was NaN): the last params are returned. "
+            "Evaluate more often (eval_every), or check what evaluate returns.",
+            UserWarning, stacklevel=_checks.caller_stacklevel())
+        return carry
+    params, state = jax.tree.map(
+        lambda best, last: best if best is last else jnp.where(evaluated, best, last),
+        (params, state), (carry.params, carry.state))
     return carry._replace(params=params, state=state)
 
 
@@ -196,12 +217,14 @@ def _epoch(batches):
 
 
 def check_eval_data(eval_data, check_finite):
-    """``eval_data`` as a tuple of arrays sharing their leading axis."""
+    """``eval_data`` as a tuple of arrays sharing their leading axis (CPU
+    torch tensors as NumPy views of their memory, as ``data`` takes them)."""
     if not isinstance(eval_data, (tuple, list)):
         raise TypeError("eval_data must be a tuple of arrays, unpacked into evaluate's "
                         f"arguments, e.g. (valid_x, valid_y); got {type(eval_data).__name__}. "
                         "Wrap a single array as (x,).")
-    eval_data = tuple(eval_data)
+    eval_data = tuple(_checks._from_torch(a, f"eval_data[{i}]")
+                      for i, a in enumerate(eval_data))
     for i, a in enumerate(eval_data):
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
             raise TypeError(f"eval_data[{i}] must be an array; got {type(a).__name__}.")
@@ -211,6 +234,10 @@ def check_eval_data(eval_data, check_finite):
                            for i, a in enumerate(eval_data))
         raise ValueError(f"eval_data arrays must share their leading axis (the rows); "
                          f"got {shapes}.")
+    if eval_data and eval_data[0].shape[0] == 0:
+        raise ValueError(f"eval_data has no rows (leading axis of length 0): eval_data[0] has "
+                         f"shape {tuple(eval_data[0].shape)}, and evaluating on nothing gives "
+                         "NaN. Pass held-out rows, or drop evaluate.")
     if check_finite:
         for i in _checks._non_finite(eval_data):
             raise ValueError(f"eval_data[{i}] contains NaN or inf values; clean or drop "

@@ -20,6 +20,7 @@ import dataclasses
 import itertools
 from functools import partial
 
+import jax
 import numpy as np
 
 from .. import drivers
@@ -58,18 +59,20 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
                            unused=dict(batch_size=batch_size, key=key, indices=indices,
                                        chunk_size=chunk_size, mesh=mesh, rng=rng, state=state,
                                        has_aux=has_aux or None, trainable=trainable))
+    given = (params, opt_state, state, indices, eval_data, key, rng, lr, tol, patience)
     data, structure, names = _checks.flatten_data(data)
+    given += (data,)  # torch tensors are NumPy views from here on
     read_on_host = _checks.read_on_host(data, batch_size, indices)
     data, n = _checks.check_data(data, check_finite and not read_on_host, names)
     if structure is not None:  # the loop sees a tuple of arrays; the loss its pytree
         loss = PytreeData(loss, structure)
-    lr = _checks.check_lr(lr, optimizer, opt_state, params)
+    lr, lr_schedule = _rate(_checks.check_lr(lr, optimizer, opt_state, params))
     batches, steps = _batches.choose(n, steps, batch_size, key, indices, replace, drop_last)
     _checks.check_start(start_step, steps, name="start_step")
     stop = _stop.choose(tol, patience)
     params, state, model = _model.choose(params, trainable, rng, state, has_aux)
     example = data if batches.batch_size is None else _checks.batch_of(data, batches.batch_size)
-    loss_out = _checks.check_loss(loss, params, example) if model.plain else \
+    loss_out, aux = (_checks.check_loss(loss, params, example), None) if model.plain else \
         _model_checks.check_loss(loss, params, state, example, model, rng)
     if mesh is not None:
         drivers.check_mesh(mesh, data)
@@ -80,15 +83,20 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
     plan = _speed.decide(speed, fast_path, exact_mse=loss is linear_mse and model.plain,
                          params=params, data=data, full_batch=batches.batch_size is None,
                          steps=steps, mesh=mesh)
-    if model.plain:  # a model's optimizer state covers its trainable leaves only
-        _checks.check_opt_state(optimizer, opt_state, params)
+    # A model's optimizer state covers its trainable leaves only.
+    _checks.check_opt_state(optimizer, opt_state, model.split(params)[0],
+                            part="params" if model.trains is None else
+                            "the trainable part of params")
     record_params = _checks.check_bool(record_params, "record_params")
-    _checks.check_trajectory_fits(record_params, steps, params)
     evaluation, eval_data, watched = _evaluate.choose(
         evaluate, eval_data, eval_every, monitor, mode, restore_best, batches=batches,
         steps=steps, params=params, state=state, model=model, check_finite=check_finite)
+    evaluated = None if evaluation is None else (  # the evaluations' shapes: looked up
+        evaluation, _evaluate.check_evaluate(evaluate, params, state, eval_data, model))
+    _checks.check_outputs_fit(_outputs(steps, loss_out, aux,
+                                       params if record_params else None, evaluated))
     spec = LoopSpec(loss, optimizer, batches, steps, stop, record_params, plan, model,
-                    evaluation)
+                    evaluation, lr_schedule)
     watched = loss_out.dtype if watched is None or not _checks.is_inexact_dtype(watched) \
         else watched
     carry = initialize(spec, params, opt_state, start_step, watched, state)
@@ -102,6 +110,8 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
     if chunk_size is None:
         _checks.check_no_chunk_options(on_chunk, checkpoint)
         out = result(*loop(spec, carry, inputs))
+        if _checks.holds_host_arrays(given):
+            jax.block_until_ready(out)  # JAX may read them in place, after fit returned
         if warm_call is not None and model.plain and not read_on_host:
             memory.remember(warm_call, spec, carry)  # after the run: it succeeded
         return out
@@ -116,6 +126,38 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
             checkpoint, loop, spec, carry, inputs, chunk_size=chunk_size, on_chunk=on_chunk))
     return result(*drivers.run_in_chunks(loop, spec, carry, inputs,
                                          chunk_size=chunk_size, on_chunk=on_chunk))
+
+
+def _rate(lr):
+    """``(lr, lr_schedule)``: a schedule ``step -> rate`` is compile-time (the
+    spec's), a rate is traced (the inputs')."""
+    return (None, lr) if callable(lr) else (lr, None)
+
+
+def _outputs(steps, loss_out, aux, trajectory_of, evaluated):
+    """What a run of ``steps`` returns besides its final carry, for
+    :func:`~functional_sgd.core._checks.check_outputs_fit`: the losses, the
+    aux (``None`` without ``has_aux``), the params trajectory
+    (``trajectory_of``: the params with ``record_params``, else ``None``)
+    and the evaluations (``(Evaluation, shapes of its dict)``, or ``None``)."""
+    stacked = _checks.stacked
+    shorter = ("Train fewer steps a call: continue the next call from this one's result "
+               "(params=result.params, run=fsgd.Run.after(result)).")
+    outputs = [(f"losses of {steps} steps", stacked(loss_out, steps), shorter)]
+    if aux is not None:
+        outputs.append((f"the aux of {steps} steps", stacked(aux, steps),
+                        "Return a smaller aux from the loss (a mean, a few values). " + shorter))
+    if trajectory_of is not None:
+        outputs.append((f"record_params keeps {steps + 1} copies of params",
+                        stacked(trajectory_of, steps + 1),
+                        "Record fewer steps (Run(record_params=False), or fewer steps a call)."))
+    if evaluated is not None:
+        evaluation, shapes = evaluated
+        count = evaluation.count(steps)
+        outputs.append((f"{count} evaluations",
+                        (stacked(shapes, count), stacked(np.int32(0), count)),
+                        "Evaluate less often (a larger Evaluation(every=...))."))
+    return outputs
 
 
 def _restored(result, carry, record):
@@ -174,7 +216,7 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
                          "has_aux, trainable or mesh).")
     if steps is not None:
         steps = _checks.check_int(steps, "steps", minimum=1, maximum=_checks.MAX_STEP)
-    lr = _checks.check_lr(lr, optimizer, opt_state, params)
+    lr, lr_schedule = _rate(_checks.check_lr(lr, optimizer, opt_state, params))
     _checks.check_start(start_step, steps or 0, name="start_step")
     stop = _stop.choose(tol, patience)
     if on_chunk is not None and not callable(on_chunk):
@@ -189,11 +231,13 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
     example, batches = drivers.first_batch(
         source.batches(done) if from_done else source.batches, saved)
     loss_out = _checks.check_loss(loss, params, example)
+    if steps is not None:
+        _checks.check_outputs_fit(_outputs(steps, loss_out, None, None, None))
     _checks.check_opt_state(optimizer, opt_state, params)
     plan = _speed.decide(speed, False, exact_mse=False, params=params, data=example,
                          full_batch=False, steps=1)
     spec = LoopSpec(loss, optimizer, _batches.Stacked(example[0].shape[0]), steps, stop,
-                    False, plan)
+                    False, plan, lr_schedule=lr_schedule)
     carry = initialize(spec, params, opt_state, start_step, loss_out.dtype)
     inputs = Inputs((), lr, None, None, tol, patience)
 

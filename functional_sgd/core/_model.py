@@ -1,9 +1,9 @@
 """A user's own model: which leaves of ``params`` train, and how the loss is called.
 
 ``params`` may be any pytree: an equinox ``Module``, a flax nnx ``State``,
-a dict. Its leaves that are arrays of an inexact dtype train (Python floats
-and NumPy scalars too, as float arrays); every other leaf passes through
-unchanged, with no gradient, no update and no optimizer state:
+a dict. Its leaves that are arrays of an inexact dtype train (NumPy scalars
+too); every other leaf passes through unchanged, with no gradient, no
+update and no optimizer state:
 
 * other arrays (integers, bools, PRNG keys) ride along as traced values, so
   a new value compiles nothing;
@@ -11,6 +11,16 @@ unchanged, with no gradient, no update and no optimizer state:
   strings) is compile-time: :func:`wrap` puts each in a :class:`Static`
   pytree node with no children, so it travels in the tree's structure
   through ``jit``, ``scan`` and ``vmap``, and :func:`unwrap` gives it back.
+
+A Python float (or complex) trains, as a float array, when it is the whole
+params (the lesson's ``f(x) = x**2`` from 3.0) or when every container
+above it is Python's own (dict, list, tuple, namedtuple: ``{"b": 0.0}``).
+Inside any other pytree node (an equinox ``Module``, a registered
+dataclass, an nnx ``State``), a tuple within it too, it is compile-time,
+as equinox has it (``eqx.is_inexact_array``): ``eqx.nn.Dropout``'s rate
+and ``eqx.nn.MaxPool2d``'s ``-inf`` shape the program and come back as
+they were. So does a Python float that ``trainable`` freezes: a frozen
+Python scalar is never traced.
 
 A :class:`Model` (part of the loop's compile-time spec) records which leaves
 train (``trainable=`` freezes more) and how the loss is called: with the
@@ -26,8 +36,13 @@ and costs nothing: ``fit`` recognises it before any of this runs.
 ((True,), [Array([1., 1.], dtype=float32)])
 >>> unwrap(wrapped) == params
 True
+>>> _, _, model = choose({"b": 0.0, "frozen": 1.0}, {"b": True, "frozen": False},
+...                      None, None, False)
+>>> model.trains  # the frozen Python float is compile-time: not a leaf at all
+(True,)
 """
 
+import collections
 import dataclasses
 import functools
 import re
@@ -37,7 +52,7 @@ import jax
 import numpy as np
 
 from .._types import fit_result
-from . import _checks
+from . import _checks, _flax_nnx
 
 
 class Static:
@@ -100,10 +115,38 @@ def is_array(x):
 
 def _is_float(x):
     """An array of an inexact dtype (or a Python float): a leaf that trains."""
-    if isinstance(x, (float, complex)):
-        return True
+    return isinstance(x, (float, complex)) or _is_float_array(x)
+
+
+def _is_float_array(x):
     return (isinstance(x, (jax.Array, np.ndarray, np.generic))
             and _checks.is_inexact_dtype(x.dtype))
+
+
+def _is_python_scalar(x):
+    return isinstance(x, (float, complex))
+
+
+_PYTHON_CONTAINERS = (dict, list, tuple, collections.OrderedDict, collections.defaultdict)
+
+
+def _is_other_node(x):
+    """Stops a walk at every pytree node that is not Python's own container."""
+    return not (x is None or type(x) in _PYTHON_CONTAINERS
+                or (isinstance(x, tuple) and hasattr(type(x), "_fields")))  # a namedtuple
+
+
+@functools.lru_cache(maxsize=256)
+def _in_python_containers(treedef):
+    """Per leaf of a tree of this structure: whether every container above
+    it is Python's own (dict, list, tuple, namedtuple) rather than another
+    pytree node (cached: a warm call with a Module pays no walk here)."""
+    flags = []
+    for top in jax.tree.leaves(treedef.unflatten([0] * treedef.num_leaves),
+                               is_leaf=_is_other_node):
+        below = jax.tree.leaves(top)
+        flags.extend([len(below) == 1 and below[0] is top] * len(below))
+    return tuple(flags)
 
 
 def wrap(tree):
@@ -195,39 +238,60 @@ def choose(params, trainable, rng, state, has_aux):
 
     The lesson's case (every leaf a float array, no ``rng``, ``state``,
     ``has_aux`` or ``trainable``) is checked first and returns :data:`PLAIN`
-    with ``params`` untouched: a warm ``fit`` of one array pays ~0.2 us here.
+    with ``params`` untouched: a warm ``fit`` of one array pays next to nothing here.
+    Which Python floats train is set out in this module's docstring.
     """
-    if rng is None and state is None and has_aux is False and trainable is None and (
-            isinstance(params, jax.Array) and _checks.is_inexact_dtype(params.dtype)):
+    lesson = rng is None and state is None and has_aux is False and trainable is None
+    if lesson and (_is_python_scalar(params) or (
+            isinstance(params, jax.Array) and _checks.is_inexact_dtype(params.dtype))):
         return params, None, PLAIN
     leaves, treedef = jax.tree.flatten(params)  # the one walk over params (slow for Modules)
-    if rng is None and state is None and has_aux is False and trainable is None \
-            and all(map(_is_float, leaves)):
+    _flax_nnx.refuse_updated_variables(treedef)
+    if lesson and all(map(_is_float_array, leaves)):
         return params, None, PLAIN
     has_aux = _checks.check_bool(has_aux, "has_aux")
     if rng is not None:
         _checks.check_key(rng, "rng")
     arrays = tuple(map(is_array, leaves))
-    statics = tuple(Static(a) for a, array in zip(leaves, arrays) if not array)
-    leaves = [a for a, array in zip(leaves, arrays) if array]
-    wrapped_def, _ = _structures(treedef, statics, arrays, None)
-    wrapped = params if not statics else wrapped_def.unflatten(leaves)
-    mask = _trainable_mask(trainable, wrapped, leaves)
-    trains = tuple(bool(m) and _is_float(a) for a, m in zip(leaves, mask))
+    scalars = tuple(map(_is_python_scalar, leaves))
+    if any(scalars):  # static unless Python's own containers hold them all the way up
+        arrays = tuple(a and not (s and not plain) for a, s, plain in
+                       zip(arrays, scalars, _in_python_containers(treedef)))
+    statics, traced, wrapped = _wrapped(params, treedef, leaves, arrays)
+    mask = _trainable_mask(trainable, wrapped, traced)
+    floats = sum(map(_is_float, traced))
+    if not all(mask) and any(scalars):  # a frozen Python scalar is never traced either
+        frozen = iter(not m for m in mask)
+        arrays = tuple(a and not (next(frozen) and s) for a, s in zip(arrays, scalars))
+        mask = [m for m, a in zip(mask, traced) if m or not _is_python_scalar(a)]
+        statics, traced, wrapped = _wrapped(params, treedef, leaves, arrays)
+    trains = tuple(bool(m) and _is_float(a) for a, m in zip(traced, mask))
     if not any(trains):
-        floats = sum(map(_is_float, leaves))
         if floats:
             raise ValueError(f"trainable freezes all {floats} float leaves of params: nothing "
                              "would train. Leave at least one leaf trainable.")
-        kinds = sorted({str(getattr(a, 'dtype', type(a).__name__)) for a in leaves})
+        kinds = sorted({str(getattr(a, 'dtype', type(a).__name__)) for a in traced})
         raise ValueError(
             "params has nothing to train: only leaves of an inexact dtype train, and its "
-            f"array leaves are {', '.join(kinds) if kinds else 'none at all'}. Give params "
-            "at least one float array (e.g. jnp.zeros(3), not jnp.zeros(3, int)).")
+            f"array leaves are {', '.join(kinds) if kinds else 'none at all'}"
+            + (" (its Python floats sit inside a Module or other pytree node, where they "
+               "are compile-time constants, as in equinox)" if any(scalars) else "")
+            + ". Give params at least one float array (e.g. jnp.zeros(3), not "
+            "jnp.zeros(3, int)).")
     if all(trains) and not statics:
         return wrapped, wrap(state), Model(None, rng is not None, state is not None, has_aux)
     return wrapped, wrap(state), Model(trains, rng is not None, state is not None, has_aux,
                                        *_structures(treedef, statics, arrays, trains))
+
+
+def _wrapped(params, treedef, leaves, arrays):
+    """``(statics, traced leaves, wrapped params)``: the leaves of ``params``
+    that are not ``arrays`` each in a :class:`Static` node."""
+    statics = tuple(Static(a) for a, array in zip(leaves, arrays) if not array)
+    traced = [a for a, array in zip(leaves, arrays) if array]
+    wrapped = params if not statics else \
+        _structures(treedef, statics, arrays, None)[0].unflatten(traced)
+    return statics, traced, wrapped
 
 
 @functools.lru_cache(maxsize=256)

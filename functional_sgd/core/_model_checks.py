@@ -37,13 +37,14 @@ def check_loss_per_row(loss, params, state, data, model, rng, cause="mesh"):
 def check_loss(loss, params, state, batch, model, rng):
     """``_checks.check_loss`` for a user's model: traces the loss as ``model``
     calls it, once per signature, and checks what it returns against
-    ``state`` and ``has_aux``; returns the value's shape and dtype.
+    ``state`` and ``has_aux``; returns the shapes and dtypes of the value
+    and of the aux (``None`` without ``has_aux``).
 
     ``params`` and ``state`` come wrapped (:func:`wrap`), so their leaves
     are arrays and the signature is a plain tuple.
     """
     if model.plain:
-        return _checks.check_loss(loss, params, batch)
+        return _checks.check_loss(loss, params, batch), None
     if not callable(loss):
         raise TypeError(f"loss must be callable as {_call(model)}; got {loss!r}.")
     (leaves, treedef), (state_leaves, state_def) = map(jax.tree.flatten, (params, state))
@@ -121,19 +122,27 @@ def _trace_loss(loss, model, treedef, state_def, signature):
                              for a in jax.tree.leaves(out[-1], is_leaf=is_static)):
         raise ValueError(f"with has_aux=True, the loss's aux must be a pytree of arrays "
                          f"(fit stacks it over the steps); got {_described(out[-1])}.")
-    return value
+    return value, out[-1] if model.has_aux else None
 
 
 def _check_new_state(state_spec, new_state):
     """The new state must be the state's double: same structure, shapes, dtypes."""
-    old = [(tuple(a.shape), jax.numpy.dtype(a.dtype)) for a in jax.tree.leaves(state_spec)]
-    new = [(tuple(a.shape), jax.numpy.dtype(a.dtype)) if hasattr(a, "shape") else a
+    old = [(tuple(a.shape), _dtype(a)) for a in jax.tree.leaves(state_spec)]
+    new = [(tuple(a.shape), _dtype(a)) if hasattr(a, "shape") else a
            for a in jax.tree.leaves(new_state)]
     if jax.tree.structure(state_spec) != jax.tree.structure(new_state) or old != new:
         raise ValueError(
             "with state, loss must return (value, new_state) where new_state has the "
             f"structure, shapes and dtypes of state; state is {_described(state_spec)} "
             f"but the loss returned {_described(new_state)}.")
+
+
+def _dtype(a):
+    """``a``'s dtype, comparable: a PRNG key's (``key<fry>``, an nnx stream's)
+    is no NumPy dtype, and is compared as it is."""
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.extended):
+        return a.dtype
+    return jax.numpy.dtype(a.dtype)
 
 
 def _described(tree):

@@ -26,11 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._types import Carry, Inputs, Record
-from ..drivers import describe
+from ..drivers import describe, diverged
 from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, one_pass, quadratic_mse
 from ._batches import Schedule, feed
 from ._blocks import block_steps, run_in_blocks
 from ._checks import caller_stacklevel
+from ._compare import SMALL_ARRAY_BYTES, computation_key
 from ._evaluate import not_run, run_with_evaluations
 from ._initialize import optimizer_state
 from ._loss import MaskedMean
@@ -64,7 +65,7 @@ def carry_and_record(out):
 def flat_loop_outputs(spec, fields):
     """The compiled loop on ``(*carry, *inputs)`` (every field of both, in
     order), its ``Carry`` and ``Record`` fields as one flat tuple indexed by
-    :data:`OUTPUT` (building the namedtuples takes ~0.5 us each)."""
+    :data:`OUTPUT` (namedtuples are slow to build in Python)."""
     if spec.plan.cpu_compiler_options:
         try:
             out = _compiled_loop(*fields, spec=spec)
@@ -114,30 +115,38 @@ def piece(spec, loss, data, params, opt_state, frozen, start_step, carry, inputs
     model = spec.model
     source = feed(spec.batches, data, inputs.key, inputs.indices, start_step, spec.steps,
                   spec.plan)
-    step = functools.partial(model_step, model, loss, spec.optimizer, inputs.lr, frozen)
     key_at = (lambda t: jax.random.fold_in(inputs.rng, start_step + t)) if model.rng \
         else (lambda t: None)
+    schedule = spec.lr_schedule
+    lr_at = (lambda t: schedule(start_step + t)) if schedule is not None \
+        else (lambda t: inputs.lr)
+
+    def step(params, opt_state, model_state, batch, t):
+        """Step ``t`` of this piece (its key and rate are those of ``start_step + t``)."""
+        return model_step(model, loss, spec.optimizer, lr_at(t), frozen, params, opt_state,
+                          model_state, batch, key_at(t))
+
     # A scan of one step is inlined by XLA, which then reads column-major data
     # another way: the loss would differ in its last bits from the same step
     # inside a longer run. A while loop whose end depends on the data stays a loop.
     if spec.stop.active or spec.steps == 1:
-        return _run_until_stop(spec, step, key_at, source, params, opt_state, carry, frozen,
+        return _run_until_stop(spec, step, source, params, opt_state, carry, frozen,
                                start_step, inputs)
-    # Step t's key needs t; when the loop steps over rows, it steps over (t, rows).
-    counted = model.rng and source.xs is not None
+    # Step t's key and rate need t; when the loop steps over rows, it steps over (t, rows).
+    counted = (model.rng or schedule is not None) and source.xs is not None
 
     def body(state, x):
         params, opt_state, model_state, rows = state
         t, x = x if counted else (x, x)
         batch, rows = source.batch_at(x, rows)
-        out = step(params, opt_state, model_state, batch, key_at(t))
+        out = step(params, opt_state, model_state, batch, t)
         return ((out.params, out.opt_state, out.state, rows),
                 (out.value, out.aux, params if spec.record_params else None))
 
     steps = jnp.arange(spec.steps, dtype=jnp.int32)
     xs = steps if source.xs is None else (steps, source.xs) if counted else source.xs
     (params, opt_state, model_state, _), (losses, aux, trajectory) = jax.lax.scan(
-        body, (params, opt_state, carry.state, source.rows), xs, unroll=source.unroll)
+        body, (params, opt_state, carry.state, source.rows), xs)
     if spec.record_params:
         trajectory = _whole_path(model, jax.tree.map(
             lambda path, last: jnp.concatenate([path, last[None]]), trajectory, params),
@@ -174,15 +183,14 @@ def _full_batch_speed_ups(spec, params, data):
     return spec.loss, data
 
 
-def _run_until_stop(spec, step, key_at, source, params, opt_state, carry, frozen, start_step,
-                    inputs):
+def _run_until_stop(spec, step, source, params, opt_state, carry, frozen, start_step, inputs):
     """Step 7 on the device: a while loop that ends at ``steps`` or when the rule
     fires (any non-finite loss ends it too).
 
     The records are filled in place: steps after the stop keep NaN losses
     (and aux of NaN, or zeros for integer and bool leaves)."""
     steps = spec.steps
-    x_at, losses, aux, trajectory, first = _empty_records(spec, step, key_at, source, params,
+    x_at, losses, aux, trajectory, first = _empty_records(spec, step, source, params,
                                                           opt_state, carry)
     stop_state = carry.stop._replace(best=jnp.asarray(carry.stop.best, first.value.dtype),
                                      waited=jnp.asarray(carry.stop.waited, jnp.int32),
@@ -197,7 +205,7 @@ def _run_until_stop(spec, step, key_at, source, params, opt_state, carry, frozen
         if spec.record_params:
             trajectory = jax.tree.map(lambda path, p: path.at[t].set(p), trajectory, params)
         batch, rows = source.batch_at(x_at(t), rows)
-        out = step(params, opt_state, model_state, batch, key_at(t))
+        out = step(params, opt_state, model_state, batch, t)
         stop_state = spec.stop.update(stop_state, out.value, tol=inputs.tol,
                                       patience=inputs.patience)
         aux = jax.tree.map(lambda path, a: path.at[t].set(a), aux, out.aux)
@@ -216,14 +224,14 @@ def _run_until_stop(spec, step, key_at, source, params, opt_state, carry, frozen
             Record(losses, first_bad(losses, t), t, trajectory, aux))
 
 
-def _empty_records(spec, step, key_at, source, params, opt_state, carry):
+def _empty_records(spec, step, source, params, opt_state, carry):
     """``(x_at, losses, aux, trajectory, first)`` for a loop that fills its
     records in place: NaN losses (aux of NaN, or zeros for integer and bool
     leaves), zero trajectory; ``first`` is the shape of a step's output."""
     steps = spec.steps
     x_at = (lambda t: t) if source.xs is None else (lambda t: source.xs[t])
     first = jax.eval_shape(lambda: step(params, opt_state, carry.state, source.batch_at(
-        x_at(jnp.int32(0)), source.rows)[0], key_at(jnp.int32(0))))
+        x_at(jnp.int32(0)), source.rows)[0], jnp.int32(0)))
     losses = jnp.full((steps,), jnp.nan, first.value.dtype)
     aux = jax.tree.map(lambda a: jnp.full((steps,) + a.shape, not_run(a.dtype), a.dtype),
                        first.aux)
@@ -247,26 +255,30 @@ def _finish_trajectory(spec, trajectory, params, frozen, t):
 
 LONG_RUN = 4096
 """From this many steps, ``diverged_at`` first asks whether any loss is bad:
-XLA:CPU reduces 2e5 losses to a yes or no in ~0.13 ms, to the first bad
-index in ~0.18 ms."""
+XLA:CPU reduces many losses to a yes or no faster than to the first bad
+index."""
 
 
 def first_bad(losses, steps_run):
-    """Index of the first non-finite loss among the steps run, ``-1`` if none.
+    """Index of the first diverged loss among the steps run, ``-1`` if none:
+    a loss that is not finite, or past ``1e15 * max(1, |losses[0]|)``
+    (``drivers.diverged``).
 
     One reduction: the least index ``t`` of a bad step, as ``uint32``, where
     a step that is not bad counts as ``2**32 - 1``, which read back as
     ``int32`` is ``-1``. XLA:CPU runs it as one kernel, where ``argmax`` and
-    a select took two (on the lesson in batches of 10, 1.5-2 us of a 17 us
-    call under ``tune_cpu``). Long runs skip it unless a loss is bad.
+    a select took two (visible on the lesson in batches of 10 under
+    ``tune_cpu``). Long runs skip it unless a loss is bad.
 
     >>> import jax.numpy as jnp
     >>> int(first_bad(jnp.array([1.0, 2.0, jnp.inf, jnp.nan]), None))
     2
     >>> int(first_bad(jnp.array([1.0, 2.0]), None))
     -1
+    >>> int(first_bad(jnp.array([2.0, 8.0, 4e15]), None))  # finite, but 2e15 times the first
+    2
     """
-    bad = ~jnp.isfinite(losses)
+    bad = diverged(losses, jnp)
     if steps_run is not None:
         bad &= jnp.arange(losses.shape[0], dtype=jnp.int32) < steps_run
 
@@ -289,26 +301,42 @@ def _known_on_the_host(spec, carry_in, carry, record):
     ``steps``, the step is ``start_step + steps``, the stop state unchanged."""
     if record.steps_run is not None:
         return carry, record
-    steps_run, step = known_counts(spec, carry_in.step)
+    steps_run, step = known_counts(spec, carry_in.step, home_device(carry.params))
     return (Carry(carry.params, carry.opt_state, step, carry_in.stop, carry.state),
             Record(record.losses, record.diverged_at, steps_run, record.trajectory, record.aux))
 
 
-def known_counts(spec, start):
+def known_counts(spec, start, device=None):
     """``(steps_run, step)`` of a run from ``start`` that no rule stops:
-    ``steps`` and ``start + steps``, int32 device scalars."""
-    steps_run = _int32_constant(spec.steps)
-    step = (_int32_constant(int(start) + spec.steps) if isinstance(start, (int, np.integer))
-            else start + steps_run)
+    ``steps`` and ``start + steps``, int32 scalars on ``device`` (``None``:
+    the default device)."""
+    steps_run = _int32_constant(spec.steps, device)
+    step = (_int32_constant(int(start) + spec.steps, device)
+            if isinstance(start, (int, np.integer)) else start + steps_run)
     return steps_run, step
 
 
+def home_device(params):
+    """The one device ``params`` are on when it is not the default device
+    (a CPU device of a GPU machine), else ``None``; ``None`` too for traced
+    or sharded params. A run's own scalars (step counts, a repeated lr) are
+    made there, so no call copies them between devices."""
+    leaves = jax.tree_util.tree_leaves(params)
+    if not leaves or isinstance(leaves[0], jax.core.Tracer):
+        return None
+    devices = getattr(leaves[0], "devices", lambda: ())()
+    if len(devices) != 1:
+        return None
+    (device,) = devices
+    return None if device == jax.devices()[0] else device
+
+
 @functools.lru_cache(maxsize=256)
-def _int32_constant(value):
+def _int32_constant(value, device=None):
     """One device scalar per value (JAX arrays are immutable, so sharing is safe),
     copied there as it is (``jnp.asarray`` of a Python int compiles a conversion)."""
     with jax.ensure_compile_time_eval():
-        return jax.device_put(np.int32(value))
+        return jax.device_put(np.int32(value), device)
 
 
 COMPILED_LOOPS_KEPT = 64
@@ -317,7 +345,7 @@ past this many, the oldest are dropped and compile again when asked for."""
 
 _compiles_seen = [0]
 _specs_compiled: dict[Any, Any] = {}
-"""A program's description -> the (loss, optimizer) objects compiled for it."""
+"""A program's description -> the keys of the (loss, optimizer, schedule) compiled for it."""
 
 
 def _compiled_count():
@@ -326,8 +354,9 @@ def _compiled_count():
 
 def _note_compile(spec):
     """After a call that compiled: bound the compiled loops kept, and say once
-    when a loss or optimizer equal to an earlier one but a new object made
-    the compile (a fresh ``optax.adam(lr)`` per call compiles every call)."""
+    when a loss or optimizer that looks like an earlier one but could not be
+    told equal to it made the compile (one closing over an object that is
+    compared by identity, made afresh per call; see ``_compare``)."""
     if _compiled_count() > COMPILED_LOOPS_KEPT:
         _compiled_loop.clear_cache()
         _plain_loop.clear_cache()
@@ -335,15 +364,18 @@ def _note_compile(spec):
     _compiles_seen[0] = _compiled_count()
     same_program = json.dumps(describe(spec, contents=False), sort_keys=True, default=str)
     objects = _specs_compiled.setdefault(same_program, set())
-    objects.add((id(spec.loss), id(spec.optimizer)))
+    objects.add(tuple(map(computation_key, (spec.loss, spec.optimizer, spec.lr_schedule))))
     if len(objects) >= 3 and not _warned_recompiling:
         _warned_recompiling.append(True)
         warnings.warn(
-            "fit compiled its loop again for a loss or optimizer equal to one it has "
-            "compiled before, but a new object (loss and optimizer are compile-time "
-            "constants, compared by identity). Create them once and reuse them; to change "
-            "a learning rate between calls, pass lr=, or wrap the optimizer in "
-            "optax.inject_hyperparams and change its state. (Said once.)",
+            "fit compiled its loop again for a loss or optimizer that looks like one it "
+            "has compiled before but is a new object it could not tell equal (loss and "
+            "optimizer are compile-time constants, compared by their code and the values "
+            "they close over; an object of another kind, or an array over "
+            f"{SMALL_ARRAY_BYTES} bytes, in them is compared by identity). Create them once "
+            "and reuse them, or close over the same objects; to change a learning rate "
+            "between calls, pass lr=, or wrap the optimizer in optax.inject_hyperparams "
+            "and change its state. (Said once.)",
             UserWarning, stacklevel=caller_stacklevel())
 
 
@@ -359,7 +391,7 @@ def _inside_a_trace():
 def _loop_flat(*fields, spec):
     """:func:`loop` of ``Carry(*fields[:6]), Inputs(*fields[6:])``, its
     ``Carry`` and ``Record`` as one flat tuple: a jitted call builds
-    namedtuple outputs slowly (~2 us of a 20 us call on the lesson in
+    namedtuple outputs slowly (a visible part of a call on the lesson in
     batches of 10 under ``tune_cpu``)."""
     carry, record = loop(Carry(*fields[:_CARRY_FIELDS]), Inputs(*fields[_CARRY_FIELDS:]),
                          spec=spec)

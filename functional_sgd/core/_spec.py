@@ -9,10 +9,12 @@ the loop is one field here and one use where it acts.
 """
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..speed import SpeedPlan
 from ._batches import FULL_BATCH
+from ._compare import computation_key
 from ._model import PLAIN, Model
 from ._stop import StopRule
 
@@ -37,6 +39,9 @@ class LoopSpec:
         ``loss(params, *batch) -> scalar`` with every leaf training.
       evaluation: how held-out data is evaluated inside the loop (an
         :class:`~functional_sgd.core._evaluate.Evaluation`), or ``None``.
+      lr_schedule: ``lr(step) -> rate`` for the plain update (``fit(lr=schedule)``):
+        step ``t`` (global) uses ``lr_schedule(t)``; ``None`` reads the
+        traced ``Inputs.lr``.
     """
 
     loss: Callable
@@ -48,12 +53,28 @@ class LoopSpec:
     plan: SpeedPlan = SpeedPlan(exact_moments=False, one_pass=False)
     model: Model = PLAIN
     evaluation: Any = None
+    lr_schedule: Callable | None = None
 
     def __hash__(self):  # jit hashes its static argument on every call: computed once
         cached = self.__dict__.get("_hash")
         if cached is None:
-            cached = hash(tuple(getattr(self, f.name) for f in _FIELDS))
+            cached = hash(self._key())
             object.__setattr__(self, "_hash", cached)
+        return cached
+
+    def __eq__(self, other):
+        return type(other) is LoopSpec and (self is other or self._key() == other._key())
+
+    def _key(self):
+        """The fields, with the functions in them (loss, optimizer, schedule,
+        evaluate) compared by what they compute (``_compare``): a fresh
+        ``optax.adam(1e-3)`` per call is the same program. Made once, when
+        the spec is first compared: a snapshot of the values they close over."""
+        cached = self.__dict__.get("_compared")
+        if cached is None:
+            cached = tuple(computation_key(getattr(self, f.name)) if f.name in _BY_COMPUTATION
+                           else getattr(self, f.name) for f in _FIELDS)
+            object.__setattr__(self, "_compared", cached)
         return cached
 
     def part(self, done, steps):
@@ -70,3 +91,4 @@ class LoopSpec:
 
 
 _FIELDS = dataclasses.fields(LoopSpec)
+_BY_COMPUTATION = frozenset({"loss", "optimizer", "lr_schedule", "evaluation"})

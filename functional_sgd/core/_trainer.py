@@ -254,10 +254,14 @@ def train(memory: _warm.Memory, spec: Spec, params: Any, data: Any, lr: Any,
           key: Any) -> FitResult:
     """Runs ``spec`` from ``params`` on ``data``; a call ``memory`` holds
     skips its checks."""
-    call = _warm_call(spec, params, data, key)
+    call = None if callable(lr) else _warm_call(spec, params, data, key)
     if call is not None:
         warm = memory.recall(call)
-        if warm is not None:
+        indices, _, _, eval_data = _traced(spec)
+        if warm is not None and _checks.values_still_pass(
+                data, indices, eval_data, check_finite=spec.run is None or spec.run.check_finite,
+                drop_last=not isinstance(spec.rows, Schedule) or not spec.rows.padded,
+                padded=warm.again.spec.batches.padded):
             lr = _checks.check_lr(lr, spec.optimizer, None, params)
             result: FitResult = warm.again(params, data, lr, key, *_traced(spec))
             return result

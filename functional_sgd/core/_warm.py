@@ -1,9 +1,8 @@
 """A warm call's front door: ``fit`` called again with the arrays of an earlier call.
 
 ``fit``'s checks (shapes, dtypes, finiteness, index ranges, the loss traced
-once) take ~25 us of Python a call, longer than a small run itself (a
-hand-written scan of the lesson in batches of 10 takes ~15 us under
-``tune_cpu``, a warm ``fit`` ~24 us). Their verdict
+once) take longer in Python than a small run itself (a hand-written scan
+of the lesson in batches of 10 under ``tune_cpu``). Their verdict
 depends only on the arguments, and a JAX array never changes its values: a
 call that passes the same JAX arrays, loss and options as an earlier call
 that passed the checks would pass them again. Such a call goes straight to
@@ -12,13 +11,19 @@ shape, dtype and weak type as before, so the same verdict) may differ, which cov
 Python loop over learning rates and a run continued from ``result.params``.
 Params may be one array or a tuple, list or dict of them (``(w, b)``): the
 checks of such params depend only on their structure and each leaf's
-shape, dtype and weak type. On 2 cores the ~30 us of checks run ~8x slower
+shape, dtype and weak type. On 2 cores the checks run several times slower
 right after a run (its batches have pushed the interpreter out of the
-caches): ~0.25 ms of a 10 ms run of 2,560 steps, measured against the same
-run written by hand (``bench/evaluate_overhead.py``). A run that
+caches), a visible part of a run of 2,560 steps against the same run written
+by hand (``bench/investigations/evaluate_overhead.py``). A run that
 evaluates held-out data (``evaluate``, ``monitor``, ``restore_best``...) is
 repeated the same way when its ``eval_data`` is the same tuple of JAX
 arrays: the held-out arrays are part of the call's key.
+
+A JAX array on the CPU may be a view of host memory that its owner writes
+to (``jax.device_put`` of an aligned NumPy array, DLPack): the checks of its
+values (finiteness, the range of indices) are read again on every call
+(``_checks.values_still_pass``), and a call whose arrays no longer pass
+takes the full path, which refuses them.
 
 NumPy data (which can be written to between calls), params of a pytree
 class or with NumPy or Python leaves, chunks, meshes, checkpoints and a
@@ -29,9 +34,11 @@ Arrays are held by weak references: remembering a call keeps no data alive.
 What the host knows of a remembered run is worked out once, at its first
 repeat (:class:`Again`): the step counter and stop state it starts from, on
 the device (NumPy scalars are copied there on every call), and the step
-count after it. A float ``lr`` that repeats is passed as the device scalar
-made of it (a Python float, too, is copied on every call, ~2 us); its
-bits and the compiled program are the same.
+count after it; on the params' device when that is not the default one (a
+CPU device of a GPU machine), so no call copies them between devices. A
+float ``lr`` that repeats is passed as the device scalar made of it (a
+Python float, too, is copied on every call); its bits and the compiled
+program are the same.
 """
 
 import dataclasses
@@ -43,7 +50,7 @@ import jax
 from .._types import FitResult, fit_result
 from ._evaluate import restored
 from ._initialize import best_start
-from ._repeat import OUTPUT, carry_and_record, flat_loop_outputs, known_counts
+from ._repeat import OUTPUT, carry_and_record, flat_loop_outputs, home_device, known_counts
 
 _PARAMS, _OPT_STATE, _LOSSES, _DIVERGED_AT, _STEPS_RUN, _TRAJECTORY = (OUTPUT[name] for name in (
     "params", "opt_state", "losses", "diverged_at", "steps_run", "trajectory"))
@@ -216,17 +223,18 @@ class Again:
     What the host knows is made at the first repeat and kept: the start's
     step counter and stop state on the device, and a run's counts after it
     (``steps_run``, ``step``) when no rule can stop it early. No namedtuple
-    is built but the result (each costs ~0.5 us).
+    is built but the result (each is built in Python, slowly).
     """
 
     def __init__(self, spec, carry):
         self.spec = spec
         self.start = carry.step, carry.stop  # not its params: nothing big is kept alive
         self.known = None  # (step, stop, steps_run, step_after) on the device
+        self.device = None  # where the call's arrays are, when not the default device
         self.last_lr = (None, None)  # a float lr and its device scalar, once it repeats
 
     def __call__(self, params, data, lr, key, indices, tol, patience, eval_data=()):
-        known = self.known or self._know()
+        known = self.known or self._know(params)
         step, stop, steps_run, step_after = known
         if type(lr) is float:
             lr = self._lr_on_device(lr)
@@ -244,10 +252,12 @@ class Again:
         return FitResult(out[_PARAMS], out[_LOSSES], out[_DIVERGED_AT], steps_run, step_after,
                          out[_OPT_STATE], out[_TRAJECTORY])
 
-    def _know(self):
+    def _know(self, params):
+        self.device = home_device(params)
         with jax.ensure_compile_time_eval():  # concrete even inside another jit
-            step, stop = jax.device_put(self.start)  # compiles nothing
-        self.known = (step, stop, *known_counts(self.spec, self.start[0]))
+            step, stop = jax.device_put(self.start, self.device)  # compiles nothing
+            counts = known_counts(self.spec, self.start[0], self.device)
+        self.known = (step, stop, *counts)
         return self.known
 
     def _lr_on_device(self, lr):
@@ -258,7 +268,7 @@ class Again:
             self.last_lr = (lr, None)
             return lr
         if on_device is None:
-            with jax.ensure_compile_time_eval():
-                on_device = jax.device_put(lr)  # weakly typed, as the float: the same program
+            with jax.ensure_compile_time_eval():  # weakly typed, as the float: the same program
+                on_device = jax.device_put(lr, self.device)
             self.last_lr = (lr, on_device)
         return on_device

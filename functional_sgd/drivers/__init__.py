@@ -13,8 +13,13 @@ from ._blocks import stream as stream
 from ._blocks import stream_blocks as stream_blocks
 from ._checkpoint import run_with_checkpoints as run_with_checkpoints
 from ._checkpoint import saved_run as saved_run
+from ._chunks import DIVERGED_GROWTH as DIVERGED_GROWTH
+from ._chunks import diverged as diverged
 from ._chunks import run_in_chunks as run_in_chunks
 from ._fingerprint import describe as describe
 from ._mesh import check_mesh as check_mesh
 from ._mesh import data_parallel as data_parallel
 from ._mesh import real_rows_sum as real_rows_sum
+from ._saved import Saved as Saved
+from ._saved import load as load
+from ._saved import save as save

@@ -8,7 +8,7 @@ compiled call before the device is done, so reading the next block on the
 host overlaps with the training of this one, without threads; the host waits
 for a block's results only after the next block is ready. A block goes to
 the compiled call as host arrays, which the call copies in: an explicit
-``jax.device_put`` first cost ~0.13 ms a block more.
+``jax.device_put`` first was slower (one more dispatch a block).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .._types import fit_result
-from ._chunks import eval_count, join
+from ._chunks import asks_to_stop, eval_count, join
 from ._rows import row_reader
 
 
@@ -53,6 +53,8 @@ def stream(batches: Iterable[Any] | Callable[[int], Iterable[Any]], *,
     CPU torch tensors: a torch ``DataLoader``, a generator, a grain loader),
     or one array. ``fit`` stacks ``block`` batches on the host, trains them
     in one compiled call, and reads the next block while that call runs.
+    Each batch is copied as it is taken, before the next is asked for, so a
+    loader may reuse its buffers for the next batch (as a for loop allows).
     ``steps=None`` trains until the iterable ends. Every batch must have the
     first batch's shapes, or fewer rows: a short batch (the last one of a
     ``DataLoader(drop_last=False)``) is taken as its real rows, as
@@ -120,7 +122,8 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
         done += int(record.steps_run)
         if not spec.stop.active:  # the step is known on the host: keep it there
             carry = carry._replace(step=np.int32(carry.step))
-        asked_to_stop = on_chunk is not None and on_chunk(fit_result(carry, record)) is True
+        asked_to_stop = on_chunk is not None and asks_to_stop(
+            on_chunk(fit_result(carry, record)))
         if asked_to_stop or bool(carry.stop.stopped):
             break
     if not records:
@@ -179,32 +182,74 @@ def stream_blocks(batches, block, steps, check_finite, check_short=None):
     copies of their first row, and the mask of real slots stacked first.
     ``check_short()`` runs before the first padded block.
 
-    A block of NumPy batches of equal shapes is one ``np.concatenate`` per
-    array, whose ``casting="no"`` refuses another dtype; the shapes are
-    checked by the batches' lengths and the joined shape. That costs half of
-    ``np.stack`` (which makes a view of every batch), and no Python step per
-    batch.
+    Each batch is copied into its block as it is taken (see :func:`_take`),
+    before the next one is asked for.
     """
     first, taken = None, 0
     iterator = iter(batches)
     while steps is None or taken < steps:
         want = block if steps is None else min(block, steps - taken)
-        group = list(itertools.islice(iterator, want))
-        if not group:
+        slots, odd, count, first = _take(iterator, want, first, taken)
+        if not count:
             return
-        if not set(map(type, group)) <= {tuple}:
-            group = [_as_tuple(batch, taken + i) for i, batch in enumerate(group)]
-        first = first or group[0]
-        stacked, padded = _stack(group, first, taken)
+        if odd:
+            group = [odd[i] if i in odd else tuple(slot[i] for slot in slots)
+                     for i in range(count)]
+            stacked, padded = _padded(group, first, taken)
+        else:
+            stacked, padded = tuple(slot[:count] for slot in slots), False
         if padded and check_short is not None:
             check_short()
             check_short = None
         if check_finite:
-            _refuse_non_finite(stacked[padded:], f"batches {taken}..{taken + len(group) - 1}")
-        taken += len(group)
-        yield stacked, len(group), padded
-        if len(group) < want:
+            _refuse_non_finite(stacked[padded:], f"batches {taken}..{taken + count - 1}")
+        taken += count
+        yield stacked, count, padded
+        if count < want:
             return
+
+
+def _take(iterator, want, first, taken):
+    """Up to ``want`` batches of ``iterator``, each copied as it is taken:
+    a loader may reuse its buffers for the next batch (correct in a for
+    loop, which reads a batch before asking for the next), so a batch held
+    by reference may change under us.
+
+    A batch with the first batch's shapes and dtypes is copied into its
+    slot of the block (one copy, the one stacking makes anyway); any other
+    batch (a short one, or a wrong one) is copied whole into ``odd``, by its
+    place in the group, for :func:`_padded` to fill or refuse.
+
+    Returns ``(slots, odd, count, first)``: the block's arrays (``want``
+    rows each, ``count`` of them taken), ``odd`` and the stream's first
+    batch (shapes and dtypes only are read from it).
+    """
+    slots, odd, count = None, {}, 0
+    for batch in itertools.islice(iterator, want):
+        number = taken + count
+        if type(batch) is not tuple:
+            batch = _as_tuple(batch, number)
+        if slots is None:  # the group's first batch: the block's arrays
+            first = first or tuple(as_host_array(a, f"batch {number}[{j}]")
+                                   for j, a in enumerate(batch))
+            slots = tuple(aligned_empty((want,) + a.shape, a.dtype) for a in first)
+            expected = [(a.shape, a.dtype) for a in first]
+        fits = len(batch) == len(slots)
+        if fits:
+            for j, (slot, a, (shape, dtype)) in enumerate(zip(slots, batch, expected)):
+                if type(a) is not np.ndarray:
+                    a = as_host_array(a, f"batch {number}[{j}]")
+                if a.shape != shape or a.dtype != dtype:
+                    fits = False
+                    break
+                slot[count] = a
+        if not fits:
+            odd[count] = tuple(np.array(as_host_array(a, f"batch {number}[{j}]"))
+                               for j, a in enumerate(batch))
+        if number == 0:
+            first = tuple(slot[0] for slot in slots)  # the copy: the loader may reuse batch 0
+        count += 1
+    return slots, odd, count, first
 
 
 def _as_tuple(batch, number):
@@ -217,25 +262,6 @@ def _as_tuple(batch, number):
         return batch
     raise TypeError(f"batch {number} of the stream is a {type(batch).__name__}; a stream "
                     "yields tuples of arrays, e.g. (x, y), or single arrays.")
-
-
-def _stack(group, first, taken):
-    """The batches of ``group`` stacked and whether a short one was padded
-    (then the mask of real rows comes first), or a clear error naming the
-    first batch whose arrays differ from the stream's first batch."""
-    columns = list(zip(*group))
-    if set(map(len, group)) == {len(first)}:
-        columns = [column if set(map(type, column)) == {np.ndarray} else
-                   [as_host_array(a, f"batch {taken + i}[{j}]") for i, a in enumerate(column)]
-                   for j, column in enumerate(columns)]
-        try:
-            stacked = tuple(map(_join, columns, first))
-            if all(s.shape[1:] == a.shape for s, a in zip(stacked, first)):
-                return stacked, False
-        except (ValueError, TypeError):
-            pass
-        group = list(zip(*columns))
-    return _padded(group, first, taken)
 
 
 def _shapes(batch, skip=0):
@@ -270,22 +296,9 @@ def _fill(a, rows):
     return np.concatenate([a, np.broadcast_to(a[:1], (rows - a.shape[0],) + a.shape[1:])])
 
 
-def _join(column, like):
-    """One array of every batch, as ``(batches,) + like.shape``: concatenated
-    when each has ``like``'s length (and then in ``like``'s dtype only)."""
-    if like.ndim == 0 or set(map(len, column)) != {len(like)}:
-        joined = np.stack(column)
-        if joined.dtype != like.dtype:
-            raise ValueError("dtypes differ")
-        return joined
-    joined = aligned_empty((len(column),) + like.shape, like.dtype)
-    np.concatenate(column, out=joined.reshape((-1,) + like.shape[1:]), casting="no")
-    return joined
-
-
 ALIGNMENT = 64
 """Bytes: JAX on CPU takes a NumPy array this aligned as it is, without a copy
-(a block of 256 batches of 64 x 10 float32: ~0.1 ms a call less)."""
+(``bench/investigations/host_data.py`` times blocks of batches read this way)."""
 
 
 def aligned_empty(shape, dtype):

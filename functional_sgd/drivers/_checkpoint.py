@@ -10,7 +10,11 @@ memory (best loss or monitored value, steps or evaluations since it,
 whether it fired). Started
 again with the same arguments, ``fit`` finds the file, checks that it belongs
 to this run and continues: the result has exactly the bits of an
-uninterrupted run.
+uninterrupted run. On a GPU that holds when XLA compiles deterministically:
+set ``XLA_FLAGS=--xla_gpu_deterministic_ops=true`` before JAX starts, in the
+run and in its resumption. Without it XLA:GPU autotunes (picks a matmul or
+reduction kernel by timing it), so two processes, or a chunk and a whole
+run, may pick kernels that sum in another order and differ by rounding.
 
 Why plain ``.npz``: the state is a handful of small arrays and one JSON
 header, which NumPy writes and reads with no new dependency; every member of
@@ -66,7 +70,7 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
     and describes itself in ``source`` for the fingerprint. A run of
     unknown length (``spec.steps`` None, a stream) ends when ``chunks`` does.
     """
-    _check_path(path)
+    check_path(path)
     if spec.record_params:
         raise ValueError("checkpoint does not store the parameter trajectory; drop "
                          "record_params, or checkpoint (and keep record_params).")
@@ -140,20 +144,26 @@ def _joined(history):
     return jax.tree.map(lambda *paths: on_host(lambda *ps: np.concatenate(ps), *paths), *history)
 
 
-def _check_path(path):
-    """Refuses a path the run could not write, before the first chunk runs,
-    and removes temporary files that killed runs left beside it."""
+def check_path(path, name="checkpoint", *, existing=False):
+    """``path`` as a string, after refusing one that could not be written
+    (before the first chunk runs), or with ``existing`` one that is no
+    file; a path to write also has the temporary files that killed runs
+    left beside it removed. ``name``: the argument's name in messages."""
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"checkpoint must be a file path; got {type(path).__name__}.")
+        raise TypeError(f"{name} must be a file path; got {type(path).__name__}.")
     path = os.fspath(path)
     if not path or path.endswith(os.sep):
-        raise ValueError(f"checkpoint must name a file, e.g. 'run.npz'; got {path!r}.")
+        raise ValueError(f"{name} must name a file, e.g. 'run.npz'; got {path!r}.")
     if os.path.isdir(path):
-        raise ValueError(f"checkpoint {path!r} is a folder; name a file in it, e.g. "
+        raise ValueError(f"{name} {path!r} is a folder; name a file in it, e.g. "
                          f"{os.path.join(path, 'run.npz')!r}.")
+    if existing:
+        if not os.path.exists(path):
+            raise ValueError(f"{name} {path!r} does not exist; pass a file that was written.")
+        return path
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise ValueError(f"checkpoint {path!r}: its folder {directory!r} does not exist; "
+        raise ValueError(f"{name} {path!r}: its folder {directory!r} does not exist; "
                          "create it first.")
     prefix = os.path.basename(path) + "."
     for name in os.listdir(directory):  # orphans of killed runs: *.tmp of this name
@@ -166,10 +176,11 @@ def _check_path(path):
     try:
         handle, probe = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
     except OSError as error:
-        raise ValueError(f"checkpoint {path!r} cannot be written: {error.strerror} in "
+        raise ValueError(f"{name} {path!r} cannot be written: {error.strerror} in "
                          f"{directory!r}.") from None
     os.close(handle)
     os.unlink(probe)
+    return path
 
 
 _TEMPORARY_NAME_LENGTH = 8
@@ -230,7 +241,7 @@ def _difference(name, saved, value):
     return f"{name} differs"
 
 
-def _without_addresses(text):
+def without_addresses(text):
     """``text`` without the ``at 0x...`` of default reprs, which differ from
     one process to the next (a model's static leaves may hold such objects)."""
     return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
@@ -238,7 +249,7 @@ def _without_addresses(text):
 
 def _specs(tree):
     leaves, treedef = jax.tree.flatten(tree)
-    return {"tree": _without_addresses(str(treedef)),
+    return {"tree": without_addresses(str(treedef)),
             "leaves": [f"{jnp.result_type(a)}{list(np.shape(a))}" for a in leaves]}
 
 
@@ -248,10 +259,7 @@ def _write(path, fingerprint, carry, losses, aux=None, evaluations=None):
     aux_leaves = jax.tree.leaves(aux)
     arrays = {f"leaf_{i}": a for i, a in enumerate(leaves)}
     arrays.update({f"aux_{i}": a for i, a in enumerate(aux_leaves)})
-    # PRNG keys (a model's frozen leaves, say) are stored as their bits.
-    keys = {name: jax.random.key_impl(a) for name, a in arrays.items() if is_key(a)}
-    arrays = {name: np.asarray(jax.random.key_data(a) if name in keys else a)
-              for name, a in arrays.items()}
+    arrays, keys = keys_as_bits(arrays)
     evals, eval_steps = evaluations if evaluations is not None else ({}, None)
     names = sorted(evals)
     arrays.update({f"eval_{i}": evals[name] for i, name in enumerate(names)})
@@ -262,14 +270,40 @@ def _write(path, fingerprint, carry, losses, aux=None, evaluations=None):
     header = {"format": FORMAT, "version": VERSION, "run": fingerprint,
               "done": int(losses.shape[0]), "stopped": bool(stop_state.stopped),
               "dtypes": {name: str(a.dtype) for name, a in arrays.items()},
-              "keys": {name: [str(impl), list(arrays[name].shape)]
-                       for name, impl in keys.items()},
+              "keys": keys,
               "aux": [list(np.shape(a)) for a in aux_leaves],
               "evals": None if eval_steps is None else names}
-    # Stored as raw bytes: .npz has no bfloat16, and bytes round-trip every dtype.
-    raw = {name: np.frombuffer(np.ascontiguousarray(a).tobytes(), np.uint8)
-           for name, a in arrays.items()}
-    write_atomically(path, {"header": np.array(json.dumps(header)), **raw})
+    write_atomically(path, {"header": np.array(json.dumps(header)), **as_raw_bytes(arrays)})
+
+
+def keys_as_bits(arrays):
+    """``(arrays, keys)``: named arrays as NumPy, PRNG keys (a model's frozen
+    leaves, say) as their bits; ``keys`` maps their names to ``[impl, shape
+    of the bits]`` for :func:`from_raw_bytes`."""
+    keys = {name: str(jax.random.key_impl(a)) for name, a in arrays.items() if is_key(a)}
+    arrays = {name: np.asarray(jax.random.key_data(a) if name in keys else a)
+              for name, a in arrays.items()}
+    return arrays, {name: [impl, list(arrays[name].shape)] for name, impl in keys.items()}
+
+
+def as_raw_bytes(arrays):
+    """Named arrays as raw bytes: ``.npz`` has no bfloat16, and bytes round-trip
+    every dtype."""
+    return {name: np.frombuffer(np.ascontiguousarray(a).tobytes(), np.uint8)
+            for name, a in arrays.items()}
+
+
+def from_raw_bytes(data, dtype, shape, key=None):
+    """The array :func:`as_raw_bytes` stored as ``data`` (``key``: its entry
+    of :func:`keys_as_bits`' ``keys``, for a PRNG key); ``ValueError`` when
+    the bytes do not make a ``dtype[shape]``."""
+    if key is not None:
+        impl, shape = key
+    dtype = jnp.dtype(dtype)
+    if data.dtype != np.uint8 or data.size != dtype.itemsize * int(np.prod(shape)):
+        raise ValueError(f"{data.size} bytes are not a {dtype}{list(shape)}")
+    array = np.frombuffer(data.tobytes(), dtype).reshape(shape)
+    return array if key is None else jax.random.wrap_key_data(array, impl=impl)
 
 
 def write_atomically(path, arrays):
@@ -313,9 +347,7 @@ class _Corrupt(Exception):
 def _read(path, expected):
     """The saved state, after checking the file is whole and belongs to this run."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            contents = {name: archive[name] for name in archive.files}
-        header = json.loads(str(contents.pop("header")))
+        header, contents = read_archive(path)
         if not isinstance(header, dict) or header.get("format") != FORMAT \
                 or header.get("version") != VERSION:
             raise _NotACheckpoint
@@ -339,6 +371,15 @@ def _read(path, expected):
         raise _corrupt(path, error) from error
 
 
+def read_archive(path):
+    """``(header, arrays)`` of an ``.npz`` written by :func:`write_atomically`
+    with a JSON ``header``; raises what ``zipfile``, ``zlib`` or ``json`` raise
+    for a file that is not one."""
+    with np.load(path, allow_pickle=False) as archive:
+        contents = {name: archive[name] for name in archive.files}
+    return json.loads(str(contents.pop("header"))), contents
+
+
 def _state(header, contents, expected):
     """The arrays of a checkpoint whose run matched, each checked against
     the shape and dtype this run expects."""
@@ -349,17 +390,17 @@ def _state(header, contents, expected):
     if type(stopped) is not bool or not isinstance(dtypes, dict):
         raise _Corrupt("stopped or dtypes has the wrong type")
 
-    def array(name, shape):
-        data, dtype = contents[name], jnp.dtype(dtypes[name])
-        if data.dtype != np.uint8 or data.size != dtype.itemsize * int(np.prod(shape)):
-            raise _Corrupt(f"{name} holds {data.size} bytes, not a {dtype}{list(shape)}")
-        return np.frombuffer(data.tobytes(), dtype).reshape(shape)
+    def leaf(name, shape, key=None):
+        try:
+            return from_raw_bytes(contents[name], dtypes[name], shape, key)
+        except ValueError as error:
+            raise _Corrupt(f"{name}: {error}") from None
 
-    def leaf(name, shape):
-        if name in header.get("keys", {}):
-            impl, shape = header["keys"][name]
-            return jax.random.wrap_key_data(array(name, shape), impl=impl)
-        return array(name, shape)
+    def array(name, shape):
+        return leaf(name, shape)
+
+    def leaf_or_key(name, shape):
+        return leaf(name, shape, header.get("keys", {}).get(name))
 
     specs = (expected["params"]["leaves"] + expected["opt_state"]["leaves"]
              + expected["state"]["leaves"] + expected["best"]["leaves"])
@@ -370,9 +411,10 @@ def _state(header, contents, expected):
                  array("eval_steps", (made,)))
     return {"done": done, "losses": array("losses", (done,)), "best": array("best", ()),
             "waited": array("waited", ()), "stopped": np.bool_(stopped),
-            "leaves": [leaf(f"leaf_{i}", json.loads(spec[spec.index("["):]))
+            "leaves": [leaf_or_key(f"leaf_{i}", json.loads(spec[spec.index("["):]))
                        for i, spec in enumerate(specs)],
-            "aux": [leaf(f"aux_{i}", shape) for i, shape in enumerate(header.get("aux", []))],
+            "aux": [leaf_or_key(f"aux_{i}", shape)
+                    for i, shape in enumerate(header.get("aux", []))],
             "evals": evals}
 
 

@@ -40,12 +40,29 @@ def run_in_chunks(run, spec, carry, inputs, *, chunk_size, on_chunk=None):
             indices=inputs.indices[done:done + length])
         carry, record = run(spec.part(done, length), carry, piece)
         records.append(record)
-        asked_to_stop = on_chunk is not None and on_chunk(fit_result(carry, record)) is True
+        asked_to_stop = on_chunk is not None and asks_to_stop(
+            on_chunk(fit_result(carry, record)))
         done += int(record.steps_run)
         if asked_to_stop or bool(carry.stop.stopped):
             break
     return carry, join(records, spec.steps, spec.record_params, carry.params,
                        eval_count(spec))
+
+
+def asks_to_stop(answer):
+    """Whether ``on_chunk``'s answer stops the run: ``None`` goes on, a
+    boolean scalar (Python, NumPy or JAX, as ``r.losses[-1] < 1.0`` gives)
+    says; anything else is refused rather than read as "go on"."""
+    if answer is None:
+        return False
+    if isinstance(answer, (bool, np.bool_)) or (
+            isinstance(answer, (np.ndarray, jax.Array)) and answer.shape == ()
+            and answer.dtype == np.bool_):
+        return bool(answer)
+    raise TypeError(
+        "on_chunk must return None, True or False (a Python, NumPy or JAX boolean "
+        f"scalar); got {answer!r} of type {type(answer).__name__}. Return a comparison, "
+        "e.g. result.losses[-1] < 1.0, or bool(...) of what you mean.")
 
 
 def eval_count(spec):
@@ -109,15 +126,35 @@ def evaluations_of(records):
     return evals, eval_steps
 
 
+DIVERGED_GROWTH = 1e15
+"""A finite loss more than this many times ``max(1, |first loss|)`` counts as
+diverged: no healthy run grows its loss 1e15-fold, while a diverging one in
+float32 or float64 can stay finite for many steps past that."""
+
+
+def diverged(losses, xp=np):
+    """Per step, whether its loss counts as diverged: not finite, or more than
+    :data:`DIVERGED_GROWTH` times ``max(1, |losses[0]|)`` (the run's first
+    loss, floored at 1 so that a run starting at a loss near 0 may grow).
+    ``xp``: ``numpy`` on the host, ``jax.numpy`` inside the loop.
+
+    >>> diverged(np.array([2.0, 1e10, 3e15, np.inf, 1.0])).tolist()
+    [False, False, True, True, False]
+    """
+    scale = DIVERGED_GROWTH * xp.maximum(xp.abs(losses[:1]), 1)
+    return ~xp.isfinite(losses) | (xp.abs(losses) > scale)
+
+
 def record_of(losses, steps, trajectory=None, aux=None, evaluations=None, eval_count=0):
     """The ``Record`` of a run of ``steps`` whose first ``len(losses)`` steps
     ran: losses (and every leaf of ``aux``, stacked over those steps) padded
     with NaN (zeros where the dtype has none), ``steps_run`` and
-    ``diverged_at`` read off them; ``evaluations`` (``(evals, eval_steps)``
+    ``diverged_at`` read off them (:func:`diverged`); ``evaluations`` (``(evals, eval_steps)``
     made so far) padded to ``eval_count`` (eval steps with -1); a run cut
     short by an error (``eval_count`` 0) keeps the evaluations it made."""
     steps_run = losses.shape[0]
-    bad = np.flatnonzero(~np.isfinite(losses))
+    with np.errstate(over="ignore"):  # float16: 1e15 is inf, and nothing finite passes it
+        bad = np.flatnonzero(diverged(losses))
     padded, aux = (_padded(tree, steps) for tree in (losses, aux))
     evals = eval_steps = None
     if evaluations is not None:

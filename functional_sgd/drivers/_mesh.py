@@ -17,7 +17,7 @@ all-reduces (``psum``) the devices' partial losses and gradients.
   cannot know in advance how many of a batch's rows a device holds), so it
   pays off when the loss costs more per row than copying the row does;
   full batch needs no routing and is where a mesh pays off first
-  (bench/scaling.py measures both).
+  (bench/investigations/scaling.py measures both).
 
 Rows that don't divide evenly are padded (with real rows, so every value stays
 finite) and masked out. That needs one assumption about ``loss``: it is the

@@ -25,11 +25,18 @@ def row_reader(a, name):
     """A function ``rows -> a[rows]`` as a NumPy array, reading ``a``'s file
     with ``pread`` when ``a`` is a memmap of a file this can read that way;
     else indexing ``a`` (what ``a[rows]`` costs, pages mapped included).
-    Call ``.close()`` on it when done."""
+    Call ``.close()`` on it when done.
+
+    The file is opened by its name once, and is read through that
+    descriptor to the end, so a file replaced later (an atomic rename) does
+    not change what is read. A file replaced before, so that the name no
+    longer names the file ``a`` maps, is refused. Where the kernel does not
+    say which file a mapping holds (no ``/proc/self/maps``), ``a`` is indexed.
+    """
     place = _file_place(a)
     if place is None:
         return _Indexed(a)
-    filename, start = place
+    filename, start, mapping = place
     try:
         fd = os.open(filename, os.O_RDONLY)
     except OSError as error:
@@ -37,7 +44,57 @@ def row_reader(a, name):
             f"{name} is a np.memmap of {filename}, which fit cannot open for reading "
             f"({error.strerror}); fit reads a memmap's rows from its file. Make the file "
             "readable, or pass np.asarray of the rows you train on.") from None
+    same = _same_file(fd, mapping)
+    if not same:
+        os.close(fd)
+        if same is None:
+            return _Indexed(a)
+        raise ValueError(
+            f"{name} is a np.memmap of {filename}, but that file was replaced (or moved) "
+            "since the memmap was made: the name now names another file than the one it "
+            "maps, and fit reads a memmap's rows from the file by its name. Open the memmap "
+            "again to train on the file there now, or pass np.array(memmap) (a copy in "
+            "memory) to train on the rows it maps.")
     return _FileRows(a, fd, start, name)
+
+
+def _same_file(fd, mapping):
+    """Whether the open file ``fd`` is the file ``mapping`` (an ``mmap``) maps,
+    as the kernel names both in ``/proc/self/maps`` (device and inode: a
+    ``stat`` of the name may number a file otherwise, on overlay file
+    systems); ``None`` where it cannot tell."""
+    try:
+        probe = mmap.mmap(fd, 1, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # an empty file, or one that cannot be mapped
+        return None
+    try:
+        files = _mapped_files([_address(mapping), _address(probe)])
+    finally:
+        probe.close()
+    return None if None in files else files[0] == files[1]
+
+
+def _address(mapping):
+    """The address an ``mmap`` starts at (the NumPy view is dropped at once,
+    so the mapping can still be closed)."""
+    return np.frombuffer(mapping, np.uint8, count=1).ctypes.data
+
+
+def _mapped_files(addresses):
+    """``(device, inode)`` of the file mapped at each address, from
+    ``/proc/self/maps``; ``None`` for each where it does not say."""
+    found = [None] * len(addresses)
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split()
+                low, high = (int(bound, 16) for bound in fields[0].split("-"))
+                for i, address in enumerate(addresses):
+                    if low <= address < high and len(fields) >= 5:
+                        found[i] = (fields[3], fields[4])
+    except OSError:
+        pass
+    return found
 
 
 class _Indexed:
@@ -95,7 +152,7 @@ class _FileRows:
 
 
 def _file_place(a):
-    """``(filename, byte of row 0)`` of a memmap whose rows can be read from
+    """``(filename, byte of row 0, mmap)`` of a memmap whose rows can be read from
     its file with ``pread``, else ``None``: not a memmap, copy-on-write (its
     writes are not in the file), or strides other than forward rows."""
     if not isinstance(a, np.memmap) or not hasattr(os, "pread") or a.ndim == 0 \
@@ -108,10 +165,9 @@ def _file_place(a):
         mapping = mapping.base
     if mapping is None or mapping.closed:
         return None
-    mapped_at = np.frombuffer(mapping, np.uint8).ctypes.data
     # np.memmap maps from its offset rounded down to the allocation granularity.
     mapped_from = a.offset - a.offset % mmap.ALLOCATIONGRANULARITY
-    return a.filename, a.ctypes.data - mapped_at + mapped_from
+    return a.filename, a.ctypes.data - _address(mapping) + mapped_from, mapping
 
 
 def _extent(a):

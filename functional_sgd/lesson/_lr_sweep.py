@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import Evaluation, Run, Sampled, Schedule, Shuffled, Trainer
-from ..core._checks import check_data, check_indices
+from ..core._checks import check_data, check_indices, check_outputs_fit, holds_host_arrays
 from ..core._evaluate import check_eval_data
 from ..core._trainer import Spec, check_spec, refuse_moved
 
@@ -31,7 +31,8 @@ class LRSweep(NamedTuple):
       final_loss: ``(k,)`` loss on all the data at each run's final params;
         ``inf`` where the run diverged.
       losses: ``(k, steps)`` per-step batch losses of every run.
-      diverged_at: ``(k,)`` first non-finite step of each run, ``-1`` if none.
+      diverged_at: ``(k,)`` first diverged step of each run (see
+        ``FitResult.diverged_at``), ``-1`` if none.
       best: index of the lowest ``final_loss`` (``-1`` if every run diverged).
       edge: index of the smallest rate that diverged (``-1`` if none did):
         the edge of divergence.
@@ -67,7 +68,9 @@ def lr_sweep(loss: Callable[..., Any], params: Any, data: Any = (), *, lrs: Any,
     Args:
       loss: as for :func:`~functional_sgd.fit`.
       params: the start of every run.
-      data: as for :func:`~functional_sgd.fit` (arrays in memory).
+      data: as for :func:`~functional_sgd.fit` (arrays in memory; with a
+        NumPy array among the inputs, the sweep returns once it has run, as
+        ``fit`` does).
       lrs: increasing learning rates ``> 0``, e.g. ``jnp.logspace(-3, 0.5, 64)``.
       steps: updates per run (or ``epochs``).
       epochs: passes over the data per run, instead of ``steps``.
@@ -77,7 +80,10 @@ def lr_sweep(loss: Callable[..., Any], params: Any, data: Any = (), *, lrs: Any,
       optimizer: an optax optimizer made with ``optax.inject_hyperparams``
         (e.g. ``optax.inject_hyperparams(optax.adam)(learning_rate=0.1)``):
         each run sets its ``learning_rate`` in the optimizer's state, so the
-        rates share one compile. ``None``: plain SGD.
+        rates share one compile. ``None``: plain SGD. A ``learning_rate``
+        that is a schedule is refused (it would overwrite the swept rate at
+        every update); to sweep a schedule's peak, inject a constant rate and
+        chain ``optax.scale_by_schedule(shape)`` with ``shape`` peaking at 1.
       evaluation: an :class:`~functional_sgd.Evaluation` run inside every
         run; ``Evaluation(data=held_out)`` evaluates the loss on the
         held-out data, one validation curve per rate.
@@ -112,8 +118,17 @@ def lr_sweep(loss: Callable[..., Any], params: Any, data: Any = (), *, lrs: Any,
         eval_data = check_eval_data(evaluation.data, True)
         limits = (evaluation.patience, evaluation.tol)  # traced, as fit traces them
     # fit checks the rest (steps, batch_size, key, loss, evaluate) as it is traced.
-    return _sweep(lrs, params, data, key, indices, eval_data, limits,
-                  _Traceable(loss, optimizer, steps, epochs, batch_size, rows, evaluation))
+    arguments = (lrs, params, data, key, indices, eval_data, limits,
+                 _Traceable(loss, optimizer, steps, epochs, batch_size, rows, evaluation))
+    # The sweep's outputs, from its trace (which the call then reuses).
+    check_outputs_fit([(f"{len(lrs)} runs' losses and evaluations",
+                        _sweep.eval_shape(*arguments),
+                        ("Sweep fewer rates, or fewer steps, a call (split lrs: one "
+                         "lr_sweep each part)."))])
+    sweep = _sweep(*arguments)
+    if holds_host_arrays((params, data, indices, eval_data)):
+        jax.block_until_ready(sweep)  # as fit: JAX may read NumPy inputs in place
+    return sweep
 
 
 class _Traceable(NamedTuple):
@@ -195,9 +210,25 @@ def _check_injected(optimizer, params):
             "optimizer must keep its learning rate in its state, so every rate of the sweep "
             "shares one compile: build it with optax.inject_hyperparams, e.g. "
             "optax.inject_hyperparams(optax.adam)(learning_rate=0.1).")
+    # A scheduled rate is recomputed from the step count at every update,
+    # over whatever rate the sweep set: every run would train alike.
+    if "learning_rate" in getattr(state, "hyperparams_states", {}):
+        raise ValueError(
+            "optimizer's learning_rate is a schedule, which sets the rate at every update "
+            "from the step count, so the sweep cannot set it: every rate of lrs would train "
+            "alike. Sweep the schedule's peak instead: give inject_hyperparams a constant "
+            "rate and the schedule's shape (peak 1) as a scale, e.g. "
+            "optax.inject_hyperparams(lambda learning_rate: optax.chain(optax.sgd("
+            "learning_rate), optax.scale_by_schedule(shape)))(learning_rate=0.1), where "
+            "shape = optax.linear_schedule(1.0, 0.1, steps); lrs then are the peaks.")
 
 
 def _check_lrs(lrs):
+    if callable(lrs):
+        raise TypeError(
+            f"lrs must be an array of constant learning rates; got a callable {lrs!r}, a "
+            "schedule step -> rate. A sweep runs each rate as a constant: pass "
+            "lrs=jnp.logspace(-3, 0.5, 64), and give the chosen rate's schedule to fit(lr=...).")
     array = np.asarray(lrs)
     if array.ndim != 1 or array.shape[0] < 2 or not np.issubdtype(array.dtype, np.floating):
         raise ValueError(

@@ -4,7 +4,7 @@ On a small problem (the lesson: 100 rows, 100 steps) a fit is dominated not
 by arithmetic but by hand-offs between threads, measured on a 2-core VM:
 
 * JAX runs each CPU program on a worker thread and wakes the caller when it
-  is done: about 70 us a call on the lesson, whose loop itself takes 30 us.
+  is done: on the lesson that hand-off costs more than the loop itself.
 * XLA:CPU runs every kernel of a loop body as a task of a dataflow
   executor, unless the loop is small enough (one iteration touching under
   1 KiB) to be compiled into a single kernel: the lesson's step touches a
@@ -36,9 +36,10 @@ def tune_cpu(*, inline_dispatch: bool = True, small_loops: bool = True) -> dict[
         import functional_sgd as fsgd
         fsgd.tune_cpu()
 
-    Measured on the lesson (``python -m bench.report``), a warm ``fit`` takes
-    about half the time. Results are the same up to rounding (a loop compiled
-    as one kernel may order a reduction differently).
+    On the lesson a warm ``fit`` runs markedly faster; ``python -m bench.run``
+    measures it (its section "With ``functional_sgd.tune_cpu()``"). Results
+    are the same up to rounding (a loop compiled as one kernel may order a
+    reduction differently).
 
     Args:
       inline_dispatch: run single-device CPU programs on the calling thread

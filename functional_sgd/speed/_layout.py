@@ -3,7 +3,8 @@
 A full-batch step reads ``x`` of shape ``(n, d)`` twice: ``x @ a`` and
 ``xᵀ r``. With ``x`` stored row-major and ``d`` small, XLA-CPU runs the
 first as ``n`` tiny dot products; stored as ``(d, n)`` both become long,
-vectorised sweeps (measured by ``bench/scale_probe.py``: 2-4x at ``d = 2`` and ``d = 100``).
+vectorised sweeps, several times faster at ``d = 2`` and ``d = 100``
+(``bench/investigations/scale_probe.py`` measures it).
 
 The user's loss is not rewritten by hand: it is traced once to a jaxpr, and
 that jaxpr is replayed with ``xᵀ`` (copied once per call) in place of ``x``,
@@ -15,8 +16,8 @@ copy of ``x`` per call (not per step). Passing
 
 The same replay takes the sum over the rows of a short vector (the ``mean``
 of an MSE) as a dot product with ones: XLA:CPU reduces a batch of such
-vectors (``jax.vmap`` over learning rates) with a padded reduce-window, at
-~12 us a step for 256 rows of 100, where the dot takes half of that. Its
+vectors (``jax.vmap`` over learning rates) with a padded reduce-window,
+slower than the dot that computes the same sum (256 rows of 100). Its
 gradient stays the broadcast that ``sum``'s is, so parameters keep their
 bits; the loss values may differ in their last bits (another summation order).
 """

@@ -58,7 +58,7 @@ def why_not(exact_mse, params, data, full_batch, mesh=None):
     if len(data) != 2 or not hasattr(params, "shape"):
         return "it needs data=(x, y) and params as one array"
     x, y = data
-    # Canonical dtypes from the attributes: jnp.result_type costs ~10 us a call.
+    # Canonical dtypes from the attributes: jnp.result_type is slow a call.
     dtypes = {jax.dtypes.canonicalize_dtype(a.dtype) for a in (x, y, params)}
     if len(dtypes) != 1 or not jnp.issubdtype(dtypes.pop(), jnp.floating):
         return "x, y and params must share one floating dtype"

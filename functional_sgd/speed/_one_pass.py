@@ -39,12 +39,12 @@ import jax.numpy as jnp
 from ._layout import layout_loss
 
 ROW_BLOCK_BYTES = 4 << 20
-"""Bytes of the data's rows in one block. Measured on a 2-core EPYC (2 MiB L2
-a core, 32 MiB L3), ``fit`` at 1e4 x 1000 float32 against the plain step,
-paired rounds on a busy machine: 2 MiB blocks 1.51x, 4 MiB 1.58x; at
-1e5 x 100: 2 MiB 1.02-1.08x, 4 MiB 0.86-1.08x (level within the noise).
+"""Bytes of the data's rows in one block. On a 2-core EPYC (2 MiB L2 a core,
+32 MiB L3), ``fit`` against the plain step at 1e4 x 1000 float32 gained a
+little more with 4 MiB blocks than with 2 MiB, and at 1e5 x 100 the two were
+level within the noise (``bench/investigations/one_pass.py --blocks``).
 Each block is a branch of the compiled step, and each branch costs compile
-time (about 0.25 s on that machine), so the larger of the two."""
+time, so the larger of the two."""
 
 MAX_BLOCKS = 16
 """Most blocks a step is cut into: larger data gets larger blocks rather

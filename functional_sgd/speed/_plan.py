@@ -89,8 +89,9 @@ class SpeedPlan:
 
 CPU_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 """Lets XLA:CPU drop a copy of the step counter, so a small step runs as one
-sequence of kernels instead of a graph spread over threads (the lesson's loop:
-122 -> 90 us, median of 30). Other backends ignore XLA:CPU's options."""
+sequence of kernels instead of a graph spread over threads (the lesson's loop
+runs faster: ``python -m bench.run -k lesson``). Other backends ignore XLA:CPU's
+options."""
 
 DEFAULT = SpeedPlan()
 
@@ -107,8 +108,8 @@ def moments_pay(n, d, steps):
     The moments cost a ``d x d`` Gram matrix (``n d²`` multiply-adds, at
     matmul speed) and a ``d³/3`` solve; the plain loop reads ``X`` twice a
     step (``2 n d`` multiply-adds per step, at memory speed, several times
-    slower per operation). Measured by ``bench/scale_probe.py`` and
-    ``python -m bench.report``.
+    slower per operation). Measured by ``bench/investigations/scale_probe.py`` and
+    ``python -m bench.run``.
 
     >>> moments_pay(100, 2, 100), moments_pay(10**6, 2, 100)
     (False, True)
@@ -142,7 +143,7 @@ def decide(plan, fast_path, *, exact_mse, params, data, full_batch, steps, mesh=
                                mesh)
     use_one_pass = not use_moments and _use_one_pass(plan, exact_mse, plain_model, data,
                                                      full_batch, mesh)
-    if plan is DEFAULT:  # the lesson's warm call pays ~0.3 us here, not a replace
+    if plan is DEFAULT:  # the lesson's warm call takes this shortcut, not a replace
         return _DEFAULT_RESOLVED[use_moments, use_one_pass]
     return dataclasses.replace(plan, exact_moments=use_moments, one_pass=use_one_pass)
 
@@ -167,8 +168,8 @@ ONE_PASS_MIN_BYTES = 32 * 2**20
 """Smallest ``x`` read in one pass under ``one_pass="auto"``: past the last
 cache level (32 MiB on the machine measured), where the plain step's second
 read of ``x`` comes from memory. Data in cache is read twice faster than
-once in blocks (at 4 MB, 1e3 x 1000, with the first, copying blocks: the
-plain step took a third of the time)."""
+once in blocks (at 1e3 x 1000 the first, copying blocks made the step
+slower; ``bench/investigations/one_pass.py`` measures both)."""
 
 
 def one_pass_pays(x, plan):
@@ -176,10 +177,10 @@ def one_pass_pays(x, plan):
 
     Row-major data (``d > MAX_COLUMNS`` or ``column_major=False``, see
     ``speed/_layout.py``) of at least ``ONE_PASS_MIN_BYTES`` is read faster
-    once (1.5x the plain step at 1e4 x 1000). Data the plain step stores
-    column-major is swept about as fast twice as once in blocks (1e5 x 100:
-    level within a busy machine's noise), and the blocks cost compile time,
-    so ``"auto"`` leaves it to the plain step (``bench/one_pass.py``).
+    once (at 1e4 x 1000). Data the plain step stores column-major is swept
+    about as fast twice as once in blocks (1e5 x 100: level within a busy
+    machine's noise), and the blocks cost compile time,
+    so ``"auto"`` leaves it to the plain step (``bench/investigations/one_pass.py``).
     """
     if len(x.shape) != 2:
         return False

@@ -1,7 +1,7 @@
 """Where a large full-batch step spends its time: each pass over ``x`` alone.
 
-    python bench/profile_large.py            # the issue's three shapes, ~1 minute
-    python bench/profile_large.py --quick    # 10x fewer rows
+    python bench/investigations/profile_large.py            # the issue's three shapes, ~1 minute
+    python bench/investigations/profile_large.py --quick    # 10x fewer rows
 
 A step of the general path reads ``x`` twice: the prediction ``x a`` and the
 gradient ``xᵀ r``. This times each pass on its own (JAX: 100 passes in one
@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import jax
 import jax.numpy as jnp

@@ -1,8 +1,8 @@
 """Large full batch through the general path: plain step vs one pass vs torch.
 
-    python -m bench.one_pass                      # the report's two shapes, ~2 minutes
-    python -m bench.one_pass --quick              # 10x fewer rows
-    python -m bench.one_pass --blocks 262144 1048576 4194304   # block sizes, bytes
+    python -m bench.investigations.one_pass                      # the report's two shapes, ~2 minutes
+    python -m bench.investigations.one_pass --quick              # 10x fewer rows
+    python -m bench.investigations.one_pass --blocks 262144 1048576 4194304   # block sizes, bytes
 
 The plain step (``SpeedPlan(one_pass=False)``) reads ``x`` twice a step, the
 one-pass step (``one_pass=True``, ``speed/_one_pass.py``) once, in blocks of
@@ -23,7 +23,7 @@ import numpy as np
 
 import functional_sgd as fsgd
 from bench import timing
-from bench.profile_large import problem
+from bench.investigations.profile_large import problem
 from functional_sgd.speed import SpeedPlan
 
 SHAPES = [(100_000, 100), (10_000, 1000)]

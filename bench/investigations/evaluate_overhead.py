@@ -1,8 +1,8 @@
 """What evaluating held-out data inside the loop costs: ``fit(evaluate=...)``.
 
-    python bench/evaluate_overhead.py --rounds 61   # ~2 minutes on 2 cores
-    python bench/evaluate_overhead.py --quick       # a small size, once (a smoke run)
-    python bench/evaluate_overhead.py --kernels     # and the evaluation's kernels, profiled
+    python bench/investigations/evaluate_overhead.py --rounds 61   # ~2 minutes on 2 cores
+    python bench/investigations/evaluate_overhead.py --quick       # a small size, once (a smoke run)
+    python bench/investigations/evaluate_overhead.py --kernels     # and the evaluation's kernels, profiled
 
 One mini-batch run of a linear classifier (shuffled epochs) evaluated after
 every epoch, timed side by side with what it is compared to:
@@ -55,7 +55,7 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import jax
 import jax.numpy as jnp

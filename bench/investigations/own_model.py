@@ -1,7 +1,7 @@
 """A user's own model through fit: an equinox MLP, against the loops people write.
 
-    python bench/own_model.py            # two sizes, ~1 minute on 2 cores
-    python bench/own_model.py --quick    # the small one, once (a smoke run)
+    python bench/investigations/own_model.py            # two sizes, ~1 minute on 2 cores
+    python bench/investigations/own_model.py --quick    # the small one, once (a smoke run)
 
 The same run three ways, on the same mini-batches (an ``indices`` schedule)
 with ``optax.adam``:
@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import equinox as eqx  # noqa: E402
 import jax  # noqa: E402

@@ -1,6 +1,6 @@
 """Scaling curve of data-parallel ``fit`` over 1, 2, 4 and 8 devices.
 
-``python bench/scaling.py`` starts one subprocess per device count, with
+``python bench/investigations/scaling.py`` starts one subprocess per device count, with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=D`` set before jax is
 imported (on a machine with D real accelerators, ``--real`` uses those
 instead). Each times the same workloads: a linear least-squares fit of
@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESULTS = os.path.join(ROOT, "bench", "results")
 DEVICE_COUNTS = (1, 2, 4, 8)
 WORKLOADS = {"full batch": None, "mini-batch": 4096, "stochastic": 1}  # rows a step
@@ -114,7 +114,7 @@ def _report(args, runs):
     lines = [
         "# Data-parallel scaling",
         "",
-        f"`python bench/scaling.py --rows {args.rows} --features {args.features} "
+        f"`python bench/investigations/scaling.py --rows {args.rows} --features {args.features} "
         f"--steps {args.steps} --repeats {args.repeats}{' --real' if args.real else ''}`",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "

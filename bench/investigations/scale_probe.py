@@ -1,8 +1,8 @@
 """Times large full-batch and per-sample descent side by side and prints a table.
 
-    python bench/scale_probe.py              # the issue's workloads, ~5 minutes
-    python bench/scale_probe.py --quick      # 10x smaller, a smoke run
-    python bench/scale_probe.py --only per-sample   # one of the two tables
+    python bench/investigations/scale_probe.py              # the issue's workloads, ~5 minutes
+    python bench/investigations/scale_probe.py --quick      # 10x smaller, a smoke run
+    python bench/investigations/scale_probe.py --only per-sample   # one of the two tables
 
 Full batch, 100 steps, float32: the JAX general path (``fit`` with
 ``fast_path=False``: any loss, ``jax.grad``, data stored transposed), the
@@ -29,7 +29,7 @@ import time
 import warnings
 from functools import partial
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -1,4 +1,4 @@
-"""``python bench/host_data.py``: data that does not sit in one array, timed.
+"""``python bench/investigations/host_data.py``: data that does not sit in one array, timed.
 
 Side by side in one run, on the mini-batch workload (1e5 x 10, batches of
 64, float32):
@@ -31,7 +31,7 @@ import tempfile
 import time
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import jax
 import jax.numpy as jnp
@@ -166,7 +166,7 @@ def memmap(gigabytes):
     warm s)}``."""
     d = 64
     n = int(gigabytes * 2**30 / (4 * (d + 1)))
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = {}
     with tempfile.TemporaryDirectory() as folder:
         for rows_n in (n, max(n // 64, 1024)):

@@ -1,4 +1,4 @@
-"""``python bench/recompiles.py [--fits 300]``: fits that compile on every call.
+"""``python bench/investigations/recompiles.py [--fits 300]``: fits that compile on every call.
 
 A fresh ``optax.adam(lr)`` per call is a new compile-time constant, so every
 call compiles. This prints the resident memory every 50 fits (it must level
@@ -14,7 +14,7 @@ import time
 import warnings
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import jax
 import jax.numpy as jnp

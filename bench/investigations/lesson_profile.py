@@ -1,7 +1,7 @@
 """Where a warm ``fit`` call on the lesson spends its time, as users get it.
 
-    python bench/lesson_profile.py             # medians of 3000 calls, ~1 minute
-    python bench/lesson_profile.py --calls 300 # quicker, noisier
+    python bench/investigations/lesson_profile.py             # medians of 3000 calls, ~1 minute
+    python bench/investigations/lesson_profile.py --calls 300 # quicker, noisier
 
 The lesson (``linear_mse``, 100 x 2, 100 full-batch steps, JAX arrays) is
 timed in four fresh processes, one per XLA:CPU set-up that
@@ -47,7 +47,7 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETUPS = (("as users get it", {}),
           ("inline dispatch only", {"inline_dispatch": True, "small_loops": False}),
           ("small loops only", {"inline_dispatch": False, "small_loops": True}),

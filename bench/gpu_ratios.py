@@ -1,0 +1,134 @@
+"""``python -m bench.gpu_ratios``: issue 24's three ratios on this machine's default device.
+
+* shuffled epochs against independent draws: ``fit`` with ``replace=False``
+  over ``replace=True``, 1e5 x 10 float32, 1,000 steps of 64 (target <= 1.25);
+* small steps: the lesson's ``fit`` (100 rows, 100 full-batch steps) over a
+  hand-written ``jax.jit(lax.scan)`` of it (``bench/peers.py``; target <= 1.1);
+* the lesson with its arrays on this process's CPU device over the same in
+  a CPU-only process (``JAX_PLATFORMS=cpu``) on the same machine (target
+  <= 1.25; on a CPU-only machine both sides are CPU processes).
+
+Each figure is the minimum over interleaved rounds, every call synchronised
+(its params copied to the host). Run by ``python -m bench.gpu_check``.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+import functional_sgd as fsgd
+from bench import peers
+from bench.methods import _fit_fused
+from bench.workloads import FULL, make_problem
+
+ROUNDS = {"full": 60, "short": 60, "smoke": 5}
+TARGETS = {"shuffle": 1.25, "small step": 1.1, "cpu device": 1.25}
+LESSON = FULL[0]
+
+
+def interleaved_min(runs, rounds):
+    """``{name: min seconds}`` over ``rounds`` rounds, each calling every run once."""
+    for run in runs.values():
+        run()  # compile and warm up
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for name, run in runs.items():
+            began = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - began)
+    return best
+
+
+def shuffle_runs(device=None):
+    """``fit`` at 1e5 x 10, 1,000 steps of 64, rows drawn both ways."""
+    weights = np.linspace(-1, 1, 10, dtype=np.float32)
+    x, y = fsgd.lesson_data(jax.random.key(0), 100_000, a=weights)
+    x, y, start = (jax.device_put(a, device) for a in (x, y, np.zeros(10, np.float32)))
+
+    def run(replace):
+        def call():
+            return np.asarray(fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.05, steps=1_000,
+                                       batch_size=64, key=jax.random.key(1),
+                                       rows=(fsgd.Shuffled() if not replace else fsgd.Sampled())).params)
+        return call
+
+    return {"replace=True": run(True), "replace=False": run(False)}
+
+
+def lesson_seconds(device, rounds):
+    """The lesson's ``fit`` on ``device``: min seconds over ``rounds`` calls."""
+    run = _fit_fused(make_problem(LESSON), device)
+    return interleaved_min({"fit": run}, rounds)["fit"]
+
+
+def cpu_only_lesson_seconds(rounds):
+    """:func:`lesson_seconds` in a child process that sees only the CPU."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    code = ("import json, jax; from bench.gpu_ratios import lesson_seconds; "
+            f"print(json.dumps(lesson_seconds(jax.devices('cpu')[0], {rounds})))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, check=True,
+                          capture_output=True, text=True, timeout=120)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(size="short"):
+    """Rows ``(ratio, numerator s, denominator s, target)`` by name."""
+    rounds = ROUNDS[size]
+    shuffle = interleaved_min(shuffle_runs(), rounds)
+    problem = make_problem(LESSON)
+    small = interleaved_min({"fit": _fit_fused(problem, None),
+                             "scan": peers.handwritten_scan(problem, None)}, rounds)
+    on_cpu = lesson_seconds(jax.devices("cpu")[0], rounds)
+    cpu_only = cpu_only_lesson_seconds(rounds)
+    return {
+        "shuffle": (shuffle["replace=False"], shuffle["replace=True"],
+                    "replace=False / replace=True, 1e5 x 10, 1,000 steps of 64"),
+        "small step": (small["fit"], small["scan"],
+                       "the lesson: fit / hand-written jax.jit(lax.scan)"),
+        "cpu device": (on_cpu, cpu_only,
+                       "the lesson on this process's CPU device / in a CPU-only process"),
+    }
+
+
+def table(rows):
+    lines = ["| ratio | what | measured | numerator | denominator | target | met |",
+             "|---|---|---|---|---|---|---|"]
+    for name, (top, bottom, what) in rows.items():
+        ratio = top / bottom
+        lines.append(f"| {name} | {what} | {ratio:.2f} | {top * 1e3:.3f} ms | "
+                     f"{bottom * 1e3:.3f} ms | <= {TARGETS[name]:g} | "
+                     f"{'yes' if ratio <= TARGETS[name] else '**no**'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_ratios",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=tuple(ROUNDS), default="short")
+    parser.add_argument("--out", type=pathlib.Path, help="also write the table here (.md)")
+    args = parser.parse_args(argv)
+    with jax.default_matmul_precision("highest"):
+        rows = measure(args.size)
+    devices = ", ".join(sorted({str(d.device_kind) for d in jax.devices()}))
+    text = (f"# Issue 24's ratios on {jax.default_backend()} ({devices})\n\n"
+            f"Written by `python -m bench.gpu_ratios --size {args.size}`: minimum over "
+            f"{ROUNDS[args.size]} interleaved rounds, every call synchronised.\n\n"
+            + table(rows) + "\n")
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

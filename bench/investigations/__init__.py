@@ -1,0 +1,1 @@
+"""One-off measurements behind the issues; see README.md here."""
