@@ -215,8 +215,9 @@ class Evaluation:
     Attributes:
       evaluate: ``evaluate(params, *data) -> dict`` of scalars; ``None``
         evaluates the training loss on ``data`` as ``{"loss": ...}``.
-      data: the held-out arrays, a tuple sharing their leading axis
-        (traced: new held-out data of the same shapes compiles nothing).
+      data: the held-out arrays, a tuple sharing their leading axis, with
+        rows (traced: new held-out data of the same shapes compiles
+        nothing). NumPy, JAX and CPU torch arrays are accepted.
       every: updates between evaluations; ``None`` is one epoch with
         :class:`Shuffled` rows, else the end of the run only; ``"epoch"``
         insists on epochs.
@@ -294,8 +295,12 @@ class Model:
       state: model state that the forward pass updates (BatchNorm
         statistics): the loss is then ``loss(params, state, *batch) ->
         (value, new_state)``, the new state (same structure, shapes and
-        dtypes) is carried to the next step, never differentiated, and
-        ``result.state`` is the last one.
+        dtypes) is carried to the next step, never differentiated (PRNG
+        keys and integer counters included), and ``result.state`` is the
+        last one. A flax nnx model: ``graphdef, params, rest =
+        nnx.split(model, nnx.Param, ...)``, ``state=rest``, and a loss that
+        merges them and returns ``(value, nnx.split(model, nnx.Param,
+        ...)[2])`` (the recipe, run, is in ``functional_sgd.core._flax_nnx``).
       has_aux: the loss returns ``(value, aux)`` (with a state ``(value,
         new_state, aux)``); ``result.aux`` stacks aux over the steps.
       trainable: freezes part of params: a pytree of bools with the
@@ -335,13 +340,21 @@ class Run:
 
     Attributes:
       chunk_size: run the loop as compiled chunks of this many steps, with
-        a host step between them (progress, ``on_chunk``, checkpoints). The
-        result has the same bits as one call.
-      on_chunk: called after each chunk with that chunk's ``FitResult``;
-        returning a true boolean scalar stops the run after that chunk.
+        a host step between them (progress, ``on_chunk``, checkpoints).
+        With ``chunk_size >= 2`` the result has the same bits as one call;
+        ``chunk_size=1`` runs each step as a program of its own, whose
+        update XLA may round differently in the last bit.
+      on_chunk: called after each chunk with that chunk's ``FitResult``
+        (its ``losses`` cover the chunk; ``step`` is the global step after
+        it); returning a true boolean scalar (Python, NumPy or JAX, as
+        ``result.losses[-1] < 1.0`` gives) stops the run after that chunk,
+        ``None`` or a false one goes on, anything else is refused.
       checkpoint: a file path: after every chunk the run's state is written
         there atomically, and the same call started again resumes from it
-        with the same bits.
+        with the same bits (on a GPU, with
+        ``XLA_FLAGS=--xla_gpu_deterministic_ops=true``). A memmap is
+        fingerprinted by its file and a hash of 1,024 of its rows; a stream
+        by its batches' shapes.
       mesh: a ``jax.sharding.Mesh``: rows sharded over all its axes, params
         replicated, gradients all-reduced every step. The loss must be a
         mean over the rows of its batch.

@@ -192,20 +192,32 @@ def fit(loss: Loss, params: Any, data: Any = (), *, lr: Any = None, optimizer: A
         or rng, see :class:`Model`).
       params: initial parameters, any pytree (NumPy or JAX arrays; an
         equinox ``Module``, a flax nnx ``State``, a dict, ...). Its leaves
-        that are arrays of an inexact dtype train (Python floats and NumPy
-        scalars too, as float arrays); every other leaf (integer, bool and
-        key arrays, functions, Python ints, ``None``) passes through
-        unchanged: no gradient, no update, no optimizer state.
-        ``result.params`` has the type given.
+        that are arrays of an inexact dtype train (NumPy scalars too);
+        every other leaf (integer, bool and key arrays, functions, Python
+        ints, ``None``) passes through unchanged: no gradient, no update,
+        no optimizer state. A Python float trains (as a float array) when
+        it is the whole params or sits in dicts, lists and tuples only;
+        inside a Module or any other pytree node it is a compile-time
+        constant, never traced, as equinox has it (``eqx.nn.Dropout``'s
+        rate). A complex leaf steps along the conjugate of ``jax.grad``'s
+        gradient, as in torch and optax. ``result.params`` has the type
+        given. An nnx random stream or ``BatchStat`` belongs in
+        ``Model(state=...)``, not here.
       data: a tuple of arrays sharing their leading axis ``n`` (unpacked
         into the loss's arguments), or ``()`` for a data-free objective; or
         any other pytree of such arrays (a dict is passed as one argument).
         NumPy, JAX, ``np.memmap`` and CPU torch arrays are accepted. A
         ``np.memmap`` with ``batch_size`` (or a schedule) is never read
         whole: each block of steps has its rows read from the file and
-        checked on the host. A :func:`~functional_sgd.stream` of batches
-        trains on any iterable.
-      lr: the learning rate ``> 0``; required unless ``optimizer`` is given.
+        checked on the host (a memmap whose file was replaced since it was
+        made is refused). A :func:`~functional_sgd.stream` of batches trains
+        on any iterable. When any input is a NumPy array, ``fit`` returns
+        once the run has finished (JAX's CPU client may read NumPy memory in
+        place); with JAX arrays only, it returns at once, as JAX calls do.
+      lr: the learning rate ``> 0``; required unless ``optimizer`` is
+        given. Or a schedule ``lr(step) -> rate`` (an optax schedule): step
+        ``t`` (global, counted from ``Run(start_step=)``) updates ``p <- p -
+        lr(t) * g``, with the bits of ``optimizer=optax.sgd(lr)``.
       optimizer: an optax ``GradientTransformation`` used instead of plain
         SGD (it carries its own learning rate); it sees only the trainable
         leaves. One that takes extra arguments (``reduce_on_plateau``,
@@ -235,7 +247,12 @@ def fit(loss: Loss, params: Any, data: Any = (), *, lr: Any = None, optimizer: A
         continue from, and the speed plan.
 
     Returns:
-      A :class:`FitResult`.
+      A :class:`FitResult`. Its records (losses, aux, trajectory,
+      evaluations) are estimated from their shapes before anything
+      compiles: a call whose records would take more than half this
+      machine's memory is refused, naming each record's size.
+      ``diverged_at`` is the first step whose loss is not finite or more
+      than ``1e15 * max(1, |losses[0]|)``, ``-1`` if none.
 
     >>> import jax, jax.numpy as jnp
     >>> from functional_sgd import fit, lesson_data, linear_mse
