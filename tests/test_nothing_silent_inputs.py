@@ -1,0 +1,44 @@
+"""Issue 22, items 15, 17 and 18: inputs refused clearly, or taken as documented.
+
+Each test failed before its fix (see the commit that fixed it).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import functional_sgd as fsgd
+from functional_sgd.core import _checks
+
+KEY = jax.random.key(0)
+MAX_ROWS = 2**31 - 1
+
+
+# Item 15: sample_indices with n past int32, and schedules no memory holds.
+
+def test_sample_indices_refuses_n_past_int32_naming_it():
+    with pytest.raises(ValueError, match=r"n must be at most 2\*\*31 - 1 .* got 2147483648"):
+        fsgd.sample_indices(KEY, 2**31, 10, 4)
+
+
+def test_sample_indices_refuses_a_schedule_no_memory_holds(monkeypatch):
+    monkeypatch.setattr(_checks, "_memory_bytes", lambda: 64 * 2**30)  # a 64 GiB machine
+    with pytest.raises(ValueError, match=r"sample_indices .*\(512\.0 GiB.*start="):
+        fsgd.sample_indices(KEY, MAX_ROWS, MAX_ROWS, 64)
+
+
+def test_sample_indices_refuses_petabytes_on_any_machine():
+    with pytest.raises(ValueError, match="GiB"):
+        fsgd.sample_indices(KEY, MAX_ROWS, MAX_ROWS, 2**20, replace=False)
+
+
+def test_last_padded_batch_of_an_epoch_of_almost_2_to_31_rows():
+    # Epoch positions reach n + batch_size - 2, past int32 here: they once
+    # wrapped negative and read as real rows instead of padding.
+    n, batch_size = MAX_ROWS, 3
+    per_epoch = -(-n // batch_size)
+    rows = np.asarray(fsgd.sample_indices(KEY, n, 1, batch_size, replace=False,
+                                          drop_last=False, start=per_epoch - 1))
+    assert rows[0, 1:].tolist() == [-1, -1]  # n % 3 == 1 real row, then padding
+    assert 0 <= rows[0, 0] < n
