@@ -42,3 +42,27 @@ def test_last_padded_batch_of_an_epoch_of_almost_2_to_31_rows():
                                           drop_last=False, start=per_epoch - 1))
     assert rows[0, 1:].tolist() == [-1, -1]  # n % 3 == 1 real row, then padding
     assert 0 <= rows[0, 0] < n
+
+
+# Item 17: bfloat16 and float16 scalars are real scalars.
+
+X, Y = fsgd.lesson_data(jax.random.key(0))
+START = jnp.array(fsgd.LESSON_START)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_lr_and_tol_of_16_bit_floats_are_real_scalars(dtype):
+    lr, tol = dtype(0.1), dtype(0.01)
+    got = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=lr, tol=tol, steps=50)
+    # The same rates as Python floats: sgd_update casts lr to the params'
+    # float32, where every 16-bit value is exact, so the bits agree.
+    want = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=float(lr), tol=float(tol), steps=50)
+    np.testing.assert_array_equal(np.asarray(got.params), np.asarray(want.params))
+    assert int(got.steps_run) == int(want.steps_run)
+
+
+def test_lr_sweep_takes_bfloat16_rates():
+    lrs = jnp.array([0.01, 0.1, 0.5], jnp.bfloat16)
+    got = fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=lrs, steps=20)
+    want = fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=lrs.astype(jnp.float32), steps=20)
+    np.testing.assert_array_equal(np.asarray(got.final_loss), np.asarray(want.final_loss))

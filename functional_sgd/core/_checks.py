@@ -87,11 +87,16 @@ def check_real(value, name):
     if not is_concrete(value):
         return
     array = np.asarray(value) if not isinstance(value, (bool, np.bool_)) else None
-    if array is None or array.shape != () or not (
-            np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+    if array is None or array.shape != () or not is_real_dtype(array.dtype):
         raise TypeError(f"{name} must be a real number; got {value!r}.")
     if not math.isfinite(float(array)):
         raise ValueError(f"{name} must be a finite number; got {value}.")
+
+
+def is_real_dtype(dtype):
+    """An integer or real float dtype, the 16-bit floats included (NumPy's
+    ``issubdtype(bfloat16, np.floating)`` is false: it is ml_dtypes')."""
+    return bool(jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating))
 
 
 def check_no_chunk_options(on_chunk, checkpoint):
@@ -136,8 +141,7 @@ def check_lr(lr, optimizer, opt_state=None, params=()):
             _check_lr_representable(lr, params)
     elif is_concrete(lr):
         array = np.asarray(lr)
-        if array.shape != () or isinstance(lr, (bool, np.bool_)) or not (
-                np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        if array.shape != () or isinstance(lr, (bool, np.bool_)) or not is_real_dtype(array.dtype):
             raise TypeError(f"lr must be a real scalar; got {lr!r}.")
         value = float(array)
         if not math.isfinite(value) or value <= 0:

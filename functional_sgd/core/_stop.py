@@ -49,8 +49,8 @@ class StopRule:
         best = jnp.where(improved, value, state.best)
         waited = jnp.where(improved, 0, state.waited + 1)
         stopped = ~jnp.isfinite(value)
-        if self.tol:
-            stopped |= value <= tol
+        if self.tol:  # compared in the loss's dtype, as lr acts in the params'
+            stopped |= value <= jnp.asarray(tol, value.dtype)
         if self.patience:
             stopped |= waited >= patience
         return StopState(best, waited, stopped)

@@ -157,7 +157,7 @@ def _check_injected(optimizer, params):
 
 def _check_lrs(lrs):
     array = np.asarray(lrs)
-    if array.ndim != 1 or array.shape[0] < 2 or not np.issubdtype(array.dtype, np.floating):
+    if array.ndim != 1 or array.shape[0] < 2 or not jnp.issubdtype(array.dtype, jnp.floating):
         raise ValueError(
             "lrs must be a 1-D float array of at least 2 learning rates, e.g. "
             f"jnp.logspace(-3, 0.5, 64); got {array.dtype} of shape {array.shape}.")
