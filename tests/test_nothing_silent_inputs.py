@@ -66,3 +66,26 @@ def test_lr_sweep_takes_bfloat16_rates():
     got = fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=lrs, steps=20)
     want = fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=lrs.astype(jnp.float32), steps=20)
     np.testing.assert_array_equal(np.asarray(got.final_loss), np.asarray(want.final_loss))
+
+
+# Item 17: patience (traced) takes an integer scalar of any int dtype.
+
+def _stalls(p):
+    return (p - 1.0) ** 2  # reaches its floor, then stalls
+
+
+@pytest.mark.parametrize("patience", [jnp.int32(3), np.int16(3), np.array(3, np.uint8),
+                                      jnp.array(3, jnp.int8)])
+def test_patience_takes_integer_scalars_of_any_int_dtype(patience):
+    got = fsgd.fit(_stalls, jnp.float32(0.0), lr=0.5, steps=50, patience=patience)
+    want = fsgd.fit(_stalls, jnp.float32(0.0), lr=0.5, steps=50, patience=3)
+    assert int(got.steps_run) == int(want.steps_run) < 50
+
+
+@pytest.mark.parametrize("patience, error", [
+    (jnp.float32(3), TypeError), (jnp.array([3]), TypeError), (True, TypeError),
+    (jnp.int32(0), ValueError), (2**31, ValueError)])
+def test_patience_refuses_what_is_not_a_positive_int32_count(patience, error):
+    with pytest.raises(error, match=r"patience must .*; got"):
+        fsgd.fit(_stalls, jnp.float32(1.0), lr=0.1, steps=5, patience=patience)
+

@@ -124,7 +124,7 @@ def watch(rule, state, value, *, tol, patience):
     if rule.tol:
         stopped |= value <= jnp.asarray(tol, value.dtype)
     if rule.patience:
-        stopped |= waited >= patience
+        stopped |= waited >= jnp.asarray(patience, waited.dtype)
     return StopState(best, waited, stopped), improved
 
 
