@@ -89,3 +89,29 @@ def test_patience_refuses_what_is_not_a_positive_int32_count(patience, error):
     with pytest.raises(error, match=r"patience must .*; got"):
         fsgd.fit(_stalls, jnp.float32(1.0), lr=0.1, steps=5, patience=patience)
 
+
+# Item 17: a checkpoint path that is not a regular file is refused as such.
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_checkpoint_that_is_not_a_regular_file_is_refused_before_any_step(stream):
+    data = fsgd.stream([(np.asarray(X), np.asarray(Y))]) if stream else (X, Y)
+    chunks = {} if stream else {"chunk_size": 2}
+    with pytest.raises(ValueError, match=r"checkpoint '/dev/null' is not a regular file"):
+        fsgd.fit(fsgd.linear_mse, START, data, lr=0.1, steps=4, checkpoint="/dev/null",
+                 on_chunk=_no_chunk_expected, **chunks)
+
+
+def _no_chunk_expected(result):
+    raise AssertionError("a chunk ran before the checkpoint path was refused")
+
+
+# Item 17: a stream's empty batch is refused, naming it.
+
+@pytest.mark.parametrize("empty_at", [0, 3])
+def test_stream_refuses_an_empty_batch_naming_it(empty_at):
+    x, y = np.asarray(X), np.asarray(Y)
+    batches = [(x[i:i + 10], y[i:i + 10]) for i in range(0, 100, 10)]
+    batches[empty_at] = (x[:0], y[:0])
+    with pytest.raises(ValueError, match=f"batch {empty_at} of the stream has no rows"):
+        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches, block=2), lr=0.1)
+

@@ -240,6 +240,8 @@ def _padded(group, first, taken):
     for i, batch in enumerate(group):
         fits = _shapes(batch, 1) == _shapes(first, 1) and all(a.ndim for a in batch)
         lengths = {a.shape[0] for a in batch} if fits else set()
+        if lengths == {0}:
+            raise _no_rows(taken + i, batch)
         if len(lengths) != 1 or not 0 < lengths.pop() <= rows:
             raise ValueError(
                 f"batch {taken + i} of the stream has {_shapes(batch)}, the first had "
@@ -248,6 +250,12 @@ def _padded(group, first, taken):
     real = np.stack([np.arange(rows) < batch[0].shape[0] for batch in group])
     filled = [tuple(_fill(a, rows) for a in batch) for batch in group]
     return (real,) + tuple(np.stack(arrays) for arrays in zip(*filled)), True
+
+
+def _no_rows(number, batch):
+    return ValueError(f"batch {number} of the stream has no rows ({_shapes(batch)}): a step "
+                      "needs at least one row. Drop empty batches from the stream, e.g. "
+                      "(b for b in batches if len(b[0])).")
 
 
 def _fill(a, rows):
@@ -309,6 +317,8 @@ def first_batch(batches, saved=None):
             "fit takes any pytree of arrays.")
     parts = tuple(as_host_array(a, f"batch 0[{i}]")
                   for i, a in enumerate(_as_tuple(batch, 0)))
+    if any(a.ndim and a.shape[0] == 0 for a in parts):
+        raise _no_rows(0, parts)
     return parts, itertools.chain([parts], iterator)  # batch 0 as host arrays: read once
 
 
