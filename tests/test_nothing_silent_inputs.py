@@ -115,3 +115,22 @@ def test_stream_refuses_an_empty_batch_naming_it(empty_at):
     with pytest.raises(ValueError, match=f"batch {empty_at} of the stream has no rows"):
         fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches, block=2), lr=0.1)
 
+
+# Item 17: reference.fit with bfloat16 params checks or converts before training.
+
+def test_reference_returns_bfloat16_params_and_losses_as_bfloat16():
+    torch = pytest.importorskip("torch")
+    import ml_dtypes
+
+    import reference
+    x = torch.tensor(np.asarray(X)).to(torch.bfloat16)
+    y = torch.tensor(np.asarray(Y)).to(torch.bfloat16)
+    start = torch.tensor(fsgd.LESSON_START, dtype=torch.bfloat16)
+    params, losses = reference.fit(lambda a, x, y: ((x @ a - y) ** 2).mean(), start, (x, y),
+                                   lr=0.1, steps=5)
+    assert params.dtype == losses.dtype == ml_dtypes.bfloat16
+    # The same bits as the last step torch computed in bfloat16.
+    again, _ = reference.fit(lambda a, x, y: ((x @ a - y) ** 2).mean(), start, (x, y),
+                             lr=0.1, steps=5)
+    np.testing.assert_array_equal(params.view(np.uint16), again.view(np.uint16))
+    assert losses.shape == (5,) and np.isfinite(losses.astype(np.float32)).all()
