@@ -134,3 +134,112 @@ def test_reference_returns_bfloat16_params_and_losses_as_bfloat16():
                              lr=0.1, steps=5)
     np.testing.assert_array_equal(params.view(np.uint16), again.view(np.uint16))
     assert losses.shape == (5,) and np.isfinite(losses.astype(np.float32)).all()
+
+
+# Item 18: boolean options are real bools; fast_path is "auto", True or False.
+
+@pytest.mark.parametrize("option, value", [
+    ("check_finite", "no"), ("check_finite", 0), ("check_finite", None),
+    ("replace", 1), ("record_params", "yes"), ("drop_last", 1)])
+def test_boolean_options_refuse_what_is_not_a_bool(option, value):
+    with pytest.raises(TypeError, match=f"{option} must be True or False; got {value!r}"):
+        fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=5, **{option: value})
+
+
+@pytest.mark.parametrize("value", [1, 0, "yes", None, 1.0])
+def test_fast_path_refuses_what_is_not_auto_true_or_false(value):
+    with pytest.raises(ValueError, match=f'fast_path must be "auto", True or False; got {value!r}'):
+        fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=5, fast_path=value)
+
+
+def test_numpy_bools_are_bools():
+    got = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=5, check_finite=np.True_,
+                   fast_path=np.False_, record_params=np.False_)
+    want = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=5)
+    np.testing.assert_array_equal(np.asarray(got.params), np.asarray(want.params))
+
+
+# Item 18: a stream refuses the options it cannot honour, and says when it ran short.
+
+def _batches(count=10):
+    x, y = np.asarray(X), np.asarray(Y)
+    return [(x[i:i + 10], y[i:i + 10]) for i in range(0, 10 * count, 10)]
+
+
+@pytest.mark.parametrize("option, value", [("fast_path", True), ("fast_path", False),
+                                           ("replace", False), ("drop_last", False)])
+def test_stream_refuses_options_it_would_ignore(option, value):
+    with pytest.raises(ValueError, match=f"with a stream as data, {option} cannot be used"):
+        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(_batches()), lr=0.1, **{option: value})
+
+
+def test_stream_shorter_than_steps_warns_at_the_caller_and_says_where_it_ended():
+    with pytest.warns(UserWarning, match="the stream ended after 10 of steps=50") as caught:
+        result = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(_batches(), block=4), lr=0.1,
+                          steps=50)
+    assert caught[0].filename == __file__
+    assert int(result.step) == int(result.steps_run) == 10 == result.losses.shape[0]
+
+
+def test_stream_of_exactly_steps_batches_does_not_warn(recwarn):
+    fsgd.fit(fsgd.linear_mse, START, fsgd.stream(_batches(), block=4), lr=0.1, steps=10)
+    assert not [w for w in recwarn if "stream ended" in str(w.message)]
+
+
+def test_keyboard_interrupt_inside_a_stream_carries_the_result_so_far():
+    def interrupted():
+        yield from _batches(4)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(interrupted(), block=2), lr=0.1)
+    assert int(caught.value.result.step) == 4
+    want = fsgd.fit(fsgd.linear_mse, START, fsgd.stream(_batches(4), block=2), lr=0.1)
+    np.testing.assert_array_equal(np.asarray(caught.value.result.params),
+                                  np.asarray(want.params))
+
+
+# Item 18: an lr that rounds every update away is said, not trained silently.
+
+def test_lr_that_rounds_every_first_update_away_warns():
+    half = START.astype(jnp.float16), (X.astype(jnp.float16), Y.astype(jnp.float16))
+    with pytest.warns(UserWarning, match=r"lr=1e-05 .*float16.*changes no element") as caught:
+        fsgd.fit(fsgd.linear_mse, half[0], half[1], lr=1e-5, steps=5)
+    assert caught[0].filename == __file__
+
+
+def test_small_lr_that_still_moves_the_params_does_not_warn(recwarn):
+    half = START.astype(jnp.float16), (X.astype(jnp.float16), Y.astype(jnp.float16))
+    fsgd.fit(fsgd.linear_mse, half[0], half[1], lr=5e-4, steps=5)
+    assert not [w for w in recwarn if "changes no element" in str(w.message)]
+
+
+# Item 17: CPU torch tensors as params train as their NumPy copies.
+
+def test_torch_params_train_as_numpy_params_do():
+    torch = pytest.importorskip("torch")
+    start = torch.tensor(fsgd.LESSON_START, requires_grad=True)
+    got = fsgd.fit(fsgd.linear_mse, start, (X, Y), lr=0.1, steps=20)
+    want = fsgd.fit(fsgd.linear_mse, np.asarray(fsgd.LESSON_START, np.float32), (X, Y), lr=0.1,
+                    steps=20)
+    np.testing.assert_array_equal(np.asarray(got.params), np.asarray(want.params))
+    mixed = fsgd.fit(lambda p, x, y: fsgd.linear_mse(p["a"], x, y) + 0 * p["b"].sum(),
+                     {"a": start, "b": torch.zeros(3)}, (X, Y), lr=0.1, steps=20)
+    np.testing.assert_array_equal(np.asarray(mixed.params["a"]), np.asarray(want.params))
+    assert start.detach().tolist() == list(fsgd.LESSON_START)  # never written to
+
+
+def test_torch_params_on_another_device_or_dtype_are_refused_by_name():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"params\['w'\] is a torch tensor of dtype torch.bfloat16"):
+        fsgd.fit(lambda p: (p["w"] ** 2).sum(), {"w": torch.ones(2, dtype=torch.bfloat16)},
+                 lr=0.1, steps=2)
+
+
+def test_lr_sweep_takes_torch_params_as_fit_does():
+    torch = pytest.importorskip("torch")
+    lrs = jnp.array([0.01, 0.1])
+    got = fsgd.lr_sweep(fsgd.linear_mse, torch.tensor(fsgd.LESSON_START), (X, Y), lrs=lrs,
+                        steps=5)
+    want = fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=lrs, steps=5)
+    np.testing.assert_array_equal(np.asarray(got.final_loss), np.asarray(want.final_loss))

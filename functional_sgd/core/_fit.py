@@ -18,8 +18,11 @@ mesh) that runs it.
 
 import dataclasses
 import itertools
+import warnings
 from functools import partial
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .. import drivers
@@ -68,7 +71,10 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         scalars too, as float arrays); every other leaf (integer, bool and
         key arrays, functions, Python ints, ``None``) passes through
         unchanged: no gradient, no update, no optimizer state.
-        ``result.params`` has the type given.
+        ``result.params`` has the type given. CPU torch tensors among the
+        leaves are taken as NumPy copies of their values (train as NumPy
+        params do, and come back as JAX arrays); the tensors are never
+        written to.
       data: tuple of arrays sharing their leading axis ``n`` (unpacked into
         the loss's arguments), or ``()``; or any other pytree of such arrays,
         the elements of a tuple each one argument (a dict or nested tuples
@@ -81,7 +87,12 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         from the file with ``pread`` and checked for NaN once, so the
         process holds those rows and not the file's pages. A
         :func:`~functional_sgd.stream` of batches trains on any iterable.
-      lr: learning rate ``> 0``; required unless ``optimizer`` is given.
+      lr: learning rate ``> 0``, a real scalar (Python, NumPy or JAX, of any
+        float dtype, the 16-bit ones included; it acts in each leaf's
+        dtype); required unless ``optimizer`` is given. Plain SGD with an
+        ``lr`` below a trainable leaf's ``eps`` (float16 params at ``1e-5``)
+        runs one step first: if that update changes no element of the
+        params (every ``lr * g`` rounds away), ``fit`` warns.
       steps: number of updates; may be omitted when ``indices`` is given.
       batch_size: rows per step, ``1 <= batch_size <= n``; ``None`` for all.
       key: ``jax.random`` key for drawing batches; required with
@@ -114,13 +125,16 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         padded when ``drop_last=False``. A :func:`~functional_sgd.stream`
         always takes a short batch this way.
       tol: stop once a step's loss is ``<= tol``.
-      patience: stop once the best loss has not improved for this many steps.
+      patience: stop once the best loss has not improved for this many steps
+        (an int, or an integer scalar of any int dtype, ``>= 1``).
         With either stop rule, a non-finite loss also stops the run.
       record_params: also return the parameter trajectory.
       opt_state: optimizer state to continue from (``result.opt_state``).
       start_step: global index of the first step (``result.step`` to
         continue); it selects the batches drawn from ``key``.
-      check_finite: refuse data containing NaN or inf. NumPy arrays are
+      check_finite: ``True`` or ``False`` (a NumPy bool too; anything else
+        is refused, as for every flag of ``fit``): refuse data containing NaN
+        or inf. NumPy arrays are
         checked on every call (they can be written to); a JAX array, whose
         values never change, only the first time ``fit`` sees it.
       chunk_size: run the loop as compiled chunks of this many steps, with a
@@ -134,14 +148,16 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         sharded over all its axes, params replicated, gradients all-reduced
         every step (the same result as one device, up to the order of
         additions). ``loss`` must be a mean over the rows of its batch.
-      checkpoint: a file path: after every chunk the run's state is written
-        there atomically, and a run started again with the same arguments
+      checkpoint: a path to a regular file, or to none yet (a folder, a
+        device such as ``/dev/null`` or a pipe is refused before any step):
+        after every chunk the run's state is written there atomically, and a run started again with the same arguments
         resumes from it with the same bits. Needs ``chunk_size`` (a memmap's
         blocks and a stream's are its chunks). A memmap is fingerprinted by
         its file (name, size, modification time) and a hash of 1,024 of its
         rows, not by all its bytes; a stream by its batches' shapes
         (see :func:`~functional_sgd.stream` for resuming one).
-      fast_path: ``"auto"``, ``True`` or ``False``. Full-batch descent on
+      fast_path: ``"auto"``, ``True`` or ``False`` (nothing else, ``1``
+        included; not with a stream). Full-batch descent on
         ``linear_mse`` (by identity) with data ``(x, y)`` and one params
         array can run from sufficient statistics (``XᵀX`` and friends, one
         pass over the data, then ``O(d²)`` a step; see ``speed/_moments.py``),
@@ -199,7 +215,10 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
                            checkpoint=checkpoint, speed=speed,
                            unused=dict(batch_size=batch_size, key=key, indices=indices,
                                        chunk_size=chunk_size, mesh=mesh, rng=rng, state=state,
-                                       has_aux=has_aux or None, trainable=trainable))
+                                       has_aux=has_aux or None, trainable=trainable,
+                                       replace=_unless(replace, True),
+                                       drop_last=_unless(drop_last, True),
+                                       fast_path=_unless(fast_path, "auto")))
     # A call repeating an earlier one's arrays and options skips the checks it passed.
     warm_call = _warm.key(loss, params, data, key, indices, optimizer, (
         steps, batch_size, replace, tol, patience, record_params, start_step, check_finite,
@@ -215,6 +234,8 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         if warm is not None:
             lr = _checks.check_lr(lr, optimizer, None, params)
             return warm.again(params, data, lr, key, indices, tol, patience, eval_data)
+    check_finite = _checks.check_bool(check_finite, "check_finite")
+    params = _model.torch_as_arrays(params)
     data, structure, names = _checks.flatten_data(data)
     read_on_host = _checks.read_on_host(data, batch_size, indices)
     data, n = _checks.check_data(data, check_finite and not read_on_host, names)
@@ -254,6 +275,8 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
     result = fit_result if model.plain else _model.result  # the latter unwraps params
     if evaluation is not None and evaluation.restore_best:
         result = partial(_restored, result)
+    if not read_on_host:
+        _warn_if_lr_rounds_away(loop, spec, carry, inputs)
     if read_on_host:  # chunks read on the host, of a size chosen here unless given
         chunk_size = chunk_size or _host_block(spec.batches.batch_size, data)
     if chunk_size is None:
@@ -273,6 +296,37 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
             checkpoint, loop, spec, carry, inputs, chunk_size=chunk_size, on_chunk=on_chunk))
     return result(*drivers.run_in_chunks(loop, spec, carry, inputs,
                                          chunk_size=chunk_size, on_chunk=on_chunk))
+
+
+def _warn_if_lr_rounds_away(loop, spec, carry, inputs):
+    """Warns when plain SGD's first update ``p - lr * g`` changes no element
+    of the trainable params: an ``lr`` below the spacing of their dtype's
+    values (float16 params at ``lr=1e-5``), where every update rounds away.
+    It may not stay so (the gradient may grow), hence a warning. Only an
+    ``lr`` below some trainable leaf's ``eps`` is probed: that takes one
+    compiled step on the first batch."""
+    lr = inputs.lr
+    if spec.optimizer is not None or not _checks.is_concrete(lr):
+        return
+    trainable = spec.model.split(carry.params)[0]
+    dtypes = {np.dtype(a.dtype) for a in jax.tree.leaves(trainable) if hasattr(a, "dtype")}
+    small = [d for d in dtypes if _checks.is_inexact_dtype(d) and float(lr) < jnp.finfo(d).eps]
+    if not small or not all(map(_checks.is_concrete, jax.tree.leaves((carry, inputs)))):
+        return
+    first = dataclasses.replace(spec, steps=1, stop=_stop.StopRule(), record_params=False,
+                                evaluation=None)
+    first_inputs = inputs if inputs.indices is None else inputs._replace(
+        indices=inputs.indices[:1])
+    moved, _ = loop(first, carry._replace(best=None), first_inputs)
+    if all(bool((a == b).all()) for a, b in zip(
+            jax.tree.leaves(trainable), jax.tree.leaves(spec.model.split(moved.params)[0]))):
+        warnings.warn(
+            f"lr={float(lr):g} is too small for params of dtype "
+            f"{', '.join(sorted(map(str, small)))}: the first update p - lr * g changes no "
+            "element of the params (every |lr * g| is under half the spacing of the dtype's "
+            "values near p), so the run trains nothing until the gradient grows. Pass a "
+            "larger lr, or params of a wider dtype (e.g. float32).",
+            UserWarning, stacklevel=_checks.caller_stacklevel())
 
 
 def _restored(result, carry, record):
@@ -326,11 +380,14 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
     given = [name for name, value in unused.items() if value is not None]
     if given:
         raise ValueError(f"with a stream as data, {', '.join(given)} cannot be used: the "
-                         "stream decides the batches (chunk_size: its block does), and a "
-                         "stream trains a plain model on one device for now (no rng, state, "
-                         "has_aux, trainable or mesh).")
+                         "stream decides the batches, their order and their length (replace, "
+                         "drop_last; chunk_size: its block does), the moments of fast_path "
+                         "need all the data at once, and a stream trains a plain model on "
+                         "one device for now (no rng, state, has_aux, trainable or mesh).")
     if steps is not None:
         steps = _checks.check_int(steps, "steps", minimum=1, maximum=_checks.MAX_STEP)
+    check_finite = _checks.check_bool(check_finite, "check_finite")
+    params = _model.torch_as_arrays(params)
     lr = _checks.check_lr(lr, optimizer, opt_state, params)
     _checks.check_start(start_step, steps or 0, name="start_step")
     stop = _stop.choose(tol, patience)
@@ -365,10 +422,36 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
             blocks = itertools.chain([first], blocks)
         return drivers.run_in_blocks(run, spec, carry, inputs, blocks, on_chunk=on_chunk)
 
+    asked_to_stop = []  # whether on_chunk ended the run, not the stream
+    if on_chunk is not None:
+        on_chunk = partial(_noting_stop, on_chunk, asked_to_stop)
     if checkpoint is None:
-        return fit_result(*in_blocks(run, spec, carry, inputs, on_chunk=on_chunk))
-    # The block does not change the bits: a run may resume with another.
-    described = {"batch": [f"{a.dtype}{list(a.shape)}" for a in example]}
-    return fit_result(*drivers.run_with_checkpoints(
-        checkpoint, run, spec, carry, inputs, chunk_size=source.block, on_chunk=on_chunk,
-        chunks=in_blocks, source={"stream": described}))
+        carry, record = in_blocks(run, spec, carry, inputs, on_chunk=on_chunk)
+    else:
+        # The block does not change the bits: a run may resume with another.
+        described = {"batch": [f"{a.dtype}{list(a.shape)}" for a in example]}
+        carry, record = drivers.run_with_checkpoints(
+            checkpoint, run, spec, carry, inputs, chunk_size=source.block, on_chunk=on_chunk,
+            chunks=in_blocks, source={"stream": described})
+    steps_run = int(record.steps_run)
+    if steps is not None and steps_run < steps and not bool(carry.stop.stopped) \
+            and not asked_to_stop:
+        warnings.warn(f"the stream ended after {steps_run} of steps={steps} batches: fit "
+                      f"trained {steps_run} steps (result.steps_run; result.step="
+                      f"{int(carry.step)}). Pass steps=None to train until the stream ends.",
+                      UserWarning, stacklevel=_checks.caller_stacklevel())
+    return fit_result(carry, record)
+
+
+def _unless(value, default):
+    """``None`` for an option left at its default (a NumPy bool counts), else ``value``."""
+    same = type(value) in (type(default), np.bool_) and value == default
+    return None if same else value
+
+
+def _noting_stop(on_chunk, asked_to_stop, result):
+    """``on_chunk(result)``, noting in ``asked_to_stop`` when it ends the run."""
+    stop = on_chunk(result)
+    if stop is not None and np.ndim(stop) == 0 and bool(stop):
+        asked_to_stop.append(True)
+    return stop

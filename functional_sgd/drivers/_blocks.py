@@ -42,8 +42,12 @@ def stream(batches, *, block=256):
     CPU torch tensors: a torch ``DataLoader``, a generator, a grain loader),
     or one array. ``fit`` stacks ``block`` batches on the host, trains them
     in one compiled call, and reads the next block while that call runs.
-    ``steps=None`` trains until the iterable ends. Every batch must have the
-    first batch's shapes, or fewer rows: a short batch (the last one of a
+    ``steps=None`` trains until the iterable ends; a stream that ends before
+    ``steps`` batches trains what it held and warns (``result.steps_run``
+    and ``result.step`` say where it ended). ``replace``, ``drop_last`` and
+    ``fast_path`` are refused with a stream: its batches are its own. Every
+    batch must have at least one row and the first batch's shapes, or
+    fewer rows: a short batch (the last one of a
     ``DataLoader(drop_last=False)``) is taken as its real rows, as
     ``fit(drop_last=False)`` takes a short batch: the mean over them, so the
     loss must be a mean over rows.
@@ -60,8 +64,8 @@ def stream(batches, *, block=256):
     ``opt_state`` from the last result.
 
     An error while reading the stream (a batch of other shapes, the loader's
-    own error) after some blocks trained is raised with ``error.result``:
-    the result of the steps trained before it.
+    own error, a ``KeyboardInterrupt``) after some blocks trained is raised
+    with ``error.result``: the result of the steps trained before it.
 
     >>> import numpy as np, jax.numpy as jnp
     >>> import functional_sgd as fsgd
@@ -121,7 +125,7 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
 def _next_block(blocks, carry, records, spec, result):
     try:
         return next(blocks, None)
-    except Exception as error:
+    except (Exception, KeyboardInterrupt) as error:  # Ctrl-C while the stream reads too
         if records:
             done = sum(int(r.steps_run) for r in records)
             error.result = result(carry, join(records, done, spec.record_params, carry.params))

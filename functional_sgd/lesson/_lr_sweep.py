@@ -20,6 +20,7 @@ import numpy as np
 from ..core import fit
 from ..core._checks import check_data, check_indices
 from ..core._evaluate import check_eval_data, given_data
+from ..core._model import torch_as_arrays
 
 
 class LRSweep(NamedTuple):
@@ -100,6 +101,7 @@ def lr_sweep(loss, params, data=(), *, lrs, steps=None, batch_size=None, key=Non
     ((2, 2), [50, 100])
     """
     lrs = _check_lrs(lrs)
+    params = torch_as_arrays(params)  # as fit takes them; jit would refuse a tensor
     data, n = check_data(data, True)
     if indices is not None:
         check_indices(indices, n)
