@@ -243,3 +243,12 @@ def test_lr_sweep_takes_torch_params_as_fit_does():
                         steps=5)
     want = fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=lrs, steps=5)
     np.testing.assert_array_equal(np.asarray(got.final_loss), np.asarray(want.final_loss))
+
+
+def test_lr_that_rounds_away_warns_on_a_repeated_call_too():
+    # A call repeating an earlier one's JAX arrays skips its checks (the warm
+    # path): a tiny lr must still be probed there.
+    half = START.astype(jnp.float16), (X.astype(jnp.float16), Y.astype(jnp.float16))
+    fsgd.fit(fsgd.linear_mse, half[0], half[1], lr=0.1, steps=5)
+    with pytest.warns(UserWarning, match="changes no element"):
+        fsgd.fit(fsgd.linear_mse, half[0], half[1], lr=1e-5, steps=5)

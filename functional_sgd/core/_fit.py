@@ -17,6 +17,7 @@ mesh) that runs it.
 """
 
 import dataclasses
+import functools
 import itertools
 import warnings
 from functools import partial
@@ -233,7 +234,8 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
         warm = _warm.recall(warm_call)
         if warm is not None:
             lr = _checks.check_lr(lr, optimizer, None, params)
-            return warm.again(params, data, lr, key, indices, tol, patience, eval_data)
+            if not _tiny_lr_dtypes(lr, optimizer, params):  # else probed on the full path
+                return warm.again(params, data, lr, key, indices, tol, patience, eval_data)
     check_finite = _checks.check_bool(check_finite, "check_finite")
     params = _model.torch_as_arrays(params)
     data, structure, names = _checks.flatten_data(data)
@@ -298,6 +300,30 @@ def fit(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None
                                          chunk_size=chunk_size, on_chunk=on_chunk))
 
 
+LARGEST_EPS = float(jnp.finfo(jnp.bfloat16).eps)
+"""The widest spacing near 1 of any float dtype that trains: an lr at or above
+it moves every dtype's values (the usual case, decided without a walk)."""
+
+
+def _tiny_lr_dtypes(lr, optimizer, params):
+    """The float dtypes of ``params`` whose ``eps`` plain SGD's concrete
+    ``lr`` is below (an update there may round away), sorted; else ``[]``."""
+    if type(lr) is float and lr >= LARGEST_EPS:  # the usual case: ~0.1 us on a warm call
+        return []
+    if optimizer is not None or lr is None or not _checks.is_concrete(lr) \
+            or float(lr) >= LARGEST_EPS:
+        return []
+    leaves = (params,) if isinstance(params, jax.Array) else jax.tree.leaves(params)
+    dtypes = {a.dtype for a in leaves if hasattr(a, "dtype")}
+    return sorted(str(d) for d in dtypes if float(lr) < _eps(d))
+
+
+@functools.lru_cache(maxsize=16)
+def _eps(dtype):
+    """The spacing of ``dtype``'s values near 1 (0 for a dtype that does not train)."""
+    return float(jnp.finfo(dtype).eps) if _checks.is_inexact_dtype(dtype) else 0.0
+
+
 def _warn_if_lr_rounds_away(loop, spec, carry, inputs):
     """Warns when plain SGD's first update ``p - lr * g`` changes no element
     of the trainable params: an ``lr`` below the spacing of their dtype's
@@ -306,11 +332,8 @@ def _warn_if_lr_rounds_away(loop, spec, carry, inputs):
     ``lr`` below some trainable leaf's ``eps`` is probed: that takes one
     compiled step on the first batch."""
     lr = inputs.lr
-    if spec.optimizer is not None or not _checks.is_concrete(lr):
-        return
     trainable = spec.model.split(carry.params)[0]
-    dtypes = {np.dtype(a.dtype) for a in jax.tree.leaves(trainable) if hasattr(a, "dtype")}
-    small = [d for d in dtypes if _checks.is_inexact_dtype(d) and float(lr) < jnp.finfo(d).eps]
+    small = _tiny_lr_dtypes(lr, spec.optimizer, trainable)
     if not small or not all(map(_checks.is_concrete, jax.tree.leaves((carry, inputs)))):
         return
     first = dataclasses.replace(spec, steps=1, stop=_stop.StopRule(), record_params=False,
@@ -322,7 +345,7 @@ def _warn_if_lr_rounds_away(loop, spec, carry, inputs):
             jax.tree.leaves(trainable), jax.tree.leaves(spec.model.split(moved.params)[0]))):
         warnings.warn(
             f"lr={float(lr):g} is too small for params of dtype "
-            f"{', '.join(sorted(map(str, small)))}: the first update p - lr * g changes no "
+            f"{', '.join(small)}: the first update p - lr * g changes no "
             "element of the params (every |lr * g| is under half the spacing of the dtype's "
             "values near p), so the run trains nothing until the gradient grows. Pass a "
             "larger lr, or params of a wider dtype (e.g. float32).",
