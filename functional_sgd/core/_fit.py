@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import drivers
-from ..drivers._chunks import asks_to_stop
 from .. import speed as _speed  # fit's keyword `speed` is a plan
 from .._types import Inputs, fit_result
 from . import _batches, _checks, _evaluate, _model, _model_checks, _stop, _warm
@@ -569,6 +568,6 @@ def _unless(value, default):
 def _noting_stop(on_chunk, asked_to_stop, result):
     """``on_chunk(result)``, noting in ``asked_to_stop`` when it ends the run."""
     stop = on_chunk(result)
-    if asks_to_stop(stop):
+    if drivers.asks_to_stop(stop):
         asked_to_stop.append(True)
     return stop

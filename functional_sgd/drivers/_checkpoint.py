@@ -431,7 +431,7 @@ def saved_run(path):
     ``(0, None)`` when there is none yet, read from its header alone; whether
     it belongs to this run is checked when the run resumes from it. A path
     no checkpoint can be written to is refused here, before any step."""
-    _check_path(path)
+    check_path(path)
     if not os.path.exists(path):
         return 0, None
     try:
