@@ -45,7 +45,10 @@ def fit(loss, params, data=(), *, lr, steps=None, indices=None, optimizer=None,
 
     Returns:
       ``(params, losses)`` as NumPy: params in the structure given,
-      ``losses[t]`` the loss of step ``t``'s batch before its update.
+      ``losses[t]`` the loss of step ``t``'s batch before its update. A
+      dtype NumPy lacks (``torch.bfloat16``) comes back as ml_dtypes' (the
+      one JAX uses), with the same bits; without ml_dtypes such params are
+      refused before training.
 
     Raises:
       TypeError: an argument of the wrong type or dtype (bool or float
@@ -62,7 +65,7 @@ def fit(loss, params, data=(), *, lr, steps=None, indices=None, optimizer=None,
     ([3.0, 2.0], True)
     """
     _check_callable(loss, "loss", "a function loss(params, *batch) -> scalar tensor")
-    leaves, rebuild = _flatten(params)
+    leaves, names, rebuild = _flatten(params)
     n = _check_data(data)
     lr = _check_lr(lr)
     if not isinstance(drop_last, (bool, np.bool_)):
@@ -80,6 +83,8 @@ def fit(loss, params, data=(), *, lr, steps=None, indices=None, optimizer=None,
 
     # 1. initialize: trainable copies of the caller's params.
     leaves = [torch.nn.Parameter(_tensor(p, device).clone()) for p in leaves]
+    for p, name in zip(leaves, names):  # before training, not after
+        _numpy_dtype(p.dtype, name)
     model_params = rebuild(leaves)
     opt = None if optimizer is None else _check_built(optimizer(leaves, lr=lr))
 
@@ -100,8 +105,37 @@ def fit(loss, params, data=(), *, lr, steps=None, indices=None, optimizer=None,
             opt.step()
             opt.zero_grad()
     # 7. stop: after `steps` updates, as the lesson does.
-    out = rebuild([p.detach().cpu().numpy() for p in leaves])
-    return out, torch.stack(losses).cpu().numpy()
+    out = rebuild([_numpy(p.detach()) for p in leaves])
+    return out, _numpy(torch.stack(losses))
+
+
+def _numpy(tensor):
+    """``tensor`` as a NumPy array of the same bits; a dtype NumPy lacks
+    (``torch.bfloat16``) as ml_dtypes' (which JAX uses too)."""
+    tensor = tensor.cpu()
+    try:
+        return tensor.numpy()
+    except TypeError:  # checked before training: ml_dtypes holds it
+        bits = {1: torch.uint8, 2: torch.int16}[tensor.element_size()]
+        return tensor.view(bits).numpy().view(_numpy_dtype(tensor.dtype, "the result"))
+
+
+def _numpy_dtype(torch_dtype, name):
+    """The NumPy dtype that holds ``torch_dtype``'s values, or a TypeError
+    saying how to convert ``name``: raised before training, not after it."""
+    try:
+        return torch.empty((), dtype=torch_dtype).numpy().dtype
+    except TypeError:
+        pass
+    kind = str(torch_dtype).removeprefix("torch.")
+    try:
+        import ml_dtypes  # JAX's own 16- and 8-bit floats: installed with JAX
+        return np.dtype(getattr(ml_dtypes, kind))
+    except (ImportError, AttributeError):
+        raise TypeError(f"{name} has dtype {torch_dtype}, which neither NumPy nor ml_dtypes "
+                        "(if installed) can hold, and fit returns NumPy arrays: pass float32 "
+                        "params, e.g. tensor.float().") from None
+
 
 
 def _tensor(a, device):
@@ -120,8 +154,9 @@ def _device(data, device):
 
 
 def _flatten(params):
-    """Leaves of a tensor, an array or a flat tuple/list/dict of them, and how
-    to rebuild it; every leaf checked to be a float, something torch can train."""
+    """Leaves of a tensor, an array or a flat tuple/list/dict of them, their
+    names for messages, and how to rebuild it; every leaf checked to be a
+    float, something torch can train."""
     if isinstance(params, dict):
         keys = list(params)
         leaves, names = [params[k] for k in keys], [f"params[{k!r}]" for k in keys]
@@ -139,7 +174,7 @@ def _flatten(params):
         raise ValueError(f"params is an empty {type(params).__name__}: nothing to train.")
     for leaf, name in zip(leaves, names):
         _check_leaf(leaf, name)
-    return leaves, rebuild
+    return leaves, names, rebuild
 
 
 # Checks, in plain Python before the loop: each names the argument, what it

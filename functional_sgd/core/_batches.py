@@ -296,6 +296,9 @@ def sample_indices(key: Key, n: int, steps: int, batch_size: int, *, replace: bo
     """
     _checks.check_key(key, "key")
     n = _checks.check_int(n, "n", minimum=1)
+    if n > MAX_ROWS:
+        raise ValueError(f"n must be at most 2**31 - 1 = {MAX_ROWS} (rows are numbered in "
+                         f"int32); got {n}. Draw rows of a smaller range, or split the data.")
     steps = _checks.check_int(steps, "steps", minimum=1, maximum=_checks.MAX_STEP)
     batch_size = _checks.check_int(batch_size, "batch_size", minimum=1)
     if batch_size > n:
@@ -305,8 +308,28 @@ def sample_indices(key: Key, n: int, steps: int, batch_size: int, *, replace: bo
     drop_last = _checks.check_bool(drop_last, "drop_last")
     if replace and not drop_last:
         raise ValueError(_NO_EPOCHS)
+    _check_schedule_fits(steps, batch_size)
     return _schedule(key, start, n=n, steps=steps, batch_size=batch_size,
                      replace=replace, drop_last=drop_last or n % batch_size == 0)
+
+
+MAX_ROWS = 2**31 - 1
+"""Rows are numbered in int32 (as JAX indexes by default)."""
+
+
+def _check_schedule_fits(steps, batch_size):
+    """Refuses, before drawing it, a schedule of more int32 indices than half
+    this machine's memory holds."""
+    needed = steps * batch_size * np.dtype(np.int32).itemsize
+    available = _checks._memory_bytes()
+    if needed > available / 2:
+        raise ValueError(
+            f"sample_indices would return steps * batch_size = {steps} * {batch_size} int32 "
+            f"indices ({needed / 2**30:.1f} GiB), more than half this machine's memory "
+            f"({available / 2**30:.1f} GiB). Draw fewer steps at a time: the rows of step t "
+            "depend only on (key, t), so consecutive calls with start=0, start=k, ... give "
+            "the same rows as one call (fit(key=..., batch_size=...) draws them a chunk "
+            "at a time).")
 
 
 def chunk_steps(n, steps, batch_size, replace, budget):
@@ -331,8 +354,9 @@ def _schedule(key, start, *, n, steps, batch_size, replace, drop_last=True):
         return jax.vmap(draw)(step_ids)
     per_epoch = n // batch_size if drop_last else -(-n // batch_size)
     epochs = step_ids // per_epoch
-    positions = ((step_ids % per_epoch)[:, None] * batch_size
-                 + jnp.arange(batch_size, dtype=jnp.int32)[None, :])
+    # Positions reach n + batch_size - 2, past int32 when n is near 2**31: uint32.
+    positions = ((step_ids % per_epoch).astype(jnp.uint32)[:, None] * jnp.uint32(batch_size)
+                 + jnp.arange(batch_size, dtype=jnp.uint32)[None, :])
     round_keys = jax.vmap(lambda e: jax.random.bits(
         jax.random.fold_in(key, e), (FEISTEL_ROUNDS,), jnp.uint32))(epochs)
     # Step by step (lax.map), so each step's cycle-walk ends with its own rows,

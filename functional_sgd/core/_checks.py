@@ -60,21 +60,25 @@ def check_start(start, steps=0, name="start"):
     """A global step index ``>= 0`` whose run of ``steps`` stays countable in int32."""
     if not is_concrete(start):
         return
-    if isinstance(start, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an int; got {start!r}.")
-    if isinstance(start, numbers.Integral):
-        value = int(start)
-    else:
-        array = np.asarray(start)
-        if array.shape != () or not np.issubdtype(array.dtype, np.integer):
-            raise TypeError(f"{name} must be an integer scalar; got {start!r}.")
-        value = int(array)
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0; got {value}.")
+    value = check_integer_scalar(start, name, minimum=0)
     if value + steps > MAX_STEP:
         raise ValueError(f"{name}={value} plus steps={steps} passes {MAX_STEP}, the last "
                          "step an int32 counter can number; start the count again from 0 "
                          "(with a new key, so the batches differ).")
+
+
+def check_integer_scalar(value, name, *, minimum, maximum=None):
+    """A traced count given concretely: an int, or an integer scalar of any
+    int dtype (``np.int16(3)``, ``jnp.int32(3)``, a 0-d array); as an int."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int; got {value!r}.")
+    if not isinstance(value, numbers.Integral):
+        array = np.asarray(value) if hasattr(value, "dtype") else None
+        if array is None or array.shape != () or not np.issubdtype(array.dtype, np.integer):
+            raise TypeError(f"{name} must be an integer scalar (an int, or a 0-d array of an "
+                            f"int dtype); got {value!r}.")
+        value = array
+    return check_int(int(value), name, minimum=minimum, maximum=maximum)
 
 
 def check_bool(value, name):
@@ -88,8 +92,7 @@ def check_real(value, name):
     if not is_concrete(value):
         return
     array = np.asarray(value) if not isinstance(value, (bool, np.bool_)) else None
-    if array is None or array.shape != () or not (
-            np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+    if array is None or array.shape != () or not is_real_dtype(array.dtype):
         raise TypeError(f"{name} must be a real number; got {value!r}.")
     if not math.isfinite(float(array)):
         raise ValueError(f"{name} must be a finite number; got {value}.")
@@ -100,6 +103,12 @@ def holds_host_arrays(tree):
     one in place, so the compiled call, which returns before it has run,
     would see what the caller writes into it after ``fit`` returned."""
     return any(isinstance(leaf, np.ndarray) for leaf in jax.tree.leaves(tree))
+
+
+def is_real_dtype(dtype):
+    """An integer or real float dtype, the 16-bit floats included (NumPy's
+    ``issubdtype(bfloat16, np.floating)`` is false: it is ml_dtypes')."""
+    return bool(jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating))
 
 
 def check_no_chunk_options(on_chunk, checkpoint):
@@ -148,8 +157,7 @@ def check_lr(lr, optimizer, opt_state=None, params=()):
             _check_lr_representable(lr, params)
     elif is_concrete(lr):
         array = np.asarray(lr)
-        if array.shape != () or isinstance(lr, (bool, np.bool_)) or not (
-                np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        if array.shape != () or isinstance(lr, (bool, np.bool_)) or not is_real_dtype(array.dtype):
             raise TypeError(f"lr must be a real scalar; got {lr!r}.")
         value = float(array)
         if not math.isfinite(value) or value <= 0:

@@ -143,9 +143,9 @@ def watch(rule, state, value, *, tol, patience):
     waited = jnp.where(improved, 0, state.waited + 1)
     stopped = state.stopped
     if rule.tol:
-        stopped |= value <= tol
+        stopped |= value <= jnp.asarray(tol, value.dtype)
     if rule.patience:
-        stopped |= waited >= patience
+        stopped |= waited >= jnp.asarray(patience, waited.dtype)
     return StopState(best, waited, stopped), improved
 
 

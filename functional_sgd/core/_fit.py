@@ -17,10 +17,13 @@ mesh) that runs it.
 """
 
 import dataclasses
+import functools
 import itertools
+import warnings
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .. import drivers
@@ -58,8 +61,13 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
                            checkpoint=checkpoint, speed=speed,
                            unused=dict(batch_size=batch_size, key=key, indices=indices,
                                        chunk_size=chunk_size, mesh=mesh, rng=rng, state=state,
-                                       has_aux=has_aux or None, trainable=trainable))
+                                       has_aux=has_aux or None, trainable=trainable,
+                                       replace=_unless(replace, True),
+                                       drop_last=_unless(drop_last, True),
+                                       fast_path=_unless(fast_path, "auto")))
     given = (params, opt_state, state, indices, eval_data, key, rng, lr, tol, patience)
+    check_finite = _checks.check_bool(check_finite, "check_finite")
+    params = _model.torch_as_arrays(params)
     data, structure, names = _checks.flatten_data(data)
     given += (data,)  # torch tensors are NumPy views from here on
     read_on_host = _checks.read_on_host(data, batch_size, indices)
@@ -105,6 +113,8 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
     result = fit_result if model.plain else _model.result  # the latter unwraps params
     if evaluation is not None and evaluation.restore_best:
         result = partial(_restored, result)
+    if not read_on_host:
+        _warn_if_lr_rounds_away(loop, spec, carry, inputs)
     if read_on_host:  # chunks read on the host, of a size chosen here unless given
         chunk_size = chunk_size or _host_block(spec.batches.batch_size, data)
     if chunk_size is None:
@@ -160,6 +170,58 @@ def _outputs(steps, loss_out, aux, trajectory_of, evaluated):
     return outputs
 
 
+LARGEST_EPS = float(jnp.finfo(jnp.bfloat16).eps)
+"""The widest spacing near 1 of any float dtype that trains: an lr at or above
+it moves every dtype's values (the usual case, decided without a walk)."""
+
+
+def tiny_lr_dtypes(lr, optimizer, params):
+    """The float dtypes of ``params`` whose ``eps`` plain SGD's concrete
+    ``lr`` is below (an update there may round away), sorted; else ``[]``."""
+    if type(lr) is float and lr >= LARGEST_EPS:  # the usual case: ~0.1 us on a warm call
+        return []
+    if optimizer is not None or lr is None or not _checks.is_concrete(lr) \
+            or float(lr) >= LARGEST_EPS:
+        return []
+    leaves = (params,) if isinstance(params, jax.Array) else jax.tree.leaves(params)
+    dtypes = {a.dtype for a in leaves if hasattr(a, "dtype")}
+    return sorted(str(d) for d in dtypes if float(lr) < _eps(d))
+
+
+@functools.lru_cache(maxsize=16)
+def _eps(dtype):
+    """The spacing of ``dtype``'s values near 1 (0 for a dtype that does not train)."""
+    return float(jnp.finfo(dtype).eps) if _checks.is_inexact_dtype(dtype) else 0.0
+
+
+def _warn_if_lr_rounds_away(loop, spec, carry, inputs):
+    """Warns when plain SGD's first update ``p - lr * g`` changes no element
+    of the trainable params: an ``lr`` below the spacing of their dtype's
+    values (float16 params at ``lr=1e-5``), where every update rounds away.
+    It may not stay so (the gradient may grow), hence a warning. Only an
+    ``lr`` below some trainable leaf's ``eps`` is probed: that takes one
+    compiled step on the first batch."""
+    lr = inputs.lr
+    trainable = spec.model.split(carry.params)[0]
+    small = tiny_lr_dtypes(lr, spec.optimizer, trainable)
+    if not small or not all(map(_checks.is_concrete, jax.tree.leaves((carry, inputs)))):
+        return
+    first = dataclasses.replace(spec, steps=1, stop=_stop.StopRule(), record_params=False,
+                                evaluation=None)
+    first_inputs = inputs if inputs.indices is None else inputs._replace(
+        indices=inputs.indices[:1])
+    moved, _ = loop(first, carry._replace(best=None), first_inputs)
+    if all(bool((a == b).all()) for a, b in zip(
+            jax.tree.leaves(trainable), jax.tree.leaves(spec.model.split(moved.params)[0]))):
+        warnings.warn(
+            f"lr={float(lr):g} is too small for params of dtype "
+            f"{', '.join(small)}: the first update p - lr * g changes no "
+            "element of the params (every |lr * g| is under half the spacing of the dtype's "
+            "values near p), so the run trains nothing until the gradient grows. Pass a "
+            "larger lr, or params of a wider dtype (e.g. float32).",
+            UserWarning, stacklevel=_checks.caller_stacklevel())
+
+
 def _restored(result, carry, record):
     """``result`` of a run with ``restore_best`` (see ``_evaluate.restored``)."""
     return result(_evaluate.restored(carry), record)
@@ -211,11 +273,14 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
     given = [name for name, value in unused.items() if value is not None]
     if given:
         raise ValueError(f"with a stream as data, {', '.join(given)} cannot be used: the "
-                         "stream decides the batches (chunk_size: its block does), and a "
-                         "stream trains a plain model on one device for now (no rng, state, "
-                         "has_aux, trainable or mesh).")
+                         "stream decides the batches, their order and their length (replace, "
+                         "drop_last; chunk_size: its block does), the moments of fast_path "
+                         "need all the data at once, and a stream trains a plain model on "
+                         "one device for now (no rng, state, has_aux, trainable or mesh).")
     if steps is not None:
         steps = _checks.check_int(steps, "steps", minimum=1, maximum=_checks.MAX_STEP)
+    check_finite = _checks.check_bool(check_finite, "check_finite")
+    params = _model.torch_as_arrays(params)
     lr, lr_schedule = _rate(_checks.check_lr(lr, optimizer, opt_state, params))
     _checks.check_start(start_step, steps or 0, name="start_step")
     stop = _stop.choose(tol, patience)
@@ -252,10 +317,36 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
             blocks = itertools.chain([first], blocks)
         return drivers.run_in_blocks(run, spec, carry, inputs, blocks, on_chunk=on_chunk)
 
+    asked_to_stop = []  # whether on_chunk ended the run, not the stream
+    if on_chunk is not None:
+        on_chunk = partial(_noting_stop, on_chunk, asked_to_stop)
     if checkpoint is None:
-        return fit_result(*in_blocks(run, spec, carry, inputs, on_chunk=on_chunk))
-    # The block does not change the bits: a run may resume with another.
-    described = {"batch": [f"{a.dtype}{list(a.shape)}" for a in example]}
-    return fit_result(*drivers.run_with_checkpoints(
-        checkpoint, run, spec, carry, inputs, chunk_size=source.block, on_chunk=on_chunk,
-        chunks=in_blocks, source={"stream": described}))
+        carry, record = in_blocks(run, spec, carry, inputs, on_chunk=on_chunk)
+    else:
+        # The block does not change the bits: a run may resume with another.
+        described = {"batch": [f"{a.dtype}{list(a.shape)}" for a in example]}
+        carry, record = drivers.run_with_checkpoints(
+            checkpoint, run, spec, carry, inputs, chunk_size=source.block, on_chunk=on_chunk,
+            chunks=in_blocks, source={"stream": described})
+    steps_run = int(record.steps_run)
+    if steps is not None and steps_run < steps and not bool(carry.stop.stopped) \
+            and not asked_to_stop:
+        warnings.warn(f"the stream ended after {steps_run} of steps={steps} batches: fit "
+                      f"trained {steps_run} steps (result.steps_run; result.step="
+                      f"{int(carry.step)}). Pass steps=None to train until the stream ends.",
+                      UserWarning, stacklevel=_checks.caller_stacklevel())
+    return fit_result(carry, record)
+
+
+def _unless(value, default):
+    """``None`` for an option left at its default (a NumPy bool counts), else ``value``."""
+    same = type(value) in (type(default), np.bool_) and value == default
+    return None if same else value
+
+
+def _noting_stop(on_chunk, asked_to_stop, result):
+    """``on_chunk(result)``, noting in ``asked_to_stop`` when it ends the run."""
+    stop = on_chunk(result)
+    if drivers.asks_to_stop(stop):
+        asked_to_stop.append(True)
+    return stop

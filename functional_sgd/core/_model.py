@@ -52,6 +52,7 @@ import jax
 import numpy as np
 
 from .._types import fit_result
+from ..drivers import as_host_array
 from . import _checks, _flax_nnx
 
 
@@ -111,6 +112,24 @@ def is_array(x):
     """Whether ``x`` is a value ``jit`` traces: an array, a NumPy scalar or a
     Python float or complex (Python ints and bools stay compile-time)."""
     return isinstance(x, (jax.Array, np.ndarray, np.generic, float, complex))
+
+
+def torch_as_arrays(params):
+    """``params`` with each CPU torch tensor among its leaves as a NumPy copy
+    (read as data is, then copied: the tensor stays the caller's, and JAX
+    may read a NumPy input in place); everything else as it is."""
+    if isinstance(params, (jax.Array, np.ndarray)):
+        return params  # the usual case, without a walk
+    if not any(map(_is_torch, jax.tree.leaves(params))):
+        return params
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    return treedef.unflatten([
+        np.array(as_host_array(a, "params" + jax.tree_util.keystr(path))) if _is_torch(a)
+        else a for path, a in leaves])
+
+
+def _is_torch(a):
+    return type(a).__module__.startswith("torch")  # torch is never imported here
 
 
 def _is_float(x):

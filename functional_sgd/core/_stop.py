@@ -49,10 +49,10 @@ class StopRule:
         best = jnp.where(improved, value, state.best)
         waited = jnp.where(improved, 0, state.waited + 1)
         stopped = ~jnp.isfinite(value)
-        if self.tol:
-            stopped |= value <= tol
+        if self.tol:  # compared in the loss's dtype, as lr acts in the params'
+            stopped |= value <= jnp.asarray(tol, value.dtype)
         if self.patience:
-            stopped |= waited >= patience
+            stopped |= waited >= jnp.asarray(patience, waited.dtype)
         return StopState(best, waited, stopped)
 
 
@@ -69,7 +69,7 @@ def choose(tol, patience):
     if tol is not None and _checks.is_concrete(tol):
         _checks.check_real(tol, "tol")
     if patience is not None and _checks.is_concrete(patience):
-        _checks.check_int(patience, "patience", minimum=1)
+        _checks.check_integer_scalar(patience, "patience", minimum=1, maximum=_checks.MAX_STEP)
     return _RULES[tol is not None, patience is not None]
 
 

@@ -21,6 +21,7 @@ from .._types import FitResult
 from . import _checks, _warm
 from ._evaluate import HeldOutLoss
 from ._fit import run_keywords
+from ._fit import tiny_lr_dtypes
 from ._options import Evaluation, Model, Run, Sampled, Schedule, Shuffled, Stop
 
 Loss = Callable[..., Any]
@@ -280,8 +281,9 @@ def train(memory: _warm.Memory, spec: Spec, params: Any, data: Any, lr: Any,
                 drop_last=not isinstance(spec.rows, Schedule) or not spec.rows.padded,
                 padded=warm.again.spec.batches.padded):
             lr = _checks.check_lr(lr, spec.optimizer, None, params)
-            result: FitResult = warm.again(params, data, lr, key, *_traced(spec))
-            return result
+            if not tiny_lr_dtypes(lr, spec.optimizer, params):  # else probed on the full path
+                result: FitResult = warm.again(params, data, lr, key, *_traced(spec))
+                return result
     check_spec(spec)  # a call not remembered yet is checked, whatever its key
     result = run_keywords(spec.loss, params, data, lr=lr, key=key, **keywords(spec, data),
                           memory=memory, warm_call=call)

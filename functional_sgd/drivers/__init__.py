@@ -14,6 +14,7 @@ from ._blocks import stream_blocks as stream_blocks
 from ._checkpoint import run_with_checkpoints as run_with_checkpoints
 from ._checkpoint import saved_run as saved_run
 from ._chunks import DIVERGED_GROWTH as DIVERGED_GROWTH
+from ._chunks import asks_to_stop as asks_to_stop
 from ._chunks import diverged as diverged
 from ._chunks import run_in_chunks as run_in_chunks
 from ._fingerprint import describe as describe

@@ -55,8 +55,12 @@ def stream(batches: Iterable[Any] | Callable[[int], Iterable[Any]], *,
     in one compiled call, and reads the next block while that call runs.
     Each batch is copied as it is taken, before the next is asked for, so a
     loader may reuse its buffers for the next batch (as a for loop allows).
-    ``steps=None`` trains until the iterable ends. Every batch must have the
-    first batch's shapes, or fewer rows: a short batch (the last one of a
+    ``steps=None`` trains until the iterable ends; a stream that ends before
+    ``steps`` batches trains what it held and warns (``result.steps_run``
+    and ``result.step`` say where it ended). ``replace``, ``drop_last`` and
+    ``fast_path`` are refused with a stream: its batches are its own. Every
+    batch must have at least one row and the first batch's shapes, or
+    fewer rows: a short batch (the last one of a
     ``DataLoader(drop_last=False)``) is taken as its real rows, as
     ``fit(rows=Shuffled(drop_last=False))`` takes a short batch: the mean over
     them, so the loss must be a mean over rows.
@@ -73,8 +77,8 @@ def stream(batches: Iterable[Any] | Callable[[int], Iterable[Any]], *,
     ``opt_state`` from the last result.
 
     An error while reading the stream (a batch of other shapes, the loader's
-    own error) after some blocks trained is raised with ``error.result``:
-    the result of the steps trained before it.
+    own error, a ``KeyboardInterrupt``) after some blocks trained is raised
+    with ``error.result``: the result of the steps trained before it.
 
     >>> import numpy as np, jax.numpy as jnp
     >>> import functional_sgd as fsgd
@@ -135,7 +139,7 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
 def _next_block(blocks, carry, records, spec, result):
     try:
         return next(blocks, None)
-    except Exception as error:
+    except (Exception, KeyboardInterrupt) as error:  # Ctrl-C while the stream reads too
         if records:
             done = sum(int(r.steps_run) for r in records)
             error.result = result(carry, join(records, done, spec.record_params, carry.params))
@@ -278,6 +282,8 @@ def _padded(group, first, taken):
     for i, batch in enumerate(group):
         fits = _shapes(batch, 1) == _shapes(first, 1) and all(a.ndim for a in batch)
         lengths = {a.shape[0] for a in batch} if fits else set()
+        if lengths == {0}:
+            raise _no_rows(taken + i, batch)
         if len(lengths) != 1 or not 0 < lengths.pop() <= rows:
             raise ValueError(
                 f"batch {taken + i} of the stream has {_shapes(batch)}, the first had "
@@ -286,6 +292,12 @@ def _padded(group, first, taken):
     real = np.stack([np.arange(rows) < batch[0].shape[0] for batch in group])
     filled = [tuple(_fill(a, rows) for a in batch) for batch in group]
     return (real,) + tuple(np.stack(arrays) for arrays in zip(*filled)), True
+
+
+def _no_rows(number, batch):
+    return ValueError(f"batch {number} of the stream has no rows ({_shapes(batch)}): a step "
+                      "needs at least one row. Drop empty batches from the stream, e.g. "
+                      "(b for b in batches if len(b[0])).")
 
 
 def _fill(a, rows):
@@ -334,6 +346,8 @@ def first_batch(batches, saved=None):
             "fit takes any pytree of arrays.")
     parts = tuple(as_host_array(a, f"batch 0[{i}]")
                   for i, a in enumerate(_as_tuple(batch, 0)))
+    if any(a.ndim and a.shape[0] == 0 for a in parts):
+        raise _no_rows(0, parts)
     return parts, itertools.chain([parts], iterator)  # batch 0 as host arrays: read once
 
 

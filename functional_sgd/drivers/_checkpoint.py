@@ -157,6 +157,10 @@ def check_path(path, name="checkpoint", *, existing=False):
     if os.path.isdir(path):
         raise ValueError(f"{name} {path!r} is a folder; name a file in it, e.g. "
                          f"{os.path.join(path, 'run.npz')!r}.")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(f"{name} {path!r} is not a regular file (a device, a pipe or a "
+                         "socket): a checkpoint is a file that fit writes anew after every "
+                         "chunk and reads back to resume. Name a regular file, e.g. 'run.npz'.")
     if existing:
         if not os.path.exists(path):
             raise ValueError(f"{name} {path!r} does not exist; pass a file that was written.")
@@ -425,7 +429,9 @@ _MAX_STEPS = 2**31 - 1
 def saved_run(path):
     """``(steps done, the run's fingerprint)`` of a checkpoint at ``path``,
     ``(0, None)`` when there is none yet, read from its header alone; whether
-    it belongs to this run is checked when the run resumes from it."""
+    it belongs to this run is checked when the run resumes from it. A path
+    no checkpoint can be written to is refused here, before any step."""
+    check_path(path)
     if not os.path.exists(path):
         return 0, None
     try:

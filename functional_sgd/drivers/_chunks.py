@@ -141,7 +141,9 @@ def diverged(losses, xp=np):
     >>> diverged(np.array([2.0, 1e10, 3e15, np.inf, 1.0])).tolist()
     [False, False, True, True, False]
     """
-    scale = DIVERGED_GROWTH * xp.maximum(xp.abs(losses[:1]), 1)
+    # In float16, 1e15 is past the largest value: capped there, no finite loss passes it.
+    growth = min(DIVERGED_GROWTH, float(xp.finfo(losses.dtype).max))
+    scale = growth * xp.maximum(xp.abs(losses[:1]), 1)
     return ~xp.isfinite(losses) | (xp.abs(losses) > scale)
 
 

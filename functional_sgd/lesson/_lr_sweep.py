@@ -21,6 +21,7 @@ from ..core import Evaluation, Run, Sampled, Schedule, Shuffled, Trainer
 from ..core._checks import check_data, check_indices, check_outputs_fit, holds_host_arrays
 from ..core._evaluate import check_eval_data
 from ..core._trainer import Spec, check_spec, refuse_moved
+from ..core._model import torch_as_arrays
 
 
 class LRSweep(NamedTuple):
@@ -105,6 +106,7 @@ def lr_sweep(loss: Callable[..., Any], params: Any, data: Any = (), *, lrs: Any,
     ((2, 2), [50, 100])
     """
     lrs = _check_lrs(lrs)
+    params = torch_as_arrays(params)  # as fit takes them; jit would refuse a tensor
     data, n = check_data(data, True)
     check_spec(Spec(loss, optimizer, steps, epochs, batch_size, rows, None, evaluation))
     indices = None
@@ -230,7 +232,7 @@ def _check_lrs(lrs):
             "schedule step -> rate. A sweep runs each rate as a constant: pass "
             "lrs=jnp.logspace(-3, 0.5, 64), and give the chosen rate's schedule to fit(lr=...).")
     array = np.asarray(lrs)
-    if array.ndim != 1 or array.shape[0] < 2 or not np.issubdtype(array.dtype, np.floating):
+    if array.ndim != 1 or array.shape[0] < 2 or not jnp.issubdtype(array.dtype, jnp.floating):
         raise ValueError(
             "lrs must be a 1-D float array of at least 2 learning rates, e.g. "
             f"jnp.logspace(-3, 0.5, 64); got {array.dtype} of shape {array.shape}.")

@@ -12,6 +12,8 @@ step needs a loss that is a mean over its rows: ``"auto"`` takes it only for
 
 import dataclasses
 
+import numpy as np
+
 from . import _layout, _moments, _one_pass
 
 
@@ -70,12 +72,9 @@ class SpeedPlan:
     row_block_bytes: int = _one_pass.ROW_BLOCK_BYTES
 
     def __post_init__(self):
-        if self.exact_moments not in ("auto", True, False):
-            raise ValueError('exact_moments (fast_path) must be "auto", True or False; '
-                             f"got {self.exact_moments!r}.")
-        if self.one_pass not in ("auto", True, False):
-            raise ValueError(f'SpeedPlan.one_pass must be "auto", True or False; '
-                             f"got {self.one_pass!r}.")
+        for name in ("exact_moments", "one_pass"):
+            object.__setattr__(self, name, auto_or_bool(getattr(self, name),
+                                                        f"SpeedPlan.{name}"))
         if isinstance(self.row_block_bytes, bool) or not isinstance(self.row_block_bytes, int) \
                 or self.row_block_bytes < 1:
             raise ValueError(f"SpeedPlan.row_block_bytes must be an int >= 1; "
@@ -85,6 +84,16 @@ class SpeedPlan:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"SpeedPlan.{name} must be an int >= 0; got {value!r}.")
+
+
+def auto_or_bool(value, name):
+    """``"auto"``, or a bool (Python's or NumPy's) as Python's; anything else
+    (``1``, ``"yes"``, ``None``) refused, not taken for true or false."""
+    if isinstance(value, str) and value == "auto":
+        return "auto"
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f'{name} must be "auto", True or False; got {value!r}.')
 
 
 CPU_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
@@ -137,8 +146,7 @@ def decide(plan, fast_path, *, exact_mse, params, data, full_batch, steps, mesh=
     elif not isinstance(plan, SpeedPlan):
         raise TypeError(f"speed must be a functional_sgd.speed.SpeedPlan; got "
                         f"{type(plan).__name__}.")
-    if fast_path not in ("auto", True, False):
-        raise ValueError(f'fast_path must be "auto", True or False; got {fast_path!r}.')
+    fast_path = auto_or_bool(fast_path, "fast_path")
     use_moments = _use_moments(plan, fast_path, exact_mse, params, data, full_batch, steps,
                                mesh)
     use_one_pass = not use_moments and _use_one_pass(plan, exact_mse, plain_model, data,
