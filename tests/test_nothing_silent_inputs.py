@@ -53,10 +53,10 @@ START = jnp.array(fsgd.LESSON_START)
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_lr_and_tol_of_16_bit_floats_are_real_scalars(dtype):
     lr, tol = dtype(0.1), dtype(0.01)
-    got = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=lr, tol=tol, steps=50)
+    got = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=lr, stop=fsgd.Stop(tol=tol), steps=50)
     # The same rates as Python floats: sgd_update casts lr to the params'
     # float32, where every 16-bit value is exact, so the bits agree.
-    want = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=float(lr), tol=float(tol), steps=50)
+    want = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=float(lr), stop=fsgd.Stop(tol=float(tol)), steps=50)
     np.testing.assert_array_equal(np.asarray(got.params), np.asarray(want.params))
     assert int(got.steps_run) == int(want.steps_run)
 
@@ -77,8 +77,8 @@ def _stalls(p):
 @pytest.mark.parametrize("patience", [jnp.int32(3), np.int16(3), np.array(3, np.uint8),
                                       jnp.array(3, jnp.int8)])
 def test_patience_takes_integer_scalars_of_any_int_dtype(patience):
-    got = fsgd.fit(_stalls, jnp.float32(0.0), lr=0.5, steps=50, patience=patience)
-    want = fsgd.fit(_stalls, jnp.float32(0.0), lr=0.5, steps=50, patience=3)
+    got = fsgd.fit(_stalls, jnp.float32(0.0), lr=0.5, steps=50, stop=fsgd.Stop(patience=patience))
+    want = fsgd.fit(_stalls, jnp.float32(0.0), lr=0.5, steps=50, stop=fsgd.Stop(patience=3))
     assert int(got.steps_run) == int(want.steps_run) < 50
 
 
@@ -87,7 +87,7 @@ def test_patience_takes_integer_scalars_of_any_int_dtype(patience):
     (jnp.int32(0), ValueError), (2**31, ValueError)])
 def test_patience_refuses_what_is_not_a_positive_int32_count(patience, error):
     with pytest.raises(error, match=r"patience must .*; got"):
-        fsgd.fit(_stalls, jnp.float32(1.0), lr=0.1, steps=5, patience=patience)
+        fsgd.fit(_stalls, jnp.float32(1.0), lr=0.1, steps=5, stop=fsgd.Stop(patience=patience))
 
 
 # Item 17: a checkpoint path that is not a regular file is refused as such.
@@ -95,10 +95,9 @@ def test_patience_refuses_what_is_not_a_positive_int32_count(patience, error):
 @pytest.mark.parametrize("stream", [False, True])
 def test_checkpoint_that_is_not_a_regular_file_is_refused_before_any_step(stream):
     data = fsgd.stream([(np.asarray(X), np.asarray(Y))]) if stream else (X, Y)
-    chunks = {} if stream else {"chunk_size": 2}
+    chunks = {} if stream else {"run": fsgd.Run(chunk_size=2)}
     with pytest.raises(ValueError, match=r"checkpoint '/dev/null' is not a regular file"):
-        fsgd.fit(fsgd.linear_mse, START, data, lr=0.1, steps=4, checkpoint="/dev/null",
-                 on_chunk=_no_chunk_expected, **chunks)
+        fsgd.fit(fsgd.linear_mse, START, data, lr=0.1, steps=4, run=fsgd.Run(on_chunk=_no_chunk_expected, checkpoint="/dev/null"), **chunks)
 
 
 def _no_chunk_expected(result):
@@ -149,12 +148,11 @@ def test_boolean_options_refuse_what_is_not_a_bool(option, value):
 @pytest.mark.parametrize("value", [1, 0, "yes", None, 1.0])
 def test_fast_path_refuses_what_is_not_auto_true_or_false(value):
     with pytest.raises(ValueError, match=f'fast_path must be "auto", True or False; got {value!r}'):
-        fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=5, fast_path=value)
+        fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=5, run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=value)))
 
 
 def test_numpy_bools_are_bools():
-    got = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=5, check_finite=np.True_,
-                   fast_path=np.False_, record_params=np.False_)
+    got = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=5, run=fsgd.Run(record_params=np.False_, check_finite=np.True_, speed=fsgd.speed.SpeedPlan(exact_moments=np.False_)))
     want = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=5)
     np.testing.assert_array_equal(np.asarray(got.params), np.asarray(want.params))
 
