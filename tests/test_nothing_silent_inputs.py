@@ -95,9 +95,10 @@ def test_patience_refuses_what_is_not_a_positive_int32_count(patience, error):
 @pytest.mark.parametrize("stream", [False, True])
 def test_checkpoint_that_is_not_a_regular_file_is_refused_before_any_step(stream):
     data = fsgd.stream([(np.asarray(X), np.asarray(Y))]) if stream else (X, Y)
-    chunks = {} if stream else {"run": fsgd.Run(chunk_size=2)}
+    run = fsgd.Run(chunk_size=None if stream else 2, on_chunk=_no_chunk_expected,
+                   checkpoint="/dev/null")
     with pytest.raises(ValueError, match=r"checkpoint '/dev/null' is not a regular file"):
-        fsgd.fit(fsgd.linear_mse, START, data, lr=0.1, steps=4, run=fsgd.Run(on_chunk=_no_chunk_expected, checkpoint="/dev/null"), **chunks)
+        fsgd.fit(fsgd.linear_mse, START, data, lr=0.1, steps=4, run=run)
 
 
 def _no_chunk_expected(result):
@@ -137,18 +138,26 @@ def test_reference_returns_bfloat16_params_and_losses_as_bfloat16():
 
 # Item 18: boolean options are real bools; fast_path is "auto", True or False.
 
-@pytest.mark.parametrize("option, value", [
-    ("check_finite", "no"), ("check_finite", 0), ("check_finite", None),
-    ("replace", 1), ("record_params", "yes"), ("drop_last", 1)])
-def test_boolean_options_refuse_what_is_not_a_bool(option, value):
+@pytest.mark.parametrize("option, value, build", [
+    ("check_finite", "no", lambda v: fsgd.Run(check_finite=v)),
+    ("check_finite", 0, lambda v: fsgd.Run(check_finite=v)),
+    ("check_finite", None, lambda v: fsgd.Run(check_finite=v)),
+    ("padded", 1, lambda v: fsgd.Schedule(np.zeros((2, 2), int), padded=v)),
+    ("record_params", "yes", lambda v: fsgd.Run(record_params=v)),
+    ("drop_last", 1, lambda v: fsgd.Shuffled(drop_last=v)),
+    ("has_aux", 1, lambda v: fsgd.Model(has_aux=v)),
+    ("restore_best", "yes", lambda v: fsgd.Evaluation(data=(X, Y), monitor="loss",
+                                                      restore_best=v))])
+def test_boolean_options_refuse_what_is_not_a_bool(option, value, build):
+    """Every flag of fit's option values is True or False, refused when built."""
     with pytest.raises(TypeError, match=f"{option} must be True or False; got {value!r}"):
-        fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=5, **{option: value})
+        build(value)
 
 
 @pytest.mark.parametrize("value", [1, 0, "yes", None, 1.0])
 def test_fast_path_refuses_what_is_not_auto_true_or_false(value):
-    with pytest.raises(ValueError, match=f'fast_path must be "auto", True or False; got {value!r}'):
-        fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=5, run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=value)))
+    with pytest.raises(ValueError, match=f'must be "auto", True or False; got {value!r}'):
+        fsgd.speed.SpeedPlan(exact_moments=value)
 
 
 def test_numpy_bools_are_bools():
@@ -164,11 +173,14 @@ def _batches(count=10):
     return [(x[i:i + 10], y[i:i + 10]) for i in range(0, 10 * count, 10)]
 
 
-@pytest.mark.parametrize("option, value", [("fast_path", True), ("fast_path", False),
-                                           ("replace", False), ("drop_last", False)])
-def test_stream_refuses_options_it_would_ignore(option, value):
-    with pytest.raises(ValueError, match=f"with a stream as data, {option} cannot be used"):
-        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(_batches()), lr=0.1, **{option: value})
+@pytest.mark.parametrize("option, kwargs", [
+    ("fast_path", {"run": fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=True))}),
+    ("fast_path", {"run": fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=False))}),
+    ("replace", {"rows": fsgd.Shuffled()}),
+    ("drop_last", {"rows": fsgd.Shuffled(drop_last=False)})])
+def test_stream_refuses_options_it_would_ignore(option, kwargs):
+    with pytest.raises(ValueError, match=f"with a stream as data, .*{option}.* cannot be used"):
+        fsgd.fit(fsgd.linear_mse, START, fsgd.stream(_batches()), lr=0.1, **kwargs)
 
 
 def test_stream_shorter_than_steps_warns_at_the_caller_and_says_where_it_ended():

@@ -352,7 +352,8 @@ def keywords(spec: Spec, data: Any) -> dict[str, Any]:
     rows, stop, evaluation = spec.rows, spec.stop, spec.evaluation
     model = spec.model or _DEFAULT_MODEL
     run = spec.run or _DEFAULT_RUN
-    if isinstance(rows, (Sampled, Shuffled)) and spec.batch_size is None:
+    if isinstance(rows, (Sampled, Shuffled)) and spec.batch_size is None \
+            and not isinstance(data, drivers.Stream):  # a stream refuses rows itself
         raise ValueError(f"rows={rows!r} needs batch_size (and key): without it every step "
                          "sees all rows.")
     indices, tol, patience, eval_data = _traced(spec)
@@ -379,7 +380,8 @@ def keywords(spec: Spec, data: Any) -> dict[str, Any]:
         rng=model.rng, state=model.state, has_aux=model.has_aux, trainable=model.trainable,
         record_params=run.record_params, opt_state=run.opt_state, start_step=run.start_step,
         check_finite=run.check_finite, chunk_size=run.chunk_size, on_chunk=run.on_chunk,
-        mesh=run.mesh, checkpoint=run.checkpoint, speed=run.speed)
+        mesh=run.mesh, checkpoint=run.checkpoint, speed=run.speed,
+        fast_path="auto" if run.speed is None else run.speed.exact_moments)
     if evaluation is not None:
         evaluate = evaluation.evaluate
         if evaluate is None:
