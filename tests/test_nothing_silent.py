@@ -296,34 +296,37 @@ def nan_dict(a, x, y):
     return {"mse": fsgd.linear_mse(a, x, y) * jnp.nan}
 
 
-BEST = {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), monitor="mse", restore_best=True)}
+def best(evaluate=mse_dict, data=(X, Y), **kwargs):
+    """The evaluation that restores the best params of its "mse"."""
+    return fsgd.Evaluation(evaluate, data, monitor="mse", restore_best=True, **kwargs)
 
 
 def test_restore_best_without_an_evaluation_keeps_the_last_params_and_says_so():
     with pytest.warns(UserWarning, match="restore_best"):
-        result = fit(steps=100, evaluation=fsgd.Evaluation(every=50), run=fsgd.Run(chunk_size=10, on_chunk=lambda r: True), **BEST)
+        result = fit(steps=100, evaluation=best(every=50),
+                     run=fsgd.Run(chunk_size=10, on_chunk=lambda r: True))
     assert_trees_close(result.params, fit(steps=10).params)
 
 
 @pytest.mark.parametrize("chunk_size", [None, 7])
 def test_restore_best_with_every_metric_nan_keeps_the_last_params_and_says_so(chunk_size):
     with pytest.warns(UserWarning, match="restore_best"):
-        result = fit(steps=30, evaluation=fsgd.Evaluation(every=10), run=fsgd.Run(chunk_size=chunk_size),
-                     **{**BEST, "evaluate": nan_dict})
+        result = fit(steps=30, evaluation=best(nan_dict, every=10),
+                     run=fsgd.Run(chunk_size=chunk_size))
     assert_trees_close(result.params, fit(steps=30).params)
 
 
 def test_restore_best_with_every_metric_nan_keeps_the_last_params_under_jit():
     @jax.jit
     def run(lr):
-        return fit(lr=lr, steps=30, evaluation=fsgd.Evaluation(every=10), **{**BEST, "evaluate": nan_dict}).params
+        return fit(lr=lr, steps=30, evaluation=best(nan_dict, every=10)).params
 
     assert_trees_close(run(0.1), fit(steps=30).params, rtol=1e-6)
 
 
 def test_eval_data_without_rows_is_refused():
     with pytest.raises(ValueError, match=r"eval_data has no rows .*shape \(0, 2\)"):
-        fit(**{**BEST, "eval_data": (X[:0], Y[:0])})
+        fit(evaluation=best(data=(X[:0], Y[:0])))
 
 
 def complex_loss(z):
