@@ -16,7 +16,7 @@ SCHEDULE = optax.linear_schedule(init_value=0.2, end_value=0.01, transition_step
 MINI_BATCH = {"batch_size": 10, "key": jax.random.key(1)}
 
 
-@pytest.mark.parametrize("mode", [{}, MINI_BATCH, {**MINI_BATCH, "replace": False}])
+@pytest.mark.parametrize("mode", [{}, MINI_BATCH, {**MINI_BATCH, "rows": fsgd.Shuffled()}])
 def test_a_schedule_as_lr_has_the_bits_of_optax_sgd_of_it(mode):
     plain = fit(lr=SCHEDULE, steps=50, **mode)
     optaxed = fit(lr=None, optimizer=optax.sgd(SCHEDULE), steps=50, **mode)

@@ -379,10 +379,12 @@ def counted_line(a, stream, x, y):
     return value, {"key": stream["key"], "count": stream["count"] + 1}, noise
 
 
-def fit_counted(**kwargs):
+def fit_counted(run=None, **fields):
+    """The counted line's run, cut and kept as ``run`` (or the Run of ``fields``) says."""
     stream = {"key": jax.random.key(4), "count": jnp.array(0, jnp.uint32)}
     return fsgd.fit(counted_line, jnp.array(fsgd.LESSON_START), (X, Y), lr=0.1, steps=20,
-                    model=fsgd.Model(state=stream, has_aux=True), **kwargs)
+                    model=fsgd.Model(state=stream, has_aux=True),
+                    run=run if run is not None or not fields else fsgd.Run(**fields))
 
 
 def test_a_typed_key_and_a_counter_in_state_are_carried(tmp_path):

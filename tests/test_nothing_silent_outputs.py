@@ -30,19 +30,22 @@ def held_out_mse(params, x, y):
 def test_torch_eval_data_is_taken_as_data_takes_it():
     torch = pytest.importorskip("torch")
     as_torch = (torch.from_numpy(np.array(X_VALID)), torch.from_numpy(np.array(Y_VALID)))
-    options = {"lr": 0.1, "steps": 20, "evaluation": fsgd.Evaluation(held_out_mse, every=10)}
-    got = fsgd.fit(fsgd.linear_mse, START, (X, Y), evaluation=fsgd.Evaluation(data=as_torch), **options)
-    want = fsgd.fit(fsgd.linear_mse, START, (X, Y), evaluation=fsgd.Evaluation(data=(X_VALID, Y_VALID)), **options)
+    def run(held_out):
+        return fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=20,
+                        evaluation=fsgd.Evaluation(held_out_mse, held_out, every=10))
+
+    got, want = run(as_torch), run((X_VALID, Y_VALID))
     assert_trees_close(got.evals, want.evals, rtol=0, atol=0)  # the same program on the same bits
 
 
 def test_torch_eval_data_in_lr_sweep():
     torch = pytest.importorskip("torch")
     as_torch = (torch.from_numpy(np.array(X_VALID)), torch.from_numpy(np.array(Y_VALID)))
-    options = {"lrs": jnp.array([0.01, 0.1]), "steps": 20, "evaluation": fsgd.Evaluation(every=10)}
-    got = fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), evaluation=fsgd.Evaluation(data=as_torch), **options)
-    want = fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), evaluation=fsgd.Evaluation(data=(X_VALID, Y_VALID)),
-                         **options)
+    def sweep(held_out):
+        return fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=jnp.array([0.01, 0.1]),
+                             steps=20, evaluation=fsgd.Evaluation(data=held_out, every=10))
+
+    got, want = sweep(as_torch), sweep((X_VALID, Y_VALID))
     assert_trees_close(got.evals, want.evals, rtol=0, atol=0)
 
 
@@ -111,9 +114,10 @@ WRONG_OPT_STATE = {
         lambda: {"params": START, "loss": noisy_mse, "model": fsgd.Model(rng=jax.random.key(3)), "run": fsgd.Run(opt_state=MOMENTUM.init(START))},
         r"opt_state does not have the structure optimizer.init\(params\) gives"),
     "trainable, the state of all params": (
-        lambda: {"params": {"w": START, "b": jnp.zeros(())}, "trainable": {"w": True, "b": False},
-                     "loss": lambda p, x, y: fsgd.linear_mse(p["w"], x, y) + p["b"],
-                     "opt_state": ADAM.init({"w": START, "b": jnp.zeros(())})},
+        lambda: {"params": {"w": START, "b": jnp.zeros(())},
+                 "model": fsgd.Model(trainable={"w": True, "b": False}),
+                 "loss": lambda p, x, y: fsgd.linear_mse(p["w"], x, y) + p["b"],
+                 "run": fsgd.Run(opt_state=ADAM.init({"w": START, "b": jnp.zeros(())}))},
         (r"optimizer.init\(the trainable part of params\).* None at every leaf that does not "
          r"train")),
 }
@@ -132,11 +136,11 @@ def test_an_opt_state_that_does_not_fit_is_refused_with_what_was_expected(
 
 def test_a_trainable_part_continues_from_its_own_opt_state(standard_promotion):
     params = {"w": START, "b": jnp.zeros(())}
-    options = {"trainable": {"w": True, "b": False}, "optimizer": ADAM, "steps": 5,
-                   "loss": lambda p, x, y: fsgd.linear_mse(p["w"], x, y) + p["b"]}
+    options = {"model": fsgd.Model(trainable={"w": True, "b": False}), "optimizer": ADAM,
+               "steps": 5, "loss": lambda p, x, y: fsgd.linear_mse(p["w"], x, y) + p["b"]}
     loss = options.pop("loss")
     first = fsgd.fit(loss, params, (X, Y), **options)
-    then = fsgd.fit(loss, first.params, (X, Y), run=fsgd.Run(start_step=first.step, opt_state=first.opt_state), **options)
+    then = fsgd.fit(loss, first.params, (X, Y), run=fsgd.Run.after(first), **options)
     whole = fsgd.fit(loss, params, (X, Y), **{**options, "steps": 10})
     assert_trees_close(then.params, whole.params, rtol=0, atol=0)  # the same bits
 
@@ -246,10 +250,10 @@ TOO_LARGE = {
                r"losses of 10000 steps: 39.1 KiB.*Train fewer steps a call"),
     "evaluations": (lambda: fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=1000,
                                      evaluation=fsgd.Evaluation(ten_metrics, (X_VALID, Y_VALID), every=1)),
-                    r"1000 evaluations: 43.0 KiB.*larger eval_every"),
+                    r"1000 evaluations: 43.0 KiB.*Evaluate less often"),
     "trajectory": (lambda: fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=4000,
                                     run=fsgd.Run(record_params=True)),
-                   r"record_params keeps 4001 copies of params: 31.3 KiB.*record_params=False"),
+                   r"record_params keeps 4001 copies of params: 31.3 KiB.*Record fewer steps"),
     "sweep": (lambda: fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=jnp.linspace(0.01, 0.1, 20),
                                     steps=500),
               r"20 runs' losses and evaluations: 39.\d KiB.*Sweep fewer rates"),
