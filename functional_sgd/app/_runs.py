@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from functional_sgd import Evaluation, Run, fit, linear_mse, sample_indices
+from functional_sgd import Evaluation, Run, Trainer, fit, linear_mse, sample_indices
 from functional_sgd.lesson import LEARNING_RATES, PARABOLA_START, lesson_data, lr_sweep, parabola
 
 from ._progress import progress_bar
@@ -85,14 +85,15 @@ def held_out_rates(x, y, start, held_out, *, steps):
 
 def learning_rate_runs(x, y, start, *, steps):
     """Every rate of :data:`LEARNING_RATES` on ``f(x) = x**2`` and on the line
-    (full batch); returns ``{label: (parabola_result, line_result)}``."""
-    runs = {}
-    for label, lr in LEARNING_RATES.items():
-        on_parabola = fit(parabola, jnp.array(PARABOLA_START), lr=lr, steps=steps,
-                          run=Run(record_params=True))
-        on_line = fit(linear_mse, start, (x, y), lr=lr, steps=steps, run=Run(record_params=True))
-        runs[label] = (on_parabola, on_line)
-    return runs
+    (full batch); returns ``{label: (parabola_result, line_result)}``. One
+    :class:`~functional_sgd.Trainer` per objective: each rate after the first
+    skips the checks and the compile."""
+    recorded = Run(record_params=True)
+    on_parabola = Trainer(parabola, steps=steps, run=recorded)
+    on_line = Trainer(linear_mse, steps=steps, run=recorded)
+    return {label: (on_parabola(jnp.array(PARABOLA_START), lr=lr),
+                    on_line(start, (x, y), lr=lr))
+            for label, lr in LEARNING_RATES.items()}
 
 
 def reference_agreement(runs, x, y, start, *, lr, key):
