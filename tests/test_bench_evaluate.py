@@ -6,6 +6,7 @@ import re
 import jax
 import pytest
 
+import functional_sgd as fsgd
 from bench.investigations import evaluate_overhead
 
 

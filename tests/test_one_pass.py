@@ -83,7 +83,9 @@ def test_several_outputs_and_a_learning_rate_sweep():
 
     def sweep(plan):
         return jax.jit(jax.vmap(lambda lr: fsgd.fit(
-            fsgd.linear_mse, start, (x, y), lr=lr, steps=STEPS, run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=False))).params))(jnp.array([0.05, 0.1, 0.3]))
+            fsgd.linear_mse, start, (x, y), lr=lr, steps=STEPS,
+            run=fsgd.Run(speed=dataclasses.replace(plan, exact_moments=False))).params))(
+                jnp.array([0.05, 0.1, 0.3]))
 
     assert_trees_close(sweep(SMALL_BLOCKS), sweep(PLAIN), rtol=2e-5, atol=2e-5)
 
@@ -95,7 +97,8 @@ def test_the_blocks_are_really_taken():
 
     def loops(plan):
         text = jax.jit(lambda lr: fsgd.fit(fsgd.linear_mse, np.zeros(3, np.float32), (x, y),
-                                           lr=lr, steps=STEPS, run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=False))).params).lower(0.1).as_text()
+                                           lr=lr, steps=STEPS, run=fsgd.Run(speed=dataclasses.replace(
+                                               plan, exact_moments=False))).params).lower(0.1).as_text()
         return text.count("stablehlo.while")
 
     assert loops(SMALL_BLOCKS) == loops(PLAIN) + 1
@@ -123,7 +126,9 @@ def test_the_step_reads_its_blocks_where_they_are_stored():
     every block is an array of its own, read in place by its branch."""
     x, y = regression(1000, 3, np.float32)
     text = jax.jit(lambda lr: fsgd.fit(fsgd.linear_mse, np.zeros(3, np.float32), (x, y), lr=lr,
-                                       steps=STEPS, run=fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=False))).params).lower(0.1).compile().as_text()
+                                       steps=STEPS, run=fsgd.Run(speed=dataclasses.replace(
+                                           SMALL_BLOCKS, exact_moments=False))).params
+                   ).lower(0.1).compile().as_text()
     assert "conditional(" in text
     assert "dynamic-slice" not in text
 
@@ -148,7 +153,7 @@ def test_auto_takes_one_pass_only_for_linear_mse_on_large_row_major_data():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"full_batch": False}, "full-batch only"),
-    ({"run": fsgd.Run(mesh=object())}, "mesh"),
+    ({"mesh": object()}, "mesh"),
     ({"plain_model": False}, "key, a state or an aux"),
 ])
 def test_one_pass_true_says_why_it_cannot_run(kwargs, message):

@@ -270,9 +270,11 @@ ROWS = np.asarray(fsgd.sample_indices(KEY, N, 5, BATCH, replace=False, drop_last
 @pytest.mark.parametrize("kwargs, error, match", [
     (lambda: {"steps": 5, "batch_size": 10, "key": KEY, "rows": fsgd.Shuffled(drop_last=0)}, TypeError,
      "drop_last must be True or False; got 0"),
-    (lambda: {"steps": 5, "batch_size": 10, "key": KEY, "rows": fsgd.Shuffled(drop_last=False)}, ValueError,
-     "drop_last=False needs replace=False"),
-    (lambda: {"steps": 5, "rows": fsgd.Shuffled(drop_last=False)}, ValueError, "drop_last=False needs batches"),
+    # drop_last without shuffled epochs cannot be built: Sampled rows have no epochs to cut
+    (lambda: {"steps": 5, "batch_size": 10, "key": KEY, "rows": fsgd.Sampled(drop_last=False)},
+     TypeError, "unexpected keyword argument 'drop_last'"),
+    (lambda: {"steps": 5, "rows": fsgd.Shuffled(drop_last=False)}, ValueError,
+     r"rows=Shuffled\(drop_last=False\) needs batch_size"),
     (lambda: {"rows": fsgd.Schedule(ROWS)}, ValueError,
      r"indices must lie in \[0, 1003\).*-1 to .*-1 marks padding only with drop_last=False"),
     (lambda: {"rows": fsgd.Schedule(ROWS - 1, padded=True)}, ValueError,

@@ -147,14 +147,14 @@ n = {n}
 x = np.memmap({x!r}, np.float32, "r", shape=(n, {d}))
 y = np.memmap({y!r}, np.float32, "r", shape=(n,))
 rows = np.asarray(fsgd.sample_indices(jax.random.key(1), n, 2000, 64))
-run = lambda: fsgd.fit(fsgd.linear_mse, jnp.zeros({d}), (x, y), lr=0.01, indices=rows)
+run = lambda: fsgd.fit(fsgd.linear_mse, jnp.zeros({d}), (x, y), lr=0.01, rows=fsgd.Schedule(rows))
 began = time.perf_counter(); result = jax.block_until_ready(run())
 first = time.perf_counter() - began
 began = time.perf_counter(); jax.block_until_ready(run()); warm = time.perf_counter() - began
 peak = peak_bytes()
 used = np.unique(rows)  # the rows trained on, copied into memory (after the peak is read)
 small = fsgd.fit(fsgd.linear_mse, jnp.zeros({d}), (np.asarray(x[used]), np.asarray(y[used])),
-                 lr=0.01, indices=np.searchsorted(used, rows).astype(np.int32))
+                 lr=0.01, rows=fsgd.Schedule(np.searchsorted(used, rows).astype(np.int32)))
 same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(result), jax.tree.leaves(small)))
 print(peak, same, first, warm)
 """

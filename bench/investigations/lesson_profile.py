@@ -17,7 +17,8 @@ CPU backend starts):
 * small loops only (``xla_cpu_small_while_loop_byte_threshold`` raised);
 * both (``tune_cpu()``).
 
-In each it times warm calls of ``fit`` as users call it, the compiled loop
+In each it times warm calls of ``fit`` as users call it, of a ``Trainer``
+of the same spec, the compiled loop
 that ``fit`` calls (the jitted call alone, its inputs prepared once), the
 hand-written ``jax.jit(lax.scan)`` and a trivial jitted call (``p + 1``),
 round-robin, and prints a Markdown table and the breakdown of ``fit``'s
@@ -52,7 +53,8 @@ SETUPS = (("as users get it", {}),
           ("inline dispatch only", {"inline_dispatch": True, "small_loops": False}),
           ("small loops only", {"inline_dispatch": False, "small_loops": True}),
           ("tune_cpu()", {"inline_dispatch": True, "small_loops": True}))
-MEASURES = ("fit", "fit's jitted call", "hand-written scan", "trivial jitted call")
+MEASURES = ("fit", "Trainer call", "fit's jitted call", "hand-written scan",
+            "trivial jitted call")
 
 
 def measure(tune, calls):
@@ -90,7 +92,8 @@ def measure(tune, calls):
         _repeat._plain_loop
     scan = peers.handwritten_scan(problem, None)
     trivial = jax.jit(lambda p: p + 1)
-    runs = {"fit": fit, "Trainer call": trained, "fit's jitted call": lambda: loop(*fields, spec=again.spec)[0],
+    runs = {"fit": fit, "Trainer call": trained,
+            "fit's jitted call": lambda: loop(*fields, spec=again.spec)[0],
             "hand-written scan": scan, "trivial jitted call": lambda: trivial(start)}
     times = {name: [] for name in runs}
     for run in runs.values():

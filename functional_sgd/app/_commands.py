@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from functional_sgd import linear_mse
+from functional_sgd import Evaluation, linear_mse
 from functional_sgd.lesson import LEARNING_RATES, LESSON_START, lesson_data
 
 from ._shared import (DIGITS_FILES, LESSON_FILES, SWEEP_FILES, UsageError, check_batch_size,
@@ -168,12 +168,11 @@ def lr_sweep(args):
     x, y = lesson_data(data_key, args.n)
     schedule = {} if args.batch_size is None else {"batch_size": args.batch_size,
                                                    "key": batch_key}
-    evaluation = {} if rows is None else {  # once, after each rate's last step
-        "evaluate": held_out_loss, "eval_data": held_out_data(data_key, rows),
-        "eval_every": args.steps}
+    evaluation = None if rows is None else Evaluation(  # once, after each rate's last step
+        held_out_loss, held_out_data(data_key, rows), every=args.steps)
     with timed() as timing:
         sweep = sweep_rates(linear_mse, jnp.array(LESSON_START), (x, y), lrs=lrs,
-                            steps=args.steps, **schedule, **evaluation)
+                            steps=args.steps, **schedule, evaluation=evaluation)
         jax.block_until_ready(sweep)
     mode = "full batch" if args.batch_size is None else f"mini-batches of {args.batch_size}"
     print(f"{args.num} learning rates from {args.lr_min:g} to {args.lr_max:g}, {args.steps} "

@@ -22,7 +22,8 @@ def initialize(spec, params, opt_state, start_step, loss_dtype, state=None):
     compile.
 
     >>> import numpy as np
-    >>> from functional_sgd.core import LoopSpec, FullBatch, StopRule
+    >>> from functional_sgd.core import LoopSpec, StopRule
+    >>> from functional_sgd.core._batches import FullBatch
     >>> spec = LoopSpec(loss=None, optimizer=None, batches=FullBatch(), steps=10)
     >>> initialize(spec, np.zeros(2), None, 0, np.float32).step
     np.int32(0)

@@ -6,7 +6,8 @@ may end the run early (step 7). :func:`run` is its host side: it compiles
 the loop once per spec and fills in what the host already knows.
 
 >>> import jax, jax.numpy as jnp
->>> from functional_sgd.core import LoopSpec, Inputs, Sampled, initialize
+>>> from functional_sgd.core import LoopSpec, Inputs, initialize
+>>> from functional_sgd.core._batches import Sampled  # the loop's batches, not fit's option
 >>> x = jax.random.normal(jax.random.key(0), (64, 2)); y = x @ jnp.array([3.0, 2.0])
 >>> loss = lambda a, x, y: ((x @ a - y) ** 2).mean()
 >>> spec = LoopSpec(loss, batches=Sampled(n=64, batch_size=8), steps=200)

@@ -33,7 +33,7 @@ so a crash mid-write leaves the previous checkpoint whole. Under
 >>> x, y = fsgd.lesson_data(jax.random.key(0))
 >>> path = os.path.join(tempfile.mkdtemp(), "run.npz")
 >>> run = lambda: fsgd.fit(fsgd.linear_mse, jnp.array(fsgd.LESSON_START), (x, y), lr=0.1,
-...                        steps=100, chunk_size=50, checkpoint=path)
+...                        steps=100, run=fsgd.Run(chunk_size=50, checkpoint=path))
 >>> first, again = run(), run()  # the second call finds the finished run's checkpoint
 >>> bool((first.params == again.params).all()), int(again.step)
 (True, 100)

@@ -31,7 +31,7 @@ the mean single-device ``fit`` computes, in another order of additions.
 >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))  # every device
 >>> x, y = fsgd.lesson_data(jax.random.key(0))
 >>> result = fsgd.fit(fsgd.linear_mse, jnp.array(fsgd.LESSON_START), (x, y), lr=0.1,
-...                   steps=100, mesh=mesh)
+...                   steps=100, run=fsgd.Run(mesh=mesh))
 >>> [round(float(a), 1) for a in result.params]
 [3.1, 2.4]
 """

@@ -55,7 +55,7 @@ class SpeedPlan:
     >>> x, y = fsgd.lesson_data(jax.random.key(0))
     >>> plain = SpeedPlan(column_major=False, sums_as_dots=False, cpu_compiler_options=False)
     >>> result = fsgd.fit(fsgd.linear_mse, jax.numpy.array(fsgd.LESSON_START), (x, y), lr=0.1,
-    ...                   steps=100, speed=plain)
+    ...                   steps=100, run=fsgd.Run(speed=plain))
     >>> [round(float(a), 1) for a in result.params]
     [3.1, 2.4]
     """
