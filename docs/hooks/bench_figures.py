@@ -1,6 +1,6 @@
 """MkDocs hook: serve bench/results/*.png under bench/ in the site.
 
-The benchmark plots are written by ``python -m bench.report`` into
+The benchmark plots are written by ``python -m bench.run`` into
 bench/results/; the explanations show them from there rather than from a
 copy that could go stale.
 """
