@@ -27,8 +27,9 @@ differentiated. Merge the result back into a model at the end:
 ...     model = nnx.merge(graphdef, params, rest)
 ...     value = ((model(x) - y) ** 2).mean()
 ...     return value, nnx.split(model, nnx.Param, ...)[2]  # the rest, moved on
->>> result = fsgd.fit(loss, params, (x, y), state=rest, optimizer=optax.adam(1e-2),
-...                   steps=200, batch_size=32, key=jax.random.key(2))
+>>> result = fsgd.fit(loss, params, (x, y), model=fsgd.Model(state=rest),
+...                   optimizer=optax.adam(1e-2), steps=200, batch_size=32,
+...                   key=jax.random.key(2))
 >>> model = nnx.merge(graphdef, result.params, result.state)
 >>> int(model.dropout.rngs.count[...])  # one dropout mask per step
 200
@@ -84,7 +85,7 @@ def refuse_updated_variables(treedef):
         + "Train the weights and carry the rest as state: graphdef, params, rest = "
         "nnx.split(model, nnx.Param, ...); a loss(params, rest, *batch) that calls model = "
         "nnx.merge(graphdef, params, rest) and returns (value, nnx.split(model, nnx.Param, "
-        "...)[2]); fit(loss, params, data, state=rest, ...); then nnx.merge(graphdef, "
+        "...)[2]); fit(loss, params, data, model=fsgd.Model(state=rest), ...); then nnx.merge(graphdef, "
         "result.params, result.state).")
 
 

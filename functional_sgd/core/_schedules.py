@@ -2,7 +2,7 @@
 
 :func:`schedule_from` turns a torch ``DataLoader``, ``Sampler`` or
 ``BatchSampler``, or lists of row indices, into the ``(steps, batch_size)``
-schedule that ``fit(indices=...)`` replays; :func:`from_batches` trains on
+schedule that ``fit(rows=fsgd.Schedule(...))`` replays; :func:`from_batches` trains on
 arrays already cut into batches, ``(steps, batch, ...)``.
 
 torch is never imported here: an object can only be torch's when the
@@ -23,7 +23,7 @@ from . import _checks
 
 
 def schedule_from(order: Iterable, *, epochs: int = 1) -> np.ndarray:
-    """The schedule of rows an existing loader (or list) would give, for ``fit(indices=...)``.
+    """The schedule of rows an existing loader (or list) would give, for ``fsgd.Schedule``.
 
     Step ``t`` of the schedule is the ``t``-th batch ``order`` yields, epoch
     after epoch; a short batch (``drop_last=False``) is padded with ``-1``.
@@ -43,8 +43,8 @@ def schedule_from(order: Iterable, *, epochs: int = 1) -> np.ndarray:
 
     Returns:
       An int32 NumPy array ``(steps, batch_size)``, ``batch_size`` the
-      longest batch. With ``-1`` padding in it, pass ``drop_last=False`` to
-      ``fit`` (each short step is then the mean over its real rows).
+      longest batch. With ``-1`` padding in it, pass it as
+      ``rows=fsgd.Schedule(indices, padded=True)`` (each short step is then the mean over its real rows).
 
     >>> import functional_sgd as fsgd
     >>> fsgd.schedule_from([[3, 0, 4], [1, 2]], epochs=2)
@@ -187,7 +187,8 @@ def from_batches(data: Any, *, epochs: int = 1) -> tuple[Any, np.ndarray]:
     >>> import functional_sgd as fsgd
     >>> xb, yb = jnp.ones((4, 8, 2)), jnp.ones((4, 8))  # 4 batches of 8 rows
     >>> data, indices = fsgd.from_batches((xb, yb))
-    >>> result = fsgd.fit(fsgd.linear_mse, jnp.zeros(2), data, lr=0.1, indices=indices)
+    >>> result = fsgd.fit(fsgd.linear_mse, jnp.zeros(2), data, lr=0.1,
+    ...                   rows=fsgd.Schedule(indices))
     >>> data[0].shape, indices.shape, result.losses.shape
     ((32, 2), (4, 8), (4,))
     """

@@ -50,7 +50,7 @@ def save(path: str | os.PathLike, params: Any, *, state: Any = None) -> None:
         keys), an equinox module, a flax nnx ``State``; or a
         :class:`~functional_sgd.FitResult`, whose ``params`` and ``state``
         are saved.
-      state: the model state (``result.state`` of ``fit(state=...)``), or
+      state: the model state (``result.state`` of ``fit(model=Model(state=...))``), or
         ``None``.
 
     >>> import os, tempfile, jax, jax.numpy as jnp
