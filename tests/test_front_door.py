@@ -43,6 +43,7 @@ def public_functions():
         if inspect.isclass(value):
             continue
         yield name, value
+    yield "Trainer", fsgd.Trainer
     yield "Trainer.__call__", fsgd.Trainer.__call__
 
 

@@ -113,8 +113,16 @@ class Trainer:
     kept by their spec.
 
     Args:
-      loss, optimizer, steps, epochs, batch_size, rows, stop, evaluation,
-        model, run: as for :func:`fit`.
+      loss: ``loss(params, *batch) -> scalar``, as for :func:`fit`.
+      optimizer: an optax ``GradientTransformation``, or ``None`` for plain SGD.
+      steps: the number of updates.
+      epochs: passes over the data, instead of ``steps``.
+      batch_size: rows per step; ``None`` for all.
+      rows: :class:`Sampled`, :class:`Shuffled` or :class:`Schedule`.
+      stop: a :class:`Stop` rule on the training loss.
+      evaluation: an :class:`Evaluation` of held-out data.
+      model: a :class:`Model` (``rng``, ``state``, ``has_aux``, ``trainable``).
+      run: a :class:`Run` (chunks, checkpoints, a mesh, continuing a run).
 
     >>> import jax, jax.numpy as jnp, functional_sgd as fsgd
     >>> x, y = fsgd.lesson_data(jax.random.key(0))
