@@ -142,7 +142,7 @@ def test_reference_does_not_modify_its_inputs():
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"lr": 0.0, "steps": 3}, ValueError, "lr must be a finite number > 0"),
     ({"lr": 0.1}, TypeError, "steps is required"),
-    ({"lr": 0.1, "rows": fsgd.Schedule(np.zeros(3, int))}, ValueError, r"indices must have shape"),
+    ({"lr": 0.1, "indices": np.zeros(3, int)}, ValueError, r"indices must have shape"),
 ])
 def test_reference_bad_input(kwargs, error, match):
     x, y, start = lesson_problem(np.float32)

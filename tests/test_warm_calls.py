@@ -292,8 +292,8 @@ def digits_run(**kwargs):
 
 @pytest.mark.parametrize("options", [
     {},
-    {"evaluation": fsgd.Evaluation(monitor="accuracy", mode="max", patience=4)},
-    {"evaluation": fsgd.Evaluation(monitor="accuracy", mode="max", patience=4, restore_best=True)},
+    {"monitor": "accuracy", "mode": "max", "patience": 4},
+    {"monitor": "accuracy", "mode": "max", "patience": 4, "restore_best": True},
 ])
 def test_evaluated_calls_stay_warm_with_the_cold_results(checks_run, options):
     """fit(evaluate=...) repeated with the same held-out arrays skips the
