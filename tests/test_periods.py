@@ -79,7 +79,7 @@ def test_chunks_across_periods_keep_the_period_means():
                                rtol=1e-6)
 
 
-def test_mean_of_each_scalar_aux_metric_with_optax():
+def test_mean_of_each_scalar_aux_metric_with_optax(standard_promotion):
     def loss(a, x, y):
         error = x @ a - y
         return (error ** 2).mean(), {"mae": jnp.abs(error).mean(), "worst": jnp.abs(error).max()}

@@ -187,10 +187,20 @@ class Stop:
 
 
 def _check_eval_every(every: object) -> Any:
-    if every is None or every == "epoch":
+    """``every`` as given (an int, ``None`` or ``"epoch"``), or a list of
+    steps as a tuple of ints, sorted and unique."""
+    if every is None or (isinstance(every, str) and every == "epoch"):
         return every
     if isinstance(every, (list, tuple)) or (hasattr(every, "shape") and len(every.shape) == 1):
-        raise TypeError("every takes an int or 'epoch' for now; got a list.")
+        steps = tuple(_check_count(s, f"every[{i}]") for i, s in enumerate(list(every)))
+        if not steps:
+            raise ValueError("every as a list of steps needs at least one step; got [].")
+        for before, after in zip(steps, steps[1:]):
+            if after <= before:
+                why = "unique" if after == before else "sorted"
+                raise ValueError(f"every's steps must be {why} (strictly increasing); got "
+                                 f"{list(steps)}.")
+        return steps
     return _check_count(every, "every")
 
 
@@ -219,12 +229,20 @@ class Evaluation:
         (traced: new held-out data of the same shapes compiles nothing).
       every: updates between evaluations; ``None`` is one epoch with
         :class:`Shuffled` rows, else the end of the run only; ``"epoch"``
-        insists on epochs.
+        insists on epochs; a list of steps (``[10, 25, 100]``: sorted,
+        unique, each ``>= 1`` and within the run) evaluates after exactly
+        those updates, and after the last one. Held as a tuple.
       monitor: the key of ``evaluate``'s dict that the stop rule watches.
       mode: ``"min"`` or ``"max"``: which way ``monitor`` improves.
       patience: evaluations without improvement before the run stops.
       tol: stop once ``monitor`` is this good (``<=`` with ``"min"``).
       restore_best: return the params of the best evaluation.
+      on_evaluation: ``on_evaluation(step, evals)``, called on the host
+        after each evaluation with the update count and that evaluation's
+        dict (the period's training means included); returning a true
+        boolean scalar (Python, NumPy or a 0-d JAX bool) stops the run
+        there. The run is then cut at evaluation boundaries: each period is
+        one call of one compiled program (a shorter last period one more).
 
     >>> import jax, jax.numpy as jnp, functional_sgd as fsgd
     >>> x, y = fsgd.lesson_data(jax.random.key(0))
@@ -245,6 +263,7 @@ class Evaluation:
     patience: Any = None
     tol: Any = None
     restore_best: bool = False
+    on_evaluation: Callable[[int, Mapping[str, Any]], Any] | None = None
 
     def __post_init__(self) -> None:
         if self.evaluate is None:
@@ -254,7 +273,10 @@ class Evaluation:
         elif not callable(self.evaluate):
             raise TypeError(f"evaluate must be callable as evaluate(params, *data)"
                             f" -> dict; got {self.evaluate!r}.")
-        _check_eval_every(self.every)
+        object.__setattr__(self, "every", _check_eval_every(self.every))
+        if self.on_evaluation is not None and not callable(self.on_evaluation):
+            raise TypeError(f"on_evaluation must be callable as on_evaluation(step, evals); "
+                            f"got {self.on_evaluation!r}.")
         if self.mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max'; got {self.mode!r}.")
         _check_flag(self.restore_best, "restore_best")
@@ -274,7 +296,8 @@ class Evaluation:
 
     def key(self) -> tuple[Any, ...]:
         return (Evaluation, self.evaluate, self.every, self.monitor, self.mode,
-                self.patience is not None, self.tol is not None, bool(self.restore_best))
+                self.patience is not None, self.tol is not None, bool(self.restore_best),
+                self.on_evaluation)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -23,6 +23,7 @@ import numpy as np
 
 from .._types import fit_result
 from ._chunks import eval_count, join
+from ._periods import asks_to_stop
 from ._rows import row_reader
 
 
@@ -105,7 +106,7 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
     trained before it: the error is raised with ``error.result``, the
     ``result(carry, record)`` of the blocks done (a ``FitResult``).
     """
-    records, done = [], 0
+    records, done, start = [], 0, int(carry.step)
     blocks = iter(blocks)
     ahead = _next_block(blocks, carry, records, spec, result)
     while ahead is not None:
@@ -120,13 +121,14 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
         done += int(record.steps_run)
         if not spec.stop.active:  # the step is known on the host: keep it there
             carry = carry._replace(step=np.int32(carry.step))
-        asked_to_stop = on_chunk is not None and on_chunk(fit_result(carry, record)) is True
+        asked_to_stop = on_chunk is not None and asks_to_stop(
+            on_chunk(fit_result(carry, record)))
         if asked_to_stop or bool(carry.stop.stopped):
             break
     if not records:
         raise ValueError("data yielded no batches: the stream was empty.")
     return carry, join(records, done if steps is None else steps, spec.record_params,
-                       carry.params, 0 if steps is None else eval_count(spec))
+                       carry.params, 0 if steps is None else eval_count(spec), start)
 
 
 def _next_block(blocks, carry, records, spec, result):

@@ -129,7 +129,7 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
     if evaluations is None and spec.evaluation is not None:  # none made yet
         evaluations = ({}, np.zeros(0, np.int32))
     return jax.device_put(carry), record_of(losses, steps, None, _joined(aux_history),
-                                            evaluations, eval_count(spec))
+                                            evaluations, eval_count(spec), start_step)
 
 
 def _joined(history):
