@@ -106,6 +106,9 @@ class FitResult(NamedTuple):
         hold NaN); otherwise ``None``.
       eval_steps: the update count after each evaluation (``-1`` for one
         cut off); otherwise ``None``.
+      best_step: with an evaluation's ``monitor``, the update count after
+        its first best evaluation (the one ``restore_best`` returns);
+        ``-1`` without a monitor or when no evaluation was finite.
     """
 
     params: PyTree
@@ -119,10 +122,11 @@ class FitResult(NamedTuple):
     aux: PyTree = None
     evals: dict[str, jax.Array] | None = None
     eval_steps: jax.Array | None = None
+    best_step: jax.Array | int = -1
 
 
-def fit_result(carry: Carry, record: Record) -> FitResult:
+def fit_result(carry: Carry, record: Record, best_step: Any = -1) -> FitResult:
     """The :class:`FitResult` of a run that ended in ``carry`` and recorded ``record``."""
     return FitResult(carry.params, record.losses, record.diverged_at, record.steps_run,
                      carry.step, carry.opt_state, record.trajectory, carry.state, record.aux,
-                     record.evals, record.eval_steps)
+                     record.evals, record.eval_steps, best_step)

@@ -152,6 +152,20 @@ class Evaluation:
         return -value if self.mode == "max" else value
 
 
+def best_step(evaluation, record):
+    """The update count after the first best evaluation of ``record`` (its
+    monitored value, strictly better than every one before: the one
+    ``restore_best`` keeps), ``-1`` if none was finite (traced: works under
+    ``jax.vmap``)."""
+    if evaluation is None or evaluation.monitor is None or record.evals is None:
+        return -1
+    values = jnp.asarray(record.evals[evaluation.monitor])
+    values = -values if evaluation.mode == "max" else values
+    made = (jnp.asarray(record.eval_steps) >= 0) & jnp.isfinite(values)
+    first = jnp.argmin(jnp.where(made, values, jnp.inf))  # ties: the first
+    return jnp.where(made.any(), jnp.asarray(record.eval_steps)[first], -1)
+
+
 def restored(carry):
     """``carry`` of a run with ``restore_best``, its params (and state) those
     of its first best evaluation."""

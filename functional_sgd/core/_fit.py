@@ -97,6 +97,8 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
     result = fit_result if model.plain else _model.result  # the latter unwraps params
     if evaluation is not None and evaluation.restore_best:
         result = partial(_restored, result)
+    if evaluation is not None and evaluation.monitor is not None:
+        result = partial(_with_best_step, result, evaluation)
     if read_on_host:  # chunks read on the host, of a size chosen here unless given
         chunk_size = chunk_size or _host_block(spec.batches.batch_size, data)
     if chunk_size is None:
@@ -116,6 +118,11 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
             checkpoint, loop, spec, carry, inputs, chunk_size=chunk_size, on_chunk=on_chunk))
     return result(*drivers.run_in_chunks(loop, spec, carry, inputs,
                                          chunk_size=chunk_size, on_chunk=on_chunk))
+
+
+def _with_best_step(result, evaluation, carry, record):
+    """``result`` with its ``best_step`` (see ``_evaluate.best_step``)."""
+    return result(carry, record)._replace(best_step=_evaluate.best_step(evaluation, record))
 
 
 def _restored(result, carry, record):
