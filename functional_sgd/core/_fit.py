@@ -38,7 +38,8 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
                  chunk_size=None, on_chunk=None, mesh=None, checkpoint=None, fast_path="auto",
                  speed=None, rng=None, state=None, has_aux=False, trainable=None,
                  evaluate=None, eval_data=(), eval_every=None, monitor=None, mode="min",
-                 restore_best=False, drop_last=True, memory=None, warm_call=None):
+                 restore_best=False, drop_last=True, on_evaluation=None, progress=False,
+                 memory=None, warm_call=None):
     """The run ``fit`` asks for, its options spelled out as keywords (see
     :func:`fit` and ``_options.py`` for their meanings). ``memory`` and
     ``warm_call``: where a run that passed its checks is remembered, so the
@@ -99,6 +100,15 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
         result = partial(_restored, result)
     if evaluation is not None and evaluation.monitor is not None:
         result = partial(_with_best_step, result, evaluation)
+    if on_evaluation is not None or progress:  # the run cut at evaluation boundaries
+        chunk_size = chunk_size or drivers.period_chunks(
+            None if evaluation is None else evaluation.every, steps)
+        with drivers.progress(steps, progress) as bar:
+            on_chunk = drivers.PeriodHook(_model.unwrapping(on_chunk, model), on_evaluation,
+                                          bar)
+            return _chunked(loop, spec, carry, inputs, chunk_size, on_chunk, read_on_host,
+                            check_finite, mesh, checkpoint, result,
+                            (params, data, lr, start_step, rng, state, eval_data))
     if read_on_host:  # chunks read on the host, of a size chosen here unless given
         chunk_size = chunk_size or _host_block(spec.batches.batch_size, data)
     if chunk_size is None:
@@ -107,9 +117,21 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
         if warm_call is not None and model.plain and not read_on_host:
             memory.remember(warm_call, spec, carry)  # after the run: it succeeded
         return out
-    chunk_size = _checks.check_chunks(chunk_size, on_chunk,
-                                      (params, data, lr, start_step, rng, state, eval_data))
-    on_chunk = _model.unwrapping(on_chunk, model)
+    return _chunked(loop, spec, carry, inputs, chunk_size, _model.unwrapping(on_chunk, model),
+                    read_on_host, check_finite, mesh, checkpoint, result,
+                    (params, data, lr, start_step, rng, state, eval_data))
+
+
+def _chunked(loop, spec, carry, inputs, chunk_size, on_chunk, read_on_host, check_finite,
+             mesh, checkpoint, result, values):
+    """The run in chunks of ``chunk_size`` steps (or ``chunk_size(done)``
+    steps, cut at listed evaluation steps), ``on_chunk`` after each."""
+    if callable(chunk_size) and read_on_host:  # host blocks of one size; hooks see them all
+        chunk_size = _host_block(spec.batches.batch_size, inputs.data)
+    if not callable(chunk_size):
+        chunk_size = _checks.check_chunks(chunk_size, on_chunk, values)
+    else:
+        _checks.check_chunks(1, on_chunk, values)
     if read_on_host:
         return result(*_run_on_host(loop, spec, carry, inputs, chunk_size, on_chunk,
                                     check_finite, mesh, checkpoint, result))

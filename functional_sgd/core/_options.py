@@ -371,6 +371,11 @@ class Run:
         continue a run); it selects the batches drawn from ``key``.
       opt_state: the optimizer state to continue from (``result.opt_state``).
       speed: a :class:`functional_sgd.speed.SpeedPlan`; ``None`` for the defaults.
+      progress: draw a tqdm bar on stderr (tqdm must be installed) that
+        moves after each evaluation period, showing the latest evaluation's
+        scalars (without an evaluation: at most 100 times a run). The run
+        is cut at evaluation boundaries, each period one call of one
+        compiled program, so nothing compiles per period.
 
     :meth:`after` continues a run: ``fit(..., run=Run.after(first))`` gives
     the same bits as one longer run.
@@ -385,8 +390,12 @@ class Run:
     start_step: Any = 0
     opt_state: Any = None
     speed: SpeedPlan | None = None
+    progress: bool = False
 
     def __post_init__(self) -> None:
+        if _check_flag(self.progress, "progress"):
+            from ..drivers import check_tqdm
+            check_tqdm()
         if self.chunk_size is not None:
             _check_count(self.chunk_size, "chunk_size")
         if self.on_chunk is not None and not callable(self.on_chunk):
@@ -408,7 +417,7 @@ class Run:
     def key(self) -> tuple[Any, ...]:
         return (Run, self.chunk_size, self.on_chunk, self.checkpoint, self.mesh,
                 bool(self.record_params), bool(self.check_finite), self.opt_state is not None,
-                self.speed)
+                self.speed, bool(self.progress))
 
 
 DEFAULT_RUN = Run()

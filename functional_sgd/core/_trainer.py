@@ -276,8 +276,10 @@ def _warm_call(spec: Spec, params: Any, data: Any, key: Any) -> Any:
     run = spec.run
     if run is not None and (run.chunk_size is not None or run.on_chunk is not None
                             or run.checkpoint is not None or run.mesh is not None
-                            or run.opt_state is not None):
+                            or run.opt_state is not None or run.progress):
         return None
+    if spec.evaluation is not None and spec.evaluation.on_evaluation is not None:
+        return None  # a host loop over periods
     options: tuple[Any, ...] = spec[1:]
     if run is None and spec.rows is None and spec.stop is None and spec.evaluation is None:
         options = spec[1:5]  # the lesson's call: a few plain values
@@ -344,7 +346,7 @@ def keywords(spec: Spec, data: Any) -> dict[str, Any]:
         rng=model.rng, state=model.state, has_aux=model.has_aux, trainable=model.trainable,
         record_params=run.record_params, opt_state=run.opt_state, start_step=run.start_step,
         check_finite=run.check_finite, chunk_size=run.chunk_size, on_chunk=run.on_chunk,
-        mesh=run.mesh, checkpoint=run.checkpoint, speed=run.speed)
+        mesh=run.mesh, checkpoint=run.checkpoint, speed=run.speed, progress=run.progress)
     if evaluation is not None:
         evaluate = evaluation.evaluate
         if evaluate is None:
@@ -356,7 +358,8 @@ def keywords(spec: Spec, data: Any) -> dict[str, Any]:
         every = per_epoch if evaluation.every == "epoch" else evaluation.every
         found.update(evaluate=evaluate, eval_data=eval_data, eval_every=every,
                      monitor=evaluation.monitor, mode=evaluation.mode,
-                     restore_best=evaluation.restore_best)
+                     restore_best=evaluation.restore_best,
+                     on_evaluation=evaluation.on_evaluation)
     return found
 
 

@@ -21,6 +21,7 @@ from ._periods import PeriodHook as PeriodHook
 from ._periods import asks_to_stop as asks_to_stop
 from ._periods import aux_metrics as aux_metrics
 from ._periods import check_tqdm as check_tqdm
+from ._periods import period_chunks as period_chunks
 from ._periods import period_means as period_means
 from ._periods import progress as progress
 from ._mesh import data_parallel as data_parallel

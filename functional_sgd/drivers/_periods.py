@@ -116,6 +116,32 @@ class PeriodHook:
         return stop
 
 
+MAX_CHUNKS = 100
+"""Without evaluations, a progress bar moves at most this many times a run."""
+
+
+def period_chunks(every, steps):
+    """The chunk size of a run cut at evaluation boundaries: ``every``
+    steps, or with listed steps a function of the steps done giving the
+    steps to the next listed one (or to the end); without evaluations
+    (``every`` ``None``), at most :data:`MAX_CHUNKS` equal chunks.
+
+    >>> period_chunks(25, 100), period_chunks(None, 1000)
+    (25, 10)
+    >>> cut = period_chunks((10, 25), 100)
+    >>> [cut(done) for done in (0, 10, 25)]
+    [10, 15, 75]
+    """
+    if every is None:
+        return -(-steps // MAX_CHUNKS)
+    if not isinstance(every, tuple):
+        return every
+
+    def to_next(done):
+        return next((s for s in every if s > done), steps) - done
+    return to_next
+
+
 def check_tqdm():
     """Refuses ``progress=True`` without tqdm, saying how to install it."""
     try:
