@@ -212,7 +212,7 @@ def choose(evaluate, eval_data, eval_every, monitor, mode, restore_best, *, batc
     if not callable(evaluate):
         raise TypeError(f"evaluate must be callable as evaluate(params, *eval_data) -> dict; "
                         f"got {evaluate!r}.")
-    eval_data = check_eval_data(eval_data, check_finite)
+    eval_data = check_eval_data(eval_data, check_finite, getattr(evaluate, "groups", None))
     if eval_every is None:
         every = _epoch(batches) or steps
     elif isinstance(eval_every, tuple):  # steps the user listed (checked when built)
@@ -263,8 +263,9 @@ def _epoch(batches):
     return -(-n // size) if getattr(batches, "drop_last", True) is False else n // size
 
 
-def check_eval_data(eval_data, check_finite):
-    """``eval_data`` as a tuple of arrays sharing their leading axis."""
+def check_eval_data(eval_data, check_finite, groups=None):
+    """``eval_data`` as a tuple of arrays sharing their leading axis (each
+    group of ``groups`` leaves its own: named held-out sets)."""
     if not isinstance(eval_data, (tuple, list)):
         raise TypeError("eval_data must be a tuple of arrays, unpacked into evaluate's "
                         f"arguments, e.g. (valid_x, valid_y); got {type(eval_data).__name__}. "
@@ -273,7 +274,15 @@ def check_eval_data(eval_data, check_finite):
     for i, a in enumerate(eval_data):
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
             raise TypeError(f"eval_data[{i}] must be an array; got {type(a).__name__}.")
-    rows = {tuple(a.shape[:1]) for a in eval_data}
+    first = 0
+    for count in groups or (len(eval_data),):  # each named set has rows of its own
+        group = eval_data[first:first + count]
+        first += count
+        rows = {tuple(a.shape[:1]) for a in group}
+        if len(rows) > 1 or any(len(a.shape) == 0 for a in group):
+            break
+    else:
+        rows = ()
     if len(rows) > 1 or any(len(a.shape) == 0 for a in eval_data):
         shapes = ", ".join(f"eval_data[{i}].shape={tuple(a.shape)}"
                            for i, a in enumerate(eval_data))
