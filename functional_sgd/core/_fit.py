@@ -45,17 +45,13 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
     ``warm_call``: where a run that passed its checks is remembered, so the
     same call again skips them (``_warm.py``)."""
     if isinstance(data, drivers.Stream):
-        if evaluate is not None:
-            raise ValueError("evaluate cannot be used with a stream as data for now: pass "
-                             "in-memory arrays, or evaluate in on_chunk.")
-        _evaluate.choose(None, eval_data, eval_every, monitor, mode, restore_best,
-                         batches=None, steps=None, params=None, state=None, model=None,
-                         check_finite=False)  # refuses their use without evaluate
         return _fit_stream(loss, params, data, lr=lr, steps=steps, optimizer=optimizer,
                            tol=tol, patience=patience, record_params=record_params,
                            opt_state=opt_state, start_step=start_step,
                            check_finite=check_finite, on_chunk=on_chunk,
                            checkpoint=checkpoint, speed=speed,
+                           held_out=(evaluate, eval_data, eval_every, monitor, mode,
+                                     restore_best, on_evaluation, progress),
                            unused=dict(batch_size=batch_size, key=key, indices=indices,
                                        chunk_size=chunk_size, mesh=mesh, rng=rng, state=state,
                                        has_aux=has_aux or None, trainable=trainable))
@@ -191,10 +187,18 @@ def _run_on_host(loop, spec, carry, inputs, block, on_chunk, check_finite, mesh,
 
 
 def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, record_params,
-                opt_state, start_step, check_finite, on_chunk, checkpoint, speed, unused):
+                opt_state, start_step, check_finite, on_chunk, checkpoint, speed, held_out,
+                unused):
     """``fit`` on a :func:`~functional_sgd.stream` of batches: blocks of them
     stacked on the host, each trained in one compiled call (``drivers/_blocks.py``);
-    with ``checkpoint``, the run's state written after every block."""
+    with ``checkpoint``, the run's state written after every block.
+
+    Held-out data is evaluated inside each block's compiled call, at the
+    periods counted from the stream's start (as in memory: the same
+    evaluations, and no host round trip or second program per evaluation).
+    A stream of unknown length (``steps=None``) needs ``every`` and
+    evaluates its end only when that ends a period (or is listed): when a
+    block trains, whether another follows is not yet known."""
     given = [name for name, value in unused.items() if value is not None]
     if given:
         raise ValueError(f"with a stream as data, {', '.join(given)} cannot be used: the "
@@ -221,10 +225,27 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
     _checks.check_opt_state(optimizer, opt_state, params)
     plan = _speed.decide(speed, False, exact_mse=False, params=params, data=example,
                          full_batch=False, steps=1)
-    spec = LoopSpec(loss, optimizer, _batches.Stacked(example[0].shape[0]), steps, stop,
-                    False, plan)
-    carry = initialize(spec, params, opt_state, start_step, loss_out.dtype)
-    inputs = Inputs((), lr, None, None, tol, patience)
+    evaluate, eval_data, eval_every, monitor, mode, restore_best, on_evaluation, progress = \
+        held_out
+    stacked = _batches.Stacked(example[0].shape[0])
+    if evaluate is not None and steps is None and eval_every is None:
+        raise ValueError("Evaluation with a stream of unknown length needs every= (an int or "
+                         "a list of steps), or give the stream's steps.")
+    plain_params, _, plain = _model.choose(params, None, None, None, False)
+    evaluation, eval_data, watched = _evaluate.choose(
+        evaluate, eval_data, eval_every, monitor, mode, restore_best, batches=stacked,
+        steps=steps or _checks.MAX_STEP, params=plain_params, state=None, model=plain,
+        check_finite=check_finite)
+    spec = LoopSpec(loss, optimizer, stacked, steps, stop, False, plan, evaluation=evaluation)
+    watched = loss_out.dtype if watched is None or not _checks.is_inexact_dtype(watched) \
+        else watched
+    carry = initialize(spec, params, opt_state, start_step, watched)
+    inputs = Inputs((), lr, None, None, tol, patience, None, eval_data)
+    result = fit_result
+    if evaluation is not None and evaluation.restore_best:
+        result = partial(_restored, result)
+    if evaluation is not None and evaluation.monitor is not None:
+        result = partial(_with_best_step, result, evaluation)
 
     def in_blocks(run, spec, carry, inputs, *, on_chunk, done=0):
         blocks = drivers.stream_blocks(  # a short batch's loss is a mean over its real rows
@@ -237,10 +258,13 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
             blocks = itertools.chain([first], blocks)
         return drivers.run_in_blocks(run, spec, carry, inputs, blocks, on_chunk=on_chunk)
 
-    if checkpoint is None:
-        return fit_result(*in_blocks(run, spec, carry, inputs, on_chunk=on_chunk))
-    # The block does not change the bits: a run may resume with another.
-    described = {"batch": [f"{a.dtype}{list(a.shape)}" for a in example]}
-    return fit_result(*drivers.run_with_checkpoints(
-        checkpoint, run, spec, carry, inputs, chunk_size=source.block, on_chunk=on_chunk,
-        chunks=in_blocks, source={"stream": described}))
+    with drivers.progress(steps, progress) as bar:
+        if on_evaluation is not None or progress:
+            on_chunk = drivers.PeriodHook(on_chunk, on_evaluation, bar)
+        if checkpoint is None:
+            return result(*in_blocks(run, spec, carry, inputs, on_chunk=on_chunk))
+        # The block does not change the bits: a run may resume with another.
+        described = {"batch": [f"{a.dtype}{list(a.shape)}" for a in example]}
+        return result(*drivers.run_with_checkpoints(
+            checkpoint, run, spec, carry, inputs, chunk_size=source.block, on_chunk=on_chunk,
+            chunks=in_blocks, source={"stream": described}))

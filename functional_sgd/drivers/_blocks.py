@@ -111,8 +111,7 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
     ahead = _next_block(blocks, carry, records, spec, result)
     while ahead is not None:
         data, length, padded = ahead  # host arrays: the call copies them in (cheaper than device_put)
-        piece = spec.part(done, length) if steps is not None \
-            else dataclasses.replace(spec, steps=length)
+        piece = spec.part(done, length)  # a stream's evaluation periods count from its start
         piece = dataclasses.replace(piece, batches=dataclasses.replace(piece.batches,
                                                                        padded=padded))
         carry, record = run(piece, carry, inputs._replace(data=data))
