@@ -103,7 +103,8 @@ class FitResult(NamedTuple):
         hold NaN (integer and bool leaves: zero/False); otherwise ``None``.
       evals: with an :class:`~functional_sgd.Evaluation`, its dict, each
         value stacked over the evaluations (evaluations a stop rule cut off
-        hold NaN); otherwise ``None``.
+        hold NaN), with each period's training means beside it
+        (``"train/loss"``, ``"train/<aux key>"``); otherwise ``None``.
       eval_steps: the update count after each evaluation (``-1`` for one
         cut off); otherwise ``None``.
       best_step: with an evaluation's ``monitor``, the update count after

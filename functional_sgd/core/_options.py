@@ -209,7 +209,7 @@ class Evaluation:
     """Held-out evaluation inside the compiled loop, and the stop rule it drives.
 
     ``evaluate(params, *data)`` (with a model state: ``evaluate(params,
-    state, *data)``) returns a dict of scalars. It runs after every
+    state, *data)``) returns a dict of arrays (or one scalar: ``"loss"``). It runs after every
     ``every``-th update and after the last one; ``result.evals`` holds each
     value stacked over the evaluations and ``result.eval_steps`` the update
     count after each.
@@ -223,10 +223,13 @@ class Evaluation:
     stopped before its first, keeps its last params (with a warning).
 
     Attributes:
-      evaluate: ``evaluate(params, *data) -> dict`` of scalars; ``None``
-        evaluates the training loss on ``data`` as ``{"loss": ...}``.
-      data: the held-out arrays, a tuple sharing their leading axis
-        (traced: new held-out data of the same shapes compiles nothing).
+      evaluate: ``evaluate(params, *data) -> dict`` of arrays (scalars or
+        not), or a bare scalar named ``"loss"``; ``None`` evaluates the
+        training loss on ``data`` as ``{"loss": ...}``.
+      data: the held-out arrays, with a row count of their own: a tuple
+        sharing their leading axis (unpacked), any other pytree (one
+        argument), or a dict of tuples (named sets; see below). Traced:
+        new held-out data of the same shapes compiles nothing.
       every: updates between evaluations; ``None`` is one epoch with
         :class:`Shuffled` rows, else the end of the run only; ``"epoch"``
         insists on epochs; a list of steps (``[10, 25, 100]``: sorted,
@@ -253,6 +256,40 @@ class Evaluation:
     ...              evaluation=check)
     >>> r.eval_steps.tolist()
     [25, 50, 75, 100]
+
+    Each evaluation also records its period's training means: ``evals``
+    keys that start with ``"train/"`` (``"train/loss"``, and with
+    ``Model(has_aux=True)`` ``"train/<key>"`` for each scalar of the aux),
+    a prefix ``evaluate``'s own keys may not use. Steps may be listed, and a
+    hook sees each evaluation on the host:
+
+    >>> seen = []
+    >>> check = fsgd.Evaluation(lambda a, x, y: {"mse": fsgd.linear_mse(a, x, y)}, held_out,
+    ...                         every=[10, 25], monitor="mse",
+    ...                         on_evaluation=lambda step, evals: seen.append(step))
+    >>> r = fsgd.fit(fsgd.linear_mse, jnp.array([0.5, 0.75]), (x, y), lr=0.1, steps=100,
+    ...              evaluation=check)
+    >>> r.eval_steps.tolist(), seen, sorted(r.evals), int(r.best_step)
+    ([10, 25, 100], [10, 25, 100], ['mse', 'train/loss'], 100)
+
+    ``data`` is held as users have it: a tuple of arrays is unpacked into
+    ``evaluate``'s arguments; any other pytree (a dict) is passed as one
+    argument; a dict whose values are all tuples names several held-out
+    sets, each with rows of its own, evaluated alone, their keys prefixed
+    ``"name/"``. A bare scalar from ``evaluate`` is named ``"loss"``;
+    a metric may be an array (per-class errors), stacked over evaluations:
+
+    >>> test = fsgd.lesson_data(jax.random.key(2), 20)
+    >>> check = fsgd.Evaluation(fsgd.linear_mse, {"valid": held_out, "test": test}, every=50)
+    >>> r = fsgd.fit(fsgd.linear_mse, jnp.array([0.5, 0.75]), (x, y), lr=0.1, steps=100,
+    ...              evaluation=check)
+    >>> sorted(r.evals), r.evals["test/loss"].shape
+    (['test/loss', 'train/loss', 'valid/loss'], (2,))
+
+    With a :func:`~functional_sgd.stream` as data, each block's compiled
+    call evaluates at the periods counted from the stream's start; a stream
+    of unknown length needs ``every`` and evaluates its end only when that
+    ends a period.
     """
 
     evaluate: Callable[..., Mapping[str, Any]] | None = None
