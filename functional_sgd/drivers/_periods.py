@@ -102,12 +102,16 @@ class PeriodHook:
 
     def __call__(self, chunk):
         stop = self.on_chunk is not None and asks_to_stop(self.on_chunk(chunk))
-        made = [] if chunk.evals is None else list(np.flatnonzero(np.asarray(chunk.eval_steps)
-                                                                  >= 0))
+        if chunk.evals is None:
+            made, on_host = [], {}
+        else:  # one copy of each to the host, then NumPy (indexing a device array compiles)
+            steps = np.asarray(chunk.eval_steps)
+            made = np.flatnonzero(steps >= 0)
+            on_host = {name: np.asarray(values) for name, values in chunk.evals.items()}
         for k in made:
-            evals = {name: values[k] for name, values in chunk.evals.items()}
+            evals = {name: values[k] for name, values in on_host.items()}
             if self.on_evaluation is not None:
-                stop |= asks_to_stop(self.on_evaluation(int(chunk.eval_steps[k]), evals))
+                stop |= asks_to_stop(self.on_evaluation(int(steps[k]), evals))
             if self.bar is not None:
                 self.bar.set_postfix({name: f"{float(v):.4g}" for name, v in evals.items()
                                       if np.ndim(v) == 0}, refresh=False)
