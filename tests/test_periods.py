@@ -228,3 +228,25 @@ def test_evaluation_with_a_stream():
                         evaluation=ev)
     np.testing.assert_allclose(r.evals["mse"], replayed.evals["mse"], rtol=1e-6)
     np.testing.assert_allclose(r.evals["train/loss"], replayed.evals["train/loss"], rtol=1e-6)
+
+
+def test_array_metrics_and_period_means_resume_from_a_checkpoint(tmp_path):
+    def per_half(a, x, y):
+        error = (x @ a - y) ** 2
+        return {"per_half": jnp.stack([error[:15].mean(), error[15:].mean()])}
+
+    ev = fsgd.Evaluation(per_half, HELD_OUT, every=25)
+    whole = lesson(evaluation=ev)
+    path = str(tmp_path / "run.npz")
+
+    def crash(chunk):
+        if int(chunk.step) == 40:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        lesson(evaluation=ev, run=fsgd.Run(chunk_size=20, checkpoint=path, on_chunk=crash))
+    resumed = lesson(evaluation=ev, run=fsgd.Run(chunk_size=20, checkpoint=path,
+                                                 on_chunk=crash))
+    np.testing.assert_array_equal(resumed.evals["per_half"], whole.evals["per_half"])
+    np.testing.assert_allclose(resumed.evals["train/loss"], whole.evals["train/loss"],
+                               rtol=1e-6)

@@ -265,7 +265,8 @@ def _write(path, fingerprint, carry, losses, aux=None, evaluations=None):
               "keys": {name: [str(impl), list(arrays[name].shape)]
                        for name, impl in keys.items()},
               "aux": [list(np.shape(a)) for a in aux_leaves],
-              "evals": None if eval_steps is None else names}
+              "evals": None if eval_steps is None else names,
+              "eval_shapes": [list(np.shape(evals[name])[1:]) for name in names]}
     # Stored as raw bytes: .npz has no bfloat16, and bytes round-trip every dtype.
     raw = {name: np.frombuffer(np.ascontiguousarray(a).tobytes(), np.uint8)
            for name, a in arrays.items()}
@@ -366,8 +367,9 @@ def _state(header, contents, expected):
     evals = None
     if header.get("evals") is not None:
         made = contents["eval_steps"].size // 4
-        evals = ({name: array(f"eval_{i}", (made,)) for i, name in enumerate(header["evals"])},
-                 array("eval_steps", (made,)))
+        shapes = header.get("eval_shapes") or [[]] * len(header["evals"])  # array metrics
+        evals = ({name: array(f"eval_{i}", (made, *shapes[i]))
+                  for i, name in enumerate(header["evals"])}, array("eval_steps", (made,)))
     return {"done": done, "losses": array("losses", (done,)), "best": array("best", ()),
             "waited": array("waited", ()), "stopped": np.bool_(stopped),
             "leaves": [leaf(f"leaf_{i}", json.loads(spec[spec.index("["):]))
