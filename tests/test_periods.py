@@ -250,3 +250,10 @@ def test_array_metrics_and_period_means_resume_from_a_checkpoint(tmp_path):
     np.testing.assert_array_equal(resumed.evals["per_half"], whole.evals["per_half"])
     np.testing.assert_allclose(resumed.evals["train/loss"], whole.evals["train/loss"],
                                rtol=1e-6)
+
+
+def test_chunks_at_period_boundaries_keep_the_loops_bits():
+    ev = fsgd.Evaluation(mse_of, HELD_OUT, every=25)
+    whole = lesson(evaluation=ev)
+    chunked = lesson(evaluation=ev, run=fsgd.Run(chunk_size=50))
+    np.testing.assert_array_equal(chunked.evals["train/loss"], whole.evals["train/loss"])

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._chunks import eval_count, evaluations_of, is_key, on_host, record_of, run_in_chunks
+from ._periods import period_means
 from ._fingerprint import describe
 
 FORMAT = "functional-sgd checkpoint"
@@ -107,8 +108,9 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
         if made is not None:
             eval_history.append(made)
         if jax.process_index() == 0:  # every process holds the same replicated state
-            _write(path, expected, carry, np.concatenate(history), _joined(aux_history),
-                   _joined(eval_history))
+            losses, aux = np.concatenate(history), _joined(aux_history)
+            _write(path, expected, carry, losses, aux, _with_period_means(
+                _joined(eval_history), losses, aux, expected["start_step"], history))
         return carry, record
 
     steps = spec.steps
@@ -129,7 +131,23 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
     if evaluations is None and spec.evaluation is not None:  # none made yet
         evaluations = ({}, np.zeros(0, np.int32))
     return jax.device_put(carry), record_of(losses, steps, None, _joined(aux_history),
-                                            evaluations, eval_count(spec), start_step)
+                                            evaluations, eval_count(spec), start_step,
+                                            _cuts(history))
+
+
+def _cuts(history):
+    """Where the pieces of ``history`` meet: a saved prefix is one piece
+    (its own periods' means were taken whole when it was written)."""
+    return np.cumsum([piece.shape[0] for piece in history])[:-1]
+
+
+def _with_period_means(evaluations, losses, aux, start, history):
+    """Evaluations so far, each period spanning pieces with its training
+    means taken over the losses so far (see ``period_means``)."""
+    if evaluations is None:
+        return None
+    evals, eval_steps = evaluations
+    return period_means(evals, eval_steps, losses, aux, start, _cuts(history)), eval_steps
 
 
 def _joined(history):

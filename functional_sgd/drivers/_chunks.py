@@ -75,7 +75,9 @@ def join(records, steps, record_params, last_params, evaluations=0, start=0):
 
         trajectory = jax.tree.map(lambda last, *paths: on_host(whole, last, *paths),
                                   last_params, *[r.trajectory for r in records])
-    return record_of(losses, steps, trajectory, aux, evaluations_of(records), evaluations, start)
+    cuts = np.cumsum([int(r.steps_run) for r in records])[:-1]
+    return record_of(losses, steps, trajectory, aux, evaluations_of(records), evaluations, start,
+                     cuts)
 
 
 def on_host(function, *leaves):
@@ -113,22 +115,23 @@ def evaluations_of(records):
 
 
 def record_of(losses, steps, trajectory=None, aux=None, evaluations=None, eval_count=0,
-              start=0):
+              start=0, cuts=None):
     """The ``Record`` of a run of ``steps`` whose first ``len(losses)`` steps
     ran: losses (and every leaf of ``aux``, stacked over those steps) padded
     with NaN (zeros where the dtype has none), ``steps_run`` and
     ``diverged_at`` read off them; ``evaluations`` (``(evals, eval_steps)``
     made so far) padded to ``eval_count`` (eval steps with -1); a run cut
     short by an error (``eval_count`` 0) keeps the evaluations it made.
-    ``start``: the run's first global step; each period's training means
-    are taken over the joined losses (a period may span pieces)."""
+    ``start``: the run's first global step; the training means of each
+    period that spans one of the ``cuts`` between pieces (``None``: any
+    period) are taken again over the joined losses."""
     steps_run = losses.shape[0]
     bad = np.flatnonzero(~np.isfinite(losses))
     padded, aux = (_padded(tree, steps) for tree in (losses, aux))
     evals = eval_steps = None
     if evaluations is not None:
         eval_count = max(eval_count, evaluations[1].shape[0])
-        evals = _padded(period_means(evaluations[0], evaluations[1], losses, aux, start),
+        evals = _padded(period_means(evaluations[0], evaluations[1], losses, aux, start, cuts),
                         eval_count)
         eval_steps = np.concatenate([evaluations[1].astype(np.int32), np.full(
             eval_count - evaluations[1].shape[0], -1, np.int32)])

@@ -51,10 +51,12 @@ def _key_name(entry):
     return str(entry)
 
 
-def period_means(evals, eval_steps, losses, aux, start):
-    """``evals`` with each training mean taken again on the host: evaluation
-    ``k`` (after global step ``eval_steps[k]``) over the losses of the steps
-    since the evaluation before it (or the run's ``start``)."""
+def period_means(evals, eval_steps, losses, aux, start, cuts=None):
+    """``evals`` with the training means of each period that spans a cut
+    between pieces (at the local steps ``cuts``; ``None``: any period) taken
+    again on the host: evaluation ``k`` (after global step ``eval_steps[k]``)
+    over the losses of the steps since the evaluation before it (or the
+    run's ``start``). A period within one piece keeps the loop's value."""
     if not evals or not any(name.startswith(TRAIN) for name in evals):
         return evals
     columns = {TRAIN + "loss": np.asarray(losses)}
@@ -69,7 +71,8 @@ def period_means(evals, eval_steps, losses, aux, start):
             if step < 0:
                 continue
             end = int(step) - start
-            if end > before:
+            spans = cuts is None or any(before < cut < end for cut in cuts)
+            if end > before and spans:
                 out[k] = column[before:end].astype(np.float64).mean()
             before = end
         evals[name] = out
