@@ -133,7 +133,7 @@ def test_on_evaluation_sees_every_evaluation_and_compiles_a_few_programs():
     def on_evaluation(step, evals):
         seen.append((step, dict(evals)))
 
-    loss = lambda a, x, y: fsgd.linear_mse(a, x, y)  # a loss of its own: nothing warm  # noqa
+    loss = lambda a, x, y: fsgd.linear_mse(a, x, y)  # a loss of its own: nothing warm
     ev = fsgd.Evaluation(mse_of, HELD_OUT, every=10, on_evaluation=on_evaluation)
     with count_compilations() as compiles:
         r = fsgd.fit(loss, START, (X, Y), lr=0.1, steps=105, evaluation=ev)

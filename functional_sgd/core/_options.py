@@ -192,10 +192,11 @@ def _check_eval_every(every: object) -> Any:
     if every is None or (isinstance(every, str) and every == "epoch"):
         return every
     if isinstance(every, (list, tuple)) or (hasattr(every, "shape") and len(every.shape) == 1):
-        steps = tuple(_check_count(s, f"every[{i}]") for i, s in enumerate(list(every)))
+        steps = tuple(_check_count(s, f"every[{i}]")
+                      for i, s in enumerate(list(every)))  # type: ignore[call-overload]
         if not steps:
             raise ValueError("every as a list of steps needs at least one step; got [].")
-        for before, after in zip(steps, steps[1:]):
+        for before, after in zip(steps, steps[1:]):  # noqa: RUF007 (pairwise: 3.10+ only)
             if after <= before:
                 why = "unique" if after == before else "sorted"
                 raise ValueError(f"every's steps must be {why} (strictly increasing); got "

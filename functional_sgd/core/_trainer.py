@@ -17,8 +17,8 @@ from typing import Any, Callable, Mapping, NamedTuple
 import jax
 
 from .. import drivers
-from ..drivers import TRAIN
 from .._types import FitResult
+from ..drivers import TRAIN
 from . import _checks, _warm
 from ._evaluate import HeldOutLoss, as_dict
 from ._fit import run_keywords

@@ -16,6 +16,8 @@ from ._checkpoint import saved_run as saved_run
 from ._chunks import run_in_chunks as run_in_chunks
 from ._fingerprint import describe as describe
 from ._mesh import check_mesh as check_mesh
+from ._mesh import data_parallel as data_parallel
+from ._mesh import real_rows_sum as real_rows_sum
 from ._periods import TRAIN as TRAIN
 from ._periods import PeriodHook as PeriodHook
 from ._periods import asks_to_stop as asks_to_stop
@@ -24,5 +26,3 @@ from ._periods import check_tqdm as check_tqdm
 from ._periods import period_chunks as period_chunks
 from ._periods import period_means as period_means
 from ._periods import progress as progress
-from ._mesh import data_parallel as data_parallel
-from ._mesh import real_rows_sum as real_rows_sum

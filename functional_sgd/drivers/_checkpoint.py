@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._chunks import eval_count, evaluations_of, is_key, on_host, record_of, run_in_chunks
-from ._periods import period_means
 from ._fingerprint import describe
+from ._periods import period_means
 
 FORMAT = "functional-sgd checkpoint"
 VERSION = 3  # 3: evaluations and the best params so far
