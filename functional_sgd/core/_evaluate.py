@@ -132,13 +132,19 @@ class Evaluation:
         scalar aux metric, as ``{"train/loss": ..., "train/<aux key>": ...}``."""
         def means(record, ran):
             mask = None if isinstance(ran, int) else jnp.arange(length) < ran
-            count = jnp.maximum(jnp.asarray(ran, dtype), 1)
+            # A true division (XLA would multiply by 1/count for a constant count).
+            count = jax.lax.optimization_barrier(
+                jnp.maximum(jnp.asarray(ran, dtype), jnp.asarray(1, dtype)))
 
             def mean(values):
+                # Summed in step order, so that the host gives the same bits
+                # for a period a chunk cut in two (``drivers.period_means``).
                 values = jnp.asarray(values, dtype)
                 if mask is not None:
                     values = jnp.where(mask, values, 0)
-                return values.sum() / count
+                total = jax.lax.scan(lambda s, v: (s + v, None), jnp.zeros((), dtype),
+                                     values)[0]
+                return total / count
 
             out = {TRAIN + "loss": mean(record.losses)}
             for name, leaf in aux_metrics(record.aux):

@@ -5,7 +5,8 @@ Inside the compiled loop each evaluation also records the mean training
 loss of its period (and the mean of each scalar aux metric) under keys that
 start with :data:`TRAIN`. A run cut into chunks that do not end where
 periods do has those means taken again on the host, from the joined losses
-(:func:`period_means`): the same values, to float rounding.
+(:func:`period_means`), summed in step order as the loop sums them: the
+same bits.
 
 ``Evaluation(on_evaluation=fn)`` and ``Run(progress=True)`` cut the run at
 evaluation boundaries (``run_in_chunks``), so that every period is one call
@@ -72,8 +73,10 @@ def period_means(evals, eval_steps, losses, aux, start, cuts=None):
                 continue
             end = int(step) - start
             spans = cuts is None or any(before < cut < end for cut in cuts)
-            if end > before and spans:
-                out[k] = column[before:end].astype(np.float64).mean()
+            if end > before and spans:  # summed in step order, as the loop does
+                dtype = out.dtype.type
+                out[k] = np.cumsum(column[before:end].astype(dtype), dtype=dtype)[-1] \
+                    / dtype(end - before)
             before = end
         evals[name] = out
     return evals
