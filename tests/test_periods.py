@@ -271,3 +271,15 @@ def test_chunked_runs_with_a_monitor_equal_one_call_whole(chunk_size):
     one = lesson(steps=200, lr=1.9, evaluation=ev)
     chunked = lesson(steps=200, lr=1.9, evaluation=ev, run=fsgd.Run(chunk_size=chunk_size))
     assert_trees_close(chunked, one)  # bits equal, the period means and best_step included
+
+
+def test_period_means_skip_aux_leaves_that_are_keys_or_arrays():
+    def loss(a, x, y):
+        error = x @ a - y
+        return (error ** 2).mean(), {"key": jax.random.key(0), "row": error, "n": jnp.int32(3)}
+
+    r = fsgd.fit(
+        loss, START, (X, Y), lr=0.1, steps=20, model=fsgd.Model(has_aux=True),
+        evaluation=fsgd.Evaluation(mse_of, HELD_OUT, every=10), run=fsgd.Run(chunk_size=7))
+    assert set(r.evals) == {"mse", "train/loss", "train/n"}
+    np.testing.assert_array_equal(r.evals["train/n"], [3.0, 3.0])

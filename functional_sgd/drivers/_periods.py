@@ -18,6 +18,7 @@ import contextlib
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 TRAIN = "train/"
@@ -37,8 +38,8 @@ def aux_metrics(aux):
     found = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(aux)[0]:
         dtype = getattr(leaf, "dtype", None)
-        if dtype is None or np.ndim(leaf) != 1 or not (
-                np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+        if dtype is None or np.ndim(leaf) != 1 or not (  # jnp's: a key dtype is neither
+                jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
             continue
         name = "/".join(_key_name(k) for k in path) or "aux"
         found.append((TRAIN + name, leaf))
