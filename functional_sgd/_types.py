@@ -105,9 +105,13 @@ class FitResult(NamedTuple):
         hold NaN (integer and bool leaves: zero/False); otherwise ``None``.
       evals: with an :class:`~functional_sgd.Evaluation`, its dict, each
         value stacked over the evaluations (evaluations a stop rule cut off
-        hold NaN); otherwise ``None``.
+        hold NaN), with each period's training means beside it
+        (``"train/loss"``, ``"train/<aux key>"``); otherwise ``None``.
       eval_steps: the update count after each evaluation (``-1`` for one
         cut off); otherwise ``None``.
+      best_step: with an evaluation's ``monitor``, the update count after
+        its first best evaluation (the one ``restore_best`` returns);
+        ``-1`` without a monitor or when no evaluation was finite.
     """
 
     params: PyTree
@@ -121,10 +125,11 @@ class FitResult(NamedTuple):
     aux: PyTree = None
     evals: dict[str, jax.Array] | None = None
     eval_steps: jax.Array | None = None
+    best_step: jax.Array | int = -1
 
 
-def fit_result(carry: Carry, record: Record) -> FitResult:
+def fit_result(carry: Carry, record: Record, best_step: Any = -1) -> FitResult:
     """The :class:`FitResult` of a run that ended in ``carry`` and recorded ``record``."""
     return FitResult(carry.params, record.losses, record.diverged_at, record.steps_run,
                      carry.step, carry.opt_state, record.trajectory, carry.state, record.aux,
-                     record.evals, record.eval_steps)
+                     record.evals, record.eval_steps, best_step)

@@ -209,9 +209,9 @@ BAD = [
      "every must be >= 1"),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), every=2.0)}, TypeError,
      "every must be an int"),
-    (lambda: {"evaluation": fsgd.Evaluation(lambda a, x, y: {"err": (x @ a - y)}, (X, Y))}, ValueError,
-     r"evaluate must return a dict of real scalars; its 'err' is float32\[100\]"),
-    (lambda: {"evaluation": fsgd.Evaluation(lambda a, x, y: fsgd.linear_mse(a, x, y), (X, Y))}, ValueError,
+    (lambda: {"evaluation": fsgd.Evaluation(lambda a, x, y: {"err": (x @ a - y) > 0}, (X, Y))},
+     ValueError, r"evaluate must return a dict of real arrays; its 'err' is bool\[100\]"),
+    (lambda: {"evaluation": fsgd.Evaluation(lambda a, x, y: None, (X, Y))}, ValueError,
      "evaluate must return a non-empty dict"),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), restore_best=True)}, ValueError,
      r"Evaluation\(restore_best=\) needs monitor"),
@@ -259,9 +259,9 @@ def test_a_memmap_read_in_blocks_evaluates_as_in_memory_data(tmp_path):
 
 def test_a_stream_refuses_evaluation_arguments():
     batches = [(np.asarray(X[:10]), np.asarray(Y[:10]))] * 3
-    with pytest.raises(ValueError, match="evaluate cannot be used with a stream"):
+    with pytest.raises(ValueError, match="stream of unknown length needs every"):
         fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches), lr=0.1,
-                 evaluation=fsgd.Evaluation(mse_dict))
+                 evaluation=fsgd.Evaluation(mse_dict, (X, Y)))
     with pytest.raises(ValueError, match="Evaluation needs evaluate= or data="):
         fsgd.fit(fsgd.linear_mse, START, fsgd.stream(batches), lr=0.1,
                  evaluation=fsgd.Evaluation(monitor="mse"))

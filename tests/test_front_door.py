@@ -221,12 +221,13 @@ def example_value(kind):
         fsgd.Stop: fsgd.Stop(tol=0.5, patience=3),
         fsgd.Evaluation: fsgd.Evaluation(fsgd.linear_mse, (jnp.asarray(X), jnp.asarray(Y)),
                                          every=2, monitor="loss", mode="max", patience=2,
-                                         tol=0.1, restore_best=True),
+                                         tol=0.1, restore_best=True,
+                                         on_evaluation=lambda step, evals: None),
         fsgd.Model: fsgd.Model(rng=jax.random.key(3), state=jnp.zeros(2), has_aux=True,
                                trainable=lambda leaf: True),
         fsgd.Run: fsgd.Run(chunk_size=3, on_chunk=print, checkpoint="run.npz", mesh="mesh",
                            record_params=True, check_finite=False, start_step=4,
-                           opt_state=jnp.zeros(1), speed=fsgd.speed.SpeedPlan()),
+                           opt_state=jnp.zeros(1), speed=fsgd.speed.SpeedPlan(), progress=True),
     }[kind]
 
 

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from .._types import Carry, Record, StopState
+from ..drivers import TRAIN, aux_metrics
 from . import _checks
 from ._batches import Stacked
 from ._model import unwrap
@@ -45,15 +46,18 @@ class Evaluation:
     """How a run evaluates held-out data (compile-time).
 
     Attributes:
-      evaluate: ``evaluate(params, *eval_data) -> dict of scalars`` (with a
-        model state: ``evaluate(params, state, *eval_data)``).
-      every: updates between evaluations.
+      evaluate: ``evaluate(params, *eval_data) -> dict of arrays`` (with a
+        model state: ``evaluate(params, state, *eval_data)``); a bare
+        array is taken as ``{"loss": value}``.
+      every: updates between evaluations, or a tuple of the steps (counted
+        from the run's start) after which to evaluate.
       monitor: the key of ``evaluate``'s dict the stop rule watches, or ``None``.
       mode: ``"min"`` or ``"max"``: which way the monitored value improves.
       restore_best: the run returns the params (and state) of the first
         best evaluation.
       offset: updates of the current period made before this piece of the
-        run (a chunk, a resumed run): ``(piece start - run start) % every``.
+        run (a chunk, a resumed run): ``(piece start - run start) % every``;
+        with listed steps, ``piece start - run start``.
       at_end: this piece ends the run, so it evaluates after its last update.
     """
 
@@ -64,6 +68,29 @@ class Evaluation:
     restore_best: bool = False
     offset: int = 0
     at_end: bool = True
+
+    @property
+    def listed(self):
+        """Whether the evaluations come after listed steps (not every ``every``)."""
+        return isinstance(self.every, tuple)
+
+    def ends(self, steps):
+        """With listed steps: ``[(end, always), ...]``, the parts of a piece
+        of ``steps`` updates, each ending (``end`` updates into the piece) in
+        an evaluation slot: one per listed step within the piece, then the
+        piece's end unless listed (it always evaluates when it ends the
+        run, else only when a stop rule ended the run in it).
+
+        >>> Evaluation(evaluate=None, every=(3, 5)).ends(8)
+        [(3, True), (5, True), (8, True)]
+        >>> Evaluation(evaluate=None, every=(3, 5)).part(4, at_end=False).ends(2)
+        [(1, True), (2, False)]
+        """
+        ends = [(s - self.offset, True) for s in self.every
+                if self.offset < s <= self.offset + steps]
+        if not ends or ends[-1][0] != steps:
+            ends.append((steps, self.at_end))
+        return ends
 
     def segments(self, steps):
         """How a piece of ``steps`` updates is cut, statically: ``(head,
@@ -81,6 +108,8 @@ class Evaluation:
         always evaluates; one that ends only the piece (a chunk) evaluates
         only when a stop rule ended the run in it.
         """
+        if self.listed:
+            return len(self.ends(steps))
         head, periods, tail = self.segments(steps)
         return (head > 0) + periods + (tail > 0)
 
@@ -90,18 +119,58 @@ class Evaluation:
 
     def part(self, done, *, at_end):
         """The evaluation of a piece of this run that starts ``done`` updates in."""
-        return dataclasses.replace(self, offset=(self.offset + done) % self.every,
-                                   at_end=self.at_end and at_end)
+        offset = self.offset + done if self.listed else (self.offset + done) % self.every
+        return dataclasses.replace(self, offset=offset, at_end=self.at_end and at_end)
 
     def call(self, model, params, state, eval_data):
         """``evaluate`` on (wrapped) params, as the model's user wrote it; a dict of arrays."""
         out = _called(self.evaluate, model, params, state, eval_data)
         return {name: jnp.asarray(value) for name, value in out.items()}
 
+    def period_mean(self, length, dtype):
+        """Returns ``means(record, ran)``: the mean training loss of a part
+        of ``length`` steps of which ``ran`` ran, and the mean of each
+        scalar aux metric, as ``{"train/loss": ..., "train/<aux key>": ...}``."""
+        def means(record, ran):
+            mask = None if isinstance(ran, int) else jnp.arange(length) < ran
+            # A true division (XLA would multiply by 1/count for a constant count).
+            count = jax.lax.optimization_barrier(
+                jnp.maximum(jnp.asarray(ran, dtype), jnp.asarray(1, dtype)))
+
+            def mean(values):
+                # Summed in step order, so that the host gives the same bits
+                # for a period a chunk cut in two (``drivers.period_means``).
+                values = jnp.asarray(values, dtype)
+                if mask is not None:
+                    values = jnp.where(mask, values, 0)
+                total = jax.lax.scan(lambda s, v: (s + v, None), jnp.zeros((), dtype),
+                                     values)[0]
+                return total / count
+
+            out = {TRAIN + "loss": mean(record.losses)}
+            for name, leaf in aux_metrics(record.aux):
+                out[name] = mean(leaf)
+            return out
+        return means
+
     def signed(self, values, dtype):
         """The monitored value, negated in mode ``"max"`` (lower is better), in ``dtype``."""
         value = jnp.asarray(values[self.monitor], dtype)
         return -value if self.mode == "max" else value
+
+
+def best_step(evaluation, record):
+    """The update count after the first best evaluation of ``record`` (its
+    monitored value, strictly better than every one before: the one
+    ``restore_best`` keeps), ``-1`` if none was finite (traced: works under
+    ``jax.vmap``)."""
+    if evaluation is None or evaluation.monitor is None or record.evals is None:
+        return -1
+    values = jnp.asarray(record.evals[evaluation.monitor])
+    values = -values if evaluation.mode == "max" else values
+    made = (jnp.asarray(record.eval_steps) >= 0) & jnp.isfinite(values)
+    first = jnp.argmin(jnp.where(made, values, jnp.inf))  # ties: the first
+    return jnp.where(made.any(), jnp.asarray(record.eval_steps)[first], -1)
 
 
 def restored(carry):
@@ -170,9 +239,14 @@ def choose(evaluate, eval_data, eval_every, monitor, mode, restore_best, *, batc
     if not callable(evaluate):
         raise TypeError(f"evaluate must be callable as evaluate(params, *eval_data) -> dict; "
                         f"got {evaluate!r}.")
-    eval_data = check_eval_data(eval_data, check_finite)
+    eval_data = check_eval_data(eval_data, check_finite, getattr(evaluate, "groups", None))
     if eval_every is None:
         every = _epoch(batches) or steps
+    elif isinstance(eval_every, tuple):  # steps the user listed (checked when built)
+        if eval_every[-1] > steps:
+            raise ValueError(f"every's steps must be within the run of {steps} updates; got "
+                             f"{list(eval_every)}.")
+        every = eval_every
     else:
         every = _checks.check_int(eval_every, "eval_every", minimum=1)
     if mode not in MODES:
@@ -216,9 +290,10 @@ def _epoch(batches):
     return -(-n // size) if getattr(batches, "drop_last", True) is False else n // size
 
 
-def check_eval_data(eval_data, check_finite):
-    """``eval_data`` as a tuple of arrays sharing their leading axis (CPU
-    torch tensors as NumPy views of their memory, as ``data`` takes them)."""
+def check_eval_data(eval_data, check_finite, groups=None):
+    """``eval_data`` as a tuple of arrays sharing their leading axis (each
+    group of ``groups`` leaves its own: named held-out sets; CPU torch
+    tensors as NumPy views of their memory, as ``data`` takes them)."""
     if not isinstance(eval_data, (tuple, list)):
         raise TypeError("eval_data must be a tuple of arrays, unpacked into evaluate's "
                         f"arguments, e.g. (valid_x, valid_y); got {type(eval_data).__name__}. "
@@ -228,7 +303,15 @@ def check_eval_data(eval_data, check_finite):
     for i, a in enumerate(eval_data):
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
             raise TypeError(f"eval_data[{i}] must be an array; got {type(a).__name__}.")
-    rows = {tuple(a.shape[:1]) for a in eval_data}
+    first = 0
+    for count in groups or (len(eval_data),):  # each named set has rows of its own
+        group = eval_data[first:first + count]
+        first += count
+        rows = {tuple(a.shape[:1]) for a in group}
+        if len(rows) > 1 or any(len(a.shape) == 0 for a in group):
+            break
+    else:
+        rows = ()
     if len(rows) > 1 or any(len(a.shape) == 0 for a in eval_data):
         shapes = ", ".join(f"eval_data[{i}].shape={tuple(a.shape)}"
                            for i, a in enumerate(eval_data))
@@ -286,27 +369,38 @@ def _trace_evaluate(evaluate, model, treedef, state_def, signature):
 def _called(evaluate, model, params, state, eval_data):
     """``evaluate`` called on (wrapped) params and state as its user wrote it."""
     if model.plain:
-        return evaluate(params, *eval_data)
+        return as_dict(evaluate(params, *eval_data))
     if model.state:
-        return evaluate(unwrap(params), unwrap(state), *eval_data)
-    return evaluate(unwrap(params), *eval_data)
+        return as_dict(evaluate(unwrap(params), unwrap(state), *eval_data))
+    return as_dict(evaluate(unwrap(params), *eval_data))
+
+
+def as_dict(out):
+    """``evaluate``'s result as a dict: a bare array is ``{"loss": out}``."""
+    if isinstance(out, Mapping):
+        return out
+    if hasattr(out, "shape") or isinstance(out, (int, float)):
+        return {"loss": out}
+    return out
 
 
 def check_values(out):
-    """``evaluate``'s result must be a dict of real scalars."""
+    """``evaluate``'s result must be a dict of real arrays (scalars or not)."""
     if not isinstance(out, Mapping) or not out:
-        raise ValueError(f"evaluate must return a non-empty dict of scalars, e.g. "
-                         f"{{'accuracy': acc}}; got {out!r}.")
+        raise ValueError(f"evaluate must return a non-empty dict of arrays, e.g. "
+                         f"{{'accuracy': acc}}, or a scalar (named 'loss'); got {out!r}.")
     for name, value in out.items():
         if not isinstance(name, str):
             raise TypeError(f"evaluate's dict must have str keys; got {name!r}.")
-        if getattr(value, "shape", None) != () or not (
-                jnp.issubdtype(value.dtype, jnp.floating)
-                or jnp.issubdtype(value.dtype, jnp.integer)):
-            raise ValueError(f"evaluate must return a dict of real scalars; its {name!r} is "
+        if name.startswith(TRAIN):
+            raise ValueError(f"evaluate's keys may not start with {TRAIN!r}: those hold the "
+                             f"training means of each period; got {name!r}. Rename it.")
+        dtype = getattr(value, "dtype", None)
+        if dtype is None or not (jnp.issubdtype(dtype, jnp.floating)
+                                 or jnp.issubdtype(dtype, jnp.integer)):
+            raise ValueError(f"evaluate must return a dict of real arrays; its {name!r} is "
                              f"{getattr(value, 'dtype', type(value).__name__)}"
-                             f"{list(getattr(value, 'shape', ()))}. Reduce it, e.g. with "
-                             ".mean().")
+                             f"{list(getattr(value, 'shape', ()))}.")
 
 
 def run_with_evaluations(piece, first_bad, spec, loss, data, params, opt_state, frozen,
@@ -326,7 +420,7 @@ def run_with_evaluations(piece, first_bad, spec, loss, data, params, opt_state, 
     evaluation, model, rule, steps = spec.evaluation, spec.model, spec.stop, spec.steps
     monitored = evaluation.monitor is not None
     inner = dataclasses.replace(spec, evaluation=None, stop=StopRule() if monitored else rule)
-    head, periods, tail = evaluation.segments(steps)
+    head, periods, tail = (0, 0, 0) if evaluation.listed else evaluation.segments(steps)
     stacked = isinstance(spec.batches, Stacked)
 
     def run_part(state, start, length):
@@ -352,12 +446,16 @@ def run_with_evaluations(piece, first_bad, spec, loss, data, params, opt_state, 
         model, model.join(params, frozen), state, inputs.eval_data)
     first_loss = jax.eval_shape(
         lambda: run_part((params, opt_state, carry.state, carry.stop), 0, 1)[2])
-    shapes = jax.eval_shape(evaluate, params, carry.state)
+    shapes = dict(jax.eval_shape(evaluate, params, carry.state))
+    mean_dtype = jnp.result_type(first_loss.losses.dtype, jnp.float32)
+    shapes.update(jax.eval_shape(lambda r: evaluation.period_mean(1, mean_dtype)(r, 1),
+                                 first_loss))
     count = evaluation.count(steps)
     losses = jnp.full((steps,), jnp.nan, first_loss.losses.dtype)
     aux = jax.tree.map(lambda a: jnp.full((steps,) + a.shape[1:], not_run(a.dtype), a.dtype),
                        first_loss.aux)
-    evals = {name: jnp.full((count,), not_run(s.dtype), s.dtype) for name, s in shapes.items()}
+    evals = {name: jnp.full((count,) + s.shape, not_run(s.dtype), s.dtype)
+             for name, s in shapes.items()}
     eval_steps = jnp.full((count,), -1, jnp.int32)
     watch_dtype = jnp.result_type(carry.stop.best) if monitored else first_loss.losses.dtype
     stop_state = carry.stop._replace(best=jnp.asarray(carry.stop.best, watch_dtype),
@@ -386,7 +484,8 @@ def run_with_evaluations(piece, first_bad, spec, loss, data, params, opt_state, 
                 record.trajectory)
         t = jnp.asarray(start + ran, jnp.int32)  # int32 under x64 too
         params, model_state, stop_state = training[0], training[2], training[3]
-        values = evaluate(params, model_state)
+        values = {**evaluate(params, model_state),
+                  **evaluation.period_mean(length, mean_dtype)(record, ran)}
         evaluated = True if always else stop_state.stopped  # a chunk's tail: if it stopped
         evals = {name: path.at[slot].set(jnp.where(evaluated, values[name], path[slot]))
                  for name, path in evals.items()}
@@ -404,6 +503,15 @@ def run_with_evaluations(piece, first_bad, spec, loss, data, params, opt_state, 
 
     state = ((params, opt_state, carry.state, stop_state), jnp.int32(0), losses, aux,
              trajectory, evals, eval_steps, best)
+    if evaluation.listed:  # the parts, one after another, each skipped once stopped
+        start = 0
+        for slot, (end, always) in enumerate(evaluation.ends(steps)):
+            run = functools.partial(part, start=start, length=end - start, slot=slot,
+                                    always=always)
+            state = run(state) if slot == 0 else jax.lax.cond(
+                state[0][3].stopped, lambda state: state, run, state)
+            start = end
+        head = periods = tail = 0
     if head:
         state = part(state, 0, head, 0, evaluation.head_evaluates(steps))
     if periods:

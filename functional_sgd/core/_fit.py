@@ -42,23 +42,20 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
                  chunk_size=None, on_chunk=None, mesh=None, checkpoint=None, fast_path="auto",
                  speed=None, rng=None, state=None, has_aux=False, trainable=None,
                  evaluate=None, eval_data=(), eval_every=None, monitor=None, mode="min",
-                 restore_best=False, drop_last=True, memory=None, warm_call=None):
+                 restore_best=False, drop_last=True, on_evaluation=None, progress=False,
+                 memory=None, warm_call=None):
     """The run ``fit`` asks for, its options spelled out as keywords (see
     :func:`fit` and ``_options.py`` for their meanings). ``memory`` and
     ``warm_call``: where a run that passed its checks is remembered, so the
     same call again skips them (``_warm.py``)."""
     if isinstance(data, drivers.Stream):
-        if evaluate is not None:
-            raise ValueError("evaluate cannot be used with a stream as data for now: pass "
-                             "in-memory arrays, or evaluate in on_chunk.")
-        _evaluate.choose(None, eval_data, eval_every, monitor, mode, restore_best,
-                         batches=None, steps=None, params=None, state=None, model=None,
-                         check_finite=False)  # refuses their use without evaluate
         return _fit_stream(loss, params, data, lr=lr, steps=steps, optimizer=optimizer,
                            tol=tol, patience=patience, record_params=record_params,
                            opt_state=opt_state, start_step=start_step,
                            check_finite=check_finite, on_chunk=on_chunk,
                            checkpoint=checkpoint, speed=speed,
+                           held_out=(evaluate, eval_data, eval_every, monitor, mode,
+                                     restore_best, on_evaluation, progress),
                            unused=dict(batch_size=batch_size, key=key, indices=indices,
                                        chunk_size=chunk_size, mesh=mesh, rng=rng, state=state,
                                        has_aux=has_aux or None, trainable=trainable,
@@ -115,6 +112,17 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
         result = partial(_restored, result)
     if not read_on_host:
         _warn_if_lr_rounds_away(loop, spec, carry, inputs)
+    if evaluation is not None and evaluation.monitor is not None:
+        result = partial(_with_best_step, result, evaluation)
+    if on_evaluation is not None or progress:  # the run cut at evaluation boundaries
+        chunk_size = chunk_size or drivers.period_chunks(
+            None if evaluation is None else evaluation.every, steps)
+        with drivers.progress(steps, progress) as bar:
+            on_chunk = drivers.PeriodHook(_model.unwrapping(on_chunk, model), on_evaluation,
+                                          bar)
+            return _chunked(loop, spec, carry, inputs, chunk_size, on_chunk, read_on_host,
+                            check_finite, mesh, checkpoint, result,
+                            (params, data, lr, start_step, rng, state, eval_data))
     if read_on_host:  # chunks read on the host, of a size chosen here unless given
         chunk_size = chunk_size or _host_block(spec.batches.batch_size, data)
     if chunk_size is None:
@@ -125,9 +133,21 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
         if warm_call is not None and model.plain and not read_on_host:
             memory.remember(warm_call, spec, carry)  # after the run: it succeeded
         return out
-    chunk_size = _checks.check_chunks(chunk_size, on_chunk,
-                                      (params, data, lr, start_step, rng, state, eval_data))
-    on_chunk = _model.unwrapping(on_chunk, model)
+    return _chunked(loop, spec, carry, inputs, chunk_size, _model.unwrapping(on_chunk, model),
+                    read_on_host, check_finite, mesh, checkpoint, result,
+                    (params, data, lr, start_step, rng, state, eval_data))
+
+
+def _chunked(loop, spec, carry, inputs, chunk_size, on_chunk, read_on_host, check_finite,
+             mesh, checkpoint, result, values):
+    """The run in chunks of ``chunk_size`` steps (or ``chunk_size(done)``
+    steps, cut at listed evaluation steps), ``on_chunk`` after each."""
+    if callable(chunk_size) and read_on_host:  # host blocks of one size; hooks see them all
+        chunk_size = _host_block(spec.batches.batch_size, inputs.data)
+    if not callable(chunk_size):
+        chunk_size = _checks.check_chunks(chunk_size, on_chunk, values)
+    else:
+        _checks.check_chunks(1, on_chunk, values)
     if read_on_host:
         return result(*_run_on_host(loop, spec, carry, inputs, chunk_size, on_chunk,
                                     check_finite, mesh, checkpoint, result))
@@ -222,6 +242,11 @@ def _warn_if_lr_rounds_away(loop, spec, carry, inputs):
             UserWarning, stacklevel=_checks.caller_stacklevel())
 
 
+def _with_best_step(result, evaluation, carry, record):
+    """``result`` with its ``best_step`` (see ``_evaluate.best_step``)."""
+    return result(carry, record)._replace(best_step=_evaluate.best_step(evaluation, record))
+
+
 def _restored(result, carry, record):
     """``result`` of a run with ``restore_best`` (see ``_evaluate.restored``)."""
     return result(_evaluate.restored(carry), record)
@@ -266,10 +291,18 @@ def _run_on_host(loop, spec, carry, inputs, block, on_chunk, check_finite, mesh,
 
 
 def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, record_params,
-                opt_state, start_step, check_finite, on_chunk, checkpoint, speed, unused):
+                opt_state, start_step, check_finite, on_chunk, checkpoint, speed, held_out,
+                unused):
     """``fit`` on a :func:`~functional_sgd.stream` of batches: blocks of them
     stacked on the host, each trained in one compiled call (``drivers/_blocks.py``);
-    with ``checkpoint``, the run's state written after every block."""
+    with ``checkpoint``, the run's state written after every block.
+
+    Held-out data is evaluated inside each block's compiled call, at the
+    periods counted from the stream's start (as in memory: the same
+    evaluations, and no host round trip or second program per evaluation).
+    A stream of unknown length (``steps=None``) needs ``every`` and
+    evaluates its end only when that ends a period (or is listed): when a
+    block trains, whether another follows is not yet known."""
     given = [name for name, value in unused.items() if value is not None]
     if given:
         raise ValueError(f"with a stream as data, {', '.join(given)} cannot be used: the "
@@ -301,10 +334,28 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
     _checks.check_opt_state(optimizer, opt_state, params)
     plan = _speed.decide(speed, False, exact_mse=False, params=params, data=example,
                          full_batch=False, steps=1)
-    spec = LoopSpec(loss, optimizer, _batches.Stacked(example[0].shape[0]), steps, stop,
-                    False, plan, lr_schedule=lr_schedule)
-    carry = initialize(spec, params, opt_state, start_step, loss_out.dtype)
-    inputs = Inputs((), lr, None, None, tol, patience)
+    evaluate, eval_data, eval_every, monitor, mode, restore_best, on_evaluation, progress = \
+        held_out
+    stacked = _batches.Stacked(example[0].shape[0])
+    if evaluate is not None and steps is None and eval_every is None:
+        raise ValueError("Evaluation with a stream of unknown length needs every= (an int or "
+                         "a list of steps), or give the stream's steps.")
+    plain_params, _, plain = _model.choose(params, None, None, None, False)
+    evaluation, eval_data, watched = _evaluate.choose(
+        evaluate, eval_data, eval_every, monitor, mode, restore_best, batches=stacked,
+        steps=steps or _checks.MAX_STEP, params=plain_params, state=None, model=plain,
+        check_finite=check_finite)
+    spec = LoopSpec(loss, optimizer, stacked, steps, stop, False, plan, evaluation=evaluation,
+                    lr_schedule=lr_schedule)
+    watched = loss_out.dtype if watched is None or not _checks.is_inexact_dtype(watched) \
+        else watched
+    carry = initialize(spec, params, opt_state, start_step, watched)
+    inputs = Inputs((), lr, None, None, tol, patience, None, eval_data)
+    result = fit_result
+    if evaluation is not None and evaluation.restore_best:
+        result = partial(_restored, result)
+    if evaluation is not None and evaluation.monitor is not None:
+        result = partial(_with_best_step, result, evaluation)
 
     def in_blocks(run, spec, carry, inputs, *, on_chunk, done=0):
         blocks = drivers.stream_blocks(  # a short batch's loss is a mean over its real rows
@@ -317,25 +368,28 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
             blocks = itertools.chain([first], blocks)
         return drivers.run_in_blocks(run, spec, carry, inputs, blocks, on_chunk=on_chunk)
 
-    asked_to_stop = []  # whether on_chunk ended the run, not the stream
-    if on_chunk is not None:
-        on_chunk = partial(_noting_stop, on_chunk, asked_to_stop)
-    if checkpoint is None:
-        carry, record = in_blocks(run, spec, carry, inputs, on_chunk=on_chunk)
-    else:
-        # The block does not change the bits: a run may resume with another.
-        described = {"batch": [f"{a.dtype}{list(a.shape)}" for a in example]}
-        carry, record = drivers.run_with_checkpoints(
-            checkpoint, run, spec, carry, inputs, chunk_size=source.block, on_chunk=on_chunk,
-            chunks=in_blocks, source={"stream": described})
-    steps_run = int(record.steps_run)
-    if steps is not None and steps_run < steps and not bool(carry.stop.stopped) \
-            and not asked_to_stop:
+    with drivers.progress(steps, progress) as bar:
+        if on_evaluation is not None or progress:
+            on_chunk = drivers.PeriodHook(on_chunk, on_evaluation, bar)
+        asked_to_stop = []  # whether on_chunk (or the hook) ended the run, not the stream
+        if on_chunk is not None:
+            on_chunk = partial(_noting_stop, on_chunk, asked_to_stop)
+        if checkpoint is None:
+            carry, record = in_blocks(run, spec, carry, inputs, on_chunk=on_chunk)
+        else:
+            # The block does not change the bits: a run may resume with another.
+            described = {"batch": [f"{a.dtype}{list(a.shape)}" for a in example]}
+            carry, record = drivers.run_with_checkpoints(
+                checkpoint, run, spec, carry, inputs, chunk_size=source.block,
+                on_chunk=on_chunk, chunks=in_blocks, source={"stream": described})
+    steps_run = None if record is None else int(record.steps_run)
+    if steps is not None and steps_run is not None and steps_run < steps \
+            and not bool(carry.stop.stopped) and not asked_to_stop:
         warnings.warn(f"the stream ended after {steps_run} of steps={steps} batches: fit "
                       f"trained {steps_run} steps (result.steps_run; result.step="
                       f"{int(carry.step)}). Pass steps=None to train until the stream ends.",
                       UserWarning, stacklevel=_checks.caller_stacklevel())
-    return fit_result(carry, record)
+    return result(carry, record)
 
 
 def _unless(value, default):

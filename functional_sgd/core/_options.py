@@ -187,10 +187,21 @@ class Stop:
 
 
 def _check_eval_every(every: object) -> Any:
-    if every is None or every == "epoch":
+    """``every`` as given (an int, ``None`` or ``"epoch"``), or a list of
+    steps as a tuple of ints, sorted and unique."""
+    if every is None or (isinstance(every, str) and every == "epoch"):
         return every
     if isinstance(every, (list, tuple)) or (hasattr(every, "shape") and len(every.shape) == 1):
-        raise TypeError("every takes an int or 'epoch' for now; got a list.")
+        steps = tuple(_check_count(s, f"every[{i}]")
+                      for i, s in enumerate(list(every)))  # type: ignore[call-overload]
+        if not steps:
+            raise ValueError("every as a list of steps needs at least one step; got [].")
+        for before, after in zip(steps, steps[1:]):  # noqa: RUF007 (pairwise: 3.10+ only)
+            if after <= before:
+                why = "unique" if after == before else "sorted"
+                raise ValueError(f"every's steps must be {why} (strictly increasing); got "
+                                 f"{list(steps)}.")
+        return steps
     return _check_count(every, "every")
 
 
@@ -199,7 +210,7 @@ class Evaluation:
     """Held-out evaluation inside the compiled loop, and the stop rule it drives.
 
     ``evaluate(params, *data)`` (with a model state: ``evaluate(params,
-    state, *data)``) returns a dict of scalars. It runs after every
+    state, *data)``) returns a dict of arrays (or one scalar: ``"loss"``). It runs after every
     ``every``-th update and after the last one; ``result.evals`` holds each
     value stacked over the evaluations and ``result.eval_steps`` the update
     count after each.
@@ -213,19 +224,30 @@ class Evaluation:
     stopped before its first, keeps its last params (with a warning).
 
     Attributes:
-      evaluate: ``evaluate(params, *data) -> dict`` of scalars; ``None``
-        evaluates the training loss on ``data`` as ``{"loss": ...}``.
-      data: the held-out arrays, a tuple sharing their leading axis, with
-        rows (traced: new held-out data of the same shapes compiles
-        nothing). NumPy, JAX and CPU torch arrays are accepted.
+      evaluate: ``evaluate(params, *data) -> dict`` of arrays (scalars or
+        not), or a bare scalar named ``"loss"``; ``None`` evaluates the
+        training loss on ``data`` as ``{"loss": ...}``.
+      data: the held-out arrays, with a row count of their own: a tuple
+        sharing their leading axis (unpacked), any other pytree (one
+        argument), or a dict of tuples (named sets; see below). Traced:
+        new held-out data of the same shapes compiles nothing. NumPy, JAX and CPU torch
+        arrays are accepted.
       every: updates between evaluations; ``None`` is one epoch with
         :class:`Shuffled` rows, else the end of the run only; ``"epoch"``
-        insists on epochs.
+        insists on epochs; a list of steps (``[10, 25, 100]``: sorted,
+        unique, each ``>= 1`` and within the run) evaluates after exactly
+        those updates, and after the last one. Held as a tuple.
       monitor: the key of ``evaluate``'s dict that the stop rule watches.
       mode: ``"min"`` or ``"max"``: which way ``monitor`` improves.
       patience: evaluations without improvement before the run stops.
       tol: stop once ``monitor`` is this good (``<=`` with ``"min"``).
       restore_best: return the params of the best evaluation.
+      on_evaluation: ``on_evaluation(step, evals)``, called on the host
+        after each evaluation with the update count and that evaluation's
+        dict (the period's training means included); returning a true
+        boolean scalar (Python, NumPy or a 0-d JAX bool) stops the run
+        there. The run is then cut at evaluation boundaries: each period is
+        one call of one compiled program (a shorter last period one more).
 
     >>> import jax, jax.numpy as jnp, functional_sgd as fsgd
     >>> x, y = fsgd.lesson_data(jax.random.key(0))
@@ -236,6 +258,40 @@ class Evaluation:
     ...              evaluation=check)
     >>> r.eval_steps.tolist()
     [25, 50, 75, 100]
+
+    Each evaluation also records its period's training means: ``evals``
+    keys that start with ``"train/"`` (``"train/loss"``, and with
+    ``Model(has_aux=True)`` ``"train/<key>"`` for each scalar of the aux),
+    a prefix ``evaluate``'s own keys may not use. Steps may be listed, and a
+    hook sees each evaluation on the host:
+
+    >>> seen = []
+    >>> check = fsgd.Evaluation(lambda a, x, y: {"mse": fsgd.linear_mse(a, x, y)}, held_out,
+    ...                         every=[10, 25], monitor="mse",
+    ...                         on_evaluation=lambda step, evals: seen.append(step))
+    >>> r = fsgd.fit(fsgd.linear_mse, jnp.array([0.5, 0.75]), (x, y), lr=0.1, steps=100,
+    ...              evaluation=check)
+    >>> r.eval_steps.tolist(), seen, sorted(r.evals), int(r.best_step)
+    ([10, 25, 100], [10, 25, 100], ['mse', 'train/loss'], 100)
+
+    ``data`` is held as users have it: a tuple of arrays is unpacked into
+    ``evaluate``'s arguments; any other pytree (a dict) is passed as one
+    argument; a dict whose values are all tuples names several held-out
+    sets, each with rows of its own, evaluated alone, their keys prefixed
+    ``"name/"``. A bare scalar from ``evaluate`` is named ``"loss"``;
+    a metric may be an array (per-class errors), stacked over evaluations:
+
+    >>> test = fsgd.lesson_data(jax.random.key(2), 20)
+    >>> check = fsgd.Evaluation(fsgd.linear_mse, {"valid": held_out, "test": test}, every=50)
+    >>> r = fsgd.fit(fsgd.linear_mse, jnp.array([0.5, 0.75]), (x, y), lr=0.1, steps=100,
+    ...              evaluation=check)
+    >>> sorted(r.evals), r.evals["test/loss"].shape
+    (['test/loss', 'train/loss', 'valid/loss'], (2,))
+
+    With a :func:`~functional_sgd.stream` as data, each block's compiled
+    call evaluates at the periods counted from the stream's start; a stream
+    of unknown length needs ``every`` and evaluates its end only when that
+    ends a period.
     """
 
     evaluate: Callable[..., Mapping[str, Any]] | None = None
@@ -246,6 +302,7 @@ class Evaluation:
     patience: Any = None
     tol: Any = None
     restore_best: bool = False
+    on_evaluation: Callable[[int, Mapping[str, Any]], Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, (tuple, list)):  # tuple() of an array would split its rows
@@ -259,7 +316,10 @@ class Evaluation:
         elif not callable(self.evaluate):
             raise TypeError(f"evaluate must be callable as evaluate(params, *data)"
                             f" -> dict; got {self.evaluate!r}.")
-        _check_eval_every(self.every)
+        object.__setattr__(self, "every", _check_eval_every(self.every))
+        if self.on_evaluation is not None and not callable(self.on_evaluation):
+            raise TypeError(f"on_evaluation must be callable as on_evaluation(step, evals); "
+                            f"got {self.on_evaluation!r}.")
         if self.mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max'; got {self.mode!r}.")
         _check_flag(self.restore_best, "restore_best")
@@ -279,7 +339,8 @@ class Evaluation:
 
     def key(self) -> tuple[Any, ...]:
         return (Evaluation, self.evaluate, self.every, self.monitor, self.mode,
-                self.patience is not None, self.tol is not None, bool(self.restore_best))
+                self.patience is not None, self.tol is not None, bool(self.restore_best),
+                self.on_evaluation)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -365,6 +426,11 @@ class Run:
         continue a run); it selects the batches drawn from ``key``.
       opt_state: the optimizer state to continue from (``result.opt_state``).
       speed: a :class:`functional_sgd.speed.SpeedPlan`; ``None`` for the defaults.
+      progress: draw a tqdm bar on stderr (tqdm must be installed) that
+        moves after each evaluation period, showing the latest evaluation's
+        scalars (without an evaluation: at most 100 times a run). The run
+        is cut at evaluation boundaries, each period one call of one
+        compiled program, so nothing compiles per period.
 
     :meth:`after` continues a run: ``fit(..., run=Run.after(first))`` gives
     the same bits as one longer run.
@@ -379,8 +445,12 @@ class Run:
     start_step: Any = 0
     opt_state: Any = None
     speed: SpeedPlan | None = None
+    progress: bool = False
 
     def __post_init__(self) -> None:
+        if _check_flag(self.progress, "progress"):
+            from ..drivers import check_tqdm
+            check_tqdm()
         if self.chunk_size is not None:
             _check_count(self.chunk_size, "chunk_size")
         if self.on_chunk is not None and not callable(self.on_chunk):
@@ -402,7 +472,7 @@ class Run:
     def key(self) -> tuple[Any, ...]:
         return (Run, self.chunk_size, self.on_chunk, self.checkpoint, self.mesh,
                 bool(self.record_params), bool(self.check_finite), self.opt_state is not None,
-                self.speed)
+                self.speed, bool(self.progress))
 
 
 DEFAULT_RUN = Run()

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 
 from .. import drivers
 from .._types import FitResult
+from ..drivers import TRAIN
 from . import _checks, _warm
-from ._evaluate import HeldOutLoss
+from ._evaluate import HeldOutLoss, as_dict
 from ._fit import run_keywords
 from ._fit import tiny_lr_dtypes
 from ._options import Evaluation, Model, Run, Sampled, Schedule, Shuffled, Stop
@@ -309,15 +310,13 @@ def _warm_call(spec: Spec, params: Any, data: Any, key: Any) -> Any:
         spec, run = spec._replace(run=None), None
     if run is not None and (run.chunk_size is not None or run.on_chunk is not None
                             or run.checkpoint is not None or run.mesh is not None
-                            or run.opt_state is not None):
+                            or run.opt_state is not None or run.progress):
         return None
+    if spec.evaluation is not None and spec.evaluation.on_evaluation is not None:
+        return None  # a host loop over periods
     options: tuple[Any, ...] = spec[1:]
     if run is None and spec.rows is None and spec.stop is None and spec.evaluation is None:
         options = spec[1:5]  # the lesson's call: a few plain values
-        try:
-            check_spec(spec)  # the options' types are part of what a key may trust
-        except TypeError:
-            return None
     return _warm.key(spec.loss, params, data, key, options)
 
 
@@ -351,7 +350,7 @@ def _traced(spec: Spec) -> tuple[Any, ...]:
     rule = evaluation if evaluation is not None and evaluation.monitor is not None else stop
     tol = None if rule is None else rule.tol
     patience = None if rule is None else rule.patience
-    eval_data = () if evaluation is None else tuple(evaluation.data)
+    eval_data = () if evaluation is None else held_out(evaluation.data)[1]
     return indices, tol, patience, eval_data
 
 
@@ -388,7 +387,7 @@ def keywords(spec: Spec, data: Any) -> dict[str, Any]:
         rng=model.rng, state=model.state, has_aux=model.has_aux, trainable=model.trainable,
         record_params=run.record_params, opt_state=run.opt_state, start_step=run.start_step,
         check_finite=run.check_finite, chunk_size=run.chunk_size, on_chunk=run.on_chunk,
-        mesh=run.mesh, checkpoint=run.checkpoint, speed=run.speed,
+        mesh=run.mesh, checkpoint=run.checkpoint, speed=run.speed, progress=run.progress,
         fast_path="auto" if run.speed is None else run.speed.exact_moments)
     if evaluation is not None:
         evaluate = evaluation.evaluate
@@ -398,11 +397,97 @@ def keywords(spec: Spec, data: Any) -> dict[str, Any]:
                                  "which a model with rng, state or has_aux does not give: "
                                  "pass evaluate=fn returning a dict.")
             evaluate = HeldOutLoss(spec.loss)
+        evaluate = held_out(evaluation.data, evaluate)[0]
         every = per_epoch if evaluation.every == "epoch" else evaluation.every
         found.update(evaluate=evaluate, eval_data=eval_data, eval_every=every,
                      monitor=evaluation.monitor, mode=evaluation.mode,
-                     restore_best=evaluation.restore_best)
+                     restore_best=evaluation.restore_best,
+                     on_evaluation=evaluation.on_evaluation)
     return found
+
+
+def held_out(data: Any, evaluate: Any = None) -> tuple[Any, tuple[Any, ...]]:
+    """``(evaluate, leaves)``: ``Evaluation.data`` as the loop takes it, a
+    flat tuple of arrays, and ``evaluate`` called on it as its user wrote it.
+
+    * a tuple of arrays: unpacked into ``evaluate(params, *data)``, as it is;
+    * a dict whose values are all tuples (or lists): named held-out sets,
+      each evaluated alone and its keys prefixed by its name (``"valid/accuracy"``);
+    * any other pytree (a dict of arrays, a tuple of dicts): one argument
+      (a tuple: its items as arguments), flattened for the loop and rebuilt
+      for ``evaluate``.
+    """
+    if isinstance(data, (tuple, list)) and all(_is_array(a) for a in data):
+        return evaluate, tuple(data)
+    if isinstance(data, dict) and data and all(isinstance(v, (tuple, list))
+                                               for v in data.values()):
+        if TRAIN.rstrip("/") in data:
+            raise ValueError(f"a held-out set may not be named {TRAIN.rstrip('/')!r}: "
+                             f"keys starting with {TRAIN!r} hold the training means.")
+        sets, leaves = [], []
+        for name, part in data.items():
+            if not isinstance(name, str):
+                raise TypeError(f"held-out sets are named by str keys; got {name!r}.")
+            part_leaves, treedef = jax.tree_util.tree_flatten(tuple(part))
+            sets.append((name, treedef, len(part_leaves)))
+            leaves.extend(part_leaves)
+        return NamedSets(evaluate, tuple(sets)), tuple(leaves)
+    leaves, treedef = jax.tree_util.tree_flatten(data)
+    return PytreeHeldOut(evaluate, treedef, len(leaves), isinstance(data, (tuple, list))), \
+        tuple(leaves)
+
+
+def _is_array(a: Any) -> bool:
+    return hasattr(a, "shape") and hasattr(a, "dtype")
+
+
+def _rebuilt(args: tuple[Any, ...], treedef: Any, count: int, unpack: bool,
+             evaluate: Any) -> Any:
+    """``evaluate`` on the arguments before the last ``count`` (params, a
+    state), then the held-out pytree rebuilt from those ``count`` leaves."""
+    head, leaves = args[:len(args) - count], args[len(args) - count:]
+    data = jax.tree_util.tree_unflatten(treedef, leaves)
+    return evaluate(*head, *data) if unpack else evaluate(*head, data)
+
+
+@dataclasses.dataclass(frozen=True)
+class PytreeHeldOut:
+    """``evaluate`` of held-out data given as a pytree (flattened for the loop)."""
+
+    evaluate: Callable[..., Any]
+    treedef: Any
+    count: int
+    unpack: bool
+
+    def __call__(self, *args: Any) -> Any:
+        return _rebuilt(args, self.treedef, self.count, self.unpack, self.evaluate)
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedSets:
+    """``evaluate`` of each named held-out set, its keys prefixed by the set's
+    name (a bare scalar is its ``"name/loss"``)."""
+
+    evaluate: Callable[..., Any]
+    sets: tuple[tuple[str, Any, int], ...]
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        """The leaves of each set: each set shares a row count of its own."""
+        return tuple(count for _, _, count in self.sets)
+
+    def __call__(self, *args: Any) -> dict[str, Any]:
+        total = sum(self.groups)
+        head, leaves = args[:len(args) - total], args[len(args) - total:]
+        out, first = {}, 0
+        for name, treedef, count in self.sets:
+            values = as_dict(_rebuilt((*head, *leaves[first:first + count]), treedef, count,
+                                      True, self.evaluate))
+            if isinstance(values, Mapping):
+                values = {f"{name}/{key}": value for key, value in values.items()}
+            out.update(values)
+            first += count
+        return out
 
 
 def model_is_plain(model: Model) -> bool:

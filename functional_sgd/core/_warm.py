@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 import jax
 
 from .._types import FitResult, fit_result
-from ._evaluate import restored
+from ._evaluate import best_step, restored
 from ._initialize import best_start
 from ._repeat import OUTPUT, carry_and_record, flat_loop_outputs, home_device, known_counts
 
@@ -248,7 +248,7 @@ class Again:
             carry, record = carry_and_record(out)
             if best is not None:
                 carry = restored(carry)
-            return fit_result(carry, record)
+            return fit_result(carry, record, best_step(self.spec.evaluation, record))
         return FitResult(out[_PARAMS], out[_LOSSES], out[_DIVERGED_AT], steps_run, step_after,
                          out[_OPT_STATE], out[_TRAJECTORY])
 

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from .._types import fit_result
-from ._chunks import asks_to_stop, eval_count, join
+from ._chunks import eval_count, join
+from ._periods import asks_to_stop
 from ._rows import row_reader
 
 
@@ -111,13 +112,12 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
     trained before it: the error is raised with ``error.result``, the
     ``result(carry, record)`` of the blocks done (a ``FitResult``).
     """
-    records, done = [], 0
+    records, done, start = [], 0, int(carry.step)
     blocks = iter(blocks)
     ahead = _next_block(blocks, carry, records, spec, result)
     while ahead is not None:
         data, length, padded = ahead  # host arrays: the call copies them in (cheaper than device_put)
-        piece = spec.part(done, length) if steps is not None \
-            else dataclasses.replace(spec, steps=length)
+        piece = spec.part(done, length)  # a stream's evaluation periods count from its start
         piece = dataclasses.replace(piece, batches=dataclasses.replace(piece.batches,
                                                                        padded=padded))
         carry, record = run(piece, carry, inputs._replace(data=data))
@@ -133,7 +133,7 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
     if not records:
         raise ValueError("data yielded no batches: the stream was empty.")
     return carry, join(records, done if steps is None else steps, spec.record_params,
-                       carry.params, 0 if steps is None else eval_count(spec))
+                       carry.params, 0 if steps is None else eval_count(spec), start)
 
 
 def _next_block(blocks, carry, records, spec, result):

@@ -52,6 +52,7 @@ import numpy as np
 
 from ._chunks import eval_count, evaluations_of, is_key, on_host, record_of, run_in_chunks
 from ._fingerprint import describe
+from ._periods import period_means
 
 FORMAT = "functional-sgd checkpoint"
 VERSION = 3  # 3: evaluations and the best params so far
@@ -111,8 +112,9 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
         if made is not None:
             eval_history.append(made)
         if jax.process_index() == 0:  # every process holds the same replicated state
-            _write(path, expected, carry, np.concatenate(history), _joined(aux_history),
-                   _joined(eval_history))
+            losses, aux = np.concatenate(history), _joined(aux_history)
+            _write(path, expected, carry, losses, aux, _with_period_means(
+                _joined(eval_history), losses, aux, expected["start_step"], history))
         return carry, record
 
     steps = spec.steps
@@ -133,7 +135,23 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
     if evaluations is None and spec.evaluation is not None:  # none made yet
         evaluations = ({}, np.zeros(0, np.int32))
     return jax.device_put(carry), record_of(losses, steps, None, _joined(aux_history),
-                                            evaluations, eval_count(spec))
+                                            evaluations, eval_count(spec), start_step,
+                                            _cuts(history))
+
+
+def _cuts(history):
+    """Where the pieces of ``history`` meet: a saved prefix is one piece
+    (its own periods' means were taken whole when it was written)."""
+    return np.cumsum([piece.shape[0] for piece in history])[:-1]
+
+
+def _with_period_means(evaluations, losses, aux, start, history):
+    """Evaluations so far, each period spanning pieces with its training
+    means taken over the losses so far (see ``period_means``)."""
+    if evaluations is None:
+        return None
+    evals, eval_steps = evaluations
+    return period_means(evals, eval_steps, losses, aux, start, _cuts(history)), eval_steps
 
 
 def _joined(history):
@@ -276,7 +294,8 @@ def _write(path, fingerprint, carry, losses, aux=None, evaluations=None):
               "dtypes": {name: str(a.dtype) for name, a in arrays.items()},
               "keys": keys,
               "aux": [list(np.shape(a)) for a in aux_leaves],
-              "evals": None if eval_steps is None else names}
+              "evals": None if eval_steps is None else names,
+              "eval_shapes": [list(np.shape(evals[name])[1:]) for name in names]}
     write_atomically(path, {"header": np.array(json.dumps(header)), **as_raw_bytes(arrays)})
 
 
@@ -411,8 +430,9 @@ def _state(header, contents, expected):
     evals = None
     if header.get("evals") is not None:
         made = contents["eval_steps"].size // 4
-        evals = ({name: array(f"eval_{i}", (made,)) for i, name in enumerate(header["evals"])},
-                 array("eval_steps", (made,)))
+        shapes = header.get("eval_shapes") or [[]] * len(header["evals"])  # array metrics
+        evals = ({name: array(f"eval_{i}", (made, *shapes[i]))
+                  for i, name in enumerate(header["evals"])}, array("eval_steps", (made,)))
     return {"done": done, "losses": array("losses", (done,)), "best": array("best", ()),
             "waited": array("waited", ()), "stopped": np.bool_(stopped),
             "leaves": [leaf_or_key(f"leaf_{i}", json.loads(spec[spec.index("["):]))

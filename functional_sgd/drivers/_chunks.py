@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._types import Record, fit_result
+from ._periods import asks_to_stop, period_means
 
 
 def run_in_chunks(run, spec, carry, inputs, *, chunk_size, on_chunk=None):
@@ -33,9 +34,10 @@ def run_in_chunks(run, spec, carry, inputs, *, chunk_size, on_chunk=None):
     >>> bool((chunked.params == run(spec, carry, inputs)[0].params).all())
     True
     """
-    records, done = [], 0
+    records, done, start = [], 0, int(carry.step)
     while done < spec.steps:
-        length = min(chunk_size, spec.steps - done)
+        length = min(chunk_size(done) if callable(chunk_size) else chunk_size,
+                     spec.steps - done)
         piece = inputs if inputs.indices is None else inputs._replace(
             indices=inputs.indices[done:done + length])
         carry, record = run(spec.part(done, length), carry, piece)
@@ -46,23 +48,7 @@ def run_in_chunks(run, spec, carry, inputs, *, chunk_size, on_chunk=None):
         if asked_to_stop or bool(carry.stop.stopped):
             break
     return carry, join(records, spec.steps, spec.record_params, carry.params,
-                       eval_count(spec))
-
-
-def asks_to_stop(answer):
-    """Whether ``on_chunk``'s answer stops the run: ``None`` goes on, a
-    boolean scalar (Python, NumPy or JAX, as ``r.losses[-1] < 1.0`` gives)
-    says; anything else is refused rather than read as "go on"."""
-    if answer is None:
-        return False
-    if isinstance(answer, (bool, np.bool_)) or (
-            isinstance(answer, (np.ndarray, jax.Array)) and answer.shape == ()
-            and answer.dtype == np.bool_):
-        return bool(answer)
-    raise TypeError(
-        "on_chunk must return None, True or False (a Python, NumPy or JAX boolean "
-        f"scalar); got {answer!r} of type {type(answer).__name__}. Return a comparison, "
-        "e.g. result.losses[-1] < 1.0, or bool(...) of what you mean.")
+                       eval_count(spec), start)
 
 
 def eval_count(spec):
@@ -70,7 +56,7 @@ def eval_count(spec):
     return 0 if spec.evaluation is None else spec.evaluation.count(spec.steps)
 
 
-def join(records, steps, record_params, last_params, evaluations=0):
+def join(records, steps, record_params, last_params, evaluations=0, start=0):
     """One record for the whole run, joined on the host: eager device
     concatenation would compile anew for every number of chunks."""
     losses = np.concatenate([np.asarray(r.losses)[:int(r.steps_run)] for r in records])
@@ -89,7 +75,9 @@ def join(records, steps, record_params, last_params, evaluations=0):
 
         trajectory = jax.tree.map(lambda last, *paths: on_host(whole, last, *paths),
                                   last_params, *[r.trajectory for r in records])
-    return record_of(losses, steps, trajectory, aux, evaluations_of(records), evaluations)
+    cuts = np.cumsum([int(r.steps_run) for r in records])[:-1]
+    return record_of(losses, steps, trajectory, aux, evaluations_of(records), evaluations, start,
+                     cuts)
 
 
 def on_host(function, *leaves):
@@ -147,13 +135,17 @@ def diverged(losses, xp=np):
     return ~xp.isfinite(losses) | (xp.abs(losses) > scale)
 
 
-def record_of(losses, steps, trajectory=None, aux=None, evaluations=None, eval_count=0):
+def record_of(losses, steps, trajectory=None, aux=None, evaluations=None, eval_count=0,
+              start=0, cuts=None):
     """The ``Record`` of a run of ``steps`` whose first ``len(losses)`` steps
     ran: losses (and every leaf of ``aux``, stacked over those steps) padded
     with NaN (zeros where the dtype has none), ``steps_run`` and
     ``diverged_at`` read off them (:func:`diverged`); ``evaluations`` (``(evals, eval_steps)``
     made so far) padded to ``eval_count`` (eval steps with -1); a run cut
-    short by an error (``eval_count`` 0) keeps the evaluations it made."""
+    short by an error (``eval_count`` 0) keeps the evaluations it made.
+    ``start``: the run's first global step; the training means of each
+    period that spans one of the ``cuts`` between pieces (``None``: any
+    period) are taken again over the joined losses."""
     steps_run = losses.shape[0]
     with np.errstate(over="ignore"):  # float16: 1e15 is inf, and nothing finite passes it
         bad = np.flatnonzero(diverged(losses))
@@ -161,7 +153,8 @@ def record_of(losses, steps, trajectory=None, aux=None, evaluations=None, eval_c
     evals = eval_steps = None
     if evaluations is not None:
         eval_count = max(eval_count, evaluations[1].shape[0])
-        evals = _padded(evaluations[0], eval_count)
+        evals = _padded(period_means(evaluations[0], evaluations[1], losses, aux, start, cuts),
+                        eval_count)
         eval_steps = np.concatenate([evaluations[1].astype(np.int32), np.full(
             eval_count - evaluations[1].shape[0], -1, np.int32)])
     # device_put moves host arrays without compiling (jnp.asarray stages a jit per shape).
