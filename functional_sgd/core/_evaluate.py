@@ -200,6 +200,12 @@ def restored(carry):
     return carry._replace(params=params, state=state)
 
 
+def _at_least_float32(dtype):
+    """The dtype a period's mean loss is summed in: the loss's, or float32 for a
+    narrower one (chosen, not promoted: tests run with strict promotion)."""
+    return dtype if jnp.dtype(dtype).itemsize >= 4 else jnp.dtype(jnp.float32)
+
+
 def watch(rule, state, value, *, tol, patience):
     """The stop state after an evaluation whose signed monitored value is
     ``value``, and whether it improved (strictly) on the best so far.
@@ -447,7 +453,7 @@ def run_with_evaluations(piece, first_bad, spec, loss, data, params, opt_state, 
     first_loss = jax.eval_shape(
         lambda: run_part((params, opt_state, carry.state, carry.stop), 0, 1)[2])
     shapes = dict(jax.eval_shape(evaluate, params, carry.state))
-    mean_dtype = jnp.result_type(first_loss.losses.dtype, jnp.float32)
+    mean_dtype = _at_least_float32(first_loss.losses.dtype)
     shapes.update(jax.eval_shape(lambda r: evaluation.period_mean(1, mean_dtype)(r, 1),
                                  first_loss))
     count = evaluation.count(steps)

@@ -305,12 +305,13 @@ class Evaluation:
     on_evaluation: Callable[[int, Mapping[str, Any]], Any] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.data, (tuple, list)):  # tuple() of an array would split its rows
+        if hasattr(self.data, "shape"):  # one array: ambiguous (its rows, or one argument?)
             raise TypeError("Evaluation's data must be a tuple of arrays, unpacked into "
-                            "evaluate's arguments, e.g. (valid_x, valid_y); got "
-                            f"{type(self.data).__name__}. Wrap a single array as (x,).")
+                            "evaluate's arguments, e.g. (valid_x, valid_y), or another pytree "
+                            f"of them; got one {type(self.data).__name__}. Wrap a single "
+                            "array as (x,).")
         if self.evaluate is None:
-            if len(self.data) == 0:
+            if isinstance(self.data, (tuple, list)) and len(self.data) == 0:
                 raise ValueError("Evaluation needs evaluate= or data= (with data alone, the "
                                  "training loss is evaluated on it as {'loss': ...}).")
         elif not callable(self.evaluate):
