@@ -144,7 +144,7 @@ def extras():
     mesh = mesh_of((2, 4), ("hosts", "data"))
     kwargs = dict(lr=None, optimizer=optax.sgd(0.05, momentum=0.9), batch_size=5,
                   key=jax.random.key(3))
-    recorded = {"run": fsgd.Run(record_params=True)}
+    recorded = {"record_params": True}
     one = fit((x, y), start, run=fsgd.Run(**recorded), **kwargs)
     many = fit((x, y), start, run=fsgd.Run(mesh=mesh, **recorded), **kwargs)
     chunked = fit((x, y), start, run=fsgd.Run(chunk_size=STEPS // 2, mesh=mesh, **recorded),

@@ -173,7 +173,7 @@ def test_moments_give_the_loss_exactly_where_naive_moments_cancel():
 
 @pytest.mark.parametrize("kwargs, match", [
     (lambda: {"run": fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments="yes"))},
-     r'exact_moments \(fast_path\) must be "auto", True or False'),
+     r'exact_moments must be "auto", True or False'),
     (lambda: {"run": fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=True)), "batch_size": 10, "key": jax.random.key(0)}, "full-batch only"),
     (lambda: {"run": fsgd.Run(speed=fsgd.speed.SpeedPlan(exact_moments=True)), "loss": lambda a, x, y: fsgd.linear_mse(a, x, y)},
      "not functional_sgd.linear_mse"),

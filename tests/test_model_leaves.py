@@ -219,7 +219,7 @@ def test_record_params_and_restore_best_keep_key_and_int_leaves(driver, tmp_path
                      for i, a in enumerate((X, Y)))
         for mapped, a in zip(data, (X, Y)):
             mapped[:] = np.asarray(a)
-    chunks = {} if driver == "one call" else {"run": fsgd.Run(chunk_size=7)}
+    chunks = {} if driver == "one call" else {"chunk_size": 7}
 
     def run(**kwargs):
         return fsgd.fit(lambda p, x, y: keyed_line(p, x, y)[0], keyed_params(), data, lr=0.5,

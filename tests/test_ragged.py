@@ -296,8 +296,8 @@ def test_sample_indices_refuses_drop_last_without_epochs():
         fsgd.sample_indices(KEY, N, 5, BATCH, replace=False, drop_last="no")
 
 
-@pytest.mark.parametrize("model", [{"model": fsgd.Model(rng=jax.random.key(5))}, {"model": fsgd.Model(has_aux=True)},
-                                   {"model": fsgd.Model(state=jnp.zeros(()))}])
+@pytest.mark.parametrize("model", [{"rng": jax.random.key(5)}, {"has_aux": True},
+                                   {"state": jnp.zeros(())}])
 def test_padding_with_a_batch_wide_model_is_refused(model):
     def loss(params, *args, key=None):
         value = dict_loss(params, {"x": args[-2], "y": args[-1]})

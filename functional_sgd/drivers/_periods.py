@@ -100,8 +100,8 @@ def asks_to_stop(answer):
     if getattr(answer, "shape", None) == () and getattr(answer, "dtype", None) == np.bool_:
         return bool(answer)
     raise TypeError(
-        "on_chunk (and on_evaluation) must return None, True or False (a Python, NumPy or "
-        f"JAX boolean scalar); got {answer!r} of type {type(answer).__name__}. Return a "
+        "on_chunk must return None, True or False (a Python, NumPy or JAX boolean scalar; "
+        f"on_evaluation too); got {answer!r} of type {type(answer).__name__}. Return a "
         "comparison, e.g. result.losses[-1] < 1.0, or bool(...) of what you mean.")
 
 
