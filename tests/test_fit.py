@@ -179,6 +179,8 @@ def test_new_lr_data_or_params_do_not_recompile():
     # whichever tests ran before in this process (pytest-xdist deals them out).
     warm = fit(**kwargs)
     fit(run=fsgd.Run(start_step=warm.step), **kwargs).params.block_until_ready()
+    again = fit(**kwargs)  # a remembered call's step is another array: warmed up too
+    fit(run=fsgd.Run(start_step=again.step), **kwargs).params.block_until_ready()
     x2, y2 = fsgd.lesson_data(jax.random.key(9))
     with count_compilations() as compiled:
         for lr in (0.05, 0.2, 0.3):
