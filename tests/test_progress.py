@@ -31,7 +31,7 @@ def test_progress_bar_advances_between_chunks_and_changes_no_bits(capsys):
     seen = []
     with progress_bar(steps, enabled=True, desc="test") as bar:
         on_chunk = bar["on_chunk"]
-        bar = {**bar, "on_chunk": lambda chunk: (seen.append(int(chunk.step)), on_chunk(chunk))}
+        bar = {**bar, "on_chunk": lambda chunk: seen.append(int(chunk.step)) or on_chunk(chunk)}
         chunked = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=steps,
                            run=fsgd.Run(**bar))
     assert seen == [1000, 2000, 2500]

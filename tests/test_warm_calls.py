@@ -348,7 +348,7 @@ made = jax.tree.leaves([(w.again.known, w.again.last_lr[1])
 print(json.dumps({"other": str(other), "made on": sorted({str(d) for a in made
                                                           for d in a.devices()}),
                   "results on": sorted({str(d) for a in jax.tree.leaves((first, later))
-                                        for d in a.devices()})}))
+                                        if hasattr(a, "devices") for d in a.devices()})}))
 """
 
 

@@ -131,19 +131,21 @@ def plot_learning_rates(path, runs, x, y, shown_steps=12, held_out=None):
             ax.plot(steps, np.where(np.isfinite(held), held, np.nan), "--", color=color,
                     label="held-out rows")
             # clear of the curve: a falling loss leaves the top right empty, a rising one
-            # the bottom right
-            ax.legend(fontsize=8, loc="lower right" if at >= 0 else "upper right")
+            # the top left (its bottom right holds the divergence label)
+            ax.legend(fontsize=8, loc="upper left" if at >= 0 else "upper right")
         ax.set(yscale="log", xlabel="step", ylabel="loss", title="the line: loss per step")
-        if at >= 0:  # the loss rises from the bottom left to the line: the top left is clear
+        if at >= 0:
+            # A diverging loss rises from the bottom left to the top right (past the
+            # vertical line, which marks where it grew 1e15-fold): the bottom right is clear.
             ax.axvline(at, color="red", ls="--")
-            ax.text(0.04, 0.95, f"diverged at step {at}\n(vertical line)", color="red",
-                    transform=ax.transAxes, ha="left", va="top")
+            ax.text(0.96, 0.05, f"diverged at step {at}\n(vertical line)", color="red",
+                    transform=ax.transAxes, ha="right", va="bottom")
     return _save(figure, path)
 
 
 def _parabola_note(ax, result):
     at = int(result.diverged_at)
-    note = (f"diverges: f = inf at step {at}" if at >= 0
+    note = (f"diverges: f grew 1e15-fold by step {at}" if at >= 0
             else f"after {result.losses.shape[0]} steps: x = {float(result.params):.3g}")
     ax.text(0.5, 0.9, note, transform=ax.transAxes, ha="center", fontsize=9,
             color="red" if at >= 0 else "black")
