@@ -267,6 +267,11 @@ def choose(evaluate, eval_data, eval_every, monitor, mode, restore_best, *, batc
         if not isinstance(monitor, str) or monitor not in shapes:
             raise ValueError(f"monitor must be a key of the dict evaluate returns, one of "
                              f"{sorted(shapes)}; got {monitor!r}.")
+        if shapes[monitor].shape != ():
+            raise ValueError(f"monitor={monitor!r} must name a scalar of evaluate's dict (the "
+                             f"stop rule compares one value); it is "
+                             f"{shapes[monitor].dtype}{list(shapes[monitor].shape)}. Return "
+                             "the value to watch as a scalar of its own.")
         dtype = shapes[monitor].dtype
     evaluation = Evaluation(evaluate, every, monitor, mode, restore_best)
     return evaluation, eval_data, dtype

@@ -236,7 +236,10 @@ class Evaluation:
         :class:`Shuffled` rows, else the end of the run only; ``"epoch"``
         insists on epochs; a list of steps (``[10, 25, 100]``: sorted,
         unique, each ``>= 1`` and within the run) evaluates after exactly
-        those updates, and after the last one. Held as a tuple.
+        those updates, and after the last one. Held as a tuple. Steps
+        and epochs count from this call's first update (``eval_steps``
+        are global: with ``Run(start_step=s)``, listed step ``k`` is
+        reported as ``s + k``).
       monitor: the key of ``evaluate``'s dict that the stop rule watches.
       mode: ``"min"`` or ``"max"``: which way ``monitor`` improves.
       patience: evaluations without improvement before the run stops.
@@ -467,7 +470,17 @@ class Run:
 
     @classmethod
     def after(cls, result: Any, **options: Any) -> "Run":
-        """The run that continues ``result`` (its ``step`` and ``opt_state``)."""
+        """The run that continues ``result`` (its ``step`` and ``opt_state``).
+
+        Epochs and evaluation periods count from the continued run's first
+        step; a continuation that starts mid-epoch is refused with epochs.
+        A result of ``Evaluation(restore_best=True)`` holds the best
+        evaluation's params but the last step's ``step`` and ``opt_state``:
+        continue from the params of the last step for the bits of one run.
+        """
+        if not (hasattr(result, "step") and hasattr(result, "opt_state")):
+            raise TypeError(f"Run.after takes the FitResult of the run to continue; got "
+                            f"{type(result).__name__}.")
         return cls(start_step=result.step, opt_state=result.opt_state, **options)
 
     def key(self) -> tuple[Any, ...]:

@@ -81,11 +81,13 @@ def refuse_moved(function: Callable[..., Any]) -> Callable[..., Any]:
     ``help`` show ``function``'s own signature."""
     parameters = frozenset(function.__code__.co_varnames[:function.__code__.co_argcount
                                                         + function.__code__.co_kwonlyargcount])
+    name = function.__qualname__.split(".")[0] if function.__name__ == "__init__" \
+        else function.__name__
 
     @functools.wraps(function)
     def call(*args: Any, **kwargs: Any) -> Any:
         if not parameters.issuperset(kwargs):
-            _refuse(function.__name__, [name for name in kwargs if name not in parameters])
+            _refuse(name, [keyword for keyword in kwargs if keyword not in parameters])
         return function(*args, **kwargs)
 
     return call
@@ -302,8 +304,14 @@ def train(memory: _warm.Memory, spec: Spec, params: Any, data: Any, lr: Any,
 def _warm_call(spec: Spec, params: Any, data: Any, key: Any) -> Any:
     """The key under which ``memory`` remembers this call, or ``None`` for a
     call checked every time (a model's parts, chunks, meshes, checkpoints,
-    an optimizer state to continue from)."""
+    an optimizer state to continue from, a host loop over periods)."""
     if spec.model is not None:
+        return None
+    if spec.run is None and spec.rows is None and spec.stop is None and spec.evaluation is None:
+        return _warm.key(spec.loss, params, data, key, spec[1:5])  # the lesson's call
+    try:
+        check_spec(spec)  # an option of the wrong kind is refused on the full path
+    except TypeError:
         return None
     run = spec.run
     if run is not None and _all_defaults(run):  # Run() is no Run: the same call
@@ -314,10 +322,7 @@ def _warm_call(spec: Spec, params: Any, data: Any, key: Any) -> Any:
         return None
     if spec.evaluation is not None and spec.evaluation.on_evaluation is not None:
         return None  # a host loop over periods
-    options: tuple[Any, ...] = spec[1:]
-    if run is None and spec.rows is None and spec.stop is None and spec.evaluation is None:
-        options = spec[1:5]  # the lesson's call: a few plain values
-    return _warm.key(spec.loss, params, data, key, options)
+    return _warm.key(spec.loss, params, data, key, spec[1:])
 
 
 def _all_defaults(value: Any) -> bool:
@@ -370,8 +375,16 @@ def keywords(spec: Spec, data: Any) -> dict[str, Any]:
                          "fsgd.Evaluation(monitor=..., patience=..., tol=...), or drop monitor.")
     steps = spec.steps
     per_epoch = 1
-    if spec.epochs is not None or (evaluation is not None and evaluation.every == "epoch"):
+    by_epoch = spec.epochs is not None or (evaluation is not None and (
+        evaluation.every == "epoch" or (evaluation.every is None and isinstance(rows, Shuffled))))
+    if by_epoch:
         per_epoch = _steps_per_epoch(spec, data)
+        start = 0 if spec.run is None else spec.run.start_step
+        if _checks.is_concrete(start) and int(start) % per_epoch:
+            raise ValueError(f"this run starts at step {int(start)}, in the middle of an epoch "
+                             f"of {per_epoch} steps, but counts epochs (epochs=, or evaluations "
+                             "every epoch) from its first step: continue from an epoch "
+                             "boundary, or give steps= and Evaluation(every=...) in steps.")
     if spec.epochs is not None:
         if steps is not None:
             raise ValueError(f"give steps= or epochs=, not both; got steps={steps} and "
