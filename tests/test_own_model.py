@@ -70,6 +70,22 @@ class BatchNormNet(nnx.Module):
         return self.out(nnx.relu(self.norm(self.hidden(x))))
 
 
+def nnx_optimizer_losses(model, tx):
+    """The nnx way: an ``nnx.Optimizer`` loop over the batches of ``INDICES``,
+    training ``model`` in place; its losses."""
+    from flax import nnx
+
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x, y):
+        value, grads = nnx.value_and_grad(lambda m: ((m(x) - y) ** 2).mean())(model)
+        optimizer.update(model, grads)
+        return value
+
+    return jnp.stack([step(model, optimizer, X[rows], Y[rows]) for rows in INDICES])
+
+
 def test_flax_nnx_batchnorm_through_state_equals_nnx_optimizer():
     graphdef, params, stats = nnx.split(BatchNormNet(nnx.Rngs(0)), nnx.Param, nnx.BatchStat)
 
@@ -82,15 +98,7 @@ def test_flax_nnx_batchnorm_through_state_equals_nnx_optimizer():
     result = fsgd.fit(loss, params, (X, Y), rows=fsgd.Schedule(INDICES), model=fsgd.Model(state=stats), optimizer=tx)
 
     model = BatchNormNet(nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, optimizer, x, y):
-        value, grads = nnx.value_and_grad(lambda m: ((m(x) - y) ** 2).mean())(model)
-        optimizer.update(model, grads)
-        return value
-
-    losses = jnp.stack([step(model, optimizer, X[rows], Y[rows]) for rows in INDICES])
+    losses = nnx_optimizer_losses(model, tx)
     _, their_params, their_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     assert type(result.params) is type(params) and type(result.state) is type(stats)
     assert max_relative_error(result.losses, losses) < 1e-6
@@ -338,15 +346,7 @@ def test_flax_nnx_dropout_and_batchnorm_recipe_equals_nnx_optimizer():
     trained = nnx.merge(graphdef, result.params, result.state)
 
     model = DropoutBatchNormNet(nnx.Rngs(0, dropout=1))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, optimizer, x, y):
-        value, grads = nnx.value_and_grad(lambda m: ((m(x) - y) ** 2).mean())(model)
-        optimizer.update(model, grads)
-        return value
-
-    losses = jnp.stack([step(model, optimizer, X[rows], Y[rows]) for rows in INDICES])
+    losses = nnx_optimizer_losses(model, tx)
     assert isinstance(trained, DropoutBatchNormNet)
     assert int(trained.dropout.rngs.count[...]) == int(model.dropout.rngs.count[...]) == 60
     # float32, one compiled scan against a compiled call per step (1e-6, as for

@@ -315,7 +315,7 @@ def _warm_call(spec: Spec, params: Any, data: Any, key: Any) -> Any:
         return None
     run = spec.run
     if run is not None and _all_defaults(run):  # Run() is no Run: the same call
-        spec, run = spec._replace(run=None), None
+        return _warm_call(spec._replace(run=None), params, data, key)
     if run is not None and (run.chunk_size is not None or run.on_chunk is not None
                             or run.checkpoint is not None or run.mesh is not None
                             or run.opt_state is not None or run.progress):
