@@ -435,7 +435,7 @@ def _finite_on_host(a):
     """Whether ``a`` holds no NaN or inf. Its min and max propagate NaN and
     show an inf, and NumPy vectorises them: on CPU several times faster
     than XLA:CPU's reduction of the same array."""
-    if np.issubdtype(a.dtype, np.complexfloating) or a.size == 0:
+    if a.size <= 4096 or np.issubdtype(a.dtype, np.complexfloating):  # small: one pass
         return bool(np.isfinite(a).all())
     return bool(np.isfinite(a.min()) and np.isfinite(a.max()))
 
@@ -483,6 +483,14 @@ that may be views of host memory (:func:`may_share_host_memory`): both are
 checked on every call. An entry leaves with its array."""
 
 
+def _on_cpu(a):
+    """Whether JAX array ``a`` sits on one CPU device (one that NumPy reads in place)."""
+    try:
+        return a.device.platform == "cpu"
+    except (AttributeError, ValueError):  # on several devices: none is read in place
+        return False
+
+
 def may_share_host_memory(a):
     """Whether the values of JAX array ``a`` may change under it: on a CPU
     device it can be a view of another library's memory that its owner
@@ -510,8 +518,11 @@ def values_still_pass(data, indices, eval_data, *, check_finite, drop_last, padd
     ``indices``, read again for arrays that may share host memory (others
     are looked up). ``padded``: whether the remembered run's schedule held
     padding; a schedule that now does, or does not, is not the same run."""
-    if check_finite and (_non_finite(data) or _non_finite(eval_data)):
-        return False
+    if check_finite:
+        for a in (*data, *eval_data):  # JAX arrays elsewhere never change: passed before
+            if is_inexact_dtype(a.dtype) and (isinstance(a, np.ndarray) or _on_cpu(a)) \
+                    and not _finite_on_host(np.asarray(a)):  # NumPy reads a CPU array in place
+                return False
     if indices is None:
         return True
     try:
