@@ -10,9 +10,9 @@ else is one value per concern, checked when it is built:
 * the model's parts beyond its params: :class:`Model`;
 * how the run is cut, kept and continued: :class:`Run`.
 
-Each value splits into what shapes the compiled program (its :meth:`key`,
-hashable, compared by value) and the arrays it carries (traced: a new
-learning-rate, held-out set, key or state reuses the compiled loop).
+Each value splits into what shapes the compiled program and the arrays it
+carries (traced: a new learning rate, held-out set, key or state reuses the
+compiled loop).
 """
 
 from __future__ import annotations
@@ -67,8 +67,6 @@ class Sampled:
     (100,)
     """
 
-    def key(self) -> tuple[Any, ...]:
-        return (Sampled,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +96,6 @@ class Shuffled:
     def __post_init__(self) -> None:
         _check_flag(self.drop_last, "drop_last")
 
-    def key(self) -> tuple[Any, ...]:
-        return (Shuffled, bool(self.drop_last))
 
     def steps_per_epoch(self, n: int, batch_size: int) -> int:
         return n // batch_size if self.drop_last else -(-n // batch_size)
@@ -141,8 +137,6 @@ class Schedule:
             raise ValueError(f"indices must have shape (steps, batch_size); got shape "
                              f"{tuple(shape)}.")
 
-    def key(self) -> tuple[Any, ...]:
-        return (Schedule, bool(self.padded))
 
 
 Rows = Union[Sampled, Shuffled, Schedule]
@@ -182,8 +176,6 @@ class Stop:
         if self.patience is not None:
             _check_count(self.patience, "patience")
 
-    def key(self) -> tuple[Any, ...]:
-        return (Stop, self.tol is not None, self.patience is not None)
 
 
 def _check_eval_every(every: object) -> Any:
@@ -341,10 +333,6 @@ class Evaluation:
         if self.tol is not None and _checks.is_concrete(self.tol):
             _checks.check_real(self.tol, "tol")
 
-    def key(self) -> tuple[Any, ...]:
-        return (Evaluation, self.evaluate, self.every, self.monitor, self.mode,
-                self.patience is not None, self.tol is not None, bool(self.restore_best),
-                self.on_evaluation)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -387,16 +375,6 @@ class Model:
         if self.rng is not None and _checks.is_concrete(self.rng):
             _checks.check_key(self.rng, "rng")
 
-    def key(self) -> tuple[Any, ...]:
-        trainable = self.trainable
-        try:
-            hash(trainable)
-        except TypeError:  # a pytree of bools: compared by its leaves and structure
-            import jax
-            leaves, treedef = jax.tree_util.tree_flatten(trainable)
-            trainable = (treedef, tuple(bool(b) for b in leaves))
-        return (Model, self.rng is not None, self.state is not None, bool(self.has_aux),
-                trainable)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -483,11 +461,4 @@ class Run:
                             f"{type(result).__name__}.")
         return cls(start_step=result.step, opt_state=result.opt_state, **options)
 
-    def key(self) -> tuple[Any, ...]:
-        return (Run, self.chunk_size, self.on_chunk, self.checkpoint, self.mesh,
-                bool(self.record_params), bool(self.check_finite), self.opt_state is not None,
-                self.speed, bool(self.progress))
 
-
-DEFAULT_RUN = Run()
-DEFAULT_MODEL = Model()

@@ -146,10 +146,8 @@ class _Traceable(NamedTuple):
     evaluation: Any
 
     def key(self):
-        rows = self.rows.key() if self.rows is not None else None
-        evaluation = self.evaluation.key() if self.evaluation is not None else None
-        return (self.loss, self.optimizer, self.steps, self.epochs, self.batch_size, rows,
-                evaluation)
+        return (self.loss, self.optimizer, self.steps, self.epochs, self.batch_size,
+                _static(self.rows), _static(self.evaluation))
 
     def __hash__(self):
         return hash(self.key())
@@ -167,6 +165,19 @@ class _Traceable(NamedTuple):
                                              tol=tol)
         return Spec(self.loss, self.optimizer, self.steps, self.epochs, self.batch_size,
                     rows, None, evaluation)
+
+
+_TRACED = frozenset({"indices", "data", "patience", "tol"})
+"""Fields of the option values that the sweep passes as traced arguments."""
+
+
+def _static(value):
+    """What of an option value shapes the compiled sweep: every field but the
+    traced ones (only whether those are given), so no field is listed by hand."""
+    if value is None:
+        return None
+    return (type(value), *((f.name, (getattr(value, f.name) is not None) if f.name in _TRACED
+                            else getattr(value, f.name)) for f in dataclasses.fields(value)))
 
 
 @partial(jax.jit, static_argnames=("options",))
