@@ -72,6 +72,30 @@ def test_trainable_freezes_more_by_prefix_or_function():
     assert not np.allclose(everything.params["frozen"]["v"], 1.0)
 
 
+def test_a_frozen_array_leaf_is_never_differentiated():
+    """A leaf ``trainable`` freezes is a constant of the gradient: a function
+    whose derivative must never be taken (its JVP raises) may read it."""
+    @jax.custom_jvp
+    def read_only(w):
+        return w
+
+    @read_only.defjvp
+    def _never(primals, tangents):
+        raise AssertionError("the frozen leaf was differentiated")
+
+    params = {"a": jnp.array(fsgd.LESSON_START), "frozen": jnp.array([1.0, 0.5])}
+
+    def loss(p, x, y):
+        return fsgd.linear_mse(p["a"] * read_only(p["frozen"]), x, y)
+
+    result = fsgd.fit(loss, params, (X, Y), lr=0.1, steps=10,
+                      model=fsgd.Model(trainable={"a": True, "frozen": False}))
+    assert np.array_equal(result.params["frozen"], params["frozen"])
+    assert float(result.losses[-1]) < float(result.losses[0])
+    with pytest.raises(AssertionError, match="differentiated"):  # the check can fail
+        fsgd.fit(loss, params, (X, Y), lr=0.1, steps=10)
+
+
 def test_numpy_scalars_and_python_floats_are_params():
     result = fsgd.fit(lambda p: (p[0] - 3.0) ** 2 + (p[1] - 1.0) ** 2,
                       (np.float32(0.0), 0.0), lr=0.25, steps=20)

@@ -130,3 +130,44 @@ def test_bad_paths_and_foreign_files_are_refused(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match=r"corrupt"):
         fsgd.load(tmp_path / "junk.npz", like=START)
+
+
+def test_results_of_an_equinox_and_an_nnx_fit_are_kept_and_merged_back(tmp_path):
+    """The habit end to end: train, save the result, load it into a fresh
+    model of the same shape, and get the trained model's bits and outputs."""
+    x = jax.random.normal(jax.random.key(0), (32, 2))
+    y = (x ** 2).sum(axis=1, keepdims=True)
+
+    mlp = eqx.nn.MLP(2, 1, 8, 1, key=jax.random.key(1))
+    trained = fsgd.fit(lambda m, x, y: ((jax.vmap(m)(x) - y) ** 2).mean(), mlp, (x, y),
+                       lr=0.05, steps=5)
+    fsgd.save(tmp_path / "mlp.npz", trained)
+    fresh = eqx.nn.MLP(2, 1, 8, 1, key=jax.random.key(2))
+    loaded = fsgd.load(tmp_path / "mlp.npz", like=fresh).params
+    assert_same_bits(loaded, trained.params)
+    assert np.array_equal(jax.vmap(loaded)(x), jax.vmap(trained.params)(x))
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.hidden, self.out = nnx.Linear(2, 8, rngs=rngs), nnx.Linear(8, 1, rngs=rngs)
+            self.norm = nnx.BatchNorm(8, rngs=rngs)
+            self.dropout = nnx.Dropout(0.2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(self.dropout(nnx.relu(self.norm(self.hidden(x)))))
+
+    graphdef, params, rest = nnx.split(Net(nnx.Rngs(0, dropout=1)), nnx.Param, ...)
+
+    def nnx_loss(params, rest, x, y):
+        model = nnx.merge(graphdef, params, rest)
+        return ((model(x) - y) ** 2).mean(), nnx.split(model, nnx.Param, ...)[2]
+
+    result = fsgd.fit(nnx_loss, params, (x, y), lr=0.05, steps=5, model=fsgd.Model(state=rest))
+    fsgd.save(tmp_path / "net.npz", result)
+    fresh_graph, fresh_params, fresh_rest = nnx.split(Net(nnx.Rngs(3, dropout=4)), nnx.Param, ...)
+    loaded = fsgd.load(tmp_path / "net.npz", like=fresh_params, like_state=fresh_rest)
+    assert_same_bits((loaded.params, loaded.state), (result.params, result.state))
+    net, expected = nnx.merge(fresh_graph, *loaded), nnx.merge(graphdef, result.params, result.state)
+    assert int(net.dropout.rngs.count[...]) == 5  # the stream moved on once a step
+    net.eval(), expected.eval()
+    assert np.array_equal(net(x), expected(x))
