@@ -144,7 +144,7 @@ def test_the_porting_guide_checks_each_port_against_the_loop_it_replaces():
     for section in sections[1:]:
         last = BLOCK.findall(section)[-1][1]
         assert "np.testing.assert" in last, section.splitlines()[0]
-    for port in ("scratch", "concise", "optimized", "cnn", "mlp", "stopped"):
+    for port in ("scratch", "concise", "own_order", "optimized", "cnn", "mlp", "stopped"):
         losses = np.asarray(namespace[port].losses)
         losses = losses[np.isfinite(losses)]  # a stopped run's steps not run hold NaN
         assert losses[-10:].mean() < losses[:10].mean(), port
