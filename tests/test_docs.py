@@ -134,6 +134,23 @@ def test_the_replay_guide_pads_the_short_batch_and_learns_the_line():
         assert float(run.losses[-1]) < 1e-3 < float(run.losses[0])
 
 
+def test_the_porting_guide_checks_each_port_against_the_loop_it_replaces():
+    """Each port trains (its loss falls; the early stopping stops early), and
+    each section ends in a block that runs the original loop and asserts
+    the agreement (the page's run fails where it does not agree)."""
+    import numpy as np
+    namespace, _ = run_page("how-to/porting.md")
+    sections = re.split(r"^## ", (DOCS / "how-to/porting.md").read_text(), flags=re.MULTILINE)
+    for section in sections[1:]:
+        last = BLOCK.findall(section)[-1][1]
+        assert "np.testing.assert" in last, section.splitlines()[0]
+    for port in ("scratch", "concise", "own_order", "optimized", "cnn", "mlp", "stopped"):
+        losses = np.asarray(namespace[port].losses)
+        losses = losses[np.isfinite(losses)]  # a stopped run's steps not run hold NaN
+        assert losses[-10:].mean() < losses[:10].mean(), port
+    assert namespace["ran"] < namespace["MAX_EPOCHS"]
+
+
 def test_the_tutorial_reaches_the_lessons_numbers():
     """The lesson's facts the tutorial states: grad f(3) = 6, f(3, 4, 10) = 125,
     a near (3, 2.5), the four learning rates, 3 vs 7 at least 97 % right."""

@@ -107,6 +107,27 @@ def test_fit_on_the_schedule_matches_a_torch_loop_over_the_loader(drop_last):
     np.testing.assert_allclose(params, torch_params, rtol=1e-12)
 
 
+def test_a_function_of_one_epoch_is_called_once_an_epoch_and_replayed():
+    """A hand-written loop's generator that shuffles with Python's random as
+    it starts: a new shuffle each epoch, and the random state put back, so
+    the loop itself then draws these very batches."""
+    import random
+
+    def row_batches():
+        rows = list(range(7))
+        random.shuffle(rows)
+        for start in range(0, 7, 3):
+            yield rows[start:start + 3]
+
+    random.seed(0)
+    schedule = fsgd.schedule_from(row_batches, epochs=3)
+    loop = [rows + [-1] * (3 - len(rows)) for _ in range(3) for rows in row_batches()]
+    assert schedule.tolist() == loop
+    assert schedule[:3].tolist() != schedule[3:6].tolist()  # shuffled again each epoch
+    with pytest.raises(TypeError, match=r"order\(\) must return.*int"):
+        fsgd.schedule_from(lambda: 3)
+
+
 def test_bad_orders_are_refused():
     with pytest.raises(ValueError, match=r"epochs must be >= 1"):
         fsgd.schedule_from([[0, 1]], epochs=0)

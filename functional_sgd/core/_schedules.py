@@ -14,7 +14,7 @@ import numbers
 import random
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -22,7 +22,7 @@ import numpy as np
 from . import _checks
 
 
-def schedule_from(order: Iterable, *, epochs: int = 1) -> np.ndarray:
+def schedule_from(order: Iterable | Callable[[], Iterable], *, epochs: int = 1) -> np.ndarray:
     """The schedule of rows an existing loader (or list) would give, for ``fsgd.Schedule``.
 
     Step ``t`` of the schedule is the ``t``-th batch ``order`` yields, epoch
@@ -38,7 +38,9 @@ def schedule_from(order: Iterable, *, epochs: int = 1) -> np.ndarray:
         ``BatchSampler`` or any iterable of batches of row indices (lists
         after ``random.shuffle``, say), or a ``Sampler`` (any iterable) of
         single indices, each one step of one row. A new ``iter(order)``
-        starts each epoch.
+        starts each epoch. Or a function of no arguments that returns one
+        epoch's batches (a generator function that shuffles as it starts,
+        as hand-written loops do): it is called once an epoch.
       epochs: how many times to go through ``order``.
 
     Returns:
@@ -55,9 +57,10 @@ def schedule_from(order: Iterable, *, epochs: int = 1) -> np.ndarray:
     """
     epochs = _checks.check_int(epochs, "epochs", minimum=1)
     torch = sys.modules.get("torch")
-    if not isinstance(order, Iterable):
-        raise TypeError("order must be a torch DataLoader, Sampler or BatchSampler, or an "
-                        f"iterable of batches of row indices; got {type(order).__name__}.")
+    if not isinstance(order, Iterable) and not callable(order):
+        raise TypeError("order must be a torch DataLoader, Sampler or BatchSampler, an "
+                        "iterable of batches of row indices or a function that returns "
+                        f"one epoch's batches; got {type(order).__name__}.")
     batches: list[list[int]] = []
     with _random_state_kept(torch, order):
         for epoch in range(epochs):
@@ -66,8 +69,9 @@ def schedule_from(order: Iterable, *, epochs: int = 1) -> np.ndarray:
             if len(batches) == seen:
                 raise ValueError(
                     f"order gave no batches in epoch {epoch + 1}" + (
-                        ": it is an iterator, used up after one pass; pass a list or a "
-                        "sampler, which starts again each epoch." if epoch else "."))
+                        ": it is an iterator, used up after one pass; pass a list, a "
+                        "sampler or a function that returns each epoch's batches." if epoch
+                        else "."))
     return _padded(batches)
 
 
@@ -75,6 +79,11 @@ def _one_epoch(order, torch, epoch):
     """The batches of one pass over ``order``, as lists of Python ints."""
     if torch is not None and isinstance(order, torch.utils.data.DataLoader):
         order = _index_sampler(order, torch, epoch)
+    elif not isinstance(order, Iterable):  # a function that returns one epoch's batches
+        order = order()
+        if not isinstance(order, Iterable):
+            raise TypeError("order() must return an iterable of batches of row indices; "
+                            f"it returned {type(order).__name__}.")
     for step, batch in enumerate(order):
         yield _rows(batch, step)
 
