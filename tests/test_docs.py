@@ -35,9 +35,11 @@ def run_page(page):
     """Runs a page's blocks; returns ``(namespace, printed)``."""
     namespace, printed, folder = {}, io.StringIO(), tempfile.mkdtemp()
     cwd = os.getcwd()
-    # a user's code: no strict promotion there
+    # A user's code: no strict promotion there. The pages' figures, and the porting
+    # guide's bit-for-bit checks against the loops it replaces, are the CPU's: on a
+    # GPU machine the pages run on its CPU device too (GPU behaviour has its own tests).
     with (jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"),
-          contextlib.redirect_stdout(printed)):
+          jax.default_device(jax.devices("cpu")[0]), contextlib.redirect_stdout(printed)):
         try:
             os.chdir(folder)
             for number, (reason, code) in enumerate(python_blocks(page)):
