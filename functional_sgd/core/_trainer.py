@@ -340,7 +340,18 @@ _OPTION_TYPES = {"rows": (Sampled, Shuffled, Schedule), "stop": (Stop,),
 
 
 def check_spec(spec: Spec) -> None:
-    """Each option of ``spec`` is ``None`` or a value of its kind."""
+    """``steps``, ``epochs`` and ``batch_size`` are ``None`` or ints ``>= 1``
+    (not ``steps`` and ``epochs`` both), and each option of ``spec`` is
+    ``None`` or a value of its kind: what needs no params or data is
+    checked when a :class:`Trainer` is built."""
+    for name, maximum in (("steps", _checks.MAX_STEP), ("epochs", _checks.MAX_STEP),
+                          ("batch_size", None)):
+        value = getattr(spec, name)
+        if value is not None:
+            _checks.check_int(value, name, minimum=1, maximum=maximum)
+    if spec.steps is not None and spec.epochs is not None:
+        raise ValueError(f"give steps= or epochs=, not both; got steps={spec.steps} and "
+                         f"epochs={spec.epochs}.")
     for name, kinds in _OPTION_TYPES.items():
         value = getattr(spec, name)
         if value is not None and not isinstance(value, kinds):
