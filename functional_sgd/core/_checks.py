@@ -191,6 +191,74 @@ def check_schedule(schedule):
     return schedule
 
 
+def check_schedule_rates(schedule, start_step, steps):
+    """Refuses a schedule ``lr`` that gives a negative or non-finite rate at
+    any step ``t`` in ``[start_step, start_step + steps)`` of the run, as a
+    scalar ``lr`` is refused (a rate of 0 passes: schedules warm up from and
+    decay to 0). The rates are computed once, in one compiled call, blocks
+    of steps vmapped (kept with the schedule: the same schedule checks
+    again without compiling); nothing is added to the loop. A run of
+    unknown length (a stream), a traced ``start_step`` or a schedule that
+    closes over traced values is not checked here."""
+    if steps is None or not is_concrete(start_step):
+        return
+    run = (schedule, int(start_step), int(steps))
+    try:
+        if run in _PASSED_SCHEDULES:
+            return  # checked before (a schedule is called again with the same steps)
+        first_bad = _first_bad_rate(schedule, jnp.int32(start_step), jnp.int32(steps))
+    except TypeError:  # an unhashable callable: compiled for this call
+        first_bad = jax.jit(functools.partial(_first_bad_rate, schedule))(
+            jnp.int32(start_step), jnp.int32(steps))
+    step, rate = first_bad
+    if not (is_concrete(step) and is_concrete(rate)):
+        return  # the schedule closes over values traced by jax.jit or jax.vmap
+    if int(step) < int(start_step) + int(steps):
+        raise ValueError(
+            f"lr is a schedule, and every step's rate must be a finite number >= 0; "
+            f"lr({int(step)}) = {float(rate):.6g} (this run's steps are {int(start_step)} to "
+            f"{int(start_step) + int(steps) - 1}).")
+    if len(_PASSED_SCHEDULES) >= 64:
+        _PASSED_SCHEDULES.pop(next(iter(_PASSED_SCHEDULES)))
+    try:
+        _PASSED_SCHEDULES[run] = None
+    except TypeError:
+        pass  # an unhashable schedule is checked each call
+
+
+_PASSED_SCHEDULES: dict = {}
+"""The (schedule, start_step, steps) runs whose rates passed (the 64 latest)."""
+
+
+_RATE_BLOCK = 16384
+"""Steps whose rates one vmapped call of a schedule computes."""
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _first_bad_rate(schedule, start, steps):
+    """``(t, schedule(t))`` for the first ``t`` in ``[start, start + steps)``
+    whose rate is negative or not finite; ``t = start + steps`` if none."""
+    end = start + steps
+    rate_dtype = jax.eval_shape(schedule, jax.ShapeDtypeStruct((), jnp.int32)).dtype
+    rate_dtype = rate_dtype if jnp.issubdtype(rate_dtype, jnp.floating) else jnp.float32
+
+    def block(carry):
+        i, _, _ = carry
+        offset = i * _RATE_BLOCK + jnp.arange(_RATE_BLOCK, dtype=jnp.int32)
+        inside = (offset >= 0) & (offset < steps)  # >= 0: past int32 it wraps
+        t = start + jnp.where(inside, offset, 0)  # never past the run (nor int32)
+        rates = jax.vmap(schedule)(t).astype(rate_dtype)
+        bad = inside & ~((rates >= 0) & jnp.isfinite(rates))
+        first = jnp.argmax(bad)
+        return i + 1, jnp.where(bad[first], t[first], end), rates[first]
+
+    blocks = steps // _RATE_BLOCK + jnp.where(steps % _RATE_BLOCK > 0, 1, 0)  # no wrap
+    _, step, rate = jax.lax.while_loop(
+        lambda carry: (carry[0] < blocks) & (carry[1] == end), block,
+        (jnp.int32(0), end, jnp.zeros((), rate_dtype)))
+    return step, rate
+
+
 SMALLEST_SAFE_LR = 6e-8
 """Every float dtype (float16 included) holds a learning rate at least this large."""
 

@@ -74,6 +74,8 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
     lr, lr_schedule = _rate(_checks.check_lr(lr, optimizer, opt_state, params))
     batches, steps = _batches.choose(n, steps, batch_size, key, indices, replace, drop_last)
     _checks.check_start(start_step, steps, name="start_step")
+    if lr_schedule is not None:
+        _checks.check_schedule_rates(lr_schedule, start_step, steps)
     stop = _stop.choose(tol, patience)
     params, state, model = _model.choose(params, trainable, rng, state, has_aux)
     example = data if batches.batch_size is None else _checks.batch_of(data, batches.batch_size)
@@ -316,6 +318,8 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
     params = _model.torch_as_arrays(params)
     lr, lr_schedule = _rate(_checks.check_lr(lr, optimizer, opt_state, params))
     _checks.check_start(start_step, steps or 0, name="start_step")
+    if lr_schedule is not None:
+        _checks.check_schedule_rates(lr_schedule, start_step, steps)
     stop = _stop.choose(tol, patience)
     if on_chunk is not None and not callable(on_chunk):
         raise TypeError(f"on_chunk must be callable as on_chunk(result); got {on_chunk!r}.")

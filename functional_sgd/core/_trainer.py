@@ -229,7 +229,9 @@ def fit(loss: Loss, params: Any, data: Any = (), *, lr: Any = None, optimizer: A
       lr: the learning rate ``> 0``; required unless ``optimizer`` is
         given. Or a schedule ``lr(step) -> rate`` (an optax schedule): step
         ``t`` (global, counted from ``Run(start_step=)``) updates ``p <- p -
-        lr(t) * g``, with the bits of ``optimizer=optax.sgd(lr)``.
+        lr(t) * g``, with the bits of ``optimizer=optax.sgd(lr)``. A
+        schedule whose rate is negative or not finite at any step of the
+        run is refused before it runs (a rate of 0 passes).
       optimizer: an optax ``GradientTransformation`` used instead of plain
         SGD (it carries its own learning rate); it sees only the trainable
         leaves. One that takes extra arguments (``reduce_on_plateau``,
