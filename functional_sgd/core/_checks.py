@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..drivers import as_host_array
+from ._flax_nnx import refuse_outside_variables
 
 
 def is_concrete(x):
@@ -733,6 +734,9 @@ def _trace_loss(loss, treedef, signature):
             f"loss(params, *batch) failed for params of shape {shapes(params_spec)} and a "
             f"batch of shape {shapes(batch_spec)}; check that params fit the model "
             f"and data. The loss said: {error}") from error
+    except Exception as error:
+        refuse_outside_variables(error)
+        raise
     check_loss_value(out)
     return out
 

@@ -11,6 +11,7 @@ import functools
 import jax
 
 from . import _checks
+from ._flax_nnx import refuse_outside_variables
 from ._model import Static, is_static, unwrap, wrap
 
 
@@ -98,6 +99,9 @@ def _trace_loss(loss, model, treedef, state_def, signature):
             + (f"state of shape {_checks.shapes(state_spec)}, " if model.state else "")
             + f"and a batch of shape {_checks.shapes(batch_spec)}; check that params fit "
             f"the model and data. The loss said: {error}{hint}") from error
+    except Exception as error:
+        refuse_outside_variables(error)
+        raise
     given = " and ".join(name for name, on in (("state", model.state),
                                                ("has_aux=True", model.has_aux)) if on)
     parts = 1 + model.state + model.has_aux
