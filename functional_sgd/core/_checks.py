@@ -128,15 +128,16 @@ def check_chunks(chunk_size, on_chunk, values):
     if on_chunk is not None and not callable(on_chunk):
         raise TypeError(f"on_chunk must be callable as on_chunk(result); got {on_chunk!r}.")
     if not all(map(is_concrete, jax.tree.leaves(values))):
-        raise ValueError("chunk_size runs a host loop between chunks, so fit cannot be "
-                         "traced by jax.jit or jax.vmap with it; drop chunk_size there.")
+        raise ValueError("Run(chunk_size=) runs a host loop between chunks, so fit cannot be "
+                         "traced by jax.jit or jax.vmap with it; drop it there.")
     return chunk_size
 
 
 def check_lr(lr, optimizer, opt_state=None, params=()):
     if optimizer is None and opt_state is not None:
-        raise ValueError("opt_state is given but optimizer is None: plain SGD keeps no "
-                         "state. Pass the optimizer that made opt_state, or drop opt_state.")
+        raise ValueError("Run(opt_state=) is given but optimizer is None: plain SGD keeps "
+                         "no state. Pass the optimizer that made opt_state, or drop "
+                         "Run(opt_state=).")
     if optimizer is not None:
         if lr is not None:
             raise ValueError(
@@ -396,7 +397,7 @@ def check_opt_state(optimizer, opt_state, trainable, *, part="params"):
     expected_leaves, expected_def = jax.tree.flatten(expected)
     if got_def != expected_def:
         raise ValueError(
-            f"opt_state does not have the structure optimizer.init({part}) gives: got "
+            f"Run(opt_state=) does not have the structure optimizer.init({part}) gives: got "
             f"{got_def}, expected {expected_def}." + fix)
     for (path, leaf), want in zip(got, expected_leaves):
         shape, dtype, weak = signature(leaf) if hasattr(leaf, "dtype") or isinstance(
@@ -615,17 +616,19 @@ def check_indices(indices, n, drop_last=True):
     padded.
     """
     if n is None:
-        raise ValueError("indices need data to index: data is ().")
+        raise ValueError("rows=fsgd.Schedule(indices) needs data to index: data is ().")
     if not hasattr(indices, "shape") or not hasattr(indices, "dtype"):
-        raise TypeError(f"indices must be an integer array; got {type(indices).__name__}.")
+        raise TypeError(f"Schedule's indices must be an integer array; got "
+                        f"{type(indices).__name__}.")
     if len(indices.shape) != 2:
         raise ValueError(
-            "indices must have shape (steps, batch_size); got shape "
+            "Schedule's indices must have shape (steps, batch_size); got shape "
             f"{tuple(indices.shape)}.")
     if not jnp.issubdtype(indices.dtype, jnp.integer):
-        raise TypeError(f"indices must be an integer array; got dtype {indices.dtype}.")
+        raise TypeError(f"Schedule's indices must be an integer array; got dtype {indices.dtype}.")
     if indices.shape[0] == 0 or indices.shape[1] == 0:
-        raise ValueError(f"indices must not be empty; got shape {tuple(indices.shape)}.")
+        raise ValueError(f"Schedule's indices must not be empty; got shape "
+                         f"{tuple(indices.shape)}.")
     if not is_concrete(indices):
         return not drop_last
     low_high = _recall(indices, "range")
@@ -641,17 +644,18 @@ def check_indices(indices, n, drop_last=True):
     lowest = -1 if not drop_last else 0
     if low < lowest or high >= n:
         allowed = f"[0, {n})" + (" or -1 (padding)" if not drop_last else "")
-        hint = (" A -1 marks padding only with drop_last=False." if low == -1 and drop_last
-                else "")
+        hint = (" A -1 marks padding only with fsgd.Schedule(indices, padded=True)."
+                if low == -1 and drop_last else "")
         raise ValueError(
-            f"indices must lie in {allowed} (data has n={n} rows); got values from "
+            f"Schedule's indices must lie in {allowed} (data has n={n} rows); got values from "
             f"{int(low)} to {int(high)}.{hint}")
     if low >= 0:
         return False
     empty = np.flatnonzero(np.asarray(indices).max(axis=1) < 0)
     if empty.size:
-        raise ValueError(f"indices has steps of padding only (-1 in every slot), the first "
-                         f"at step {int(empty[0])}; every step needs at least one real row.")
+        raise ValueError(f"Schedule's indices has steps of padding only (-1 in every slot), "
+                         f"the first at step {int(empty[0])}; every step needs at least one "
+                         "real row.")
     return True
 
 

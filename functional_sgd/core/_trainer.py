@@ -420,8 +420,8 @@ def keywords(spec: Spec, data: Any) -> dict[str, Any]:
         if evaluate is None:
             if not model_is_plain(model):
                 raise ValueError("Evaluation(evaluate=None) evaluates loss(params, *data), "
-                                 "which a model with rng, state or has_aux does not give: "
-                                 "pass evaluate=fn returning a dict.")
+                                 "which a Model with rng, state or has_aux does not give: "
+                                 "pass Evaluation(evaluate=fn) returning a dict.")
             evaluate = HeldOutLoss(spec.loss)
         evaluate = held_out(evaluation.data, evaluate)[0]
         every = per_epoch if evaluation.every == "epoch" else evaluation.every
