@@ -85,7 +85,9 @@ class FitResult(NamedTuple):
     """What :func:`fit` returns (a pytree, so it passes through ``jit``/``vmap``).
 
     Attributes:
-      params: the parameters after the last update.
+      params: the parameters after the last update; with
+        ``Evaluation(restore_best=True)``, those of the first best
+        evaluation (after ``best_step`` updates).
       losses: ``(steps,)``; ``losses[t]`` is the loss of step ``t``'s batch,
         before that step's update. Steps not run (stop rule) hold NaN.
       diverged_at: first step whose loss diverged, ``-1`` if none: a loss

@@ -202,7 +202,8 @@ BAD = [
      "Evaluation needs evaluate= or data="),
     (lambda: {"evaluation": fsgd.Evaluation()}, ValueError, "Evaluation needs evaluate= or data="),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), monitor="acc")}, ValueError,
-     r"monitor must be a key of the dict evaluate returns, one of \['mse'\]; got 'acc'"),
+     r"Evaluation\(monitor=\) must be a key of the dict evaluate returns, one of \['mse'\]; "
+     r"got 'acc'"),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), monitor="mse", mode="up")}, ValueError,
      "mode must be 'min' or 'max'"),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), every=0)}, ValueError,
@@ -216,14 +217,14 @@ BAD = [
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), restore_best=True)}, ValueError,
      r"Evaluation\(restore_best=\) needs monitor"),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y[:50]))}, ValueError,
-     r"eval_data arrays must share their leading axis .*eval_data\[1\].shape=\(50,\)"),
+     r"Evaluation\(data=\) arrays must share their leading axis .*data\[1\].shape=\(50,\)"),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, np.full(100, np.nan, np.float32)))}, ValueError,
-     r"eval_data\[1\] contains NaN"),
+     r"Evaluation\(data=\)\[1\] contains NaN"),
     (lambda: {"evaluation": fsgd.Evaluation("mse", (X, Y))}, TypeError, "evaluate must be callable"),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, X)}, TypeError, "data must be a tuple"),
     (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X, Y), mode="max")}, ValueError,
      r"Evaluation\(mode=\) needs monitor"),
-    (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X,))}, ValueError, r"evaluate\(params, \*eval_data\) failed"),
+    (lambda: {"evaluation": fsgd.Evaluation(mse_dict, (X,))}, ValueError, r"evaluate\(params, \*data\) failed"),
 ]
 
 

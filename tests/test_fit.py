@@ -219,7 +219,7 @@ BAD_INPUT = [
     (lambda: {"rows": fsgd.Schedule(np.zeros((10, 2))), "steps": None}, TypeError, "indices must be an integer"),
     (lambda: {"rows": fsgd.Schedule(np.zeros((10, 2), int)), "steps": 5}, ValueError, "steps=5 disagrees"),
     (lambda: {"rows": fsgd.Schedule(np.zeros((10, 2), int)), "steps": None, "key": KEY}, ValueError,
-     "pass key or indices"),
+     r"pass key or rows=fsgd.Schedule\(indices\)"),
     ({"data": (X, Y[:50])}, ValueError, r"leading axis.*data\[1\].shape=\(50,\)"),
     ({"data": X}, TypeError, "data must be a tuple of arrays"),
     ({"data": (X, Y.at[3].set(jnp.nan))}, ValueError, r"data\[1\] contains NaN or inf"),

@@ -146,6 +146,24 @@ def test_combinations_that_cannot_run_are_refused_with_the_reason(kwargs, match)
         fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, **{"steps": 5, **kwargs})
 
 
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"steps": 0}, ValueError, "steps must be >= 1; got 0"),
+    ({"steps": -3}, ValueError, "steps must be >= 1; got -3"),
+    ({"steps": 2.0}, TypeError, "steps must be an int"),
+    ({"steps": True}, TypeError, "steps must be an int"),
+    ({"epochs": 0}, ValueError, "epochs must be >= 1; got 0"),
+    ({"epochs": "2"}, TypeError, "epochs must be an int"),
+    ({"steps": 5, "batch_size": 0}, ValueError, "batch_size must be >= 1; got 0"),
+    ({"steps": 5, "batch_size": 2.5}, TypeError, "batch_size must be an int"),
+    ({"steps": 5, "epochs": 2}, ValueError, "give steps= or epochs=, not both"),
+])
+def test_a_trainer_refuses_what_fit_refuses_when_it_is_built(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        fsgd.Trainer(fsgd.linear_mse, **kwargs)
+    with pytest.raises(error, match=match):  # the same words from fit
+        fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, key=jax.random.key(1), **kwargs)
+
+
 @pytest.mark.parametrize("rows, batch_size, per_epoch", [
     (None, None, 1), (fsgd.Sampled(), 30, 4), (fsgd.Shuffled(), 30, 3),
     (fsgd.Shuffled(drop_last=False), 30, 4)])

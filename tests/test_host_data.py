@@ -153,7 +153,7 @@ def test_steps_cut_a_stream_and_a_stop_rule_ends_it():
      "block must be an int >= 1"),
     (lambda: fsgd.stream(5), {}, TypeError, "stream needs an iterable of batches"),
     (lambda: fsgd.stream(iter([(X[:10], Y[:10])])), {"run": fsgd.Run(record_params=True)}, ValueError,
-     "record_params needs a run of known length"),
+     r"Run\(record_params=True\) needs a run of known length"),
     (lambda: fsgd.stream(iter([(X[:10], Y[:10])] * 3 + [(X[:10], Y[:10].astype(np.float64))])),
      {}, ValueError, r"batch 3 of the stream has \['float32\[10, 5\]', 'float64\[10\]'\]"),
     (lambda: fsgd.stream(iter([(X[:10], Y[:10])] * 3 + [(X[:10],)])), {}, ValueError,

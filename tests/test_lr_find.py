@@ -109,3 +109,26 @@ def test_a_new_patience_or_tol_is_not_a_stale_sweep():
 
     assert stopped_at(50) == [100, 100]  # no plateau of 50 evaluations in 100 steps
     assert stopped_at(1)[1] < 100  # lr=0.1 levels off: patience 1 stops it early
+
+
+def test_with_restore_best_each_rate_scores_the_params_fit_returns():
+    """Under Evaluation(restore_best=True) fit's result.params are those of the
+    best evaluation; the sweep's final_loss is the loss on all the data at
+    those params (not at the last step's), as fit would give rate by rate."""
+    x_held, _ = fsgd.lesson_data(jax.random.key(5))
+    held_out = (x_held, x_held @ jnp.array([2.0, 1.5]))  # its best lies mid-run
+    check = fsgd.Evaluation(data=held_out, every=5, monitor="loss", restore_best=True)
+    lrs = LRS[:4]
+    sweep = fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=lrs, steps=60, evaluation=check)
+    restored_somewhere = False
+    for i, lr in enumerate(lrs):
+        one = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=float(lr), steps=60, evaluation=check)
+        last = fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=float(lr), steps=60)
+        restored_somewhere |= int(one.best_step) < 60
+        # vmap batches the same float32 ops; XLA may fuse them differently: a few ulps
+        assert_trees_close(sweep.final_loss[i], fsgd.linear_mse(one.params, X, Y),
+                           **backend_tolerance(rtol=1e-5))
+        if int(one.best_step) < 60:
+            assert not np.isclose(float(sweep.final_loss[i]),
+                                  float(fsgd.linear_mse(last.params, X, Y)), rtol=1e-3)
+    assert restored_somewhere

@@ -78,6 +78,26 @@ def test_a_schedule_that_does_not_give_a_scalar_rate_is_refused():
         fit(lr=SCHEDULE, optimizer=optax.sgd(0.1), steps=5)
 
 
+@pytest.mark.parametrize("schedule, bad_step, rate", [
+    (lambda t: jnp.where(t < 1, -0.1, 0.1), 0, "-0.1"),  # negative at the start
+    (lambda t: 0.1 - 0.02 * t.astype(jnp.float32), 6, "-0.02"),  # crosses 0 at step 5
+    (lambda t: jnp.where(t == 37, jnp.nan, 0.1), 37, "nan"),
+    (lambda t: jnp.where(t == 20_000, jnp.inf, 0.1), 20_000, "inf"),  # past the first block
+])
+@pytest.mark.usefixtures("standard_promotion")  # optax's warm-up mixes floats and int32
+def test_a_schedule_with_a_negative_or_non_finite_rate_is_refused(schedule, bad_step, rate):
+    """As a scalar lr <= 0 is refused, so is a schedule's rate < 0 or not finite
+    at any step of the run (a rate of 0 passes: warm-ups start there)."""
+    with pytest.raises(ValueError, match=rf"lr is a schedule.*finite number >= 0; "
+                                         rf"lr\({bad_step}\) = {rate}"):
+        fit(lr=schedule, steps=30_000)
+    spike = lambda t: jnp.where(t == 37, jnp.nan, 0.1)  # the steps of the run only count
+    assert fit(lr=spike, steps=37).losses.shape == (37,)
+    assert fit(lr=spike, steps=3, run=fsgd.Run(start_step=38)).losses.shape == (3,)
+    warm_up = optax.warmup_cosine_decay_schedule(0.0, 0.1, 5, 30)  # rate 0 at step 0
+    assert fit(lr=warm_up, steps=30).losses.shape == (30,)
+
+
 def test_lr_sweep_refuses_a_schedule_clearly():
     with pytest.raises(TypeError, match=r"lrs.*schedule"):
         fsgd.lr_sweep(fsgd.linear_mse, START, (X, Y), lrs=SCHEDULE, steps=10)

@@ -155,17 +155,17 @@ def test_jit_and_vmap_over_a_model():
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"params": {"n": jnp.arange(2)}}, ValueError, "params has nothing to train.*int32"),
     ({"params": {"n": 3}}, ValueError, "params has nothing to train"),
-    (lambda: {"model": fsgd.Model(trainable=False)}, ValueError, "trainable freezes all"),
-    (lambda: {"model": fsgd.Model(trainable={"a": True})}, ValueError, "trainable must be a pytree"),
+    (lambda: {"model": fsgd.Model(trainable=False)}, ValueError, r"Model\(trainable=\) freezes all"),
+    (lambda: {"model": fsgd.Model(trainable={"a": True})}, ValueError, r"Model\(trainable=\) must be a pytree"),
     (lambda: {"model": fsgd.Model(trainable={"a": 1, "b": True})}, TypeError,
-     "trainable's leaves must be True or False"),
-    (lambda: {"model": fsgd.Model(trainable=lambda leaf: 1)}, TypeError, "trainable\\(leaf\\) must return"),
+     r"Model\(trainable=\)'s leaves must be True or False"),
+    (lambda: {"model": fsgd.Model(trainable=lambda leaf: 1)}, TypeError, r"Model\(trainable=fn\): fn\(leaf\) must return"),
     (lambda: {"model": fsgd.Model(rng=3)}, TypeError, "rng must be a jax.random key"),
     (lambda: {"model": fsgd.Model(rng=jax.random.split(jax.random.key(0)))}, ValueError, "rng must be a single key"),
     (lambda: {"model": fsgd.Model(rng=jax.random.key(0))}, ValueError, "key=.*give the loss that argument"),
     (lambda: {"model": fsgd.Model(has_aux=1)}, TypeError, "has_aux must be True or False"),
-    (lambda: {"model": fsgd.Model(has_aux=True)}, ValueError, "has_aux=True, loss must return \\(value, aux\\)"),
-    (lambda: {"model": fsgd.Model(state=jnp.zeros(2))}, ValueError, "with state, loss must return \\(value, new_state\\)"),
+    (lambda: {"model": fsgd.Model(has_aux=True)}, ValueError, r"with Model\(has_aux=True\), loss must return \(value, aux\)"),
+    (lambda: {"model": fsgd.Model(state=jnp.zeros(2))}, ValueError, r"with Model\(state=\), loss must return \(value, new_state\)"),
 ])
 def test_bad_model_arguments_name_the_argument(kwargs, error, match):
     def loss(p, *args):
@@ -181,7 +181,7 @@ def test_bad_model_arguments_name_the_argument(kwargs, error, match):
 @pytest.mark.parametrize("returns, kwargs, match", [
     (lambda v, s: (v, s[:1]), lambda: {"model": fsgd.Model(state=jnp.zeros(2))}, "structure, shapes and dtypes of state"),
     (lambda v, s: (v, s), lambda: {"model": fsgd.Model(state=jnp.zeros(2), has_aux=True)},
-     "state and has_aux=True, loss must return \\(value, new_state, aux\\)"),
+     r"Model\(state=\) and Model\(has_aux=True\), loss must return \(value, new_state, aux\)"),
     (lambda v, s: (v, v), {}, "If it returns \\(value, aux\\), pass model=fsgd.Model\\(has_aux=True\\)"),
     (lambda v, s: (v, jnp.tanh), lambda: {"model": fsgd.Model(has_aux=True)}, "aux must be a pytree of arrays"),
     (lambda v, s: (v[None], 0), lambda: {"model": fsgd.Model(has_aux=True)}, "value .* must be a real scalar"),
@@ -202,7 +202,7 @@ def test_mesh_refuses_what_has_no_meaning_row_by_row():
     def loss(a, x, y, *, key):
         return fsgd.linear_mse(a, x, y)
 
-    with pytest.raises(ValueError, match="mesh cannot run with rng"):
+    with pytest.raises(ValueError, match=r"Run\(mesh=\) cannot run with Model\(rng=\)"):
         fsgd.fit(loss, jnp.array(fsgd.LESSON_START), (X, Y), lr=0.1, steps=5,
                  model=fsgd.Model(rng=jax.random.key(0)), run=fsgd.Run(mesh=mesh))
     # frozen and non-array leaves are fine on a mesh
@@ -384,7 +384,7 @@ def test_what_leaves_nothing_to_train_says_why():
 
     with pytest.raises(ValueError, match="nothing to train.*int32 .*Python floats sit inside"):
         fsgd.fit(loss, Scaled(jnp.zeros(2, jnp.int32), 1.0), (X, Y), lr=0.1, steps=5)
-    with pytest.raises(ValueError, match="trainable freezes all 1 float leaves"):
+    with pytest.raises(ValueError, match=r"Model\(trainable=\) freezes all 1 float leaves"):
         fsgd.fit(loss, {"b": 1.0}, (X, Y), lr=0.1, steps=5, model=fsgd.Model(trainable={"b": False}))
 
 

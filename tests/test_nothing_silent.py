@@ -46,11 +46,11 @@ BAD = [
     ("record_params a string", lambda: {"run": fsgd.Run(record_params="no")}, TypeError,
      "record_params must be True or False"),
     ("opt_state without optimizer", lambda: {"run": fsgd.Run(opt_state=())}, ValueError,
-     "opt_state is given but optimizer is None"),
+     r"Run\(opt_state=\) is given but optimizer is None"),
     ("opt_state of another optimizer", lambda: {
         "lr": None, "optimizer": optax.adam(0.1),
         "run": fsgd.Run(opt_state=optax.sgd(0.1, momentum=0.9).init(START))}, ValueError,
-     r"opt_state does not have the structure optimizer.init\(params\) gives"),
+     r"Run\(opt_state=\) does not have the structure optimizer.init\(params\) gives"),
     ("record_params past memory", lambda: {"run": fsgd.Run(record_params=True), "steps": 2**31 - 1,
                                    "params": jnp.zeros(2**10), "data": ()}, ValueError,
      "record_params keeps 2147483648 copies"),
@@ -123,8 +123,21 @@ def test_a_fresh_optimizer_per_call_warns_once_and_keeps_few_compiled_loops(monk
             counts.append(_repeat._compiled_count())
     said = [w for w in caught if "compiled its loop again" in str(w.message)]
     assert len(said) == 1 and "optax.inject_hyperparams" in str(said[0].message)
+    assert "again for a new optimizer: 3 of them" in str(said[0].message)  # names what
     assert said[0].filename == __file__  # points at the caller, not inside the library
     assert max(counts) <= 3 + 1  # cleared once past the bound
+
+
+def test_a_fresh_loss_per_call_that_cannot_be_compared_is_named_in_the_warning(monkeypatch):
+    monkeypatch.setattr(_repeat, "_warned_recompiling", [])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            opaque = _Opaque()
+            fsgd.fit(lambda a, x, y, o=opaque: fsgd.linear_mse(a, x, y), START, (X, Y),
+                     lr=0.1, steps=5)
+    said = [str(w.message) for w in caught if "compiled its loop again" in str(w.message)]
+    assert len(said) == 1 and "again for a new loss: 3 of them" in said[0]
 
 
 # Checkpoints: a foreign one is refused, naming what differs.
@@ -325,7 +338,7 @@ def test_restore_best_with_every_metric_nan_keeps_the_last_params_under_jit():
 
 
 def test_eval_data_without_rows_is_refused():
-    with pytest.raises(ValueError, match=r"eval_data has no rows .*shape \(0, 2\)"):
+    with pytest.raises(ValueError, match=r"Evaluation\(data=\) has no rows .*shape \(0, 2\)"):
         fit(evaluation=best(data=(X[:0], Y[:0])))
 
 

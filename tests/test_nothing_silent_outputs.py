@@ -52,7 +52,7 @@ def test_torch_eval_data_in_lr_sweep():
 def test_torch_eval_data_on_another_device_or_dtype_is_refused_by_name():
     torch = pytest.importorskip("torch")
     half = (torch.zeros(4, 2, dtype=torch.bfloat16), torch.zeros(4))
-    with pytest.raises(TypeError, match=r"eval_data\[0\] is a torch tensor of dtype "
+    with pytest.raises(TypeError, match=r"Evaluation\(data=\)\[0\] is a torch tensor of dtype "
                                         r"torch.bfloat16"):
         fsgd.fit(fsgd.linear_mse, START, (X, Y), lr=0.1, steps=5, evaluation=fsgd.Evaluation(held_out_mse, half))
 
@@ -109,10 +109,11 @@ WRONG_OPT_STATE = {
     "equinox module, another optimizer's state": (
         lambda: {"params": an_mlp(), "loss": mlp_loss, "run": fsgd.Run(opt_state=MOMENTUM.init(
             pytest.importorskip("equinox").filter(an_mlp(), lambda a: isinstance(a, jax.Array))))},
-        r"opt_state does not have the structure optimizer.init\(the trainable part of params\)"),
+        r"Run\(opt_state=\) does not have the structure optimizer.init\(the trainable "
+        r"part of params\)"),
     "rng, another optimizer's state": (
         lambda: {"params": START, "loss": noisy_mse, "model": fsgd.Model(rng=jax.random.key(3)), "run": fsgd.Run(opt_state=MOMENTUM.init(START))},
-        r"opt_state does not have the structure optimizer.init\(params\) gives"),
+        r"Run\(opt_state=\) does not have the structure optimizer.init\(params\) gives"),
     "trainable, the state of all params": (
         lambda: {"params": {"w": START, "b": jnp.zeros(())},
                  "model": fsgd.Model(trainable={"w": True, "b": False}),

@@ -154,7 +154,7 @@ def test_auto_takes_one_pass_only_for_linear_mse_on_large_row_major_data():
 @pytest.mark.parametrize("kwargs, message", [
     ({"full_batch": False}, "full-batch only"),
     ({"mesh": object()}, "mesh"),
-    ({"plain_model": False}, "key, a state or an aux"),
+    ({"plain_model": False}, r"the model has parts \(Model\(rng="),
 ])
 def test_one_pass_true_says_why_it_cannot_run(kwargs, message):
     with pytest.raises(ValueError, match=f"one_pass=True.*{message}"):

@@ -374,3 +374,37 @@ def test_flax_nnx_variables_the_model_updates_are_refused_in_params(net, said):
     recipe = r"nnx.split\(model, nnx.Param, \.\.\.\).*state=rest"
     with pytest.raises(ValueError, match=f"(?s)params holds {said}.*{recipe}"):
         fsgd.fit(loss, whole, (X, Y), rows=fsgd.Schedule(INDICES), optimizer=optax.adam(1e-2))
+
+
+def test_flax_nnx_reseeded_by_the_model_rng_through_state_and_refused_when_closed_over():
+    """Issue 23 (adversarial pass): Model(rng=) with nnx.reseed in the loss.
+    Through the recipe (the rest as state) each step reseeds from
+    fold_in(rng, t); a loss that merges a rest it closes over would mutate
+    variables made outside the compiled loop: flax's TraceContextError came
+    out raw, now a ValueError that gives the recipe."""
+    graphdef, params, rest = nnx.split(DropoutBatchNormNet(nnx.Rngs(0, dropout=1)),
+                                       nnx.Param, ...)
+
+    def reseeded(params, rest, x, y, *, key):
+        model = nnx.merge(graphdef, params, rest)
+        nnx.reseed(model, dropout=key)
+        return ((model(x) - y) ** 2).mean(), nnx.split(model, nnx.Param, ...)[2]
+
+    def run(rng):
+        return fsgd.fit(reseeded, params, (X, Y), rows=fsgd.Schedule(INDICES),
+                        model=fsgd.Model(state=rest, rng=rng), optimizer=optax.adam(1e-2))
+
+    first, again, other = run(jax.random.key(3)), run(jax.random.key(3)), run(jax.random.key(4))
+    np.testing.assert_array_equal(first.losses, again.losses)  # the masks come from rng
+    assert not np.array_equal(first.losses, other.losses)
+
+    def closed_over(params, x, y, *, key):
+        model = nnx.merge(graphdef, params, rest)  # rest made outside fit's trace
+        nnx.reseed(model, dropout=key)
+        return ((model(x) - y) ** 2).mean()
+
+    recipe = r"own-model.md.*nnx.split\(model, nnx.Param, \.\.\.\).*Model\(state=rest\)"
+    with pytest.raises(ValueError, match=f"(?s)variable made outside fit's compiled loop.*"
+                                         f"RngKey.*{recipe}"):
+        fsgd.fit(closed_over, params, (X, Y), rows=fsgd.Schedule(INDICES),
+                 model=fsgd.Model(rng=jax.random.key(3)), optimizer=optax.adam(1e-2))

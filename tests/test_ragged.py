@@ -277,7 +277,8 @@ ROWS = np.asarray(fsgd.sample_indices(KEY, N, 5, BATCH, replace=False, drop_last
     (lambda: {"steps": 5, "rows": fsgd.Shuffled(drop_last=False)}, ValueError,
      r"rows=Shuffled\(drop_last=False\) needs batch_size"),
     (lambda: {"rows": fsgd.Schedule(ROWS)}, ValueError,
-     r"indices must lie in \[0, 1003\).*-1 to .*-1 marks padding only with drop_last=False"),
+     r"indices must lie in \[0, 1003\).*-1 to .*-1 marks padding only with "
+     r"fsgd.Schedule\(indices, padded=True\)"),
     (lambda: {"rows": fsgd.Schedule(ROWS - 1, padded=True)}, ValueError,
      r"indices must lie in \[0, 1003\) or -1 \(padding\).*got values from -2"),
     (lambda: {"rows": fsgd.Schedule(np.array([[0, N]]), padded=True)}, ValueError, "got values from 0 to 1003"),
@@ -305,7 +306,8 @@ def test_padding_with_a_batch_wide_model_is_refused(model):
         return (value, args[0]) if "state" in model else (value, value) \
             if "has_aux" in model else value
 
-    with pytest.raises(ValueError, match=f"drop_last=False cannot run with {list(model)[0]}"):
+    with pytest.raises(ValueError, match=rf"short batches \(Shuffled\(drop_last=False\), or a "
+                                         rf"padded Schedule\) cannot run with Model\({list(model)[0]}"):
         fsgd.fit(loss, START, (X, Y), lr=LR, steps=5, batch_size=BATCH, key=KEY,
                  rows=fsgd.Shuffled(drop_last=False), model=fsgd.Model(**model))
 

@@ -324,7 +324,7 @@ def test_new_held_out_arrays_are_checked_again(checks_run):
     run()
     run(valid=(valid[0] + 0, valid[1]))  # another array: the full path
     assert checks_run[0] == 2
-    with pytest.raises(ValueError, match=r"eval_data\[0\] contains NaN"):
+    with pytest.raises(ValueError, match=r"Evaluation\(data=\)\[0\] contains NaN"):
         run(valid=(valid[0].at[0, 0].set(jnp.nan), valid[1]))
     run(valid=list(valid))  # not a tuple: always the full path
     assert checks_run[0] == 4

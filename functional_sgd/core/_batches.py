@@ -135,28 +135,30 @@ def choose(n, steps, batch_size, key, indices, replace, drop_last=True):
         drop_last = _checks.check_bool(drop_last, "drop_last")
     if indices is not None:
         if key is not None:
-            raise ValueError("pass key or indices, not both: indices fix every batch.")
+            raise ValueError("pass key or rows=fsgd.Schedule(indices), not both: a schedule "
+                             "fixes every batch.")
         padded = _checks.check_indices(indices, n, drop_last)
         if steps is not None and steps != indices.shape[0]:
             raise ValueError(
-                f"steps={steps} disagrees with indices of shape {tuple(indices.shape)}; "
-                "omit steps or pass as many rows of indices.")
+                f"steps={steps} disagrees with the Schedule's indices of shape "
+                f"{tuple(indices.shape)}; omit steps or give the schedule as many rows.")
         if batch_size is not None and batch_size != indices.shape[1]:
             raise ValueError(
-                f"batch_size={batch_size} disagrees with indices of shape "
+                f"batch_size={batch_size} disagrees with the Schedule's indices of shape "
                 f"{tuple(indices.shape)}; omit batch_size or make them match.")
         return Schedule(int(indices.shape[1]), padded), int(indices.shape[0])
     if steps is None:
-        raise TypeError("steps is required (or pass an indices schedule), e.g. steps=100.")
+        raise TypeError("steps is required (or epochs=, or rows=fsgd.Schedule(indices)), "
+                        "e.g. steps=100.")
     if batch_size is None:
         if key is not None:
             raise ValueError(
                 "key is given but batch_size is None: full-batch descent draws no rows. "
                 "Pass batch_size for mini-batch descent, or drop key.")
         if not drop_last:
-            raise ValueError("drop_last=False needs batches (batch_size with key and "
-                             "replace=False, or indices): with batch_size=None every step "
-                             "sees every row. Drop drop_last.")
+            raise ValueError("Shuffled(drop_last=False) needs batch_size and key: with "
+                             "batch_size=None every step sees every row. Drop the rows "
+                             "option.")
         return FULL_BATCH, steps
     if n is None:
         raise ValueError("batch_size needs data to draw rows from: data is ().")

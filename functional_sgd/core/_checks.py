@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..drivers import as_host_array
+from ._flax_nnx import refuse_outside_variables
 
 
 def is_concrete(x):
@@ -127,15 +128,16 @@ def check_chunks(chunk_size, on_chunk, values):
     if on_chunk is not None and not callable(on_chunk):
         raise TypeError(f"on_chunk must be callable as on_chunk(result); got {on_chunk!r}.")
     if not all(map(is_concrete, jax.tree.leaves(values))):
-        raise ValueError("chunk_size runs a host loop between chunks, so fit cannot be "
-                         "traced by jax.jit or jax.vmap with it; drop chunk_size there.")
+        raise ValueError("Run(chunk_size=) runs a host loop between chunks, so fit cannot be "
+                         "traced by jax.jit or jax.vmap with it; drop it there.")
     return chunk_size
 
 
 def check_lr(lr, optimizer, opt_state=None, params=()):
     if optimizer is None and opt_state is not None:
-        raise ValueError("opt_state is given but optimizer is None: plain SGD keeps no "
-                         "state. Pass the optimizer that made opt_state, or drop opt_state.")
+        raise ValueError("Run(opt_state=) is given but optimizer is None: plain SGD keeps "
+                         "no state. Pass the optimizer that made opt_state, or drop "
+                         "Run(opt_state=).")
     if optimizer is not None:
         if lr is not None:
             raise ValueError(
@@ -189,6 +191,74 @@ def check_schedule(schedule):
             f"got shape {getattr(rate, 'shape', None)}). Return one rate per step, e.g. "
             "optax.linear_schedule(0.1, 0.01, 1000).")
     return schedule
+
+
+def check_schedule_rates(schedule, start_step, steps):
+    """Refuses a schedule ``lr`` that gives a negative or non-finite rate at
+    any step ``t`` in ``[start_step, start_step + steps)`` of the run, as a
+    scalar ``lr`` is refused (a rate of 0 passes: schedules warm up from and
+    decay to 0). The rates are computed once, in one compiled call, blocks
+    of steps vmapped (kept with the schedule: the same schedule checks
+    again without compiling); nothing is added to the loop. A run of
+    unknown length (a stream), a traced ``start_step`` or a schedule that
+    closes over traced values is not checked here."""
+    if steps is None or not is_concrete(start_step):
+        return
+    run = (schedule, int(start_step), int(steps))
+    try:
+        if run in _PASSED_SCHEDULES:
+            return  # checked before (a schedule is called again with the same steps)
+        first_bad = _first_bad_rate(schedule, jnp.int32(start_step), jnp.int32(steps))
+    except TypeError:  # an unhashable callable: compiled for this call
+        first_bad = jax.jit(functools.partial(_first_bad_rate, schedule))(
+            jnp.int32(start_step), jnp.int32(steps))
+    step, rate = first_bad
+    if not (is_concrete(step) and is_concrete(rate)):
+        return  # the schedule closes over values traced by jax.jit or jax.vmap
+    if int(step) < int(start_step) + int(steps):
+        raise ValueError(
+            f"lr is a schedule, and every step's rate must be a finite number >= 0; "
+            f"lr({int(step)}) = {float(rate):.6g} (this run's steps are {int(start_step)} to "
+            f"{int(start_step) + int(steps) - 1}).")
+    if len(_PASSED_SCHEDULES) >= 64:
+        _PASSED_SCHEDULES.pop(next(iter(_PASSED_SCHEDULES)))
+    try:
+        _PASSED_SCHEDULES[run] = None
+    except TypeError:
+        pass  # an unhashable schedule is checked each call
+
+
+_PASSED_SCHEDULES: dict = {}
+"""The (schedule, start_step, steps) runs whose rates passed (the 64 latest)."""
+
+
+_RATE_BLOCK = 16384
+"""Steps whose rates one vmapped call of a schedule computes."""
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _first_bad_rate(schedule, start, steps):
+    """``(t, schedule(t))`` for the first ``t`` in ``[start, start + steps)``
+    whose rate is negative or not finite; ``t = start + steps`` if none."""
+    end = start + steps
+    rate_dtype = jax.eval_shape(schedule, jax.ShapeDtypeStruct((), jnp.int32)).dtype
+    rate_dtype = rate_dtype if jnp.issubdtype(rate_dtype, jnp.floating) else jnp.float32
+
+    def block(carry):
+        i, _, _ = carry
+        offset = i * _RATE_BLOCK + jnp.arange(_RATE_BLOCK, dtype=jnp.int32)
+        inside = (offset >= 0) & (offset < steps)  # >= 0: past int32 it wraps
+        t = start + jnp.where(inside, offset, 0)  # never past the run (nor int32)
+        rates = jax.vmap(schedule)(t).astype(rate_dtype)
+        bad = inside & ~((rates >= 0) & jnp.isfinite(rates))
+        first = jnp.argmax(bad)
+        return i + 1, jnp.where(bad[first], t[first], end), rates[first]
+
+    blocks = steps // _RATE_BLOCK + jnp.where(steps % _RATE_BLOCK > 0, 1, 0)  # no wrap
+    _, step, rate = jax.lax.while_loop(
+        lambda carry: (carry[0] < blocks) & (carry[1] == end), block,
+        (jnp.int32(0), end, jnp.zeros((), rate_dtype)))
+    return step, rate
 
 
 SMALLEST_SAFE_LR = 6e-8
@@ -327,7 +397,7 @@ def check_opt_state(optimizer, opt_state, trainable, *, part="params"):
     expected_leaves, expected_def = jax.tree.flatten(expected)
     if got_def != expected_def:
         raise ValueError(
-            f"opt_state does not have the structure optimizer.init({part}) gives: got "
+            f"Run(opt_state=) does not have the structure optimizer.init({part}) gives: got "
             f"{got_def}, expected {expected_def}." + fix)
     for (path, leaf), want in zip(got, expected_leaves):
         shape, dtype, weak = signature(leaf) if hasattr(leaf, "dtype") or isinstance(
@@ -546,17 +616,19 @@ def check_indices(indices, n, drop_last=True):
     padded.
     """
     if n is None:
-        raise ValueError("indices need data to index: data is ().")
+        raise ValueError("rows=fsgd.Schedule(indices) needs data to index: data is ().")
     if not hasattr(indices, "shape") or not hasattr(indices, "dtype"):
-        raise TypeError(f"indices must be an integer array; got {type(indices).__name__}.")
+        raise TypeError(f"Schedule's indices must be an integer array; got "
+                        f"{type(indices).__name__}.")
     if len(indices.shape) != 2:
         raise ValueError(
-            "indices must have shape (steps, batch_size); got shape "
+            "Schedule's indices must have shape (steps, batch_size); got shape "
             f"{tuple(indices.shape)}.")
     if not jnp.issubdtype(indices.dtype, jnp.integer):
-        raise TypeError(f"indices must be an integer array; got dtype {indices.dtype}.")
+        raise TypeError(f"Schedule's indices must be an integer array; got dtype {indices.dtype}.")
     if indices.shape[0] == 0 or indices.shape[1] == 0:
-        raise ValueError(f"indices must not be empty; got shape {tuple(indices.shape)}.")
+        raise ValueError(f"Schedule's indices must not be empty; got shape "
+                         f"{tuple(indices.shape)}.")
     if not is_concrete(indices):
         return not drop_last
     low_high = _recall(indices, "range")
@@ -572,17 +644,18 @@ def check_indices(indices, n, drop_last=True):
     lowest = -1 if not drop_last else 0
     if low < lowest or high >= n:
         allowed = f"[0, {n})" + (" or -1 (padding)" if not drop_last else "")
-        hint = (" A -1 marks padding only with drop_last=False." if low == -1 and drop_last
-                else "")
+        hint = (" A -1 marks padding only with fsgd.Schedule(indices, padded=True)."
+                if low == -1 and drop_last else "")
         raise ValueError(
-            f"indices must lie in {allowed} (data has n={n} rows); got values from "
+            f"Schedule's indices must lie in {allowed} (data has n={n} rows); got values from "
             f"{int(low)} to {int(high)}.{hint}")
     if low >= 0:
         return False
     empty = np.flatnonzero(np.asarray(indices).max(axis=1) < 0)
     if empty.size:
-        raise ValueError(f"indices has steps of padding only (-1 in every slot), the first "
-                         f"at step {int(empty[0])}; every step needs at least one real row.")
+        raise ValueError(f"Schedule's indices has steps of padding only (-1 in every slot), "
+                         f"the first at step {int(empty[0])}; every step needs at least one "
+                         "real row.")
     return True
 
 
@@ -665,6 +738,9 @@ def _trace_loss(loss, treedef, signature):
             f"loss(params, *batch) failed for params of shape {shapes(params_spec)} and a "
             f"batch of shape {shapes(batch_spec)}; check that params fit the model "
             f"and data. The loss said: {error}") from error
+    except Exception as error:
+        refuse_outside_variables(error)
+        raise
     check_loss_value(out)
     return out
 

@@ -189,9 +189,9 @@ def restored(carry):
         if bool(evaluated):
             return carry._replace(params=params, state=state)
         warnings.warn(
-            "restore_best=True found no valid evaluation (none ran before the run "
+            "Evaluation(restore_best=True) found no valid evaluation (none ran before the run "
             "stopped, or every monitored value was NaN): the last params are returned. "
-            "Evaluate more often (eval_every), or check what evaluate returns.",
+            "Evaluate more often (Evaluation(every=)), or check what evaluate returns.",
             UserWarning, stacklevel=_checks.caller_stacklevel())
         return carry
     params, state = jax.tree.map(
@@ -230,20 +230,20 @@ def choose(evaluate, eval_data, eval_every, monitor, mode, restore_best, *, batc
     for ``fit``'s arguments, each checked in plain Python before any trace."""
     if evaluate is None:
         given = [name for name, value in (
-            ("eval_data", given_data(eval_data)),
-            ("eval_every", eval_every is not None), ("monitor", monitor is not None),
+            ("data", given_data(eval_data)),
+            ("every", eval_every is not None), ("monitor", monitor is not None),
             ("restore_best", restore_best is not False))
             if value]
         if given:
-            raise ValueError(f"{', '.join(given)} needs evaluate: pass evaluate=fn, where "
-                             "fn(params, *eval_data) returns a dict of scalars, e.g. "
-                             "{'accuracy': ...}.")
+            raise ValueError(f"Evaluation({'=, '.join(given)}=) needs evaluate: pass "
+                             "Evaluation(evaluate=fn), where fn(params, *data) returns a dict "
+                             "of scalars, e.g. {'accuracy': ...}.")
         if mode != "min":
-            raise ValueError(f"mode={mode!r} needs monitor (and evaluate): mode says which "
-                             "way the monitored value improves.")
+            raise ValueError(f"Evaluation(mode={mode!r}) needs monitor (and evaluate): mode "
+                             "says which way the monitored value improves.")
         return None, (), None
     if not callable(evaluate):
-        raise TypeError(f"evaluate must be callable as evaluate(params, *eval_data) -> dict; "
+        raise TypeError(f"evaluate must be callable as evaluate(params, *data) -> dict; "
                         f"got {evaluate!r}.")
     eval_data = check_eval_data(eval_data, check_finite, getattr(evaluate, "groups", None))
     if eval_every is None:
@@ -254,7 +254,7 @@ def choose(evaluate, eval_data, eval_every, monitor, mode, restore_best, *, batc
                              f"{list(eval_every)}.")
         every = eval_every
     else:
-        every = _checks.check_int(eval_every, "eval_every", minimum=1)
+        every = _checks.check_int(eval_every, "Evaluation(every=)", minimum=1)
     if mode not in MODES:
         raise ValueError(f"mode must be 'min' or 'max'; got {mode!r}.")
     restore_best = _checks.check_bool(restore_best, "restore_best")
@@ -265,11 +265,11 @@ def choose(evaluate, eval_data, eval_every, monitor, mode, restore_best, *, batc
     dtype = None
     if monitor is not None:
         if not isinstance(monitor, str) or monitor not in shapes:
-            raise ValueError(f"monitor must be a key of the dict evaluate returns, one of "
-                             f"{sorted(shapes)}; got {monitor!r}.")
+            raise ValueError(f"Evaluation(monitor=) must be a key of the dict evaluate "
+                             f"returns, one of {sorted(shapes)}; got {monitor!r}.")
         if shapes[monitor].shape != ():
-            raise ValueError(f"monitor={monitor!r} must name a scalar of evaluate's dict (the "
-                             f"stop rule compares one value); it is "
+            raise ValueError(f"Evaluation(monitor={monitor!r}) must name a scalar of "
+                             f"evaluate's dict (the stop rule compares one value); it is "
                              f"{shapes[monitor].dtype}{list(shapes[monitor].shape)}. Return "
                              "the value to watch as a scalar of its own.")
         dtype = shapes[monitor].dtype
@@ -306,14 +306,14 @@ def check_eval_data(eval_data, check_finite, groups=None):
     group of ``groups`` leaves its own: named held-out sets; CPU torch
     tensors as NumPy views of their memory, as ``data`` takes them)."""
     if not isinstance(eval_data, (tuple, list)):
-        raise TypeError("eval_data must be a tuple of arrays, unpacked into evaluate's "
+        raise TypeError("Evaluation(data=) must be a tuple of arrays, unpacked into evaluate's "
                         f"arguments, e.g. (valid_x, valid_y); got {type(eval_data).__name__}. "
                         "Wrap a single array as (x,).")
-    eval_data = tuple(_checks._from_torch(a, f"eval_data[{i}]")
+    eval_data = tuple(_checks._from_torch(a, f"Evaluation(data=)[{i}]")
                       for i, a in enumerate(eval_data))
     for i, a in enumerate(eval_data):
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
-            raise TypeError(f"eval_data[{i}] must be an array; got {type(a).__name__}.")
+            raise TypeError(f"Evaluation(data=)[{i}] must be an array; got {type(a).__name__}.")
     first = 0
     for count in groups or (len(eval_data),):  # each named set has rows of its own
         group = eval_data[first:first + count]
@@ -324,17 +324,17 @@ def check_eval_data(eval_data, check_finite, groups=None):
     else:
         rows = ()
     if len(rows) > 1 or any(len(a.shape) == 0 for a in eval_data):
-        shapes = ", ".join(f"eval_data[{i}].shape={tuple(a.shape)}"
+        shapes = ", ".join(f"data[{i}].shape={tuple(a.shape)}"
                            for i, a in enumerate(eval_data))
-        raise ValueError(f"eval_data arrays must share their leading axis (the rows); "
+        raise ValueError(f"Evaluation(data=) arrays must share their leading axis (the rows); "
                          f"got {shapes}.")
     if eval_data and eval_data[0].shape[0] == 0:
-        raise ValueError(f"eval_data has no rows (leading axis of length 0): eval_data[0] has "
+        raise ValueError(f"Evaluation(data=) has no rows (leading axis of length 0): data[0] has "
                          f"shape {tuple(eval_data[0].shape)}, and evaluating on nothing gives "
-                         "NaN. Pass held-out rows, or drop evaluate.")
+                         "NaN. Pass held-out rows, or drop the Evaluation.")
     if check_finite:
         for i in _checks._non_finite(eval_data):
-            raise ValueError(f"eval_data[{i}] contains NaN or inf values; clean or drop "
+            raise ValueError(f"Evaluation(data=)[{i}] contains NaN or inf values; clean or drop "
                              "those rows (or pass run=fsgd.Run(check_finite=False) to skip "
                              "this check).")
     return eval_data
@@ -367,11 +367,11 @@ def _trace_evaluate(evaluate, model, treedef, state_def, signature):
     def call(params, state, eval_data):
         return _called(evaluate, model, params, state, eval_data)
 
-    args = "params, state, *eval_data" if model.state else "params, *eval_data"
+    args = "params, state, *data" if model.state else "params, *data"
     try:
         out = jax.eval_shape(call, params, state, eval_data)
     except (TypeError, ValueError, AttributeError, KeyError, IndexError) as error:
-        raise ValueError(f"evaluate({args}) failed for eval_data of shape "
+        raise ValueError(f"evaluate({args}) failed for Evaluation(data=) of shape "
                          f"{_checks.shapes(eval_data)}; it said: {error}") from error
     check_values(out)
     return out

@@ -56,12 +56,15 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
                            checkpoint=checkpoint, speed=speed,
                            held_out=(evaluate, eval_data, eval_every, monitor, mode,
                                      restore_best, on_evaluation, progress),
-                           unused=dict(batch_size=batch_size, key=key, indices=indices,
-                                       chunk_size=chunk_size, mesh=mesh, rng=rng, state=state,
-                                       has_aux=has_aux or None, trainable=trainable,
-                                       replace=_unless(replace, True),
-                                       drop_last=_unless(drop_last, True),
-                                       fast_path=_unless(fast_path, "auto")))
+                           unused={"batch_size": batch_size, "key": key,
+                                   "rows=fsgd.Schedule(...)": indices,
+                                   "rows=fsgd.Shuffled()": _unless(replace, True),
+                                   "drop_last=False": _unless(drop_last, True),
+                                   "Run(chunk_size=)": chunk_size, "Run(mesh=)": mesh,
+                                   "Model(rng=)": rng, "Model(state=)": state,
+                                   "Model(has_aux=True)": has_aux or None,
+                                   "Model(trainable=)": trainable,
+                                   "SpeedPlan(exact_moments=)": _unless(fast_path, "auto")})
     given = (params, opt_state, state, indices, eval_data, key, rng, lr, tol, patience)
     check_finite = _checks.check_bool(check_finite, "check_finite")
     params = _model.torch_as_arrays(params)
@@ -74,6 +77,8 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
     lr, lr_schedule = _rate(_checks.check_lr(lr, optimizer, opt_state, params))
     batches, steps = _batches.choose(n, steps, batch_size, key, indices, replace, drop_last)
     _checks.check_start(start_step, steps, name="start_step")
+    if lr_schedule is not None:
+        _checks.check_schedule_rates(lr_schedule, start_step, steps)
     stop = _stop.choose(tol, patience)
     params, state, model = _model.choose(params, trainable, rng, state, has_aux)
     example = data if batches.batch_size is None else _checks.batch_of(data, batches.batch_size)
@@ -269,7 +274,7 @@ def _run_on_host(loop, spec, carry, inputs, block, on_chunk, check_finite, mesh,
     written after every block as an in-memory run's chunks are."""
     if mesh is not None:
         raise ValueError("data read on the host (a np.memmap) runs on one device for now; "
-                         "drop mesh, or pass an in-memory array.")
+                         "drop Run(mesh=), or pass an in-memory array.")
 
     def in_blocks(run, spec, carry, inputs, *, on_chunk, done=0):
         batches, start = spec.batches, int(carry.step)
@@ -306,22 +311,25 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
     given = [name for name, value in unused.items() if value is not None]
     if given:
         raise ValueError(f"with a stream as data, {', '.join(given)} cannot be used: the "
-                         "stream decides the batches, their order and their length (replace, "
-                         "drop_last; chunk_size: its block does), the moments of fast_path "
-                         "need all the data at once, and a stream trains a plain model on "
-                         "one device for now (no rng, state, has_aux, trainable or mesh).")
+                         "stream decides the batches, their order and their length (rows, "
+                         "batch_size; Run(chunk_size=): its block does), exact moments need "
+                         "all the data at once, and a stream trains a plain model on one "
+                         "device for now (no Model(...) parts, no Run(mesh=)).")
     if steps is not None:
         steps = _checks.check_int(steps, "steps", minimum=1, maximum=_checks.MAX_STEP)
     check_finite = _checks.check_bool(check_finite, "check_finite")
     params = _model.torch_as_arrays(params)
     lr, lr_schedule = _rate(_checks.check_lr(lr, optimizer, opt_state, params))
     _checks.check_start(start_step, steps or 0, name="start_step")
+    if lr_schedule is not None:
+        _checks.check_schedule_rates(lr_schedule, start_step, steps)
     stop = _stop.choose(tol, patience)
     if on_chunk is not None and not callable(on_chunk):
         raise TypeError(f"on_chunk must be callable as on_chunk(result); got {on_chunk!r}.")
     record_params = _checks.check_bool(record_params, "record_params")
     if record_params:
-        raise ValueError("record_params needs a run of known length; a stream has none.")
+        raise ValueError("Run(record_params=True) needs a run of known length; a stream has "
+                         "none.")
     done, saved = (0, None) if checkpoint is None else drivers.saved_run(checkpoint)
     if steps is not None and done >= steps:
         done = steps  # a finished run: its batches are not read

@@ -37,6 +37,25 @@ differentiated. Merge the result back into a model at the end:
 True
 >>> model.eval()  # dropout off, BatchNorm's running statistics: for predictions
 
+With ``Model(rng=...)`` as well, step ``t``'s loss gets
+``key=fold_in(rng, t)``; ``nnx.reseed(model, dropout=key)`` after the merge
+draws that step's mask from it (``jax.vmap`` over ``rng``: a seed ensemble).
+The rest must still come in as ``state``: a loss that merges a rest it
+closes over (or updates a model it closes over) would change nnx variables
+made outside the compiled loop, which flax refuses (``TraceContextError``);
+:func:`refuse_outside_variables` answers that with this recipe.
+
+>>> def reseeded(params, rest, x, y, *, key):
+...     model = nnx.merge(graphdef, params, rest)
+...     nnx.reseed(model, dropout=key)
+...     value = ((model(x) - y) ** 2).mean()
+...     return value, nnx.split(model, nnx.Param, ...)[2]
+>>> result = fsgd.fit(reseeded, params, (x, y), optimizer=optax.adam(1e-2), steps=20,
+...                   model=fsgd.Model(state=rest, rng=jax.random.key(3)),
+...                   batch_size=32, key=jax.random.key(2))
+>>> result.losses.shape
+(20,)
+
 Split whole (``nnx.split(model)``) and passed as ``params``, the counter
 would pass through unchanged, as every leaf that does not train does, and
 every step would draw the same dropout mask: :func:`refuse_updated_variables`
@@ -87,6 +106,27 @@ def refuse_updated_variables(treedef):
         "nnx.merge(graphdef, params, rest) and returns (value, nnx.split(model, nnx.Param, "
         "...)[2]); fit(loss, params, data, model=fsgd.Model(state=rest), ...); then nnx.merge(graphdef, "
         "result.params, result.state).")
+
+
+def refuse_outside_variables(error):
+    """Raises a ``ValueError`` giving the recipe when ``error`` is flax's
+    ``TraceContextError``: the loss updated an nnx variable made outside
+    ``fit``'s trace (a model, or the rest it is merged from, closed over by
+    the loss: ``nnx.reseed``, a dropout draw and BatchNorm's statistics all
+    update one). Any other error is left to its caller."""
+    if type(error).__name__ != "TraceContextError" or \
+            not type(error).__module__.startswith("flax"):
+        return
+    raise ValueError(
+        "the loss updates a flax nnx variable made outside fit's compiled loop (a model, or "
+        "the rest it is merged from, closed over by the loss; nnx.reseed, a dropout draw "
+        "and BatchNorm's statistics update one), which flax refuses: "
+        f"{error}. Pass what the model updates through fit, as the nnx recipe does "
+        "(docs/how-to/own-model.md): graphdef, params, rest = nnx.split(model, nnx.Param, "
+        "...); model=fsgd.Model(state=rest) (with rng=... too, for a key per step); a "
+        "loss(params, rest, *batch) (with rng: and key=) that calls model = "
+        "nnx.merge(graphdef, params, rest) (then nnx.reseed(model, dropout=key) to reseed) "
+        "and returns (value, nnx.split(model, nnx.Param, ...)[2]).") from error
 
 
 @functools.lru_cache(maxsize=256)

@@ -287,8 +287,8 @@ def choose(params, trainable, rng, state, has_aux):
     trains = tuple(bool(m) and _is_float(a) for a, m in zip(traced, mask))
     if not any(trains):
         if floats:
-            raise ValueError(f"trainable freezes all {floats} float leaves of params: nothing "
-                             "would train. Leave at least one leaf trainable.")
+            raise ValueError(f"Model(trainable=) freezes all {floats} float leaves of params: "
+                             "nothing would train. Leave at least one leaf trainable.")
         kinds = sorted({str(getattr(a, 'dtype', type(a).__name__)) for a in traced})
         raise ValueError(
             "params has nothing to train: only leaves of an inexact dtype train, and its "
@@ -340,7 +340,7 @@ def _trainable_mask(trainable, wrapped, leaves):
         for a, m in zip(leaves, mask):
             if not _is_bool(m):
                 raise TypeError(
-                    f"trainable(leaf) must return True or False; for a leaf of type "
+                    f"Model(trainable=fn): fn(leaf) must return True or False; for a leaf of type "
                     f"{type(a).__name__} it returned {m!r}.")
         return [bool(m) for m in mask]
     try:
@@ -348,12 +348,12 @@ def _trainable_mask(trainable, wrapped, leaves):
                                 wrapped)
     except (ValueError, TypeError) as error:
         raise ValueError(
-            "trainable must be a pytree of True/False with the structure of params (or a "
+            "Model(trainable=) must be a pytree of True/False with the structure of params (or a "
             "prefix of it: one bool for a whole subtree), or a function leaf -> bool; "
             f"it does not fit params: {error}") from error
     for m in jax.tree.leaves(trainable):
         if not _is_bool(m):
-            raise TypeError(f"trainable's leaves must be True or False; got {m!r}.")
+            raise TypeError(f"Model(trainable=)'s leaves must be True or False; got {m!r}.")
     return [bool(m) for m in jax.tree.leaves(per_leaf)]
 
 

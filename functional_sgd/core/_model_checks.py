@@ -11,6 +11,7 @@ import functools
 import jax
 
 from . import _checks
+from ._flax_nnx import refuse_outside_variables
 from ._model import Static, is_static, unwrap, wrap
 
 
@@ -19,10 +20,12 @@ def check_loss_per_row(loss, params, state, data, model, rng, cause="mesh"):
     the loss is evaluated row by row, as a mean over rows
     (``drivers/_mesh.py``): a key, a state or an aux of the whole batch mean
     nothing there, and are refused; frozen and non-array leaves are fine."""
-    given = [name for name, on in (("rng", model.rng), ("state", model.state),
-                                   ("has_aux", model.has_aux)) if on]
+    given = [name for name, on in (("Model(rng=)", model.rng), ("Model(state=)", model.state),
+                                   ("Model(has_aux=True)", model.has_aux)) if on]
     where = "under a mesh the loss is" if cause == "mesh" else \
         "a short batch's loss (padding, -1 rows) is"
+    cause = "Run(mesh=)" if cause == "mesh" else \
+        "short batches (Shuffled(drop_last=False), or a padded Schedule)"
     if given:
         raise ValueError(
             f"{cause} cannot run with {' or '.join(given)}: {where} evaluated "
@@ -91,21 +94,24 @@ def _trace_loss(loss, model, treedef, state_def, signature):
     except (TypeError, ValueError, AttributeError) as error:
         hint = ""
         if model.rng and "key" in str(error):
-            hint = (" With rng, fit calls the loss with the keyword key= (a new key every "
+            hint = (" With Model(rng=), fit calls the loss with the keyword key= (a new key every "
                     "step): give the loss that argument, e.g. def loss(params, x, y, *, key).")
         raise ValueError(
             f"{_call(model)} failed for params of shape {_checks.shapes(params_spec)}, "
             + (f"state of shape {_checks.shapes(state_spec)}, " if model.state else "")
             + f"and a batch of shape {_checks.shapes(batch_spec)}; check that params fit "
             f"the model and data. The loss said: {error}{hint}") from error
-    given = " and ".join(name for name, on in (("state", model.state),
-                                               ("has_aux=True", model.has_aux)) if on)
+    except Exception as error:
+        refuse_outside_variables(error)
+        raise
+    given = " and ".join(name for name, on in (("Model(state=)", model.state),
+                                               ("Model(has_aux=True)", model.has_aux)) if on)
     parts = 1 + model.state + model.has_aux
     if parts > 1:
         if not isinstance(out, (tuple, list)) or len(out) != parts:
             raise ValueError(
                 f"with {given}, loss must return {_returns(model)}; it returned "
-                f"{_described(out)}." + (" Drop has_aux if it returns no aux."
+                f"{_described(out)}." + (" Drop Model(has_aux=True) if it returns no aux."
                                          if model.has_aux and not isinstance(out, tuple) else ""))
         value = out[0]
     else:
@@ -120,7 +126,7 @@ def _trace_loss(loss, model, treedef, state_def, signature):
         _check_new_state(state_spec, out[1])
     if model.has_aux and any(isinstance(a, Static) and not isinstance(a.value, (int, float))
                              for a in jax.tree.leaves(out[-1], is_leaf=is_static)):
-        raise ValueError(f"with has_aux=True, the loss's aux must be a pytree of arrays "
+        raise ValueError(f"with Model(has_aux=True), the loss's aux must be a pytree of arrays "
                          f"(fit stacks it over the steps); got {_described(out[-1])}.")
     return value, out[-1] if model.has_aux else None
 

@@ -368,9 +368,12 @@ def _note_compile(spec):
     objects.add(tuple(map(computation_key, (spec.loss, spec.optimizer, spec.lr_schedule))))
     if len(objects) >= 3 and not _warned_recompiling:
         _warned_recompiling.append(True)
+        parts = ("loss", "optimizer", "lr schedule")
+        renewed = [part for i, part in enumerate(parts) if len({o[i] for o in objects}) > 1]
         warnings.warn(
-            "fit compiled its loop again for a loss or optimizer that looks like one it "
-            "has compiled before but is a new object it could not tell equal (loss and "
+            f"fit compiled its loop again for a new {' and a new '.join(renewed)}: "
+            f"{len(objects)} of them so far look alike, but fit could not tell them "
+            "equal, so each compiled once more (loss and "
             "optimizer are compile-time constants, compared by their code and the values "
             "they close over; an object of another kind, or an array over "
             f"{SMALL_ARRAY_BYTES} bytes, in them is compared by identity). Create them once "

@@ -229,7 +229,9 @@ def fit(loss: Loss, params: Any, data: Any = (), *, lr: Any = None, optimizer: A
       lr: the learning rate ``> 0``; required unless ``optimizer`` is
         given. Or a schedule ``lr(step) -> rate`` (an optax schedule): step
         ``t`` (global, counted from ``Run(start_step=)``) updates ``p <- p -
-        lr(t) * g``, with the bits of ``optimizer=optax.sgd(lr)``.
+        lr(t) * g``, with the bits of ``optimizer=optax.sgd(lr)``. A
+        schedule whose rate is negative or not finite at any step of the
+        run is refused before it runs (a rate of 0 passes).
       optimizer: an optax ``GradientTransformation`` used instead of plain
         SGD (it carries its own learning rate); it sees only the trainable
         leaves. One that takes extra arguments (``reduce_on_plateau``,
@@ -340,7 +342,18 @@ _OPTION_TYPES = {"rows": (Sampled, Shuffled, Schedule), "stop": (Stop,),
 
 
 def check_spec(spec: Spec) -> None:
-    """Each option of ``spec`` is ``None`` or a value of its kind."""
+    """``steps``, ``epochs`` and ``batch_size`` are ``None`` or ints ``>= 1``
+    (not ``steps`` and ``epochs`` both), and each option of ``spec`` is
+    ``None`` or a value of its kind: what needs no params or data is
+    checked when a :class:`Trainer` is built."""
+    for name, maximum in (("steps", _checks.MAX_STEP), ("epochs", _checks.MAX_STEP),
+                          ("batch_size", None)):
+        value = getattr(spec, name)
+        if value is not None:
+            _checks.check_int(value, name, minimum=1, maximum=maximum)
+    if spec.steps is not None and spec.epochs is not None:
+        raise ValueError(f"give steps= or epochs=, not both; got steps={spec.steps} and "
+                         f"epochs={spec.epochs}.")
     for name, kinds in _OPTION_TYPES.items():
         value = getattr(spec, name)
         if value is not None and not isinstance(value, kinds):
@@ -407,8 +420,8 @@ def keywords(spec: Spec, data: Any) -> dict[str, Any]:
         if evaluate is None:
             if not model_is_plain(model):
                 raise ValueError("Evaluation(evaluate=None) evaluates loss(params, *data), "
-                                 "which a model with rng, state or has_aux does not give: "
-                                 "pass evaluate=fn returning a dict.")
+                                 "which a Model with rng, state or has_aux does not give: "
+                                 "pass Evaluation(evaluate=fn) returning a dict.")
             evaluate = HeldOutLoss(spec.loss)
         evaluate = held_out(evaluation.data, evaluate)[0]
         every = per_epoch if evaluation.every == "epoch" else evaluation.every

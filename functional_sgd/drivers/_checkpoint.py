@@ -74,7 +74,7 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
     check_path(path)
     if spec.record_params:
         raise ValueError("checkpoint does not store the parameter trajectory; drop "
-                         "record_params, or checkpoint (and keep record_params).")
+                         "Run(record_params=True), or Run(checkpoint=) (and keep record_params).")
     carry = carry._replace(step=int(carry.step))
     opt_spec = carry.opt_state
     if opt_spec is None and spec.optimizer is not None:

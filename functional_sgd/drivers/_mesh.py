@@ -50,11 +50,11 @@ def check_mesh(mesh, data):
     """Refuses what cannot run data-parallel, naming the argument."""
     if not isinstance(mesh, Mesh):
         raise TypeError(
-            "mesh must be a jax.sharding.Mesh, e.g. "
+            "Run(mesh=) must be a jax.sharding.Mesh, e.g. "
             f"jax.make_mesh((jax.device_count(),), ('data',)); got {type(mesh).__name__}.")
     if not data:
-        raise ValueError("mesh splits the rows of data across devices, but data is (): "
-                         "a data-free objective has nothing to split; drop mesh.")
+        raise ValueError("Run(mesh=) splits the rows of data across devices, but data is (): "
+                         "a data-free objective has nothing to split; drop the mesh.")
 
 
 def data_parallel(loop, spec, mesh, carry, inputs, *, slots_kind):

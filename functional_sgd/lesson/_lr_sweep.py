@@ -29,8 +29,11 @@ class LRSweep(NamedTuple):
 
     Attributes:
       lrs: the learning rates, ``(k,)``, increasing.
-      final_loss: ``(k,)`` loss on all the data at each run's final params;
-        ``inf`` where the run diverged.
+      final_loss: ``(k,)`` loss on all the data at the params each run
+        returns, ``fit``'s ``result.params``: those of the last step, or
+        with ``Evaluation(restore_best=True)`` those of its first best
+        evaluation; ``inf`` where the run diverged (even if the params
+        restored are from before).
       losses: ``(k, steps)`` per-step batch losses of every run.
       diverged_at: ``(k,)`` first diverged step of each run (see
         ``FitResult.diverged_at``), ``-1`` if none.
@@ -38,7 +41,7 @@ class LRSweep(NamedTuple):
       edge: index of the smallest rate that diverged (``-1`` if none did):
         the edge of divergence.
       evals: with held-out data, ``evaluate``'s dict (by default
-        ``{"loss": loss on eval_data}``), each value ``(k, evaluations)``:
+        ``{"loss": ...}`` on the held-out data), each value ``(k, evaluations)``:
         one validation curve per rate; otherwise ``None``.
       eval_steps: ``(k, evaluations)`` step counts of those evaluations.
     """
@@ -64,7 +67,9 @@ def lr_sweep(loss: Callable[..., Any], params: Any, data: Any = (), *, lrs: Any,
     Every run starts at ``params`` and sees the same batches (the same
     ``key``, or schedule); only ``lr`` differs. Its score is the loss on
     all of ``data`` at its final parameters, ``L(p_steps)``, so mini-batch
-    noise in the last step does not pick the winner.
+    noise in the last step does not pick the winner (with
+    ``Evaluation(restore_best=True)``: at the params it restores, as
+    ``fit`` returns them).
 
     Args:
       loss: as for :func:`~functional_sgd.fit`.

@@ -50,11 +50,11 @@ def why_not(exact_mse, params, data, full_batch, mesh=None):
     floating dtype.
     """
     if mesh is not None:
-        return "it runs on one device, and mesh shards the data"
+        return "it runs on one device, and Run(mesh=) shards the data"
     if not exact_mse:
         return "loss is not functional_sgd.linear_mse"
     if not full_batch:
-        return "it is full-batch only (batch_size and indices must be None)"
+        return "it is full-batch only (no batch_size, no Schedule)"
     if len(data) != 2 or not hasattr(params, "shape"):
         return "it needs data=(x, y) and params as one array"
     x, y = data

@@ -167,7 +167,7 @@ def _use_moments(plan, fast_path, exact_mse, params, data, full_batch, steps, me
         return False
     why_not = _moments.why_not(exact_mse, params, data, full_batch, mesh)
     if wanted is True and why_not is not None:
-        raise ValueError(f"exact_moments=True (fast_path) cannot run: {why_not}. Use "
+        raise ValueError(f"SpeedPlan(exact_moments=True) cannot run: {why_not}. Use "
                          "SpeedPlan(exact_moments=\"auto\") to fall back to the plain loop.")
     return why_not is None
 
@@ -204,10 +204,10 @@ def _use_one_pass(plan, exact_mse, plain_model, data, full_batch, mesh):
     if wanted == "auto":
         return bool(exact_mse and full_batch and mesh is None and len(data) == 2
                     and one_pass_pays(data[0], plan))
-    why_not = ("mesh splits the rows itself" if mesh is not None else
-               "it is full-batch only (batch_size and indices must be None)"
+    why_not = ("Run(mesh=) splits the rows itself" if mesh is not None else
+               "it is full-batch only (no batch_size, no Schedule)"
                if not full_batch else
-               "the loss takes a key, a state or an aux (rng, state, has_aux, trainable)"
+               "the model has parts (Model(rng=, state=, has_aux=, trainable=))"
                if not plain_model else "there are no rows (data is empty)" if not data
                else None)
     if why_not is not None:
