@@ -6,9 +6,9 @@ from bench.investigations import one_pass
 
 
 def test_the_one_pass_benchmark_prints_its_bandwidths(capsys, monkeypatch):
-    monkeypatch.setattr(one_pass, "SHAPES", [(400, 300)])  # 300 columns: kept row-major
     monkeypatch.setattr(one_pass, "STEPS", 3)
-    one_pass.main(["--repeats", "1", "--loss", "mse", "bce", "--blocks", "65536"])
+    one_pass.main(["--repeats", "1", "--loss", "mse", "bce", "--blocks", "65536",
+                   "--shapes", "400x300"])  # 300 columns: kept row-major
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| mse")
             or line.startswith("| bce")]
     methods = [row.split(" | ")[2] for row in rows]

@@ -3,6 +3,7 @@
     python -m bench.investigations.one_pass                      # the two shapes, ~3 minutes
     python -m bench.investigations.one_pass --loss mse mnist bce # the lesson's three losses
     python -m bench.investigations.one_pass --quick              # 10x fewer rows
+    python -m bench.investigations.one_pass --shapes 10000x1000  # one shape
     python -m bench.investigations.one_pass --blocks 2097152 4194304 8388608   # block sizes, bytes
 
 The plain step (``SpeedPlan(one_pass=False)``) reads ``x`` twice a step, the
@@ -89,6 +90,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="10x fewer rows")
     parser.add_argument("--repeats", type=int, default=15, help="rounds of all methods")
     parser.add_argument("--loss", nargs="*", choices=sorted(LOSSES), default=["mse"])
+    parser.add_argument("--shapes", nargs="*", default=[f"{n}x{d}" for n, d in SHAPES],
+                        help="ROWSxCOLUMNS each (default: %(default)s)")
     parser.add_argument("--blocks", type=int, nargs="*", default=[SpeedPlan().row_block_bytes],
                         help="one-pass block sizes in bytes")
     args = parser.parse_args(argv)
@@ -101,7 +104,8 @@ def main(argv=None):
     print("|---|---|---|---:|---:|---:|---:|")
     for loss_name in args.loss:
         loss = LOSSES[loss_name]
-        for n, d in SHAPES:
+        for shape in args.shapes:
+            n, d = map(int, shape.split("x"))
             n //= 10 if args.quick else 1
             x, y, params = problem(n, d, loss_name)
             data = (jnp.asarray(x), jnp.asarray(y))
