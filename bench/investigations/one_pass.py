@@ -1,111 +1,142 @@
-"""Large full batch through the general path: plain step vs one pass vs torch.
+"""Large full batch: the plain step vs the one-pass step, against the read bandwidth.
 
-    python -m bench.investigations.one_pass                      # the report's two shapes, ~2 minutes
+    python -m bench.investigations.one_pass                      # the issue's two shapes, ~3 minutes
+    python -m bench.investigations.one_pass --loss mse mnist bce # the lesson's three losses
     python -m bench.investigations.one_pass --quick              # 10x fewer rows
-    python -m bench.investigations.one_pass --blocks 262144 1048576 4194304   # block sizes, bytes
+    python -m bench.investigations.one_pass --shapes 10000x1000  # one shape
+    python -m bench.investigations.one_pass --blocks 2097152 4194304 8388608   # block sizes, bytes
 
 The plain step (``SpeedPlan(one_pass=False)``) reads ``x`` twice a step, the
 one-pass step (``one_pass=True``, ``speed/_one_pass.py``) once, in blocks of
-``row_block_bytes``. Both run ``fit`` with ``fast_path=False`` (the general
-``jax.grad`` path any loss takes) and ``linear_mse``; torch is the reference
-loop. The methods alternate within each of ``--repeats`` rounds, so a busy
-machine slows them alike; the table gives each method's median per step over
-the rounds (min-max), and the ratios per round (median, min-max). ``x read``
-is the bytes of ``x`` a step reads from memory (two reads or one), at the
-step's time. Prints Markdown.
+``row_block_bytes``. Both run ``fit`` with the exact-moments path off (the
+general ``jax.grad`` path any loss takes). The losses: ``mse`` is
+``linear_mse``; ``mnist`` and ``bce`` are ``mnist_loss`` and
+``binary_cross_entropy`` of the linear classifier's scores, on 0/1 targets.
+
+``read x`` is the machine's read bandwidth over this very array: a compiled
+loop of ``STEPS`` products ``x @ v`` with ``x`` stored as ``fit`` stores it
+(column-major for ``d <= 256``, as ``speed/_layout.py`` does), which XLA runs
+on all cores. Every row gives ``STEPS x bytes(x) / time``: a step that read
+``x`` once at the read bandwidth would score 100%; the plain step reads it
+twice, so it cannot pass 50% by reading alone.
+
+The methods alternate within each of ``--repeats`` rounds, so a busy machine
+slows them alike; each time is the fastest round (the least disturbed: on a
+shared machine the median mostly measures the neighbours), the median is
+given beside it. ``plain / method`` divides the fastest rounds. Prints Markdown.
 """
 
 import argparse
 import dataclasses
+import os
 import statistics
+import sys
+import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 import functional_sgd as fsgd
-from bench import timing
-from bench.investigations.profile_large import problem
-from functional_sgd.speed import SpeedPlan
+from functional_sgd.lesson._classify import classifier_cross_entropy, classifier_mnist_loss
+from functional_sgd.speed import SpeedPlan, column_major
 
 SHAPES = [(100_000, 100), (10_000, 1000)]
 STEPS = 100
+LOSSES = {"mse": fsgd.linear_mse, "mnist": classifier_mnist_loss, "bce": classifier_cross_entropy}
 
 
-def without_moments(plan):
-    """``plan`` (the defaults for ``None``) with the exact-moments path off."""
-    return fsgd.Run(speed=dataclasses.replace(plan or SpeedPlan(), exact_moments=False))
+def problem(n, d, loss_name):
+    """Standard normal ``x`` ``(n, d)``, targets and zero params, float32."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    if loss_name == "mse":
+        return x, rng.standard_normal(n, dtype=np.float32), np.zeros(d, np.float32)
+    y = (rng.uniform(size=n) < 0.5).astype(np.float32)
+    return x, y, (np.zeros(d, np.float32), np.float32(0.0))
 
 
-def fit_run(x, y, a, plan):
-    run = without_moments(plan)
-    return lambda: fsgd.fit(fsgd.linear_mse, a, (x, y), lr=1e-3, steps=STEPS,
-                            run=run).params.block_until_ready()
+def fit_run(loss, params, data, plan):
+    run = fsgd.Run(speed=dataclasses.replace(plan, exact_moments=False))
+    return lambda: jax.block_until_ready(fsgd.fit(loss, params, data, lr=1e-3, steps=STEPS,
+                                                  run=run).params)
 
 
-def torch_run(x, y, a):
-    import torch
+def read_run(loss, params, data):
+    """``STEPS`` reads of ``x`` stored as the plain step stores it: ``x @ v``,
+    each product scaled into a carried scalar so none is hoisted or dropped."""
+    _, (stored, *_) = column_major(loss, params, data)
+    column = stored.shape[0] != data[0].shape[0]
 
-    import reference
+    @jax.jit
+    def run(stored):
+        v = jnp.ones(stored.shape[0] if column else stored.shape[1], stored.dtype)
 
-    xt, yt, at = torch.as_tensor(x), torch.as_tensor(y), torch.as_tensor(a)
-    return lambda: reference.fit(fsgd.linear_mse, at, (xt, yt), lr=1e-3, steps=STEPS)
+        def one(i, carry):
+            w = v * (1 + carry)
+            return carry + 1e-30 * (w @ stored if column else stored @ w)[0]
+        return jax.lax.fori_loop(0, STEPS, one, jnp.float32(0))
+    return lambda: run(stored).block_until_ready()
 
 
 def spread(values, fmt):
-    return f"{fmt(statistics.median(values))} ({fmt(min(values))}-{fmt(max(values))})"
+    return f"{fmt(min(values))} (median {fmt(statistics.median(values))})"
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10x fewer rows")
-    parser.add_argument("--repeats", type=int, default=5, help="rounds of all methods")
+    parser.add_argument("--repeats", type=int, default=15, help="rounds of all methods")
+    parser.add_argument("--loss", nargs="*", choices=sorted(LOSSES), default=["mse"])
+    parser.add_argument("--shapes", nargs="*", default=[f"{n}x{d}" for n, d in SHAPES],
+                        help="ROWSxCOLUMNS each (default: %(default)s)")
     parser.add_argument("--blocks", type=int, nargs="*", default=[SpeedPlan().row_block_bytes],
                         help="one-pass block sizes in bytes")
-    parser.add_argument("--no-torch", action="store_true")
-    args = parser.parse_args()
-    ms = lambda s: f"{s * 1e3:.2f} ms"
-    ratio = lambda r: f"{r:.2f}x"
-    print(f"{STEPS} steps of fit(linear_mse, fast_path=False); per step, median of "
-          f"{args.repeats} rounds (min-max); methods alternate within a round\n")
-    print("| shape | method | time per step | x read per step | GB/s of x | "
-          "torch / method | plain / method |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for n, d in SHAPES:
-        n //= 10 if args.quick else 1
-        x, y, a = problem(n, d)
-        xj, yj, aj = jnp.asarray(x), jnp.asarray(y), jnp.asarray(a)
-        methods = {"plain (two reads)": (fit_run(xj, yj, aj, SpeedPlan(one_pass=False)), 2)}
-        for block in args.blocks:
-            methods[f"one pass, {block // 1024} KiB blocks"] = (
-                fit_run(xj, yj, aj, SpeedPlan(one_pass=True, row_block_bytes=block)), 1)
-        methods["fit as users call it"] = (fit_run(xj, yj, aj, None), None)
-        if not args.no_torch:
-            methods["torch reference"] = (torch_run(x, y, a), 2)
-        results = {name: np.asarray(fsgd.fit(fsgd.linear_mse, aj, (xj, yj), lr=1e-3,
-                                             steps=STEPS,
-                                             run=without_moments(SpeedPlan(one_pass=False))
-                                             ).params)
-                   for name in ("plain",)}
-        for name, (run, _) in methods.items():  # warm-up, and agreement with the plain path
-            out = run()
-            if name != "torch reference":
-                err = float(np.max(np.abs(np.asarray(out) - results["plain"])))
-                assert err <= 1e-4 * (1 + float(np.max(np.abs(results["plain"])))), (name, err)
-        times = {name: [] for name in methods}
-        for _ in range(args.repeats):
-            for name, (run, _) in methods.items():
-                times[name].append(timing.median_seconds(run, budget=0, min_rounds=3,
-                                                         max_rounds=3, call_s=0) / STEPS)
-        for name, (_, reads) in methods.items():
-            per_step = times[name]
-            read = f"{reads * x.nbytes / 2**20:.0f} MiB" if reads else "-"
-            gbs = f"{reads * x.nbytes / statistics.median(per_step) / 1e9:.1f}" if reads else "-"
-            vs_torch = "-" if args.no_torch else spread(
-                [t / s for t, s in zip(times["torch reference"], per_step)], ratio)
-            vs_plain = spread([p / s for p, s in zip(times["plain (two reads)"], per_step)],
-                              ratio)
-            print(f"| {n:.0e} x {d} | {name} | {spread(per_step, ms)} | {read} | {gbs} | "
-                  f"{vs_torch} | {vs_plain} |", flush=True)
+    args = parser.parse_args(argv)
+    ms = lambda s: f"{s * 1e3:.1f} ms"
+    print(f"{STEPS} steps of fit(..., exact moments off), float32; fastest of {args.repeats} "
+          f"rounds, methods alternating within a round; load average before: "
+          f"{os.getloadavg()[0]:.2f}\n")
+    print("| loss | shape | method | time of 100 steps | steps x bytes(x) / time | "
+          "of read x | plain / method |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for loss_name in args.loss:
+        loss = LOSSES[loss_name]
+        for shape in args.shapes:
+            n, d = map(int, shape.split("x"))
+            n //= 10 if args.quick else 1
+            x, y, params = problem(n, d, loss_name)
+            data = (jnp.asarray(x), jnp.asarray(y))
+            params = jax.tree.map(jnp.asarray, params)
+            methods = {"read x (x @ v)": read_run(loss, params, data),
+                       "plain (two reads)": fit_run(loss, params, data,
+                                                    SpeedPlan(one_pass=False))}
+            for block in args.blocks:
+                methods[f"one pass, {block / 2**20:g} MiB blocks"] = fit_run(
+                    loss, params, data, SpeedPlan(one_pass=True, row_block_bytes=block))
+            methods["fit as users call it"] = fit_run(loss, params, data, SpeedPlan())
+            plain = jax.tree.map(np.asarray, methods["plain (two reads)"]())
+            for name, run in methods.items():  # warm-up, and agreement with the plain step
+                out = run()
+                if name.startswith("one pass"):
+                    for got, want in zip(jax.tree.leaves(out), jax.tree.leaves(plain)):
+                        err = float(np.max(np.abs(np.asarray(got) - want)))
+                        assert err <= 1e-4 * (1 + float(np.max(np.abs(want)))), (name, err)
+            times = {name: [] for name in methods}
+            for _ in range(args.repeats):
+                for name, run in methods.items():
+                    began = time.perf_counter()
+                    run()
+                    times[name].append(time.perf_counter() - began)
+            read_gbs = STEPS * x.nbytes / min(times["read x (x @ v)"]) / 1e9
+            for name, seconds in times.items():
+                gbs = STEPS * x.nbytes / min(seconds) / 1e9
+                print(f"| {loss_name} | {n:.0e} x {d} | {name} | {spread(seconds, ms)} | "
+                      f"{gbs:.1f} GB/s | {gbs / read_gbs:.0%} | "
+                      f"{min(times['plain (two reads)']) / min(seconds):.2f}x |", flush=True)
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

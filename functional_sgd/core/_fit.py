@@ -36,6 +36,15 @@ from ._repeat import run
 from ._spec import LoopSpec
 
 
+def is_row_mean(loss):
+    """Whether ``loss`` is one of the library's losses that are a mean over
+    their data's rows (``linear_mse``, the lesson classifier's two losses),
+    by identity: the one-pass step is exact for them (``speed/_one_pass.py``)."""
+    from ..lesson._classify import LOSSES  # the lesson imports the core
+
+    return loss is linear_mse or any(loss is known for known in LOSSES.values())
+
+
 def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None,
                  indices=None, optimizer=None, replace=True, tol=None, patience=None,
                  record_params=False, opt_state=None, start_step=0, check_finite=True,
@@ -92,7 +101,7 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
                                          cause="drop_last=False")
     plan = _speed.decide(speed, fast_path, exact_mse=loss is linear_mse and model.plain,
                          params=params, data=data, full_batch=batches.batch_size is None,
-                         steps=steps, mesh=mesh)
+                         steps=steps, mesh=mesh, row_mean=model.plain and is_row_mean(loss))
     # A model's optimizer state covers its trainable leaves only.
     _checks.check_opt_state(optimizer, opt_state, model.split(params)[0],
                             part="params" if model.trains is None else

@@ -7,7 +7,9 @@ None of these choices changes what is computed, only how: results agree
 with the plain loop to rounding (the exact-moments path, the one-pass step)
 or to the bit (the rest keep params' bits; see each module). The one-pass
 step needs a loss that is a mean over its rows: ``"auto"`` takes it only for
-``linear_mse``, and ``one_pass=True`` is the caller's word for any other.
+the library's own such losses (``linear_mse`` and the lesson classifier's
+``mnist_loss`` and cross-entropy, recognised by identity), and
+``one_pass=True`` is the caller's word for any other.
 """
 
 import dataclasses
@@ -45,8 +47,10 @@ class SpeedPlan:
       one_pass: full batch: take each step's value and gradient block by
         block of rows, reading the data once a step instead of twice
         (``speed/_one_pass.py``). Exact only for a loss that is a mean over
-        its rows: ``"auto"`` uses it for ``linear_mse`` (by identity) where
-        it pays (:func:`one_pass_pays`); ``True`` is the caller's word that
+        its rows: ``"auto"`` uses it for the library's own such losses
+        (``linear_mse``, ``classifier_mnist_loss``, the classifier's
+        cross-entropy; by identity) where it pays (:func:`one_pass_pays`);
+        ``True`` is the caller's word that
         the loss is such a mean (any loss; refused where it cannot run);
         ``False`` never.
       row_block_bytes: one-pass blocks hold this many bytes of rows.
@@ -127,7 +131,7 @@ def moments_pay(n, d, steps):
 
 
 def decide(plan, fast_path, *, exact_mse, params, data, full_batch, steps, mesh=None,
-           plain_model=True):
+           plain_model=True, row_mean=None):
     """The plan for one call, with ``exact_moments`` and ``one_pass`` resolved to bools.
 
     Args:
@@ -140,6 +144,9 @@ def decide(plan, fast_path, *, exact_mse, params, data, full_batch, steps, mesh=
         the moments and the one-pass step apply and pay.
       plain_model: the loss is ``loss(params, *batch) -> scalar`` (no key,
         state or aux), which the one-pass step needs.
+      row_mean: whether the loss is one the library knows to be a mean over
+        its data's rows (recognised by identity, never guessed), which
+        ``one_pass="auto"`` needs; ``None``: as ``exact_mse``.
     """
     if plan is None:
         plan = DEFAULT
@@ -149,7 +156,8 @@ def decide(plan, fast_path, *, exact_mse, params, data, full_batch, steps, mesh=
     fast_path = auto_or_bool(fast_path, "fast_path")
     use_moments = _use_moments(plan, fast_path, exact_mse, params, data, full_batch, steps,
                                mesh)
-    use_one_pass = not use_moments and _use_one_pass(plan, exact_mse, plain_model, data,
+    row_mean = exact_mse if row_mean is None else row_mean
+    use_one_pass = not use_moments and _use_one_pass(plan, row_mean, plain_model, data,
                                                      full_batch, mesh)
     if plan is DEFAULT:  # the lesson's warm call takes this shortcut, not a replace
         return _DEFAULT_RESOLVED[use_moments, use_one_pass]
@@ -181,7 +189,7 @@ slower; ``bench/investigations/one_pass.py`` measures both)."""
 
 
 def one_pass_pays(x, plan):
-    """The rule of ``one_pass="auto"`` for ``linear_mse`` on ``(x, y)``.
+    """The rule of ``one_pass="auto"`` for a loss known to be a mean over rows on ``(x, y)``.
 
     Row-major data (``d > MAX_COLUMNS`` or ``column_major=False``, see
     ``speed/_layout.py``) of at least ``ONE_PASS_MIN_BYTES`` is read faster
@@ -197,12 +205,12 @@ def one_pass_pays(x, plan):
     return not column_major and n * d * x.dtype.itemsize >= ONE_PASS_MIN_BYTES
 
 
-def _use_one_pass(plan, exact_mse, plain_model, data, full_batch, mesh):
+def _use_one_pass(plan, row_mean, plain_model, data, full_batch, mesh):
     wanted = plan.one_pass
     if wanted is False:
         return False
     if wanted == "auto":
-        return bool(exact_mse and full_batch and mesh is None and len(data) == 2
+        return bool(row_mean and plain_model and full_batch and mesh is None and len(data) == 2
                     and one_pass_pays(data[0], plan))
     why_not = ("Run(mesh=) splits the rows itself" if mesh is not None else
                "it is full-batch only (no batch_size, no Schedule)"

@@ -1,0 +1,19 @@
+"""bench/investigations/one_pass.py runs (tiny shapes, one round: a smoke run, not a timing)."""
+
+import re
+
+from bench.investigations import one_pass
+
+
+def test_the_one_pass_benchmark_prints_its_bandwidths(capsys, monkeypatch):
+    monkeypatch.setattr(one_pass, "STEPS", 3)
+    one_pass.main(["--repeats", "1", "--loss", "mse", "bce", "--blocks", "65536",
+                   "--shapes", "400x300"])  # 300 columns: kept row-major
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| mse")
+            or line.startswith("| bce")]
+    methods = [row.split(" | ")[2] for row in rows]
+    assert methods == ["read x (x @ v)", "plain (two reads)", "one pass, 0.0625 MiB blocks",
+                       "fit as users call it"] * 2
+    for row in rows:  # GB/s, its share of the read bandwidth, the ratio to the plain step
+        assert re.search(r"\| [\d.]+ GB/s \| \d+% \| [\d.]+x \|$", row), row
+    assert all(" GB/s | 100% | " in row for row in rows[::4])  # the read is the reference
