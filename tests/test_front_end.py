@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from functional_sgd.core import _checks
+from functional_sgd.core import _data_checks
 
 X, Y = fsgd.lesson_data(jax.random.key(0))
 START = jnp.array(fsgd.LESSON_START)
@@ -53,7 +53,7 @@ def where_checked(request, monkeypatch):
     """CPU arrays are read by NumPy in place; on an accelerator, arrays over
     _HOST_CHECK_BYTES are checked by a compiled call: force that route too."""
     if request.param == "on the device":
-        monkeypatch.setattr(_checks, "_host_view",
+        monkeypatch.setattr(_data_checks, "_host_view",
                             lambda a: a if isinstance(a, np.ndarray) else None)
     return request.param
 
@@ -63,7 +63,7 @@ def where_checked(request, monkeypatch):
 @pytest.mark.parametrize("kind", ["jax", "numpy", "mixed"])
 def test_every_non_finite_array_is_found(bad, kind, rows, where_checked):
     x, y = (X, Y) if rows == 100 else (BIG_X, BIG_Y)
-    assert (x.nbytes > _checks._HOST_CHECK_BYTES) == (rows > 100)
+    assert (x.nbytes > _data_checks._HOST_CHECK_BYTES) == (rows > 100)
     arrays = [x, y, y * 2]
     arrays[bad] = arrays[bad].at[(3,) + (0,) * (arrays[bad].ndim - 1)].set(jnp.inf)
     if kind == "numpy":
@@ -124,15 +124,15 @@ def test_a_jax_array_is_checked_once_and_a_numpy_array_every_call(monkeypatch, w
     device."""
     on_accelerator = where == "as on an accelerator"
     if on_accelerator:
-        monkeypatch.setattr(_checks, "_host_view",
+        monkeypatch.setattr(_data_checks, "_host_view",
                             lambda a: a if isinstance(a, np.ndarray) else None)
-        monkeypatch.setattr(_checks, "may_share_host_memory", lambda a: False)
+        monkeypatch.setattr(_data_checks, "may_share_host_memory", lambda a: False)
     checked = []
-    check = _checks._finite_on_host
-    monkeypatch.setattr(_checks, "_finite_on_host", lambda a: checked.append(a) or check(a))
+    check = _data_checks._finite_on_host
+    monkeypatch.setattr(_data_checks, "_finite_on_host", lambda a: checked.append(a) or check(a))
     # On an accelerator x (160 KB) is checked on its device, not on the host: count both.
-    check_on_device = _checks._jit_all_finite
-    monkeypatch.setattr(_checks, "_jit_all_finite",
+    check_on_device = _data_checks._jit_all_finite
+    monkeypatch.setattr(_data_checks, "_jit_all_finite",
                         lambda arrays: checked.extend(arrays) or check_on_device(arrays))
     x, y = jnp.array(BIG_X), np.array(BIG_Y)  # fresh objects, never seen before
     fsgd.fit(fsgd.linear_mse, START, (x, y), lr=0.1, steps=2)
@@ -150,10 +150,10 @@ def test_a_jax_array_is_checked_once_and_a_numpy_array_every_call(monkeypatch, w
 def test_index_ranges_are_remembered_for_jax_arrays_only(monkeypatch):
     """As on an accelerator, where a JAX array shares no host memory (on the
     CPU every JAX array is read again: it may be a view of NumPy memory)."""
-    monkeypatch.setattr(_checks, "may_share_host_memory", lambda a: False)
+    monkeypatch.setattr(_data_checks, "may_share_host_memory", lambda a: False)
     read = []
-    view = _checks._host_view
-    monkeypatch.setattr(_checks, "_host_view", lambda a: read.append(a) or view(a))
+    view = _data_checks._host_view
+    monkeypatch.setattr(_data_checks, "_host_view", lambda a: read.append(a) or view(a))
     on_device = jnp.zeros((7, 3), jnp.int32)
     on_host = np.zeros((7, 3), np.int32)
     for indices in (on_device, on_device, on_host, on_host):

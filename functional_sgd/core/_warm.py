@@ -22,7 +22,7 @@ arrays: the held-out arrays are part of the call's key.
 A JAX array on the CPU may be a view of host memory that its owner writes
 to (``jax.device_put`` of an aligned NumPy array, DLPack): the checks of its
 values (finiteness, the range of indices) are read again on every call
-(``_checks.values_still_pass``), and a call whose arrays no longer pass
+(``_data_checks.values_still_pass``), and a call whose arrays no longer pass
 takes the full path, which refuses them.
 
 NumPy data (which can be written to between calls), params of a pytree
