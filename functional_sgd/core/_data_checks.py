@@ -5,12 +5,14 @@ are concrete.
 Values are checked where they are cheapest to read: arrays NumPy reads in
 place on the host, others in one compiled call on their device. What a
 check learned about a JAX array that XLA owns (it never changes) is
-remembered for the array's life.
+remembered for the array's life, by the memory of calls that checks it
+(:class:`Facts`).
 """
 
+import contextlib
+import contextvars
 import warnings
 import weakref
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -192,8 +194,10 @@ def _non_finite(data):
     dispatch and one host sync for this check.
     """
     bad, on_device, checked = [], [], []
+    facts = _FACTS.get()
     for i, a in enumerate(data):
-        if not (is_concrete(a) and is_inexact_dtype(a.dtype)) or _recall(a, "finite"):
+        if not (is_concrete(a) and is_inexact_dtype(a.dtype)) \
+                or (facts is not None and facts.recall(a, "finite")):
             continue
         checked.append((i, a))
         view = _host_view(a)
@@ -208,17 +212,50 @@ def _non_finite(data):
             finite = np.asarray(_jit_all_finite(tuple(a for _, a in on_device)))
         bad += [i for (i, _), ok in zip(on_device, finite) if not ok]
     for i, a in checked:
-        if i not in bad:
-            _remember(a, "finite", True)
+        if i not in bad and facts is not None:
+            facts.remember(a, "finite", True)
     return sorted(bad)
 
 
-_SEEN: dict[Any, Any] = {}
-"""``(id, fact) -> (weakref, value)``: what a check learned about a JAX array.
-A JAX array that XLA owns never changes its values, so a check holds for the
-array object's life; NumPy arrays can be written to, and so can JAX arrays
-that may be views of host memory (:func:`may_share_host_memory`): both are
-checked on every call. An entry leaves with its array."""
+class Facts:
+    """What checks learned about JAX arrays: ``(id, fact) -> (weakref, value)``.
+
+    A JAX array that XLA owns never changes its values, so a check holds for
+    the array object's life; NumPy arrays can be written to, and so can JAX
+    arrays that may be views of host memory (:func:`may_share_host_memory`):
+    both are checked on every call. An entry leaves with its array. A memory
+    of calls (``_warm.Memory``: ``fit``'s, a ``Trainer``'s) holds one, and
+    the checks of the calls it runs use it (:func:`remembering`).
+    """
+
+    def __init__(self):
+        self._seen = {}
+
+    def recall(self, a, fact):
+        """The value remembered for ``a``, or ``None``."""
+        entry = self._seen.get((id(a), fact))
+        return entry[1] if entry is not None and entry[0]() is a else None
+
+    def remember(self, a, fact, value):
+        if not isinstance(a, jax.Array) or not is_concrete(a) or may_share_host_memory(a):
+            return
+        key, seen = (id(a), fact), self._seen
+        seen[key] = (weakref.ref(a, lambda _: seen.pop(key, None)), value)
+
+
+_FACTS: contextvars.ContextVar[Facts | None] = contextvars.ContextVar("facts", default=None)
+"""The :class:`Facts` of the call being checked; ``None`` (nothing
+remembered) outside :func:`remembering`."""
+
+
+@contextlib.contextmanager
+def remembering(facts):
+    """Checks made inside look up, and keep, what they learn in ``facts``."""
+    token = _FACTS.set(facts)
+    try:
+        yield
+    finally:
+        _FACTS.reset(token)
 
 
 def _on_cpu(a):
@@ -237,25 +274,13 @@ def may_share_host_memory(a):
     return any(device.platform == "cpu" for device in a.devices())
 
 
-def _recall(a, fact):
-    """The value remembered for ``a``, or ``None``."""
-    entry = _SEEN.get((id(a), fact))
-    return entry[1] if entry is not None and entry[0]() is a else None
-
-
-def _remember(a, fact, value):
-    if not isinstance(a, jax.Array) or not is_concrete(a) or may_share_host_memory(a):
-        return
-    key = (id(a), fact)
-    _SEEN[key] = (weakref.ref(a, lambda _: _SEEN.pop(key, None)), value)
-
-
-def values_still_pass(data, indices, eval_data, *, check_finite, drop_last, padded):
+def values_still_pass(data, indices, eval_data, *, check_finite, drop_last, padded, facts):
     """Whether a warm call's arrays (``_warm``) still pass the checks of their
     values: the finiteness of ``data`` and ``eval_data`` and the range of
     ``indices``, read again for arrays that may share host memory (others
-    are looked up). ``padded``: whether the remembered run's schedule held
-    padding; a schedule that now does, or does not, is not the same run."""
+    are looked up in ``facts``). ``padded``: whether the remembered run's
+    schedule held padding; a schedule that now does, or does not, is not
+    the same run."""
     if check_finite:
         for a in (*data, *eval_data):  # JAX arrays elsewhere never change: passed before
             if is_inexact_dtype(a.dtype) and (isinstance(a, np.ndarray) or _on_cpu(a)) \
@@ -264,7 +289,7 @@ def values_still_pass(data, indices, eval_data, *, check_finite, drop_last, padd
     if indices is None:
         return True
     try:
-        return check_indices(indices, data[0].shape[0], drop_last) == padded
+        return check_indices(indices, data[0].shape[0], drop_last, facts=facts) == padded
     except ValueError:
         return False
 
@@ -274,14 +299,15 @@ def _jit_all_finite(arrays):
     return jnp.stack([jnp.isfinite(a).all() for a in arrays])
 
 
-def check_indices(indices, n, drop_last=True):
+def check_indices(indices, n, drop_last=True, *, facts=None):
     """Checks an explicit schedule; returns whether it holds ``-1`` padding.
 
     Rows lie in ``[0, n)``; with ``drop_last=False`` a slot may also hold
     ``-1`` (padding: that step is the mean over its real rows), anywhere in
     its step's row, as long as every step keeps one real row. Traced
     indices cannot be looked at: with ``drop_last=False`` they are taken as
-    padded.
+    padded. ``facts``: where a range learned is kept (by default those of
+    the call being checked, :func:`remembering`).
     """
     if n is None:
         raise ValueError("indices need data to index: data is ().")
@@ -297,7 +323,8 @@ def check_indices(indices, n, drop_last=True):
         raise ValueError(f"indices must not be empty; got shape {tuple(indices.shape)}.")
     if not is_concrete(indices):
         return not drop_last
-    low_high = _recall(indices, "range")
+    facts = _FACTS.get() if facts is None else facts
+    low_high = None if facts is None else facts.recall(indices, "range")
     if low_high is None:
         view = _host_view(indices)
         if view is not None:
@@ -305,7 +332,8 @@ def check_indices(indices, n, drop_last=True):
         else:
             with jax.ensure_compile_time_eval():  # as in _non_finite
                 low_high = tuple(map(int, _jit_min_max(indices)))
-        _remember(indices, "range", low_high)
+        if facts is not None:
+            facts.remember(indices, "range", low_high)
     low, high = low_high
     lowest = -1 if not drop_last else 0
     if low < lowest or high >= n:

@@ -291,14 +291,15 @@ def train(memory: _warm.Memory, spec: Spec, params: Any, data: Any, lr: Any,
         if warm is not None and _data_checks.values_still_pass(
                 data, indices, eval_data, check_finite=spec.run is None or spec.run.check_finite,
                 drop_last=not isinstance(spec.rows, Schedule) or not spec.rows.padded,
-                padded=warm.again.spec.batches.padded):
+                padded=warm.again.spec.batches.padded, facts=memory.facts):
             lr = _optimizer_checks.check_lr(lr, spec.optimizer, None, params)
             if not tiny_lr_dtypes(lr, spec.optimizer, params):  # else probed on the full path
                 result: FitResult = warm.again(params, data, lr, key, *_traced(spec))
                 return result
     check_spec(spec)  # a call not remembered yet is checked, whatever its key
-    result = run_keywords(spec.loss, params, data, lr=lr, key=key, **keywords(spec, data),
-                          memory=memory, warm_call=call)
+    with _data_checks.remembering(memory.facts):
+        result = run_keywords(spec.loss, params, data, lr=lr, key=key, **keywords(spec, data),
+                              memory=memory, warm_call=call)
     return result  # type: ignore[no-any-return]
 
 
