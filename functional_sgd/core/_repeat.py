@@ -63,11 +63,15 @@ def carry_and_record(out):
     return Carry(*out[:_CARRY_FIELDS]), Record(*out[_CARRY_FIELDS:])
 
 
-def flat_loop_outputs(spec, fields):
+def flat_loop_outputs(spec, fields, *, again=False):
     """The compiled loop on ``(*carry, *inputs)`` (every field of both, in
     order), its ``Carry`` and ``Record`` fields as one flat tuple indexed by
-    :data:`OUTPUT` (namedtuples are slow to build in Python)."""
-    compiled = _compiled_count()  # ~0.1 us: a call that adds to it compiled
+    :data:`OUTPUT` (namedtuples are slow to build in Python).
+
+    ``again``: a remembered call run again (``_warm``), whose loss and
+    optimizer compiled before: it is not looked at for compiles (:func:`_note_compile`).
+    """
+    compiled = None if again else _compiled_count()  # ~0.1 us
     if spec.plan.cpu_compiler_options:
         try:
             out = _compiled_loop(*fields, spec=spec)
@@ -77,7 +81,7 @@ def flat_loop_outputs(spec, fields):
             out = _plain_loop(*fields, spec=spec)  # another jit's options apply
     else:
         out = _plain_loop(*fields, spec=spec)
-    if _compiled_count() != compiled:
+    if compiled is not None and _compiled_count() != compiled:
         _note_compile(spec)
     return out
 

@@ -249,7 +249,7 @@ class Again:
         # lr, key, indices, tol, patience, rng, eval_data), without building either.
         out = flat_loop_outputs(self.spec, (params, None, step, stop, None, best,
                                             data, lr, key, indices, tol, patience, None,
-                                            eval_data))
+                                            eval_data), again=True)
         if out[_STEPS_RUN] is not None:  # a stop rule or evaluations: the loop counted
             carry, record = carry_and_record(out)
             if best is not None:
