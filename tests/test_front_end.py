@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from functional_sgd.core import _data_checks
+from functional_sgd.core import _data_checks, _trace
 
 X, Y = fsgd.lesson_data(jax.random.key(0))
 START = jnp.array(fsgd.LESSON_START)
@@ -34,6 +34,33 @@ def test_a_warm_call_traces_the_loss_no_more():
     assert calls[0] == traced
     fsgd.fit(loss, START, (X[:50], Y[:50]), lr=0.1, steps=5).params.block_until_ready()
     assert calls[0] > traced  # a new shape is a new signature
+
+
+def test_a_models_loss_and_evaluate_are_traced_once_per_signature(monkeypatch):
+    """A model's loss (here with an aux) and evaluate take the full path on
+    every call (a model's call is never remembered whole), but the checks
+    trace them once per signature (``_trace``)."""
+    traced = []
+    trace = _trace._trace
+    monkeypatch.setattr(_trace, "_trace", lambda convention, function, *args: traced.append(
+        function.__name__) or trace(convention, function, *args))
+
+    def loss(params, x, y):
+        return fsgd.linear_mse(params, x, y), {"first": x[0, 0]}
+
+    def evaluate(params, x, y):
+        return {"mse": fsgd.linear_mse(params, x, y)}
+
+    def run(x, y):
+        evaluation = fsgd.Evaluation(evaluate, (x[:20], y[:20]), every=2)
+        fsgd.fit(loss, START, (x, y), lr=0.1, steps=4, model=fsgd.Model(has_aux=True),
+                 evaluation=evaluation)
+        return sorted(traced)
+
+    assert run(X, Y) == ["evaluate", "loss"]
+    x2, y2 = fsgd.lesson_data(jax.random.key(3))
+    assert run(x2, y2) == ["evaluate", "loss"]  # new arrays, the same signature
+    assert run(X[:50], Y[:50]) == ["evaluate", "loss", "loss"]  # a new shape: the loss's
 
 
 def test_a_new_dtype_is_a_new_signature(x64):
