@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from functional_sgd.core import _checks
+from functional_sgd.core import _data_checks, _trace
 
 X, Y = fsgd.lesson_data(jax.random.key(0))
 START = jnp.array(fsgd.LESSON_START)
@@ -36,6 +36,33 @@ def test_a_warm_call_traces_the_loss_no_more():
     assert calls[0] > traced  # a new shape is a new signature
 
 
+def test_a_models_loss_and_evaluate_are_traced_once_per_signature(monkeypatch):
+    """A model's loss (here with an aux) and evaluate take the full path on
+    every call (a model's call is never remembered whole), but the checks
+    trace them once per signature (``_trace``)."""
+    traced = []
+    trace = _trace._trace
+    monkeypatch.setattr(_trace, "_trace", lambda convention, function, *args: traced.append(
+        function.__name__) or trace(convention, function, *args))
+
+    def loss(params, x, y):
+        return fsgd.linear_mse(params, x, y), {"first": x[0, 0]}
+
+    def evaluate(params, x, y):
+        return {"mse": fsgd.linear_mse(params, x, y)}
+
+    def run(x, y):
+        evaluation = fsgd.Evaluation(evaluate, (x[:20], y[:20]), every=2)
+        fsgd.fit(loss, START, (x, y), lr=0.1, steps=4, model=fsgd.Model(has_aux=True),
+                 evaluation=evaluation)
+        return sorted(traced)
+
+    assert run(X, Y) == ["evaluate", "loss"]
+    x2, y2 = fsgd.lesson_data(jax.random.key(3))
+    assert run(x2, y2) == ["evaluate", "loss"]  # new arrays, the same signature
+    assert run(X[:50], Y[:50]) == ["evaluate", "loss", "loss"]  # a new shape: the loss's
+
+
 def test_a_new_dtype_is_a_new_signature(x64):
     loss, calls = counting_loss()
     fsgd.fit(loss, START, (X, Y), lr=0.1, steps=3)
@@ -53,7 +80,7 @@ def where_checked(request, monkeypatch):
     """CPU arrays are read by NumPy in place; on an accelerator, arrays over
     _HOST_CHECK_BYTES are checked by a compiled call: force that route too."""
     if request.param == "on the device":
-        monkeypatch.setattr(_checks, "_host_view",
+        monkeypatch.setattr(_data_checks, "_host_view",
                             lambda a: a if isinstance(a, np.ndarray) else None)
     return request.param
 
@@ -63,7 +90,7 @@ def where_checked(request, monkeypatch):
 @pytest.mark.parametrize("kind", ["jax", "numpy", "mixed"])
 def test_every_non_finite_array_is_found(bad, kind, rows, where_checked):
     x, y = (X, Y) if rows == 100 else (BIG_X, BIG_Y)
-    assert (x.nbytes > _checks._HOST_CHECK_BYTES) == (rows > 100)
+    assert (x.nbytes > _data_checks._HOST_CHECK_BYTES) == (rows > 100)
     arrays = [x, y, y * 2]
     arrays[bad] = arrays[bad].at[(3,) + (0,) * (arrays[bad].ndim - 1)].set(jnp.inf)
     if kind == "numpy":
@@ -124,15 +151,15 @@ def test_a_jax_array_is_checked_once_and_a_numpy_array_every_call(monkeypatch, w
     device."""
     on_accelerator = where == "as on an accelerator"
     if on_accelerator:
-        monkeypatch.setattr(_checks, "_host_view",
+        monkeypatch.setattr(_data_checks, "_host_view",
                             lambda a: a if isinstance(a, np.ndarray) else None)
-        monkeypatch.setattr(_checks, "may_share_host_memory", lambda a: False)
+        monkeypatch.setattr(_data_checks, "may_share_host_memory", lambda a: False)
     checked = []
-    check = _checks._finite_on_host
-    monkeypatch.setattr(_checks, "_finite_on_host", lambda a: checked.append(a) or check(a))
+    check = _data_checks._finite_on_host
+    monkeypatch.setattr(_data_checks, "_finite_on_host", lambda a: checked.append(a) or check(a))
     # On an accelerator x (160 KB) is checked on its device, not on the host: count both.
-    check_on_device = _checks._jit_all_finite
-    monkeypatch.setattr(_checks, "_jit_all_finite",
+    check_on_device = _data_checks._jit_all_finite
+    monkeypatch.setattr(_data_checks, "_jit_all_finite",
                         lambda arrays: checked.extend(arrays) or check_on_device(arrays))
     x, y = jnp.array(BIG_X), np.array(BIG_Y)  # fresh objects, never seen before
     fsgd.fit(fsgd.linear_mse, START, (x, y), lr=0.1, steps=2)
@@ -150,10 +177,10 @@ def test_a_jax_array_is_checked_once_and_a_numpy_array_every_call(monkeypatch, w
 def test_index_ranges_are_remembered_for_jax_arrays_only(monkeypatch):
     """As on an accelerator, where a JAX array shares no host memory (on the
     CPU every JAX array is read again: it may be a view of NumPy memory)."""
-    monkeypatch.setattr(_checks, "may_share_host_memory", lambda a: False)
+    monkeypatch.setattr(_data_checks, "may_share_host_memory", lambda a: False)
     read = []
-    view = _checks._host_view
-    monkeypatch.setattr(_checks, "_host_view", lambda a: read.append(a) or view(a))
+    view = _data_checks._host_view
+    monkeypatch.setattr(_data_checks, "_host_view", lambda a: read.append(a) or view(a))
     on_device = jnp.zeros((7, 3), jnp.int32)
     on_host = np.zeros((7, 3), np.int32)
     for indices in (on_device, on_device, on_host, on_host):

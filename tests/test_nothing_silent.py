@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import functional_sgd as fsgd
-from functional_sgd.core import _checks, _repeat
+from functional_sgd.core import _repeat
 from helpers import assert_trees_close
 
 X, Y = fsgd.lesson_data(jax.random.key(0))
@@ -90,19 +90,17 @@ def test_python_and_numpy_scalars_are_params_that_train(params):
     assert all(abs(float(q)) < 1e-3 for q in jax.tree.leaves(result.params))
 
 
-def test_64_bit_numpy_input_without_x64_warns_once(monkeypatch):
-    monkeypatch.setattr(_checks, "_WARNED", set())
+def test_64_bit_numpy_input_without_x64_warns_once_per_calling_line():
     x64, y64 = np.asarray(X, np.float64), np.asarray(Y, np.float64)
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        fit(data=(x64, y64))
-        fit(data=(x64, y64))
+        warnings.simplefilter("default")  # Python's own filter: once per calling line
+        for _ in range(3):
+            fit(data=(x64, y64))
     said = [w for w in caught if "jax_enable_x64 is off" in str(w.message)]
     assert len(said) == 1 and "float64" in str(said[0].message)
     assert said[0].filename == __file__  # points at the caller, not inside the library
     with jax.enable_x64(True), warnings.catch_warnings():
         warnings.simplefilter("error")
-        monkeypatch.setattr(_checks, "_WARNED", set())
         fit(data=(x64, y64), params=np.asarray(START, np.float64))  # nothing narrowed
 
 
@@ -112,10 +110,9 @@ class _Opaque:
 
 def test_a_fresh_optimizer_per_call_warns_once_and_keeps_few_compiled_loops(monkeypatch):
     monkeypatch.setattr(_repeat, "COMPILED_LOOPS_KEPT", 3)
-    monkeypatch.setattr(_repeat, "_warned_recompiling", [])
     counts = []
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("default")  # Python's own filter: once per calling line
         for _ in range(6):  # a fresh optax.sgd(0.1) compiles once; one over a new object, always
             opaque = _Opaque()
             optimizer = optax.chain(optax.sgd(0.1), optax.stateless(lambda u, p, o=opaque: u))

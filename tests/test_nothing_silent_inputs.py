@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from functional_sgd.core import _checks
+from functional_sgd.core import _output_size
 
 KEY = jax.random.key(0)
 MAX_ROWS = 2**31 - 1
@@ -23,7 +23,7 @@ def test_sample_indices_refuses_n_past_int32_naming_it():
 
 
 def test_sample_indices_refuses_a_schedule_no_memory_holds(monkeypatch):
-    monkeypatch.setattr(_checks, "_memory_bytes", lambda: 64 * 2**30)  # a 64 GiB machine
+    monkeypatch.setattr(_output_size, "memory_bytes", lambda: 64 * 2**30)  # a 64 GiB machine
     with pytest.raises(ValueError, match=r"sample_indices .*\(512\.0 GiB.*start="):
         fsgd.sample_indices(KEY, MAX_ROWS, MAX_ROWS, 64)
 

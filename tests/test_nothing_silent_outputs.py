@@ -14,7 +14,7 @@ import pytest
 from helpers import assert_trees_close
 
 import functional_sgd as fsgd
-from functional_sgd.core import _checks
+from functional_sgd.core import _output_size
 
 X, Y = fsgd.lesson_data(jax.random.key(0))
 X_VALID, Y_VALID = fsgd.lesson_data(jax.random.key(1))
@@ -233,7 +233,7 @@ def test_a_memmap_file_replaced_during_the_run_is_read_as_mapped(tmp_path):
 def small_machine(monkeypatch):
     """A machine of 64 KiB: outputs over 32 KiB do not fit. Runs that the
     refusal guards against (40 GB of aux) would hang a real one instead."""
-    monkeypatch.setattr(_checks, "_memory_bytes", lambda: 64 * 2**10)
+    monkeypatch.setattr(_output_size, "memory_bytes", lambda: 64 * 2**10)
 
 
 def loss_with_aux(params, x, y):

@@ -12,23 +12,34 @@ import pytest
 from helpers import backend_tolerance
 
 import functional_sgd as fsgd
-from functional_sgd.core import _fit, _repeat, _trainer, _warm
+from functional_sgd.core import _data_checks, _repeat, _trainer, _warm
+
+
+class OwnFit:
+    """``fsgd.fit`` with a memory of its own (``fit``'s is the process's), so
+    a test starts from no remembered call; ``full_path`` counts the calls
+    that took the full path (the data checks)."""
+
+    def __init__(self):
+        self.memory = _warm.Memory()
+        self.full_path = 0
+
+    def __call__(self, loss, params, data=(), *, lr=None, key=None, **options):
+        return _trainer.train(self.memory, _trainer.Spec(loss, **options), params, data, lr,
+                              key)
 
 
 @pytest.fixture
-def checks_run(monkeypatch):
-    """Counts the calls that took the full path (the data checks)."""
-    _trainer._FIT_MEMORY.forget()
-    count = [0]
-    check_data = _fit._checks.check_data
+def fit(monkeypatch):
+    own = OwnFit()
+    check_data = _data_checks.check_data
 
     def counted(*args, **kwargs):
-        count[0] += 1
+        own.full_path += 1
         return check_data(*args, **kwargs)
 
-    monkeypatch.setattr(_fit._checks, "check_data", counted)
-    yield count
-    _trainer._FIT_MEMORY.forget()
+    monkeypatch.setattr(_data_checks, "check_data", counted)
+    return own
 
 
 def lesson():
@@ -36,89 +47,104 @@ def lesson():
     return jnp.asarray(fsgd.LESSON_START), jnp.asarray(x), jnp.asarray(y)
 
 
-def schedule_fit(start, x, y, indices, **kwargs):
-    return fsgd.fit(fsgd.linear_mse, start, (x, y), rows=fsgd.Schedule(indices), **{"lr": 0.1, **kwargs})
+def schedule_fit(fit, start, x, y, indices, **kwargs):
+    return fit(fsgd.linear_mse, start, (x, y), rows=fsgd.Schedule(indices), **{"lr": 0.1, **kwargs})
 
 
-def test_a_repeated_call_skips_the_checks_and_keeps_the_bits(checks_run):
+def test_a_repeated_call_skips_the_checks_and_keeps_the_bits(fit):
     start, x, y = lesson()
     indices = fsgd.sample_indices(jax.random.key(1), 100, 50, 10, replace=False)
-    cold = schedule_fit(start, x, y, indices)
-    warm = schedule_fit(start, x, y, indices)
-    assert checks_run[0] == 1
+    cold = schedule_fit(fit, start, x, y, indices)
+    warm = schedule_fit(fit, start, x, y, indices)
+    assert fit.full_path == 1
     for a, b in zip(cold, warm):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_a_new_lr_or_new_params_of_the_same_signature_stay_warm(checks_run):
+def test_fit_itself_remembers_a_call(monkeypatch):
+    """``fsgd.fit`` keeps one memory for the process: arrays it never saw are
+    checked once, then a repeat goes straight to the loop."""
+    count = []
+    check_data = _data_checks.check_data
+    monkeypatch.setattr(_data_checks, "check_data",
+                        lambda *args, **kwargs: count.append(1) or check_data(*args, **kwargs))
     start, x, y = lesson()
-    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20)
-    first = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.05, steps=20)
-    second = fsgd.fit(fsgd.linear_mse, first.params, (x, y), lr=0.05, steps=20)
-    assert checks_run[0] == 1
-    _trainer._FIT_MEMORY.forget()
-    cold = fsgd.fit(fsgd.linear_mse, first.params, (x, y), lr=0.05, steps=20)
+    x = x + 0  # an array no earlier call named
+    results = [fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20) for _ in range(3)]
+    assert len(count) == 1
+    for result in results[1:]:
+        assert_same_result(results[0], result)
+
+
+def test_a_new_lr_or_new_params_of_the_same_signature_stay_warm(fit):
+    start, x, y = lesson()
+    fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20)
+    first = fit(fsgd.linear_mse, start, (x, y), lr=0.05, steps=20)
+    second = fit(fsgd.linear_mse, first.params, (x, y), lr=0.05, steps=20)
+    assert fit.full_path == 1
+    fit.memory.forget()
+    cold = fit(fsgd.linear_mse, first.params, (x, y), lr=0.05, steps=20)
     np.testing.assert_array_equal(np.asarray(second.params), np.asarray(cold.params))
     np.testing.assert_array_equal(np.asarray(second.losses), np.asarray(cold.losses))
 
 
 @pytest.mark.parametrize("lr", [-0.1, 0.0, float("nan"), "0.1"])
-def test_a_bad_lr_is_refused_on_the_warm_path(checks_run, lr):
+def test_a_bad_lr_is_refused_on_the_warm_path(fit, lr):
     start, x, y = lesson()
-    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=5)
+    fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=5)
     with pytest.raises((ValueError, TypeError), match="lr"):
-        fsgd.fit(fsgd.linear_mse, start, (x, y), lr=lr, steps=5)
-    assert checks_run[0] == 1
+        fit(fsgd.linear_mse, start, (x, y), lr=lr, steps=5)
+    assert fit.full_path == 1
 
 
-def test_anything_else_new_takes_the_full_path(checks_run):
+def test_anything_else_new_takes_the_full_path(fit):
     start, x, y = lesson()
-    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=5)
-    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=6)  # another option
+    fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=5)
+    fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=6)  # another option
     with jax.numpy_dtype_promotion("standard"):  # params of another dtype
-        fsgd.fit(fsgd.linear_mse, start.astype(jnp.float16), (x, y), lr=0.1, steps=5)
-    fsgd.fit(fsgd.linear_mse, start, (x + 0, y), lr=0.1, steps=5)  # another array
-    assert checks_run[0] == 4
+        fit(fsgd.linear_mse, start.astype(jnp.float16), (x, y), lr=0.1, steps=5)
+    fit(fsgd.linear_mse, start, (x + 0, y), lr=0.1, steps=5)  # another array
+    assert fit.full_path == 4
     bad = x.at[3, 0].set(jnp.nan)  # new data of the same shape is checked again
     with pytest.raises(ValueError, match="NaN or inf"):
-        fsgd.fit(fsgd.linear_mse, start, (bad, y), lr=0.1, steps=5)
+        fit(fsgd.linear_mse, start, (bad, y), lr=0.1, steps=5)
     with pytest.raises(TypeError, match="drop_last"):  # equal to True, but not a bool
-        fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=5, batch_size=10,
+        fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=5, batch_size=10,
                  key=jax.random.key(0), rows=fsgd.Shuffled(drop_last=1))
 
 
-def test_numpy_data_is_checked_on_every_call(checks_run):
+def test_numpy_data_is_checked_on_every_call(fit):
     start, x, y = lesson()
     x = np.array(x)
-    fsgd.fit(fsgd.linear_mse, start, (x, np.asarray(y)), lr=0.1, steps=5)
+    fit(fsgd.linear_mse, start, (x, np.asarray(y)), lr=0.1, steps=5)
     x[3, 0] = np.nan  # NumPy arrays can be written to between calls
     with pytest.raises(ValueError, match="NaN or inf"):
-        fsgd.fit(fsgd.linear_mse, start, (x, np.asarray(y)), lr=0.1, steps=5)
-    assert checks_run[0] == 2
+        fit(fsgd.linear_mse, start, (x, np.asarray(y)), lr=0.1, steps=5)
+    assert fit.full_path == 2
 
 
-def test_a_remembered_call_keeps_no_array_alive(checks_run):
+def test_a_remembered_call_keeps_no_array_alive(fit):
     start, x, y = lesson()
     x, start = x + 0, start + 0  # arrays only this test holds
     for _ in range(3):  # remembered, then repeated (what a repeat prepares is kept too)
-        fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=5)
-    assert checks_run[0] == 1
+        fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=5)
+    assert fit.full_path == 1
     gone = [weakref.ref(x), weakref.ref(start)]
     del x, start
     gc.collect()
     assert [ref() for ref in gone] == [None, None]
 
 
-def test_a_sweep_under_vmap_of_a_warm_call_matches(checks_run):
+def test_a_sweep_under_vmap_of_a_warm_call_matches(fit):
     start, x, y = lesson()
     lrs = jnp.array([0.05, 0.1])
-    sweep = lambda: jax.vmap(lambda lr: fsgd.fit(fsgd.linear_mse, start, (x, y), lr=lr,
+    sweep = lambda: jax.vmap(lambda lr: fit(fsgd.linear_mse, start, (x, y), lr=lr,
                                                  steps=20).params)(lrs)
     cold = sweep()
     warm = sweep()
-    assert checks_run[0] == 1  # the lr is a tracer; everything else repeats
+    assert fit.full_path == 1  # the lr is a tracer; everything else repeats
     np.testing.assert_array_equal(np.asarray(cold), np.asarray(warm))
-    one = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.05, steps=20).params
+    one = fit(fsgd.linear_mse, start, (x, y), lr=0.05, steps=20).params
     np.testing.assert_allclose(np.asarray(warm[0]), np.asarray(one), **backend_tolerance(rtol=1e-6))
 
 
@@ -137,7 +163,7 @@ def assert_same_result(a, b):
     {"lr": 0.1, "steps": 1},
     {"steps": 20, "run": fsgd.Run(record_params=True), "optimizer": "adam"},
 ])
-def test_warm_calls_return_the_cold_result_and_compile_nothing(checks_run, options):
+def test_warm_calls_return_the_cold_result_and_compile_nothing(fit, options):
     """The warm path fills in on the host what the loop leaves out (steps_run,
     step), passes the start's counters and a repeated float lr as device
     scalars: every field must be the cold call's, and nothing compiles."""
@@ -153,53 +179,53 @@ def test_warm_calls_return_the_cold_result_and_compile_nothing(checks_run, optio
         options, promotion = {**options, "optimizer": optax.adam(0.05)}, "standard"
     start, x, y = lesson()
     with jax.numpy_dtype_promotion(promotion):
-        cold = fsgd.fit(fsgd.linear_mse, start, (x, y), **options)
+        cold = fit(fsgd.linear_mse, start, (x, y), **options)
         with count_compilations() as compiled:
-            warm = [fsgd.fit(fsgd.linear_mse, start, (x, y), **options) for _ in range(3)]
-    assert compiled[0] == 0 and checks_run[0] == 1
+            warm = [fit(fsgd.linear_mse, start, (x, y), **options) for _ in range(3)]
+    assert compiled[0] == 0 and fit.full_path == 1
     for result in warm:
         assert_same_result(cold, result)
     if "optimizer" in options:
         assert warm[-1].opt_state is not None
 
 
-def test_a_repeated_float_lr_is_passed_on_the_device_with_the_same_bits(checks_run):
+def test_a_repeated_float_lr_is_passed_on_the_device_with_the_same_bits(fit):
     start, x, y = lesson()
     lrs = [0.1, 0.1, 0.1, 0.07, 0.1, 0.07, 0.07]
-    warm = [fsgd.fit(fsgd.linear_mse, start, (x, y), lr=lr, steps=20) for lr in lrs]
-    again = _trainer._FIT_MEMORY.last()
+    warm = [fit(fsgd.linear_mse, start, (x, y), lr=lr, steps=20) for lr in lrs]
+    again = fit.memory.last()
     seen, on_device = again.last_lr
     assert seen == 0.07 and on_device is not None and on_device.weak_type
-    assert checks_run[0] == 1
-    _trainer._FIT_MEMORY.forget()
+    assert fit.full_path == 1
+    fit.memory.forget()
     for lr, result in zip(lrs, warm):
-        assert_same_result(fsgd.fit(fsgd.linear_mse, start, (x, y), lr=lr, steps=20), result)
+        assert_same_result(fit(fsgd.linear_mse, start, (x, y), lr=lr, steps=20), result)
 
 
-def test_a_remembered_call_repeated_inside_jit_matches(checks_run):
+def test_a_remembered_call_repeated_inside_jit_matches(fit):
     """Inside another jit the loop's compiler options cannot apply: the warm
     path falls back to the plain loop, as the full path does."""
     start, x, y = lesson()
-    outside = fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20)
-    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20)
-    inside = jax.jit(lambda: fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20))()
-    assert checks_run[0] == 1
+    outside = fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20)
+    fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20)
+    inside = jax.jit(lambda: fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20))()
+    assert fit.full_path == 1
     np.testing.assert_allclose(np.asarray(inside.params), np.asarray(outside.params),
                                rtol=1e-6)  # another compile may round differently
     assert int(inside.step) == 20 and int(inside.steps_run) == 20
 
 
-def test_calls_naming_other_arrays_or_option_types_do_not_meet(checks_run):
+def test_calls_naming_other_arrays_or_option_types_do_not_meet(fit):
     """The key is one flat tuple: a call with one more array, or an option of
     another type that compares equal, is another call."""
     start, x, y = lesson()
     indices = fsgd.sample_indices(jax.random.key(1), 100, 20, 10)
-    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20)
-    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, rows=fsgd.Schedule(indices))
-    fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, run=fsgd.Run(record_params=False))
-    assert checks_run[0] == 2
+    fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20)
+    fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, rows=fsgd.Schedule(indices))
+    fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, run=fsgd.Run(record_params=False))
+    assert fit.full_path == 2
     with pytest.raises(TypeError, match="record_params"):
-        fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, run=fsgd.Run(record_params=0))
+        fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, run=fsgd.Run(record_params=0))
 
 
 def test_the_warm_path_passes_carry_and_inputs_fields_in_their_order():
@@ -220,7 +246,7 @@ def line_loss(params, x, y):
 
 @pytest.mark.parametrize("as_pytree", [tuple, list, lambda ab: {"a": ab[0], "b": ab[1]},
                                        lambda ab: (ab[0], [ab[1], None])])
-def test_params_as_a_tuple_list_or_dict_stay_warm_with_the_same_bits(checks_run, as_pytree):
+def test_params_as_a_tuple_list_or_dict_stay_warm_with_the_same_bits(fit, as_pytree):
     """Params as a container of JAX arrays (the ``(w, b)`` of a hand-written
     run): a repeat skips the checks, as one array does (on 2 cores the checks
     took ~0.25 ms of a 10 ms run right after the previous one), and gives
@@ -229,31 +255,31 @@ def test_params_as_a_tuple_list_or_dict_stay_warm_with_the_same_bits(checks_run,
     params = as_pytree((start[0], start[1]))
     options = {"lr": 0.1, "steps": 20, "batch_size": 10, "key": jax.random.key(3),
                "rows": fsgd.Shuffled()}
-    cold = fsgd.fit(line_loss, params, (x, y), **options)
-    warm = fsgd.fit(line_loss, params, (x, y), **options)
-    moved = fsgd.fit(line_loss, cold.params, (x, y), **options)  # new params, same signature
-    assert checks_run[0] == 1
+    cold = fit(line_loss, params, (x, y), **options)
+    warm = fit(line_loss, params, (x, y), **options)
+    moved = fit(line_loss, cold.params, (x, y), **options)  # new params, same signature
+    assert fit.full_path == 1
     assert_same_result(cold, warm)
-    _trainer._FIT_MEMORY.forget()
-    assert_same_result(fsgd.fit(line_loss, cold.params, (x, y), **options), moved)
+    fit.memory.forget()
+    assert_same_result(fit(line_loss, cold.params, (x, y), **options), moved)
 
 
-def test_params_of_another_structure_or_leaves_take_the_full_path(checks_run):
+def test_params_of_another_structure_or_leaves_take_the_full_path(fit):
     start, x, y = lesson()
     a, b = start[0], start[1]
-    fsgd.fit(line_loss, (a, b), (x, y), lr=0.1, steps=5)
-    fsgd.fit(line_loss, [a, b], (x, y), lr=0.1, steps=5)  # a list is another structure
-    fsgd.fit(line_loss, {"a": a, "b": b}, (x, y), lr=0.1, steps=5)
-    fsgd.fit(line_loss, {"b": b, "a": a}, (x, y), lr=0.1, steps=5)  # the same dict
+    fit(line_loss, (a, b), (x, y), lr=0.1, steps=5)
+    fit(line_loss, [a, b], (x, y), lr=0.1, steps=5)  # a list is another structure
+    fit(line_loss, {"a": a, "b": b}, (x, y), lr=0.1, steps=5)
+    fit(line_loss, {"b": b, "a": a}, (x, y), lr=0.1, steps=5)  # the same dict
     with jax.numpy_dtype_promotion("standard"):  # a leaf of another dtype
-        fsgd.fit(line_loss, (a, b.astype(jnp.float16)), (x, y), lr=0.1, steps=5)
-    assert checks_run[0] == 4
+        fit(line_loss, (a, b.astype(jnp.float16)), (x, y), lr=0.1, steps=5)
+    assert fit.full_path == 4
     for params in [(a, 1.0), (a, np.float32(1.0))]:  # a Python or NumPy leaf: every call
-        fsgd.fit(line_loss, params, (x, y), lr=0.1, steps=5)
-        fsgd.fit(line_loss, params, (x, y), lr=0.1, steps=5)
-    assert checks_run[0] == 8
+        fit(line_loss, params, (x, y), lr=0.1, steps=5)
+        fit(line_loss, params, (x, y), lr=0.1, steps=5)
+    assert fit.full_path == 8
     with pytest.raises(ValueError, match="nothing to train"):  # refused, warm or not
-        fsgd.fit(line_loss, (a.astype(jnp.int32), b.astype(jnp.int32)), (x, y), lr=0.1,
+        fit(line_loss, (a.astype(jnp.int32), b.astype(jnp.int32)), (x, y), lr=0.1,
                  steps=5)
 
 
@@ -269,7 +295,7 @@ def test_params_of_a_pytree_class_take_the_full_path():
     assert _warm.signature(()) is None and _warm.signature((a, np.zeros(()))) is None
 
 
-def digits_run(**kwargs):
+def digits_run(fit, **kwargs):
     """A run of the 3-vs-7 classifier that evaluates held-out accuracy every 7 steps."""
     from functional_sgd.lesson import accuracy, classifier_mnist_loss, init_classifier
 
@@ -281,7 +307,7 @@ def digits_run(**kwargs):
 
     def run(params=params, valid=valid, **more):
         evaluation = fsgd.Evaluation(accuracy_of, valid, every=7, **{**kwargs, **more})
-        return fsgd.fit(classifier_mnist_loss, params, train, lr=0.05, steps=200,
+        return fit(classifier_mnist_loss, params, train, lr=0.05, steps=200,
                         batch_size=10, key=key, rows=fsgd.Shuffled(), evaluation=evaluation)
 
     def accuracy_of(params, x, y):
@@ -295,7 +321,7 @@ def digits_run(**kwargs):
     {"monitor": "accuracy", "mode": "max", "patience": 4},
     {"monitor": "accuracy", "mode": "max", "patience": 4, "restore_best": True},
 ])
-def test_evaluated_calls_stay_warm_with_the_cold_results(checks_run, options):
+def test_evaluated_calls_stay_warm_with_the_cold_results(fit, options):
     """fit(evaluate=...) repeated with the same held-out arrays skips the
     checks and compiles nothing; every field (evaluations, the step the rule
     stopped at, the best params restored) is the cold call's, bit for bit."""
@@ -303,14 +329,14 @@ def test_evaluated_calls_stay_warm_with_the_cold_results(checks_run, options):
 
     _repeat._compiled_loop.clear_cache()
     _repeat._plain_loop.clear_cache()
-    run, _, _ = digits_run(**options)
+    run, _, _ = digits_run(fit, **options)
     cold = run()
     with count_compilations() as compiled:
         warm = [run(), run(params=cold.params)]
-    assert compiled[0] == 0 and checks_run[0] == 1
+    assert compiled[0] == 0 and fit.full_path == 1
     assert_same_result(cold, warm[0])
     assert not np.array_equal(warm[1].evals["accuracy"], cold.evals["accuracy"])
-    _trainer._FIT_MEMORY.forget()
+    fit.memory.forget()
     assert_same_result(run(params=cold.params), warm[1])
     if "patience" in options:
         assert int(cold.steps_run) < 200  # the rule fired
@@ -319,15 +345,15 @@ def test_evaluated_calls_stay_warm_with_the_cold_results(checks_run, options):
         assert not all(np.array_equal(a, b) for a, b in zip(unrestored.params, cold.params))
 
 
-def test_new_held_out_arrays_are_checked_again(checks_run):
-    run, _, valid = digits_run()
+def test_new_held_out_arrays_are_checked_again(fit):
+    run, _, valid = digits_run(fit)
     run()
     run(valid=(valid[0] + 0, valid[1]))  # another array: the full path
-    assert checks_run[0] == 2
+    assert fit.full_path == 2
     with pytest.raises(ValueError, match=r"Evaluation\(data=\)\[0\] contains NaN"):
         run(valid=(valid[0].at[0, 0].set(jnp.nan), valid[1]))
     run(valid=list(valid))  # not a tuple: always the full path
-    assert checks_run[0] == 4
+    assert fit.full_path == 4
 
 
 ON_ANOTHER_DEVICE = """

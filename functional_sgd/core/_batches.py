@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._types import Key
-from . import _checks
+from . import _arguments, _data_checks, _output_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,16 +128,16 @@ def choose(n, steps, batch_size, key, indices, replace, drop_last=True):
     """The batches object (and step count) that ``fit``'s arguments ask for,
     after checking they agree."""
     if steps is not None:
-        steps = _checks.check_int(steps, "steps", minimum=1, maximum=_checks.MAX_STEP)
+        steps = _arguments.check_int(steps, "steps", minimum=1, maximum=_arguments.MAX_STEP)
     if not isinstance(replace, (bool, np.bool_)):
         raise TypeError(f"replace must be True or False; got {replace!r}.")
     if drop_last is not True:
-        drop_last = _checks.check_bool(drop_last, "drop_last")
+        drop_last = _arguments.check_bool(drop_last, "drop_last")
     if indices is not None:
         if key is not None:
             raise ValueError("pass key or rows=fsgd.Schedule(indices), not both: a schedule "
                              "fixes every batch.")
-        padded = _checks.check_indices(indices, n, drop_last)
+        padded = _data_checks.check_indices(indices, n, drop_last)
         if steps is not None and steps != indices.shape[0]:
             raise ValueError(
                 f"steps={steps} disagrees with the Schedule's indices of shape "
@@ -162,10 +162,10 @@ def choose(n, steps, batch_size, key, indices, replace, drop_last=True):
         return FULL_BATCH, steps
     if n is None:
         raise ValueError("batch_size needs data to draw rows from: data is ().")
-    batch_size = _checks.check_int(batch_size, "batch_size", minimum=1)
+    batch_size = _arguments.check_int(batch_size, "batch_size", minimum=1)
     if batch_size > n:
         raise ValueError(f"batch_size must be at most n={n} (rows of data); got {batch_size}.")
-    _checks.check_key(key, "key")
+    _arguments.check_key(key, "key")
     if replace:
         if not drop_last:
             raise ValueError(_NO_EPOCHS)
@@ -296,18 +296,18 @@ def sample_indices(key: Key, n: int, steps: int, batch_size: int, *, replace: bo
     >>> rows[1, 2:].tolist(), sorted(rows.ravel().tolist())[3:] == list(range(7))
     ([-1, -1, -1], True)
     """
-    _checks.check_key(key, "key")
-    n = _checks.check_int(n, "n", minimum=1)
+    _arguments.check_key(key, "key")
+    n = _arguments.check_int(n, "n", minimum=1)
     if n > MAX_ROWS:
         raise ValueError(f"n must be at most 2**31 - 1 = {MAX_ROWS} (rows are numbered in "
                          f"int32); got {n}. Draw rows of a smaller range, or split the data.")
-    steps = _checks.check_int(steps, "steps", minimum=1, maximum=_checks.MAX_STEP)
-    batch_size = _checks.check_int(batch_size, "batch_size", minimum=1)
+    steps = _arguments.check_int(steps, "steps", minimum=1, maximum=_arguments.MAX_STEP)
+    batch_size = _arguments.check_int(batch_size, "batch_size", minimum=1)
     if batch_size > n:
         raise ValueError(f"batch_size must be at most n={n}; got {batch_size}.")
-    _checks.check_start(start, steps)
-    replace = _checks.check_bool(replace, "replace")
-    drop_last = _checks.check_bool(drop_last, "drop_last")
+    _arguments.check_start(start, steps)
+    replace = _arguments.check_bool(replace, "replace")
+    drop_last = _arguments.check_bool(drop_last, "drop_last")
     if replace and not drop_last:
         raise ValueError(_NO_EPOCHS)
     _check_schedule_fits(steps, batch_size)
@@ -323,7 +323,7 @@ def _check_schedule_fits(steps, batch_size):
     """Refuses, before drawing it, a schedule of more int32 indices than half
     this machine's memory holds."""
     needed = steps * batch_size * np.dtype(np.int32).itemsize
-    available = _checks._memory_bytes()
+    available = _output_size.memory_bytes()
     if needed > available / 2:
         raise ValueError(
             f"sample_indices would return steps * batch_size = {steps} * {batch_size} int32 "

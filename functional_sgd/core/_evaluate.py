@@ -25,7 +25,6 @@ value ``s = v`` (min) or ``s = -v`` (max), so "better" is always "lower".
 import dataclasses
 import functools
 import warnings
-from collections.abc import Mapping
 from typing import Any, Callable
 
 import jax
@@ -33,10 +32,12 @@ import jax.numpy as jnp
 
 from .._types import Carry, Record, StopState
 from ..drivers import TRAIN, aux_metrics
-from . import _checks
+from . import _arguments, _trace
 from ._batches import Stacked
-from ._model import unwrap
+from ._data_checks import check_eval_data
 from ._stop import StopRule
+from ._trace import check_evaluate
+from ._warn import caller_stacklevel
 
 MODES = ("min", "max")
 
@@ -124,7 +125,7 @@ class Evaluation:
 
     def call(self, model, params, state, eval_data):
         """``evaluate`` on (wrapped) params, as the model's user wrote it; a dict of arrays."""
-        out = _called(self.evaluate, model, params, state, eval_data)
+        out = _trace.call_evaluate(self.evaluate, model, params, state, eval_data)
         return {name: jnp.asarray(value) for name, value in out.items()}
 
     def period_mean(self, length, dtype):
@@ -185,14 +186,14 @@ def restored(carry):
     """
     params, state = carry.best
     evaluated = carry.stop.best < jnp.inf  # the start's best is inf; nothing beats NaN
-    if _checks.is_concrete(evaluated):
+    if _arguments.is_concrete(evaluated):
         if bool(evaluated):
             return carry._replace(params=params, state=state)
         warnings.warn(
             "Evaluation(restore_best=True) found no valid evaluation (none ran before the run "
             "stopped, or every monitored value was NaN): the last params are returned. "
             "Evaluate more often (Evaluation(every=)), or check what evaluate returns.",
-            UserWarning, stacklevel=_checks.caller_stacklevel())
+            UserWarning, stacklevel=caller_stacklevel())
         return carry
     params, state = jax.tree.map(
         lambda best, last: best if best is last else jnp.where(evaluated, best, last),
@@ -254,10 +255,10 @@ def choose(evaluate, eval_data, eval_every, monitor, mode, restore_best, *, batc
                              f"{list(eval_every)}.")
         every = eval_every
     else:
-        every = _checks.check_int(eval_every, "Evaluation(every=)", minimum=1)
+        every = _arguments.check_int(eval_every, "Evaluation(every=)", minimum=1)
     if mode not in MODES:
         raise ValueError(f"mode must be 'min' or 'max'; got {mode!r}.")
-    restore_best = _checks.check_bool(restore_best, "restore_best")
+    restore_best = _arguments.check_bool(restore_best, "restore_best")
     if monitor is None and (restore_best or mode != "min"):
         raise ValueError(f"{'restore_best' if restore_best else 'mode'} needs monitor: name "
                          "the key of evaluate's dict to watch, e.g. monitor='accuracy'.")
@@ -299,119 +300,6 @@ def _epoch(batches):
         return None
     n, size = batches.n, batches.batch_size
     return -(-n // size) if getattr(batches, "drop_last", True) is False else n // size
-
-
-def check_eval_data(eval_data, check_finite, groups=None):
-    """``eval_data`` as a tuple of arrays sharing their leading axis (each
-    group of ``groups`` leaves its own: named held-out sets; CPU torch
-    tensors as NumPy views of their memory, as ``data`` takes them)."""
-    if not isinstance(eval_data, (tuple, list)):
-        raise TypeError("Evaluation(data=) must be a tuple of arrays, unpacked into evaluate's "
-                        f"arguments, e.g. (valid_x, valid_y); got {type(eval_data).__name__}. "
-                        "Wrap a single array as (x,).")
-    eval_data = tuple(_checks._from_torch(a, f"Evaluation(data=)[{i}]")
-                      for i, a in enumerate(eval_data))
-    for i, a in enumerate(eval_data):
-        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
-            raise TypeError(f"Evaluation(data=)[{i}] must be an array; got {type(a).__name__}.")
-    first = 0
-    for count in groups or (len(eval_data),):  # each named set has rows of its own
-        group = eval_data[first:first + count]
-        first += count
-        rows = {tuple(a.shape[:1]) for a in group}
-        if len(rows) > 1 or any(len(a.shape) == 0 for a in group):
-            break
-    else:
-        rows = ()
-    if len(rows) > 1 or any(len(a.shape) == 0 for a in eval_data):
-        shapes = ", ".join(f"data[{i}].shape={tuple(a.shape)}"
-                           for i, a in enumerate(eval_data))
-        raise ValueError(f"Evaluation(data=) arrays must share their leading axis (the rows); "
-                         f"got {shapes}.")
-    if eval_data and eval_data[0].shape[0] == 0:
-        raise ValueError(f"Evaluation(data=) has no rows (leading axis of length 0): data[0] has "
-                         f"shape {tuple(eval_data[0].shape)}, and evaluating on nothing gives "
-                         "NaN. Pass held-out rows, or drop the Evaluation.")
-    if check_finite:
-        for i in _checks._non_finite(eval_data):
-            raise ValueError(f"Evaluation(data=)[{i}] contains NaN or inf values; clean or drop "
-                             "those rows (or pass run=fsgd.Run(check_finite=False) to skip "
-                             "this check).")
-    return eval_data
-
-
-def check_evaluate(evaluate, params, state, eval_data, model):
-    """Traces ``evaluate`` (``jax.eval_shape``: nothing runs or compiles)
-    once per signature of its arguments, and checks it returns a dict of
-    real scalars; returns their shapes. A warm call looks the result up."""
-    (leaves, treedef), (state_leaves, state_def) = map(jax.tree.flatten, (params, state))
-    signature = tuple(tuple(map(_checks.signature, group))
-                      for group in (leaves, state_leaves, eval_data))
-    try:
-        hash(evaluate)
-    except TypeError:
-        return _trace_evaluate(evaluate, model, treedef, state_def, signature)
-    return _cached_trace_evaluate(evaluate, model, treedef, state_def, signature)
-
-
-@functools.lru_cache(maxsize=256)
-def _cached_trace_evaluate(evaluate, model, treedef, state_def, signature):
-    return _trace_evaluate(evaluate, model, treedef, state_def, signature)
-
-
-def _trace_evaluate(evaluate, model, treedef, state_def, signature):
-    params, state = (jax.tree.unflatten(d, [_checks.spec(s) for s in group])
-                     for d, group in ((treedef, signature[0]), (state_def, signature[1])))
-    eval_data = tuple(map(_checks.spec, signature[2]))
-
-    def call(params, state, eval_data):
-        return _called(evaluate, model, params, state, eval_data)
-
-    args = "params, state, *data" if model.state else "params, *data"
-    try:
-        out = jax.eval_shape(call, params, state, eval_data)
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as error:
-        raise ValueError(f"evaluate({args}) failed for Evaluation(data=) of shape "
-                         f"{_checks.shapes(eval_data)}; it said: {error}") from error
-    check_values(out)
-    return out
-
-
-def _called(evaluate, model, params, state, eval_data):
-    """``evaluate`` called on (wrapped) params and state as its user wrote it."""
-    if model.plain:
-        return as_dict(evaluate(params, *eval_data))
-    if model.state:
-        return as_dict(evaluate(unwrap(params), unwrap(state), *eval_data))
-    return as_dict(evaluate(unwrap(params), *eval_data))
-
-
-def as_dict(out):
-    """``evaluate``'s result as a dict: a bare array is ``{"loss": out}``."""
-    if isinstance(out, Mapping):
-        return out
-    if hasattr(out, "shape") or isinstance(out, (int, float)):
-        return {"loss": out}
-    return out
-
-
-def check_values(out):
-    """``evaluate``'s result must be a dict of real arrays (scalars or not)."""
-    if not isinstance(out, Mapping) or not out:
-        raise ValueError(f"evaluate must return a non-empty dict of arrays, e.g. "
-                         f"{{'accuracy': acc}}, or a scalar (named 'loss'); got {out!r}.")
-    for name, value in out.items():
-        if not isinstance(name, str):
-            raise TypeError(f"evaluate's dict must have str keys; got {name!r}.")
-        if name.startswith(TRAIN):
-            raise ValueError(f"evaluate's keys may not start with {TRAIN!r}: those hold the "
-                             f"training means of each period; got {name!r}. Rename it.")
-        dtype = getattr(value, "dtype", None)
-        if dtype is None or not (jnp.issubdtype(dtype, jnp.floating)
-                                 or jnp.issubdtype(dtype, jnp.integer)):
-            raise ValueError(f"evaluate must return a dict of real arrays; its {name!r} is "
-                             f"{getattr(value, 'dtype', type(value).__name__)}"
-                             f"{list(getattr(value, 'shape', ()))}.")
 
 
 def run_with_evaluations(piece, first_bad, spec, loss, data, params, opt_state, frozen,

@@ -29,7 +29,8 @@ import numpy as np
 from .. import drivers
 from .. import speed as _speed  # fit's keyword `speed` is a plan
 from .._types import Inputs, fit_result
-from . import _batches, _checks, _evaluate, _model, _model_checks, _stop, _warm
+from . import (_arguments, _batches, _data_checks, _evaluate, _model, _optimizer_checks,
+               _output_size, _stop, _trace, _warm, _warn)
 from ._initialize import initialize
 from ._loss import PytreeData, linear_mse
 from ._repeat import run
@@ -75,48 +76,47 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
                                    "Model(trainable=)": trainable,
                                    "SpeedPlan(exact_moments=)": _unless(fast_path, "auto")})
     given = (params, opt_state, state, indices, eval_data, key, rng, lr, tol, patience)
-    check_finite = _checks.check_bool(check_finite, "check_finite")
+    check_finite = _arguments.check_bool(check_finite, "check_finite")
     params = _model.torch_as_arrays(params)
-    data, structure, names = _checks.flatten_data(data)
+    data, structure, names = _data_checks.flatten_data(data)
     given += (data,)  # torch tensors are NumPy views from here on
-    read_on_host = _checks.read_on_host(data, batch_size, indices)
-    data, n = _checks.check_data(data, check_finite and not read_on_host, names)
+    read_on_host = _data_checks.read_on_host(data, batch_size, indices)
+    data, n = _data_checks.check_data(data, check_finite and not read_on_host, names)
     if structure is not None:  # the loop sees a tuple of arrays; the loss its pytree
         loss = PytreeData(loss, structure)
-    lr, lr_schedule = _rate(_checks.check_lr(lr, optimizer, opt_state, params))
+    lr, lr_schedule = _rate(_optimizer_checks.check_lr(lr, optimizer, opt_state, params))
     batches, steps = _batches.choose(n, steps, batch_size, key, indices, replace, drop_last)
-    _checks.check_start(start_step, steps, name="start_step")
+    _arguments.check_start(start_step, steps, name="start_step")
     if lr_schedule is not None:
-        _checks.check_schedule_rates(lr_schedule, start_step, steps)
+        _optimizer_checks.check_schedule_rates(lr_schedule, start_step, steps)
     stop = _stop.choose(tol, patience)
     params, state, model = _model.choose(params, trainable, rng, state, has_aux)
-    example = data if batches.batch_size is None else _checks.batch_of(data, batches.batch_size)
-    loss_out, aux = (_checks.check_loss(loss, params, example), None) if model.plain else \
-        _model_checks.check_loss(loss, params, state, example, model, rng)
+    example = data if batches.batch_size is None else _trace.batch_of(data, batches.batch_size)
+    loss_out, aux = _trace.check_loss(loss, params, example, model=model, state=state, rng=rng)
     if mesh is not None:
         drivers.check_mesh(mesh, data)
-        _model_checks.check_loss_per_row(loss, params, state, data, model, rng)
+        _trace.check_loss_per_row(loss, params, data, model=model, state=state, rng=rng)
     elif batches.padded:
-        _model_checks.check_loss_per_row(loss, params, state, data, model, rng,
-                                         cause="drop_last=False")
+        _trace.check_loss_per_row(loss, params, data, model=model, state=state, rng=rng,
+                                  cause="drop_last=False")
     plan = _speed.decide(speed, fast_path, exact_mse=loss is linear_mse and model.plain,
                          params=params, data=data, full_batch=batches.batch_size is None,
                          steps=steps, mesh=mesh, row_mean=model.plain and is_row_mean(loss))
     # A model's optimizer state covers its trainable leaves only.
-    _checks.check_opt_state(optimizer, opt_state, model.split(params)[0],
+    _optimizer_checks.check_opt_state(optimizer, opt_state, model.split(params)[0],
                             part="params" if model.trains is None else
                             "the trainable part of params")
-    record_params = _checks.check_bool(record_params, "record_params")
+    record_params = _arguments.check_bool(record_params, "record_params")
     evaluation, eval_data, watched = _evaluate.choose(
         evaluate, eval_data, eval_every, monitor, mode, restore_best, batches=batches,
         steps=steps, params=params, state=state, model=model, check_finite=check_finite)
     evaluated = None if evaluation is None else (  # the evaluations' shapes: looked up
-        evaluation, _evaluate.check_evaluate(evaluate, params, state, eval_data, model))
-    _checks.check_outputs_fit(_outputs(steps, loss_out, aux,
+        evaluation, _trace.check_evaluate(evaluate, params, state, eval_data, model))
+    _output_size.check_outputs_fit(_outputs(steps, loss_out, aux,
                                        params if record_params else None, evaluated))
     spec = LoopSpec(loss, optimizer, batches, steps, stop, record_params, plan, model,
                     evaluation, lr_schedule)
-    watched = loss_out.dtype if watched is None or not _checks.is_inexact_dtype(watched) \
+    watched = loss_out.dtype if watched is None or not _arguments.is_inexact_dtype(watched) \
         else watched
     carry = initialize(spec, params, opt_state, start_step, watched, state)
     inputs = Inputs(data, lr, key, indices, tol, patience, rng, eval_data)
@@ -140,9 +140,9 @@ def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None,
     if read_on_host:  # chunks read on the host, of a size chosen here unless given
         chunk_size = chunk_size or _host_block(spec.batches.batch_size, data)
     if chunk_size is None:
-        _checks.check_no_chunk_options(on_chunk, checkpoint)
+        _arguments.check_no_chunk_options(on_chunk, checkpoint)
         out = result(*loop(spec, carry, inputs))
-        if _checks.holds_host_arrays(given):
+        if _data_checks.holds_host_arrays(given):
             jax.block_until_ready(out)  # JAX may read them in place, after fit returned
         if warm_call is not None and model.plain and not read_on_host:
             memory.remember(warm_call, spec, carry)  # after the run: it succeeded
@@ -159,9 +159,9 @@ def _chunked(loop, spec, carry, inputs, chunk_size, on_chunk, read_on_host, chec
     if callable(chunk_size) and read_on_host:  # host blocks of one size; hooks see them all
         chunk_size = _host_block(spec.batches.batch_size, inputs.data)
     if not callable(chunk_size):
-        chunk_size = _checks.check_chunks(chunk_size, on_chunk, values)
+        chunk_size = _arguments.check_chunks(chunk_size, on_chunk, values)
     else:
-        _checks.check_chunks(1, on_chunk, values)
+        _arguments.check_chunks(1, on_chunk, values)
     if read_on_host:
         return result(*_run_on_host(loop, spec, carry, inputs, chunk_size, on_chunk,
                                     check_finite, mesh, checkpoint, result))
@@ -180,11 +180,11 @@ def _rate(lr):
 
 def _outputs(steps, loss_out, aux, trajectory_of, evaluated):
     """What a run of ``steps`` returns besides its final carry, for
-    :func:`~functional_sgd.core._checks.check_outputs_fit`: the losses, the
+    :func:`~functional_sgd.core._output_size.check_outputs_fit`: the losses, the
     aux (``None`` without ``has_aux``), the params trajectory
     (``trajectory_of``: the params with ``record_params``, else ``None``)
     and the evaluations (``(Evaluation, shapes of its dict)``, or ``None``)."""
-    stacked = _checks.stacked
+    stacked = _output_size.stacked
     shorter = ("Train fewer steps a call: continue the next call from this one's result "
                "(params=result.params, run=fsgd.Run.after(result)).")
     outputs = [(f"losses of {steps} steps", stacked(loss_out, steps), shorter)]
@@ -214,7 +214,7 @@ def tiny_lr_dtypes(lr, optimizer, params):
     ``lr`` is below (an update there may round away), sorted; else ``[]``."""
     if type(lr) is float and lr >= LARGEST_EPS:  # the usual case: ~0.1 us on a warm call
         return []
-    if optimizer is not None or lr is None or not _checks.is_concrete(lr) \
+    if optimizer is not None or lr is None or not _arguments.is_concrete(lr) \
             or float(lr) >= LARGEST_EPS:
         return []
     leaves = (params,) if isinstance(params, jax.Array) else jax.tree.leaves(params)
@@ -225,7 +225,7 @@ def tiny_lr_dtypes(lr, optimizer, params):
 @functools.lru_cache(maxsize=16)
 def _eps(dtype):
     """The spacing of ``dtype``'s values near 1 (0 for a dtype that does not train)."""
-    return float(jnp.finfo(dtype).eps) if _checks.is_inexact_dtype(dtype) else 0.0
+    return float(jnp.finfo(dtype).eps) if _arguments.is_inexact_dtype(dtype) else 0.0
 
 
 def _warn_if_lr_rounds_away(loop, spec, carry, inputs):
@@ -238,7 +238,7 @@ def _warn_if_lr_rounds_away(loop, spec, carry, inputs):
     lr = inputs.lr
     trainable = spec.model.split(carry.params)[0]
     small = tiny_lr_dtypes(lr, spec.optimizer, trainable)
-    if not small or not all(map(_checks.is_concrete, jax.tree.leaves((carry, inputs)))):
+    if not small or not all(map(_arguments.is_concrete, jax.tree.leaves((carry, inputs)))):
         return
     first = dataclasses.replace(spec, steps=1, stop=_stop.StopRule(), record_params=False,
                                 evaluation=None)
@@ -253,7 +253,7 @@ def _warn_if_lr_rounds_away(loop, spec, carry, inputs):
             "element of the params (every |lr * g| is under half the spacing of the dtype's "
             "values near p), so the run trains nothing until the gradient grows. Pass a "
             "larger lr, or params of a wider dtype (e.g. float32).",
-            UserWarning, stacklevel=_checks.caller_stacklevel())
+            UserWarning, stacklevel=_warn.caller_stacklevel())
 
 
 def _with_best_step(result, evaluation, carry, record):
@@ -325,17 +325,17 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
                          "all the data at once, and a stream trains a plain model on one "
                          "device for now (no Model(...) parts, no Run(mesh=)).")
     if steps is not None:
-        steps = _checks.check_int(steps, "steps", minimum=1, maximum=_checks.MAX_STEP)
-    check_finite = _checks.check_bool(check_finite, "check_finite")
+        steps = _arguments.check_int(steps, "steps", minimum=1, maximum=_arguments.MAX_STEP)
+    check_finite = _arguments.check_bool(check_finite, "check_finite")
     params = _model.torch_as_arrays(params)
-    lr, lr_schedule = _rate(_checks.check_lr(lr, optimizer, opt_state, params))
-    _checks.check_start(start_step, steps or 0, name="start_step")
+    lr, lr_schedule = _rate(_optimizer_checks.check_lr(lr, optimizer, opt_state, params))
+    _arguments.check_start(start_step, steps or 0, name="start_step")
     if lr_schedule is not None:
-        _checks.check_schedule_rates(lr_schedule, start_step, steps)
+        _optimizer_checks.check_schedule_rates(lr_schedule, start_step, steps)
     stop = _stop.choose(tol, patience)
     if on_chunk is not None and not callable(on_chunk):
         raise TypeError(f"on_chunk must be callable as on_chunk(result); got {on_chunk!r}.")
-    record_params = _checks.check_bool(record_params, "record_params")
+    record_params = _arguments.check_bool(record_params, "record_params")
     if record_params:
         raise ValueError("Run(record_params=True) needs a run of known length; a stream has "
                          "none.")
@@ -345,10 +345,10 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
     from_done = callable(source.batches) and not hasattr(source.batches, "__iter__")
     example, batches = drivers.first_batch(
         source.batches(done) if from_done else source.batches, saved)
-    loss_out = _checks.check_loss(loss, params, example)
+    loss_out, _ = _trace.check_loss(loss, params, example)
     if steps is not None:
-        _checks.check_outputs_fit(_outputs(steps, loss_out, None, None, None))
-    _checks.check_opt_state(optimizer, opt_state, params)
+        _output_size.check_outputs_fit(_outputs(steps, loss_out, None, None, None))
+    _optimizer_checks.check_opt_state(optimizer, opt_state, params)
     plan = _speed.decide(speed, False, exact_mse=False, params=params, data=example,
                          full_batch=False, steps=1)
     evaluate, eval_data, eval_every, monitor, mode, restore_best, on_evaluation, progress = \
@@ -360,11 +360,11 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
     plain_params, _, plain = _model.choose(params, None, None, None, False)
     evaluation, eval_data, watched = _evaluate.choose(
         evaluate, eval_data, eval_every, monitor, mode, restore_best, batches=stacked,
-        steps=steps or _checks.MAX_STEP, params=plain_params, state=None, model=plain,
+        steps=steps or _arguments.MAX_STEP, params=plain_params, state=None, model=plain,
         check_finite=check_finite)
     spec = LoopSpec(loss, optimizer, stacked, steps, stop, False, plan, evaluation=evaluation,
                     lr_schedule=lr_schedule)
-    watched = loss_out.dtype if watched is None or not _checks.is_inexact_dtype(watched) \
+    watched = loss_out.dtype if watched is None or not _arguments.is_inexact_dtype(watched) \
         else watched
     carry = initialize(spec, params, opt_state, start_step, watched)
     inputs = Inputs((), lr, None, None, tol, patience, None, eval_data)
@@ -376,8 +376,8 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
 
     def in_blocks(run, spec, carry, inputs, *, on_chunk, done=0):
         blocks = drivers.stream_blocks(  # a short batch's loss is a mean over its real rows
-            batches, source.block, spec.steps, check_finite, lambda: _checks.check_loss_per_row(
-                partial(_checks.check_loss, loss, params), example, "with a short batch"))
+            batches, source.block, spec.steps, check_finite, lambda: _trace.check_loss_per_row(
+                loss, params, example, cause="a short batch"))
         if done:  # resumed: a stream used up ends the run where the checkpoint did
             first = next(blocks, None)
             if first is None:
@@ -405,7 +405,7 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
         warnings.warn(f"the stream ended after {steps_run} of steps={steps} batches: fit "
                       f"trained {steps_run} steps (result.steps_run; result.step="
                       f"{int(carry.step)}). Pass steps=None to train until the stream ends.",
-                      UserWarning, stacklevel=_checks.caller_stacklevel())
+                      UserWarning, stacklevel=_warn.caller_stacklevel())
     return result(carry, record)
 
 

@@ -53,7 +53,7 @@ import numpy as np
 
 from .._types import fit_result
 from ..drivers import as_host_array
-from . import _checks, _flax_nnx
+from . import _arguments, _flax_nnx
 
 
 class Static:
@@ -139,7 +139,7 @@ def _is_float(x):
 
 def _is_float_array(x):
     return (isinstance(x, (jax.Array, np.ndarray, np.generic))
-            and _checks.is_inexact_dtype(x.dtype))
+            and _arguments.is_inexact_dtype(x.dtype))
 
 
 def _is_python_scalar(x):
@@ -262,15 +262,15 @@ def choose(params, trainable, rng, state, has_aux):
     """
     lesson = rng is None and state is None and has_aux is False and trainable is None
     if lesson and (_is_python_scalar(params) or (
-            isinstance(params, jax.Array) and _checks.is_inexact_dtype(params.dtype))):
+            isinstance(params, jax.Array) and _arguments.is_inexact_dtype(params.dtype))):
         return params, None, PLAIN
     leaves, treedef = jax.tree.flatten(params)  # the one walk over params (slow for Modules)
     _flax_nnx.refuse_updated_variables(treedef)
     if lesson and all(map(_is_float_array, leaves)):
         return params, None, PLAIN
-    has_aux = _checks.check_bool(has_aux, "has_aux")
+    has_aux = _arguments.check_bool(has_aux, "has_aux")
     if rng is not None:
-        _checks.check_key(rng, "rng")
+        _arguments.check_key(rng, "rng")
     arrays = tuple(map(is_array, leaves))
     scalars = tuple(map(_is_python_scalar, leaves))
     if any(scalars):  # static unless Python's own containers hold them all the way up
@@ -361,7 +361,7 @@ def _is_bool(m):
     """A concrete bool: Python's, NumPy's or a 0-d bool array (not a tracer:
     which leaves train decides the program's shape)."""
     return isinstance(m, (bool, np.bool_)) or (
-        isinstance(m, (jax.Array, np.ndarray)) and _checks.is_concrete(m)
+        isinstance(m, (jax.Array, np.ndarray)) and _arguments.is_concrete(m)
         and m.shape == () and m.dtype == bool)
 
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Literal, Mapping, Union
 import numpy as np
 
 from ..speed import SpeedPlan
-from . import _checks
+from . import _arguments
 
 __all__ = ["Evaluation", "Model", "Run", "Sampled", "Schedule", "Shuffled", "Stop"]
 
@@ -40,7 +40,7 @@ def _check_flag(value: object, name: str) -> bool:
 
 def _check_count(value: object, name: str, *, minimum: int = 1) -> int | Any:
     """A Python or NumPy int ``>= minimum``, or a 0-d integer array; tracers pass."""
-    if not _checks.is_concrete(value):
+    if not _arguments.is_concrete(value):
         return value
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int; got {value!r}.")
@@ -50,7 +50,7 @@ def _check_count(value: object, name: str, *, minimum: int = 1) -> int | Any:
             raise TypeError(f"{name} must be an int; got {value!r} of type "
                             f"{type(value).__name__}.")
         value = int(value)  # type: ignore[call-overload]  # a 0-d integer array (jnp.int32(3))
-    return _checks.check_int(value, name, minimum=minimum)
+    return _arguments.check_int(value, name, minimum=minimum)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,8 +171,8 @@ class Stop:
     def __post_init__(self) -> None:
         if self.tol is None and self.patience is None:
             raise ValueError("Stop needs tol= or patience= (or both).")
-        if self.tol is not None and _checks.is_concrete(self.tol):
-            _checks.check_real(self.tol, "tol")
+        if self.tol is not None and _arguments.is_concrete(self.tol):
+            _arguments.check_real(self.tol, "tol")
         if self.patience is not None:
             _check_count(self.patience, "patience")
 
@@ -330,8 +330,8 @@ class Evaluation:
                              f"key of evaluate's dict to watch, e.g. monitor='accuracy'.")
         if self.patience is not None:
             _check_count(self.patience, "patience")
-        if self.tol is not None and _checks.is_concrete(self.tol):
-            _checks.check_real(self.tol, "tol")
+        if self.tol is not None and _arguments.is_concrete(self.tol):
+            _arguments.check_real(self.tol, "tol")
 
 
 
@@ -372,8 +372,8 @@ class Model:
 
     def __post_init__(self) -> None:
         _check_flag(self.has_aux, "has_aux")
-        if self.rng is not None and _checks.is_concrete(self.rng):
-            _checks.check_key(self.rng, "rng")
+        if self.rng is not None and _arguments.is_concrete(self.rng):
+            _arguments.check_key(self.rng, "rng")
 
 
 

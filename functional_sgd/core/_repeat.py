@@ -31,7 +31,7 @@ from ..drivers import describe, diverged
 from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, one_pass, quadratic_mse
 from ._batches import Schedule, feed
 from ._blocks import block_steps, run_in_blocks
-from ._checks import caller_stacklevel
+from ._warn import caller_stacklevel
 from ._compare import SMALL_ARRAY_BYTES, computation_key
 from ._evaluate import not_run, run_with_evaluations
 from ._initialize import optimizer_state
@@ -63,10 +63,15 @@ def carry_and_record(out):
     return Carry(*out[:_CARRY_FIELDS]), Record(*out[_CARRY_FIELDS:])
 
 
-def flat_loop_outputs(spec, fields):
+def flat_loop_outputs(spec, fields, *, again=False):
     """The compiled loop on ``(*carry, *inputs)`` (every field of both, in
     order), its ``Carry`` and ``Record`` fields as one flat tuple indexed by
-    :data:`OUTPUT` (namedtuples are slow to build in Python)."""
+    :data:`OUTPUT` (namedtuples are slow to build in Python).
+
+    ``again``: a remembered call run again (``_warm``), whose loss and
+    optimizer compiled before: it is not looked at for compiles (:func:`_note_compile`).
+    """
+    compiled = None if again else _compiled_count()  # ~0.1 us
     if spec.plan.cpu_compiler_options:
         try:
             out = _compiled_loop(*fields, spec=spec)
@@ -76,7 +81,7 @@ def flat_loop_outputs(spec, fields):
             out = _plain_loop(*fields, spec=spec)  # another jit's options apply
     else:
         out = _plain_loop(*fields, spec=spec)
-    if _compiled_count() != _compiles_seen[0]:
+    if compiled is not None and _compiled_count() != compiled:
         _note_compile(spec)
     return out
 
@@ -344,9 +349,10 @@ COMPILED_LOOPS_KEPT = 64
 """Compiled loops kept at once (each holds its executable, ~2 MB and more):
 past this many, the oldest are dropped and compile again when asked for."""
 
-_compiles_seen = [0]
 _specs_compiled: dict[Any, Any] = {}
-"""A program's description -> the keys of the (loss, optimizer, schedule) compiled for it."""
+"""A program's description -> the keys of the (loss, optimizer, schedule) the
+compiled loops hold for it: an index of the jit caches below, for the
+warning of :func:`_note_compile`, cleared with them."""
 
 
 def _compiled_count():
@@ -354,20 +360,19 @@ def _compiled_count():
 
 
 def _note_compile(spec):
-    """After a call that compiled: bound the compiled loops kept, and say once
-    when a loss or optimizer that looks like an earlier one but could not be
-    told equal to it made the compile (one closing over an object that is
-    compared by identity, made afresh per call; see ``_compare``)."""
+    """After a call that compiled: bound the compiled loops kept, and say
+    (once per calling line: ``_warn``) when a loss or optimizer that looks
+    like an earlier one but could not be told equal to it made the compile
+    (one closing over an object that is compared by identity, made afresh
+    per call; see ``_compare``)."""
     if _compiled_count() > COMPILED_LOOPS_KEPT:
         _compiled_loop.clear_cache()
         _plain_loop.clear_cache()
         _specs_compiled.clear()
-    _compiles_seen[0] = _compiled_count()
     same_program = json.dumps(describe(spec, contents=False), sort_keys=True, default=str)
     objects = _specs_compiled.setdefault(same_program, set())
     objects.add(tuple(map(computation_key, (spec.loss, spec.optimizer, spec.lr_schedule))))
-    if len(objects) >= 3 and not _warned_recompiling:
-        _warned_recompiling.append(True)
+    if len(objects) >= 3:
         parts = ("loss", "optimizer", "lr schedule")
         renewed = [part for i, part in enumerate(parts) if len({o[i] for o in objects}) > 1]
         warnings.warn(
@@ -379,11 +384,8 @@ def _note_compile(spec):
             f"{SMALL_ARRAY_BYTES} bytes, in them is compared by identity). Create them once "
             "and reuse them, or close over the same objects; to change a learning rate "
             "between calls, pass lr=, or wrap the optimizer in optax.inject_hyperparams "
-            "and change its state. (Said once.)",
+            "and change its state. (Said once per calling line.)",
             UserWarning, stacklevel=caller_stacklevel())
-
-
-_warned_recompiling: list[Any] = []
 
 
 def _inside_a_trace():

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from . import _checks
+from . import _arguments
 
 
 def schedule_from(order: Iterable | Callable[[], Iterable], *, epochs: int = 1) -> np.ndarray:
@@ -55,7 +55,7 @@ def schedule_from(order: Iterable | Callable[[], Iterable], *, epochs: int = 1) 
            [ 3,  0,  4],
            [ 1,  2, -1]], dtype=int32)
     """
-    epochs = _checks.check_int(epochs, "epochs", minimum=1)
+    epochs = _arguments.check_int(epochs, "epochs", minimum=1)
     torch = sys.modules.get("torch")
     if not isinstance(order, Iterable) and not callable(order):
         raise TypeError("order must be a torch DataLoader, Sampler or BatchSampler, an "
@@ -133,7 +133,7 @@ def _padded(batches):
         raise ValueError("order has no batches.")
     width = max(map(len, batches))
     highest = max(max(b) for b in batches)
-    dtype = np.int32 if highest <= _checks.MAX_STEP else np.int64
+    dtype = np.int32 if highest <= _arguments.MAX_STEP else np.int64
     schedule = np.full((len(batches), width), -1, dtype)
     for step, rows in enumerate(batches):
         schedule[step, :len(rows)] = rows
@@ -201,7 +201,7 @@ def from_batches(data: Any, *, epochs: int = 1) -> tuple[Any, np.ndarray]:
     >>> data[0].shape, indices.shape, result.losses.shape
     ((32, 2), (4, 8), (4,))
     """
-    epochs = _checks.check_int(epochs, "epochs", minimum=1)
+    epochs = _arguments.check_int(epochs, "epochs", minimum=1)
     with_paths, structure = jax.tree_util.tree_flatten_with_path(data)
     if not with_paths:
         raise ValueError("data holds no arrays; pass a tuple of arrays of shape "

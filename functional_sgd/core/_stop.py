@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._types import StopState
-from . import _checks
+from . import _arguments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +66,10 @@ def _no_best_loss(dtype):
 
 def choose(tol, patience):
     """The :class:`StopRule` that ``fit``'s ``tol`` and ``patience`` ask for."""
-    if tol is not None and _checks.is_concrete(tol):
-        _checks.check_real(tol, "tol")
-    if patience is not None and _checks.is_concrete(patience):
-        _checks.check_integer_scalar(patience, "patience", minimum=1, maximum=_checks.MAX_STEP)
+    if tol is not None and _arguments.is_concrete(tol):
+        _arguments.check_real(tol, "tol")
+    if patience is not None and _arguments.is_concrete(patience):
+        _arguments.check_integer_scalar(patience, "patience", minimum=1, maximum=_arguments.MAX_STEP)
     return _RULES[tol is not None, patience is not None]
 
 

@@ -19,8 +19,9 @@ import jax
 from .. import drivers
 from .._types import FitResult
 from ..drivers import TRAIN
-from . import _checks, _warm
-from ._evaluate import HeldOutLoss, as_dict
+from . import _arguments, _data_checks, _optimizer_checks, _warm
+from ._evaluate import HeldOutLoss
+from ._trace import as_dict
 from ._fit import run_keywords
 from ._fit import tiny_lr_dtypes
 from ._options import Evaluation, Model, Run, Sampled, Schedule, Shuffled, Stop
@@ -289,17 +290,18 @@ def train(memory: _warm.Memory, spec: Spec, params: Any, data: Any, lr: Any,
     if call is not None:
         warm = memory.recall(call)
         indices, _, _, eval_data = _traced(spec)
-        if warm is not None and _checks.values_still_pass(
+        if warm is not None and _data_checks.values_still_pass(
                 data, indices, eval_data, check_finite=spec.run is None or spec.run.check_finite,
                 drop_last=not isinstance(spec.rows, Schedule) or not spec.rows.padded,
-                padded=warm.again.spec.batches.padded):
-            lr = _checks.check_lr(lr, spec.optimizer, None, params)
+                padded=warm.again.spec.batches.padded, facts=memory.facts):
+            lr = _optimizer_checks.check_lr(lr, spec.optimizer, None, params)
             if not tiny_lr_dtypes(lr, spec.optimizer, params):  # else probed on the full path
                 result: FitResult = warm.again(params, data, lr, key, *_traced(spec))
                 return result
     check_spec(spec)  # a call not remembered yet is checked, whatever its key
-    result = run_keywords(spec.loss, params, data, lr=lr, key=key, **keywords(spec, data),
-                          memory=memory, warm_call=call)
+    with _data_checks.remembering(memory.facts):
+        result = run_keywords(spec.loss, params, data, lr=lr, key=key, **keywords(spec, data),
+                              memory=memory, warm_call=call)
     return result  # type: ignore[no-any-return]
 
 
@@ -346,11 +348,11 @@ def check_spec(spec: Spec) -> None:
     (not ``steps`` and ``epochs`` both), and each option of ``spec`` is
     ``None`` or a value of its kind: what needs no params or data is
     checked when a :class:`Trainer` is built."""
-    for name, maximum in (("steps", _checks.MAX_STEP), ("epochs", _checks.MAX_STEP),
+    for name, maximum in (("steps", _arguments.MAX_STEP), ("epochs", _arguments.MAX_STEP),
                           ("batch_size", None)):
         value = getattr(spec, name)
         if value is not None:
-            _checks.check_int(value, name, minimum=1, maximum=maximum)
+            _arguments.check_int(value, name, minimum=1, maximum=maximum)
     if spec.steps is not None and spec.epochs is not None:
         raise ValueError(f"give steps= or epochs=, not both; got steps={spec.steps} and "
                          f"epochs={spec.epochs}.")
@@ -393,7 +395,7 @@ def keywords(spec: Spec, data: Any) -> dict[str, Any]:
     if by_epoch:
         per_epoch = _steps_per_epoch(spec, data)
         start = 0 if spec.run is None else spec.run.start_step
-        if _checks.is_concrete(start) and int(start) % per_epoch:
+        if _arguments.is_concrete(start) and int(start) % per_epoch:
             raise ValueError(f"this run starts at step {int(start)}, in the middle of an epoch "
                              f"of {per_epoch} steps, but counts epochs (epochs=, or evaluations "
                              "every epoch) from its first step: continue from an epoch "
@@ -402,8 +404,8 @@ def keywords(spec: Spec, data: Any) -> dict[str, Any]:
         if steps is not None:
             raise ValueError(f"give steps= or epochs=, not both; got steps={steps} and "
                              f"epochs={spec.epochs}.")
-        steps = _checks.check_int(spec.epochs, "epochs", minimum=1,
-                                  maximum=_checks.MAX_STEP // per_epoch) * per_epoch
+        steps = _arguments.check_int(spec.epochs, "epochs", minimum=1,
+                                  maximum=_arguments.MAX_STEP // per_epoch) * per_epoch
     found = dict(
         steps=steps, batch_size=spec.batch_size, optimizer=spec.optimizer,
         indices=indices, replace=not isinstance(rows, Shuffled),
@@ -535,7 +537,7 @@ def _steps_per_epoch(spec: Spec, data: Any) -> int:
     n = int(leaves[0].shape[0])
     if spec.batch_size is None:
         return 1
-    batch_size: int = _checks.check_int(spec.batch_size, "batch_size", minimum=1, maximum=n)
+    batch_size: int = _arguments.check_int(spec.batch_size, "batch_size", minimum=1, maximum=n)
     if isinstance(spec.rows, Shuffled):
         return spec.rows.steps_per_epoch(n, batch_size)
     return int(-(-n // batch_size))

@@ -22,7 +22,7 @@ arrays: the held-out arrays are part of the call's key.
 A JAX array on the CPU may be a view of host memory that its owner writes
 to (``jax.device_put`` of an aligned NumPy array, DLPack): the checks of its
 values (finiteness, the range of indices) are read again on every call
-(``_checks.values_still_pass``), and a call whose arrays no longer pass
+(``_data_checks.values_still_pass``), and a call whose arrays no longer pass
 takes the full path, which refuses them.
 
 NumPy data (which can be written to between calls), params of a pytree
@@ -48,6 +48,7 @@ from typing import Any, NamedTuple
 import jax
 
 from .._types import FitResult, fit_result
+from ._data_checks import Facts
 from ._evaluate import best_step, restored
 from ._initialize import best_start
 from ._repeat import OUTPUT, carry_and_record, flat_loop_outputs, home_device, known_counts
@@ -180,11 +181,15 @@ class Memory:
     """Calls that passed their checks and ran, so that the same call again
     skips them. A :class:`~functional_sgd.Trainer` holds one; ``fit`` holds
     one for the process. At most ``kept`` calls are remembered: past that,
-    all are forgotten. Arrays are held by weak references."""
+    all are forgotten. Arrays are held by weak references. ``facts``: what
+    the checks of its calls learned about their JAX arrays
+    (``_data_checks.Facts``), so a call not remembered whole still skips
+    the checks an array passed before."""
 
     def __init__(self, kept=KEPT):
         self.kept = kept
         self._calls = {}
+        self.facts = Facts()
 
     def __len__(self):
         return len(self._calls)
@@ -208,8 +213,9 @@ class Memory:
                                     Again(spec, carry))
 
     def forget(self):
-        """Drops every remembered call: the next of each is checked again."""
+        """Drops every remembered call and fact: the next of each is checked again."""
         self._calls.clear()
+        self.facts = Facts()
 
     def last(self):
         """The :class:`Again` of the call remembered last (for profiling)."""
@@ -243,7 +249,7 @@ class Again:
         # lr, key, indices, tol, patience, rng, eval_data), without building either.
         out = flat_loop_outputs(self.spec, (params, None, step, stop, None, best,
                                             data, lr, key, indices, tol, patience, None,
-                                            eval_data))
+                                            eval_data), again=True)
         if out[_STEPS_RUN] is not None:  # a stop rule or evaluations: the loop counted
             carry, record = carry_and_record(out)
             if best is not None:

@@ -192,7 +192,7 @@ def fit_classifier(digits: Digits, *, key: Key, loss: str = "mnist", lr: float =
     True
     """
     from ..core import Evaluation, Run, Shuffled, fit
-    from ..core._checks import check_int
+    from ..core._arguments import check_int
 
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {sorted(LOSSES)}; got {loss!r}.")

@@ -39,7 +39,7 @@ def lesson_data(key: Key, n: int = 100, *, a: Sequence[float] = LESSON_A,
     >>> x.shape, y.shape, bool((x[:, 1] == 1).all())
     ((100, 2), (100,), True)
     """
-    from ..core._checks import check_int, check_key
+    from ..core._arguments import check_int, check_key
     check_key(key, "key")
     n = check_int(n, "n", minimum=1)
     weights = jnp.asarray(a, jnp.result_type(float) if dtype is None else dtype)

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import Evaluation, Run, Sampled, Schedule, Shuffled, Trainer
-from ..core._checks import check_data, check_indices, check_outputs_fit, holds_host_arrays
-from ..core._evaluate import check_eval_data
+from ..core._data_checks import check_data, check_eval_data, check_indices, holds_host_arrays
+from ..core._output_size import check_outputs_fit
 from ..core._trainer import Spec, check_spec, refuse_moved
 from ..core._model import torch_as_arrays
 
