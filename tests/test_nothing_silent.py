@@ -431,6 +431,22 @@ def test_nan_written_into_host_memory_a_jax_array_shares_is_refused(warm):
         fit(data=(xj, Y), **options)
 
 
+def test_new_finite_values_in_host_memory_a_jax_array_shares_are_trained_on():
+    """A remembered call compares such an array's bytes with those its checks
+    passed; changed, it is checked again, and the run reads the new values."""
+    x = _aligned(np.asarray(X))
+    xj = jax.device_put(x)
+    if xj.unsafe_buffer_pointer() != x.ctypes.data:
+        pytest.skip("this JAX copies NumPy input to the device")
+    fit(data=(xj, Y))
+    fit(data=(xj, Y))  # remembered
+    x *= 2.0
+    changed = fit(data=(xj, Y))
+    expected = fit(data=(jnp.array(x), Y))  # a copy, never seen before
+    np.testing.assert_array_equal(changed.losses, expected.losses)
+    np.testing.assert_array_equal(fit(data=(xj, Y)).losses, expected.losses)  # and again
+
+
 @pytest.mark.parametrize("row", [10**6, -1])
 @pytest.mark.parametrize("warm", [True, False], ids=["warm call", "chunked call"])
 def test_indices_rewritten_in_host_memory_a_jax_array_shares_are_refused(warm, row):

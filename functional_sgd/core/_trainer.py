@@ -289,20 +289,32 @@ def train(memory: _warm.Memory, spec: Spec, params: Any, data: Any, lr: Any,
     call = None if callable(lr) else _warm_call(spec, params, data, key)
     if call is not None:
         warm = memory.recall(call)
-        indices, _, _, eval_data = _traced(spec)
-        if warm is not None and _data_checks.values_still_pass(
-                data, indices, eval_data, check_finite=spec.run is None or spec.run.check_finite,
-                drop_last=not isinstance(spec.rows, Schedule) or not spec.rows.padded,
-                padded=warm.again.spec.batches.padded, facts=memory.facts):
+        traced = _traced(spec)
+        if warm is not None and (warm.unchanged(call[1]) or _values_still_pass(
+                memory, call, warm, spec, data, traced)):
             lr = _optimizer_checks.check_lr(lr, spec.optimizer, None, params)
             if not tiny_lr_dtypes(lr, spec.optimizer, params):  # else probed on the full path
-                result: FitResult = warm.again(params, data, lr, key, *_traced(spec))
+                result: FitResult = warm.again(params, data, lr, key, *traced)
                 return result
     check_spec(spec)  # a call not remembered yet is checked, whatever its key
     with _data_checks.remembering(memory.facts):
         result = run_keywords(spec.loss, params, data, lr=lr, key=key, **keywords(spec, data),
                               memory=memory, warm_call=call)
     return result  # type: ignore[no-any-return]
+
+
+def _values_still_pass(memory: _warm.Memory, call: Any, warm: Any, spec: Spec, data: Any,
+                       traced: tuple[Any, ...]) -> bool:
+    """Whether a remembered call's arrays, changed since, pass the checks of
+    their values again (``_data_checks.values_still_pass``)."""
+    indices, _, _, eval_data = traced
+    passed: bool = _data_checks.values_still_pass(
+        data, indices, eval_data, check_finite=spec.run is None or spec.run.check_finite,
+        drop_last=not isinstance(spec.rows, Schedule) or not spec.rows.padded,
+        padded=warm.again.spec.batches.padded, facts=memory.facts)
+    if passed:
+        memory.passed_again(call, warm)
+    return passed
 
 
 def _warm_call(spec: Spec, params: Any, data: Any, key: Any) -> Any:

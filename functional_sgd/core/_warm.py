@@ -20,8 +20,11 @@ repeated the same way when its ``eval_data`` is the same tuple of JAX
 arrays: the held-out arrays are part of the call's key.
 
 A JAX array on the CPU may be a view of host memory that its owner writes
-to (``jax.device_put`` of an aligned NumPy array, DLPack): the checks of its
-values (finiteness, the range of indices) are read again on every call
+to (``jax.device_put`` of an aligned NumPy array, DLPack). A remembered call
+keeps the bytes of each such array (up to ``SNAPSHOT_BYTES``) as they passed
+its checks, and compares them on every call (one ``memcmp``, well under the
+microseconds the checks take); an array that changed, or is larger, has the
+checks of its values (finiteness, the range of indices) read again
 (``_data_checks.values_still_pass``), and a call whose arrays no longer pass
 takes the full path, which refuses them.
 
@@ -41,6 +44,7 @@ Python float, too, is copied on every call); its bits and the compiled
 program are the same.
 """
 
+import ctypes
 import dataclasses
 import weakref
 from typing import Any, NamedTuple
@@ -65,6 +69,8 @@ try:  # a concrete typed key (jax.random.key); a traced one is a tracer
 except ImportError:  # JAX moved it: calls with a typed key are checked every time
     _CONCRETE_KEY = None  # type: ignore[assignment,misc]
 
+_bytes_at = ctypes.string_at  # (address, size) -> the bytes there
+
 KEPT = 16
 """Calls remembered at once; past this many, all are forgotten."""
 
@@ -75,6 +81,45 @@ class Warm(NamedTuple):
     arrays: tuple     # weak references to the arrays the call named
     params_signature: Any  # the params' structure, shapes, dtypes and weak types
     again: Any        # the :class:`Again` that runs it
+    snapshots: tuple | None  # :func:`snapshots` of its arrays as they passed the checks
+
+    def unchanged(self, arrays):
+        """Whether each array that may share host memory holds the bytes it
+        held when the call passed its checks (then their verdict stands);
+        ``False`` when one has changed, or cannot be compared cheaply."""
+        if self.snapshots is None:
+            return False
+        try:
+            for i, size, held in self.snapshots:
+                if _bytes_at(arrays[i].unsafe_buffer_pointer(), size) != held:
+                    return False
+        except Exception:  # deleted, moved: the checks will say
+            return False
+        return True
+
+
+SNAPSHOT_BYTES = 65536
+"""Largest array whose bytes a remembered call keeps, to tell in one compare
+that it has not changed (larger ones are read again by the checks)."""
+
+
+def snapshots(arrays):
+    """``(index, size, bytes)`` of each of ``arrays`` that may be a view of
+    host memory its owner writes to (a JAX array on one CPU device: see
+    ``_data_checks.may_share_host_memory``); ``None`` when one is too large
+    or on several devices. Arrays XLA owns elsewhere never change: none is
+    kept for them, nor for keys (their values are not checked)."""
+    kept = []
+    for i, a in enumerate(arrays):
+        if type(a) is not _CONCRETE:
+            continue
+        devices = a.devices()
+        if not any(device.platform == "cpu" for device in devices):
+            continue
+        if len(devices) != 1 or a.nbytes > SNAPSHOT_BYTES:
+            return None
+        kept.append((i, a.nbytes, _bytes_at(a.unsafe_buffer_pointer(), a.nbytes)))
+    return tuple(kept)
 
 
 def key(loss, params, data, batch_key, options):
@@ -210,7 +255,12 @@ class Memory:
         if len(self._calls) >= self.kept:
             self._calls.clear()
         self._calls[call[0]] = Warm(tuple(map(weakref.ref, call[1])), call[2],
-                                    Again(spec, carry))
+                                    Again(spec, carry), snapshots(call[1]))
+
+    def passed_again(self, call, warm):
+        """Notes that ``call``'s arrays, changed since ``warm`` was kept, passed
+        the checks of their values again: the next call compares with them."""
+        self._calls[call[0]] = warm._replace(snapshots=snapshots(call[1]))
 
     def forget(self):
         """Drops every remembered call and fact: the next of each is checked again."""
