@@ -120,21 +120,20 @@ def test_a_fresh_optimizer_per_call_warns_once_and_keeps_few_compiled_loops(monk
             counts.append(_repeat._compiled_count())
     said = [w for w in caught if "compiled its loop again" in str(w.message)]
     assert len(said) == 1 and "optax.inject_hyperparams" in str(said[0].message)
-    assert "again for a new optimizer: 3 of them" in str(said[0].message)  # names what
+    assert "again for a new optimizer: 3 or more of them" in str(said[0].message)  # names what
     assert said[0].filename == __file__  # points at the caller, not inside the library
     assert max(counts) <= 3 + 1  # cleared once past the bound
 
 
-def test_a_fresh_loss_per_call_that_cannot_be_compared_is_named_in_the_warning(monkeypatch):
-    monkeypatch.setattr(_repeat, "_warned_recompiling", [])
+def test_a_fresh_loss_per_call_that_cannot_be_compared_is_named_in_the_warning():
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("default")  # Python's own filter: once per calling line
         for _ in range(3):
             opaque = _Opaque()
             fsgd.fit(lambda a, x, y, o=opaque: fsgd.linear_mse(a, x, y), START, (X, Y),
                      lr=0.1, steps=5)
     said = [str(w.message) for w in caught if "compiled its loop again" in str(w.message)]
-    assert len(said) == 1 and "again for a new loss: 3 of them" in said[0]
+    assert len(said) == 1 and "again for a new loss: 3 or more of them" in said[0]
 
 
 # Checkpoints: a foreign one is refused, naming what differs.

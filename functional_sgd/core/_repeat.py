@@ -377,7 +377,7 @@ def _note_compile(spec):
         renewed = [part for i, part in enumerate(parts) if len({o[i] for o in objects}) > 1]
         warnings.warn(
             f"fit compiled its loop again for a new {' and a new '.join(renewed)}: "
-            f"{len(objects)} of them so far look alike, but fit could not tell them "
+            "3 or more of them look alike, but fit could not tell them "
             "equal, so each compiled once more (loss and "
             "optimizer are compile-time constants, compared by their code and the values "
             "they close over; an object of another kind, or an array over "
