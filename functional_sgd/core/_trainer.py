@@ -325,10 +325,8 @@ def _warm_call(spec: Spec, params: Any, data: Any, key: Any) -> Any:
         return None
     if spec.run is None and spec.rows is None and spec.stop is None and spec.evaluation is None:
         return _warm.key(spec.loss, params, data, key, spec[1:5])  # the lesson's call
-    try:
-        check_spec(spec)  # an option of the wrong kind is refused on the full path
-    except TypeError:
-        return None
+    if not _of_their_kinds(spec):
+        return None  # refused on the full path
     run = spec.run
     if run is not None and _all_defaults(run):  # Run() is no Run: the same call
         return _warm_call(spec._replace(run=None), params, data, key)
@@ -353,6 +351,7 @@ def _all_defaults(value: Any) -> bool:
 
 _OPTION_TYPES = {"rows": (Sampled, Shuffled, Schedule), "stop": (Stop,),
                  "evaluation": (Evaluation,), "model": (Model,), "run": (Run,)}
+_OPTION_KINDS = tuple(_OPTION_TYPES.values())  # in the order of Spec's fields from rows on
 
 
 def check_spec(spec: Spec) -> None:
@@ -368,11 +367,20 @@ def check_spec(spec: Spec) -> None:
     if spec.steps is not None and spec.epochs is not None:
         raise ValueError(f"give steps= or epochs=, not both; got steps={spec.steps} and "
                          f"epochs={spec.epochs}.")
-    for name, kinds in _OPTION_TYPES.items():
-        value = getattr(spec, name)
-        if value is not None and not isinstance(value, kinds):
-            expected = " or ".join(f"fsgd.{kind.__name__}(...)" for kind in kinds)
-            raise TypeError(f"{name} must be {expected}; got {value!r}.")
+    if not _of_their_kinds(spec):
+        for name, kinds in _OPTION_TYPES.items():
+            value = getattr(spec, name)
+            if value is not None and not isinstance(value, kinds):
+                expected = " or ".join(f"fsgd.{kind.__name__}(...)" for kind in kinds)
+                raise TypeError(f"{name} must be {expected}; got {value!r}.")
+
+
+def _of_their_kinds(spec: Spec) -> bool:
+    """Whether each option of ``spec`` is ``None`` or a value of its kind (a
+    remembered call's ``steps``, ``epochs`` and ``batch_size`` passed
+    :func:`check_spec`: the same values are in its key)."""
+    return all(value is None or isinstance(value, kinds)
+               for value, kinds in zip(spec[5:], _OPTION_KINDS))
 
 
 def _traced(spec: Spec) -> tuple[Any, ...]:

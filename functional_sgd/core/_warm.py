@@ -46,6 +46,7 @@ program are the same.
 
 import ctypes
 import dataclasses
+import functools
 import weakref
 from typing import Any, NamedTuple
 
@@ -162,13 +163,20 @@ def key(loss, params, data, batch_key, options):
 def _flatten_option(option, flat, arrays):
     """Appends ``option``'s part of a call's key to ``flat`` (its arrays to
     ``arrays``); ``False`` if the call cannot be remembered."""
-    if dataclasses.is_dataclass(option) and not isinstance(option, type):
-        flat.append(type(option))
-        return all(_flatten_option(getattr(option, f.name), flat, arrays)
-                   for f in dataclasses.fields(option))
-    if type(option) is _CONCRETE or type(option) is _CONCRETE_KEY:
+    kind = type(option)
+    if kind in _PLAIN:
+        flat.append(option)
+        return True
+    if kind is _CONCRETE or kind is _CONCRETE_KEY:
         arrays.append(option)
         flat.append(_ARRAY)
+        return True
+    names = _field_names(kind)
+    if names is not None:
+        flat.append(kind)
+        for name in names:
+            if not _flatten_option(getattr(option, name), flat, arrays):
+                return False
         return True
     if type(option) is tuple and any(hasattr(a, "shape") for a in option):
         flat.append(len(option))
@@ -181,6 +189,14 @@ def _flatten_option(option, flat, arrays):
         return False
     flat.append(option)
     return True
+
+
+@functools.lru_cache(maxsize=256)
+def _field_names(kind):
+    """The field names of the dataclass ``kind`` (an option value's type), or ``None``."""
+    if dataclasses.is_dataclass(kind):
+        return tuple(field.name for field in dataclasses.fields(kind))
+    return None
 
 
 _PLAIN = (type(None), int, float, str, bool)
