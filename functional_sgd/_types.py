@@ -69,6 +69,15 @@ class Inputs(NamedTuple):
     eval_data: tuple[Any, ...] = ()  # held-out data: evaluate(params, *eval_data)
 
 
+class Started(NamedTuple):
+    """A run ready to go: the compile-time ``spec`` (a ``LoopSpec``), the
+    ``Carry`` it starts from and the ``Inputs`` it reads."""
+
+    spec: Any
+    carry: Carry
+    inputs: Inputs
+
+
 class Record(NamedTuple):
     """What a run of the loop records besides its final ``Carry``."""
 

@@ -38,9 +38,6 @@ from ._batches import Stacked
 from ._model import unwrap
 from ._stop import StopRule
 
-MODES = ("min", "max")
-
-
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
     """How a run evaluates held-out data (compile-time).
@@ -224,47 +221,29 @@ def watch(rule, state, value, *, tol, patience):
     return StopState(best, waited, stopped), improved
 
 
-def choose(evaluate, eval_data, eval_every, monitor, mode, restore_best, *, batches, steps,
-           params, state, model, check_finite):
+def choose(option, *, batches, steps, params, state, model, check_finite):
     """``(Evaluation or None, eval_data, dtype the rule watches or None)``
-    for ``fit``'s arguments, each checked in plain Python before any trace."""
-    if evaluate is None:
-        given = [name for name, value in (
-            ("eval_data", given_data(eval_data)),
-            ("eval_every", eval_every is not None), ("monitor", monitor is not None),
-            ("restore_best", restore_best is not False))
-            if value]
-        if given:
-            raise ValueError(f"{', '.join(given)} needs evaluate: pass evaluate=fn, where "
-                             "fn(params, *eval_data) returns a dict of scalars, e.g. "
-                             "{'accuracy': ...}.")
-        if mode != "min":
-            raise ValueError(f"mode={mode!r} needs monitor (and evaluate): mode says which "
-                             "way the monitored value improves.")
+    for ``fit``'s ``evaluation`` option as resolved (``_resolve.Resolved``:
+    ``evaluate`` as the loop calls it, ``data`` a flat tuple, ``every`` in
+    steps; its own fields checked when it was built), checked against the
+    run in plain Python before any trace."""
+    if option is None:
         return None, (), None
-    if not callable(evaluate):
-        raise TypeError(f"evaluate must be callable as evaluate(params, *eval_data) -> dict; "
-                        f"got {evaluate!r}.")
-    eval_data = check_eval_data(eval_data, check_finite, getattr(evaluate, "groups", None))
-    if eval_every is None:
+    evaluate, monitor = option.evaluate, option.monitor
+    eval_data = check_eval_data(option.data, check_finite, getattr(evaluate, "groups", None))
+    if option.every is None:
         every = _epoch(batches) or steps
-    elif isinstance(eval_every, tuple):  # steps the user listed (checked when built)
-        if eval_every[-1] > steps:
+    elif isinstance(option.every, tuple):  # steps the user listed (checked when built)
+        if option.every[-1] > steps:
             raise ValueError(f"every's steps must be within the run of {steps} updates; got "
-                             f"{list(eval_every)}.")
-        every = eval_every
+                             f"{list(option.every)}.")
+        every = option.every
     else:
-        every = _checks.check_int(eval_every, "eval_every", minimum=1)
-    if mode not in MODES:
-        raise ValueError(f"mode must be 'min' or 'max'; got {mode!r}.")
-    restore_best = _checks.check_bool(restore_best, "restore_best")
-    if monitor is None and (restore_best or mode != "min"):
-        raise ValueError(f"{'restore_best' if restore_best else 'mode'} needs monitor: name "
-                         "the key of evaluate's dict to watch, e.g. monitor='accuracy'.")
+        every = _checks.check_int(option.every, "eval_every", minimum=1)
     shapes = check_evaluate(evaluate, params, state, eval_data, model)
     dtype = None
     if monitor is not None:
-        if not isinstance(monitor, str) or monitor not in shapes:
+        if monitor not in shapes:
             raise ValueError(f"monitor must be a key of the dict evaluate returns, one of "
                              f"{sorted(shapes)}; got {monitor!r}.")
         if shapes[monitor].shape != ():
@@ -273,7 +252,7 @@ def choose(evaluate, eval_data, eval_every, monitor, mode, restore_best, *, batc
                              f"{shapes[monitor].dtype}{list(shapes[monitor].shape)}. Return "
                              "the value to watch as a scalar of its own.")
         dtype = shapes[monitor].dtype
-    evaluation = Evaluation(evaluate, every, monitor, mode, restore_best)
+    evaluation = Evaluation(evaluate, every, monitor, option.mode, option.restore_best)
     return evaluation, eval_data, dtype
 
 
@@ -286,11 +265,6 @@ class HeldOutLoss:
 
     def __call__(self, params, *eval_data):
         return {"loss": self.loss(params, *eval_data)}
-
-
-def given_data(eval_data):
-    """Whether ``eval_data`` is anything but the default ``()``."""
-    return not (isinstance(eval_data, (tuple, list)) and len(eval_data) == 0)
 
 
 def _epoch(batches):

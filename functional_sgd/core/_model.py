@@ -251,15 +251,18 @@ class Model:
 PLAIN = Model()
 
 
-def choose(params, trainable, rng, state, has_aux):
-    """``(params, state, model)`` for ``fit``'s arguments: the params and
-    state with their non-array leaves wrapped, and the :class:`Model`.
+def choose(params, parts):
+    """``(params, state, model)`` for ``fit``'s params and its ``Model``
+    option ``parts`` (``rng``, ``state``, ``has_aux``, ``trainable``): the
+    params and state with their non-array leaves wrapped, and the loop's
+    :class:`Model`.
 
     The lesson's case (every leaf a float array, no ``rng``, ``state``,
     ``has_aux`` or ``trainable``) is checked first and returns :data:`PLAIN`
     with ``params`` untouched: a warm ``fit`` of one array pays next to nothing here.
     Which Python floats train is set out in this module's docstring.
     """
+    rng, state, has_aux, trainable = parts.rng, parts.state, parts.has_aux, parts.trainable
     lesson = rng is None and state is None and has_aux is False and trainable is None
     if lesson and (_is_python_scalar(params) or (
             isinstance(params, jax.Array) and _checks.is_inexact_dtype(params.dtype))):
