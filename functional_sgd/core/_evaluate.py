@@ -38,6 +38,7 @@ from ._batches import Stacked
 from ._model import unwrap
 from ._stop import StopRule, first_bad
 
+
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
     """How a run evaluates held-out data (compile-time).

@@ -37,7 +37,6 @@ from ._evaluate import not_run, run_with_evaluations
 from ._initialize import optimizer_state
 from ._loss import MaskedMean
 from ._step import Stepper, model_step
-from ._stop import LONG_RUN as LONG_RUN
 from ._stop import first_bad
 
 

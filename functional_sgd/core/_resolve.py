@@ -40,6 +40,10 @@ class Traced(NamedTuple):
     eval_data: tuple[Any, ...]  # the held-out arrays, flattened
 
 
+NOTHING_TRACED = Traced(None, None, None, ())
+"""What a spec without rows, stop or evaluation reads: nothing."""
+
+
 class Resolved(NamedTuple):
     """What a spec asks for of this data (see the module docstring)."""
 
@@ -53,6 +57,8 @@ class Resolved(NamedTuple):
 def traced(spec: Spec) -> Traced:
     """The arrays a warm call reads from the options."""
     rows, stop, evaluation = spec.rows, spec.stop, spec.evaluation
+    if rows is None and stop is None and evaluation is None:  # the lesson's warm call
+        return NOTHING_TRACED
     indices = rows.indices if isinstance(rows, Schedule) else None
     rule = evaluation if evaluation is not None and evaluation.monitor is not None else stop
     tol = None if rule is None else rule.tol

@@ -50,7 +50,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._chunks import eval_count, evaluations_of, is_key, on_host, record_of, run_in_chunks
+from ._chunks import (
+    Evaluations,
+    eval_count,
+    evaluations_of,
+    is_key,
+    on_host,
+    record_of,
+    run_in_chunks,
+)
 from ._fingerprint import describe
 from ._periods import period_means
 
@@ -133,9 +141,9 @@ def run_with_checkpoints(path, run, started, *, chunks, on_chunk=None, source=No
     evaluations = _joined(eval_history)
     if evaluations is None and spec.evaluation is not None:  # none made yet
         evaluations = ({}, np.zeros(0, np.int32))
-    return jax.device_put(carry), record_of(losses, steps, None, _joined(aux_history),
-                                            evaluations, eval_count(spec), start_step,
-                                            _cuts(history))
+    return jax.device_put(carry), record_of(
+        losses, steps, None, _joined(aux_history),
+        Evaluations(evaluations, eval_count(spec), start_step, _cuts(history)))
 
 
 def _cuts(history):
