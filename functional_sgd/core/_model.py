@@ -30,14 +30,15 @@ lesson's case, ``loss(params, *batch) -> scalar`` with every leaf training,
 and costs nothing: ``fit`` recognises it before any of this runs.
 
 >>> import jax.numpy as jnp
+>>> from functional_sgd import Model as Parts  # fit's option: rng, state, has_aux, trainable
 >>> params = {"w": jnp.ones(2), "n": 3, "act": jnp.tanh}
->>> wrapped, _, model = choose(params, None, None, None, False)
+>>> wrapped, _, model = choose(params, Parts())
 >>> model.trains, jax.tree.leaves(wrapped)
 ((True,), [Array([1., 1.], dtype=float32)])
 >>> unwrap(wrapped) == params
 True
->>> _, _, model = choose({"b": 0.0, "frozen": 1.0}, {"b": True, "frozen": False},
-...                      None, None, False)
+>>> _, _, model = choose({"b": 0.0, "frozen": 1.0},
+...                      Parts(trainable={"b": True, "frozen": False}))
 >>> model.trains  # the frozen Python float is compile-time: not a leaf at all
 (True,)
 """

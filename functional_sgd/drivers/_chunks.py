@@ -141,7 +141,7 @@ class Evaluations(NamedTuple):
     """The evaluations a run made, for :func:`record_of`."""
 
     made: Any  # ``(evals, eval_steps)`` made so far, or None
-    count: int = 0  # the run's evaluation slots (0: a run cut short keeps what it made)
+    slots: int = 0  # the run's evaluation slots (0: a run cut short keeps what it made)
     start: int = 0  # the run's first global step
     cuts: Any = None  # local steps between pieces (None: any period spans one)
 
@@ -151,8 +151,8 @@ def record_of(losses, steps, trajectory=None, aux=None, evaluations=None):
     ran: losses (and every leaf of ``aux``, stacked over those steps) padded
     with NaN (zeros where the dtype has none), ``steps_run`` and
     ``diverged_at`` read off them (:func:`diverged`); the evaluations made
-    (an :class:`Evaluations`) padded to its ``count`` (eval steps with -1);
-    a run cut short by an error (``count`` 0) keeps the evaluations it made.
+    (an :class:`Evaluations`) padded to its ``slots`` (eval steps with -1);
+    a run cut short by an error (``slots`` 0) keeps the evaluations it made.
     The training means of each period that spans one of the ``cuts``
     between pieces are taken again over the joined losses."""
     made, eval_count, start, cuts = evaluations or Evaluations(None)
