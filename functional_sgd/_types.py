@@ -69,6 +69,37 @@ class Inputs(NamedTuple):
     eval_data: tuple[Any, ...] = ()  # held-out data: evaluate(params, *eval_data)
 
 
+class Training(NamedTuple):
+    """What a piece of the compiled loop updates from step to step: the
+    trainable params (the frozen ones apart), the optimizer's state, the
+    model's state and the stop rule's."""
+
+    params: Any
+    opt_state: Any
+    state: Any
+    stop: Any  # a StopState (None inside one step)
+
+
+class Prepared(NamedTuple):
+    """What every piece of one compiled run reads the same way: the loss and
+    data as the speed plan prepared them, the frozen params and the global
+    index of the piece's first step."""
+
+    loss: Any
+    data: Any
+    frozen: Any
+    start_step: Any
+
+
+class Started(NamedTuple):
+    """A run ready to go: the compile-time ``spec`` (a ``LoopSpec``), the
+    ``Carry`` it starts from and the ``Inputs`` it reads."""
+
+    spec: Any
+    carry: Carry
+    inputs: Inputs
+
+
 class Record(NamedTuple):
     """What a run of the loop records besides its final ``Carry``."""
 

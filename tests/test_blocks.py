@@ -35,9 +35,9 @@ def blocks_run(monkeypatch):
     calls = []
     run = _repeat.run_in_blocks
 
-    def counted(piece, first_bad, block, *args):
+    def counted(piece, block, *args):
         calls.append(block)
-        return run(piece, first_bad, block, *args)
+        return run(piece, block, *args)
 
     monkeypatch.setattr(_repeat, "run_in_blocks", counted)
     return calls

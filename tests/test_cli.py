@@ -75,8 +75,8 @@ def test_lesson_holdout_prints_and_draws_the_held_out_loss(tmp_path, capsys, mon
 
     seen, fit_modes = {}, _commands.fit_modes
 
-    def seeing_fit_modes(x, y, *args, **kwargs):
-        seen.update(x=x, held_out=kwargs["held_out"], runs=fit_modes(x, y, *args, **kwargs))
+    def seeing_fit_modes(data, *args, **kwargs):
+        seen.update(x=data[0], held_out=kwargs["held_out"], runs=fit_modes(data, *args, **kwargs))
         return seen["runs"]
 
     status, plain, err = run_main(capsys, "lesson", "--no-figures", "--no-reference")

@@ -127,8 +127,9 @@ def test_auto_uses_the_fast_path_only_where_it_applies_and_pays():
     start = np.zeros(2, np.float32)
 
     def chosen(steps, full_batch=True, exact_mse=True, params=start, data=(x, y)):
-        return speed.decide(None, "auto", exact_mse=exact_mse, params=params, data=data,
-                            full_batch=full_batch, steps=steps).exact_moments
+        return speed.decide(None, speed.Problem(exact_mse=exact_mse, params=params, data=data,
+                                                full_batch=full_batch,
+                                                steps=steps)).exact_moments
 
     assert chosen(1000)
     assert not chosen(100)  # tiny
@@ -136,9 +137,9 @@ def test_auto_uses_the_fast_path_only_where_it_applies_and_pays():
     assert not chosen(100, exact_mse=False)
     wide_x, wide_y = regression(50, 300, np.float32)
     assert not chosen(100, params=np.zeros(300, np.float32), data=(wide_x, wide_y))  # d > 2 * steps
-    assert speed.decide(speed.SpeedPlan(exact_moments=False), "auto", exact_mse=True,
-                        params=start, data=(x, y), full_batch=True,
-                        steps=1000).exact_moments is False  # the plan switches it off
+    assert speed.decide(speed.SpeedPlan(exact_moments=False), speed.Problem(
+        exact_mse=True, params=start, data=(x, y), full_batch=True,
+        steps=1000)).exact_moments is False  # the plan switches it off
 
 
 def test_auto_in_fit_runs_the_fast_path_where_chosen():

@@ -275,7 +275,7 @@ def test_every_way_of_gathering_batches_gives_the_same_bits(mode, route):
 @pytest.mark.parametrize("stop_rule", [{}, {"stop": fsgd.Stop(tol=-1.0)}], ids=["scan", "while"])
 def test_long_runs_find_the_first_bad_step_too(stop_rule):
     """From LONG_RUN steps diverged_at takes another route (any, then the least bad index)."""
-    from functional_sgd.core._repeat import LONG_RUN
+    from functional_sgd.core._stop import LONG_RUN
     steps = LONG_RUN + 10
     short = fit(lr=1.5, steps=100)
     assert 0 < int(short.diverged_at) < 100

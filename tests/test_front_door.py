@@ -203,7 +203,7 @@ def test_a_trainer_checks_and_compiles_once_then_goes_straight_to_the_loop(monke
     x, y, key = jnp.asarray(X), jnp.asarray(Y), jax.random.key(1)
     cold = trainer(START, (x, y), lr=0.1, key=key)
     checks = []
-    monkeypatch.setattr(_trainer, "run_keywords",
+    monkeypatch.setattr(_trainer, "run_spec",
                         lambda *a, **k: checks.append(1) or pytest.fail("checked again"))
     with count_compilations() as compiled:
         warm = [trainer(START, (x, y), lr=lr, key=key) for lr in (0.1, 0.05)]

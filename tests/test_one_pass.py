@@ -182,9 +182,9 @@ def test_the_step_reads_its_blocks_where_they_are_stored():
 def resolved(plan=None, *, n=10_000, d=1000, exact_mse=True, full_batch=True, mesh=None,
              plain_model=True, row_mean=None):
     data = (jax.ShapeDtypeStruct((n, d), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.float32))
-    return speed.decide(plan, "auto", exact_mse=exact_mse, params=None, data=data,
-                        full_batch=full_batch, steps=100, mesh=mesh,
-                        plain_model=plain_model, row_mean=row_mean).one_pass
+    return speed.decide(plan, speed.Problem(exact_mse=exact_mse, params=None, data=data,
+                                            full_batch=full_batch, steps=100, mesh=mesh,
+                                            plain_model=plain_model, row_mean=row_mean)).one_pass
 
 
 def test_auto_takes_one_pass_only_for_known_row_means_on_large_row_major_data():

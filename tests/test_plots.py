@@ -156,7 +156,7 @@ def test_the_gif_names_the_descent_it_shows(monkeypatch, tmp_path):
     x = np.stack([np.linspace(-1, 1, 20), np.ones(20)], axis=1)
     y = x @ np.array([3.0, 2.0])
     trajectory = np.linspace([0.5, 0.75], [3.0, 2.0], 11)
-    _plots.animate_fit(tmp_path / "fit.gif", x, y, trajectory, np.linspace(5, 0.1, 10),
+    _plots.animate_fit(tmp_path / "fit.gif", (x, y), trajectory, np.linspace(5, 0.1, 10),
                        descent="mini-batch")
     ((figure, draw, frames),) = made
     for frame in (frames[0], frames[-1]):

@@ -13,7 +13,7 @@ from ._extras import TORCH_INSTALL
 from ._memory import available_bytes, digits_needs, lesson_needs, sweep_needs, too_large
 from ._options import INT32_MAX
 from ._progress import progress_over, wants_progress
-from ._runs import (HELD_OUT, fit_modes, held_out_curve, held_out_data, held_out_loss,
+from ._runs import (HELD_OUT, Lesson, fit_modes, held_out_curve, held_out_data, held_out_loss,
                     held_out_rates, learning_rate_runs, reference_agreement)
 from ._timing import timed
 
@@ -45,9 +45,8 @@ def lesson(args):
         print(f"Held out: {rows} more rows of the same line (a key of their own), their loss "
               "evaluated inside the compiled loop after every step of batch descent and every "
               f"{every} steps of mini-batch and stochastic descent.")
-    runs = fit_modes(x, y, start, lr=args.lr, steps=args.steps, batch_size=batch_size,
-                     key=batch_key, progress=wants_progress(args.progress), held_out=held_out,
-                     eval_every=every)
+    runs = fit_modes((x, y), start, Lesson(args.lr, args.steps, batch_size, batch_key, every),
+                     progress=wants_progress(args.progress), held_out=held_out)
     curves = {} if held_out is None else {
         name: held_out_curve(run.result.eval_steps, run.result.evals[HELD_OUT], start_loss)
         for name, run in runs.items()}
@@ -90,7 +89,7 @@ def lesson(args):
             lambda: _plots.plot_learning_rates(folder / LESSON_FILES[2], rate_runs, x, y,
                                                held_out=rate_curves),
             lambda: _plots.plot_gradient(folder / LESSON_FILES[3]),
-            lambda: _plots.animate_fit(folder / LESSON_FILES[4], x, y, batch.trajectory,
+            lambda: _plots.animate_fit(folder / LESSON_FILES[4], (x, y), batch.trajectory,
                                        batch.losses, descent="batch"),
         ], progress=wants_progress(args.progress))
     return 0

@@ -183,13 +183,13 @@ def plot_gradient(path, slope_at=(-1.5, 3.0), lr=0.1):
     return _save(figure, path)
 
 
-def animate_fit(path, x, y, trajectory, losses, *, descent, frames=50, fps=10):
-    """A GIF of the line moving as it trains, one frame per recorded step
+def animate_fit(path, data, trajectory, losses, *, descent, frames=50, fps=10):
+    """A GIF of the line moving as it trains on ``data`` (``(x, y)``), one frame per recorded step
     (``fit(..., run=Run(record_params=True)).trajectory``), at most ``frames`` frames;
     its title names the ``descent`` it shows (``"batch"``, ...)."""
     from matplotlib.animation import FuncAnimation, PillowWriter
 
-    x, y = np.asarray(x), np.asarray(y)
+    x, y = map(np.asarray, data)
     trajectory, losses = np.asarray(trajectory), np.asarray(losses)
     steps = trajectory.shape[0] - 1
     shown = np.unique(np.linspace(0, steps, min(frames, steps + 1)).round().astype(int))

@@ -1,7 +1,7 @@
 """The lesson's runs, as the command line shows them: three modes, the
 learning-rate lesson on ``f(x) = x**2`` and on the line, and the torch check."""
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,14 +37,25 @@ def held_out_data(data_key, rows):
     return lesson_data(jax.random.fold_in(data_key, 1), rows)
 
 
-def fit_modes(x, y, start, *, lr, steps, batch_size, key, progress, held_out=None,
-              eval_every=None):
-    """Batch, mini-batch and stochastic descent from ``start``, recording the
+class Lesson(NamedTuple):
+    """How the lesson's three descents run."""
+
+    lr: float
+    steps: int
+    batch_size: int  # mini-batch descent's rows a step
+    key: Any  # draws the batches
+    eval_every: int | None = None  # held-out evaluations: steps between them
+
+
+def fit_modes(data, start, lesson, *, progress, held_out=None):
+    """Batch, mini-batch and stochastic descent on ``data`` (``(x, y)``)
+    from ``start`` as ``lesson`` (a :class:`Lesson`) says, recording the
     trajectory (the animation's frames); returns ``{name: ModeRun}``.
 
     With ``held_out`` rows, each run also evaluates their loss inside its
     compiled loop (``fit(evaluation=Evaluation(...))``): after every step of batch descent,
     after every ``eval_every`` steps of the others (and after the last)."""
+    lr, steps, batch_size, key, eval_every = lesson
     modes = {"batch": None, "mini-batch": batch_size, "stochastic": 1}
     runs = {}
     for name, size in modes.items():
@@ -55,7 +66,7 @@ def fit_modes(x, y, start, *, lr, steps, batch_size, key, progress, held_out=Non
         with progress_bar(steps, enabled=progress, desc=name,  # whole evaluation periods
                           multiple=1 if held_out is None else every or 1) as bar, \
                 timed() as timing:
-            result = fit(linear_mse, start, (x, y), lr=lr, steps=steps, **schedule,
+            result = fit(linear_mse, start, data, lr=lr, steps=steps, **schedule,
                          evaluation=evaluation, run=Run(record_params=True, **bar))
             jax.block_until_ready(result)
         runs[name] = ModeRun(result, size, timing)

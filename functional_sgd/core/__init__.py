@@ -30,6 +30,7 @@ from ._repeat import run as run
 from ._schedules import from_batches as from_batches
 from ._schedules import schedule_from as schedule_from
 from ._spec import LoopSpec as LoopSpec
+from ._step import Stepper as Stepper
 from ._step import model_step as model_step
 from ._step import sgd_update as sgd_update
 from ._step import train_step as train_step

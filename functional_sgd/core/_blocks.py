@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._types import Carry, Record
+from .._types import Carry, Record, Training
 from ._batches import Stacked
+from ._stop import first_bad
 
 
 def block_steps(spec, data, has_indices):
@@ -63,35 +64,32 @@ def block_steps(spec, data, has_indices):
     return next((b for b in range(block, block // 2, -1) if spec.steps % b == 0), block)
 
 
-def run_in_blocks(piece, first_bad, block, spec, loss, data, params, opt_state, frozen,
-                  start_step, carry, inputs):
+def run_in_blocks(piece, block, spec, prepared, training, inputs):
     """``spec.steps`` steps as a ``scan`` over pieces of ``block`` steps and
     a last shorter piece (traced); ``(Carry, Record)`` as one piece returns
     them."""
-    model = spec.model
+    model, stop = spec.model, training.stop  # the stop state: read, never carried
     blocks, tail = divmod(spec.steps, block)
 
-    def run_piece(state, start, length):
-        params, opt_state, model_state = state
+    def run_piece(training, start, length):
         part_inputs = inputs
         if inputs.indices is not None:
             part_inputs = inputs._replace(
                 indices=jax.lax.dynamic_slice_in_dim(inputs.indices, start, length))
-        part_carry = Carry(model.join(params, frozen), opt_state, start_step + start,
-                           carry.stop, model_state)
-        out, record = piece(dataclasses.replace(spec, steps=length), loss, data, params,
-                            opt_state, frozen, start_step + start, part_carry, part_inputs)
-        return (model.split(out.params)[0], out.opt_state, out.state), (record.losses,
-                                                                        record.aux)
+        out, record = piece(dataclasses.replace(spec, steps=length),
+                            prepared._replace(start_step=prepared.start_step + start),
+                            training._replace(stop=stop), part_inputs)
+        return Training(model.split(out.params)[0], out.opt_state, out.state, None), \
+            (record.losses, record.aux)
 
-    state, (losses, aux) = jax.lax.scan(
-        lambda state, b: run_piece(state, b * block, block), (params, opt_state, carry.state),
-        jnp.arange(blocks, dtype=jnp.int32))
+    training, (losses, aux) = jax.lax.scan(
+        lambda training, b: run_piece(training, b * block, block),
+        training._replace(stop=None), jnp.arange(blocks, dtype=jnp.int32))
     losses, aux = jax.tree.map(lambda a: a.reshape((blocks * block,) + a.shape[2:]),
                                (losses, aux))
     if tail:
-        state, last = run_piece(state, blocks * block, tail)
+        training, last = run_piece(training, blocks * block, tail)
         losses, aux = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), (losses, aux), last)
-    params, opt_state, model_state = state
-    return (Carry(model.join(params, frozen), opt_state, None, None, model_state),
+    return (Carry(model.join(training.params, prepared.frozen), training.opt_state, None, None,
+                  training.state),
             Record(losses, first_bad(losses, None), None, None, aux))

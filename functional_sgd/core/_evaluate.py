@@ -25,21 +25,19 @@ value ``s = v`` (min) or ``s = -v`` (max), so "better" is always "lower".
 import dataclasses
 import functools
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from .._types import Carry, Record, StopState
+from .._types import Carry, Record, StopState, Training
 from ..drivers import TRAIN, aux_metrics
 from . import _arguments, _trace
 from ._batches import Stacked
 from ._data_checks import check_eval_data
-from ._stop import StopRule
+from ._stop import StopRule, first_bad
 from ._trace import check_evaluate
 from ._warn import caller_stacklevel
-
-MODES = ("min", "max")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,47 +223,29 @@ def watch(rule, state, value, *, tol, patience):
     return StopState(best, waited, stopped), improved
 
 
-def choose(evaluate, eval_data, eval_every, monitor, mode, restore_best, *, batches, steps,
-           params, state, model, check_finite):
+def choose(option, *, batches, steps, params, state, model, check_finite):
     """``(Evaluation or None, eval_data, dtype the rule watches or None)``
-    for ``fit``'s arguments, each checked in plain Python before any trace."""
-    if evaluate is None:
-        given = [name for name, value in (
-            ("data", given_data(eval_data)),
-            ("every", eval_every is not None), ("monitor", monitor is not None),
-            ("restore_best", restore_best is not False))
-            if value]
-        if given:
-            raise ValueError(f"Evaluation({'=, '.join(given)}=) needs evaluate: pass "
-                             "Evaluation(evaluate=fn), where fn(params, *data) returns a dict "
-                             "of scalars, e.g. {'accuracy': ...}.")
-        if mode != "min":
-            raise ValueError(f"Evaluation(mode={mode!r}) needs monitor (and evaluate): mode "
-                             "says which way the monitored value improves.")
+    for ``fit``'s ``evaluation`` option as resolved (``_resolve.Resolved``:
+    ``evaluate`` as the loop calls it, ``data`` a flat tuple, ``every`` in
+    steps; its own fields checked when it was built), checked against the
+    run in plain Python before any trace."""
+    if option is None:
         return None, (), None
-    if not callable(evaluate):
-        raise TypeError(f"evaluate must be callable as evaluate(params, *data) -> dict; "
-                        f"got {evaluate!r}.")
-    eval_data = check_eval_data(eval_data, check_finite, getattr(evaluate, "groups", None))
-    if eval_every is None:
+    evaluate, monitor = option.evaluate, option.monitor
+    eval_data = check_eval_data(option.data, check_finite, getattr(evaluate, "groups", None))
+    if option.every is None:
         every = _epoch(batches) or steps
-    elif isinstance(eval_every, tuple):  # steps the user listed (checked when built)
-        if eval_every[-1] > steps:
+    elif isinstance(option.every, tuple):  # steps the user listed (checked when built)
+        if option.every[-1] > steps:
             raise ValueError(f"every's steps must be within the run of {steps} updates; got "
-                             f"{list(eval_every)}.")
-        every = eval_every
+                             f"{list(option.every)}.")
+        every = option.every
     else:
-        every = _arguments.check_int(eval_every, "Evaluation(every=)", minimum=1)
-    if mode not in MODES:
-        raise ValueError(f"mode must be 'min' or 'max'; got {mode!r}.")
-    restore_best = _arguments.check_bool(restore_best, "restore_best")
-    if monitor is None and (restore_best or mode != "min"):
-        raise ValueError(f"{'restore_best' if restore_best else 'mode'} needs monitor: name "
-                         "the key of evaluate's dict to watch, e.g. monitor='accuracy'.")
+        every = _arguments.check_int(option.every, "Evaluation(every=)", minimum=1)
     shapes = check_evaluate(evaluate, params, state, eval_data, model)
     dtype = None
     if monitor is not None:
-        if not isinstance(monitor, str) or monitor not in shapes:
+        if monitor not in shapes:
             raise ValueError(f"Evaluation(monitor=) must be a key of the dict evaluate "
                              f"returns, one of {sorted(shapes)}; got {monitor!r}.")
         if shapes[monitor].shape != ():
@@ -274,7 +254,7 @@ def choose(evaluate, eval_data, eval_every, monitor, mode, restore_best, *, batc
                              f"{shapes[monitor].dtype}{list(shapes[monitor].shape)}. Return "
                              "the value to watch as a scalar of its own.")
         dtype = shapes[monitor].dtype
-    evaluation = Evaluation(evaluate, every, monitor, mode, restore_best)
+    evaluation = Evaluation(evaluate, every, monitor, option.mode, option.restore_best)
     return evaluation, eval_data, dtype
 
 
@@ -289,11 +269,6 @@ class HeldOutLoss:
         return {"loss": self.loss(params, *eval_data)}
 
 
-def given_data(eval_data):
-    """Whether ``eval_data`` is anything but the default ``()``."""
-    return not (isinstance(eval_data, (tuple, list)) and len(eval_data) == 0)
-
-
 def _epoch(batches):
     """Steps in an epoch of shuffled batches (``replace=False``), else ``None``."""
     if not (getattr(batches, "keyed", False) and getattr(batches, "replace", True) is False):
@@ -302,9 +277,23 @@ def _epoch(batches):
     return -(-n // size) if getattr(batches, "drop_last", True) is False else n // size
 
 
-def run_with_evaluations(piece, first_bad, spec, loss, data, params, opt_state, frozen,
-                         start_step, carry, inputs):
-    """The loop with evaluations (traced); ``(Carry, Record)``.
+class _Evaluating(NamedTuple):
+    """What the parts of :func:`run_with_evaluations` carry from one to the next."""
+
+    training: Training  # the trainable params, optimizer, model and stop states
+    t: Any  # updates made
+    losses: Any
+    aux: Any
+    trajectory: Any
+    evals: Any  # each value of the evaluations' dicts, stacked over the slots
+    eval_steps: Any
+    best: Any  # with restore_best: (trainable params, state) of the first best evaluation
+
+
+def run_with_evaluations(piece, spec, prepared, training, best, inputs):
+    """The loop with evaluations (traced); ``(Carry, Record)``. ``best``:
+    the carry's ``(params, state)`` of the best evaluation so far (with
+    ``restore_best``).
 
     The steps run in parts (:meth:`Evaluation.segments`), each one a
     ``piece`` of the plain loop (a ``scan``, or a ``while_loop`` when the
@@ -317,35 +306,36 @@ def run_with_evaluations(piece, first_bad, spec, loss, data, params, opt_state, 
     non-finite loss (with a rule on) ends the run after that period.
     """
     evaluation, model, rule, steps = spec.evaluation, spec.model, spec.stop, spec.steps
+    frozen, start_step, stop_in = prepared.frozen, prepared.start_step, training.stop
     monitored = evaluation.monitor is not None
     inner = dataclasses.replace(spec, evaluation=None, stop=StopRule() if monitored else rule)
     head, periods, tail = (0, 0, 0) if evaluation.listed else evaluation.segments(steps)
     stacked = isinstance(spec.batches, Stacked)
 
-    def run_part(state, start, length):
+    def run_part(training, start, length):
         """``length`` steps from ``start`` (within the run), as a piece."""
-        params, opt_state, model_state, stop_state = state
         part_inputs = inputs
         if inputs.indices is not None:
             part_inputs = part_inputs._replace(indices=_rows(inputs.indices, start, length))
-        part_data = tuple(_rows(a, start, length) for a in data) if stacked else data
-        part_carry = Carry(model.join(params, frozen), opt_state, start_step + start,
-                           stop_state, model_state)
-        out, record = piece(dataclasses.replace(inner, steps=length), loss, part_data, params,
-                            opt_state, frozen, start_step + start, part_carry, part_inputs)
+        part = prepared._replace(start_step=start_step + start)
+        if stacked:
+            part = part._replace(data=tuple(_rows(a, start, length) for a in prepared.data))
+        out, record = piece(dataclasses.replace(inner, steps=length), part, training,
+                            part_inputs)
         ran = length if record.steps_run is None else record.steps_run
+        stop_state = training.stop
         if inner.stop.active:
             stop_state = out.stop
         elif rule.active:  # with monitor: a diverged period ends the run
             stop_state = stop_state._replace(
                 stopped=stop_state.stopped | ~jnp.isfinite(record.losses).all())
-        return (model.split(out.params)[0], out.opt_state, out.state, stop_state), ran, record
+        return Training(model.split(out.params)[0], out.opt_state, out.state, stop_state), \
+            ran, record
 
     evaluate = lambda params, state: evaluation.call(  # noqa: E731
         model, model.join(params, frozen), state, inputs.eval_data)
-    first_loss = jax.eval_shape(
-        lambda: run_part((params, opt_state, carry.state, carry.stop), 0, 1)[2])
-    shapes = dict(jax.eval_shape(evaluate, params, carry.state))
+    first_loss = jax.eval_shape(lambda: run_part(training, 0, 1)[2])
+    shapes = dict(jax.eval_shape(evaluate, training.params, training.state))
     mean_dtype = _at_least_float32(first_loss.losses.dtype)
     shapes.update(jax.eval_shape(lambda r: evaluation.period_mean(1, mean_dtype)(r, 1),
                                  first_loss))
@@ -356,39 +346,40 @@ def run_with_evaluations(piece, first_bad, spec, loss, data, params, opt_state, 
     evals = {name: jnp.full((count,) + s.shape, not_run(s.dtype), s.dtype)
              for name, s in shapes.items()}
     eval_steps = jnp.full((count,), -1, jnp.int32)
-    watch_dtype = jnp.result_type(carry.stop.best) if monitored else first_loss.losses.dtype
-    stop_state = carry.stop._replace(best=jnp.asarray(carry.stop.best, watch_dtype),
-                                     waited=jnp.asarray(carry.stop.waited, jnp.int32),
-                                     stopped=jnp.bool_(False))
+    watch_dtype = jnp.result_type(training.stop.best) if monitored else \
+        first_loss.losses.dtype
+    stop_state = training.stop._replace(best=jnp.asarray(training.stop.best, watch_dtype),
+                                        waited=jnp.asarray(training.stop.waited, jnp.int32),
+                                        stopped=jnp.bool_(False))
     tol = inputs.tol
     if monitored and rule.tol:
         tol = evaluation.signed({evaluation.monitor: tol}, watch_dtype)
-    best = (model.split(carry.best[0])[0], carry.best[1]) if evaluation.restore_best else None
+    best = (model.split(best[0])[0], best[1]) if evaluation.restore_best else None
     trajectory = None
     if spec.record_params:  # the params before every step and after the last
         trajectory = jax.tree.map(lambda p: jnp.zeros((steps + 1,) + jnp.shape(p),
                                                       jnp.result_type(p)),
-                                  model.join(params, frozen))
+                                  model.join(training.params, frozen))
 
     def part(state, start, length, slot, always):
         """Runs a part and its evaluation, writing the records in place."""
-        training, t, losses, aux, trajectory, evals, eval_steps, best = state
-        training, ran, record = run_part(training, start, length)
-        losses = jax.lax.dynamic_update_slice(losses, record.losses, (start,))
+        training, ran, record = run_part(state.training, start, length)
+        losses = jax.lax.dynamic_update_slice(state.losses, record.losses, (start,))
         aux = jax.tree.map(lambda path, a: jax.lax.dynamic_update_slice(
-            path, a, (start,) + (0,) * (a.ndim - 1)), aux, record.aux)
+            path, a, (start,) + (0,) * (a.ndim - 1)), state.aux, record.aux)
+        trajectory = state.trajectory
         if trajectory is not None:  # the part's path but its last point (the next part's first)
             trajectory = jax.tree.map(lambda path, a: jax.lax.dynamic_update_slice(
                 path, a[:length], (start,) + (0,) * (a.ndim - 1)), trajectory,
                 record.trajectory)
         t = jnp.asarray(start + ran, jnp.int32)  # int32 under x64 too
-        params, model_state, stop_state = training[0], training[2], training[3]
-        values = {**evaluate(params, model_state),
+        values = {**evaluate(training.params, training.state),
                   **evaluation.period_mean(length, mean_dtype)(record, ran)}
+        stop_state, best = training.stop, state.best
         evaluated = True if always else stop_state.stopped  # a chunk's tail: if it stopped
         evals = {name: path.at[slot].set(jnp.where(evaluated, values[name], path[slot]))
-                 for name, path in evals.items()}
-        eval_steps = eval_steps.at[slot].set(jnp.where(evaluated, start_step + t, -1))
+                 for name, path in state.evals.items()}
+        eval_steps = state.eval_steps.at[slot].set(jnp.where(evaluated, start_step + t, -1))
         if monitored:
             watched, improved = watch(rule, stop_state, evaluation.signed(values, watch_dtype),
                                       tol=tol, patience=inputs.patience)
@@ -396,19 +387,22 @@ def run_with_evaluations(piece, first_bad, spec, loss, data, params, opt_state, 
                                       watched, stop_state)
             if best is not None:
                 best = jax.tree.map(lambda now, kept: jnp.where(improved & evaluated, now, kept),
-                                    (params, model_state), best)
-            training = training[:3] + (stop_state,)
-        return training, t, losses, aux, trajectory, evals, eval_steps, best
+                                    (training.params, training.state), best)
+            training = training._replace(stop=stop_state)
+        return _Evaluating(training, t, losses, aux, trajectory, evals, eval_steps, best)
 
-    state = ((params, opt_state, carry.state, stop_state), jnp.int32(0), losses, aux,
-             trajectory, evals, eval_steps, best)
+    def stopped(state):
+        return state.training.stop.stopped
+
+    state = _Evaluating(training._replace(stop=stop_state), jnp.int32(0), losses, aux,
+                        trajectory, evals, eval_steps, best)
     if evaluation.listed:  # the parts, one after another, each skipped once stopped
         start = 0
         for slot, (end, always) in enumerate(evaluation.ends(steps)):
             run = functools.partial(part, start=start, length=end - start, slot=slot,
                                     always=always)
             state = run(state) if slot == 0 else jax.lax.cond(
-                state[0][3].stopped, lambda state: state, run, state)
+                stopped(state), lambda state: state, run, state)
             start = end
         head = periods = tail = 0
     if head:
@@ -421,27 +415,27 @@ def run_with_evaluations(piece, first_bad, spec, loss, data, params, opt_state, 
             return p + 1, part(state, head + p * evaluation.every, evaluation.every,
                                first_slot + p, True)
 
-        _, state = jax.lax.while_loop(lambda ps: (ps[0] < periods) & ~ps[1][0][3].stopped,
+        _, state = jax.lax.while_loop(lambda numbered: (numbered[0] < periods)
+                                      & ~stopped(numbered[1]),
                                       period, (jnp.int32(0), state))
     if tail:
-        state = jax.lax.cond(state[0][3].stopped, lambda state: state,
+        state = jax.lax.cond(stopped(state), lambda state: state,
                              lambda state: part(state, steps - tail, tail, count - 1,
                                                 evaluation.at_end), state)
-    (params, opt_state, model_state, stop_state), t, losses, aux, trajectory, evals, \
-        eval_steps, best = state
+    training, t, trajectory, best = state.training, state.t, state.trajectory, state.best
     if trajectory is not None:  # steps after the stop hold the final params
-        last = model.join(params, frozen)
+        last = model.join(training.params, frozen)
         after = jnp.arange(steps + 1, dtype=jnp.int32) >= t
         trajectory = jax.tree.map(
             lambda path, p: jnp.where(after.reshape((-1,) + (1,) * jnp.ndim(p)), p, path),
             trajectory, last)
-    if not (rule.active or monitored):
-        stop_state = carry.stop
+    stop_state = training.stop if rule.active or monitored else stop_in
     if best is not None:
         best = (model.join(best[0], frozen), best[1])
-    return (Carry(model.join(params, frozen), opt_state, start_step + t, stop_state,
-                  model_state, best),
-            Record(losses, first_bad(losses, t), t, trajectory, aux, evals, eval_steps))
+    return (Carry(model.join(training.params, frozen), training.opt_state, start_step + t,
+                  stop_state, training.state, best),
+            Record(state.losses, first_bad(state.losses, t), t, trajectory, state.aux,
+                   state.evals, state.eval_steps))
 
 
 def _rows(array, start, length):

@@ -21,6 +21,7 @@ import functools
 import itertools
 import warnings
 from functools import partial
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,13 +29,33 @@ import numpy as np
 
 from .. import drivers
 from .. import speed as _speed  # fit's keyword `speed` is a plan
-from .._types import Inputs, fit_result
+from .._types import Inputs, Started, fit_result
 from . import (_arguments, _batches, _data_checks, _evaluate, _model, _optimizer_checks,
-               _output_size, _stop, _trace, _warm, _warn)
+               _output_size, _stop, _trace, _warn)
 from ._initialize import initialize
 from ._loss import PytreeData, linear_mse
+from ._options import Schedule, Shuffled
 from ._repeat import run
+from ._resolve import DEFAULT_MODEL, Resolved, resolve
 from ._spec import LoopSpec
+
+
+class Remember(NamedTuple):
+    """Where a run that passed its checks is remembered, so that the same
+    call again skips them (``_warm.py``)."""
+
+    memory: Any  # a ``_warm.Memory``
+    call: Any  # the call's key in it (``_warm.key``)
+
+
+class Finish(NamedTuple):
+    """How a run's host side goes: the loop, how it is cut, and its result."""
+
+    loop: Any  # ``run`` (with its mesh)
+    resolved: Resolved  # the run's options: chunk size, hook, checkpoint, mesh
+    read_on_host: bool  # a memmap read a block of steps at a time
+    result: Any  # ``result(carry, record) -> FitResult``
+    given: Any  # the call's own values, for the chunked run's checks
 
 
 def is_row_mean(loss):
@@ -46,130 +67,135 @@ def is_row_mean(loss):
     return loss is linear_mse or any(loss is known for known in LOSSES.values())
 
 
-def run_keywords(loss, params, data=(), *, lr=None, steps=None, batch_size=None, key=None,
-                 indices=None, optimizer=None, replace=True, tol=None, patience=None,
-                 record_params=False, opt_state=None, start_step=0, check_finite=True,
-                 chunk_size=None, on_chunk=None, mesh=None, checkpoint=None, fast_path="auto",
-                 speed=None, rng=None, state=None, has_aux=False, trainable=None,
-                 evaluate=None, eval_data=(), eval_every=None, monitor=None, mode="min",
-                 restore_best=False, drop_last=True, on_evaluation=None, progress=False,
-                 memory=None, warm_call=None):
-    """The run ``fit`` asks for, its options spelled out as keywords (see
-    :func:`fit` and ``_options.py`` for their meanings). ``memory`` and
-    ``warm_call``: where a run that passed its checks is remembered, so the
-    same call again skips them (``_warm.py``)."""
+def run_spec(spec, params, data, lr, key, remember=None):
+    """The run ``spec`` (a ``_trainer.Spec``) asks for from ``params`` on
+    ``data`` (see :func:`~functional_sgd.fit`); ``remember``: where a run
+    that passed its checks is remembered, or ``None``. A stream of batches
+    (:func:`~functional_sgd.stream`) takes this path too: the options are
+    resolved and refused here, and only its batches come another way."""
+    resolved = resolve(spec, data)
     if isinstance(data, drivers.Stream):
-        return _fit_stream(loss, params, data, lr=lr, steps=steps, optimizer=optimizer,
-                           tol=tol, patience=patience, record_params=record_params,
-                           opt_state=opt_state, start_step=start_step,
-                           check_finite=check_finite, on_chunk=on_chunk,
-                           checkpoint=checkpoint, speed=speed,
-                           held_out=(evaluate, eval_data, eval_every, monitor, mode,
-                                     restore_best, on_evaluation, progress),
-                           unused={"batch_size": batch_size, "key": key,
-                                   "rows=fsgd.Schedule(...)": indices,
-                                   "rows=fsgd.Shuffled()": _unless(replace, True),
-                                   "drop_last=False": _unless(drop_last, True),
-                                   "Run(chunk_size=)": chunk_size, "Run(mesh=)": mesh,
-                                   "Model(rng=)": rng, "Model(state=)": state,
-                                   "Model(has_aux=True)": has_aux or None,
-                                   "Model(trainable=)": trainable,
-                                   "SpeedPlan(exact_moments=)": _unless(fast_path, "auto")})
-    given = (params, opt_state, state, indices, eval_data, key, rng, lr, tol, patience)
-    check_finite = _arguments.check_bool(check_finite, "check_finite")
+        return _fit_stream(spec, resolved, params, data, lr, key)
+    model_parts, options, arrays = resolved.model, resolved.run, resolved.traced
+    loss, optimizer, indices = spec.loss, spec.optimizer, arrays.indices
+    given = (params, options.opt_state, model_parts.state, indices, arrays.eval_data, key,
+             model_parts.rng, lr, arrays.tol, arrays.patience)
+    check_finite = _arguments.check_bool(options.check_finite, "check_finite")
     params = _model.torch_as_arrays(params)
     data, structure, names = _data_checks.flatten_data(data)
     given += (data,)  # torch tensors are NumPy views from here on
-    read_on_host = _data_checks.read_on_host(data, batch_size, indices)
+    read_on_host = _data_checks.read_on_host(data, spec.batch_size, indices)
     data, n = _data_checks.check_data(data, check_finite and not read_on_host, names)
     if structure is not None:  # the loop sees a tuple of arrays; the loss its pytree
         loss = PytreeData(loss, structure)
-    lr, lr_schedule = _rate(_optimizer_checks.check_lr(lr, optimizer, opt_state, params))
-    batches, steps = _batches.choose(n, steps, batch_size, key, indices, replace, drop_last)
-    _arguments.check_start(start_step, steps, name="start_step")
+    lr, lr_schedule = _rate(_optimizer_checks.check_lr(lr, optimizer, options.opt_state, params))
+    replace, drop_last = _row_order(spec.rows)
+    batches, steps = _batches.choose(n, resolved.steps, spec.batch_size, key, indices, replace,
+                                     drop_last)
+    _arguments.check_start(options.start_step, steps, name="start_step")
     if lr_schedule is not None:
-        _optimizer_checks.check_schedule_rates(lr_schedule, start_step, steps)
-    stop = _stop.choose(tol, patience)
-    params, state, model = _model.choose(params, trainable, rng, state, has_aux)
+        _optimizer_checks.check_schedule_rates(lr_schedule, options.start_step, steps)
+    stop = _stop.choose(arrays.tol, arrays.patience)
+    params, state, model = _model.choose(params, model_parts)
+    rng = model_parts.rng
     example = data if batches.batch_size is None else _trace.batch_of(data, batches.batch_size)
     loss_out, aux = _trace.check_loss(loss, params, example, model=model, state=state, rng=rng)
-    if mesh is not None:
-        drivers.check_mesh(mesh, data)
+    if options.mesh is not None:
+        drivers.check_mesh(options.mesh, data)
         _trace.check_loss_per_row(loss, params, data, model=model, state=state, rng=rng)
     elif batches.padded:
         _trace.check_loss_per_row(loss, params, data, model=model, state=state, rng=rng,
                                   cause="drop_last=False")
-    plan = _speed.decide(speed, fast_path, exact_mse=loss is linear_mse and model.plain,
-                         params=params, data=data, full_batch=batches.batch_size is None,
-                         steps=steps, mesh=mesh, row_mean=model.plain and is_row_mean(loss))
+    plan = _speed.decide(options.speed, _speed.Problem(
+        exact_mse=loss is linear_mse and model.plain, params=params, data=data,
+        full_batch=batches.batch_size is None, steps=steps, mesh=options.mesh,
+        plain_model=model.plain, row_mean=model.plain and is_row_mean(loss)))
     # A model's optimizer state covers its trainable leaves only.
-    _optimizer_checks.check_opt_state(optimizer, opt_state, model.split(params)[0],
+    _optimizer_checks.check_opt_state(optimizer, options.opt_state, model.split(params)[0],
                             part="params" if model.trains is None else
                             "the trainable part of params")
-    record_params = _arguments.check_bool(record_params, "record_params")
+    record_params = _arguments.check_bool(options.record_params, "record_params")
     evaluation, eval_data, watched = _evaluate.choose(
-        evaluate, eval_data, eval_every, monitor, mode, restore_best, batches=batches,
-        steps=steps, params=params, state=state, model=model, check_finite=check_finite)
+        resolved.evaluation, batches=batches, steps=steps, params=params, state=state,
+        model=model, check_finite=check_finite)
     evaluated = None if evaluation is None else (  # the evaluations' shapes: looked up
-        evaluation, _trace.check_evaluate(evaluate, params, state, eval_data, model))
+        evaluation, _evaluate.check_evaluate(evaluation.evaluate, params, state, eval_data,
+                                             model))
     _output_size.check_outputs_fit(_outputs(steps, loss_out, aux,
                                        params if record_params else None, evaluated))
-    spec = LoopSpec(loss, optimizer, batches, steps, stop, record_params, plan, model,
-                    evaluation, lr_schedule)
+    loop_spec = LoopSpec(loss, optimizer, batches, steps, stop, record_params, plan, model,
+                         evaluation, lr_schedule)
     watched = loss_out.dtype if watched is None or not _arguments.is_inexact_dtype(watched) \
         else watched
-    carry = initialize(spec, params, opt_state, start_step, watched, state)
-    inputs = Inputs(data, lr, key, indices, tol, patience, rng, eval_data)
-    loop = run if mesh is None else partial(run, mesh=mesh)
+    started = Started(loop_spec, initialize(loop_spec, params, options.opt_state,
+                                            options.start_step, watched, state),
+                      Inputs(data, lr, key, indices, arrays.tol, arrays.patience, rng, eval_data))
+    loop = run if options.mesh is None else partial(run, mesh=options.mesh)
+    if not read_on_host:
+        _warn_if_lr_rounds_away(loop, started)
+    finish = Finish(loop, resolved, read_on_host, _result_of(model, evaluation),
+                    (params, data, lr, options.start_step, rng, state, eval_data))
+    on_evaluation = None if resolved.evaluation is None else resolved.evaluation.on_evaluation
+    if on_evaluation is not None or options.progress:  # the run cut at evaluation boundaries
+        chunk_size = options.chunk_size or drivers.period_chunks(
+            None if evaluation is None else evaluation.every, steps)
+        with drivers.progress(steps, options.progress) as bar:
+            on_chunk = drivers.PeriodHook(_model.unwrapping(options.on_chunk, model),
+                                          on_evaluation, bar)
+            return _chunked(finish, started, chunk_size, on_chunk)
+    chunk_size = options.chunk_size
+    if read_on_host:  # chunks read on the host, of a size chosen here unless given
+        chunk_size = chunk_size or _host_block(batches.batch_size, data)
+    if chunk_size is None:
+        _arguments.check_no_chunk_options(options.on_chunk, options.checkpoint)
+        out = finish.result(*loop(*started))
+        if _data_checks.holds_host_arrays(given):
+            jax.block_until_ready(out)  # JAX may read them in place, after fit returned
+        if remember is not None and model.plain and not read_on_host:
+            remember.memory.remember(remember.call, loop_spec, started.carry)  # it succeeded
+        return out
+    return _chunked(finish, started, chunk_size, _model.unwrapping(options.on_chunk, model))
+
+
+def _row_order(rows):
+    """``(replace, drop_last)`` of the rows option: draws with replacement
+    unless shuffled; short batches only with ``Shuffled(drop_last=False)``
+    or a padded schedule."""
+    replace = not isinstance(rows, Shuffled)
+    drop_last = (not rows.padded if isinstance(rows, Schedule) else
+                 rows.drop_last if isinstance(rows, Shuffled) else True)
+    return replace, drop_last
+
+
+def _result_of(model, evaluation):
+    """``result(carry, record) -> FitResult`` of a run: params unwrapped for a
+    user's model, the best params restored, the best step found."""
     result = fit_result if model.plain else _model.result  # the latter unwraps params
     if evaluation is not None and evaluation.restore_best:
         result = partial(_restored, result)
-    if not read_on_host:
-        _warn_if_lr_rounds_away(loop, spec, carry, inputs)
     if evaluation is not None and evaluation.monitor is not None:
         result = partial(_with_best_step, result, evaluation)
-    if on_evaluation is not None or progress:  # the run cut at evaluation boundaries
-        chunk_size = chunk_size or drivers.period_chunks(
-            None if evaluation is None else evaluation.every, steps)
-        with drivers.progress(steps, progress) as bar:
-            on_chunk = drivers.PeriodHook(_model.unwrapping(on_chunk, model), on_evaluation,
-                                          bar)
-            return _chunked(loop, spec, carry, inputs, chunk_size, on_chunk, read_on_host,
-                            check_finite, mesh, checkpoint, result,
-                            (params, data, lr, start_step, rng, state, eval_data))
-    if read_on_host:  # chunks read on the host, of a size chosen here unless given
-        chunk_size = chunk_size or _host_block(spec.batches.batch_size, data)
-    if chunk_size is None:
-        _arguments.check_no_chunk_options(on_chunk, checkpoint)
-        out = result(*loop(spec, carry, inputs))
-        if _data_checks.holds_host_arrays(given):
-            jax.block_until_ready(out)  # JAX may read them in place, after fit returned
-        if warm_call is not None and model.plain and not read_on_host:
-            memory.remember(warm_call, spec, carry)  # after the run: it succeeded
-        return out
-    return _chunked(loop, spec, carry, inputs, chunk_size, _model.unwrapping(on_chunk, model),
-                    read_on_host, check_finite, mesh, checkpoint, result,
-                    (params, data, lr, start_step, rng, state, eval_data))
+    return result
 
 
-def _chunked(loop, spec, carry, inputs, chunk_size, on_chunk, read_on_host, check_finite,
-             mesh, checkpoint, result, values):
+def _chunked(finish, started, chunk_size, on_chunk):
     """The run in chunks of ``chunk_size`` steps (or ``chunk_size(done)``
     steps, cut at listed evaluation steps), ``on_chunk`` after each."""
-    if callable(chunk_size) and read_on_host:  # host blocks of one size; hooks see them all
-        chunk_size = _host_block(spec.batches.batch_size, inputs.data)
+    loop, options, result = finish.loop, finish.resolved.run, finish.result
+    if callable(chunk_size) and finish.read_on_host:  # host blocks of one size; hooks see all
+        chunk_size = _host_block(started.spec.batches.batch_size, started.inputs.data)
     if not callable(chunk_size):
-        chunk_size = _arguments.check_chunks(chunk_size, on_chunk, values)
+        chunk_size = _arguments.check_chunks(chunk_size, on_chunk, finish.given)
     else:
-        _arguments.check_chunks(1, on_chunk, values)
-    if read_on_host:
-        return result(*_run_on_host(loop, spec, carry, inputs, chunk_size, on_chunk,
-                                    check_finite, mesh, checkpoint, result))
-    if checkpoint is not None:
+        _arguments.check_chunks(1, on_chunk, finish.given)
+    if finish.read_on_host:
+        return result(*_run_on_host(finish, started, chunk_size, on_chunk))
+    if options.checkpoint is not None:
         return result(*drivers.run_with_checkpoints(
-            checkpoint, loop, spec, carry, inputs, chunk_size=chunk_size, on_chunk=on_chunk))
-    return result(*drivers.run_in_chunks(loop, spec, carry, inputs,
-                                         chunk_size=chunk_size, on_chunk=on_chunk))
+            options.checkpoint, loop, started, chunks=drivers.in_chunks_of(chunk_size),
+            on_chunk=on_chunk))
+    return result(*drivers.run_in_chunks(loop, *started, chunk_size=chunk_size,
+                                         on_chunk=on_chunk))
 
 
 def _rate(lr):
@@ -228,13 +254,14 @@ def _eps(dtype):
     return float(jnp.finfo(dtype).eps) if _arguments.is_inexact_dtype(dtype) else 0.0
 
 
-def _warn_if_lr_rounds_away(loop, spec, carry, inputs):
+def _warn_if_lr_rounds_away(loop, started):
     """Warns when plain SGD's first update ``p - lr * g`` changes no element
     of the trainable params: an ``lr`` below the spacing of their dtype's
     values (float16 params at ``lr=1e-5``), where every update rounds away.
     It may not stay so (the gradient may grow), hence a warning. Only an
     ``lr`` below some trainable leaf's ``eps`` is probed: that takes one
     compiled step on the first batch."""
+    spec, carry, inputs = started
     lr = inputs.lr
     trainable = spec.model.split(carry.params)[0]
     small = tiny_lr_dtypes(lr, spec.optimizer, trainable)
@@ -276,14 +303,15 @@ def _host_block(batch_size, data):
     return max(1, HOST_BLOCK_BYTES // max(1, row_bytes * batch_size))
 
 
-def _run_on_host(loop, spec, carry, inputs, block, on_chunk, check_finite, mesh, checkpoint,
-                 result):
+def _run_on_host(finish, started, block, on_chunk):
     """Data read on the host a block of steps at a time (a memmap): each block's
     rows gathered there, then trained as stacked batches; with ``checkpoint``,
     written after every block as an in-memory run's chunks are."""
-    if mesh is not None:
+    options = finish.resolved.run
+    if options.mesh is not None:
         raise ValueError("data read on the host (a np.memmap) runs on one device for now; "
                          "drop Run(mesh=), or pass an in-memory array.")
+    check_finite = options.check_finite
 
     def in_blocks(run, spec, carry, inputs, *, on_chunk, done=0):
         batches, start = spec.batches, int(carry.step)
@@ -294,19 +322,33 @@ def _run_on_host(loop, spec, carry, inputs, block, on_chunk, check_finite, mesh,
             spec.steps, block, check_finite, batches.padded)
         stacked = dataclasses.replace(spec, batches=_batches.Stacked(batches.batch_size,
                                                                      batches.padded))
-        return drivers.run_in_blocks(run, stacked, carry, inputs._replace(key=None, indices=None),
-                                     blocks, steps=spec.steps, on_chunk=on_chunk, result=result)
+        return drivers.run_in_blocks(
+            run, Started(stacked, carry, inputs._replace(key=None, indices=None)), blocks,
+            steps=spec.steps, on_chunk=on_chunk, result=finish.result)
 
-    if checkpoint is not None:
-        return drivers.run_with_checkpoints(checkpoint, loop, spec, carry, inputs,
-                                            chunk_size=block, on_chunk=on_chunk,
-                                            chunks=in_blocks)
-    return in_blocks(loop, spec, carry, inputs, on_chunk=on_chunk)
+    if options.checkpoint is not None:
+        return drivers.run_with_checkpoints(options.checkpoint, finish.loop, started,
+                                            chunks=in_blocks, on_chunk=on_chunk)
+    return in_blocks(finish.loop, *started, on_chunk=on_chunk)
 
 
-def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, record_params,
-                opt_state, start_step, check_finite, on_chunk, checkpoint, speed, held_out,
-                unused):
+def _refused_with_a_stream(spec, resolved, key):
+    """The options a stream cannot honour, by their names in the message."""
+    model, options, rows = resolved.model, resolved.run, spec.rows
+    given = {"batch_size": spec.batch_size, "key": key,
+             "rows=fsgd.Schedule(...)": resolved.traced.indices,
+             "rows=fsgd.Shuffled()": isinstance(rows, Shuffled) or None,
+             "drop_last=False": not _row_order(rows)[1] or None,
+             "Run(chunk_size=)": options.chunk_size, "Run(mesh=)": options.mesh,
+             "Model(rng=)": model.rng, "Model(state=)": model.state,
+             "Model(has_aux=True)": model.has_aux or None,
+             "Model(trainable=)": model.trainable,
+             "SpeedPlan(exact_moments=)": None if options.speed is None
+             or options.speed.exact_moments == "auto" else True}
+    return [name for name, value in given.items() if value is not None]
+
+
+def _fit_stream(spec, resolved, params, source, lr, key):
     """``fit`` on a :func:`~functional_sgd.stream` of batches: blocks of them
     stacked on the host, each trained in one compiled call (``drivers/_blocks.py``);
     with ``checkpoint``, the run's state written after every block.
@@ -317,29 +359,29 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
     A stream of unknown length (``steps=None``) needs ``every`` and
     evaluates its end only when that ends a period (or is listed): when a
     block trains, whether another follows is not yet known."""
-    given = [name for name, value in unused.items() if value is not None]
+    given = _refused_with_a_stream(spec, resolved, key)
     if given:
         raise ValueError(f"with a stream as data, {', '.join(given)} cannot be used: the "
                          "stream decides the batches, their order and their length (rows, "
                          "batch_size; Run(chunk_size=): its block does), exact moments need "
                          "all the data at once, and a stream trains a plain model on one "
                          "device for now (no Model(...) parts, no Run(mesh=)).")
+    loss, optimizer, options, arrays = spec.loss, spec.optimizer, resolved.run, resolved.traced
+    steps = resolved.steps
     if steps is not None:
         steps = _arguments.check_int(steps, "steps", minimum=1, maximum=_arguments.MAX_STEP)
-    check_finite = _arguments.check_bool(check_finite, "check_finite")
+    check_finite = _arguments.check_bool(options.check_finite, "check_finite")
     params = _model.torch_as_arrays(params)
-    lr, lr_schedule = _rate(_optimizer_checks.check_lr(lr, optimizer, opt_state, params))
-    _arguments.check_start(start_step, steps or 0, name="start_step")
+    lr, lr_schedule = _rate(_optimizer_checks.check_lr(lr, optimizer, options.opt_state, params))
+    _arguments.check_start(options.start_step, steps or 0, name="start_step")
     if lr_schedule is not None:
-        _optimizer_checks.check_schedule_rates(lr_schedule, start_step, steps)
-    stop = _stop.choose(tol, patience)
-    if on_chunk is not None and not callable(on_chunk):
-        raise TypeError(f"on_chunk must be callable as on_chunk(result); got {on_chunk!r}.")
-    record_params = _arguments.check_bool(record_params, "record_params")
-    if record_params:
+        _optimizer_checks.check_schedule_rates(lr_schedule, options.start_step, steps)
+    stop = _stop.choose(arrays.tol, arrays.patience)
+    if _arguments.check_bool(options.record_params, "record_params"):
         raise ValueError("Run(record_params=True) needs a run of known length; a stream has "
                          "none.")
-    done, saved = (0, None) if checkpoint is None else drivers.saved_run(checkpoint)
+    done, saved = (0, None) if options.checkpoint is None else \
+        drivers.saved_run(options.checkpoint)
     if steps is not None and done >= steps:
         done = steps  # a finished run: its batches are not read
     from_done = callable(source.batches) and not hasattr(source.batches, "__iter__")
@@ -348,31 +390,26 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
     loss_out, _ = _trace.check_loss(loss, params, example)
     if steps is not None:
         _output_size.check_outputs_fit(_outputs(steps, loss_out, None, None, None))
-    _optimizer_checks.check_opt_state(optimizer, opt_state, params)
-    plan = _speed.decide(speed, False, exact_mse=False, params=params, data=example,
-                         full_batch=False, steps=1)
-    evaluate, eval_data, eval_every, monitor, mode, restore_best, on_evaluation, progress = \
-        held_out
+    _optimizer_checks.check_opt_state(optimizer, options.opt_state, params)
+    plan = _speed.decide(options.speed, _speed.Problem(
+        exact_mse=False, params=params, data=example, full_batch=False, steps=1))
     stacked = _batches.Stacked(example[0].shape[0])
-    if evaluate is not None and steps is None and eval_every is None:
+    held_out = resolved.evaluation
+    if held_out is not None and steps is None and held_out.every is None:
         raise ValueError("Evaluation with a stream of unknown length needs every= (an int or "
                          "a list of steps), or give the stream's steps.")
-    plain_params, _, plain = _model.choose(params, None, None, None, False)
+    plain_params, _, plain = _model.choose(params, DEFAULT_MODEL)
     evaluation, eval_data, watched = _evaluate.choose(
-        evaluate, eval_data, eval_every, monitor, mode, restore_best, batches=stacked,
-        steps=steps or _arguments.MAX_STEP, params=plain_params, state=None, model=plain,
-        check_finite=check_finite)
-    spec = LoopSpec(loss, optimizer, stacked, steps, stop, False, plan, evaluation=evaluation,
-                    lr_schedule=lr_schedule)
+        held_out, batches=stacked, steps=steps or _arguments.MAX_STEP, params=plain_params,
+        state=None, model=plain, check_finite=check_finite)
+    loop_spec = LoopSpec(loss, optimizer, stacked, steps, stop, False, plan,
+                         evaluation=evaluation, lr_schedule=lr_schedule)
     watched = loss_out.dtype if watched is None or not _arguments.is_inexact_dtype(watched) \
         else watched
-    carry = initialize(spec, params, opt_state, start_step, watched)
-    inputs = Inputs((), lr, None, None, tol, patience, None, eval_data)
-    result = fit_result
-    if evaluation is not None and evaluation.restore_best:
-        result = partial(_restored, result)
-    if evaluation is not None and evaluation.monitor is not None:
-        result = partial(_with_best_step, result, evaluation)
+    started = Started(loop_spec, initialize(loop_spec, params, options.opt_state,
+                                            options.start_step, watched),
+                      Inputs((), lr, None, None, arrays.tol, arrays.patience, None, eval_data))
+    result = _result_of(plain, evaluation)
 
     def in_blocks(run, spec, carry, inputs, *, on_chunk, done=0):
         blocks = drivers.stream_blocks(  # a short batch's loss is a mean over its real rows
@@ -383,21 +420,24 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
             if first is None:
                 return carry, None
             blocks = itertools.chain([first], blocks)
-        return drivers.run_in_blocks(run, spec, carry, inputs, blocks, on_chunk=on_chunk)
+        return drivers.run_in_blocks(run, Started(spec, carry, inputs), blocks,
+                                     on_chunk=on_chunk)
 
-    with drivers.progress(steps, progress) as bar:
-        if on_evaluation is not None or progress:
+    on_chunk = options.on_chunk
+    on_evaluation = None if held_out is None else held_out.on_evaluation
+    with drivers.progress(steps, options.progress) as bar:
+        if on_evaluation is not None or options.progress:
             on_chunk = drivers.PeriodHook(on_chunk, on_evaluation, bar)
         asked_to_stop = []  # whether on_chunk (or the hook) ended the run, not the stream
         if on_chunk is not None:
             on_chunk = partial(_noting_stop, on_chunk, asked_to_stop)
-        if checkpoint is None:
-            carry, record = in_blocks(run, spec, carry, inputs, on_chunk=on_chunk)
+        if options.checkpoint is None:
+            carry, record = in_blocks(run, *started, on_chunk=on_chunk)
         else:
             # The block does not change the bits: a run may resume with another.
             described = {"batch": [f"{a.dtype}{list(a.shape)}" for a in example]}
             carry, record = drivers.run_with_checkpoints(
-                checkpoint, run, spec, carry, inputs, chunk_size=source.block,
+                options.checkpoint, run, started,
                 on_chunk=on_chunk, chunks=in_blocks, source={"stream": described})
     steps_run = None if record is None else int(record.steps_run)
     if steps is not None and steps_run is not None and steps_run < steps \
@@ -407,12 +447,6 @@ def _fit_stream(loss, params, source, *, lr, steps, optimizer, tol, patience, re
                       f"{int(carry.step)}). Pass steps=None to train until the stream ends.",
                       UserWarning, stacklevel=_warn.caller_stacklevel())
     return result(carry, record)
-
-
-def _unless(value, default):
-    """``None`` for an option left at its default (a NumPy bool counts), else ``value``."""
-    same = type(value) in (type(default), np.bool_) and value == default
-    return None if same else value
 
 
 def _noting_stop(on_chunk, asked_to_stop, result):

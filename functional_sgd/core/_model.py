@@ -30,14 +30,15 @@ lesson's case, ``loss(params, *batch) -> scalar`` with every leaf training,
 and costs nothing: ``fit`` recognises it before any of this runs.
 
 >>> import jax.numpy as jnp
+>>> from functional_sgd import Model as Parts  # fit's option: rng, state, has_aux, trainable
 >>> params = {"w": jnp.ones(2), "n": 3, "act": jnp.tanh}
->>> wrapped, _, model = choose(params, None, None, None, False)
+>>> wrapped, _, model = choose(params, Parts())
 >>> model.trains, jax.tree.leaves(wrapped)
 ((True,), [Array([1., 1.], dtype=float32)])
 >>> unwrap(wrapped) == params
 True
->>> _, _, model = choose({"b": 0.0, "frozen": 1.0}, {"b": True, "frozen": False},
-...                      None, None, False)
+>>> _, _, model = choose({"b": 0.0, "frozen": 1.0},
+...                      Parts(trainable={"b": True, "frozen": False}))
 >>> model.trains  # the frozen Python float is compile-time: not a leaf at all
 (True,)
 """
@@ -251,15 +252,18 @@ class Model:
 PLAIN = Model()
 
 
-def choose(params, trainable, rng, state, has_aux):
-    """``(params, state, model)`` for ``fit``'s arguments: the params and
-    state with their non-array leaves wrapped, and the :class:`Model`.
+def choose(params, parts):
+    """``(params, state, model)`` for ``fit``'s params and its ``Model``
+    option ``parts`` (``rng``, ``state``, ``has_aux``, ``trainable``): the
+    params and state with their non-array leaves wrapped, and the loop's
+    :class:`Model`.
 
     The lesson's case (every leaf a float array, no ``rng``, ``state``,
     ``has_aux`` or ``trainable``) is checked first and returns :data:`PLAIN`
     with ``params`` untouched: a warm ``fit`` of one array pays next to nothing here.
     Which Python floats train is set out in this module's docstring.
     """
+    rng, state, has_aux, trainable = parts.rng, parts.state, parts.has_aux, parts.trainable
     lesson = rng is None and state is None and has_aux is False and trainable is None
     if lesson and (_is_python_scalar(params) or (
             isinstance(params, jax.Array) and _arguments.is_inexact_dtype(params.dtype))):

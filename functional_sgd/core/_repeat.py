@@ -18,7 +18,7 @@ the loop once per spec and fills in what the host already knows.
 """
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 import json
 import warnings
 
@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._types import Carry, Inputs, Record
-from ..drivers import describe, diverged
+from .._types import Carry, Inputs, Prepared, Record, Training
+from ..drivers import describe
 from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, one_pass, quadratic_mse
 from ._batches import Schedule, feed
 from ._blocks import block_steps, run_in_blocks
@@ -36,7 +36,8 @@ from ._compare import SMALL_ARRAY_BYTES, computation_key
 from ._evaluate import not_run, run_with_evaluations
 from ._initialize import optimizer_state
 from ._loss import MaskedMean
-from ._step import model_step
+from ._step import Stepper, model_step
+from ._stop import first_bad
 
 
 def run(spec, carry, inputs, *, mesh=None):
@@ -104,60 +105,69 @@ def loop(carry, inputs, *, spec):
     if spec.batches.padded:  # a short batch is the mean over its real rows
         loss = MaskedMean(loss)
     opt_state = optimizer_state(spec.optimizer, params, carry.opt_state)
+    prepared = Prepared(loss, data, frozen, start_step)
+    training = Training(params, opt_state, carry.state, carry.stop)
     if spec.evaluation is not None:  # periods of steps, each a piece, then an evaluation
-        return run_with_evaluations(piece, first_bad, spec, loss, data, params, opt_state,
-                                    frozen, start_step, carry, inputs)
+        return run_with_evaluations(piece, spec, prepared, training, carry.best, inputs)
     block = block_steps(spec, data, inputs.indices is not None)
     if block:  # a long run gathers its batches a block of steps at a time
-        return run_in_blocks(piece, first_bad, block, spec, loss, data, params, opt_state,
-                             frozen, start_step, carry, inputs)
-    return piece(spec, loss, data, params, opt_state, frozen, start_step, carry, inputs)
+        return run_in_blocks(piece, block, spec, prepared, training, inputs)
+    return piece(spec, prepared, training, inputs)
 
 
-def piece(spec, loss, data, params, opt_state, frozen, start_step, carry, inputs):
-    """``spec.steps`` steps from ``start_step`` on the trainable ``params``
-    (the loss and data as the speed plan prepared them); ``(Carry, Record)``
-    as :func:`loop` returns them."""
+class _Scanned(NamedTuple):
+    """What the ``scan`` of :func:`piece` carries from step to step."""
+
+    params: Any
+    opt_state: Any
+    state: Any  # the model's
+    rows: Any  # the batch source's position (``feed``)
+
+
+def piece(spec, prepared, training, inputs):
+    """``spec.steps`` steps from ``prepared.start_step`` on the trainable
+    params of ``training`` (the loss and data as the speed plan prepared
+    them); ``(Carry, Record)`` as :func:`loop` returns them."""
     model = spec.model
-    source = feed(spec.batches, data, inputs.key, inputs.indices, start_step, spec.steps,
-                  spec.plan)
+    start_step, frozen = prepared.start_step, prepared.frozen
+    source = feed(spec.batches, prepared.data, inputs.key, inputs.indices, start_step,
+                  spec.steps, spec.plan)
     key_at = (lambda t: jax.random.fold_in(inputs.rng, start_step + t)) if model.rng \
         else (lambda t: None)
     schedule = spec.lr_schedule
     lr_at = (lambda t: schedule(start_step + t)) if schedule is not None \
         else (lambda t: inputs.lr)
+    stepper = Stepper(model, prepared.loss, spec.optimizer, frozen)
 
     def step(params, opt_state, model_state, batch, t):
         """Step ``t`` of this piece (its key and rate are those of ``start_step + t``)."""
-        return model_step(model, loss, spec.optimizer, lr_at(t), frozen, params, opt_state,
-                          model_state, batch, key_at(t))
+        return model_step(stepper, lr_at(t), Training(params, opt_state, model_state, None),
+                          batch, key_at(t))
 
     # A scan of one step is inlined by XLA, which then reads column-major data
     # another way: the loss would differ in its last bits from the same step
     # inside a longer run. A while loop whose end depends on the data stays a loop.
     if spec.stop.active or spec.steps == 1:
-        return _run_until_stop(spec, step, source, params, opt_state, carry, frozen,
-                               start_step, inputs)
+        return _run_until_stop(spec, step, source, prepared, training, inputs)
     # Step t's key and rate need t; when the loop steps over rows, it steps over (t, rows).
     counted = (model.rng or schedule is not None) and source.xs is not None
 
     def body(state, x):
-        params, opt_state, model_state, rows = state
         t, x = x if counted else (x, x)
-        batch, rows = source.batch_at(x, rows)
-        out = step(params, opt_state, model_state, batch, t)
-        return ((out.params, out.opt_state, out.state, rows),
-                (out.value, out.aux, params if spec.record_params else None))
+        batch, rows = source.batch_at(x, state.rows)
+        out = step(state.params, state.opt_state, state.state, batch, t)
+        return (_Scanned(out.params, out.opt_state, out.state, rows),
+                (out.value, out.aux, state.params if spec.record_params else None))
 
     steps = jnp.arange(spec.steps, dtype=jnp.int32)
     xs = steps if source.xs is None else (steps, source.xs) if counted else source.xs
-    (params, opt_state, model_state, _), (losses, aux, trajectory) = jax.lax.scan(
-        body, (params, opt_state, carry.state, source.rows), xs)
+    last, (losses, aux, trajectory) = jax.lax.scan(
+        body, _Scanned(training.params, training.opt_state, training.state, source.rows), xs)
     if spec.record_params:
         trajectory = _whole_path(model, jax.tree.map(
-            lambda path, last: jnp.concatenate([path, last[None]]), trajectory, params),
+            lambda path, p: jnp.concatenate([path, p[None]]), trajectory, last.params),
             frozen, spec.steps + 1)
-    return (Carry(model.join(params, frozen), opt_state, None, None, model_state),
+    return (Carry(model.join(last.params, frozen), last.opt_state, None, None, last.state),
             Record(losses, first_bad(losses, None), None, trajectory, aux))
 
 
@@ -189,55 +199,68 @@ def _full_batch_speed_ups(spec, params, data):
     return spec.loss, data
 
 
-def _run_until_stop(spec, step, source, params, opt_state, carry, frozen, start_step, inputs):
+class _Stepping(NamedTuple):
+    """What the ``while_loop`` of :func:`_run_until_stop` carries."""
+
+    t: Any  # steps made
+    params: Any
+    opt_state: Any
+    state: Any  # the model's
+    losses: Any
+    aux: Any
+    trajectory: Any
+    rows: Any  # the batch source's position (``feed``)
+    stop: Any  # the ``StopState``
+
+
+def _run_until_stop(spec, step, source, prepared, training, inputs):
     """Step 7 on the device: a while loop that ends at ``steps`` or when the rule
     fires (any non-finite loss ends it too).
 
     The records are filled in place: steps after the stop keep NaN losses
     (and aux of NaN, or zeros for integer and bool leaves)."""
     steps = spec.steps
-    x_at, losses, aux, trajectory, first = _empty_records(spec, step, source, params,
-                                                          opt_state, carry)
-    stop_state = carry.stop._replace(best=jnp.asarray(carry.stop.best, first.value.dtype),
-                                     waited=jnp.asarray(carry.stop.waited, jnp.int32),
-                                     stopped=jnp.bool_(False))
+    x_at, losses, aux, trajectory, first = _empty_records(spec, step, source, training)
+    stop_state = training.stop._replace(best=jnp.asarray(training.stop.best, first.value.dtype),
+                                        waited=jnp.asarray(training.stop.waited, jnp.int32),
+                                        stopped=jnp.bool_(False))
 
     def keep_going(state):
-        t, stop_state = state[0], state[-1]
-        return (t < steps) & ~stop_state.stopped
+        return (state.t < steps) & ~state.stop.stopped
 
     def body(state):
-        t, params, opt_state, model_state, losses, aux, trajectory, rows, stop_state = state
+        t, trajectory = state.t, state.trajectory
         if spec.record_params:
-            trajectory = jax.tree.map(lambda path, p: path.at[t].set(p), trajectory, params)
-        batch, rows = source.batch_at(x_at(t), rows)
-        out = step(params, opt_state, model_state, batch, t)
-        stop_state = spec.stop.update(stop_state, out.value, tol=inputs.tol,
+            trajectory = jax.tree.map(lambda path, p: path.at[t].set(p), trajectory,
+                                      state.params)
+        batch, rows = source.batch_at(x_at(t), state.rows)
+        out = step(state.params, state.opt_state, state.state, batch, t)
+        stop_state = spec.stop.update(state.stop, out.value, tol=inputs.tol,
                                       patience=inputs.patience)
-        aux = jax.tree.map(lambda path, a: path.at[t].set(a), aux, out.aux)
-        return (t + 1, out.params, out.opt_state, out.state, losses.at[t].set(out.value), aux,
-                trajectory, rows, stop_state)
+        aux = jax.tree.map(lambda path, a: path.at[t].set(a), state.aux, out.aux)
+        return _Stepping(t + 1, out.params, out.opt_state, out.state,
+                         state.losses.at[t].set(out.value), aux, trajectory, rows, stop_state)
 
-    t, params, opt_state, model_state, losses, aux, trajectory, _, stop_state = \
-        jax.lax.while_loop(keep_going, body, (jnp.int32(0), params, opt_state, carry.state,
-                                              losses, aux, trajectory, source.rows,
-                                              stop_state))
-    trajectory = _finish_trajectory(spec, trajectory, params, frozen, t)
-    if not spec.stop.active:  # one step without a rule: nothing was watched
-        stop_state = carry.stop
-    return (Carry(spec.model.join(params, frozen), opt_state, start_step + t, stop_state,
-                  model_state),
-            Record(losses, first_bad(losses, t), t, trajectory, aux))
+    end = jax.lax.while_loop(keep_going, body, _Stepping(
+        jnp.int32(0), training.params, training.opt_state, training.state, losses, aux,
+        trajectory, source.rows, stop_state))
+    frozen, t = prepared.frozen, end.t
+    trajectory = _finish_trajectory(spec, end.trajectory, end.params, frozen, t)
+    stop_state = end.stop if spec.stop.active else training.stop  # one step, no rule: unwatched
+    return (Carry(spec.model.join(end.params, frozen), end.opt_state, prepared.start_step + t,
+                  stop_state, end.state),
+            Record(end.losses, first_bad(end.losses, t), t, trajectory, end.aux))
 
 
-def _empty_records(spec, step, source, params, opt_state, carry):
+def _empty_records(spec, step, source, training):
     """``(x_at, losses, aux, trajectory, first)`` for a loop that fills its
     records in place: NaN losses (aux of NaN, or zeros for integer and bool
     leaves), zero trajectory; ``first`` is the shape of a step's output."""
-    steps = spec.steps
+    steps, params = spec.steps, training.params
     x_at = (lambda t: t) if source.xs is None else (lambda t: source.xs[t])
-    first = jax.eval_shape(lambda: step(params, opt_state, carry.state, source.batch_at(
-        x_at(jnp.int32(0)), source.rows)[0], jnp.int32(0)))
+    first = jax.eval_shape(lambda: step(params, training.opt_state, training.state,
+                                        source.batch_at(x_at(jnp.int32(0)), source.rows)[0],
+                                        jnp.int32(0)))
     losses = jnp.full((steps,), jnp.nan, first.value.dtype)
     aux = jax.tree.map(lambda a: jnp.full((steps,) + a.shape, not_run(a.dtype), a.dtype),
                        first.aux)
@@ -257,49 +280,6 @@ def _finish_trajectory(spec, trajectory, params, frozen, t):
         lambda path, p: jnp.where(after.reshape((-1,) + (1,) * p.ndim), p, path),
         trajectory, params)
     return _whole_path(spec.model, trajectory, frozen, spec.steps + 1)
-
-
-LONG_RUN = 4096
-"""From this many steps, ``diverged_at`` first asks whether any loss is bad:
-XLA:CPU reduces many losses to a yes or no faster than to the first bad
-index."""
-
-
-def first_bad(losses, steps_run):
-    """Index of the first diverged loss among the steps run, ``-1`` if none:
-    a loss that is not finite, or past ``1e15 * max(1, |losses[0]|)``
-    (``drivers.diverged``).
-
-    One reduction: the least index ``t`` of a bad step, as ``uint32``, where
-    a step that is not bad counts as ``2**32 - 1``, which read back as
-    ``int32`` is ``-1``. XLA:CPU runs it as one kernel, where ``argmax`` and
-    a select took two (visible on the lesson in batches of 10 under
-    ``tune_cpu``). Long runs skip it unless a loss is bad.
-
-    >>> import jax.numpy as jnp
-    >>> int(first_bad(jnp.array([1.0, 2.0, jnp.inf, jnp.nan]), None))
-    2
-    >>> int(first_bad(jnp.array([1.0, 2.0]), None))
-    -1
-    >>> int(first_bad(jnp.array([2.0, 8.0, 4e15]), None))  # finite, but 2e15 times the first
-    2
-    """
-    bad = diverged(losses, jnp)
-    if steps_run is not None:
-        bad &= jnp.arange(losses.shape[0], dtype=jnp.int32) < steps_run
-
-    def first():
-        index = jnp.arange(losses.shape[0], dtype=jnp.uint32)
-        least = jnp.min(jnp.where(bad, index, jnp.uint32(NONE_BAD)))
-        return jax.lax.bitcast_convert_type(least, jnp.int32)
-
-    if losses.shape[0] < LONG_RUN:
-        return first()
-    return jax.lax.cond(bad.any(), first, lambda: jnp.int32(-1))
-
-
-NONE_BAD = 2**32 - 1
-"""``-1`` in ``int32``, as ``uint32``: the most any index can be."""
 
 
 def _known_on_the_host(spec, carry_in, carry, record):

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .._types import ArrayLike, PyTree
+from .._types import ArrayLike, PyTree, Training
 from ._gradient import gradient
 from ._model import PLAIN, takes_extra_args
 
@@ -50,8 +50,18 @@ def train_step(loss, optimizer, lr, params, opt_state, batch):
     >>> train_step(lambda p: (p ** 2).sum(), None, 0.25, jnp.array([2.0]), None, ())
     (Array(4., dtype=float32), Array([1.], dtype=float32), None)
     """
-    out = model_step(PLAIN, loss, optimizer, lr, None, params, opt_state, None, batch, None)
+    out = model_step(Stepper(PLAIN, loss, optimizer), lr,
+                     Training(params, opt_state, None, None), batch, None)
     return out.value, out.params, out.opt_state
+
+
+class Stepper(NamedTuple):
+    """What every step of a run does the same way."""
+
+    model: Any  # how the loss is called and which leaves train (``_model.Model``)
+    loss: Any
+    optimizer: Any = None  # an optax optimizer, or None for ``p <- p - lr * g``
+    frozen: Any = None  # the frozen leaves of params (``Model.split``)
 
 
 class Stepped(NamedTuple):
@@ -64,10 +74,11 @@ class Stepped(NamedTuple):
     aux: Any        # the loss's aux output (None without one)
 
 
-def model_step(model, loss, optimizer, lr, frozen, params, opt_state, state, batch, key):
+def model_step(stepper, lr, training, batch, key):
     """One step of a user's model: the gradient with respect to the
-    trainable ``params`` only (``frozen`` holds the rest, see
-    ``Model.split``), the loss called as ``model`` says.
+    trainable params of ``training`` only (``stepper.frozen`` holds the
+    rest, see ``Model.split``), the loss called as ``stepper.model`` says,
+    with the model's state of ``training`` and ``key``.
 
     An optax optimizer that takes extra arguments
     (``GradientTransformationExtraArgs``: ``reduce_on_plateau``, ``lbfgs``,
@@ -75,6 +86,8 @@ def model_step(model, loss, optimizer, lr, frozen, params, opt_state, state, bat
     loss as a function of the trainable params (with this step's key and
     state), on every update.
     """
+    model, loss, optimizer, frozen = stepper
+    params, opt_state, state = training.params, training.opt_state, training.state
     if model.plain:
         value_fn = lambda p: loss(p, *batch)  # noqa: E731
         value, grads = gradient(loss, params, *batch)

@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 
-from .. import drivers
 from .._types import FitResult
-from ..drivers import TRAIN
 from . import _arguments, _data_checks, _optimizer_checks, _warm
-from ._evaluate import HeldOutLoss
-from ._trace import as_dict
-from ._fit import run_keywords
-from ._fit import tiny_lr_dtypes
+from ._fit import Remember, run_spec, tiny_lr_dtypes
+from ._resolve import Traced, traced
 from ._options import Evaluation, Model, Run, Sampled, Schedule, Shuffled, Stop
 
 Loss = Callable[..., Any]
@@ -289,27 +285,26 @@ def train(memory: _warm.Memory, spec: Spec, params: Any, data: Any, lr: Any,
     call = None if callable(lr) else _warm_call(spec, params, data, key)
     if call is not None:
         warm = memory.recall(call)
-        traced = _traced(spec)
+        arrays = traced(spec)
         if warm is not None and (warm.unchanged(call[1]) or _values_still_pass(
-                memory, call, warm, spec, data, traced)):
+                memory, call, warm, spec, data, arrays)):
             lr = _optimizer_checks.check_lr(lr, spec.optimizer, None, params)
             if not tiny_lr_dtypes(lr, spec.optimizer, params):  # else probed on the full path
-                result: FitResult = warm.again(params, data, lr, key, *traced)
+                result: FitResult = warm.again(params, data, lr, key, arrays)
                 return result
     check_spec(spec)  # a call not remembered yet is checked, whatever its key
     with _data_checks.remembering(memory.facts):
-        result = run_keywords(spec.loss, params, data, lr=lr, key=key, **keywords(spec, data),
-                              memory=memory, warm_call=call)
+        result = run_spec(spec, params, data, lr, key,
+                          None if call is None else Remember(memory, call))
     return result  # type: ignore[no-any-return]
 
 
 def _values_still_pass(memory: _warm.Memory, call: Any, warm: Any, spec: Spec, data: Any,
-                       traced: tuple[Any, ...]) -> bool:
+                       arrays: Traced) -> bool:
     """Whether a remembered call's arrays, changed since, pass the checks of
     their values again (``_data_checks.values_still_pass``)."""
-    indices, _, _, eval_data = traced
     passed: bool = _data_checks.values_still_pass(
-        data, indices, eval_data, check_finite=spec.run is None or spec.run.check_finite,
+        data, arrays.indices, arrays.eval_data, check_finite=spec.run is None or spec.run.check_finite,
         drop_last=not isinstance(spec.rows, Schedule) or not spec.rows.padded,
         padded=warm.again.spec.batches.padded, facts=memory.facts)
     if passed:
@@ -383,185 +378,3 @@ def _of_their_kinds(spec: Spec) -> bool:
                for value, kinds in zip(spec[5:], _OPTION_KINDS))
 
 
-def _traced(spec: Spec) -> tuple[Any, ...]:
-    """``(indices, tol, patience, eval_data)``: the arrays a warm call reads from the options."""
-    rows, stop, evaluation = spec.rows, spec.stop, spec.evaluation
-    indices = rows.indices if isinstance(rows, Schedule) else None
-    rule = evaluation if evaluation is not None and evaluation.monitor is not None else stop
-    tol = None if rule is None else rule.tol
-    patience = None if rule is None else rule.patience
-    eval_data = () if evaluation is None else held_out(evaluation.data)[1]
-    return indices, tol, patience, eval_data
-
-
-def keywords(spec: Spec, data: Any) -> dict[str, Any]:
-    """The run ``spec`` asks for, as the loop's keywords (``_fit.run_keywords``)."""
-    rows, stop, evaluation = spec.rows, spec.stop, spec.evaluation
-    model = spec.model or _DEFAULT_MODEL
-    run = spec.run or _DEFAULT_RUN
-    if isinstance(rows, (Sampled, Shuffled)) and spec.batch_size is None \
-            and not isinstance(data, drivers.Stream):  # a stream refuses rows itself
-        raise ValueError(f"rows={rows!r} needs batch_size (and key): without it every step "
-                         "sees all rows.")
-    indices, tol, patience, eval_data = _traced(spec)
-    if stop is not None and evaluation is not None and evaluation.monitor is not None:
-        raise ValueError("stop= watches the training loss and evaluation's monitor watches "
-                         "held-out data; one rule at a time: give tol/patience to "
-                         "fsgd.Evaluation(monitor=..., patience=..., tol=...), or drop monitor.")
-    steps = spec.steps
-    per_epoch = 1
-    by_epoch = spec.epochs is not None or (evaluation is not None and (
-        evaluation.every == "epoch" or (evaluation.every is None and isinstance(rows, Shuffled))))
-    if by_epoch:
-        per_epoch = _steps_per_epoch(spec, data)
-        start = 0 if spec.run is None else spec.run.start_step
-        if _arguments.is_concrete(start) and int(start) % per_epoch:
-            raise ValueError(f"this run starts at step {int(start)}, in the middle of an epoch "
-                             f"of {per_epoch} steps, but counts epochs (epochs=, or evaluations "
-                             "every epoch) from its first step: continue from an epoch "
-                             "boundary, or give steps= and Evaluation(every=...) in steps.")
-    if spec.epochs is not None:
-        if steps is not None:
-            raise ValueError(f"give steps= or epochs=, not both; got steps={steps} and "
-                             f"epochs={spec.epochs}.")
-        steps = _arguments.check_int(spec.epochs, "epochs", minimum=1,
-                                  maximum=_arguments.MAX_STEP // per_epoch) * per_epoch
-    found = dict(
-        steps=steps, batch_size=spec.batch_size, optimizer=spec.optimizer,
-        indices=indices, replace=not isinstance(rows, Shuffled),
-        drop_last=(not rows.padded if isinstance(rows, Schedule) else
-                   rows.drop_last if isinstance(rows, Shuffled) else True),
-        tol=tol, patience=patience,
-        rng=model.rng, state=model.state, has_aux=model.has_aux, trainable=model.trainable,
-        record_params=run.record_params, opt_state=run.opt_state, start_step=run.start_step,
-        check_finite=run.check_finite, chunk_size=run.chunk_size, on_chunk=run.on_chunk,
-        mesh=run.mesh, checkpoint=run.checkpoint, speed=run.speed, progress=run.progress,
-        fast_path="auto" if run.speed is None else run.speed.exact_moments)
-    if evaluation is not None:
-        evaluate = evaluation.evaluate
-        if evaluate is None:
-            if not model_is_plain(model):
-                raise ValueError("Evaluation(evaluate=None) evaluates loss(params, *data), "
-                                 "which a Model with rng, state or has_aux does not give: "
-                                 "pass Evaluation(evaluate=fn) returning a dict.")
-            evaluate = HeldOutLoss(spec.loss)
-        evaluate = held_out(evaluation.data, evaluate)[0]
-        every = per_epoch if evaluation.every == "epoch" else evaluation.every
-        found.update(evaluate=evaluate, eval_data=eval_data, eval_every=every,
-                     monitor=evaluation.monitor, mode=evaluation.mode,
-                     restore_best=evaluation.restore_best,
-                     on_evaluation=evaluation.on_evaluation)
-    return found
-
-
-def held_out(data: Any, evaluate: Any = None) -> tuple[Any, tuple[Any, ...]]:
-    """``(evaluate, leaves)``: ``Evaluation.data`` as the loop takes it, a
-    flat tuple of arrays, and ``evaluate`` called on it as its user wrote it.
-
-    * a tuple of arrays: unpacked into ``evaluate(params, *data)``, as it is;
-    * a dict whose values are all tuples (or lists): named held-out sets,
-      each evaluated alone and its keys prefixed by its name (``"valid/accuracy"``);
-    * any other pytree (a dict of arrays, a tuple of dicts): one argument
-      (a tuple: its items as arguments), flattened for the loop and rebuilt
-      for ``evaluate``.
-    """
-    if isinstance(data, (tuple, list)) and all(_is_array(a) for a in data):
-        return evaluate, tuple(data)
-    if isinstance(data, dict) and data and all(isinstance(v, (tuple, list))
-                                               for v in data.values()):
-        if TRAIN.rstrip("/") in data:
-            raise ValueError(f"a held-out set may not be named {TRAIN.rstrip('/')!r}: "
-                             f"keys starting with {TRAIN!r} hold the training means.")
-        sets, leaves = [], []
-        for name, part in data.items():
-            if not isinstance(name, str):
-                raise TypeError(f"held-out sets are named by str keys; got {name!r}.")
-            part_leaves, treedef = jax.tree_util.tree_flatten(tuple(part))
-            sets.append((name, treedef, len(part_leaves)))
-            leaves.extend(part_leaves)
-        return NamedSets(evaluate, tuple(sets)), tuple(leaves)
-    leaves, treedef = jax.tree_util.tree_flatten(data)
-    return PytreeHeldOut(evaluate, treedef, len(leaves), isinstance(data, (tuple, list))), \
-        tuple(leaves)
-
-
-def _is_array(a: Any) -> bool:
-    return hasattr(a, "shape") and hasattr(a, "dtype")
-
-
-def _rebuilt(args: tuple[Any, ...], treedef: Any, count: int, unpack: bool,
-             evaluate: Any) -> Any:
-    """``evaluate`` on the arguments before the last ``count`` (params, a
-    state), then the held-out pytree rebuilt from those ``count`` leaves."""
-    head, leaves = args[:len(args) - count], args[len(args) - count:]
-    data = jax.tree_util.tree_unflatten(treedef, leaves)
-    return evaluate(*head, *data) if unpack else evaluate(*head, data)
-
-
-@dataclasses.dataclass(frozen=True)
-class PytreeHeldOut:
-    """``evaluate`` of held-out data given as a pytree (flattened for the loop)."""
-
-    evaluate: Callable[..., Any]
-    treedef: Any
-    count: int
-    unpack: bool
-
-    def __call__(self, *args: Any) -> Any:
-        return _rebuilt(args, self.treedef, self.count, self.unpack, self.evaluate)
-
-
-@dataclasses.dataclass(frozen=True)
-class NamedSets:
-    """``evaluate`` of each named held-out set, its keys prefixed by the set's
-    name (a bare scalar is its ``"name/loss"``)."""
-
-    evaluate: Callable[..., Any]
-    sets: tuple[tuple[str, Any, int], ...]
-
-    @property
-    def groups(self) -> tuple[int, ...]:
-        """The leaves of each set: each set shares a row count of its own."""
-        return tuple(count for _, _, count in self.sets)
-
-    def __call__(self, *args: Any) -> dict[str, Any]:
-        total = sum(self.groups)
-        head, leaves = args[:len(args) - total], args[len(args) - total:]
-        out, first = {}, 0
-        for name, treedef, count in self.sets:
-            values = as_dict(_rebuilt((*head, *leaves[first:first + count]), treedef, count,
-                                      True, self.evaluate))
-            if isinstance(values, Mapping):
-                values = {f"{name}/{key}": value for key, value in values.items()}
-            out.update(values)
-            first += count
-        return out
-
-
-def model_is_plain(model: Model) -> bool:
-    return model.rng is None and model.state is None and not model.has_aux
-
-
-def _steps_per_epoch(spec: Spec, data: Any) -> int:
-    """Steps in one pass over ``data`` with ``spec``'s rows."""
-    if isinstance(data, drivers.Stream):
-        raise ValueError("epochs (and Evaluation(every='epoch')) need data of known length; "
-                         "a stream has none: give steps, or let the stream end the run.")
-    if isinstance(spec.rows, Schedule):
-        raise ValueError("epochs (and Evaluation(every='epoch')) with a Schedule: the "
-                         "schedule's rows give the steps; drop epochs.")
-    leaves = jax.tree_util.tree_leaves(data)
-    if not leaves or not hasattr(leaves[0], "shape") or not leaves[0].shape:
-        raise ValueError("epochs (and Evaluation(every='epoch')) need data with rows; "
-                         "give steps for a data-free objective.")
-    n = int(leaves[0].shape[0])
-    if spec.batch_size is None:
-        return 1
-    batch_size: int = _arguments.check_int(spec.batch_size, "batch_size", minimum=1, maximum=n)
-    if isinstance(spec.rows, Shuffled):
-        return spec.rows.steps_per_epoch(n, batch_size)
-    return int(-(-n // batch_size))
-
-
-_DEFAULT_MODEL = Model()
-_DEFAULT_RUN = Run()

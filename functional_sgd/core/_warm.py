@@ -305,7 +305,10 @@ class Again:
         self.device = None  # where the call's arrays are, when not the default device
         self.last_lr = (None, None)  # a float lr and its device scalar, once it repeats
 
-    def __call__(self, params, data, lr, key, indices, tol, patience, eval_data=()):
+    def __call__(self, params, data, lr, key, traced):
+        """The run from ``params`` on ``data`` with ``lr`` and ``key``;
+        ``traced``: the arrays it reads from the options (``_resolve.Traced``)."""
+        indices, tol, patience, eval_data = traced
         known = self.known or self._know(params)
         step, stop, steps_run, step_after = known
         if type(lr) is float:

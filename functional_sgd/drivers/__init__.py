@@ -11,6 +11,7 @@ from ._blocks import gathered_blocks as gathered_blocks
 from ._blocks import run_in_blocks as run_in_blocks
 from ._blocks import stream as stream
 from ._blocks import stream_blocks as stream_blocks
+from ._checkpoint import in_chunks_of as in_chunks_of
 from ._checkpoint import run_with_checkpoints as run_with_checkpoints
 from ._checkpoint import saved_run as saved_run
 from ._chunks import DIVERGED_GROWTH as DIVERGED_GROWTH

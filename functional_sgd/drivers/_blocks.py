@@ -99,11 +99,11 @@ def stream(batches: Iterable[Any] | Callable[[int], Iterable[Any]], *,
     return Stream(batches, block)
 
 
-def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None,
-                  result=fit_result):
-    """Runs ``spec`` (whose batches are stacked) on each ``(data, steps,
-    padded)`` of ``blocks`` in turn; returns ``(Carry, Record)`` of the whole
-    run. A padded block's data starts with the mask of real slots.
+def run_in_blocks(run, started, blocks, *, steps=None, on_chunk=None, result=fit_result):
+    """Runs ``started`` (a ``Started`` whose spec's batches are stacked) on
+    each ``(data, steps, padded)`` of ``blocks`` in turn; returns ``(Carry,
+    Record)`` of the whole run. A padded block's data starts with the mask
+    of real slots.
 
     ``steps`` is the run's length when known (losses of steps a stop rule
     skipped are NaN); ``None`` for as many as the blocks hold.
@@ -112,6 +112,7 @@ def run_in_blocks(run, spec, carry, inputs, blocks, *, steps=None, on_chunk=None
     trained before it: the error is raised with ``error.result``, the
     ``result(carry, record)`` of the blocks done (a ``FitResult``).
     """
+    spec, carry, inputs = started
     records, done, start = [], 0, int(carry.step)
     blocks = iter(blocks)
     ahead = _next_block(blocks, carry, records, spec, result)

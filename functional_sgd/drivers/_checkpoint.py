@@ -50,7 +50,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._chunks import eval_count, evaluations_of, is_key, on_host, record_of, run_in_chunks
+from ._chunks import (
+    Evaluations,
+    eval_count,
+    evaluations_of,
+    is_key,
+    on_host,
+    record_of,
+    run_in_chunks,
+)
 from ._fingerprint import describe
 from ._periods import period_means
 
@@ -58,19 +66,21 @@ FORMAT = "functional-sgd checkpoint"
 VERSION = 3  # 3: evaluations and the best params so far
 
 
-def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk=None,
-                         chunks=None, source=None):
-    """:func:`run_in_chunks` that resumes from ``path`` and writes it after every chunk.
+def run_with_checkpoints(path, run, started, *, chunks, on_chunk=None, source=None):
+    """``chunks`` of ``started`` (a ``Started``: spec, carry, inputs), resuming
+    from ``path`` and writing it after every chunk.
 
     The spec, the carry and the inputs decide the run's bits; a checkpoint
     written by a run that differs in them is refused.
 
     ``chunks(run, spec, carry, inputs, on_chunk=..., done=...)`` runs the
-    steps left (``done`` of them already in the checkpoint) in chunks, by
-    default :func:`run_in_chunks`; data read on the host passes its own,
-    and describes itself in ``source`` for the fingerprint. A run of
-    unknown length (``spec.steps`` None, a stream) ends when ``chunks`` does.
+    steps left (``done`` of them already in the checkpoint) in chunks
+    (:func:`in_chunks_of` for :func:`run_in_chunks`); data read on the host
+    passes its own, and describes itself in ``source`` for the fingerprint.
+    A run of unknown length (``spec.steps`` None, a stream) ends when
+    ``chunks`` does.
     """
+    spec, carry, inputs = started
     check_path(path)
     if spec.record_params:
         raise ValueError("checkpoint does not store the parameter trajectory; drop "
@@ -118,9 +128,6 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
         return carry, record
 
     steps = spec.steps
-    if chunks is None:
-        chunks = lambda run, spec, carry, inputs, *, on_chunk, done: run_in_chunks(
-            run, spec, carry, inputs, chunk_size=chunk_size, on_chunk=on_chunk)
     if (steps is None or done < steps) and not bool(carry.stop.stopped):
         rest = inputs if inputs.indices is None else inputs._replace(
             indices=inputs.indices[done:])
@@ -134,9 +141,9 @@ def run_with_checkpoints(path, run, spec, carry, inputs, *, chunk_size, on_chunk
     evaluations = _joined(eval_history)
     if evaluations is None and spec.evaluation is not None:  # none made yet
         evaluations = ({}, np.zeros(0, np.int32))
-    return jax.device_put(carry), record_of(losses, steps, None, _joined(aux_history),
-                                            evaluations, eval_count(spec), start_step,
-                                            _cuts(history))
+    return jax.device_put(carry), record_of(
+        losses, steps, None, _joined(aux_history),
+        Evaluations(evaluations, eval_count(spec), start_step, _cuts(history)))
 
 
 def _cuts(history):
@@ -160,6 +167,14 @@ def _joined(history):
     if not history:
         return None
     return jax.tree.map(lambda *paths: on_host(lambda *ps: np.concatenate(ps), *paths), *history)
+
+
+def in_chunks_of(chunk_size):
+    """The ``chunks`` of :func:`run_with_checkpoints` that runs
+    :func:`run_in_chunks` of ``chunk_size``."""
+    def chunks(run, spec, carry, inputs, *, on_chunk, done):
+        return run_in_chunks(run, spec, carry, inputs, chunk_size=chunk_size, on_chunk=on_chunk)
+    return chunks
 
 
 def check_path(path, name="checkpoint", *, existing=False):

@@ -6,6 +6,8 @@ has the same bits as one call. Between chunks the host can update a
 progress bar or write a checkpoint; within a chunk nothing leaves the device.
 """
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,8 +78,8 @@ def join(records, steps, record_params, last_params, evaluations=0, start=0):
         trajectory = jax.tree.map(lambda last, *paths: on_host(whole, last, *paths),
                                   last_params, *[r.trajectory for r in records])
     cuts = np.cumsum([int(r.steps_run) for r in records])[:-1]
-    return record_of(losses, steps, trajectory, aux, evaluations_of(records), evaluations, start,
-                     cuts)
+    return record_of(losses, steps, trajectory, aux,
+                     Evaluations(evaluations_of(records), evaluations, start, cuts))
 
 
 def on_host(function, *leaves):
@@ -135,28 +137,37 @@ def diverged(losses, xp=np):
     return ~xp.isfinite(losses) | (xp.abs(losses) > scale)
 
 
-def record_of(losses, steps, trajectory=None, aux=None, evaluations=None, eval_count=0,
-              start=0, cuts=None):
+class Evaluations(NamedTuple):
+    """The evaluations a run made, for :func:`record_of`."""
+
+    made: Any  # ``(evals, eval_steps)`` made so far, or None
+    slots: int = 0  # the run's evaluation slots (0: a run cut short keeps what it made)
+    start: int = 0  # the run's first global step
+    cuts: Any = None  # local steps between pieces (None: any period spans one)
+
+
+def record_of(losses, steps, trajectory=None, aux=None, evaluations=None):
     """The ``Record`` of a run of ``steps`` whose first ``len(losses)`` steps
     ran: losses (and every leaf of ``aux``, stacked over those steps) padded
     with NaN (zeros where the dtype has none), ``steps_run`` and
-    ``diverged_at`` read off them (:func:`diverged`); ``evaluations`` (``(evals, eval_steps)``
-    made so far) padded to ``eval_count`` (eval steps with -1); a run cut
-    short by an error (``eval_count`` 0) keeps the evaluations it made.
-    ``start``: the run's first global step; the training means of each
-    period that spans one of the ``cuts`` between pieces (``None``: any
-    period) are taken again over the joined losses."""
+    ``diverged_at`` read off them (:func:`diverged`); the evaluations made
+    (an :class:`Evaluations`) padded to its ``slots`` (eval steps with -1);
+    a run cut short by an error (``slots`` 0) keeps the evaluations it made.
+    The training means of each period that spans one of the ``cuts``
+    between pieces are taken again over the joined losses."""
+    made, eval_count, start, cuts = evaluations or Evaluations(None)
     steps_run = losses.shape[0]
     with np.errstate(over="ignore"):  # float16: 1e15 is inf, and nothing finite passes it
         bad = np.flatnonzero(diverged(losses))
     padded, aux = (_padded(tree, steps) for tree in (losses, aux))
     evals = eval_steps = None
-    if evaluations is not None:
-        eval_count = max(eval_count, evaluations[1].shape[0])
-        evals = _padded(period_means(evaluations[0], evaluations[1], losses, aux, start, cuts),
+    if made is not None:
+        made_evals, made_steps = made
+        eval_count = max(eval_count, made_steps.shape[0])
+        evals = _padded(period_means(made_evals, made_steps, losses, aux, start, cuts),
                         eval_count)
-        eval_steps = np.concatenate([evaluations[1].astype(np.int32), np.full(
-            eval_count - evaluations[1].shape[0], -1, np.int32)])
+        eval_steps = np.concatenate([made_steps.astype(np.int32), np.full(
+            eval_count - made_steps.shape[0], -1, np.int32)])
     # device_put moves host arrays without compiling (jnp.asarray stages a jit per shape).
     return Record(*jax.device_put((padded, np.int32(bad[0] if bad.size else -1),
                                    np.int32(steps_run), trajectory, aux, evals, eval_steps)))

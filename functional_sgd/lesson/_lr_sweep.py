@@ -125,7 +125,7 @@ def lr_sweep(loss: Callable[..., Any], params: Any, data: Any = (), *, lrs: Any,
         eval_data = check_eval_data(evaluation.data, True)
         limits = (evaluation.patience, evaluation.tol)  # traced, as fit traces them
     # fit checks the rest (steps, batch_size, key, loss, evaluate) as it is traced.
-    arguments = (lrs, params, data, key, indices, eval_data, limits,
+    arguments = (lrs, params, data, key, _OptionArrays(indices, eval_data, limits),
                  _Traceable(loss, optimizer, steps, epochs, batch_size, rows, evaluation))
     # The sweep's outputs, from its trace (which the call then reuses).
     check_outputs_fit([(f"{len(lrs)} runs' losses and evaluations",
@@ -136,6 +136,14 @@ def lr_sweep(loss: Callable[..., Any], params: Any, data: Any = (), *, lrs: Any,
     if holds_host_arrays((params, data, indices, eval_data)):
         jax.block_until_ready(sweep)  # as fit: JAX may read NumPy inputs in place
     return sweep
+
+
+class _OptionArrays(NamedTuple):
+    """The arrays a sweep's option values hold, passed traced."""
+
+    indices: Any  # a Schedule's rows, or None
+    eval_data: tuple[Any, ...]  # the held-out arrays
+    limits: tuple[Any, Any]  # the evaluation's (patience, tol)
 
 
 class _Traceable(NamedTuple):
@@ -160,7 +168,9 @@ class _Traceable(NamedTuple):
     def __eq__(self, other):
         return isinstance(other, _Traceable) and self.key() == other.key()
 
-    def spec(self, indices, eval_data, limits):
+    def spec(self, arrays):
+        """The trainer's ``Spec``, its option values holding the traced ``arrays``."""
+        indices, eval_data, limits = arrays
         rows, evaluation = self.rows, self.evaluation
         if isinstance(rows, Schedule):
             rows = dataclasses.replace(rows, indices=indices)
@@ -186,8 +196,8 @@ def _static(value):
 
 
 @partial(jax.jit, static_argnames=("options",))
-def _sweep(lrs, params, data, key, indices, eval_data, limits, options):
-    trainer_spec = options.spec(indices, eval_data, limits)
+def _sweep(lrs, params, data, key, arrays, options):
+    trainer_spec = options.spec(arrays)
     loss = options.loss
 
     def one_run(lr):

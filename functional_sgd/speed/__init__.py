@@ -14,6 +14,7 @@ from ._moments import quadratic_mse as quadratic_mse
 from ._one_pass import MAX_BLOCKS as MAX_BLOCKS
 from ._one_pass import one_pass as one_pass
 from ._plan import CPU_COMPILER_OPTIONS as CPU_COMPILER_OPTIONS
+from ._plan import Problem as Problem
 from ._plan import SpeedPlan as SpeedPlan
 from ._plan import decide as decide
 from ._plan import moments_pay as moments_pay

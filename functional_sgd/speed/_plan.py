@@ -13,6 +13,7 @@ the library's own such losses (``linear_mse`` and the lesson classifier's
 """
 
 import dataclasses
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -130,44 +131,46 @@ def moments_pay(n, d, steps):
     return d <= 2 * steps and steps * n * d >= MIN_LOOP_WORK
 
 
-def decide(plan, fast_path, *, exact_mse, params, data, full_batch, steps, mesh=None,
-           plain_model=True, row_mean=None):
+class Problem(NamedTuple):
+    """What a call's plan depends on: whether it pays or can run at all."""
+
+    exact_mse: bool  # the loss is the library's own ``linear_mse`` (never guessed)
+    params: Any  # the call's params (arrays or shapes)
+    data: Any  # the call's data, a tuple of arrays (or shapes)
+    full_batch: bool  # every step sees all rows
+    steps: int  # updates in the run
+    mesh: Any = None  # a ``jax.sharding.Mesh``, or ``None``
+    plain_model: bool = True  # ``loss(params, *batch) -> scalar`` (no key, state or aux)
+    row_mean: bool | None = None  # a loss the library knows is a mean over rows (by
+    # identity, never guessed; the one-pass step's ``"auto"`` needs it); None: as exact_mse
+
+
+def decide(plan, problem):
     """The plan for one call, with ``exact_moments`` and ``one_pass`` resolved to bools.
 
     Args:
       plan: a :class:`SpeedPlan`, or ``None`` for the defaults.
-      fast_path: ``fit``'s own switch for the exact-moments path; anything
-        but ``"auto"`` overrides the plan's ``exact_moments``.
-      exact_mse: whether the loss is the library's own ``linear_mse`` (an
-        arbitrary loss is never guessed to be an MSE, nor a mean over rows).
-      params, data, full_batch, steps, mesh: the call's, to judge whether
-        the moments and the one-pass step apply and pay.
-      plain_model: the loss is ``loss(params, *batch) -> scalar`` (no key,
-        state or aux), which the one-pass step needs.
-      row_mean: whether the loss is one the library knows to be a mean over
-        its data's rows (recognised by identity, never guessed), which
-        ``one_pass="auto"`` needs; ``None``: as ``exact_mse``.
+      problem: the call's :class:`Problem`, to judge whether the moments
+        and the one-pass step apply and pay (the one-pass step needs a
+        plain model).
     """
     if plan is None:
         plan = DEFAULT
     elif not isinstance(plan, SpeedPlan):
         raise TypeError(f"speed must be a functional_sgd.speed.SpeedPlan; got "
                         f"{type(plan).__name__}.")
-    fast_path = auto_or_bool(fast_path, "fast_path")
-    use_moments = _use_moments(plan, fast_path, exact_mse, params, data, full_batch, steps,
-                               mesh)
-    row_mean = exact_mse if row_mean is None else row_mean
-    use_one_pass = not use_moments and _use_one_pass(plan, row_mean, plain_model, data,
-                                                     full_batch, mesh)
+    use_moments = _use_moments(plan, problem)
+    use_one_pass = not use_moments and _use_one_pass(plan, problem)
     if plan is DEFAULT:  # the lesson's warm call takes this shortcut, not a replace
         return _DEFAULT_RESOLVED[use_moments, use_one_pass]
     return dataclasses.replace(plan, exact_moments=use_moments, one_pass=use_one_pass)
 
 
-def _use_moments(plan, fast_path, exact_mse, params, data, full_batch, steps, mesh):
-    wanted = plan.exact_moments if fast_path == "auto" else fast_path
+def _use_moments(plan, problem):
+    wanted = plan.exact_moments
     if wanted is False:
         return False
+    exact_mse, params, data, full_batch, steps, mesh, _ = problem
     # The cheap reasons first.
     if wanted == "auto" and not (exact_mse and full_batch and mesh is None
                                  and len(data) == 2 and len(data[0].shape) == 2
@@ -205,7 +208,10 @@ def one_pass_pays(x, plan):
     return not column_major and n * d * x.dtype.itemsize >= ONE_PASS_MIN_BYTES
 
 
-def _use_one_pass(plan, row_mean, plain_model, data, full_batch, mesh):
+def _use_one_pass(plan, problem):
+    data, full_batch, mesh, plain_model = (problem.data, problem.full_batch, problem.mesh,
+                                           problem.plain_model)
+    row_mean = problem.exact_mse if problem.row_mean is None else problem.row_mean
     wanted = plan.one_pass
     if wanted is False:
         return False
