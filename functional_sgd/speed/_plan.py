@@ -170,7 +170,7 @@ def _use_moments(plan, problem):
     wanted = plan.exact_moments
     if wanted is False:
         return False
-    exact_mse, params, data, full_batch, steps, mesh, _ = problem
+    exact_mse, params, data, full_batch, steps, mesh = problem[:6]
     # The cheap reasons first.
     if wanted == "auto" and not (exact_mse and full_batch and mesh is None
                                  and len(data) == 2 and len(data[0].shape) == 2
