@@ -316,7 +316,8 @@ def test_a_loss_that_fails_on_one_row_is_refused_with_drop_last():
     def loss(params, x, y):  # reshapes to a batch of at least two rows
         return fsgd.linear_mse(params, x.reshape(2, -1, 3)[0], y.reshape(2, -1)[0])
 
-    with pytest.raises(ValueError, match="with drop_last=False, loss is evaluated on batches "
+    with pytest.raises(ValueError, match=r"with short batches \(Shuffled\(drop_last=False\), "
+                                         r"or a padded Schedule\), loss is evaluated on batches "
                                          "of one row and must be a mean over rows"):
         fsgd.fit(loss, START, (X, Y), lr=LR, steps=5, batch_size=BATCH, key=KEY,
                  rows=fsgd.Shuffled(drop_last=False))

@@ -33,7 +33,7 @@ from .._types import Inputs, Started, fit_result
 from . import (_arguments, _batches, _data_checks, _evaluate, _model, _optimizer_checks,
                _output_size, _stop, _trace, _warn)
 from ._initialize import initialize
-from ._loss import PytreeData, linear_mse
+from ._loss import ROW_MEAN, PytreeData, linear_mse
 from ._options import Schedule, Shuffled
 from ._repeat import run
 from ._resolve import DEFAULT_MODEL, Resolved, resolve
@@ -61,14 +61,13 @@ class Finish(NamedTuple):
 def is_row_mean(loss):
     """Whether ``loss`` is one of the library's losses that are a mean over
     their data's rows (``linear_mse``, the lesson classifier's two losses),
-    by identity: the one-pass step is exact for them (``speed/_one_pass.py``)."""
-    from ..lesson._classify import LOSSES  # the lesson imports the core
-
-    return loss is linear_mse or any(loss is known for known in LOSSES.values())
+    as the library marks them (:func:`~._loss.row_mean`; a user's loss is
+    never guessed): the one-pass step is exact for them (``speed/_one_pass.py``)."""
+    return loss is linear_mse or getattr(loss, ROW_MEAN, False) is True
 
 
 def run_spec(spec, params, data, lr, key, remember=None):
-    """The run ``spec`` (a ``_trainer.Spec``) asks for from ``params`` on
+    """The run ``spec`` (an ``_options.Spec``) asks for from ``params`` on
     ``data`` (see :func:`~functional_sgd.fit`); ``remember``: where a run
     that passed its checks is remembered, or ``None``. A stream of batches
     (:func:`~functional_sgd.stream`) takes this path too: the options are

@@ -18,6 +18,18 @@ from ..drivers import real_rows_sum
 from ._predict import linear
 
 
+ROW_MEAN = "_functional_sgd_row_mean"
+"""The attribute :func:`row_mean` sets on a loss of the library's."""
+
+
+def row_mean(loss: Callable[..., Any]) -> Callable[..., Any]:
+    """Marks one of the library's own losses as a mean over its data's rows
+    of a function of each row, ``L(p) = mean_i l(p; row i)``: the one-pass
+    step (``speed/_one_pass.py``) is exact for it."""
+    setattr(loss, ROW_MEAN, True)
+    return loss
+
+
 def mse(y_hat: Tensor, y: Tensor) -> Tensor:
     """Mean squared error ``mean((y_hat - y)**2)`` (step 3 of the lesson).
 

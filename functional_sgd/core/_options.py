@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
-from typing import Any, Callable, Literal, Mapping, Union
+from typing import Any, Callable, Literal, Mapping, NamedTuple, Union
 
 import numpy as np
 
@@ -462,3 +462,20 @@ class Run:
         return cls(start_step=result.step, opt_state=result.opt_state, **options)
 
 
+Loss = Callable[..., Any]
+
+
+class Spec(NamedTuple):
+    """What a :class:`Trainer` is: everything about a run but its params,
+    data, learning rate and key."""
+
+    loss: Loss
+    optimizer: Any = None
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    rows: Sampled | Shuffled | Schedule | None = None
+    stop: Stop | None = None
+    evaluation: Evaluation | None = None
+    model: Model | None = None
+    run: Run | None = None

@@ -1,6 +1,6 @@
 """A spec read against its data: the values the run needs, resolved once.
 
-:func:`resolve` turns a :class:`~functional_sgd.core._trainer.Spec` (the
+:func:`resolve` turns a :class:`~functional_sgd.core._options.Spec` (the
 option values as the user gave them) and the call's data into a
 :class:`Resolved`: the number of steps (``epochs`` counted in steps), the
 held-out :class:`~functional_sgd.core._options.Evaluation` as the loop calls
@@ -26,7 +26,7 @@ from ._trace import as_dict
 from ._options import Evaluation, Model, Run, Sampled, Schedule, Shuffled
 
 if TYPE_CHECKING:
-    from ._trainer import Spec
+    from ._options import Spec
 
 DEFAULT_MODEL = Model()
 DEFAULT_RUN = Run()

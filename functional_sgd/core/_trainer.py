@@ -20,26 +20,9 @@ from .._types import FitResult
 from . import _arguments, _data_checks, _optimizer_checks, _warm
 from ._fit import Remember, run_spec, tiny_lr_dtypes
 from ._resolve import Traced, traced
-from ._options import Evaluation, Model, Run, Sampled, Schedule, Shuffled, Stop
+from ._options import Evaluation, Loss, Model, Run, Sampled, Schedule, Shuffled, Spec, Stop
 
-Loss = Callable[..., Any]
 """``loss(params, *batch) -> scalar`` (see :class:`Model` for the other forms)."""
-
-
-class Spec(NamedTuple):
-    """What a :class:`Trainer` is: everything about a run but its params,
-    data, learning rate and key."""
-
-    loss: Loss
-    optimizer: Any = None
-    steps: int | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    rows: Sampled | Shuffled | Schedule | None = None
-    stop: Stop | None = None
-    evaluation: Evaluation | None = None
-    model: Model | None = None
-    run: Run | None = None
 
 
 MOVED = {

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._types import Key, Tensor
+from ..core._loss import row_mean
 
 if TYPE_CHECKING:
     from ._digits import Digits
@@ -100,11 +101,13 @@ def accuracy(params: tuple[Tensor, Tensor], x: Tensor, y: Tensor) -> Tensor:
     return (predicted_three == (y == 1)).mean(dtype=jnp.result_type(float))
 
 
+@row_mean
 def classifier_mnist_loss(params: tuple[Tensor, Tensor], x: Tensor, y: Tensor) -> Tensor:
     """``mnist_loss(linear_classifier(params, x), y)``, as ``fit`` wants it."""
     return mnist_loss(linear_classifier(params, x), y)
 
 
+@row_mean
 def classifier_cross_entropy(params: tuple[Tensor, Tensor], x: Tensor, y: Tensor) -> Tensor:
     """``binary_cross_entropy(linear_classifier(params, x), y)``, as ``fit`` wants it."""
     return binary_cross_entropy(linear_classifier(params, x), y)

@@ -20,7 +20,8 @@ import numpy as np
 from ..core import Evaluation, Run, Sampled, Schedule, Shuffled, Trainer
 from ..core._data_checks import check_data, check_eval_data, check_indices, holds_host_arrays
 from ..core._output_size import check_outputs_fit
-from ..core._trainer import Spec, check_spec, refuse_moved
+from ..core._options import Spec
+from ..core._trainer import check_spec, refuse_moved
 from ..core._model import torch_as_arrays
 
 
