@@ -18,6 +18,7 @@ compiled loop).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 import os
 from typing import Any, Callable, Literal, Mapping, NamedTuple, Union
@@ -131,12 +132,18 @@ class Schedule:
         if shape is None or dtype is None:
             raise TypeError(f"indices must be an integer array (steps, batch_size); got "
                             f"{type(self.indices).__name__}.")
-        if not np.issubdtype(np.dtype(dtype), np.integer) or np.dtype(dtype) == np.bool_:
+        if not _is_integer_dtype(dtype):
             raise TypeError(f"indices must be an integer array; got dtype {dtype}.")
         if len(shape) != 2:
             raise ValueError(f"indices must have shape (steps, batch_size); got shape "
                              f"{tuple(shape)}.")
 
+
+
+@functools.lru_cache(maxsize=64)
+def _is_integer_dtype(dtype: Any) -> bool:
+    """Whether ``dtype`` is an integer dtype (not bool); cached: a warm call builds a Schedule."""
+    return bool(np.issubdtype(np.dtype(dtype), np.integer)) and np.dtype(dtype) != np.bool_
 
 
 Rows = Union[Sampled, Shuffled, Schedule]
