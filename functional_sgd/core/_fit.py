@@ -73,7 +73,7 @@ class Fed(NamedTuple):
 
     loss: Any  # as the loop calls it (a pytree's data rebuilt for it)
     data: tuple  # the arrays the loop reads; a stream's: none
-    flat: Any  # the data as given, flattened: what the run's checks look at
+    flat: Any  # the data as given, flattened (do host arrays back it?)
     batches: Any  # which rows each step sees; a stream's: Stacked, from its first batch
     steps: int | None  # None: a stream's own length
     read_on_host: bool  # a memmap read a block of steps at a time
@@ -90,7 +90,7 @@ class Prepared(NamedTuple):
     params: Any  # the params as the loop takes them (a model's wrapped)
     check_finite: bool
     result: Any  # ``result(carry, record) -> FitResult``
-    given: tuple  # (params, data, lr, start_step, rng, state, eval_data), checked
+    checked: tuple  # (params, data, lr, start_step, rng, state, eval_data) after their checks
 
 
 def run_spec(spec, params, data, lr, key, remember=None):
@@ -115,7 +115,7 @@ def run_spec(spec, params, data, lr, key, remember=None):
     loop = run if options.mesh is None else partial(run, mesh=options.mesh)
     if not fed.read_on_host:
         _warn_if_lr_rounds_away(loop, started)
-    finish = Finish(loop, resolved, fed.read_on_host, prepared.result, prepared.given)
+    finish = Finish(loop, resolved, fed.read_on_host, prepared.result, prepared.checked)
     on_evaluation = None if resolved.evaluation is None else resolved.evaluation.on_evaluation
     if on_evaluation is not None or options.progress:  # the run cut at evaluation boundaries
         chunk_size = options.chunk_size or drivers.period_chunks(
@@ -175,10 +175,11 @@ def _prepare(spec, resolved, params, data, lr, key):
     evaluation, eval_data, watched = _evaluate.choose(
         held_out, batches=fed.batches, steps=_arguments.MAX_STEP if steps is None else steps,
         params=params, state=state, model=model, check_finite=check_finite)
+    # The evaluations' shapes: looked up (a stream's records are stacked a block at a time).
     evaluated = None if evaluation is None or fed.source is not None else (
         evaluation, _evaluate.check_evaluate(evaluation.evaluate, params, state, eval_data,
-                                             model))  # the evaluations' shapes: looked up
-    if steps is not None:  # a stream of unknown length stacks block by block
+                                             model))
+    if steps is not None:  # a stream of unknown length: no size known ahead
         _output_size.check_outputs_fit(_outputs(steps, loss_out, aux,
                                            params if record_params else None, evaluated))
     loop_spec = LoopSpec(loss, optimizer, fed.batches, steps, stop, record_params, plan, model,
@@ -422,8 +423,8 @@ def _run_on_host(finish, started, block, on_chunk):
     return in_blocks(finish.loop, *started, on_chunk=on_chunk)
 
 
-def _refused_with_a_stream(spec, resolved, key):
-    """The options a stream cannot honour, by their names in the message."""
+def _refuse_with_a_stream(spec, resolved, key):
+    """Refuses the options a stream cannot honour, by their names in the message."""
     model, options, rows = resolved.model, resolved.run, spec.rows
     given = {"batch_size": spec.batch_size, "key": key,
              "rows=fsgd.Schedule(...)": resolved.traced.indices,
@@ -435,14 +436,9 @@ def _refused_with_a_stream(spec, resolved, key):
              "Model(trainable=)": model.trainable,
              "SpeedPlan(exact_moments=)": None if options.speed is None
              or options.speed.exact_moments == "auto" else True}
-    return [name for name, value in given.items() if value is not None]
-
-
-def _refuse_with_a_stream(spec, resolved, key):
-    """Refuses the options a stream cannot honour, by their names in the message."""
-    given = _refused_with_a_stream(spec, resolved, key)
-    if given:
-        raise ValueError(f"with a stream as data, {', '.join(given)} cannot be used: the "
+    refused = [name for name, value in given.items() if value is not None]
+    if refused:
+        raise ValueError(f"with a stream as data, {', '.join(refused)} cannot be used: the "
                          "stream decides the batches, their order and their length (rows, "
                          "batch_size; Run(chunk_size=): its block does), exact moments need "
                          "all the data at once, and a stream trains a plain model on one "
