@@ -109,6 +109,21 @@ def test_a_generator_of_batches_gives_the_bits_of_the_schedule(block):
     assert_trees_close(streamed, scheduled, rtol=0, atol=0)
 
 
+def test_a_stream_trains_params_with_a_frozen_int_leaf_as_arrays_do():
+    """A stream takes the arrays' checks and model: an int leaf stays as it
+    is (it does not train), the float leaf trains to the same bits."""
+    def loss(params, x, y):
+        return fsgd.linear_mse(params["w"] + 0 * params["count"].sum().astype(x.dtype), x, y)
+
+    rows = np.asarray(fsgd.sample_indices(KEY, N, 40, 10))
+    params = {"w": START, "count": jnp.arange(2)}
+    scheduled = fsgd.fit(loss, params, (X, Y), lr=0.05, rows=fsgd.Schedule(rows))
+    streamed = fsgd.fit(loss, params, fsgd.stream(batches_of(rows), block=16), lr=0.05)
+    assert_trees_close(streamed, scheduled, rtol=0, atol=0)
+    assert streamed.params["count"].dtype == params["count"].dtype
+    np.testing.assert_array_equal(streamed.params["count"], params["count"])
+
+
 def test_a_torch_dataloader_gives_the_bits_of_its_order_replayed():
     torch = pytest.importorskip("torch")
     dataset = torch.utils.data.TensorDataset(torch.from_numpy(X.copy()),

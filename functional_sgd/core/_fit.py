@@ -36,7 +36,7 @@ from ._initialize import initialize
 from ._loss import ROW_MEAN, PytreeData, linear_mse
 from ._options import Schedule, Shuffled
 from ._repeat import run
-from ._resolve import DEFAULT_MODEL, Resolved, resolve
+from ._resolve import Resolved, resolve
 from ._spec import LoopSpec
 
 
@@ -66,94 +66,185 @@ def is_row_mean(loss):
     return loss is linear_mse or getattr(loss, ROW_MEAN, False) is True
 
 
+class Fed(NamedTuple):
+    """A call's data as its loop reads it: arrays in memory (or a memmap), or
+    a stream whose batches come a block at a time."""
+
+    loss: Any  # as the loop calls it (a pytree's data rebuilt for it)
+    data: tuple  # the arrays the loop reads; a stream's: none
+    flat: Any  # the data as given, flattened (do host arrays back it?)
+    batches: Any  # which rows each step sees; a stream's: Stacked, from its first batch
+    steps: int | None  # None: a stream's own length
+    read_on_host: bool  # a memmap read a block of steps at a time
+    source: Any  # the stream (``drivers.Stream``), or None
+    rest: Any = None  # a stream's batches after its first, once read
+
+
+class Prepared(NamedTuple):
+    """A run checked and set up, before its loop runs."""
+
+    started: Started
+    fed: Fed
+    example: tuple  # the batch the loss was traced on
+    params: Any  # the params as the loop takes them (a model's wrapped)
+    check_finite: bool
+    result: Any  # ``result(carry, record) -> FitResult``
+    checked: tuple  # (params, data, lr, start_step, rng, state, eval_data) after their checks
+
+
 def run_spec(spec, params, data, lr, key, remember=None):
     """The run ``spec`` (an ``_options.Spec``) asks for from ``params`` on
     ``data`` (see :func:`~functional_sgd.fit`); ``remember``: where a run
     that passed its checks is remembered, or ``None``. A stream of batches
-    (:func:`~functional_sgd.stream`) takes this path too: the options are
-    resolved and refused here, and only its batches come another way."""
+    (:func:`~functional_sgd.stream`) takes this path too: the same checks
+    and the same loop, only its batches come another way (``_fed``,
+    ``_first_batch``, ``_run_stream``) and some options are refused."""
     resolved = resolve(spec, data)
     if isinstance(data, drivers.Stream):
-        return _fit_stream(spec, resolved, params, data, lr, key)
+        _refuse_with_a_stream(spec, resolved, key)
     model_parts, options, arrays = resolved.model, resolved.run, resolved.traced
-    loss, optimizer, indices = spec.loss, spec.optimizer, arrays.indices
-    given = (params, options.opt_state, model_parts.state, indices, arrays.eval_data, key,
+    given = (params, options.opt_state, model_parts.state, arrays.indices, arrays.eval_data, key,
              model_parts.rng, lr, arrays.tol, arrays.patience)
-    check_finite = _arguments.check_bool(options.check_finite, "check_finite")
-    params = _model.torch_as_arrays(params)
-    data, structure, names = _data_checks.flatten_data(data)
-    given += (data,)  # torch tensors are NumPy views from here on
-    read_on_host = _data_checks.read_on_host(data, spec.batch_size, indices)
-    data, n = _data_checks.check_data(data, check_finite and not read_on_host, names)
-    if structure is not None:  # the loop sees a tuple of arrays; the loss its pytree
-        loss = PytreeData(loss, structure)
-    lr, lr_schedule = _rate(_optimizer_checks.check_lr(lr, optimizer, options.opt_state, params))
-    replace, drop_last = _row_order(spec.rows)
-    batches, steps = _batches.choose(n, resolved.steps, spec.batch_size, key, indices, replace,
-                                     drop_last)
-    _arguments.check_start(options.start_step, steps, name="start_step")
-    if lr_schedule is not None:
-        _optimizer_checks.check_schedule_rates(lr_schedule, options.start_step, steps)
-    stop = _stop.choose(arrays.tol, arrays.patience)
-    params, state, model = _model.choose(params, model_parts)
-    rng = model_parts.rng
-    example = data if batches.batch_size is None else _trace.batch_of(data, batches.batch_size)
-    loss_out, aux = _trace.check_loss(loss, params, example, model=model, state=state, rng=rng)
-    if options.mesh is not None:
-        drivers.check_mesh(options.mesh, data)
-        _trace.check_loss_per_row(loss, params, data, model=model, state=state, rng=rng)
-    elif batches.padded:
-        _trace.check_loss_per_row(loss, params, data, model=model, state=state, rng=rng,
-                                  cause="drop_last=False")
-    plan = _speed.decide(options.speed, _speed.Problem(
-        exact_mse=loss is linear_mse and model.plain, params=params, data=data,
-        full_batch=batches.batch_size is None, steps=steps, mesh=options.mesh,
-        plain_model=model.plain, row_mean=model.plain and is_row_mean(loss)))
-    # A model's optimizer state covers its trainable leaves only.
-    _optimizer_checks.check_opt_state(optimizer, options.opt_state, model.split(params)[0],
-                            part="params" if model.trains is None else
-                            "the trainable part of params")
-    record_params = _arguments.check_bool(options.record_params, "record_params")
-    evaluation, eval_data, watched = _evaluate.choose(
-        resolved.evaluation, batches=batches, steps=steps, params=params, state=state,
-        model=model, check_finite=check_finite)
-    evaluated = None if evaluation is None else (  # the evaluations' shapes: looked up
-        evaluation, _evaluate.check_evaluate(evaluation.evaluate, params, state, eval_data,
-                                             model))
-    _output_size.check_outputs_fit(_outputs(steps, loss_out, aux,
-                                       params if record_params else None, evaluated))
-    loop_spec = LoopSpec(loss, optimizer, batches, steps, stop, record_params, plan, model,
-                         evaluation, lr_schedule)
-    watched = loss_out.dtype if watched is None or not _arguments.is_inexact_dtype(watched) \
-        else watched
-    started = Started(loop_spec, initialize(loop_spec, params, options.opt_state,
-                                            options.start_step, watched, state),
-                      Inputs(data, lr, key, indices, arrays.tol, arrays.patience, rng, eval_data))
+    prepared = _prepare(spec, resolved, params, data, lr, key)
+    if prepared.fed.source is not None:
+        return _run_stream(prepared, resolved)
+    started, fed = prepared.started, prepared.fed
+    given += (fed.flat,)  # torch tensors are NumPy views from here on
+    loop_spec, model, evaluation = started.spec, started.spec.model, started.spec.evaluation
     loop = run if options.mesh is None else partial(run, mesh=options.mesh)
-    if not read_on_host:
+    if not fed.read_on_host:
         _warn_if_lr_rounds_away(loop, started)
-    finish = Finish(loop, resolved, read_on_host, _result_of(model, evaluation),
-                    (params, data, lr, options.start_step, rng, state, eval_data))
+    finish = Finish(loop, resolved, fed.read_on_host, prepared.result, prepared.checked)
     on_evaluation = None if resolved.evaluation is None else resolved.evaluation.on_evaluation
     if on_evaluation is not None or options.progress:  # the run cut at evaluation boundaries
         chunk_size = options.chunk_size or drivers.period_chunks(
-            None if evaluation is None else evaluation.every, steps)
-        with drivers.progress(steps, options.progress) as bar:
+            None if evaluation is None else evaluation.every, fed.steps)
+        with drivers.progress(fed.steps, options.progress) as bar:
             on_chunk = drivers.PeriodHook(_model.unwrapping(options.on_chunk, model),
                                           on_evaluation, bar)
             return _chunked(finish, started, chunk_size, on_chunk)
     chunk_size = options.chunk_size
-    if read_on_host:  # chunks read on the host, of a size chosen here unless given
-        chunk_size = chunk_size or _host_block(batches.batch_size, data)
+    if fed.read_on_host:  # chunks read on the host, of a size chosen here unless given
+        chunk_size = chunk_size or _host_block(fed.batches.batch_size, fed.data)
     if chunk_size is None:
         _arguments.check_no_chunk_options(options.on_chunk, options.checkpoint)
         out = finish.result(*loop(*started))
         if _data_checks.holds_host_arrays(given):
             jax.block_until_ready(out)  # JAX may read them in place, after fit returned
-        if remember is not None and model.plain and not read_on_host:
+        if remember is not None and model.plain and not fed.read_on_host:
             remember.memory.remember(remember.call, loop_spec, started.carry)  # it succeeded
         return out
     return _chunked(finish, started, chunk_size, _model.unwrapping(options.on_chunk, model))
+
+
+def _prepare(spec, resolved, params, data, lr, key):
+    """The run checked and set up, for arrays and streams alike: its
+    :class:`LoopSpec`, carry and inputs, and what the run's host side needs."""
+    optimizer, options, arrays = spec.optimizer, resolved.run, resolved.traced
+    check_finite = _arguments.check_bool(options.check_finite, "check_finite")
+    params = _model.torch_as_arrays(params)
+    fed = _fed(spec, resolved, data, key, check_finite)
+    lr, lr_schedule = _rate(_optimizer_checks.check_lr(lr, optimizer, options.opt_state, params))
+    steps = fed.steps
+    _arguments.check_start(options.start_step, 0 if steps is None else steps, name="start_step")
+    if lr_schedule is not None:
+        _optimizer_checks.check_schedule_rates(lr_schedule, options.start_step, steps)
+    stop = _stop.choose(arrays.tol, arrays.patience)
+    fed, example = _first_batch(fed, options)
+    loss, data = fed.loss, fed.data
+    params, state, model = _model.choose(params, resolved.model)
+    rng = resolved.model.rng
+    loss_out, aux = _trace.check_loss(loss, params, example, model=model, state=state, rng=rng)
+    if options.mesh is not None:
+        drivers.check_mesh(options.mesh, data)
+        _trace.check_loss_per_row(loss, params, data, model=model, state=state, rng=rng)
+    elif fed.batches.padded:
+        _trace.check_loss_per_row(loss, params, data, model=model, state=state, rng=rng,
+                                  cause="drop_last=False")
+    plan = _speed.decide(options.speed, _problem(fed, params, model, example, options.mesh))
+    # A model's optimizer state covers its trainable leaves only.
+    _optimizer_checks.check_opt_state(optimizer, options.opt_state, model.split(params)[0],
+                            part="params" if model.trains is None else
+                            "the trainable part of params")
+    record_params = _arguments.check_bool(options.record_params, "record_params")
+    held_out = resolved.evaluation
+    if held_out is not None and steps is None and held_out.every is None:
+        raise ValueError("Evaluation with a stream of unknown length needs every= (an int or "
+                         "a list of steps), or give the stream's steps.")
+    evaluation, eval_data, watched = _evaluate.choose(
+        held_out, batches=fed.batches, steps=_arguments.MAX_STEP if steps is None else steps,
+        params=params, state=state, model=model, check_finite=check_finite)
+    # The evaluations' shapes: looked up (a stream's records are stacked a block at a time).
+    evaluated = None if evaluation is None or fed.source is not None else (
+        evaluation, _evaluate.check_evaluate(evaluation.evaluate, params, state, eval_data,
+                                             model))
+    if steps is not None:  # a stream of unknown length: no size known ahead
+        _output_size.check_outputs_fit(_outputs(steps, loss_out, aux,
+                                           params if record_params else None, evaluated))
+    loop_spec = LoopSpec(loss, optimizer, fed.batches, steps, stop, record_params, plan, model,
+                         evaluation, lr_schedule)
+    watched = loss_out.dtype if watched is None or not _arguments.is_inexact_dtype(watched) \
+        else watched
+    started = Started(loop_spec, initialize(loop_spec, params, options.opt_state,
+                                            options.start_step, watched, state),
+                      Inputs(data, lr, key, arrays.indices, arrays.tol, arrays.patience, rng,
+                             eval_data))
+    return Prepared(started, fed, example, params, check_finite, _result_of(model, evaluation),
+                    (params, data, lr, options.start_step, rng, state, eval_data))
+
+
+def _fed(spec, resolved, data, key, check_finite):
+    """The call's data as its loop reads it (see :class:`Fed`), checked; a
+    stream's first batch is read later, once the options passed their checks."""
+    if isinstance(data, drivers.Stream):
+        steps = resolved.steps
+        if steps is not None:
+            steps = _arguments.check_int(steps, "steps", minimum=1, maximum=_arguments.MAX_STEP)
+        return Fed(spec.loss, (), (), None, steps, False, data)
+    indices = resolved.traced.indices
+    flat, structure, names = _data_checks.flatten_data(data)
+    read_on_host = _data_checks.read_on_host(flat, spec.batch_size, indices)
+    data, n = _data_checks.check_data(flat, check_finite and not read_on_host, names)
+    # The loop sees a tuple of arrays; the loss its pytree.
+    loss = spec.loss if structure is None else PytreeData(spec.loss, structure)
+    replace, drop_last = _row_order(spec.rows)
+    batches, steps = _batches.choose(n, resolved.steps, spec.batch_size, key, indices, replace,
+                                     drop_last)
+    return Fed(loss, data, flat, batches, steps, read_on_host, None)
+
+
+def _first_batch(fed, options):
+    """``(fed, example)``: the batch the loss is traced on (the data itself
+    for full-batch steps), and for a stream its first batch, read here (from
+    where a checkpoint left off), which sets the stacked batches' rows."""
+    source = fed.source
+    if source is None:
+        batch_size = fed.batches.batch_size
+        return fed, fed.data if batch_size is None else _trace.batch_of(fed.data, batch_size)
+    if _arguments.check_bool(options.record_params, "record_params"):
+        raise ValueError("Run(record_params=True) needs a run of known length; a stream has "
+                         "none.")
+    done, saved = (0, None) if options.checkpoint is None else \
+        drivers.saved_run(options.checkpoint)
+    if fed.steps is not None and done >= fed.steps:
+        done = fed.steps  # a finished run: its batches are not read
+    from_done = callable(source.batches) and not hasattr(source.batches, "__iter__")
+    example, rest = drivers.first_batch(
+        source.batches(done) if from_done else source.batches, saved)
+    return fed._replace(batches=_batches.Stacked(example[0].shape[0]), rest=rest), example
+
+
+def _problem(fed, params, model, example, mesh):
+    """The :class:`~functional_sgd.speed.Problem` the speed plan is decided
+    for; a stream's is one batch (no exact moments: they need all the data)."""
+    if fed.source is not None:
+        return _speed.Problem(exact_mse=False, params=params, data=example, full_batch=False,
+                              steps=1)
+    loss = fed.loss
+    return _speed.Problem(
+        exact_mse=loss is linear_mse and model.plain, params=params, data=fed.data,
+        full_batch=fed.batches.batch_size is None, steps=fed.steps, mesh=mesh,
+        plain_model=model.plain, row_mean=model.plain and is_row_mean(loss))
 
 
 def _row_order(rows):
@@ -331,8 +422,8 @@ def _run_on_host(finish, started, block, on_chunk):
     return in_blocks(finish.loop, *started, on_chunk=on_chunk)
 
 
-def _refused_with_a_stream(spec, resolved, key):
-    """The options a stream cannot honour, by their names in the message."""
+def _refuse_with_a_stream(spec, resolved, key):
+    """Refuses the options a stream cannot honour, by their names in the message."""
     model, options, rows = resolved.model, resolved.run, spec.rows
     given = {"batch_size": spec.batch_size, "key": key,
              "rows=fsgd.Schedule(...)": resolved.traced.indices,
@@ -344,11 +435,17 @@ def _refused_with_a_stream(spec, resolved, key):
              "Model(trainable=)": model.trainable,
              "SpeedPlan(exact_moments=)": None if options.speed is None
              or options.speed.exact_moments == "auto" else True}
-    return [name for name, value in given.items() if value is not None]
+    refused = [name for name, value in given.items() if value is not None]
+    if refused:
+        raise ValueError(f"with a stream as data, {', '.join(refused)} cannot be used: the "
+                         "stream decides the batches, their order and their length (rows, "
+                         "batch_size; Run(chunk_size=): its block does), exact moments need "
+                         "all the data at once, and a stream trains a plain model on one "
+                         "device for now (no Model(...) parts, no Run(mesh=)).")
 
 
-def _fit_stream(spec, resolved, params, source, lr, key):
-    """``fit`` on a :func:`~functional_sgd.stream` of batches: blocks of them
+def _run_stream(prepared, resolved):
+    """The run on a :func:`~functional_sgd.stream` of batches: blocks of them
     stacked on the host, each trained in one compiled call (``drivers/_blocks.py``);
     with ``checkpoint``, the run's state written after every block.
 
@@ -358,62 +455,14 @@ def _fit_stream(spec, resolved, params, source, lr, key):
     A stream of unknown length (``steps=None``) needs ``every`` and
     evaluates its end only when that ends a period (or is listed): when a
     block trains, whether another follows is not yet known."""
-    given = _refused_with_a_stream(spec, resolved, key)
-    if given:
-        raise ValueError(f"with a stream as data, {', '.join(given)} cannot be used: the "
-                         "stream decides the batches, their order and their length (rows, "
-                         "batch_size; Run(chunk_size=): its block does), exact moments need "
-                         "all the data at once, and a stream trains a plain model on one "
-                         "device for now (no Model(...) parts, no Run(mesh=)).")
-    loss, optimizer, options, arrays = spec.loss, spec.optimizer, resolved.run, resolved.traced
-    steps = resolved.steps
-    if steps is not None:
-        steps = _arguments.check_int(steps, "steps", minimum=1, maximum=_arguments.MAX_STEP)
-    check_finite = _arguments.check_bool(options.check_finite, "check_finite")
-    params = _model.torch_as_arrays(params)
-    lr, lr_schedule = _rate(_optimizer_checks.check_lr(lr, optimizer, options.opt_state, params))
-    _arguments.check_start(options.start_step, steps or 0, name="start_step")
-    if lr_schedule is not None:
-        _optimizer_checks.check_schedule_rates(lr_schedule, options.start_step, steps)
-    stop = _stop.choose(arrays.tol, arrays.patience)
-    if _arguments.check_bool(options.record_params, "record_params"):
-        raise ValueError("Run(record_params=True) needs a run of known length; a stream has "
-                         "none.")
-    done, saved = (0, None) if options.checkpoint is None else \
-        drivers.saved_run(options.checkpoint)
-    if steps is not None and done >= steps:
-        done = steps  # a finished run: its batches are not read
-    from_done = callable(source.batches) and not hasattr(source.batches, "__iter__")
-    example, batches = drivers.first_batch(
-        source.batches(done) if from_done else source.batches, saved)
-    loss_out, _ = _trace.check_loss(loss, params, example)
-    if steps is not None:
-        _output_size.check_outputs_fit(_outputs(steps, loss_out, None, None, None))
-    _optimizer_checks.check_opt_state(optimizer, options.opt_state, params)
-    plan = _speed.decide(options.speed, _speed.Problem(
-        exact_mse=False, params=params, data=example, full_batch=False, steps=1))
-    stacked = _batches.Stacked(example[0].shape[0])
-    held_out = resolved.evaluation
-    if held_out is not None and steps is None and held_out.every is None:
-        raise ValueError("Evaluation with a stream of unknown length needs every= (an int or "
-                         "a list of steps), or give the stream's steps.")
-    plain_params, _, plain = _model.choose(params, DEFAULT_MODEL)
-    evaluation, eval_data, watched = _evaluate.choose(
-        held_out, batches=stacked, steps=steps or _arguments.MAX_STEP, params=plain_params,
-        state=None, model=plain, check_finite=check_finite)
-    loop_spec = LoopSpec(loss, optimizer, stacked, steps, stop, False, plan,
-                         evaluation=evaluation, lr_schedule=lr_schedule)
-    watched = loss_out.dtype if watched is None or not _arguments.is_inexact_dtype(watched) \
-        else watched
-    started = Started(loop_spec, initialize(loop_spec, params, options.opt_state,
-                                            options.start_step, watched),
-                      Inputs((), lr, None, None, arrays.tol, arrays.patience, None, eval_data))
-    result = _result_of(plain, evaluation)
+    started, fed, example, options = prepared.started, prepared.fed, prepared.example, resolved.run
+    steps = fed.steps
 
     def in_blocks(run, spec, carry, inputs, *, on_chunk, done=0):
         blocks = drivers.stream_blocks(  # a short batch's loss is a mean over its real rows
-            batches, source.block, spec.steps, check_finite, lambda: _trace.check_loss_per_row(
-                loss, params, example, cause="a short batch"))
+            fed.rest, fed.source.block, spec.steps, prepared.check_finite,
+            lambda: _trace.check_loss_per_row(fed.loss, prepared.params, example,
+                                              cause="a short batch"))
         if done:  # resumed: a stream used up ends the run where the checkpoint did
             first = next(blocks, None)
             if first is None:
@@ -423,7 +472,7 @@ def _fit_stream(spec, resolved, params, source, lr, key):
                                      on_chunk=on_chunk)
 
     on_chunk = options.on_chunk
-    on_evaluation = None if held_out is None else held_out.on_evaluation
+    on_evaluation = None if resolved.evaluation is None else resolved.evaluation.on_evaluation
     with drivers.progress(steps, options.progress) as bar:
         if on_evaluation is not None or options.progress:
             on_chunk = drivers.PeriodHook(on_chunk, on_evaluation, bar)
@@ -445,7 +494,7 @@ def _fit_stream(spec, resolved, params, source, lr, key):
                       f"trained {steps_run} steps (result.steps_run; result.step="
                       f"{int(carry.step)}). Pass steps=None to train until the stream ends.",
                       UserWarning, stacklevel=_warn.caller_stacklevel())
-    return result(carry, record)
+    return prepared.result(carry, record)
 
 
 def _noting_stop(on_chunk, asked_to_stop, result):
