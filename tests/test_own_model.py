@@ -20,7 +20,6 @@ from helpers import assert_trees_close, count_compilations, max_relative_error, 
 import functional_sgd as fsgd
 
 
-
 pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax's adam, flax's layers
 
 
@@ -33,28 +32,37 @@ def mlp_loss(model, x, y):
     return ((jax.vmap(model)(x) - y) ** 2).mean()
 
 
+def equinox_loop(loss, model, optimizer, steps, rng=None):
+    """equinox's own training loop (``eqx.filter_jit``, only inexact arrays
+    train) on the first ``steps`` batches of ``INDICES``; step t's key is
+    fold_in(rng, t). Returns ``(model, opt_state, losses)``."""
+    @eqx.filter_jit
+    def step(model, opt_state, x, y, keys):
+        value, grads = eqx.filter_value_and_grad(loss)(model, x, y, **keys)
+        updates, opt_state = optimizer.update(grads, opt_state,
+                                              eqx.filter(model, eqx.is_inexact_array))
+        return eqx.apply_updates(model, updates), opt_state, value
+
+    opt_state, losses = optimizer.init(eqx.filter(model, eqx.is_inexact_array)), []
+    for t, rows in enumerate(INDICES[:steps]):
+        keys = {} if rng is None else {"key": jax.random.fold_in(rng, t)}
+        model, opt_state, value = step(model, opt_state, X[rows], Y[rows], keys)
+        losses.append(value)
+    return model, opt_state, jnp.stack(losses)
+
+
 def test_equinox_mlp_equals_a_filter_jit_loop():
     model = eqx.nn.MLP(3, 1, 16, 2, key=jax.random.key(1))
     optimizer = optax.adam(1e-2)
     result = fsgd.fit(mlp_loss, model, (X, Y), rows=fsgd.Schedule(INDICES), optimizer=optimizer)
 
-    @eqx.filter_jit
-    def step(model, opt_state, x, y):
-        value, grads = eqx.filter_value_and_grad(mlp_loss)(model, x, y)
-        updates, opt_state = optimizer.update(grads, opt_state,
-                                              eqx.filter(model, eqx.is_inexact_array))
-        return eqx.apply_updates(model, updates), opt_state, value
-
-    theirs, opt_state, losses = model, optimizer.init(eqx.filter(model, eqx.is_inexact_array)), []
-    for rows in INDICES:
-        theirs, opt_state, value = step(theirs, opt_state, X[rows], Y[rows])
-        losses.append(value)
+    theirs, opt_state, losses = equinox_loop(mlp_loss, model, optimizer, len(INDICES))
 
     assert isinstance(result.params, eqx.nn.MLP)
     assert result.params.activation is model.activation  # passed through, not traced
     # the optimizer saw what equinox's users give it: the float leaves, None elsewhere
     assert jax.tree.structure(result.opt_state) == jax.tree.structure(opt_state)
-    assert max_relative_error(result.losses, jnp.stack(losses)) < 1e-6
+    assert max_relative_error(result.losses, losses) < 1e-6
     assert max_relative_error(eqx.filter(result.params, eqx.is_array),
                               eqx.filter(theirs, eqx.is_array)) < 1e-6
     assert float(result.losses[-1]) < 0.5 * float(result.losses[0])
@@ -232,24 +240,6 @@ def test_an_equinox_filter_spec_as_trainable_freezes_a_layer():
     assert result.opt_state[0].mu.layers[0].weight is None  # no state for a frozen leaf
 
 
-def equinox_loop(loss, model, optimizer, steps, rng=None):
-    """equinox's own training loop (``eqx.filter_jit``, only inexact arrays
-    train) on the batches of ``INDICES``; step t's key is fold_in(rng, t)."""
-    @eqx.filter_jit
-    def step(model, opt_state, x, y, keys):
-        value, grads = eqx.filter_value_and_grad(loss)(model, x, y, **keys)
-        updates, opt_state = optimizer.update(grads, opt_state,
-                                              eqx.filter(model, eqx.is_inexact_array))
-        return eqx.apply_updates(model, updates), opt_state, value
-
-    opt_state, losses = optimizer.init(eqx.filter(model, eqx.is_inexact_array)), []
-    for t, rows in enumerate(INDICES[:steps]):
-        keys = {} if rng is None else {"key": jax.random.fold_in(rng, t)}
-        model, opt_state, value = step(model, opt_state, X[rows], Y[rows], keys)
-        losses.append(value)
-    return model, jnp.stack(losses)
-
-
 class DropoutNet(eqx.Module):
     hidden: eqx.nn.Linear
     dropout: eqx.nn.Dropout
@@ -277,7 +267,7 @@ def test_equinox_dropout_rate_is_static_under_adamw():
         optax.adamw(0.1, weight_decay=0.5)
     result = fsgd.fit(dropout_net_loss, model, (X, Y), rows=fsgd.Schedule(INDICES[:30]), model=fsgd.Model(rng=rng),
                       optimizer=optimizer)
-    theirs, losses = equinox_loop(dropout_net_loss, model, optimizer, 30, rng)
+    theirs, _, losses = equinox_loop(dropout_net_loss, model, optimizer, 30, rng)
     assert type(result.params.dropout.p) is float and result.params.dropout.p == 0.5
     # float32, the same ops compiled once in a scan and once per step: XLA may
     # fuse them differently (1e-6, as above; measured: the same bits on CPU)
@@ -309,7 +299,7 @@ def test_equinox_max_pool_trains(trainable):
     with trainable=eqx.is_array ``Linearization failed``."""
     model, optimizer = PoolNet(jax.random.key(2)), optax.adamw(1e-2)
     result = fsgd.fit(mlp_loss, model, (X, Y), rows=fsgd.Schedule(INDICES[:20]), model=fsgd.Model(trainable=trainable), optimizer=optimizer)
-    theirs, losses = equinox_loop(mlp_loss, model, optimizer, 20)
+    theirs, _, losses = equinox_loop(mlp_loss, model, optimizer, 20)
     assert result.params.pool.init == -jnp.inf and type(result.params.pool.init) is float
     # as for dropout above (measured on CPU: 7e-8 in losses, 2.3e-7 in params)
     assert max_relative_error(result.losses, losses) < 1e-6
