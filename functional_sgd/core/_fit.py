@@ -63,7 +63,7 @@ def is_row_mean(loss):
     their data's rows (``linear_mse``, the lesson classifier's two losses),
     as the library marks them (:func:`~._loss.row_mean`; a user's loss is
     never guessed): the one-pass step is exact for them (``speed/_one_pass.py``)."""
-    return loss is linear_mse or getattr(loss, ROW_MEAN, False) is True
+    return getattr(loss, ROW_MEAN, False) is True
 
 
 class Fed(NamedTuple):

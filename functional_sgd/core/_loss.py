@@ -56,6 +56,7 @@ def mse(y_hat: Tensor, y: Tensor) -> Tensor:
     return ((y_hat - y) ** 2).mean()
 
 
+@row_mean
 def linear_mse(params: Tensor, x: Tensor, y: Tensor) -> Tensor:
     """The lesson's objective ``mse(linear(params, x), y)``, as ``fit`` wants it.
 
