@@ -329,7 +329,8 @@ def _all_defaults(value: Any) -> bool:
 
 _OPTION_TYPES = {"rows": (Sampled, Shuffled, Schedule), "stop": (Stop,),
                  "evaluation": (Evaluation,), "model": (Model,), "run": (Run,)}
-_OPTION_KINDS = tuple(_OPTION_TYPES.values())  # in the order of Spec's fields from rows on
+_OPTION_FIELDS = tuple((Spec._fields.index(name), kinds) for name, kinds in _OPTION_TYPES.items())
+"""Each option's place in a :class:`Spec` and its kinds, found by name."""
 
 
 def check_spec(spec: Spec) -> None:
@@ -357,7 +358,6 @@ def _of_their_kinds(spec: Spec) -> bool:
     """Whether each option of ``spec`` is ``None`` or a value of its kind (a
     remembered call's ``steps``, ``epochs`` and ``batch_size`` passed
     :func:`check_spec`: the same values are in its key)."""
-    return all(value is None or isinstance(value, kinds)
-               for value, kinds in zip(spec[5:], _OPTION_KINDS))
+    return all(spec[i] is None or isinstance(spec[i], kinds) for i, kinds in _OPTION_FIELDS)
 
 
