@@ -430,6 +430,15 @@ def test_nan_written_into_host_memory_a_jax_array_shares_is_refused(warm):
         fit(data=(xj, Y), **options)
 
 
+def test_a_remembered_array_deleted_since_is_refused_as_on_a_first_call():
+    x = jnp.array(X)
+    fit(data=(x, Y))
+    fit(data=(x, Y))  # remembered, with the bytes of x
+    x.delete()
+    with pytest.raises(RuntimeError, match="deleted"):
+        fit(data=(x, Y))
+
+
 def test_new_finite_values_in_host_memory_a_jax_array_shares_are_trained_on():
     """A remembered call compares such an array's bytes with those its checks
     passed; changed, it is checked again, and the run reads the new values."""

@@ -94,7 +94,7 @@ class Warm(NamedTuple):
             for i, size, held in self.snapshots:
                 if _bytes_at(arrays[i].unsafe_buffer_pointer(), size) != held:
                     return False
-        except Exception:  # deleted, moved: the checks will say
+        except RuntimeError:  # a deleted array: the full path says so
             return False
         return True
 
