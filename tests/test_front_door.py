@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from functional_sgd.core import _trainer, _warm
+from functional_sgd.core import _keys, _trainer, _warm
 from helpers import count_compilations
 
 X, Y = fsgd.lesson_data(jax.random.key(0))
@@ -275,17 +275,12 @@ def test_each_field_of_each_value_joins_the_key_of_a_remembered_call(kind):
     """No key is listed by hand: every field of every value is part of it
     (an array by identity), so changing any one gives another key."""
     value = example_value(kind)
-    x, y = jnp.asarray(X), jnp.asarray(Y)
-    name = {fsgd.Sampled: "rows", fsgd.Shuffled: "rows", fsgd.Schedule: "rows",
-            fsgd.Stop: "stop", fsgd.Evaluation: "evaluation", fsgd.Model: "model",
-            fsgd.Run: "run"}[kind]
+    values = [value] + [dataclasses.replace(value, **{field.name: changed(getattr(value, field.name))})
+                        for field in dataclasses.fields(kind)]  # all alive: no id is reused
 
     def key(option):
-        spec = _trainer.Spec(fsgd.linear_mse, None, 5, None, 2, **{name: option})
-        return _warm.key(spec.loss, START, (x, y), jax.random.key(0), spec[1:])[0]
+        part = _keys.kept_part(option)
+        return part.flat, tuple(map(id, part.arrays))
 
-    keys = {key(value)}
-    for field in dataclasses.fields(kind):
-        other = dataclasses.replace(value, **{field.name: changed(getattr(value, field.name))})
-        keys.add(key(other))
+    keys = {key(option) for option in values}
     assert len(keys) == 1 + len(dataclasses.fields(kind))

@@ -25,7 +25,8 @@ class OwnFit:
         self.full_path = 0
 
     def __call__(self, loss, params, data=(), *, lr=None, key=None, **options):
-        return _trainer.train(self.memory, _trainer.Spec(loss, **options), params, data, lr,
+        spec = _trainer.Spec(loss, **options)
+        return _trainer.train(self.memory, spec, _trainer.spec_part(spec), params, data, lr,
                               key)
 
 
@@ -226,6 +227,11 @@ def test_calls_naming_other_arrays_or_option_types_do_not_meet(fit):
     assert fit.full_path == 2
     with pytest.raises(TypeError, match="record_params"):
         fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, run=fsgd.Run(record_params=0))
+    key = jax.random.key(0)
+    fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=20, batch_size=1, key=key)
+    for other_type in (dict(steps=20.0), dict(steps=20, batch_size=True, key=key)):
+        with pytest.raises(TypeError):  # equal to a remembered call's value, not of its type
+            fit(fsgd.linear_mse, start, (x, y), lr=0.1, **other_type)
 
 
 def test_the_warm_path_passes_carry_and_inputs_fields_in_their_order():

@@ -26,7 +26,7 @@ from typing import Any, Callable, Literal, Mapping, NamedTuple, Union
 import numpy as np
 
 from ..speed import SpeedPlan
-from . import _arguments
+from . import _arguments, _keys
 
 __all__ = ["Evaluation", "Model", "Run", "Sampled", "Schedule", "Shuffled", "Stop"]
 
@@ -55,6 +55,7 @@ def _check_count(value: object, name: str, *, minimum: int = 1) -> int | Any:
 
 
 @dataclasses.dataclass(frozen=True)
+@_keys.keyed
 class Sampled:
     """Every step draws its ``batch_size`` rows independently and uniformly,
     with replacement across steps (the lesson's ``rand_idx``). The default
@@ -71,6 +72,7 @@ class Sampled:
 
 
 @dataclasses.dataclass(frozen=True)
+@_keys.keyed
 class Shuffled:
     """Epochs of shuffled rows: within an epoch no row repeats.
 
@@ -103,6 +105,7 @@ class Shuffled:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+@_keys.keyed
 class Schedule:
     """An explicit schedule: step ``t`` sees rows ``indices[t]``.
 
@@ -151,6 +154,7 @@ Rows = Union[Sampled, Shuffled, Schedule]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+@_keys.keyed
 class Stop:
     """Step 7 on the training loss: stop before ``steps`` run out.
 
@@ -205,6 +209,7 @@ def _check_eval_every(every: object) -> Any:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+@_keys.keyed
 class Evaluation:
     """Held-out evaluation inside the compiled loop, and the stop rule it drives.
 
@@ -343,6 +348,7 @@ class Evaluation:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+@_keys.keyed
 class Model:
     """A model's parts beyond its params: its randomness, its state, its extra outputs.
 
@@ -385,6 +391,7 @@ class Model:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+@_keys.keyed
 class Run:
     """How a run is cut, kept and continued.
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 
 from .._types import FitResult
-from . import _arguments, _data_checks, _optimizer_checks, _warm
+from . import _arguments, _data_checks, _keys, _optimizer_checks, _warm
 from ._fit import Remember, run_spec, tiny_lr_dtypes
 from ._resolve import Traced, traced
 from ._options import Evaluation, Loss, Model, Run, Sampled, Schedule, Shuffled, Spec, Stop
@@ -125,6 +125,7 @@ class Trainer:
                          model, run)
         check_spec(self.spec)
         self._memory = _warm.Memory()
+        self._head = spec_part(self.spec)
 
     __init__ = refuse_moved(__init__)
 
@@ -141,7 +142,7 @@ class Trainer:
         Returns:
           A :class:`FitResult`.
         """
-        return train(self._memory, self.spec, params, data, lr, key)
+        return train(self._memory, self.spec, self._head, params, data, lr, key)
 
     def __repr__(self) -> str:
         given = ", ".join(f"{name}={value!r}" for name, value in self.spec._asdict().items()
@@ -257,15 +258,15 @@ def fit(loss: Loss, params: Any, data: Any = (), *, lr: Any = None, optimizer: A
     >>> [round(float(a), 1) for a in result.params]
     [3.1, 2.4]
     """
-    return train(_FIT_MEMORY, Spec(loss, optimizer, steps, epochs, batch_size, rows, stop,
-                                   evaluation, model, run), params, data, lr, key)
+    spec = Spec(loss, optimizer, steps, epochs, batch_size, rows, stop, evaluation, model, run)
+    return train(_FIT_MEMORY, spec, spec_part(spec), params, data, lr, key)
 
 
-def train(memory: _warm.Memory, spec: Spec, params: Any, data: Any, lr: Any,
-          key: Any) -> FitResult:
+def train(memory: _warm.Memory, spec: Spec, head: _keys.Part | None, params: Any, data: Any,
+          lr: Any, key: Any) -> FitResult:
     """Runs ``spec`` from ``params`` on ``data``; a call ``memory`` holds
-    skips its checks."""
-    call = None if callable(lr) else _warm_call(spec, params, data, key)
+    skips its checks. ``head``: ``spec_part(spec)``."""
+    call = None if callable(lr) else _warm.key(head, params, data, key)
     if call is not None:
         warm = memory.recall(call)
         arrays = traced(spec)
@@ -295,42 +296,65 @@ def _values_still_pass(memory: _warm.Memory, call: Any, warm: Any, spec: Spec, d
     return passed
 
 
-def _warm_call(spec: Spec, params: Any, data: Any, key: Any) -> Any:
-    """The key under which ``memory`` remembers this call, or ``None`` for a
-    call checked every time (a model's parts, chunks, meshes, checkpoints,
-    an optimizer state to continue from, a host loop over periods)."""
-    if spec.model is not None:
+def spec_part(spec: Spec) -> _keys.Part | None:
+    """What the key of a call of ``spec`` takes from ``spec`` (``_warm.key``),
+    or ``None`` when its calls are checked every time (a model's parts,
+    chunks, meshes, checkpoints, an optimizer state to continue from, a
+    progress bar, a host loop over periods, an option not of its kind).
+
+    Each option value brings the part it worked out when it was built
+    (``_keys.keyed``); ``Run()`` with every field its default is no ``Run``.
+    """
+    loss, optimizer, steps, epochs, batch_size, rows, stop, evaluation, model, run = spec
+    if model is not None:
         return None
-    if spec.run is None and spec.rows is None and spec.stop is None and spec.evaluation is None:
-        return _warm.key(spec.loss, params, data, key, spec[1:5])  # the lesson's call
-    if not _of_their_kinds(spec):
-        return None  # refused on the full path
-    run = spec.run
-    if run is not None and _all_defaults(run):  # Run() is no Run: the same call
-        return _warm_call(spec._replace(run=None), params, data, key)
-    if run is not None and (run.chunk_size is not None or run.on_chunk is not None
+    plain = _keys.PLAIN
+    head: _keys.Part | None
+    if type(optimizer) in plain and type(steps) in plain and type(epochs) in plain \
+            and type(batch_size) in plain:  # the common case, kept cheap
+        head = _keys.Part((loss, optimizer, steps, epochs, batch_size, type(optimizer),
+                           type(steps), type(epochs), type(batch_size)), ())
+    else:
+        head = _keys.part_of(loss, optimizer, steps, epochs, batch_size)
+        if head is None:
+            return None
+    if rows is None and stop is None and evaluation is None and run is None:
+        return head  # the lesson's calls
+    flat: list[Any] = [head.flat]
+    arrays = list(head.arrays)
+    for option, kinds in zip((rows, stop, evaluation), _REMEMBERED_KINDS):
+        if option is None:
+            flat.append(None)
+            continue
+        if type(option) not in kinds:
+            return None  # refused on the full path
+        part = _keys.kept_part(option)
+        if part is None or (type(option) is Evaluation and option.on_evaluation is not None):
+            return None  # a host loop over periods
+        flat.append(part.flat)
+        arrays.extend(part.arrays)
+    if run is not None:
+        if type(run) is not Run:
+            return None
+        part = _keys.kept_part(run)
+        if part is None or (run.chunk_size is not None or run.on_chunk is not None
                             or run.checkpoint is not None or run.mesh is not None
                             or run.opt_state is not None or run.progress):
-        return None
-    if spec.evaluation is not None and spec.evaluation.on_evaluation is not None:
-        return None  # a host loop over periods
-    return _warm.key(spec.loss, params, data, key, spec[1:])
-
-
-def _all_defaults(value: Any) -> bool:
-    """Every field of the option ``value`` is its default, of the default's type
-    (``record_params=0`` is not ``False``)."""
-    for field in dataclasses.fields(value):
-        given = getattr(value, field.name)
-        if type(given) is not type(field.default) or given != field.default:
-            return False
-    return True
+            return None
+        if part.flat != _DEFAULT_RUN:  # Run() is no Run
+            flat.append(part.flat)
+            arrays.extend(part.arrays)
+    if len(flat) == 1 + flat.count(None):  # no option but Run(): the lesson's call
+        return head
+    return _keys.Part(tuple(flat), tuple(arrays))
 
 
 _OPTION_TYPES = {"rows": (Sampled, Shuffled, Schedule), "stop": (Stop,),
                  "evaluation": (Evaluation,), "model": (Model,), "run": (Run,)}
 _OPTION_FIELDS = tuple((Spec._fields.index(name), kinds) for name, kinds in _OPTION_TYPES.items())
 """Each option's place in a :class:`Spec` and its kinds, found by name."""
+_REMEMBERED_KINDS = tuple(_OPTION_TYPES[name] for name in ("rows", "stop", "evaluation"))
+_DEFAULT_RUN = _keys.part_of(Run()).flat  # type: ignore[union-attr]  # a Run() has a part
 
 
 def check_spec(spec: Spec) -> None:

@@ -22,7 +22,7 @@ arrays: the held-out arrays are part of the call's key.
 A JAX array on the CPU may be a view of host memory that its owner writes
 to (``jax.device_put`` of an aligned NumPy array, DLPack). A remembered call
 keeps the bytes of each such array (up to ``SNAPSHOT_BYTES``) as they passed
-its checks, and compares them on every call (one ``memcmp``, well under the
+its checks, and compares them on every call (bytes read in place, well under the
 microseconds the checks take); an array that changed, or is larger, has the
 checks of its values (finiteness, the range of indices) read again
 (``_data_checks.values_still_pass``), and a call whose arrays no longer pass
@@ -45,8 +45,6 @@ program are the same.
 """
 
 import ctypes
-import dataclasses
-import functools
 import weakref
 from typing import Any, NamedTuple
 
@@ -54,23 +52,13 @@ import jax
 
 from .._types import FitResult, fit_result
 from ._data_checks import Facts
+from ._keys import CONCRETE, CONCRETE_KEY
 from ._evaluate import best_step, restored
 from ._initialize import best_start
 from ._repeat import OUTPUT, carry_and_record, flat_loop_outputs, home_device, known_counts
 
 _PARAMS, _OPT_STATE, _LOSSES, _DIVERGED_AT, _STEPS_RUN, _TRAJECTORY = (OUTPUT[name] for name in (
     "params", "opt_state", "losses", "diverged_at", "steps_run", "trajectory"))
-
-try:  # the type of every concrete JAX array (tracers and NumPy arrays are not)
-    from jax._src.array import ArrayImpl as _CONCRETE
-except ImportError:  # JAX moved it: no call is remembered, every call is checked
-    _CONCRETE = None  # type: ignore[assignment,misc]
-try:  # a concrete typed key (jax.random.key); a traced one is a tracer
-    from jax._src.random.prng import PRNGKeyArray as _CONCRETE_KEY
-except ImportError:  # JAX moved it: calls with a typed key are checked every time
-    _CONCRETE_KEY = None  # type: ignore[assignment,misc]
-
-_bytes_at = ctypes.string_at  # (address, size) -> the bytes there
 
 KEPT = 16
 """Calls remembered at once; past this many, all are forgotten."""
@@ -87,15 +75,13 @@ class Warm(NamedTuple):
     def unchanged(self, arrays):
         """Whether each array that may share host memory holds the bytes it
         held when the call passed its checks (then their verdict stands);
-        ``False`` when one has changed, or cannot be compared cheaply."""
+        ``False`` when one has changed or was deleted (the full path says
+        so), or cannot be compared cheaply."""
         if self.snapshots is None:
             return False
-        try:
-            for i, size, held in self.snapshots:
-                if _bytes_at(arrays[i].unsafe_buffer_pointer(), size) != held:
-                    return False
-        except RuntimeError:  # a deleted array: the full path says so
-            return False
+        for i, memory, held in self.snapshots:
+            if arrays[i].is_deleted() or bytes(memory) != held:
+                return False
         return True
 
 
@@ -105,103 +91,51 @@ that it has not changed (larger ones are read again by the checks)."""
 
 
 def snapshots(arrays):
-    """``(index, size, bytes)`` of each of ``arrays`` that may be a view of
+    """``(index, memory, bytes)`` of each of ``arrays`` that may be a view of
     host memory its owner writes to (a JAX array on one CPU device: see
     ``_data_checks.may_share_host_memory``); ``None`` when one is too large
     or on several devices. Arrays XLA owns elsewhere never change: none is
-    kept for them, nor for keys (their values are not checked)."""
+    kept for them, nor for keys (their values are not checked). ``memory``
+    reads the array's buffer in place: :meth:`Warm.unchanged` reads it only
+    while the array is alive and not deleted."""
     kept = []
     for i, a in enumerate(arrays):
-        if type(a) is not _CONCRETE:
+        if type(a) is not CONCRETE:
             continue
         devices = a.devices()
         if not any(device.platform == "cpu" for device in devices):
             continue
         if len(devices) != 1 or a.nbytes > SNAPSHOT_BYTES:
             return None
-        kept.append((i, a.nbytes, _bytes_at(a.unsafe_buffer_pointer(), a.nbytes)))
+        memory = (ctypes.c_char * a.nbytes).from_address(a.unsafe_buffer_pointer())
+        kept.append((i, memory, bytes(memory)))
     return tuple(kept)
 
 
-def key(loss, params, data, batch_key, options):
+def key(head, params, data, batch_key):
     """``(key, arrays, signature)`` of a call: the dictionary key, the arrays
     it names and the signature of its params (:func:`signature`), or
     ``None`` when the call is not one that may skip its checks.
 
-    ``options``: the call's other arguments, each a value or an option
-    object (a frozen dataclass). No option is listed here: every field of
-    every option joins the key, by value when it hashes, by identity when
-    it is a concrete JAX array (or a tuple of them); any other field (a
-    NumPy array, which can be written to) makes the call one that is
-    checked every time.
+    ``head``: the :class:`~functional_sgd.core._keys.Part` of everything
+    else the call was given (its loss and options: ``_trainer.spec_part``),
+    or ``None`` when that alone makes it a call checked every time.
     """
-    if _CONCRETE is None or type(data) is not tuple:
+    if head is None or type(data) is not tuple:
         return None
     for a in data:
-        if type(a) is not _CONCRETE:
+        if type(a) is not CONCRETE:
             return None
-    arrays = list(data)
+    arrays = [*data, *head.arrays]
     if batch_key is not None:
-        if type(batch_key) is not _CONCRETE and type(batch_key) is not _CONCRETE_KEY:
+        if type(batch_key) is not CONCRETE and type(batch_key) is not CONCRETE_KEY:
             return None
         arrays.append(batch_key)
-    flat = []
-    for option in options:
-        if type(option) in _PLAIN:  # the common case, kept cheap
-            flat.append(option)
-        elif not _flatten_option(option, flat, arrays):
-            return None
     params_signature = signature(params)
     if params_signature is None:
         return None
-    # One flat tuple, whose length tells how many arrays it names; the types
-    # tell apart values that compare equal (True and 1).
-    return (loss, jax.config.jax_enable_x64, *map(id, arrays), *flat, *map(type, flat)), \
+    return (len(arrays), *map(id, arrays), jax.config.jax_enable_x64, *head.flat), \
         tuple(arrays), params_signature
-
-
-def _flatten_option(option, flat, arrays):
-    """Appends ``option``'s part of a call's key to ``flat`` (its arrays to
-    ``arrays``); ``False`` if the call cannot be remembered."""
-    kind = type(option)
-    if kind in _PLAIN:
-        flat.append(option)
-        return True
-    if kind is _CONCRETE or kind is _CONCRETE_KEY:
-        arrays.append(option)
-        flat.append(_ARRAY)
-        return True
-    names = _field_names(kind)
-    if names is not None:
-        flat.append(kind)
-        for name in names:
-            if not _flatten_option(getattr(option, name), flat, arrays):
-                return False
-        return True
-    if type(option) is tuple and any(hasattr(a, "shape") for a in option):
-        flat.append(len(option))
-        return all(_flatten_option(a, flat, arrays) for a in option)
-    try:
-        hash(option)
-    except TypeError:
-        return False
-    if hasattr(option, "__array__"):  # a NumPy array or scalar: its values may change
-        return False
-    flat.append(option)
-    return True
-
-
-@functools.lru_cache(maxsize=256)
-def _field_names(kind):
-    """The field names of the dataclass ``kind`` (an option value's type), or ``None``."""
-    if dataclasses.is_dataclass(kind):
-        return tuple(field.name for field in dataclasses.fields(kind))
-    return None
-
-
-_PLAIN = (type(None), int, float, str, bool)
-_ARRAY = object()
-"""Stands in a key for an array named by identity."""
 
 
 def signature(params):
@@ -214,7 +148,7 @@ def signature(params):
     a tracer, a pytree class of the user's, whose structure may hold
     anything) is checked on every call.
     """
-    if type(params) is _CONCRETE:
+    if type(params) is CONCRETE:
         return params.aval
     if type(params) not in _CONTAINERS:
         return None
@@ -222,7 +156,7 @@ def signature(params):
     if not leaves or not _plain_structure(structure):
         return None
     for a in leaves:
-        if type(a) is not _CONCRETE:
+        if type(a) is not CONCRETE:
             return None
     return structure, tuple(a.aval for a in leaves)
 
