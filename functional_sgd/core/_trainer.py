@@ -19,10 +19,7 @@ import jax
 from .._types import FitResult
 from . import _arguments, _data_checks, _keys, _optimizer_checks, _warm
 from ._fit import Remember, run_spec, tiny_lr_dtypes
-from ._resolve import Traced, traced
 from ._options import Evaluation, Loss, Model, Run, Sampled, Schedule, Shuffled, Spec, Stop
-
-"""``loss(params, *batch) -> scalar`` (see :class:`Model` for the other forms)."""
 
 
 MOVED = {
@@ -269,12 +266,11 @@ def train(memory: _warm.Memory, spec: Spec, head: _keys.Part | None, params: Any
     call = None if callable(lr) else _warm.key(head, params, data, key)
     if call is not None:
         warm = memory.recall(call)
-        arrays = traced(spec)
         if warm is not None and (warm.unchanged(call[1]) or _values_still_pass(
-                memory, call, warm, spec, data, arrays)):
+                memory, call, warm, spec, data)):
             lr = _optimizer_checks.check_lr(lr, spec.optimizer, None, params)
             if not tiny_lr_dtypes(lr, spec.optimizer, params):  # else probed on the full path
-                result: FitResult = warm.again(params, data, lr, key, arrays)
+                result: FitResult = warm.again(params, data, lr, key)
                 return result
     check_spec(spec)  # a call not remembered yet is checked, whatever its key
     with _data_checks.remembering(memory.facts):
@@ -283,10 +279,11 @@ def train(memory: _warm.Memory, spec: Spec, head: _keys.Part | None, params: Any
     return result  # type: ignore[no-any-return]
 
 
-def _values_still_pass(memory: _warm.Memory, call: Any, warm: Any, spec: Spec, data: Any,
-                       arrays: Traced) -> bool:
+def _values_still_pass(memory: _warm.Memory, call: Any, warm: Any, spec: Spec,
+                       data: Any) -> bool:
     """Whether a remembered call's arrays, changed since, pass the checks of
     their values again (``_data_checks.values_still_pass``)."""
+    arrays = warm.again.traced
     passed: bool = _data_checks.values_still_pass(
         data, arrays.indices, arrays.eval_data, check_finite=spec.run is None or spec.run.check_finite,
         drop_last=not isinstance(spec.rows, Schedule) or not spec.rows.padded,

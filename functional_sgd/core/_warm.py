@@ -54,7 +54,6 @@ from .._types import FitResult, fit_result
 from ._data_checks import Facts
 from ._keys import CONCRETE, CONCRETE_KEY
 from ._evaluate import best_step, restored
-from ._initialize import best_start
 from ._repeat import OUTPUT, carry_and_record, flat_loop_outputs, home_device, known_counts
 
 _PARAMS, _OPT_STATE, _LOSSES, _DIVERGED_AT, _STEPS_RUN, _TRAJECTORY = (OUTPUT[name] for name in (
@@ -200,12 +199,13 @@ class Memory:
                 return None
         return warm
 
-    def remember(self, call, spec, carry):
-        """Remembers a call that passed the checks and ran (``carry``: its start)."""
+    def remember(self, call, spec, carry, traced):
+        """Remembers a call that passed the checks and ran (``carry``: its start;
+        ``traced``: the arrays it read from its options, ``_resolve.Traced``)."""
         if len(self._calls) >= self.kept:
             self._calls.clear()
         self._calls[call[0]] = Warm(tuple(map(weakref.ref, call[1])), call[2],
-                                    Again(spec, carry), snapshots(call[1]))
+                                    Again(spec, carry, traced), snapshots(call[1]))
 
     def passed_again(self, call, warm):
         """Notes that ``call``'s arrays, changed since ``warm`` was kept, passed
@@ -232,22 +232,24 @@ class Again:
     is built but the result (each is built in Python, slowly).
     """
 
-    def __init__(self, spec, carry):
+    def __init__(self, spec, carry, traced):
         self.spec = spec
         self.start = carry.step, carry.stop  # not its params: nothing big is kept alive
+        # The arrays read from the options: the same objects in every call with this key.
+        self.traced = traced
+        self.restores = spec.evaluation is not None and spec.evaluation.restore_best
         self.known = None  # (step, stop, steps_run, step_after) on the device
         self.device = None  # where the call's arrays are, when not the default device
         self.last_lr = (None, None)  # a float lr and its device scalar, once it repeats
 
-    def __call__(self, params, data, lr, key, traced):
-        """The run from ``params`` on ``data`` with ``lr`` and ``key``;
-        ``traced``: the arrays it reads from the options (``_resolve.Traced``)."""
-        indices, tol, patience, eval_data = traced
+    def __call__(self, params, data, lr, key):
+        """The run from ``params`` on ``data`` with ``lr`` and ``key``."""
+        indices, tol, patience, eval_data = self.traced
         known = self.known or self._know(params)
         step, stop, steps_run, step_after = known
         if type(lr) is float:
             lr = self._lr_on_device(lr)
-        best = best_start(self.spec, params, None)
+        best = (params, None) if self.restores else None  # as _initialize.best_start
         # The fields of Carry(params, opt_state, step, stop, state, best) and of Inputs(data,
         # lr, key, indices, tol, patience, rng, eval_data), without building either.
         out = flat_loop_outputs(self.spec, (params, None, step, stop, None, best,
