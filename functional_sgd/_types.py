@@ -8,7 +8,13 @@ types without importing one another.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, NamedTuple, Union
+
+if sys.version_info >= (3, 11):
+    from typing import Never
+else:  # the same bottom type before Python 3.11
+    from typing import NoReturn as Never
 
 import jax
 import numpy as np
@@ -28,6 +34,12 @@ Key = jax.Array
 
 Scalar = Union[float, int, np.number, jax.Array]
 """A real number: a Python or NumPy scalar, or a 0-d array."""
+
+
+Moved = Never
+"""The type of ``**moved``, the keywords of the older API, each refused with
+the name of its new home: no value has it, so a type checker refuses any
+keyword a function does not take."""
 
 
 class StopState(NamedTuple):

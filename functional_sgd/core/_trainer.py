@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple
+import inspect
+from typing import Any, Callable, NamedTuple, NoReturn, TypeVar
 
 import jax
 
-from .._types import FitResult
+from .._types import FitResult, Moved
 from . import _arguments, _data_checks, _keys, _optimizer_checks, _warm
 from ._fit import Remember, run_spec, tiny_lr_dtypes
 from ._options import Evaluation, Loss, Model, Run, Sampled, Schedule, Shuffled, Spec, Stop
@@ -51,31 +52,29 @@ MOVED = {
 }
 """Where each keyword of the older ``fit`` lives now."""
 
-
-def refuse_moved(function: Callable[..., Any]) -> Callable[..., Any]:
-    """``function``, which answers a keyword of the older API with a
-    ``TypeError`` that names its new home. ``inspect.signature`` and
-    ``help`` show ``function``'s own signature."""
-    parameters = frozenset(function.__code__.co_varnames[:function.__code__.co_argcount
-                                                        + function.__code__.co_kwonlyargcount])
-    name = function.__qualname__.split(".")[0] if function.__name__ == "__init__" \
-        else function.__name__
-
-    @functools.wraps(function)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        if not parameters.issuperset(kwargs):
-            _refuse(name, [keyword for keyword in kwargs if keyword not in parameters])
-        return function(*args, **kwargs)
-
-    return call
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _refuse(name: str, unknown: list[str]) -> None:
-    for keyword in unknown:
+def hides_moved(function: F) -> F:
+    """``function``, whose ``**moved`` (the keywords of the older API, each
+    answered by :func:`refuse_moved`) ``inspect.signature`` and ``help``
+    leave out: they show the parameters it takes. Typed ``Moved``, it lets
+    a type checker refuse any keyword ``function`` does not take. (No
+    wrapper: a wrapper's call would cost every warm call.)"""
+    signature = inspect.signature(function)
+    function.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
+        p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD])
+    return function
+
+
+def refuse_moved(name: str, moved: dict[str, Any]) -> NoReturn:
+    """A ``TypeError`` for a call of ``name`` with keywords it does not take:
+    one of the older API's names its new home (:data:`MOVED`)."""
+    for keyword in moved:
         if keyword in MOVED:
             raise TypeError(f"{name}() no longer takes {keyword}=: it is now "
                             f"{MOVED[keyword]}.")
-    raise TypeError(f"{name}() got an unexpected keyword argument {unknown[0]!r}.")
+    raise TypeError(f"{name}() got an unexpected keyword argument {next(iter(moved))!r}.")
 
 
 class Trainer:
@@ -117,14 +116,16 @@ class Trainer:
                  epochs: int | None = None, batch_size: int | None = None,
                  rows: Sampled | Shuffled | Schedule | None = None, stop: Stop | None = None,
                  evaluation: Evaluation | None = None, model: Model | None = None,
-                 run: Run | None = None) -> None:
+                 run: Run | None = None, **moved: Moved) -> None:
+        if moved:
+            refuse_moved("Trainer", moved)
         self.spec = Spec(loss, optimizer, steps, epochs, batch_size, rows, stop, evaluation,
                          model, run)
         check_spec(self.spec)
         self._memory = _warm.Memory()
         self._head = spec_part(self.spec)
 
-    __init__ = refuse_moved(__init__)
+    __init__ = hides_moved(__init__)
 
     def __call__(self, params: Any, data: Any = (), *, lr: Any = None,
                  key: jax.Array | None = None) -> FitResult:
@@ -151,12 +152,12 @@ _FIT_MEMORY = _warm.Memory()
 """The calls :func:`fit` remembers (bounded: ``_warm.KEPT``)."""
 
 
-@refuse_moved
+@hides_moved
 def fit(loss: Loss, params: Any, data: Any = (), *, lr: Any = None, optimizer: Any = None,
         steps: int | None = None, epochs: int | None = None, batch_size: int | None = None,
         key: jax.Array | None = None, rows: Sampled | Shuffled | Schedule | None = None,
         stop: Stop | None = None, evaluation: Evaluation | None = None,
-        model: Model | None = None, run: Run | None = None) -> FitResult:
+        model: Model | None = None, run: Run | None = None, **moved: Moved) -> FitResult:
     """Fits ``params`` by gradient descent on ``loss``, in one compiled call.
 
     Each step ``t`` takes a batch ``B_t`` of rows and applies
@@ -176,6 +177,8 @@ def fit(loss: Loss, params: Any, data: Any = (), *, lr: Any = None, optimizer: A
     them is a sweep. ``loss``, ``optimizer``, ``steps``, ``batch_size`` and
     the options' other fields shape the program: changing them compiles
     again (so define ``loss`` once, not as a fresh ``lambda`` per call).
+    A keyword of the older ``fit`` (``eval_every=``, ``tol=``, ...) is
+    refused with a ``TypeError`` that names its new home (``**moved``).
 
     Args:
       loss: ``loss(params, *batch) -> scalar`` (with a model's state, aux
@@ -255,6 +258,8 @@ def fit(loss: Loss, params: Any, data: Any = (), *, lr: Any = None, optimizer: A
     >>> [round(float(a), 1) for a in result.params]
     [3.1, 2.4]
     """
+    if moved:
+        refuse_moved("fit", moved)
     spec = Spec(loss, optimizer, steps, epochs, batch_size, rows, stop, evaluation, model, run)
     return train(_FIT_MEMORY, spec, spec_part(spec), params, data, lr, key)
 

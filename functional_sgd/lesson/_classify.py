@@ -222,6 +222,7 @@ def fit_classifier(digits: Digits, *, key: Key, loss: str = "mnist", lr: float =
                  run=live)
     if on_epoch is None:
         losses = np.asarray(result.losses).reshape(epochs, per_epoch)
+        assert result.evals is not None  # it evaluated: evaluation= was given
         accuracies = np.asarray(result.evals["accuracy"])
         ran = int(result.steps_run) // per_epoch
         reports = [epoch_report(e + 1, losses[e], accuracies[e:e + 1]) for e in range(ran)]

@@ -17,11 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._types import Moved
 from ..core import Evaluation, Run, Sampled, Schedule, Shuffled, Trainer
 from ..core._data_checks import check_data, check_eval_data, check_indices, holds_host_arrays
 from ..core._output_size import check_outputs_fit
 from ..core._options import Spec
-from ..core._trainer import check_spec, refuse_moved
+from ..core._trainer import check_spec, hides_moved, refuse_moved
 from ..core._model import torch_as_arrays
 
 
@@ -57,12 +58,12 @@ class LRSweep(NamedTuple):
     eval_steps: Any = None
 
 
-@refuse_moved
+@hides_moved
 def lr_sweep(loss: Callable[..., Any], params: Any, data: Any = (), *, lrs: Any,
              steps: int | None = None, epochs: int | None = None,
              batch_size: int | None = None, key: jax.Array | None = None,
              rows: Sampled | Shuffled | Schedule | None = None, optimizer: Any = None,
-             evaluation: Evaluation | None = None) -> LRSweep:
+             evaluation: Evaluation | None = None, **moved: Moved) -> LRSweep:
     """Trains one run per learning rate, all in one compiled call.
 
     Every run starts at ``params`` and sees the same batches (the same
@@ -111,6 +112,8 @@ def lr_sweep(loss: Callable[..., Any], params: Any, data: Any = (), *, lrs: Any,
     >>> sweep.evals["loss"].shape, sweep.eval_steps[0].tolist()
     ((2, 2), [50, 100])
     """
+    if moved:
+        refuse_moved("lr_sweep", moved)
     lrs = _check_lrs(lrs)
     params = torch_as_arrays(params)  # as fit takes them; jit would refuse a tensor
     data, n = check_data(data, True)
