@@ -70,9 +70,13 @@ def flat_loop_outputs(spec, fields, *, again=False):
     :data:`OUTPUT` (namedtuples are slow to build in Python).
 
     ``again``: a remembered call run again (``_warm``), whose loss and
-    optimizer compiled before: it is not looked at for compiles (:func:`_note_compile`).
+    optimizer compiled before: it is not looked at for compiles
+    (:func:`_note_compile`), and it passes ``None`` for a stop state the
+    loop does not read (:func:`reads_stop`).
     """
     compiled = None if again else _compiled_count()  # ~0.1 us
+    if not again and not reads_stop(spec):
+        fields = (*fields[:_STOP], None, *fields[_STOP + 1:])
     if spec.plan.cpu_compiler_options:
         try:
             out = _compiled_loop(*fields, spec=spec)
@@ -85,6 +89,15 @@ def flat_loop_outputs(spec, fields, *, again=False):
     if compiled is not None and _compiled_count() != compiled:
         _note_compile(spec)
     return out
+
+
+def reads_stop(spec):
+    """Whether :func:`loop` reads the stop state it is given. Without a stop
+    rule or evaluations, a run of more than one step is a ``scan`` that
+    leaves the stop state to the host (:func:`_known_on_the_host`): the
+    compiled loop takes ``None`` instead, one input fewer a call (a piece of
+    one step inside it starts from the rule's own state)."""
+    return bool(spec.stop.active) or spec.evaluation is not None or spec.steps == 1
 
 
 def loop(carry, inputs, *, spec):
@@ -221,9 +234,10 @@ def _run_until_stop(spec, step, source, prepared, training, inputs):
     (and aux of NaN, or zeros for integer and bool leaves)."""
     steps = spec.steps
     x_at, losses, aux, trajectory, first = _empty_records(spec, step, source, training)
-    stop_state = training.stop._replace(best=jnp.asarray(training.stop.best, first.value.dtype),
-                                        waited=jnp.asarray(training.stop.waited, jnp.int32),
-                                        stopped=jnp.bool_(False))
+    given = training.stop if training.stop is not None else spec.stop.init(first.value.dtype)
+    stop_state = given._replace(best=jnp.asarray(given.best, first.value.dtype),
+                                waited=jnp.asarray(given.waited, jnp.int32),
+                                stopped=jnp.bool_(False))
 
     def keep_going(state):
         return (state.t < steps) & ~state.stop.stopped
@@ -385,6 +399,7 @@ def _loop_flat(*fields, spec):
 
 
 _CARRY_FIELDS = len(Carry._fields)
+_STOP = Carry._fields.index("stop")
 OUTPUT = {name: i for i, name in enumerate(Carry._fields + Record._fields)}
 """Where each field of ``Carry`` and ``Record`` sits in :func:`flat_loop_outputs`."""
 _compiled_loop = jax.jit(_loop_flat, static_argnames="spec",

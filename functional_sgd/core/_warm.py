@@ -54,7 +54,8 @@ from .._types import FitResult, fit_result
 from ._data_checks import Facts
 from ._keys import CONCRETE, CONCRETE_KEY
 from ._evaluate import best_step, restored
-from ._repeat import OUTPUT, carry_and_record, flat_loop_outputs, home_device, known_counts
+from ._repeat import (OUTPUT, carry_and_record, flat_loop_outputs, home_device, known_counts,
+                      reads_stop)
 
 _PARAMS, _OPT_STATE, _LOSSES, _DIVERGED_AT, _STEPS_RUN, _TRAJECTORY = (OUTPUT[name] for name in (
     "params", "opt_state", "losses", "diverged_at", "steps_run", "trajectory"))
@@ -268,6 +269,8 @@ class Again:
         with jax.ensure_compile_time_eval():  # concrete even inside another jit
             step, stop = jax.device_put(self.start, self.device)  # compiles nothing
             counts = known_counts(self.spec, self.start[0], self.device)
+        if not reads_stop(self.spec):
+            stop = None  # as flat_loop_outputs passes it
         self.known = (step, stop, *counts)
         return self.known
 
