@@ -322,40 +322,42 @@ def spec_part(spec: Spec) -> _keys.Part | None:
             return None
     if rows is None and stop is None and evaluation is None and run is None:
         return head  # the lesson's calls
-    flat: list[Any] = [head.flat]
-    arrays = list(head.arrays)
-    for option, kinds in zip((rows, stop, evaluation), _REMEMBERED_KINDS):
-        if option is None:
-            flat.append(None)
-            continue
-        if type(option) not in kinds:
-            return None  # refused on the full path
-        part = _keys.kept_part(option)
-        if part is None or (type(option) is Evaluation and option.on_evaluation is not None):
-            return None  # a host loop over periods
-        flat.append(part.flat)
-        arrays.extend(part.arrays)
-    if run is not None:
-        if type(run) is not Run:
+    # Each option: of its kind, then the part it worked out when built.
+    arrays, rows_flat, stop_flat, evaluation_flat, run_flat = head.arrays, None, None, None, None
+    if rows is not None:
+        part = _keys.kept_part(rows) if type(rows) in _ROWS else None
+        if part is None:
             return None
-        part = _keys.kept_part(run)
-        if part is None or (run.chunk_size is not None or run.on_chunk is not None
-                            or run.checkpoint is not None or run.mesh is not None
-                            or run.opt_state is not None or run.progress):
+        arrays, rows_flat = arrays + part.arrays, part.flat
+    if stop is not None:
+        part = _keys.kept_part(stop) if type(stop) is Stop else None
+        if part is None:
+            return None
+        arrays, stop_flat = arrays + part.arrays, part.flat
+    if evaluation is not None:
+        part = _keys.kept_part(evaluation) if type(evaluation) is Evaluation \
+            and evaluation.on_evaluation is None else None  # else a host loop over periods
+        if part is None:
+            return None
+        arrays, evaluation_flat = arrays + part.arrays, part.flat
+    if run is not None:
+        part = _keys.kept_part(run) if type(run) is Run and run.chunk_size is None \
+            and run.on_chunk is None and run.checkpoint is None and run.mesh is None \
+            and run.opt_state is None and not run.progress else None
+        if part is None:
             return None
         if part.flat != _DEFAULT_RUN:  # Run() is no Run
-            flat.append(part.flat)
-            arrays.extend(part.arrays)
-    if len(flat) == 1 + flat.count(None):  # no option but Run(): the lesson's call
-        return head
-    return _keys.Part(tuple(flat), tuple(arrays))
+            arrays, run_flat = arrays + part.arrays, part.flat
+    if rows_flat is None and stop_flat is None and evaluation_flat is None and run_flat is None:
+        return head  # no option but Run(): the lesson's call
+    return _keys.Part((head.flat, rows_flat, stop_flat, evaluation_flat, run_flat), arrays)
 
 
 _OPTION_TYPES = {"rows": (Sampled, Shuffled, Schedule), "stop": (Stop,),
                  "evaluation": (Evaluation,), "model": (Model,), "run": (Run,)}
 _OPTION_FIELDS = tuple((Spec._fields.index(name), kinds) for name, kinds in _OPTION_TYPES.items())
 """Each option's place in a :class:`Spec` and its kinds, found by name."""
-_REMEMBERED_KINDS = tuple(_OPTION_TYPES[name] for name in ("rows", "stop", "evaluation"))
+_ROWS = _OPTION_TYPES["rows"]
 _DEFAULT_RUN = _keys.part_of(Run()).flat  # type: ignore[union-attr]  # a Run() has a part
 
 
