@@ -93,7 +93,7 @@ class Shuffled(Sampled):
 
     def rows(self, key, indices, start, steps):
         return _schedule(key, start, n=self.n, steps=steps, batch_size=self.batch_size,
-                         replace=False, drop_last=self.drop_last)
+                         replace=False, drop_last=self.drop_last, each_step=walks_each_step())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,7 +312,8 @@ def sample_indices(key: Key, n: int, steps: int, batch_size: int, *, replace: bo
         raise ValueError(_NO_EPOCHS)
     _check_schedule_fits(steps, batch_size)
     return _schedule(key, start, n=n, steps=steps, batch_size=batch_size,
-                     replace=replace, drop_last=drop_last or n % batch_size == 0)
+                     replace=replace, drop_last=drop_last or n % batch_size == 0,
+                     each_step=walks_each_step())
 
 
 MAX_ROWS = 2**31 - 1
@@ -347,8 +348,19 @@ def chunk_steps(n, steps, batch_size, replace, budget):
     return min(max(1, budget // batch_size), steps)
 
 
-@partial(jax.jit, static_argnames=("n", "steps", "batch_size", "replace", "drop_last"))
-def _schedule(key, start, *, n, steps, batch_size, replace, drop_last=True):
+def walks_each_step():
+    """Whether a shuffled schedule's cycle-walks run one step at a time
+    (``lax.map``): on CPU each step's walk then ends with its own rows. On
+    a GPU every round of a ``while_loop`` waits for the host to read its
+    condition, so there the whole schedule walks at once (``vmap``: one
+    loop, as many rounds as the longest walk). The rows are the same bits
+    either way: each position is walked until it lands in ``range(n)``."""
+    return jax.default_backend() == "cpu"
+
+
+@partial(jax.jit, static_argnames=("n", "steps", "batch_size", "replace", "drop_last",
+                                   "each_step"))
+def _schedule(key, start, *, n, steps, batch_size, replace, drop_last=True, each_step=True):
     step_ids = jnp.asarray(start, jnp.int32) + jnp.arange(steps, dtype=jnp.int32)
     if replace:
         draw = lambda t: jax.random.randint(
@@ -361,16 +373,21 @@ def _schedule(key, start, *, n, steps, batch_size, replace, drop_last=True):
                  + jnp.arange(batch_size, dtype=jnp.uint32)[None, :])
     round_keys = jax.vmap(lambda e: jax.random.bits(
         jax.random.fold_in(key, e), (FEISTEL_ROUNDS,), jnp.uint32))(epochs)
-    # Step by step (lax.map), so each step's cycle-walk ends with its own rows,
-    # not with the slowest row of the whole schedule (faster on an epoch of
-    # 1,562 batches of 64 from 1e5 rows).
-    if drop_last:
-        return jax.lax.map(lambda pk: shuffled_position(*pk, n), (positions, round_keys))
-    # Positions past the epoch's n rows are padding: -1 (each permuted as
-    # position 0, so the bijection only ever sees range(n)).
-    return jax.lax.map(lambda pk: jnp.where(
-        pk[0] < n, shuffled_position(jnp.where(pk[0] < n, pk[0], 0), pk[1], n), -1),
-        (positions, round_keys))
+
+    def step_rows(position, keys):
+        if drop_last:
+            return shuffled_position(position, keys, n)
+        # Positions past the epoch's n rows are padding: -1 (each permuted as
+        # position 0, so the bijection only ever sees range(n)).
+        real = position < n
+        return jnp.where(real, shuffled_position(jnp.where(real, position, 0), keys, n), -1)
+
+    # Step by step (lax.map) on CPU, so each step's cycle-walk ends with its own
+    # rows, not with the slowest row of the whole schedule (faster there on an
+    # epoch of 1,562 batches of 64 from 1e5 rows); all at once elsewhere.
+    if each_step:
+        return jax.lax.map(lambda pk: step_rows(*pk), (positions, round_keys))
+    return jax.vmap(step_rows)(positions, round_keys)
 
 
 FEISTEL_ROUNDS = 32
