@@ -136,6 +136,23 @@ def test_a_remembered_call_keeps_no_array_alive(fit):
     assert [ref() for ref in gone] == [None, None]
 
 
+def test_a_remembered_call_keeps_no_option_array_alive(fit):
+    """A schedule's rows and held-out data, dropped by their owner, are freed
+    too: the memory keeps where they sit among a call's arrays, not them."""
+    start, x, y = lesson()
+    indices = fsgd.sample_indices(jax.random.key(1), 100, 20, 10, replace=False)
+    held_out = (x[:10] + 0, y[:10] + 0)
+    rows, evaluation = fsgd.Schedule(indices), fsgd.Evaluation(data=held_out, every=5)
+    results = [fit(fsgd.linear_mse, start, (x, y), lr=0.1, rows=rows, evaluation=evaluation)
+               for _ in range(3)]  # remembered, then repeated
+    assert fit.full_path == 1
+    assert_same_result(results[0], results[2])
+    gone = [weakref.ref(a) for a in (indices, *held_out)]
+    del indices, held_out, rows, evaluation
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None, None]
+
+
 def test_a_sweep_under_vmap_of_a_warm_call_matches(fit):
     start, x, y = lesson()
     lrs = jnp.array([0.05, 0.1])

@@ -275,7 +275,7 @@ def train(memory: _warm.Memory, spec: Spec, head: _keys.Part | None, params: Any
                 memory, call, warm, spec, data)):
             lr = _optimizer_checks.check_lr(lr, spec.optimizer, None, params)
             if not tiny_lr_dtypes(lr, spec.optimizer, params):  # else probed on the full path
-                result: FitResult = warm.again(params, data, lr, key)
+                result: FitResult = warm.again(params, data, lr, key, call[1])
                 return result
     check_spec(spec)  # a call not remembered yet is checked, whatever its key
     with _data_checks.remembering(memory.facts):
@@ -288,7 +288,7 @@ def _values_still_pass(memory: _warm.Memory, call: Any, warm: Any, spec: Spec,
                        data: Any) -> bool:
     """Whether a remembered call's arrays, changed since, pass the checks of
     their values again (``_data_checks.values_still_pass``)."""
-    arrays = warm.again.traced
+    arrays = warm.again.traced(call[1])
     passed: bool = _data_checks.values_still_pass(
         data, arrays.indices, arrays.eval_data, check_finite=spec.run is None or spec.run.check_finite,
         drop_last=not isinstance(spec.rows, Schedule) or not spec.rows.padded,
