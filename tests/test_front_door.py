@@ -219,6 +219,20 @@ def test_a_trainer_checks_and_compiles_once_then_goes_straight_to_the_loop(monke
     np.testing.assert_array_equal(again.params, cold.params)
 
 
+def test_a_trainer_whose_spec_is_replaced_runs_the_new_spec():
+    """``trainer.spec`` is an attribute: a call after it is replaced runs the
+    new spec, not a call remembered under the old one."""
+    trainer = fsgd.Trainer(fsgd.linear_mse, steps=20)
+    x, y = jnp.asarray(X), jnp.asarray(Y)
+    trainer(START, (x, y), lr=0.1)
+    trainer(START, (x, y), lr=0.1)  # remembered
+    trainer.spec = trainer.spec._replace(steps=50)
+    longer = trainer(START, (x, y), lr=0.1)
+    assert longer.losses.shape == (50,) and int(longer.steps_run) == 50
+    expected = fsgd.fit(fsgd.linear_mse, START, (x, y), lr=0.1, steps=50)
+    np.testing.assert_array_equal(longer.params, expected.params)
+
+
 def test_the_trainer_is_what_fit_runs():
     trainer = fsgd.Trainer(fsgd.linear_mse, steps=30, rows=fsgd.Shuffled(), batch_size=7,
                            stop=fsgd.Stop(patience=5))

@@ -123,7 +123,7 @@ class Trainer:
                          model, run)
         check_spec(self.spec)
         self._memory = _warm.Memory()
-        self._head = spec_part(self.spec)
+        self._head = self.spec, spec_part(self.spec)  # one tuple: threads see a matching pair
 
     __init__ = hides_moved(__init__)
 
@@ -140,7 +140,12 @@ class Trainer:
         Returns:
           A :class:`FitResult`.
         """
-        return train(self._memory, self.spec, self._head, params, data, lr, key)
+        spec = self.spec
+        keyed, head = self._head
+        if keyed is not spec:  # spec was replaced since: its calls have keys of their own
+            head = spec_part(spec)
+            self._head = spec, head
+        return train(self._memory, spec, head, params, data, lr, key)
 
     def __repr__(self) -> str:
         given = ", ".join(f"{name}={value!r}" for name, value in self.spec._asdict().items()
