@@ -18,7 +18,7 @@ from typing import Any, Callable, NamedTuple, NoReturn, TypeVar
 import jax
 
 from .._types import FitResult, Moved
-from . import _arguments, _data_checks, _keys, _optimizer_checks, _warm
+from . import _arguments, _data_checks, _keys, _optimizer_checks, _stop, _warm
 from ._fit import Remember, run_spec, tiny_lr_dtypes
 from ._options import Evaluation, Loss, Model, Run, Sampled, Schedule, Shuffled, Spec, Stop
 
@@ -292,8 +292,13 @@ def train(memory: _warm.Memory, spec: Spec, head: _keys.Part | None, params: Any
 def _values_still_pass(memory: _warm.Memory, call: Any, warm: Any, spec: Spec,
                        data: Any) -> bool:
     """Whether a remembered call's arrays, changed since, pass the checks of
-    their values again (``_data_checks.values_still_pass``)."""
+    their values again (``_data_checks.values_still_pass``), and the stop
+    rule's ``tol`` and ``patience`` theirs (``_stop.choose``)."""
     arrays = warm.again.traced(call[1])
+    try:
+        _stop.choose(arrays.tol, arrays.patience)
+    except (TypeError, ValueError):
+        return False  # the full path says why
     passed: bool = _data_checks.values_still_pass(
         data, arrays.indices, arrays.eval_data, check_finite=spec.run is None or spec.run.check_finite,
         drop_last=not isinstance(spec.rows, Schedule) or not spec.rows.padded,
