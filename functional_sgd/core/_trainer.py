@@ -275,7 +275,10 @@ def train(memory: _warm.Memory, spec: Spec, head: _keys.Part | None, params: Any
     skips its checks. ``head``: ``spec_part(spec)``."""
     call = None if callable(lr) else _warm.key(head, params, data, key)
     if call is not None:
-        warm = memory.recall(call)
+        try:
+            warm = memory.recall(call)
+        except TypeError:  # a loss that does not hash (its __eq__ without __hash__)
+            warm = call = None  # is checked every time
         if warm is not None and (warm.unchanged(call[1]) or _values_still_pass(
                 memory, call, warm, spec, data)):
             lr = _optimizer_checks.check_lr(lr, spec.optimizer, None, params)
