@@ -273,7 +273,7 @@ def train(memory: _warm.Memory, spec: Spec, head: _keys.Part | None, params: Any
           lr: Any, key: Any) -> FitResult:
     """Runs ``spec`` from ``params`` on ``data``; a call ``memory`` holds
     skips its checks. ``head``: ``spec_part(spec)``."""
-    call = None if callable(lr) else _warm.key(head, params, data, key)
+    call: Any = None if callable(lr) else _warm.key(head, params, data, key)
     if call is not None:
         try:
             warm = memory.recall(call)

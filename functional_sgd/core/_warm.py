@@ -227,7 +227,7 @@ class Memory:
 class _Place(NamedTuple):
     """Where an array read from the options sits among a call's arrays."""
 
-    index: int
+    at: int
 
 
 def _places(traced, arrays):
@@ -246,7 +246,7 @@ def _places(traced, arrays):
 
 def _at(value, arrays):
     """``value`` read back from ``arrays`` where it is a :class:`_Place`."""
-    return arrays[value.index] if type(value) is _Place else value
+    return arrays[value.at] if type(value) is _Place else value
 
 
 class Again:
