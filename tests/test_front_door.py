@@ -4,6 +4,7 @@ public API."""
 
 import dataclasses
 import inspect
+import pickle
 import re
 
 import jax
@@ -282,6 +283,22 @@ def changed(value):
     if isinstance(value, fsgd.speed.SpeedPlan):
         return dataclasses.replace(value, column_major=not value.column_major)
     raise AssertionError(f"no change for {value!r}")
+
+
+@pytest.mark.parametrize("name, value", [("stop", fsgd.Stop(tol=0.5)), ("rows", fsgd.Shuffled()),
+                                         ("run", fsgd.Run(record_params=True))])
+def test_an_option_unpickled_from_a_version_without_keys_trains(name, value):
+    """A value pickled before values kept their part of a key (its state has
+    none) trains as a new value does, and works out its part when first used."""
+    old = pickle.loads(pickle.dumps(value))
+    del old.__dict__[_keys._PART]  # as in the state of an older pickle
+    x, y = jnp.asarray(X), jnp.asarray(Y)
+    kwargs = {"lr": 0.1, "steps": 20, "batch_size": 10, "key": jax.random.key(0)}
+    from_old = fsgd.fit(fsgd.linear_mse, START, (x, y), **kwargs, **{name: old})
+    expected = fsgd.fit(fsgd.linear_mse, START, (x, y), **kwargs, **{name: value})
+    np.testing.assert_array_equal(from_old.params, expected.params)
+    np.testing.assert_array_equal(from_old.losses, expected.losses)
+    assert _keys.kept_part(old) == _keys.kept_part(value)
 
 
 @pytest.mark.parametrize("kind", VALUES, ids=lambda kind: kind.__name__)
