@@ -54,7 +54,7 @@ from .._types import FitResult, fit_result
 from ._data_checks import Facts
 from ._keys import CONCRETE, CONCRETE_KEY
 from ._evaluate import best_step, restored
-from ._resolve import Traced
+from ._resolve import NOTHING_TRACED, Traced
 from ._repeat import (OUTPUT, carry_and_record, flat_loop_outputs, home_device, known_counts,
                       reads_stop)
 
@@ -264,7 +264,7 @@ class Again:
         self.start = carry.step, carry.stop  # not its params: nothing big is kept alive
         # The arrays read from the options are the same objects in every call with this
         # key: kept as their places among the call's arrays (kept, they would stay alive).
-        self.traced_at = _places(traced, arrays)
+        self.traced_at = None if traced is NOTHING_TRACED else _places(traced, arrays)
         self.restores = spec.evaluation is not None and spec.evaluation.restore_best
         self.known = None  # (step, stop, steps_run, step_after) on the device
         self.device = None  # where the call's arrays are, when not the default device
@@ -273,6 +273,8 @@ class Again:
     def traced(self, arrays):
         """The arrays the run reads from the options (``_resolve.Traced``),
         taken from ``arrays``, the call's (:func:`key`)."""
+        if self.traced_at is None:  # the lesson's call reads nothing from options
+            return NOTHING_TRACED
         indices, tol, patience, eval_data = self.traced_at
         return Traced(_at(indices, arrays), _at(tol, arrays), _at(patience, arrays),
                       tuple(_at(a, arrays) for a in eval_data))
