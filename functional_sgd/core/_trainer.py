@@ -297,6 +297,8 @@ def _values_still_pass(memory: _warm.Memory, call: Any, warm: Any, spec: Spec,
     """Whether a remembered call's arrays, changed since, pass the checks of
     their values again (``_data_checks.values_still_pass``), and the stop
     rule's ``tol`` and ``patience`` theirs (``_stop.choose``)."""
+    if spec.run is not None and type(spec.run.start_step) is not int:
+        return False  # an array: the host counts from it (result.step); the full path reads it
     arrays = warm.again.traced(call[1])
     try:
         _stop.choose(arrays.tol, arrays.patience)
