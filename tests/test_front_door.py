@@ -4,6 +4,7 @@ public API."""
 
 import dataclasses
 import inspect
+import pickle
 import re
 
 import jax
@@ -219,6 +220,20 @@ def test_a_trainer_checks_and_compiles_once_then_goes_straight_to_the_loop(monke
     np.testing.assert_array_equal(again.params, cold.params)
 
 
+def test_a_trainer_whose_spec_is_replaced_runs_the_new_spec():
+    """``trainer.spec`` is an attribute: a call after it is replaced runs the
+    new spec, not a call remembered under the old one."""
+    trainer = fsgd.Trainer(fsgd.linear_mse, steps=20)
+    x, y = jnp.asarray(X), jnp.asarray(Y)
+    trainer(START, (x, y), lr=0.1)
+    trainer(START, (x, y), lr=0.1)  # remembered
+    trainer.spec = trainer.spec._replace(steps=50)
+    longer = trainer(START, (x, y), lr=0.1)
+    assert longer.losses.shape == (50,) and int(longer.steps_run) == 50
+    expected = fsgd.fit(fsgd.linear_mse, START, (x, y), lr=0.1, steps=50)
+    np.testing.assert_array_equal(longer.params, expected.params)
+
+
 def test_the_trainer_is_what_fit_runs():
     trainer = fsgd.Trainer(fsgd.linear_mse, steps=30, rows=fsgd.Shuffled(), batch_size=7,
                            stop=fsgd.Stop(patience=5))
@@ -268,6 +283,22 @@ def changed(value):
     if isinstance(value, fsgd.speed.SpeedPlan):
         return dataclasses.replace(value, column_major=not value.column_major)
     raise AssertionError(f"no change for {value!r}")
+
+
+@pytest.mark.parametrize("name, value", [("stop", fsgd.Stop(tol=0.5)), ("rows", fsgd.Shuffled()),
+                                         ("run", fsgd.Run(record_params=True))])
+def test_an_option_unpickled_from_a_version_without_keys_trains(name, value):
+    """A value pickled before values kept their part of a key (its state has
+    none) trains as a new value does, and works out its part when first used."""
+    old = pickle.loads(pickle.dumps(value))
+    del old.__dict__[_keys._PART]  # as in the state of an older pickle
+    x, y = jnp.asarray(X), jnp.asarray(Y)
+    kwargs = {"lr": 0.1, "steps": 20, "batch_size": 10, "key": jax.random.key(0)}
+    from_old = fsgd.fit(fsgd.linear_mse, START, (x, y), **kwargs, **{name: old})
+    expected = fsgd.fit(fsgd.linear_mse, START, (x, y), **kwargs, **{name: value})
+    np.testing.assert_array_equal(from_old.params, expected.params)
+    np.testing.assert_array_equal(from_old.losses, expected.losses)
+    assert _keys.kept_part(old) == _keys.kept_part(value)
 
 
 @pytest.mark.parametrize("kind", VALUES, ids=lambda kind: kind.__name__)

@@ -470,6 +470,45 @@ def test_indices_rewritten_in_host_memory_a_jax_array_shares_are_refused(warm, r
         fit(rows=fsgd.Schedule(shared), steps=None, **options)
 
 
+@pytest.mark.parametrize("field, value, match", [("tol", np.nan, "tol must be a finite"),
+                                                  ("patience", 0, "patience")])
+def test_a_stop_rule_rewritten_in_host_memory_a_jax_array_shares_is_refused(field, value, match):
+    """A warm call whose ``tol`` or ``patience`` changed in host memory reads
+    them again, as a first call would: it never runs a rule that cannot fire."""
+    given = _aligned(np.array(0.5 if field == "tol" else 3, np.float32 if field == "tol"
+                              else np.int32))
+    shared = jax.device_put(given)
+    if shared.unsafe_buffer_pointer() != given.ctypes.data:
+        pytest.skip("this JAX copies NumPy input to the device")
+    stop = fsgd.Stop(**{field: shared})
+    fit(stop=stop)
+    fit(stop=stop)  # remembered
+    given[...] = value
+    with pytest.raises(ValueError, match=match):
+        fit(stop=stop)
+
+
+def test_a_start_step_rewritten_in_host_memory_a_jax_array_shares_is_read_again():
+    """A warm call whose ``Run(start_step=)`` changed in host memory counts
+    from the new step, as a first call does, and refuses a negative one."""
+    given = _aligned(np.array(0, np.int32))
+    shared = jax.device_put(given)
+    if shared.unsafe_buffer_pointer() != given.ctypes.data:
+        pytest.skip("this JAX copies NumPy input to the device")
+    run = fsgd.Run(start_step=shared)
+    options = {"batch_size": 10, "key": KEY}
+    fit(run=run, **options)
+    fit(run=run, **options)  # remembered
+    given[...] = 7
+    moved = fit(run=run, **options)
+    expected = fit(run=fsgd.Run(start_step=7), **options)
+    assert int(moved.step) == int(expected.step) == 17
+    np.testing.assert_array_equal(moved.params, expected.params)
+    given[...] = -3
+    with pytest.raises(ValueError, match="start_step"):
+        fit(run=run, **options)
+
+
 @pytest.mark.usefixtures("standard_promotion")  # optax's adam
 @pytest.mark.parametrize("batch_size, chunk_size", [(8, 7), (8, 20), (1, 2), (1, 7)])
 def test_chunks_of_an_equinox_mlp_with_adam_give_the_bits_of_one_call(batch_size, chunk_size):

@@ -114,6 +114,27 @@ def test_anything_else_new_takes_the_full_path(fit):
                  key=jax.random.key(0), rows=fsgd.Shuffled(drop_last=1))
 
 
+class UnhashableLoss:
+    """A loss object with ``__eq__`` and so no ``__hash__``."""
+
+    def __eq__(self, other):
+        return isinstance(other, UnhashableLoss)
+
+    def __call__(self, params, x, y):
+        return fsgd.linear_mse(params, x, y)
+
+
+@pytest.mark.parametrize("options", [{}, {"stop": fsgd.Stop(patience=3)}])
+def test_a_loss_that_does_not_hash_is_checked_every_time(fit, options):
+    start, x, y = lesson()
+    results = [fit(UnhashableLoss(), start, (x, y), lr=0.1, steps=5, **options)
+               for _ in range(2)]
+    assert fit.full_path == 2
+    assert_same_result(results[0], results[1])
+    expected = fit(fsgd.linear_mse, start, (x, y), lr=0.1, steps=5, **options)
+    np.testing.assert_array_equal(np.asarray(results[0].params), np.asarray(expected.params))
+
+
 def test_numpy_data_is_checked_on_every_call(fit):
     start, x, y = lesson()
     x = np.array(x)
@@ -134,6 +155,23 @@ def test_a_remembered_call_keeps_no_array_alive(fit):
     del x, start
     gc.collect()
     assert [ref() for ref in gone] == [None, None]
+
+
+def test_a_remembered_call_keeps_no_option_array_alive(fit):
+    """A schedule's rows and held-out data, dropped by their owner, are freed
+    too: the memory keeps where they sit among a call's arrays, not them."""
+    start, x, y = lesson()
+    indices = fsgd.sample_indices(jax.random.key(1), 100, 20, 10, replace=False)
+    held_out = (x[:10] + 0, y[:10] + 0)
+    rows, evaluation = fsgd.Schedule(indices), fsgd.Evaluation(data=held_out, every=5)
+    results = [fit(fsgd.linear_mse, start, (x, y), lr=0.1, rows=rows, evaluation=evaluation)
+               for _ in range(3)]  # remembered, then repeated
+    assert fit.full_path == 1
+    assert_same_result(results[0], results[2])
+    gone = [weakref.ref(a) for a in (indices, *held_out)]
+    del indices, held_out, rows, evaluation
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None, None]
 
 
 def test_a_sweep_under_vmap_of_a_warm_call_matches(fit):

@@ -56,8 +56,14 @@ def part_of(*values: Any) -> Part | None:
 
 
 def kept_part(option: Any) -> Part | None:
-    """The part an option value worked out when it was built (:func:`keyed`)."""
-    return option.__dict__[_PART]  # type: ignore[no-any-return]
+    """The part an option value worked out when it was built (:func:`keyed`);
+    one unpickled from a version that kept none works it out now."""
+    try:
+        return option.__dict__[_PART]  # type: ignore[no-any-return]
+    except KeyError:
+        part = part_of(option)
+        object.__setattr__(option, _PART, part)
+        return part
 
 
 T = TypeVar("T")

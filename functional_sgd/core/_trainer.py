@@ -18,7 +18,7 @@ from typing import Any, Callable, NamedTuple, NoReturn, TypeVar
 import jax
 
 from .._types import FitResult, Moved
-from . import _arguments, _data_checks, _keys, _optimizer_checks, _warm
+from . import _arguments, _data_checks, _keys, _optimizer_checks, _stop, _warm
 from ._fit import Remember, run_spec, tiny_lr_dtypes
 from ._options import Evaluation, Loss, Model, Run, Sampled, Schedule, Shuffled, Spec, Stop
 
@@ -123,7 +123,7 @@ class Trainer:
                          model, run)
         check_spec(self.spec)
         self._memory = _warm.Memory()
-        self._head = spec_part(self.spec)
+        self._head = self.spec, spec_part(self.spec)  # one tuple: threads see a matching pair
 
     __init__ = hides_moved(__init__)
 
@@ -140,7 +140,12 @@ class Trainer:
         Returns:
           A :class:`FitResult`.
         """
-        return train(self._memory, self.spec, self._head, params, data, lr, key)
+        spec = self.spec
+        keyed, head = self._head
+        if keyed is not spec:  # spec was replaced since: its calls have keys of their own
+            head = spec_part(spec)
+            self._head = spec, head
+        return train(self._memory, spec, head, params, data, lr, key)
 
     def __repr__(self) -> str:
         given = ", ".join(f"{name}={value!r}" for name, value in self.spec._asdict().items()
@@ -268,14 +273,17 @@ def train(memory: _warm.Memory, spec: Spec, head: _keys.Part | None, params: Any
           lr: Any, key: Any) -> FitResult:
     """Runs ``spec`` from ``params`` on ``data``; a call ``memory`` holds
     skips its checks. ``head``: ``spec_part(spec)``."""
-    call = None if callable(lr) else _warm.key(head, params, data, key)
+    call: Any = None if callable(lr) else _warm.key(head, params, data, key)
     if call is not None:
-        warm = memory.recall(call)
+        try:
+            warm = memory.recall(call)
+        except TypeError:  # a loss that does not hash (its __eq__ without __hash__)
+            warm = call = None  # is checked every time
         if warm is not None and (warm.unchanged(call[1]) or _values_still_pass(
                 memory, call, warm, spec, data)):
             lr = _optimizer_checks.check_lr(lr, spec.optimizer, None, params)
             if not tiny_lr_dtypes(lr, spec.optimizer, params):  # else probed on the full path
-                result: FitResult = warm.again(params, data, lr, key)
+                result: FitResult = warm.again(params, data, lr, key, call[1])
                 return result
     check_spec(spec)  # a call not remembered yet is checked, whatever its key
     with _data_checks.remembering(memory.facts):
@@ -287,8 +295,15 @@ def train(memory: _warm.Memory, spec: Spec, head: _keys.Part | None, params: Any
 def _values_still_pass(memory: _warm.Memory, call: Any, warm: Any, spec: Spec,
                        data: Any) -> bool:
     """Whether a remembered call's arrays, changed since, pass the checks of
-    their values again (``_data_checks.values_still_pass``)."""
-    arrays = warm.again.traced
+    their values again (``_data_checks.values_still_pass``), and the stop
+    rule's ``tol`` and ``patience`` theirs (``_stop.choose``)."""
+    if spec.run is not None and type(spec.run.start_step) is not int:
+        return False  # an array: the host counts from it (result.step); the full path reads it
+    arrays = warm.again.traced(call[1])
+    try:
+        _stop.choose(arrays.tol, arrays.patience)
+    except (TypeError, ValueError):
+        return False  # the full path says why
     passed: bool = _data_checks.values_still_pass(
         data, arrays.indices, arrays.eval_data, check_finite=spec.run is None or spec.run.check_finite,
         drop_last=not isinstance(spec.rows, Schedule) or not spec.rows.padded,
