@@ -159,7 +159,7 @@ def test_a_remembered_call_keeps_no_array_alive(fit):
 
 def test_a_remembered_call_keeps_no_option_array_alive(fit):
     """A schedule's rows and held-out data, dropped by their owner, are freed
-    too: the memory keeps where they sit among a call's arrays, not them."""
+    too: a warm call reads them from its own options, the memory keeps none."""
     start, x, y = lesson()
     indices = fsgd.sample_indices(jax.random.key(1), 100, 20, 10, replace=False)
     held_out = (x[:10] + 0, y[:10] + 0)

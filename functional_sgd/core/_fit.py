@@ -132,7 +132,7 @@ def run_spec(spec, params, data, lr, key, remember=None):
         if _data_checks.holds_host_arrays(given):
             jax.block_until_ready(out)  # JAX may read them in place, after fit returned
         if remember is not None and model.plain and not fed.read_on_host:
-            remember.memory.remember(remember.call, loop_spec, started.carry, arrays)  # it ran
+            remember.memory.remember(remember.call, loop_spec, started.carry)  # it ran
         return out
     return _chunked(finish, started, chunk_size, _model.unwrapping(options.on_chunk, model))
 

@@ -20,6 +20,7 @@ import jax
 from .._types import FitResult, Moved
 from . import _arguments, _data_checks, _keys, _optimizer_checks, _stop, _warm
 from ._fit import Remember, run_spec, tiny_lr_dtypes
+from ._resolve import traced
 from ._options import Evaluation, Loss, Model, Run, Sampled, Schedule, Shuffled, Spec, Stop
 
 
@@ -283,7 +284,7 @@ def train(memory: _warm.Memory, spec: Spec, head: _keys.Part | None, params: Any
                 memory, call, warm, spec, data)):
             lr = _optimizer_checks.check_lr(lr, spec.optimizer, None, params)
             if not tiny_lr_dtypes(lr, spec.optimizer, params):  # else probed on the full path
-                result: FitResult = warm.again(params, data, lr, key, call[1])
+                result: FitResult = warm.again(params, data, lr, key, traced(spec))
                 return result
     check_spec(spec)  # a call not remembered yet is checked, whatever its key
     with _data_checks.remembering(memory.facts):
@@ -299,7 +300,7 @@ def _values_still_pass(memory: _warm.Memory, call: Any, warm: Any, spec: Spec,
     rule's ``tol`` and ``patience`` theirs (``_stop.choose``)."""
     if spec.run is not None and type(spec.run.start_step) is not int:
         return False  # an array: the host counts from it (result.step); the full path reads it
-    arrays = warm.again.traced(call[1])
+    arrays = traced(spec)
     try:
         _stop.choose(arrays.tol, arrays.patience)
     except (TypeError, ValueError):

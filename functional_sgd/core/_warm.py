@@ -54,7 +54,6 @@ from .._types import FitResult, fit_result
 from ._data_checks import Facts
 from ._keys import CONCRETE, CONCRETE_KEY
 from ._evaluate import best_step, restored
-from ._resolve import NOTHING_TRACED, Traced
 from ._repeat import (OUTPUT, carry_and_record, flat_loop_outputs, home_device, known_counts,
                       reads_stop)
 
@@ -201,13 +200,12 @@ class Memory:
                 return None
         return warm
 
-    def remember(self, call, spec, carry, traced):
-        """Remembers a call that passed the checks and ran (``carry``: its start;
-        ``traced``: the arrays it read from its options, ``_resolve.Traced``)."""
+    def remember(self, call, spec, carry):
+        """Remembers a call that passed the checks and ran (``carry``: its start)."""
         if len(self._calls) >= self.kept:
             self._calls.clear()
         self._calls[call[0]] = Warm(tuple(map(weakref.ref, call[1])), call[2],
-                                    Again(spec, carry, traced, call[1]), snapshots(call[1]))
+                                    Again(spec, carry), snapshots(call[1]))
 
     def passed_again(self, call, warm):
         """Notes that ``call``'s arrays, changed since ``warm`` was kept, passed
@@ -224,31 +222,6 @@ class Memory:
         return next(reversed(self._calls.values())).again
 
 
-class _Place(NamedTuple):
-    """Where an array read from the options sits among a call's arrays."""
-
-    at: int
-
-
-def _places(traced, arrays):
-    """``traced`` (``_resolve.Traced``) with each array that ``arrays`` holds
-    replaced by its :class:`_Place` (a plain value stays as it is)."""
-    def place(value):
-        for i, a in enumerate(arrays):
-            if a is value:
-                return _Place(i)
-        return value
-
-    indices, tol, patience, eval_data = traced
-    return (place(indices), place(tol), place(patience),
-            tuple(map(place, eval_data)))
-
-
-def _at(value, arrays):
-    """``value`` read back from ``arrays`` where it is a :class:`_Place`."""
-    return arrays[value.at] if type(value) is _Place else value
-
-
 class Again:
     """A remembered call run again: ``run(spec, carry, inputs)`` with new
     ``params`` and ``lr``, returning the :class:`FitResult`.
@@ -259,30 +232,19 @@ class Again:
     is built but the result (each is built in Python, slowly).
     """
 
-    def __init__(self, spec, carry, traced, arrays):
+    def __init__(self, spec, carry):
         self.spec = spec
         self.start = carry.step, carry.stop  # not its params: nothing big is kept alive
-        # The arrays read from the options are the same objects in every call with this
-        # key: kept as their places among the call's arrays (kept, they would stay alive).
-        self.traced_at = None if traced is NOTHING_TRACED else _places(traced, arrays)
         self.restores = spec.evaluation is not None and spec.evaluation.restore_best
         self.known = None  # (step, stop, steps_run, step_after) on the device
         self.device = None  # where the call's arrays are, when not the default device
         self.last_lr = (None, None)  # a float lr and its device scalar, once it repeats
 
-    def traced(self, arrays):
-        """The arrays the run reads from the options (``_resolve.Traced``),
-        taken from ``arrays``, the call's (:func:`key`)."""
-        if self.traced_at is None:  # the lesson's call reads nothing from options
-            return NOTHING_TRACED
-        indices, tol, patience, eval_data = self.traced_at
-        return Traced(_at(indices, arrays), _at(tol, arrays), _at(patience, arrays),
-                      tuple(_at(a, arrays) for a in eval_data))
-
-    def __call__(self, params, data, lr, key, arrays):
+    def __call__(self, params, data, lr, key, traced):
         """The run from ``params`` on ``data`` with ``lr`` and ``key``;
-        ``arrays``: the call's (:func:`key`)."""
-        indices, tol, patience, eval_data = self.traced(arrays)
+        ``traced``: the arrays it reads from the options (``_resolve.Traced``,
+        read from the call's own options: kept here, they would stay alive)."""
+        indices, tol, patience, eval_data = traced
         known = self.known or self._know(params)
         step, stop, steps_run, step_after = known
         if type(lr) is float:
