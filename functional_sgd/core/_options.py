@@ -12,7 +12,9 @@ else is one value per concern, checked when it is built:
 
 Each value splits into what shapes the compiled program and the arrays it
 carries (traced: a new learning rate, held-out set, key or state reuses the
-compiled loop).
+compiled loop). Values are frozen, and each works out its part of a
+remembered call's key when it is built (``_keys``): build a new value
+(``dataclasses.replace``) rather than force a field of an old one.
 """
 
 from __future__ import annotations
