@@ -141,15 +141,21 @@ def test_bad_input_names_the_argument(args, kwargs, error, match):
                                                        (1000, 64, True), (1000, 64, False),
                                                        (6, 6, True)])
 def test_a_schedule_walked_all_at_once_has_the_bits_of_one_walked_step_by_step(
-        n, batch_size, drop_last):
+        n, batch_size, drop_last, monkeypatch):
     """On CPU each step's cycle-walk runs alone (lax.map); on a GPU the whole
     schedule walks at once (vmap). Each position is walked until it lands
     in range(n) either way: the same rows, bit for bit."""
     from functional_sgd.core import _batches
 
-    draw = lambda each_step: np.asarray(_batches._schedule(
-        jax.random.key(3), 5, n=n, steps=40, batch_size=batch_size, replace=False,
-        drop_last=drop_last, each_step=each_step))
+    def draw(each_step):  # a new function, traced afresh (JAX keeps a function's traces)
+        monkeypatch.setattr(_batches, "walks_each_step", lambda: each_step)
+        schedule = jax.jit(lambda *args, **kwargs: _batches._schedule.__wrapped__(
+            *args, **kwargs), static_argnames=("n", "steps", "batch_size", "replace",
+                                               "drop_last"))
+        return np.asarray(schedule(jax.random.key(3), 5, n=n, steps=40, batch_size=batch_size,
+                                   replace=False, drop_last=drop_last))
+
     step_by_step, at_once = draw(True), draw(False)
     np.testing.assert_array_equal(at_once, step_by_step)
+    monkeypatch.undo()
     assert _batches.walks_each_step() == (jax.default_backend() == "cpu")

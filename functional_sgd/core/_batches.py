@@ -93,7 +93,7 @@ class Shuffled(Sampled):
 
     def rows(self, key, indices, start, steps):
         return _schedule(key, start, n=self.n, steps=steps, batch_size=self.batch_size,
-                         replace=False, drop_last=self.drop_last, each_step=walks_each_step())
+                         replace=False, drop_last=self.drop_last)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,8 +312,7 @@ def sample_indices(key: Key, n: int, steps: int, batch_size: int, *, replace: bo
         raise ValueError(_NO_EPOCHS)
     _check_schedule_fits(steps, batch_size)
     return _schedule(key, start, n=n, steps=steps, batch_size=batch_size,
-                     replace=replace, drop_last=drop_last or n % batch_size == 0,
-                     each_step=walks_each_step())
+                     replace=replace, drop_last=drop_last or n % batch_size == 0)
 
 
 MAX_ROWS = 2**31 - 1
@@ -358,9 +357,8 @@ def walks_each_step():
     return jax.default_backend() == "cpu"
 
 
-@partial(jax.jit, static_argnames=("n", "steps", "batch_size", "replace", "drop_last",
-                                   "each_step"))
-def _schedule(key, start, *, n, steps, batch_size, replace, drop_last=True, each_step=True):
+@partial(jax.jit, static_argnames=("n", "steps", "batch_size", "replace", "drop_last"))
+def _schedule(key, start, *, n, steps, batch_size, replace, drop_last=True):
     step_ids = jnp.asarray(start, jnp.int32) + jnp.arange(steps, dtype=jnp.int32)
     if replace:
         draw = lambda t: jax.random.randint(
@@ -373,6 +371,14 @@ def _schedule(key, start, *, n, steps, batch_size, replace, drop_last=True, each
                  + jnp.arange(batch_size, dtype=jnp.uint32)[None, :])
     round_keys = jax.vmap(lambda e: jax.random.bits(
         jax.random.fold_in(key, e), (FEISTEL_ROUNDS,), jnp.uint32))(epochs)
+    return shuffled_rows(positions, round_keys, n, drop_last, walks_each_step())
+
+
+def shuffled_rows(positions, round_keys, n, drop_last, each_step):
+    """Rows at ``positions`` (``(steps, batch_size)``) of the epochs whose
+    permutations ``round_keys`` (one row per step) choose: step by step
+    (``lax.map``) when ``each_step``, else all at once (``vmap``); the same
+    bits either way."""
 
     def step_rows(position, keys):
         if drop_last:
@@ -382,9 +388,9 @@ def _schedule(key, start, *, n, steps, batch_size, replace, drop_last=True, each
         real = position < n
         return jnp.where(real, shuffled_position(jnp.where(real, position, 0), keys, n), -1)
 
-    # Step by step (lax.map) on CPU, so each step's cycle-walk ends with its own
-    # rows, not with the slowest row of the whole schedule (faster there on an
-    # epoch of 1,562 batches of 64 from 1e5 rows); all at once elsewhere.
+    # Step by step on CPU, so each step's cycle-walk ends with its own rows, not
+    # with the slowest row of the whole schedule (faster there on an epoch of
+    # 1,562 batches of 64 from 1e5 rows); all at once elsewhere.
     if each_step:
         return jax.lax.map(lambda pk: step_rows(*pk), (positions, round_keys))
     return jax.vmap(step_rows)(positions, round_keys)
