@@ -86,6 +86,20 @@ def _fit_fused(problem, device, fast_path="auto"):
     return run
 
 
+def _trainer_call(problem, device):
+    """A :class:`functional_sgd.Trainer` built once, outside the timed call, and
+    called again: what a user who repeats one run writes instead of ``fit``
+    (its calls skip turning ``fit``'s keywords into a spec and its key)."""
+    start, x, y, indices, _ = _jax_inputs(problem, device)
+    w = problem.workload
+    trainer = fsgd.Trainer(fsgd.linear_mse, steps=w.steps, rows=_rows(indices))
+
+    def run():
+        return np.asarray(trainer(start, (x, y), lr=w.lr).params)
+
+    return run
+
+
 def _fit_new_inputs(problem, device, *, new_lr):
     """``fit`` called with a new lr, or new data arrays of the same shape, on
     every call: what a user's own sweep or data pipeline does. Nothing may
@@ -284,6 +298,7 @@ METHODS = (
     Method("optax.sgd, Python loop", "jax", _optax_loop, single),
     Method("sklearn SGDRegressor", "sklearn", _sklearn_sgd, _one_pass_of_rows),
     Method("fit", "jax", _fit_fused, single),
+    Method("Trainer, built once", "jax", _trainer_call, single),
     Method("fit, general path (fast_path=False)", "jax",
            partial(_fit_fused, fast_path=False), lambda w: w.large or _full_batch_lesson(w)),
     Method("fit, exact MSE path (fast_path=True)", "jax",
