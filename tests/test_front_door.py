@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from functional_sgd.core import _keys, _trainer, _warm
+from functional_sgd.core import _keys, _trainer
 from helpers import count_compilations
 
 X, Y = fsgd.lesson_data(jax.random.key(0))

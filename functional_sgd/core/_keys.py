@@ -57,13 +57,13 @@ def part_of(*values: Any) -> Part | None:
 
 def kept_part(option: Any) -> Part | None:
     """The part an option value worked out when it was built (:func:`keyed`);
-    one unpickled from a version that kept none works it out now."""
-    try:
-        return option.__dict__[_PART]  # type: ignore[no-any-return]
-    except KeyError:
-        part = part_of(option)
-        object.__setattr__(option, _PART, part)
-        return part
+    one unpickled from a version that kept none works it out on each call
+    (the value itself is not written to)."""
+    kept = option.__dict__.get(_PART, _MISSING)
+    return part_of(option) if kept is _MISSING else kept  # type: ignore[no-any-return]
+
+
+_MISSING = object()
 
 
 T = TypeVar("T")

@@ -97,7 +97,13 @@ def reads_stop(spec):
     leaves the stop state to the host (:func:`_known_on_the_host`): the
     compiled loop takes ``None`` instead, one input fewer a call (a piece of
     one step inside it starts from the rule's own state)."""
-    return bool(spec.stop.active) or spec.evaluation is not None or spec.steps == 1
+    return spec.evaluation is not None or _runs_until_stop(spec)
+
+
+def _runs_until_stop(spec):
+    """Whether :func:`piece` runs a ``while_loop`` that watches the stop rule
+    (:func:`_run_until_stop`) rather than a ``scan``."""
+    return bool(spec.stop.active) or spec.steps == 1
 
 
 def loop(carry, inputs, *, spec):
@@ -160,7 +166,7 @@ def piece(spec, prepared, training, inputs):
     # A scan of one step is inlined by XLA, which then reads column-major data
     # another way: the loss would differ in its last bits from the same step
     # inside a longer run. A while loop whose end depends on the data stays a loop.
-    if spec.stop.active or spec.steps == 1:
+    if _runs_until_stop(spec):
         return _run_until_stop(spec, step, source, prepared, training, inputs)
     # Step t's key and rate need t; when the loop steps over rows, it steps over (t, rows).
     counted = (model.rng or schedule is not None) and source.xs is not None

@@ -10,10 +10,8 @@ option joins the key; none is listed by hand).
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import inspect
-from typing import Any, Callable, NamedTuple, NoReturn, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 import jax
 

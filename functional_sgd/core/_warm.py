@@ -54,6 +54,7 @@ from .._types import FitResult, fit_result
 from ._data_checks import Facts
 from ._keys import CONCRETE, CONCRETE_KEY
 from ._evaluate import best_step, restored
+from ._initialize import best_start
 from ._repeat import (OUTPUT, carry_and_record, flat_loop_outputs, home_device, known_counts,
                       reads_stop)
 
@@ -235,7 +236,6 @@ class Again:
     def __init__(self, spec, carry):
         self.spec = spec
         self.start = carry.step, carry.stop  # not its params: nothing big is kept alive
-        self.restores = spec.evaluation is not None and spec.evaluation.restore_best
         self.known = None  # (step, stop, steps_run, step_after) on the device
         self.device = None  # where the call's arrays are, when not the default device
         self.last_lr = (None, None)  # a float lr and its device scalar, once it repeats
@@ -249,7 +249,7 @@ class Again:
         step, stop, steps_run, step_after = known
         if type(lr) is float:
             lr = self._lr_on_device(lr)
-        best = (params, None) if self.restores else None  # as _initialize.best_start
+        best = best_start(self.spec, params, None)
         # The fields of Carry(params, opt_state, step, stop, state, best) and of Inputs(data,
         # lr, key, indices, tol, patience, rng, eval_data), without building either.
         out = flat_loop_outputs(self.spec, (params, None, step, stop, None, best,
