@@ -416,12 +416,21 @@ def _aligned(array):
     return out
 
 
+def _shared(array):
+    """``(host, device)``: an aligned NumPy copy of ``array`` and the JAX
+    array that reads it in place. Skips where JAX copies it instead (a GPU,
+    another client): there no write to the host copy can reach the device
+    array, so what these tests guard against cannot happen."""
+    host = _aligned(np.asarray(array))
+    device = jax.device_put(host)
+    if device.unsafe_buffer_pointer() != host.ctypes.data:
+        pytest.skip(f"JAX copied the NumPy array to {device.devices()}: nothing writes under it")
+    return host, device
+
+
 @pytest.mark.parametrize("warm", [True, False], ids=["warm call", "chunked call"])
 def test_nan_written_into_host_memory_a_jax_array_shares_is_refused(warm):
-    x = _aligned(np.asarray(X))
-    xj = jax.device_put(x)
-    if xj.unsafe_buffer_pointer() != x.ctypes.data:
-        pytest.skip("this JAX copies NumPy input to the device")
+    x, xj = _shared(X)
     options = {} if warm else {"run": fsgd.Run(chunk_size=5)}
     fit(data=(xj, Y), **options)
     fit(data=(xj, Y), **options)  # remembered
@@ -442,10 +451,7 @@ def test_a_remembered_array_deleted_since_is_refused_as_on_a_first_call():
 def test_new_finite_values_in_host_memory_a_jax_array_shares_are_trained_on():
     """A remembered call compares such an array's bytes with those its checks
     passed; changed, it is checked again, and the run reads the new values."""
-    x = _aligned(np.asarray(X))
-    xj = jax.device_put(x)
-    if xj.unsafe_buffer_pointer() != x.ctypes.data:
-        pytest.skip("this JAX copies NumPy input to the device")
+    x, xj = _shared(X)
     fit(data=(xj, Y))
     fit(data=(xj, Y))  # remembered
     x *= 2.0
@@ -458,10 +464,7 @@ def test_new_finite_values_in_host_memory_a_jax_array_shares_are_trained_on():
 @pytest.mark.parametrize("row", [10**6, -1])
 @pytest.mark.parametrize("warm", [True, False], ids=["warm call", "chunked call"])
 def test_indices_rewritten_in_host_memory_a_jax_array_shares_are_refused(warm, row):
-    indices = _aligned(np.asarray(fsgd.sample_indices(KEY, 100, steps=10, batch_size=5)))
-    shared = jax.device_put(indices)
-    if shared.unsafe_buffer_pointer() != indices.ctypes.data:
-        pytest.skip("this JAX copies NumPy input to the device")
+    indices, shared = _shared(fsgd.sample_indices(KEY, 100, steps=10, batch_size=5))
     options = {} if warm else {"run": fsgd.Run(chunk_size=5)}
     fit(rows=fsgd.Schedule(shared), steps=None, **options)
     fit(rows=fsgd.Schedule(shared), steps=None, **options)  # remembered
@@ -475,11 +478,8 @@ def test_indices_rewritten_in_host_memory_a_jax_array_shares_are_refused(warm, r
 def test_a_stop_rule_rewritten_in_host_memory_a_jax_array_shares_is_refused(field, value, match):
     """A warm call whose ``tol`` or ``patience`` changed in host memory reads
     them again, as a first call would: it never runs a rule that cannot fire."""
-    given = _aligned(np.array(0.5 if field == "tol" else 3, np.float32 if field == "tol"
-                              else np.int32))
-    shared = jax.device_put(given)
-    if shared.unsafe_buffer_pointer() != given.ctypes.data:
-        pytest.skip("this JAX copies NumPy input to the device")
+    given, shared = _shared(np.array(0.5 if field == "tol" else 3,
+                                     np.float32 if field == "tol" else np.int32))
     stop = fsgd.Stop(**{field: shared})
     fit(stop=stop)
     fit(stop=stop)  # remembered
@@ -491,10 +491,7 @@ def test_a_stop_rule_rewritten_in_host_memory_a_jax_array_shares_is_refused(fiel
 def test_a_start_step_rewritten_in_host_memory_a_jax_array_shares_is_read_again():
     """A warm call whose ``Run(start_step=)`` changed in host memory counts
     from the new step, as a first call does, and refuses a negative one."""
-    given = _aligned(np.array(0, np.int32))
-    shared = jax.device_put(given)
-    if shared.unsafe_buffer_pointer() != given.ctypes.data:
-        pytest.skip("this JAX copies NumPy input to the device")
+    given, shared = _shared(np.array(0, np.int32))
     run = fsgd.Run(start_step=shared)
     options = {"batch_size": 10, "key": KEY}
     fit(run=run, **options)
