@@ -16,23 +16,23 @@ from functional_sgd.core import _data_checks, _repeat, _trainer, _warm
 
 
 class OwnFit:
-    """``fsgd.fit`` with a memory of its own (``fit``'s is the process's), so
-    a test starts from no remembered call; ``full_path`` counts the calls
-    that took the full path (the data checks)."""
+    """``fsgd.fit`` itself, with a memory of its own in place of the
+    process's (``_trainer._FIT_MEMORY``), so a test starts from no
+    remembered call; ``full_path`` counts the calls that took the full path
+    (the data checks)."""
 
     def __init__(self):
         self.memory = _warm.Memory()
         self.full_path = 0
 
-    def __call__(self, loss, params, data=(), *, lr=None, key=None, **options):
-        spec = _trainer.Spec(loss, **options)
-        return _trainer.train(self.memory, spec, _trainer.spec_part(spec), params, data, lr,
-                              key)
+    def __call__(self, *args, **kwargs):
+        return fsgd.fit(*args, **kwargs)
 
 
 @pytest.fixture
 def fit(monkeypatch):
     own = OwnFit()
+    monkeypatch.setattr(_trainer, "_FIT_MEMORY", own.memory)  # fit reads it on every call
     check_data = _data_checks.check_data
 
     def counted(*args, **kwargs):
