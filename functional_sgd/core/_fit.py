@@ -33,7 +33,7 @@ from .._types import Inputs, Started, fit_result
 from . import (_arguments, _batches, _data_checks, _evaluate, _model, _optimizer_checks,
                _output_size, _stop, _trace, _warn)
 from ._initialize import initialize
-from ._loss import ROW_MEAN, PytreeData, linear_mse
+from ._loss import PytreeData, is_row_mean, linear_mse
 from ._options import Schedule, Shuffled
 from ._repeat import run
 from ._resolve import Resolved, resolve
@@ -56,14 +56,6 @@ class Finish(NamedTuple):
     read_on_host: bool  # a memmap read a block of steps at a time
     result: Any  # ``result(carry, record) -> FitResult``
     given: Any  # the call's own values, for the chunked run's checks
-
-
-def is_row_mean(loss):
-    """Whether ``loss`` is one of the library's losses that are a mean over
-    their data's rows (``linear_mse``, the lesson classifier's two losses),
-    as the library marks them (:func:`~._loss.row_mean`; a user's loss is
-    never guessed): the one-pass step is exact for them (``speed/_one_pass.py``)."""
-    return getattr(loss, ROW_MEAN, False) is True
 
 
 class Fed(NamedTuple):

@@ -18,16 +18,28 @@ from ..drivers import real_rows_sum
 from ._predict import linear
 
 
-ROW_MEAN = "_functional_sgd_row_mean"
-"""The attribute :func:`row_mean` sets on a loss of the library's."""
+_ROW_MEANS: set[Callable[..., Any]] = set()
+"""The library's losses that are a mean over their data's rows."""
 
 
 def row_mean(loss: Callable[..., Any]) -> Callable[..., Any]:
     """Marks one of the library's own losses as a mean over its data's rows
     of a function of each row, ``L(p) = mean_i l(p; row i)``: the one-pass
     step (``speed/_one_pass.py``) is exact for it."""
-    setattr(loss, ROW_MEAN, True)
+    _ROW_MEANS.add(loss)
     return loss
+
+
+def is_row_mean(loss: Any) -> bool:
+    """Whether ``loss`` is one of the losses :func:`row_mean` marked
+    (``linear_mse``, the lesson classifier's two losses), by identity: a
+    user's loss is never guessed, nor one that wraps a marked loss
+    (``functools.wraps`` copies attributes, so a mark kept on the function
+    would pass to an RMSE built on ``linear_mse``)."""
+    try:
+        return loss in _ROW_MEANS
+    except TypeError:  # a loss that does not hash is none of them
+        return False
 
 
 def mse(y_hat: Tensor, y: Tensor) -> Tensor:

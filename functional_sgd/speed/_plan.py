@@ -141,8 +141,8 @@ class Problem(NamedTuple):
     steps: int  # updates in the run
     mesh: Any = None  # a ``jax.sharding.Mesh``, or ``None``
     plain_model: bool = True  # ``loss(params, *batch) -> scalar`` (no key, state or aux)
-    row_mean: bool | None = None  # a loss the library knows is a mean over rows (by
-    # identity, never guessed; the one-pass step's ``"auto"`` needs it); None: as exact_mse
+    row_mean: bool = False  # a loss the library knows is a mean over rows (by identity,
+    # never guessed; the one-pass step's ``"auto"`` needs it)
 
 
 def decide(plan, problem):
@@ -170,7 +170,9 @@ def _use_moments(plan, problem):
     wanted = plan.exact_moments
     if wanted is False:
         return False
-    exact_mse, params, data, full_batch, steps, mesh = problem[:6]
+    exact_mse, params, data, full_batch, steps, mesh = (
+        problem.exact_mse, problem.params, problem.data, problem.full_batch, problem.steps,
+        problem.mesh)
     # The cheap reasons first.
     if wanted == "auto" and not (exact_mse and full_batch and mesh is None
                                  and len(data) == 2 and len(data[0].shape) == 2
@@ -211,7 +213,7 @@ def one_pass_pays(x, plan):
 def _use_one_pass(plan, problem):
     data, full_batch, mesh, plain_model = (problem.data, problem.full_batch, problem.mesh,
                                            problem.plain_model)
-    row_mean = problem.exact_mse if problem.row_mean is None else problem.row_mean
+    row_mean = problem.row_mean
     wanted = plan.one_pass
     if wanted is False:
         return False
