@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import functional_sgd as fsgd
-from functional_sgd.core import _keys, _trainer
+from functional_sgd.core import _keys, _trainer, _warm
 from helpers import count_compilations
 
 X, Y = fsgd.lesson_data(jax.random.key(0))
@@ -264,6 +264,13 @@ def example_value(kind):
     }[kind]
 
 
+CHECKED_EVERY_CALL = {
+    fsgd.Evaluation: {"on_evaluation": None},  # a host loop over periods
+    fsgd.Run: {"chunk_size": None, "on_chunk": None, "checkpoint": None, "mesh": None,
+               "opt_state": None, "progress": False},
+}
+"""The fields that, set, make a call one checked every time (``_trainer.spec_part``)."""
+
 OTHER = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v * 2,
          str: lambda v: {"max": "min", "min": "max"}.get(v, v + "x")}
 
@@ -315,3 +322,24 @@ def test_each_field_of_each_value_joins_the_key_of_a_remembered_call(kind):
 
     keys = {key(option) for option in values}
     assert len(keys) == 1 + len(dataclasses.fields(kind))
+    # And through a call's key: each field a remembered call may hold, changed,
+    # gives another key; each that makes a call checked every time gives none.
+    if kind is fsgd.Model:
+        return  # a model's parts: every call is checked
+    name = {fsgd.Sampled: "rows", fsgd.Shuffled: "rows", fsgd.Schedule: "rows",
+            fsgd.Stop: "stop", fsgd.Evaluation: "evaluation", fsgd.Run: "run"}[kind]
+    data, batch_key = (jnp.asarray(X), jnp.asarray(Y)), jax.random.key(0)
+
+    def call_key(option):
+        spec = _trainer.Spec(fsgd.linear_mse, None, 5, None, 2, **{name: option})
+        call = _warm.key(_trainer.spec_part(spec), START, data, batch_key)
+        return None if call is None else call[0]
+
+    unremembered = CHECKED_EVERY_CALL.get(kind, {})
+    base = dataclasses.replace(value, **unremembered)
+    for field in unremembered:
+        assert call_key(dataclasses.replace(base, **{field: getattr(value, field)})) is None
+    others = [dataclasses.replace(base, **{field.name: changed(getattr(base, field.name))})
+              for field in dataclasses.fields(kind) if field.name not in unremembered]
+    call_keys = {call_key(option) for option in [base, *others]}
+    assert None not in call_keys and len(call_keys) == 1 + len(others)
