@@ -353,7 +353,9 @@ def walks_each_step():
     a GPU every round of a ``while_loop`` waits for the host to read its
     condition, so there the whole schedule walks at once (``vmap``: one
     loop, as many rounds as the longest walk). The rows are the same bits
-    either way: each position is walked until it lands in ``range(n)``."""
+    either way: each position is walked until it lands in ``range(n)``.
+    Read from the default backend when the schedule is traced (keys placed
+    on a GPU machine's CPU device walk as on the GPU: only speed differs)."""
     return jax.default_backend() == "cpu"
 
 

@@ -36,7 +36,6 @@ from . import _arguments, _trace
 from ._batches import Stacked
 from ._data_checks import check_eval_data
 from ._stop import StopRule, first_bad
-from ._trace import check_evaluate
 from ._warn import caller_stacklevel
 
 
@@ -242,7 +241,7 @@ def choose(option, *, batches, steps, params, state, model, check_finite):
         every = option.every
     else:
         every = _arguments.check_int(option.every, "Evaluation(every=)", minimum=1)
-    shapes = check_evaluate(evaluate, params, state, eval_data, model)
+    shapes = _trace.check_evaluate(evaluate, params, state, eval_data, model)
     dtype = None
     if monitor is not None:
         if monitor not in shapes:

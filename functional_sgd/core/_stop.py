@@ -79,9 +79,9 @@ _RULES = {(t, p): StopRule(t, p) for t in (False, True) for p in (False, True)}
 
 
 LONG_RUN = 4096
-"""From this many steps, ``diverged_at`` first asks whether any loss is bad:
-XLA:CPU reduces many losses to a yes or no faster than to the first bad
-index."""
+"""From this many steps, :func:`first_bad` (``diverged_at``) first asks
+whether any loss is bad: XLA:CPU reduces many losses to a yes or no faster
+than to the first bad index."""
 
 
 def first_bad(losses, steps_run):
