@@ -168,7 +168,7 @@ def _prepare(spec, resolved, params, data, lr, key):
         params=params, state=state, model=model, check_finite=check_finite)
     # The evaluations' shapes: looked up (a stream's records are stacked a block at a time).
     evaluated = None if evaluation is None or fed.source is not None else (
-        evaluation, _evaluate.check_evaluate(evaluation.evaluate, params, state, eval_data,
+        evaluation, _trace.check_evaluate(evaluation.evaluate, params, state, eval_data,
                                              model))
     if steps is not None:  # a stream of unknown length: no size known ahead
         _output_size.check_outputs_fit(_outputs(steps, loss_out, aux,
