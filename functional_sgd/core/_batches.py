@@ -347,6 +347,12 @@ def chunk_steps(n, steps, batch_size, replace, budget):
     return min(max(1, budget // batch_size), steps)
 
 
+def steps_per_epoch(n, batch_size, drop_last=True):
+    """Batches of ``batch_size`` in an epoch of ``n`` rows: ``n // batch_size``,
+    or with ``drop_last=False`` ``ceil(n / batch_size)`` (the last one short)."""
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
 def walks_each_step():
     """Whether a shuffled schedule's cycle-walks run one step at a time
     (``lax.map``): on CPU each step's walk then ends with its own rows. On
@@ -366,7 +372,7 @@ def _schedule(key, start, *, n, steps, batch_size, replace, drop_last=True):
         draw = lambda t: jax.random.randint(
             jax.random.fold_in(key, t), (batch_size,), 0, n, dtype=jnp.int32)
         return jax.vmap(draw)(step_ids)
-    per_epoch = n // batch_size if drop_last else -(-n // batch_size)
+    per_epoch = steps_per_epoch(n, batch_size, drop_last)
     epochs = step_ids // per_epoch
     # Positions reach n + batch_size - 2, past int32 when n is near 2**31: uint32.
     positions = ((step_ids % per_epoch).astype(jnp.uint32)[:, None] * jnp.uint32(batch_size)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from .._types import Carry, Record, StopState, Training
 from ..drivers import TRAIN, aux_metrics
 from . import _arguments, _trace
-from ._batches import Stacked
+from ._batches import Shuffled, Stacked, steps_per_epoch
 from ._data_checks import check_eval_data
 from ._stop import StopRule, first_bad
 from ._warn import caller_stacklevel
@@ -270,10 +270,9 @@ class HeldOutLoss:
 
 def _epoch(batches):
     """Steps in an epoch of shuffled batches (``replace=False``), else ``None``."""
-    if not (getattr(batches, "keyed", False) and getattr(batches, "replace", True) is False):
+    if not isinstance(batches, Shuffled):
         return None
-    n, size = batches.n, batches.batch_size
-    return -(-n // size) if getattr(batches, "drop_last", True) is False else n // size
+    return steps_per_epoch(batches.n, batches.batch_size, batches.drop_last)
 
 
 class _Evaluating(NamedTuple):

@@ -28,7 +28,7 @@ from typing import Any, Callable, Literal, Mapping, NamedTuple, Union
 import numpy as np
 
 from ..speed import SpeedPlan
-from . import _arguments, _keys
+from . import _arguments, _batches, _keys
 
 __all__ = ["Evaluation", "Model", "Run", "Sampled", "Schedule", "Shuffled", "Stop"]
 
@@ -103,7 +103,7 @@ class Shuffled:
 
 
     def steps_per_epoch(self, n: int, batch_size: int) -> int:
-        return n // batch_size if self.drop_last else -(-n // batch_size)
+        return _batches.steps_per_epoch(n, batch_size, self.drop_last)  # type: ignore[no-any-return]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -20,7 +20,7 @@ import jax
 
 from .. import drivers
 from ..drivers import TRAIN
-from . import _arguments
+from . import _arguments, _batches
 from ._evaluate import HeldOutLoss
 from ._trace import as_dict
 from ._options import Evaluation, Model, Run, Sampled, Schedule, Shuffled
@@ -220,4 +220,4 @@ def _steps_per_epoch(spec: Spec, data: Any) -> int:
     batch_size: int = _arguments.check_int(spec.batch_size, "batch_size", minimum=1, maximum=n)
     if isinstance(spec.rows, Shuffled):
         return spec.rows.steps_per_epoch(n, batch_size)
-    return int(-(-n // batch_size))
+    return int(_batches.steps_per_epoch(n, batch_size, drop_last=False))  # independent draws
