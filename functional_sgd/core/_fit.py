@@ -72,8 +72,9 @@ class Fed(NamedTuple):
     rest: Any = None  # a stream's batches after its first, once read
 
 
-class Prepared(NamedTuple):
-    """A run checked and set up, before its loop runs."""
+class SetUp(NamedTuple):
+    """A run checked and set up, before its loop runs (not ``_types.Prepared``,
+    what the traced loop prepares)."""
 
     started: Started
     fed: Fed
@@ -181,8 +182,8 @@ def _prepare(spec, resolved, params, data, lr, key):
                                             options.start_step, watched, state),
                       Inputs(data, lr, key, arrays.indices, arrays.tol, arrays.patience, rng,
                              eval_data))
-    return Prepared(started, fed, example, params, check_finite, _result_of(model, evaluation),
-                    (params, data, lr, options.start_step, rng, state, eval_data))
+    return SetUp(started, fed, example, params, check_finite, _result_of(model, evaluation),
+                 (params, data, lr, options.start_step, rng, state, eval_data))
 
 
 def _fed(spec, resolved, data, key, check_finite):
