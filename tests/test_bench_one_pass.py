@@ -17,3 +17,16 @@ def test_the_one_pass_benchmark_prints_its_bandwidths(capsys, monkeypatch):
     for row in rows:  # GB/s, its share of the read bandwidth, the ratio to the plain step
         assert re.search(r"\| [\d.]+ GB/s \| \d+% \| [\d.]+x \|$", row), row
     assert all(" GB/s | 100% | " in row for row in rows[::4])  # the read is the reference
+
+
+def test_the_one_pass_ceiling_prints_each_product_by_block_size(capsys, monkeypatch):
+    from bench.investigations import one_pass_ceiling
+
+    monkeypatch.setattr(one_pass_ceiling, "ROWS", (8, 16))
+    monkeypatch.setattr(one_pass_ceiling, "READ_BYTES", 2e6)
+    one_pass_ceiling.main(["--rounds", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines()
+            if re.match(r"\| [\d.]+ MiB \|", line)]
+    assert [row.split(" | ")[1] for row in rows] == ["x a", "r x", "x a, then r x"] * 2
+    for row in rows:  # GB/s read, then the busy threads' CPU ticks (or - if none ticked)
+        assert re.search(r"\| [\d.]+ \| [\d, ]+ \|$|\| [\d.]+ \| - \|$", row), row
