@@ -418,11 +418,12 @@ def _aligned(array):
 
 def _shared(array):
     """``(host, device)``: an aligned NumPy copy of ``array`` and the JAX
-    array that reads it in place. Skips where JAX copies it instead (a GPU,
-    another client): there no write to the host copy can reach the device
-    array, so what these tests guard against cannot happen."""
+    array on a CPU device (a GPU machine has one too) that reads it in
+    place. Skips where JAX copies it instead: there no write to the host
+    copy can reach the device array, so what these tests guard against
+    cannot happen."""
     host = _aligned(np.asarray(array))
-    device = jax.device_put(host)
+    device = jax.device_put(host, jax.devices("cpu")[0])
     if device.unsafe_buffer_pointer() != host.ctypes.data:
         pytest.skip(f"JAX copied the NumPy array to {device.devices()}: nothing writes under it")
     return host, device
