@@ -338,7 +338,7 @@ def x_reads_per_step(method, workload):
     w = workload
     x, y = (jax.ShapeDtypeStruct(shape, jnp.float32) for shape in ((w.n, w.d), (w.n,)))
     plan = fsgd.speed.decide(fsgd.speed.SpeedPlan(exact_moments=fast_path), fsgd.speed.Problem(
-        exact_mse=True, row_mean=True, full_batch=True, steps=w.steps,
+        exact_mse=True, row="squared_error", full_batch=True, steps=w.steps,
         params=jax.ShapeDtypeStruct((w.d,), jnp.float32), data=(x, y)))
     return 0 if plan.exact_moments else 1 if plan.one_pass else 2
 

@@ -1,4 +1,7 @@
-"""The one-pass full-batch step (row blocks) against the plain step it replaces.
+"""The one-pass full-batch step in XLA's row blocks against the plain step it replaces.
+
+(The row kernel, which takes the library's own row means on the CPU, has
+its own tests: ``test_row_kernel.py``. Here it is switched off.)
 
 Tolerances, and why: the one-pass step sums the same per-row terms in
 another order (each block's mean, weighted by its share of the rows), so it
@@ -29,7 +32,7 @@ TOLERANCE = {np.float64: 1e-10, np.float32: 2e-5}
 
 # 1 KiB blocks: at d = 3 (16 bytes a row with y) that is 64 rows, so 1000
 # rows make 15 full blocks and a tail of 40.
-SMALL_BLOCKS = SpeedPlan(one_pass=True, row_block_bytes=1024)
+SMALL_BLOCKS = SpeedPlan(one_pass=True, row_kernel=False, row_block_bytes=1024)
 PLAIN = SpeedPlan(one_pass=False)
 
 
@@ -145,7 +148,7 @@ def test_fit_takes_one_pass_itself_for_the_librarys_row_means(name, monkeypatch)
         loss, params = fsgd.linear_mse, np.zeros(300, np.float32)
     else:
         loss, params = LOSSES[name], (np.zeros(300, np.float32), np.float32(0.0))
-    auto = SpeedPlan(row_block_bytes=16 * 1024)  # 5 blocks of about 77 KB
+    auto = SpeedPlan(row_kernel=False, row_block_bytes=16 * 1024)  # 5 blocks of about 77 KB
     plain = loops(loss, params, (x, y), PLAIN)
     assert loops(loss, params, (x, y), auto) == plain + 1
     same_but_unknown = lambda params, x, y: loss(params, x, y)
@@ -188,21 +191,23 @@ def test_the_step_reads_its_blocks_where_they_are_stored():
 
 
 def resolved(plan=None, *, n=10_000, d=1000, exact_mse=True, full_batch=True, mesh=None,
-             plain_model=True, row_mean=None):
+             plain_model=True, row=None):
+    """``one_pass`` as ``decide`` resolves it for shapes (no params: the row
+    kernel cannot take them, so this is the rule of the row blocks)."""
     data = (jax.ShapeDtypeStruct((n, d), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.float32))
+    row = ("squared_error" if exact_mse else None) if row is None else row or None
     return speed.decide(plan, speed.Problem(exact_mse=exact_mse, params=None, data=data,
                                             full_batch=full_batch, steps=100, mesh=mesh,
-                                            plain_model=plain_model,
-                                            row_mean=exact_mse if row_mean is None else row_mean
+                                            plain_model=plain_model, row=row
                                             )).one_pass  # linear_mse is a row mean, as fit says
 
 
 def test_auto_takes_one_pass_only_for_known_row_means_on_large_row_major_data():
     assert resolved() is True  # 1e4 x 1000: 40 MB, kept row-major
     assert resolved(exact_mse=False) is False  # any other loss: never guessed to be a mean
-    assert resolved(exact_mse=False, row_mean=True) is True  # the classifier's losses
-    assert resolved(row_mean=False) is False
-    assert resolved(row_mean=True, plain_model=False) is False  # a key, state or aux
+    assert resolved(exact_mse=False, row="mnist_distance") is True  # the classifier's losses
+    assert resolved(row=False) is False
+    assert resolved(row="squared_error", plain_model=False) is False  # a key, state or aux
     assert resolved(d=100, n=100_000) is False  # column-major data: level, for a longer compile
     assert resolved(SpeedPlan(column_major=False), d=100, n=100_000) is True
     assert resolved(n=1000) is False  # 4 MB: in cache, read twice at cache speed

@@ -33,7 +33,7 @@ from .._types import Inputs, Started, fit_result
 from . import (_arguments, _batches, _data_checks, _evaluate, _model, _optimizer_checks,
                _output_size, _stop, _trace, _warn)
 from ._initialize import initialize
-from ._loss import PytreeData, is_row_mean, linear_mse
+from ._loss import PytreeData, linear_mse, row_function
 from ._options import Schedule, Shuffled
 from ._repeat import run
 from ._resolve import Resolved, resolve
@@ -237,7 +237,7 @@ def _problem(fed, params, model, example, mesh):
     return _speed.Problem(
         exact_mse=loss is linear_mse and model.plain, params=params, data=fed.data,
         full_batch=fed.batches.batch_size is None, steps=fed.steps, mesh=mesh,
-        plain_model=model.plain, row_mean=model.plain and is_row_mean(loss))
+        plain_model=model.plain, row=row_function(loss) if model.plain else None)
 
 
 def _row_order(rows):

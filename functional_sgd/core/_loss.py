@@ -18,28 +18,32 @@ from ..drivers import real_rows_sum
 from ._predict import linear
 
 
-_ROW_MEANS: set[Callable[..., Any]] = set()
-"""The library's losses that are a mean over their data's rows."""
+_ROW_MEANS: dict[Callable[..., Any], str] = {}
+"""The library's losses that are a mean over their data's rows, each with
+the name of its row function (``speed/_row_kernel.py``)."""
 
 
-def row_mean(loss: Callable[..., Any]) -> Callable[..., Any]:
+def row_mean(row: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Marks one of the library's own losses as a mean over its data's rows
-    of a function of each row, ``L(p) = mean_i l(p; row i)``: the one-pass
-    step (``speed/_one_pass.py``) is exact for it."""
-    _ROW_MEANS.add(loss)
-    return loss
+    of a function ``row`` of each row's score, ``L(p) = mean_i l(s_i, y_i)``
+    (see ``speed/_row_kernel.py``): the one-pass step (``speed/_one_pass.py``)
+    is exact for it, and the row kernel computes it."""
+    def mark(loss: Callable[..., Any]) -> Callable[..., Any]:
+        _ROW_MEANS[loss] = row
+        return loss
+    return mark
 
 
-def is_row_mean(loss: Any) -> bool:
-    """Whether ``loss`` is one of the losses :func:`row_mean` marked
-    (``linear_mse``, the lesson classifier's two losses), by identity: a
-    user's loss is never guessed, nor one that wraps a marked loss
-    (``functools.wraps`` copies attributes, so a mark kept on the function
+def row_function(loss: Any) -> str | None:
+    """The row function of ``loss`` if it is one of the losses :func:`row_mean`
+    marked (``linear_mse``, the lesson classifier's two losses), by identity,
+    else ``None``: a user's loss is never guessed, nor one that wraps a marked
+    loss (``functools.wraps`` copies attributes, so a mark kept on the function
     would pass to an RMSE built on ``linear_mse``)."""
     try:
-        return loss in _ROW_MEANS
+        return _ROW_MEANS.get(loss)
     except TypeError:  # a loss that does not hash is none of them
-        return False
+        return None
 
 
 def mse(y_hat: Tensor, y: Tensor) -> Tensor:
@@ -68,7 +72,7 @@ def mse(y_hat: Tensor, y: Tensor) -> Tensor:
     return ((y_hat - y) ** 2).mean()
 
 
-@row_mean
+@row_mean("squared_error")
 def linear_mse(params: Tensor, x: Tensor, y: Tensor) -> Tensor:
     """The lesson's objective ``mse(linear(params, x), y)``, as ``fit`` wants it.
 

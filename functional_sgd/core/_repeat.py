@@ -28,14 +28,15 @@ import numpy as np
 
 from .._types import Carry, Inputs, Prepared, Record, Training
 from ..drivers import describe
-from ..speed import CPU_COMPILER_OPTIONS, column_major, moments, one_pass, quadratic_mse
+from ..speed import (CPU_COMPILER_OPTIONS, column_major, moments, one_pass, quadratic_mse,
+                     row_kernel)
 from ._batches import Schedule, feed
 from ._blocks import block_steps, run_in_blocks
 from ._warn import caller_stacklevel
 from ._compare import SMALL_ARRAY_BYTES, computation_key
 from ._evaluate import not_run, run_with_evaluations
 from ._initialize import optimizer_state
-from ._loss import MaskedMean
+from ._loss import MaskedMean, row_function
 from ._step import Stepper, model_step
 from ._stop import first_bad
 
@@ -208,6 +209,8 @@ def _full_batch_speed_ups(spec, params, data):
     plan = spec.plan
     if plan.exact_moments:  # every full batch is the same: its moments stand in for it
         return quadratic_mse, (moments(*data),)
+    if plan.row_kernel is True:  # decide() allows it for the library's row means only
+        return row_kernel(spec.loss, row_function(spec.loss), params, data)
     if plan.one_pass is True:  # decide() allows it for a plain full-batch loss only
         return one_pass(spec.loss, params, data, plan.row_block_bytes,
                         transpose=plan.column_major, sums_as_dots=plan.sums_as_dots)

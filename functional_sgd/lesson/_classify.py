@@ -101,13 +101,13 @@ def accuracy(params: tuple[Tensor, Tensor], x: Tensor, y: Tensor) -> Tensor:
     return (predicted_three == (y == 1)).mean(dtype=jnp.result_type(float))
 
 
-@row_mean
+@row_mean("mnist_distance")
 def classifier_mnist_loss(params: tuple[Tensor, Tensor], x: Tensor, y: Tensor) -> Tensor:
     """``mnist_loss(linear_classifier(params, x), y)``, as ``fit`` wants it."""
     return mnist_loss(linear_classifier(params, x), y)
 
 
-@row_mean
+@row_mean("logistic_cross_entropy")
 def classifier_cross_entropy(params: tuple[Tensor, Tensor], x: Tensor, y: Tensor) -> Tensor:
     """``binary_cross_entropy(linear_classifier(params, x), y)``, as ``fit`` wants it."""
     return binary_cross_entropy(linear_classifier(params, x), y)

@@ -4,7 +4,9 @@
 the modules below hold the mechanisms: ``_moments`` (full-batch MSE from
 sufficient statistics), ``_one_pass`` (full batch in row blocks, one read
 of the data a step), ``_layout`` (column-major data, sums as dots) and
-``_cpu`` (the opt-in process-wide CPU set-up, :func:`tune_cpu`).
+``_row_kernel`` (the one-pass step of the library's row-mean losses as a
+compiled CPU kernel) and ``_cpu`` (the opt-in process-wide CPU set-up,
+:func:`tune_cpu`).
 """
 
 from ._cpu import tune_cpu as tune_cpu
@@ -19,3 +21,6 @@ from ._plan import SpeedPlan as SpeedPlan
 from ._plan import decide as decide
 from ._plan import moments_pay as moments_pay
 from ._plan import one_pass_pays as one_pass_pays
+from ._plan import row_kernel_pays as row_kernel_pays
+from ._row_kernel import build as build_row_kernel
+from ._row_kernel import row_kernel as row_kernel

@@ -9,15 +9,18 @@ or to the bit (the rest keep params' bits; see each module). The one-pass
 step needs a loss that is a mean over its rows: ``"auto"`` takes it only for
 the library's own such losses (``linear_mse`` and the lesson classifier's
 ``mnist_loss`` and cross-entropy, recognised by identity), and
-``one_pass=True`` is the caller's word for any other.
+``one_pass=True`` is the caller's word for any other. On the CPU the
+library's own such losses take it in a compiled kernel (``row_kernel``),
+any other in XLA's row blocks.
 """
 
 import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _layout, _moments, _one_pass
+from . import _layout, _moments, _one_pass, _row_kernel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +57,13 @@ class SpeedPlan:
         ``True`` is the caller's word that
         the loss is such a mean (any loss; refused where it cannot run);
         ``False`` never.
+      row_kernel: how a one-pass step of the library's own row-mean losses
+        runs on the CPU: in a C++ kernel that reads each row once, on all
+        cores (``speed/_row_kernel.py``), compiled on first use and cached.
+        ``"auto"`` takes it wherever it can run (a CPU, float32 or float64,
+        the loss's own params; where it cannot be built, say without a
+        compiler, it warns once and steps in row blocks); ``True``
+        insists; ``False`` steps in XLA's row blocks.
       row_block_bytes: one-pass blocks hold this many bytes of rows.
 
     >>> import jax, functional_sgd as fsgd
@@ -74,10 +84,11 @@ class SpeedPlan:
     schedule_budget: int = 1 << 22
     cpu_compiler_options: bool = True
     one_pass: object = "auto"
+    row_kernel: object = "auto"
     row_block_bytes: int = _one_pass.ROW_BLOCK_BYTES
 
     def __post_init__(self):
-        for name in ("exact_moments", "one_pass"):
+        for name in ("exact_moments", "one_pass", "row_kernel"):
             object.__setattr__(self, name, auto_or_bool(getattr(self, name),
                                                         f"SpeedPlan.{name}"))
         if isinstance(self.row_block_bytes, bool) or not isinstance(self.row_block_bytes, int) \
@@ -141,12 +152,13 @@ class Problem(NamedTuple):
     steps: int  # updates in the run
     mesh: Any = None  # a ``jax.sharding.Mesh``, or ``None``
     plain_model: bool = True  # ``loss(params, *batch) -> scalar`` (no key, state or aux)
-    row_mean: bool = False  # a loss the library knows is a mean over rows (by identity,
-    # never guessed; the one-pass step's ``"auto"`` needs it)
+    row: str | None = None  # the row function of a loss the library knows is a mean over
+    # rows (by identity, never guessed; ``"auto"``'s one-pass step and the row kernel need it)
 
 
 def decide(plan, problem):
-    """The plan for one call, with ``exact_moments`` and ``one_pass`` resolved to bools.
+    """The plan for one call, with ``exact_moments``, ``one_pass`` and
+    ``row_kernel`` resolved to bools.
 
     Args:
       plan: a :class:`SpeedPlan`, or ``None`` for the defaults.
@@ -160,10 +172,12 @@ def decide(plan, problem):
         raise TypeError(f"speed must be a functional_sgd.speed.SpeedPlan; got "
                         f"{type(plan).__name__}.")
     use_moments = _use_moments(plan, problem)
-    use_one_pass = not use_moments and _use_one_pass(plan, problem)
+    use_kernel = not use_moments and _use_row_kernel(plan, problem)
+    use_one_pass = use_kernel or (not use_moments and _use_one_pass(plan, problem))
     if plan is DEFAULT:  # the lesson's warm call takes this shortcut, not a replace
-        return _DEFAULT_RESOLVED[use_moments, use_one_pass]
-    return dataclasses.replace(plan, exact_moments=use_moments, one_pass=use_one_pass)
+        return _DEFAULT_RESOLVED[use_moments, use_one_pass, use_kernel]
+    return dataclasses.replace(plan, exact_moments=use_moments, one_pass=use_one_pass,
+                               row_kernel=use_kernel)
 
 
 def _use_moments(plan, problem):
@@ -213,26 +227,65 @@ def one_pass_pays(x, plan):
 def _use_one_pass(plan, problem):
     data, full_batch, mesh, plain_model = (problem.data, problem.full_batch, problem.mesh,
                                            problem.plain_model)
-    row_mean = problem.row_mean
     wanted = plan.one_pass
     if wanted is False:
         return False
     if wanted == "auto":
-        return bool(row_mean and plain_model and full_batch and mesh is None and len(data) == 2
-                    and one_pass_pays(data[0], plan))
-    why_not = ("Run(mesh=) splits the rows itself" if mesh is not None else
-               "it is full-batch only (no batch_size, no Schedule)"
-               if not full_batch else
-               "the model has parts (Model(rng=, state=, has_aux=, trainable=))"
-               if not plain_model else "there are no rows (data is empty)" if not data
-               else None)
+        return bool(problem.row is not None and plain_model and full_batch and mesh is None
+                    and len(data) == 2 and one_pass_pays(data[0], plan))
+    why_not = _why_not_one_pass(problem)
     if why_not is not None:
         raise ValueError(f"SpeedPlan(one_pass=True) cannot run: {why_not}. Use "
                          "one_pass=\"auto\" or False.")
     return True
 
 
-_DEFAULT_RESOLVED = {(moments, one): dataclasses.replace(DEFAULT, exact_moments=moments,
-                                                         one_pass=one)
-                     for moments in (False, True) for one in (False, True)}
+def _use_row_kernel(plan, problem):
+    """Whether a one-pass step runs in the row kernel: ``"auto"`` where the
+    one-pass step would run (or ``one_pass=True`` asks for it) and the kernel
+    can, and pays (:func:`row_kernel_pays`); ``True`` insists."""
+    wanted = plan.row_kernel
+    if wanted is False or plan.one_pass is False:
+        if wanted is True:
+            raise ValueError("SpeedPlan(row_kernel=True) runs the one-pass step; it cannot "
+                             "run with one_pass=False.")
+        return False
+    why_not = (_row_kernel.why_not(problem.row, problem.params, problem.data)
+               or _why_not_one_pass(problem)
+               or (None if _row_kernel.on_cpu(problem.data) else "the data is not on a CPU"))
+    if wanted == "auto":
+        if why_not is not None or not (plan.one_pass is True or row_kernel_pays(
+                problem.data[0])):
+            return False
+        built = _row_kernel.build()
+        if built.why_not is not None:
+            _row_kernel.warn_unbuilt(built.why_not)
+        return built.why_not is None
+    if why_not is None:
+        why_not = _row_kernel.build().why_not
+    if why_not is not None:
+        raise ValueError(f"SpeedPlan(row_kernel=True) cannot run: {why_not}. Use "
+                         "row_kernel=\"auto\" or False.")
+    return True
+
+
+def row_kernel_pays(x):
+    """The rule of ``row_kernel="auto"`` where ``one_pass`` is ``"auto"``: data
+    past the last cache level (:data:`ONE_PASS_MIN_BYTES`), in either layout
+    (``bench/investigations/one_pass.py``)."""
+    return len(x.shape) == 2 and math.prod(x.shape) * x.dtype.itemsize >= ONE_PASS_MIN_BYTES
+
+
+def _why_not_one_pass(problem):
+    """Why a one-pass step cannot run for ``problem``, or ``None``."""
+    return ("Run(mesh=) splits the rows itself" if problem.mesh is not None else
+            "it is full-batch only (no batch_size, no Schedule)" if not problem.full_batch
+            else "the model has parts (Model(rng=, state=, has_aux=, trainable=))"
+            if not problem.plain_model else "there are no rows (data is empty)"
+            if not problem.data else None)
+
+
+_DEFAULT_RESOLVED = {(moments, one, kernel): dataclasses.replace(
+    DEFAULT, exact_moments=moments, one_pass=one, row_kernel=kernel)
+    for moments in (False, True) for one in (False, True) for kernel in (False, True)}
 """The default plan resolved each way, built once."""

@@ -1,0 +1,254 @@
+// One full-batch step's value and gradient for a mean over rows of a function
+// of each row's score, reading each row of x once (functional_sgd.speed._row_kernel).
+//
+//   L(w, b) = (1/n) sum_i l(s_i, y_i),   s_i = x_i . w + b,
+//   dL/dw   = (1/n) sum_i l'(s_i, y_i) x_i,   dL/db = (1/n) sum_i l'(s_i, y_i).
+//
+// A row is read from memory once: its score is taken, and the row, still in
+// the first-level cache, is added into the gradient at once. The rows are cut
+// into lanes fixed by the shape alone; each lane sums its own rows into its own
+// partial gradient, and the lanes are added in their order. The threads of
+// XLA's pool take lanes as they come, so the bits depend on the shape only,
+// not on how many threads ran or which lane each took.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+enum Row : int32_t {
+  kSquaredError = 0,         // l = (s - y)^2                      (linear_mse)
+  kMnistDistance = 1,        // l = y == 1 ? 1 - p : p, p = sigmoid(s)  (mnist_loss)
+  kLogisticCrossEntropy = 2  // l = softplus(s) - y s              (binary_cross_entropy)
+};
+
+// Lanes of at least this many bytes of rows (fewer lanes for small data)...
+constexpr int64_t kMinLaneBytes = 64 << 10;
+// ...and at most this many lanes: the partial gradients stay small.
+constexpr int64_t kMaxLanes = 64;
+// Independent partial sums of a long row's score.
+constexpr int64_t kDotLanes = 32;
+// Rows of at least this many values are taken one at a time, shorter ones four
+// at a time (on a 2-core EPYC: bench/investigations/one_pass.py).
+constexpr int64_t kLongRow = 256;
+
+template <typename T>
+inline T Sigmoid(T s) { return T(1) / (T(1) + std::exp(-s)); }
+
+// l(s, y) into *loss and dl/ds into *slope. The row function is a template
+// argument, so the loop it sits in holds no branch and no unused call.
+template <int32_t kRow, typename T>
+inline void RowTerms(T s, T y, T* loss, T* slope) {
+  if constexpr (kRow == kSquaredError) {
+    T r = s - y;
+    *loss = r * r;
+    *slope = T(2) * r;
+  } else if constexpr (kRow == kMnistDistance) {
+    T p = Sigmoid(s);
+    T dp = p * (T(1) - p);
+    bool one = y == T(1);
+    *loss = one ? T(1) - p : p;
+    *slope = one ? -dp : dp;
+  } else {  // kLogisticCrossEntropy; softplus as jax.nn.softplus takes it
+    T softplus = std::max(s, T(0)) + std::log1p(std::exp(-std::abs(s)));
+    *loss = softplus - y * s;
+    *slope = Sigmoid(s) - y;
+  }
+}
+
+// A row's score, in kDotLanes independent partial sums (one sum's chain of
+// adds would be as long as the row) added pairwise at the end.
+template <typename T>
+inline T Dot(const T* __restrict x, const T* __restrict w, int64_t d) {
+  T part[kDotLanes] = {};
+  int64_t j = 0;
+  for (; j + kDotLanes <= d; j += kDotLanes) {
+#pragma omp simd
+    for (int64_t k = 0; k < kDotLanes; ++k) part[k] += x[j + k] * w[j + k];
+  }
+  T tail = 0;
+  for (; j < d; ++j) tail += x[j] * w[j];
+  for (int64_t width = kDotLanes / 2; width > 0; width /= 2) {
+    for (int64_t k = 0; k < width; ++k) part[k] += part[k + width];
+  }
+  return part[0] + tail;
+}
+
+// Sums over the rows [lo, hi): the loss into *loss, the slopes into *slope_sum,
+// slope_i x_i into grad (d values, zeroed here). A long row is taken alone; short
+// ones four at a time (four independent sums in one sweep, one update of grad
+// for the four), as a short row's sums are too short to keep the core busy.
+template <int32_t kRow, typename T>
+void Lane(const T* __restrict x, const T* __restrict y, const T* __restrict w, T b, int64_t d,
+          int64_t lo, int64_t hi, T* __restrict grad, T* loss, T* slope_sum) {
+  std::fill(grad, grad + d, T(0));
+  T loss_total = 0, slope_total = 0;
+  int64_t i = lo;
+  if (d < kLongRow) {
+    for (; i + 4 <= hi; i += 4) {
+      const T* x0 = x + i * d;
+      const T* x1 = x0 + d;
+      const T* x2 = x1 + d;
+      const T* x3 = x2 + d;
+      T z0 = 0, z1 = 0, z2 = 0, z3 = 0;
+#pragma omp simd reduction(+ : z0, z1, z2, z3)
+      for (int64_t j = 0; j < d; ++j) {
+        z0 += x0[j] * w[j];
+        z1 += x1[j] * w[j];
+        z2 += x2[j] * w[j];
+        z3 += x3[j] * w[j];
+      }
+      T l0, l1, l2, l3, s0, s1, s2, s3;
+      RowTerms<kRow>(z0 + b, y[i], &l0, &s0);
+      RowTerms<kRow>(z1 + b, y[i + 1], &l1, &s1);
+      RowTerms<kRow>(z2 + b, y[i + 2], &l2, &s2);
+      RowTerms<kRow>(z3 + b, y[i + 3], &l3, &s3);
+      loss_total += (l0 + l1) + (l2 + l3);
+      slope_total += (s0 + s1) + (s2 + s3);
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) {
+        grad[j] += (s0 * x0[j] + s1 * x1[j]) + (s2 * x2[j] + s3 * x3[j]);
+      }
+    }
+  }
+  for (; i < hi; ++i) {
+    const T* xi = x + i * d;
+    T l, slope;
+    RowTerms<kRow>(Dot(xi, w, d) + b, y[i], &l, &slope);
+    loss_total += l;
+    slope_total += slope;
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) grad[j] += slope * xi[j];
+  }
+  *loss = loss_total;
+  *slope_sum = slope_total;
+}
+
+template <typename T>
+void LaneOf(int32_t row, const T* x, const T* y, const T* w, T b, int64_t d, int64_t lo,
+            int64_t hi, T* grad, T* loss, T* slope_sum) {
+  switch (row) {
+    case kSquaredError:
+      return Lane<kSquaredError>(x, y, w, b, d, lo, hi, grad, loss, slope_sum);
+    case kMnistDistance:
+      return Lane<kMnistDistance>(x, y, w, b, d, lo, hi, grad, loss, slope_sum);
+    default:
+      return Lane<kLogisticCrossEntropy>(x, y, w, b, d, lo, hi, grad, loss, slope_sum);
+  }
+}
+
+// The lanes' work, shared by the threads that take part; kept alive by each
+// task until it has taken its last lane (a task that starts after the call
+// has returned finds no lane left and touches nothing else).
+template <typename T>
+struct Work {
+  int32_t row;
+  const T* x;
+  const T* y;
+  const T* w;
+  T b;
+  int64_t n, d, lanes;
+  std::vector<T> grads, losses, slopes;  // a lane's partial sums
+  std::atomic<int64_t> next{0}, done{0};
+
+  void TakeLanes() {
+    for (int64_t lane; (lane = next.fetch_add(1)) < lanes;) {
+      int64_t lo = n * lane / lanes, hi = n * (lane + 1) / lanes;
+      LaneOf(row, x, y, w, b, d, lo, hi, grads.data() + lane * d, &losses[lane], &slopes[lane]);
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+template <typename T>
+ffi::Error Step(ffi::ThreadPool& pool, int32_t row, const ffi::AnyBuffer& x,
+                const ffi::AnyBuffer& y, const ffi::AnyBuffer& w, const ffi::AnyBuffer& b,
+                ffi::Result<ffi::AnyBuffer>& value, ffi::Result<ffi::AnyBuffer>& grad_w,
+                ffi::Result<ffi::AnyBuffer>& grad_b) {
+  auto dims = x.dimensions();
+  const int64_t n = dims[0], d = dims[1];
+  auto work = std::make_shared<Work<T>>();
+  work->row = row;
+  work->x = x.typed_data<T>();
+  work->y = y.typed_data<T>();
+  work->w = w.typed_data<T>();
+  work->b = *b.typed_data<T>();
+  work->n = n;
+  work->d = d;
+  const int64_t row_bytes = std::max<int64_t>(1, d * int64_t(sizeof(T)));
+  work->lanes = std::clamp<int64_t>(n * row_bytes / kMinLaneBytes, 1, std::min(kMaxLanes, n));
+  work->grads.assign(work->lanes * d, T(0));
+  work->losses.assign(work->lanes, T(0));
+  work->slopes.assign(work->lanes, T(0));
+
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), work->lanes) - 1;
+  for (int64_t t = 0; t < helpers; ++t) {
+    pool.Schedule([work] { work->TakeLanes(); });
+  }
+  work->TakeLanes();  // the calling thread takes lanes too, so none waits unstarted
+  while (work->done.load(std::memory_order_acquire) < work->lanes) std::this_thread::yield();
+
+  T* gw = grad_w->typed_data<T>();
+  std::fill(gw, gw + d, T(0));
+  T loss = 0, slope = 0;
+  for (int64_t lane = 0; lane < work->lanes; ++lane) {
+    const T* g = work->grads.data() + lane * d;
+    for (int64_t j = 0; j < d; ++j) gw[j] += g[j];
+    loss += work->losses[lane];
+    slope += work->slopes[lane];
+  }
+  const T scale = T(1) / T(n);
+  for (int64_t j = 0; j < d; ++j) gw[j] *= scale;
+  *value->typed_data<T>() = loss * scale;
+  *grad_b->typed_data<T>() = slope * scale;
+  return ffi::Error::Success();
+}
+
+ffi::Error RowMeanStep(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer y,
+                       ffi::AnyBuffer w, ffi::AnyBuffer b, int32_t row,
+                       ffi::Result<ffi::AnyBuffer> value, ffi::Result<ffi::AnyBuffer> grad_w,
+                       ffi::Result<ffi::AnyBuffer> grad_b) {
+  auto dims = x.dimensions();
+  if (dims.size() != 2 || y.dimensions().size() != 1 || y.dimensions()[0] != dims[0] ||
+      w.dimensions().size() != 1 || w.dimensions()[0] != dims[1] || dims[0] < 1) {
+    return ffi::Error::InvalidArgument("row_mean_step: x (n, d), y (n,), w (d,), n >= 1");
+  }
+  if (row < kSquaredError || row > kLogisticCrossEntropy) {
+    return ffi::Error::InvalidArgument("row_mean_step: unknown row function");
+  }
+  auto type = x.element_type();
+  if (y.element_type() != type || w.element_type() != type || b.element_type() != type) {
+    return ffi::Error::InvalidArgument("row_mean_step: x, y, w and b of one dtype");
+  }
+  switch (type) {
+    case ffi::DataType::F32:
+      return Step<float>(pool, row, x, y, w, b, value, grad_w, grad_b);
+    case ffi::DataType::F64:
+      return Step<double>(pool, row, x, y, w, b, value, grad_w, grad_b);
+    default:
+      return ffi::Error::InvalidArgument("row_mean_step: float32 or float64 only");
+  }
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FunctionalSgdRowMeanStep, RowMeanStep,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // x (n, d), row-major
+                                  .Arg<ffi::AnyBuffer>()  // y (n,)
+                                  .Arg<ffi::AnyBuffer>()  // w (d,)
+                                  .Arg<ffi::AnyBuffer>()  // b ()
+                                  .Attr<int32_t>("row")
+                                  .Ret<ffi::AnyBuffer>()    // the loss ()
+                                  .Ret<ffi::AnyBuffer>()    // dL/dw (d,)
+                                  .Ret<ffi::AnyBuffer>());  // dL/db ()

@@ -1,0 +1,239 @@
+"""The row kernel: the library's row-mean losses stepped in one read of ``x``, on CPU.
+
+Tolerances, and why: the kernel sums the same per-row terms as XLA in
+another order (rows in lanes, each row's score in partial sums), with its
+own ``exp`` and ``log1p`` (the C library's) where XLA has its own.
+* One value and gradient: float64 1e-12 relative (measured ~1e-15);
+  float32 2e-5 relative to the value, and to the gradient's largest entry
+  (sums of n terms lose about ``sqrt(n)`` ulps).
+* A fit of 40 steps against the plain step: float32 2e-5 on params and
+  losses, as ``test_one_pass.py`` bounds the row blocks (~1e-7 of
+  reordered sums a step, damped by a stable descent).
+"""
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import assert_trees_close
+
+import functional_sgd as fsgd
+from functional_sgd import speed
+from functional_sgd.lesson._classify import LOSSES
+from functional_sgd.speed import SpeedPlan, _row_kernel
+
+KERNEL = SpeedPlan(exact_moments=False, one_pass=True, row_kernel=True)
+PLAIN = SpeedPlan(exact_moments=False, one_pass=False)
+ROWS = {"linear_mse": "squared_error", "mnist": "mnist_distance",
+        "cross-entropy": "logistic_cross_entropy"}
+STEPS = 40
+
+
+@pytest.fixture(autouse=True)
+def built():
+    """Every test here needs the kernel; a machine without a C++ compiler says so."""
+    why_not = _row_kernel.build().why_not
+    if why_not is not None:
+        pytest.skip(f"the row kernel cannot be built here: {why_not}")
+
+
+def loss_of(name):
+    return fsgd.linear_mse if name == "linear_mse" else LOSSES[name]
+
+
+def problem(name, n, d, dtype, seed=0):
+    """Uniform ``x``; real targets for ``linear_mse``, 0/1 for the classifier's
+    losses; small random params (so no score is exactly 0)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (n, d)).astype(dtype)
+    w = rng.normal(size=d).astype(dtype)
+    if name == "linear_mse":
+        y = (x @ w + rng.uniform(0, 1, n)).astype(dtype)
+        return (0.1 * w).astype(dtype), (x, y)
+    y = (x @ w > 0).astype(dtype)
+    return ((0.1 * w).astype(dtype), dtype(0.3)), (x, y)
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, d", [(1, 3), (7, 3), (1000, 3), (5000, 40), (333, 257)])
+def test_the_kernel_gives_the_value_and_gradient_of_each_row_mean(name, dtype, n, d, request):
+    """Short rows (four at a time, with a remainder) and long ones (d >= 256,
+    one at a time), one lane or many."""
+    if dtype == np.float64:
+        request.getfixturevalue("x64")
+    loss = loss_of(name)
+    params, data = problem(name, n, d, dtype)
+    stepped, kept = speed.row_kernel(loss, ROWS[name], params, data)
+    assert kept[0] is data[0]  # read where it is
+    value, grad = jax.jit(jax.value_and_grad(stepped))(params, *kept)
+    want_value, want_grad = jax.value_and_grad(loss)(params, *data)
+    assert jax.tree.structure(grad) == jax.tree.structure(want_grad)
+    rtol = 1e-12 if dtype == np.float64 else 2e-5
+    # Relative to the largest entry of the gradient: one entry may be a sum that
+    # cancels (the bias's, sigmoid(s) - y over rows) and be far smaller than its terms.
+    grad_scale = max(float(np.max(np.abs(leaf))) for leaf in jax.tree.leaves(want_grad))
+    for got, want, scale in [(value, want_value, abs(float(want_value))),
+                             *((g, w, grad_scale) for g, w in zip(jax.tree.leaves(grad),
+                                                                   jax.tree.leaves(want_grad)))]:
+        assert got.dtype == want.dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=0, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_fit_with_the_kernel_equals_the_plain_step(name):
+    params, data = problem(name, 1000, 30, np.float32)
+    loss = loss_of(name)
+    kernel, plain = (fsgd.fit(loss, params, data, lr=0.2, steps=STEPS, run=fsgd.Run(speed=plan))
+                     for plan in (KERNEL, PLAIN))
+    assert_trees_close((kernel.params, kernel.losses), (plain.params, plain.losses), rtol=2e-5,
+                       atol=2e-6)
+    assert float(plain.losses[-1]) < float(plain.losses[0])  # it learnt: a real comparison
+
+
+def test_the_program_calls_the_kernel_on_cpu_and_the_plain_gradient_elsewhere():
+    params, data = problem("linear_mse", 100, 3, np.float32)
+    run = fsgd.Run(speed=KERNEL)
+    traced = jax.jit(lambda lr: fsgd.fit(fsgd.linear_mse, params, data, lr=lr, steps=3,
+                                         run=run).params).trace(0.1)
+    assert _row_kernel.TARGET in traced.lower().as_text()
+    assert _row_kernel.TARGET not in traced.lower(lowering_platforms=("cuda",)).as_text()
+
+
+def test_a_sweep_under_vmap_matches_one_run_per_rate():
+    params, data = problem("cross-entropy", 500, 20, np.float32)
+    loss = LOSSES["cross-entropy"]
+    rates = jnp.array([0.05, 0.2, 1.0])
+    swept = jax.jit(jax.vmap(lambda lr: fsgd.fit(loss, params, data, lr=lr, steps=10,
+                                                  run=fsgd.Run(speed=KERNEL)).params))(rates)
+    for i, lr in enumerate(rates):
+        alone = fsgd.fit(loss, params, data, lr=float(lr), steps=10,
+                         run=fsgd.Run(speed=KERNEL)).params
+        assert_trees_close(jax.tree.map(lambda a: a[i], swept), alone, rtol=1e-6, atol=1e-7)
+
+
+def test_the_same_call_gives_the_same_bits_and_leaves_the_data_as_it_was():
+    """Threads take the lanes in any order; the lanes are added in theirs."""
+    params, data = problem("mnist", 20_000, 50, np.float32)
+    copies = [a.copy() for a in data]
+    runs = [fsgd.fit(LOSSES["mnist"], params, data, lr=0.5, steps=5, run=fsgd.Run(speed=KERNEL))
+            for _ in range(3)]
+    for run in runs[1:]:
+        for got, first in zip(jax.tree.leaves((run.params, run.losses)),
+                              jax.tree.leaves((runs[0].params, runs[0].losses))):
+            np.testing.assert_array_equal(got, first)
+    for kept, copy in zip(data, copies):
+        np.testing.assert_array_equal(kept, copy)
+
+
+def test_a_diverging_run_is_reported_at_the_step_the_plain_step_reports():
+    params, data = problem("linear_mse", 200, 5, np.float32)
+    kernel, plain = (fsgd.fit(fsgd.linear_mse, params, data, lr=50.0, steps=60,
+                              run=fsgd.Run(speed=plan)) for plan in (KERNEL, PLAIN))
+    assert plain.diverged_at is not None
+    assert kernel.diverged_at == plain.diverged_at
+
+
+def resolved(plan, loss_name="linear_mse", n=10_000, d=1000, dtype=np.float32, **problem_kw):
+    params, _ = problem(loss_name, 2, d, dtype)
+    data = (jax.ShapeDtypeStruct((n, d), dtype), jax.ShapeDtypeStruct((n,), dtype))
+    fields = dict(exact_mse=False, params=params, data=data, full_batch=True, steps=100,
+                  row=ROWS[loss_name])
+    return speed.decide(plan, speed.Problem(**{**fields, **problem_kw}))
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_auto_takes_the_kernel_for_the_librarys_row_means_past_the_cache(name):
+    at = resolved(None, name)  # 40 MB, row-major
+    assert (at.one_pass, at.row_kernel) == (True, True)
+    assert resolved(None, name, n=100_000, d=100).row_kernel is True  # 40 MB, column-major
+    assert resolved(None, name, n=1000).row_kernel is False  # 4 MB: in cache, read twice
+    assert resolved(None, name, row=None).one_pass is False  # a loss it does not know
+    assert resolved(SpeedPlan(row_kernel=False), name).row_kernel is False
+    blocks = resolved(SpeedPlan(row_kernel=False), name)
+    assert (blocks.one_pass, blocks.row_kernel) == (True, False)  # the row blocks instead
+
+
+def test_auto_leaves_other_devices_to_the_plain_step(monkeypatch):
+    monkeypatch.setattr(_row_kernel, "on_cpu", lambda data: False)
+    at = resolved(None)
+    assert at.row_kernel is False
+
+
+def test_fit_takes_the_kernel_itself_past_the_cache(monkeypatch):
+    monkeypatch.setattr(speed._plan, "ONE_PASS_MIN_BYTES", 1)
+    params, data = problem("cross-entropy", 64, 30, np.float32)
+    loss = LOSSES["cross-entropy"]
+    text = jax.jit(lambda lr: fsgd.fit(loss, params, data, lr=lr, steps=3).params
+                   ).lower(0.1).as_text()
+    assert _row_kernel.TARGET in text
+    same_but_unknown = lambda params, x, y: loss(params, x, y)
+    text = jax.jit(lambda lr: fsgd.fit(same_but_unknown, params, data, lr=lr, steps=3).params
+                   ).lower(0.1).as_text()
+    assert _row_kernel.TARGET not in text
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"row": None}, "not one of the library's row means"),
+    ({"full_batch": False}, "full-batch only"),
+    ({"plain_model": False}, "the model has parts"),
+    ({"data": (jax.ShapeDtypeStruct((10, 4), np.float32),
+               jax.ShapeDtypeStruct((10,), np.float32))}, r"shapes \[\(10, 4\), \(10,\), \(1000,\)"),
+    ({"data": (jax.ShapeDtypeStruct((10, 1000), np.float16),
+               jax.ShapeDtypeStruct((10,), np.float16))}, "all float32 or all float64"),
+])
+def test_row_kernel_true_says_why_it_cannot_run(change, message):
+    with pytest.raises(ValueError, match=f"row_kernel=True\\) cannot run: .*{message}"):
+        resolved(KERNEL, **change)
+
+
+def test_row_kernel_true_needs_the_one_pass_step():
+    with pytest.raises(ValueError, match="cannot run with one_pass=False"):
+        resolved(SpeedPlan(one_pass=False, row_kernel=True))
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_row_kernel_must_be_auto_true_or_false(bad):
+    with pytest.raises(ValueError, match="SpeedPlan.row_kernel"):
+        SpeedPlan(row_kernel=bad)
+
+
+def test_where_it_cannot_be_built_auto_warns_once_and_steps_in_blocks(monkeypatch):
+    unbuilt = _row_kernel.Build(None, "no C++ compiler (here, on purpose)", 0.0)
+    monkeypatch.setattr(_row_kernel, "build", lambda: unbuilt)
+    _row_kernel.warn_unbuilt.cache_clear()
+    with pytest.warns(RuntimeWarning, match="on purpose.*row blocks"):
+        first = resolved(None)
+    assert (first.one_pass, first.row_kernel) == (True, False)
+    with pytest.raises(ValueError, match="row_kernel=True\\) cannot run: no C\\+\\+ compiler"):
+        resolved(KERNEL)
+    _row_kernel.warn_unbuilt.cache_clear()
+
+
+def test_a_build_is_kept_in_the_cache_and_found_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUNCTIONAL_SGD_CACHE", str(tmp_path))
+    assert _row_kernel.cache_dir() == tmp_path
+    first = _row_kernel.compile_kernel(tmp_path)
+    assert first.why_not is None and first.seconds > 0
+    assert first.path.parent == tmp_path and first.path.exists()
+    again = _row_kernel.compile_kernel(tmp_path)
+    assert (again.path, again.seconds) == (first.path, 0.0)
+    assert [p.name for p in tmp_path.iterdir()] == [first.path.name]  # no scratch left
+
+
+def test_without_a_compiler_the_build_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    unbuilt = _row_kernel.compile_kernel(tmp_path)
+    assert unbuilt.path is None
+    assert "no C++ compiler ('no-such-compiler-here' is not on PATH)" in unbuilt.why_not
+    assert list(pathlib.Path(tmp_path).iterdir()) == []
+
+
+def test_a_broken_build_names_the_command_and_the_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(_row_kernel, "FLAGS", (*_row_kernel.FLAGS, "--no-such-flag"))
+    broken = _row_kernel.compile_kernel(tmp_path)
+    assert broken.path is None
+    assert "--no-such-flag" in broken.why_not and "failed" in broken.why_not
+    assert list(pathlib.Path(tmp_path).iterdir()) == []
