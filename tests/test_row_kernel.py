@@ -82,6 +82,24 @@ def test_the_kernel_gives_the_value_and_gradient_of_each_row_mean(name, dtype, n
         np.testing.assert_allclose(got, want, rtol=0, atol=rtol * scale)
 
 
+@pytest.mark.parametrize("name", ["mnist", "cross-entropy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d", [40, 300])  # a tile of rows at a time, or one row at a time
+def test_scores_far_past_exps_range_give_finite_terms(name, dtype, d, request):
+    """Scores up to about ±3000 (exp overflows float32 from 89, float64 from
+    710): sigmoid and softplus are taken from exp(-|s|), which never overflows."""
+    if dtype == np.float64:
+        request.getfixturevalue("x64")
+    (w, b), (x, y) = problem(name, 1000, d, dtype)
+    params = ((3000 / np.sqrt(d) * w / np.abs(w).max()).astype(dtype), b)
+    stepped, kept = speed.row_kernel(LOSSES[name], ROWS[name], params, (x, y))
+    value, grad = jax.value_and_grad(stepped)(params, *kept)
+    want_value, want_grad = jax.value_and_grad(LOSSES[name])(params, x, y)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves((value, grad)))
+    rtol = 1e-12 if dtype == np.float64 else 2e-5
+    assert_trees_close((value, grad), (want_value, want_grad), rtol=rtol, atol=rtol)
+
+
 @pytest.mark.parametrize("name", sorted(ROWS))
 def test_fit_with_the_kernel_equals_the_plain_step(name):
     params, data = problem(name, 1000, 30, np.float32)

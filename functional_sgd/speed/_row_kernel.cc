@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -40,28 +41,87 @@ constexpr int64_t kDotLanes = 32;
 // Rows of at least this many values are taken one at a time, shorter ones four
 // at a time (on a 2-core EPYC: bench/investigations/one_pass.py).
 constexpr int64_t kLongRow = 256;
+// Short rows whose terms are taken in one vector loop (a multiple of 4).
+constexpr int64_t kTileRows = 16;
+
+// exp(x) for x <= 0, in operations a vector loop can take (the C library's
+// exp is a call per value): x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its
+// Taylor series (to within an ulp), times 2^n built in the exponent's bits.
+// Below the smallest normal number's log it is 0.
+template <typename T>
+struct ExpConstants;
+template <>
+struct ExpConstants<float> {
+  using Bits = int32_t;
+  static constexpr int kTerms = 8, kMantissa = 23, kBias = 127;
+  static constexpr float kMin = -87.33654f;  // log(FLT_MIN)
+  static constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+};
+template <>
+struct ExpConstants<double> {
+  using Bits = int64_t;
+  static constexpr int kTerms = 14, kMantissa = 52, kBias = 1023;
+  static constexpr double kMin = -708.3964185322641;  // log(DBL_MIN)
+  static constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52
+};
 
 template <typename T>
-inline T Sigmoid(T s) { return T(1) / (T(1) + std::exp(-s)); }
+inline T ExpNonPositive(T x) {
+  using C = ExpConstants<T>;
+  const T clamped = x < C::kMin ? C::kMin : x;
+  const T n = (clamped * T(1.4426950408889634) + C::kRound) - C::kRound;  // nearest
+  const T r = (clamped - n * T(0.693145751953125)) - n * T(1.428606820309417232e-06);
+  T series = T(1);
+#pragma GCC unroll 16
+  for (int k = C::kTerms; k >= 1; --k) series = T(1) + series * r * (T(1) / T(k));
+  const typename C::Bits bits = (static_cast<typename C::Bits>(n) + C::kBias) << C::kMantissa;
+  T scale;
+  std::memcpy(&scale, &bits, sizeof(T));
+  return x < C::kMin ? T(0) : series * scale;
+}
+
+// log(1 + e) for 0 <= e <= 1: u = 1 + e = 2^k m with m in [sqrt(1/2), sqrt(2)],
+// log m = 2 atanh((m - 1) / (m + 1)) by its series, and the rounding of 1 + e
+// put back ((e - (u - 1)) / u).
+template <typename T>
+inline T Log1pUnit(T e) {
+  constexpr int kTerms = sizeof(T) == 4 ? 6 : 12;
+  const T u = T(1) + e;
+  const bool high = u > T(1.4142135623730951);
+  const T m = high ? u * T(0.5) : u;
+  const T t = (m - T(1)) / (m + T(1));
+  const T t2 = t * t;
+  T series = T(1) / T(2 * kTerms + 1);
+#pragma GCC unroll 16
+  for (int k = kTerms - 1; k >= 0; --k) series = T(1) / T(2 * k + 1) + t2 * series;
+  return (high ? T(0.6931471805599453) : T(0)) + T(2) * t * series + (e - (u - T(1))) / u;
+}
 
 // l(s, y) into *loss and dl/ds into *slope. The row function is a template
 // argument, so the loop it sits in holds no branch and no unused call.
-template <int32_t kRow, typename T>
+// sigmoid(s) = 1 / (1 + e) for s >= 0, e / (1 + e) below, with e = exp(-|s|),
+// and softplus(s) = max(s, 0) + log(1 + e): no overflow either way. kVector:
+// written with selects and ExpNonPositive / Log1pUnit, so a loop over a tile
+// of scores vectorizes; else with the C library's exp and log1p (shorter
+// latency, for one row at a time).
+template <int32_t kRow, bool kVector, typename T>
 inline void RowTerms(T s, T y, T* loss, T* slope) {
   if constexpr (kRow == kSquaredError) {
     T r = s - y;
     *loss = r * r;
     *slope = T(2) * r;
-  } else if constexpr (kRow == kMnistDistance) {
-    T p = Sigmoid(s);
-    T dp = p * (T(1) - p);
-    bool one = y == T(1);
-    *loss = one ? T(1) - p : p;
-    *slope = one ? -dp : dp;
-  } else {  // kLogisticCrossEntropy; softplus as jax.nn.softplus takes it
-    T softplus = std::max(s, T(0)) + std::log1p(std::exp(-std::abs(s)));
-    *loss = softplus - y * s;
-    *slope = Sigmoid(s) - y;
+  } else {
+    const T e = kVector ? ExpNonPositive(-std::abs(s)) : std::exp(-std::abs(s));
+    const T p = (s >= T(0) ? T(1) : e) / (T(1) + e);
+    if constexpr (kRow == kMnistDistance) {
+      const T dp = p * (T(1) - p);
+      const bool one = y == T(1);
+      *loss = one ? T(1) - p : p;
+      *slope = one ? -dp : dp;
+    } else {  // kLogisticCrossEntropy
+      *loss = (s > T(0) ? s : T(0)) + (kVector ? Log1pUnit(e) : std::log1p(e)) - y * s;
+      *slope = p - y;
+    }
   }
 }
 
@@ -83,47 +143,75 @@ inline T Dot(const T* __restrict x, const T* __restrict w, int64_t d) {
   return part[0] + tail;
 }
 
+// The scores of four rows (x0 and the three after it) in one sweep, four
+// independent sums: a short row's one sum is too short to keep the core busy.
+template <typename T>
+inline void Scores4(const T* __restrict x0, const T* __restrict w, int64_t d, T* z) {
+  const T* x1 = x0 + d;
+  const T* x2 = x1 + d;
+  const T* x3 = x2 + d;
+  T z0 = 0, z1 = 0, z2 = 0, z3 = 0;
+#pragma omp simd reduction(+ : z0, z1, z2, z3)
+  for (int64_t j = 0; j < d; ++j) {
+    z0 += x0[j] * w[j];
+    z1 += x1[j] * w[j];
+    z2 += x2[j] * w[j];
+    z3 += x3[j] * w[j];
+  }
+  z[0] = z0, z[1] = z1, z[2] = z2, z[3] = z3;
+}
+
+// grad += s[k] x_k for four rows, in one update of grad.
+template <typename T>
+inline void AddRows4(const T* __restrict x0, const T* s, int64_t d, T* __restrict grad) {
+  const T* x1 = x0 + d;
+  const T* x2 = x1 + d;
+  const T* x3 = x2 + d;
+  const T s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
+#pragma omp simd
+  for (int64_t j = 0; j < d; ++j) grad[j] += (s0 * x0[j] + s1 * x1[j]) + (s2 * x2[j] + s3 * x3[j]);
+}
+
 // Sums over the rows [lo, hi): the loss into *loss, the slopes into *slope_sum,
-// slope_i x_i into grad (d values, zeroed here). A long row is taken alone; short
-// ones four at a time (four independent sums in one sweep, one update of grad
-// for the four), as a short row's sums are too short to keep the core busy.
+// slope_i x_i into grad (d values, zeroed here). A long row is taken alone;
+// short ones four at a time, and where the loss needs exp, a tile of rows at a
+// time (their scores, then their terms in one vector loop, then grad), all
+// while the rows are in cache.
 template <int32_t kRow, typename T>
 void Lane(const T* __restrict x, const T* __restrict y, const T* __restrict w, T b, int64_t d,
           int64_t lo, int64_t hi, T* __restrict grad, T* loss, T* slope_sum) {
   std::fill(grad, grad + d, T(0));
   T loss_total = 0, slope_total = 0;
   int64_t i = lo;
-  if (d < kLongRow) {
+  if (d < kLongRow && kRow == kSquaredError) {
     for (; i + 4 <= hi; i += 4) {
       const T* x0 = x + i * d;
       const T* x1 = x0 + d;
       const T* x2 = x1 + d;
       const T* x3 = x2 + d;
-      T z0 = 0, z1 = 0, z2 = 0, z3 = 0;
-#pragma omp simd reduction(+ : z0, z1, z2, z3)
-      for (int64_t j = 0; j < d; ++j) {
-        z0 += x0[j] * w[j];
-        z1 += x1[j] * w[j];
-        z2 += x2[j] * w[j];
-        z3 += x3[j] * w[j];
-      }
-      T l0, l1, l2, l3, s0, s1, s2, s3;
-      RowTerms<kRow>(z0 + b, y[i], &l0, &s0);
-      RowTerms<kRow>(z1 + b, y[i + 1], &l1, &s1);
-      RowTerms<kRow>(z2 + b, y[i + 2], &l2, &s2);
-      RowTerms<kRow>(z3 + b, y[i + 3], &l3, &s3);
-      loss_total += (l0 + l1) + (l2 + l3);
-      slope_total += (s0 + s1) + (s2 + s3);
+      T z[4];
+      Scores4(x0, w, d, z);
+      T l[4], s[4];
+      for (int k = 0; k < 4; ++k) RowTerms<kRow, false>(z[k] + b, y[i + k], &l[k], &s[k]);
+      loss_total += (l[0] + l[1]) + (l[2] + l[3]);
+      slope_total += (s[0] + s[1]) + (s[2] + s[3]);
+      AddRows4(x0, s, d, grad);
+    }
+  } else if (d < kLongRow) {  // a tile's scores, then its terms in one vector loop
+    T z[kTileRows], l[kTileRows], s[kTileRows];
+    for (; i + kTileRows <= hi; i += kTileRows) {
+      const T* tile = x + i * d;
+      for (int64_t r = 0; r < kTileRows; r += 4) Scores4(tile + r * d, w, d, z + r);
 #pragma omp simd
-      for (int64_t j = 0; j < d; ++j) {
-        grad[j] += (s0 * x0[j] + s1 * x1[j]) + (s2 * x2[j] + s3 * x3[j]);
-      }
+      for (int64_t k = 0; k < kTileRows; ++k) RowTerms<kRow, true>(z[k] + b, y[i + k], &l[k], &s[k]);
+      for (int64_t k = 0; k < kTileRows; ++k) loss_total += l[k], slope_total += s[k];
+      for (int64_t r = 0; r < kTileRows; r += 4) AddRows4(tile + r * d, s + r, d, grad);
     }
   }
   for (; i < hi; ++i) {
     const T* xi = x + i * d;
     T l, slope;
-    RowTerms<kRow>(Dot(xi, w, d) + b, y[i], &l, &slope);
+    RowTerms<kRow, false>(Dot(xi, w, d) + b, y[i], &l, &slope);
     loss_total += l;
     slope_total += slope;
 #pragma omp simd
