@@ -1,4 +1,4 @@
-"""Large full batch: the plain step vs the one-pass step, against the read bandwidth.
+"""Large full batch: the plain step vs the one-pass steps, against the read bandwidth.
 
     python -m bench.investigations.one_pass                      # the issue's two shapes, ~3 minutes
     python -m bench.investigations.one_pass --loss mse mnist bce # the lesson's three losses
@@ -6,9 +6,11 @@
     python -m bench.investigations.one_pass --shapes 10000x1000  # one shape
     python -m bench.investigations.one_pass --blocks 2097152 4194304 8388608   # block sizes, bytes
 
-The plain step (``SpeedPlan(one_pass=False)``) reads ``x`` twice a step, the
-one-pass step (``one_pass=True``, ``speed/_one_pass.py``) once, in blocks of
-``row_block_bytes``. Both run ``fit`` with the exact-moments path off (the
+The plain step (``SpeedPlan(one_pass=False)``) reads ``x`` twice a step; the
+one-pass steps read it once: the row kernel (``row_kernel=True``,
+``speed/_row_kernel.py``, each row once, on all cores) and XLA's row blocks
+(``row_kernel=False``, ``speed/_one_pass.py``, in blocks of
+``row_block_bytes``). All run ``fit`` with the exact-moments path off (the
 general ``jax.grad`` path any loss takes). The losses: ``mse`` is
 ``linear_mse``; ``mnist`` and ``bce`` are ``mnist_loss`` and
 ``binary_cross_entropy`` of the linear classifier's scores, on 0/1 targets.
@@ -113,9 +115,12 @@ def main(argv=None):
             methods = {"read x (x @ v)": read_run(loss, params, data),
                        "plain (two reads)": fit_run(loss, params, data,
                                                     SpeedPlan(one_pass=False))}
+            methods["one pass, row kernel"] = fit_run(
+                loss, params, data, SpeedPlan(one_pass=True, row_kernel=True))
             for block in args.blocks:
                 methods[f"one pass, {block / 2**20:g} MiB blocks"] = fit_run(
-                    loss, params, data, SpeedPlan(one_pass=True, row_block_bytes=block))
+                    loss, params, data, SpeedPlan(one_pass=True, row_kernel=False,
+                                                  row_block_bytes=block))
             methods["fit as users call it"] = fit_run(loss, params, data, SpeedPlan())
             plain = jax.tree.map(np.asarray, methods["plain (two reads)"]())
             for name, run in methods.items():  # warm-up, and agreement with the plain step

@@ -198,15 +198,20 @@ void Lane(const T* __restrict x, const T* __restrict y, const T* __restrict w, T
       AddRows4(x0, s, d, grad);
     }
   } else if (d < kLongRow) {  // a tile's scores, then its terms in one vector loop
-    T z[kTileRows], l[kTileRows], s[kTileRows];
+    T z[kTileRows], s[kTileRows], losses[kTileRows] = {}, slopes[kTileRows] = {};
     for (; i + kTileRows <= hi; i += kTileRows) {
       const T* tile = x + i * d;
       for (int64_t r = 0; r < kTileRows; r += 4) Scores4(tile + r * d, w, d, z + r);
 #pragma omp simd
-      for (int64_t k = 0; k < kTileRows; ++k) RowTerms<kRow, true>(z[k] + b, y[i + k], &l[k], &s[k]);
-      for (int64_t k = 0; k < kTileRows; ++k) loss_total += l[k], slope_total += s[k];
+      for (int64_t k = 0; k < kTileRows; ++k) {
+        T l;
+        RowTerms<kRow, true>(z[k] + b, y[i + k], &l, &s[k]);
+        losses[k] += l;  // a sum for each place in the tile, added up after the lane
+        slopes[k] += s[k];
+      }
       for (int64_t r = 0; r < kTileRows; r += 4) AddRows4(tile + r * d, s + r, d, grad);
     }
+    for (int64_t k = 0; k < kTileRows; ++k) loss_total += losses[k], slope_total += slopes[k];
   }
   for (; i < hi; ++i) {
     const T* xi = x + i * d;
