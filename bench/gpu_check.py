@@ -24,7 +24,9 @@ Four stages, each with its own time budget, each printed with its outcome:
    draws (``replace=False`` / ``replace=True`` at 1e5 x 10, 1,000 steps of
    64: at most 1.25), the lesson's ``fit`` against a hand-written
    ``jax.jit(lax.scan)`` (at most 1.1), and the lesson on the CPU device of
-   this process against a CPU-only process (at most 1.25), printed with
+   this process against a CPU-only process (at most 1.25), and one read a
+   step (the row kernel against the plain step at 1e6 x 1000: at most
+   1 / 1.7, with its bandwidth beside a compiled read of ``x``), printed with
    their targets and written to ``<out>/gpu_check.md`` (``bench/gpu_ratios.py``;
    reported, not enforced: they are goals of issue 24);
 4. a summary line per stage; the exit status is 1 if a stage failed.
@@ -45,6 +47,7 @@ TEST_FILES = (  # the files issue 24 found failing on a GPU, and the agreement c
     "test_front_end.py", "test_warm_calls.py", "test_lr_find.py", "test_evaluate.py",
     "test_layout.py", "test_model_leaves.py", "test_blocks.py", "test_own_model.py",
     "test_fastpath.py", "test_tuning.py", "test_agreement.py", "test_bench.py",
+    "test_row_kernel.py",
     "test_cli.py::test_lr_sweep_holdout_prints_each_rates_held_out_loss")
 SMOKE_TEST_FILES = ("test_parallel.py", "test_front_end.py", "test_warm_calls.py")
 BUDGETS_S = {  # seconds per stage: on one H200 the three fit in 8 minutes with startup

@@ -33,10 +33,14 @@ STEPS = 40
 
 @pytest.fixture(autouse=True)
 def built():
-    """Every test here needs the kernel; a machine without a C++ compiler says so."""
+    """Every test here needs the CPU kernel, and runs on a CPU device (a GPU
+    machine's too: the GPU kernel's speed and agreement there are
+    ``bench/gpu_ratios.py``'s); a machine without a C++ compiler says so."""
     why_not = _row_kernel.build().why_not
     if why_not is not None:
         pytest.skip(f"the row kernel cannot be built here: {why_not}")
+    with jax.default_device(jax.devices("cpu")[0]):
+        yield
 
 
 def loss_of(name):
@@ -111,15 +115,6 @@ def test_fit_with_the_kernel_equals_the_plain_step(name):
     assert float(plain.losses[-1]) < float(plain.losses[0])  # it learnt: a real comparison
 
 
-def test_the_program_calls_the_kernel_on_cpu_and_the_plain_gradient_elsewhere():
-    params, data = problem("linear_mse", 100, 3, np.float32)
-    run = fsgd.Run(speed=KERNEL)
-    traced = jax.jit(lambda lr: fsgd.fit(fsgd.linear_mse, params, data, lr=lr, steps=3,
-                                         run=run).params).trace(0.1)
-    assert _row_kernel.TARGET in traced.lower().as_text()
-    assert _row_kernel.TARGET not in traced.lower(lowering_platforms=("cuda",)).as_text()
-
-
 def test_a_sweep_under_vmap_matches_one_run_per_rate():
     params, data = problem("cross-entropy", 500, 20, np.float32)
     loss = LOSSES["cross-entropy"]
@@ -176,7 +171,7 @@ def test_auto_takes_the_kernel_for_the_librarys_row_means_past_the_cache(name):
 
 
 def test_auto_leaves_other_devices_to_the_plain_step(monkeypatch):
-    monkeypatch.setattr(_row_kernel, "on_cpu", lambda data: False)
+    monkeypatch.setattr(_row_kernel, "platform_of", lambda data: "gpu")
     at = resolved(None)
     assert at.row_kernel is False
 
@@ -256,3 +251,47 @@ def test_a_broken_build_names_the_command_and_the_error(tmp_path, monkeypatch):
     assert broken.path is None
     assert "--no-such-flag" in broken.why_not and "failed" in broken.why_not
     assert list(pathlib.Path(tmp_path).iterdir()) == []
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+@pytest.mark.parametrize("n, d", [(1, 3), (300, 3), (1000, 100), (2100, 1000)])
+def test_the_gpu_kernel_gives_the_value_and_gradient_of_each_row_mean(name, n, d):
+    """The Pallas kernel, run by Pallas's interpreter here (its speed is the
+    GPU's to measure): one program or many, tiles cut short at the last row,
+    rows padded to a power of 2. Float32 bound as for the CPU kernel."""
+    loss = loss_of(name)
+    params, (x, y) = problem(name, n, d, np.float32)
+    w, b = params if name != "linear_mse" else (params, np.float32(0))
+    value, grad_w, grad_b = jax.jit(lambda *a: _row_kernel.gpu_step(
+        ROWS[name], *a, interpret=True))(x, y, w, b)
+    want_value, want_grad = jax.value_and_grad(loss)(params, x, y)
+    grad = (grad_w, grad_b) if name != "linear_mse" else grad_w
+    grad_scale = max(float(np.max(np.abs(leaf))) for leaf in jax.tree.leaves(want_grad))
+    np.testing.assert_allclose(value, want_value, rtol=2e-5)
+    for got, want in zip(jax.tree.leaves(grad), jax.tree.leaves(want_grad)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * grad_scale)
+
+
+def test_one_program_calls_the_cpu_kernel_on_a_cpu_and_the_gpu_kernel_on_a_gpu():
+    params, data = problem("mnist", 100, 30, np.float32)
+    traced = jax.jit(lambda lr: fsgd.fit(LOSSES["mnist"], params, data, lr=lr, steps=3,
+                                         run=fsgd.Run(speed=KERNEL)).params).trace(0.1)
+    on_cpu = traced.lower().as_text()
+    assert _row_kernel.TARGET in on_cpu and "triton" not in on_cpu
+    on_gpu = traced.lower(lowering_platforms=("cuda",)).as_text()
+    assert "triton" in on_gpu and _row_kernel.TARGET not in on_gpu
+
+
+def test_on_a_gpu_auto_leaves_it_and_true_takes_float32_rows_it_can_hold(monkeypatch):
+    monkeypatch.setattr(_row_kernel, "platform_of", lambda data: "gpu")
+    assert resolved(None).row_kernel is False  # unmeasured there: auto keeps the plain step
+    assert resolved(KERNEL).row_kernel is True
+    with pytest.raises(ValueError, match="on a GPU it takes float32 only"):
+        with jax.enable_x64(True):
+            resolved(KERNEL, dtype=np.float64)
+    wide = _row_kernel.GPU_MAX_COLUMNS + 1
+    with pytest.raises(ValueError, match=f"rows of at most {wide - 1} values; got {wide}"):
+        resolved(KERNEL, d=wide)
+    monkeypatch.setattr(_row_kernel, "platform_of", lambda data: "tpu")
+    with pytest.raises(ValueError, match="a CPU or a CUDA GPU; the data is on 'tpu'"):
+        resolved(KERNEL)

@@ -58,12 +58,13 @@ class SpeedPlan:
         the loss is such a mean (any loss; refused where it cannot run);
         ``False`` never.
       row_kernel: how a one-pass step of the library's own row-mean losses
-        runs on the CPU: in a C++ kernel that reads each row once, on all
-        cores (``speed/_row_kernel.py``), compiled on first use and cached.
-        ``"auto"`` takes it wherever it can run (a CPU, float32 or float64,
-        the loss's own params; where it cannot be built, say without a
-        compiler, it warns once and steps in row blocks); ``True``
-        insists; ``False`` steps in XLA's row blocks.
+        runs: on the CPU in a C++ kernel that reads each row once, on all
+        cores, compiled on first use and cached; on a CUDA GPU in a Pallas
+        kernel (``speed/_row_kernel.py``). ``"auto"`` takes the CPU kernel
+        where it can run and pays (float32 or float64, the loss's own
+        params; where it cannot be built, say without a compiler, it warns
+        once and steps in row blocks), and not yet the GPU one (unmeasured);
+        ``True`` insists, on either; ``False`` steps in XLA's row blocks.
       row_block_bytes: one-pass blocks hold this many bytes of rows.
 
     >>> import jax, functional_sgd as fsgd
@@ -241,28 +242,32 @@ def _use_one_pass(plan, problem):
 
 
 def _use_row_kernel(plan, problem):
-    """Whether a one-pass step runs in the row kernel: ``"auto"`` where the
-    one-pass step would run (or ``one_pass=True`` asks for it) and the kernel
-    can, and pays (:func:`row_kernel_pays`); ``True`` insists."""
+    """Whether a one-pass step runs in the row kernel: ``"auto"`` on the CPU
+    where the one-pass step would run (or ``one_pass=True`` asks for it), the
+    kernel can, and it pays (:func:`row_kernel_pays`); ``True`` insists, on
+    the CPU or a CUDA GPU (where ``"auto"`` does not take it yet: its speed
+    there is unmeasured, ``bench/gpu_ratios.py`` measures it)."""
     wanted = plan.row_kernel
     if wanted is False or plan.one_pass is False:
         if wanted is True:
             raise ValueError("SpeedPlan(row_kernel=True) runs the one-pass step; it cannot "
                              "run with one_pass=False.")
         return False
+    platform = _row_kernel.platform_of(problem.data)
     why_not = (_row_kernel.why_not(problem.row, problem.params, problem.data)
-               or _why_not_one_pass(problem)
-               or (None if _row_kernel.on_cpu(problem.data) else "the data is not on a CPU"))
+               or _why_not_one_pass(problem))
     if wanted == "auto":
-        if why_not is not None or not (plan.one_pass is True or row_kernel_pays(
-                problem.data[0], problem.row, plan)):
+        if why_not is not None or platform != "cpu" or not (
+                plan.one_pass is True or row_kernel_pays(problem.data[0], problem.row, plan)):
             return False
         built = _row_kernel.build()
         if built.why_not is not None:
             _row_kernel.warn_unbuilt(built.why_not)
         return built.why_not is None
     if why_not is None:
-        why_not = _row_kernel.build().why_not
+        why_not = (_row_kernel.build().why_not if platform == "cpu" else
+                   _row_kernel.why_not_gpu(problem.params, problem.data) if platform == "gpu"
+                   else f"it runs on a CPU or a CUDA GPU; the data is on {platform!r}")
     if why_not is not None:
         raise ValueError(f"SpeedPlan(row_kernel=True) cannot run: {why_not}. Use "
                          "row_kernel=\"auto\" or False.")

@@ -158,13 +158,20 @@ def warn_unbuilt(why_not: str) -> None:
                   "asks for those without this warning.", RuntimeWarning, stacklevel=2)
 
 
-def on_cpu(data) -> bool:
-    """Whether a step on ``data`` runs on a CPU: the devices of its JAX
-    arrays, or JAX's default backend for host arrays and shapes."""
+def platform_of(data) -> str:
+    """Where a step on ``data`` runs: the platform of its JAX arrays'
+    devices (``"cpu"``, ``"gpu"``, ...), else of the default device
+    (``jax.default_device``, or the default backend's) for host arrays and
+    shapes."""
     platforms = {device.platform for a in data
                  if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer)
                  for device in a.devices()}
-    return platforms == {"cpu"} if platforms else jax.default_backend() == "cpu"
+    if len(platforms) == 1:
+        return platforms.pop()
+    default = jax.config.jax_default_device
+    if default is None:
+        return jax.default_backend()
+    return default if isinstance(default, str) else default.platform
 
 
 def why_not(row, params, data) -> str | None:
@@ -193,13 +200,109 @@ def why_not(row, params, data) -> str | None:
     return None
 
 
+GPU_MAX_COLUMNS = 4096
+"""Widest rows the GPU kernel takes: a tile of rows is held in registers,
+its columns padded to a power of 2."""
+GPU_TILE_VALUES = 16 * 1024
+"""Values of ``x`` in one tile (rows x padded columns) a GPU program holds at once."""
+GPU_PROGRAMS = 512
+"""Programs the GPU kernel aims to launch (a few per streaming multiprocessor)."""
+
+
+def why_not_gpu(params, data) -> str | None:
+    """Why the GPU kernel cannot take a step on ``(params, data)``, or ``None``
+    (beyond :func:`why_not`): it takes float32 rows of at most
+    :data:`GPU_MAX_COLUMNS` values."""
+    x = data[0]
+    if np.dtype(x.dtype) != np.float32:
+        return "on a GPU it takes float32 only"
+    if x.shape[1] > GPU_MAX_COLUMNS:
+        return f"on a GPU it takes rows of at most {GPU_MAX_COLUMNS} values; got {x.shape[1]}"
+    return None
+
+
+def _terms(row, s, y):
+    """``(l(s, y), l'(s, y))`` of row function ``row`` for a vector of scores,
+    as ``_row_kernel.cc`` takes them (from ``exp(-|s|)``: no overflow)."""
+    if row == "squared_error":
+        r = s - y
+        return r * r, 2 * r
+    e = jnp.exp(-jnp.abs(s))
+    p = jnp.where(s >= 0, 1.0, e) / (1 + e)
+    if row == "mnist_distance":
+        dp = p * (1 - p)
+        one = y == 1
+        return jnp.where(one, 1 - p, p), jnp.where(one, -dp, dp)
+    return jnp.maximum(s, 0) + jnp.log1p(e) - y * s, p - y
+
+
+def gpu_step(row, x, y, w, b, *, interpret=False):
+    """``(value, grad_w, grad_b)`` of ``row``'s loss in one read of ``x``, as a
+    Pallas (Triton) kernel for a GPU: each program sweeps its rows a tile at
+    a time, takes the tile's scores and adds its gradient terms while the
+    tile is in registers, and writes its partial sums; XLA adds the
+    programs' sums. ``interpret=True`` runs it on any backend (the tests')."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as pallas_triton
+
+    n, d = x.shape
+    padded = pl.next_power_of_2(d)
+    tile_rows = min(1024, max(16, GPU_TILE_VALUES // padded))
+    tiles = int(min(64, max(1, pl.next_power_of_2(pl.cdiv(n, tile_rows * GPU_PROGRAMS)))))
+    program_rows = tile_rows * tiles
+    programs = pl.cdiv(n, program_rows)
+    dtype = x.dtype
+
+    def kernel(x_ref, y_ref, w_ref, b_ref, grad_ref, loss_ref, slope_ref):
+        first = pl.program_id(0) * program_rows
+        columns = jnp.arange(padded) < d
+        w = jnp.where(columns, w_ref[...], 0)
+
+        def tile(k, sums):
+            grad, loss, slope = sums
+            real = first + k * tile_rows + jnp.arange(tile_rows) < n
+            rows = pl.ds(k * tile_rows, tile_rows)
+            xt = jnp.where(real[:, None] & columns[None, :], x_ref[rows, :], 0)
+            l, s = _terms(row, jnp.sum(xt * w[None, :], axis=1) + b_ref[0],
+                          jnp.where(real, y_ref[rows], 0))
+            l, s = jnp.where(real, l, 0), jnp.where(real, s, 0)
+            return grad + jnp.sum(xt * s[:, None], axis=0), loss + jnp.sum(l), slope + jnp.sum(s)
+
+        zero = jnp.zeros((), dtype)
+        grad, loss, slope = jax.lax.fori_loop(0, tiles, tile, (jnp.zeros(padded, dtype), zero,
+                                                               zero))
+        grad_ref[...] = grad[None, :]
+        loss_ref[...] = jnp.full((1,), loss)
+        slope_ref[...] = jnp.full((1,), slope)
+
+    grads, losses, slopes = pl.pallas_call(
+        kernel,
+        out_shape=(jax.ShapeDtypeStruct((programs, padded), dtype),
+                   jax.ShapeDtypeStruct((programs,), dtype),
+                   jax.ShapeDtypeStruct((programs,), dtype)),
+        grid=(programs,),
+        in_specs=[pl.BlockSpec((program_rows, padded), lambda i: (i, 0)),
+                  pl.BlockSpec((program_rows,), lambda i: (i,)),
+                  pl.BlockSpec((padded,), lambda i: (0,)),
+                  pl.BlockSpec((1,), lambda i: (0,))],
+        out_specs=(pl.BlockSpec((1, padded), lambda i: (i, 0)),
+                   pl.BlockSpec((1,), lambda i: (i,)),
+                   pl.BlockSpec((1,), lambda i: (i,))),
+        compiler_params=pallas_triton.CompilerParams(num_warps=8 if padded >= 512 else 4),
+        interpret=interpret)(x, y, w, jnp.reshape(b, (1,)).astype(dtype))
+    scale = jnp.asarray(1 / n, dtype)
+    return losses.sum() * scale, grads.sum(0)[:d] * scale, slopes.sum() * scale
+
+
 def row_kernel(loss, row, params, data):
     """``(kernel_loss, data)``: ``loss`` (row function ``row``) as a loss whose value
-    and gradient are one call of the kernel on the CPU, and the data as it is
-    (read in place: no copy).
+    and gradient are one call of the kernel, and the data as it is (read in
+    place: no copy).
 
     ``kernel_loss(params, x, y)`` gives the value of ``loss(params, x, y)`` and,
-    under ``jax.grad``, its gradient; off the CPU it is ``loss`` itself.
+    under ``jax.grad``, its gradient: on the CPU from the C++ kernel (where it
+    is built), on a CUDA GPU from :func:`gpu_step` (float32 rows of at most
+    :data:`GPU_MAX_COLUMNS` values), anywhere else from ``loss`` itself.
 
     >>> import jax.numpy as jnp
     >>> from functional_sgd import linear_mse
@@ -213,21 +316,32 @@ def row_kernel(loss, row, params, data):
     problem = why_not(row, params, data)
     if problem is not None:
         raise ValueError(f"the row kernel cannot run: {problem}.")
-    ready = build()
-    if ready.why_not is not None:
-        raise RuntimeError(f"the row kernel could not be built: {ready.why_not}")
-    code, with_bias = np.int32(ROWS[row]), WITH_BIAS[row]
+    with_bias = WITH_BIAS[row]
 
-    def on_cpu(params, x, y):
-        w, b = params if with_bias else (params, jnp.zeros((), params.dtype))
-        results = (jax.ShapeDtypeStruct((), x.dtype), jax.ShapeDtypeStruct(w.shape, x.dtype),
-                   jax.ShapeDtypeStruct((), x.dtype))
-        value, grad_w, grad_b = jax.ffi.ffi_call(TARGET, results, vmap_method="sequential")(
-            x, y, w, b, row=code)
+    def split(params):
+        return params if with_bias else (params, jnp.zeros((), params.dtype))
+
+    def joined(value, grad_w, grad_b):
         return value, ((grad_w, grad_b) if with_bias else grad_w)
 
+    def on_cpu(params, x, y):
+        w, b = split(params)
+        results = (jax.ShapeDtypeStruct((), x.dtype), jax.ShapeDtypeStruct(w.shape, x.dtype),
+                   jax.ShapeDtypeStruct((), x.dtype))
+        return joined(*jax.ffi.ffi_call(TARGET, results, vmap_method="sequential")(
+            x, y, w, b, row=np.int32(ROWS[row])))
+
+    def on_gpu(params, x, y):
+        return joined(*gpu_step(row, x, y, *split(params)))
+
+    branches = {}  # a backend the kernel cannot serve takes the plain gradient
+    if build().why_not is None:
+        branches["cpu"] = on_cpu
+    if why_not_gpu(params, data) is None:
+        branches["cuda"] = on_gpu
+
     def value_and_grad(params, x, y):
-        return jax.lax.platform_dependent(params, x, y, cpu=on_cpu,
+        return jax.lax.platform_dependent(params, x, y, **branches,
                                           default=jax.value_and_grad(loss))
 
     @jax.custom_vjp
