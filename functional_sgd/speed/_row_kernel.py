@@ -168,7 +168,7 @@ def platform_of(data) -> str:
                  for device in a.devices()}
     if len(platforms) == 1:
         return platforms.pop()
-    default = jax.config.jax_default_device
+    default = getattr(jax.config, "jax_default_device")  # typed stubs lack it
     if default is None:
         return jax.default_backend()
     return default if isinstance(default, str) else default.platform
