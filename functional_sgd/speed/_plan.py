@@ -280,10 +280,10 @@ def row_kernel_pays(x, row, plan):
     level (:data:`ONE_PASS_MIN_BYTES`; in cache the plain step's two reads are
     faster), kept row-major, or of the squared error in either layout.
 
-    On a 2-core EPYC (``bench/investigations/one_pass.py``), against the plain
-    step: 1e4 x 1000, 1.9-2.1x for the three losses; 1e5 x 100, which the
-    plain step stores column-major, 1.4x for the squared error but level
-    (1.0-1.1x) for the two with an ``exp`` a row, so those keep the plain step.
+    Data the plain step stores column-major (``d <= 256``) it sweeps fast,
+    and a short row leaves a row's ``exp`` a large share of the kernel's work:
+    there only the squared error gains (``bench/investigations/one_pass.py``
+    measures each; the figures are in ``docs/explanations/time.md``).
     """
     if len(x.shape) != 2 or math.prod(x.shape) * x.dtype.itemsize < ONE_PASS_MIN_BYTES:
         return False
