@@ -11,6 +11,7 @@ own ``exp`` and ``log1p`` (the C library's) where XLA has its own.
   reordered sums a step, damped by a stable descent).
 """
 
+import json
 import pathlib
 
 import jax
@@ -21,6 +22,7 @@ from helpers import assert_trees_close
 
 import functional_sgd as fsgd
 from functional_sgd import speed
+from functional_sgd.drivers import _checkpoint
 from functional_sgd.lesson._classify import LOSSES
 from functional_sgd.speed import SpeedPlan, _row_kernel
 
@@ -234,7 +236,8 @@ def test_a_build_is_kept_in_the_cache_and_found_again(tmp_path, monkeypatch):
     assert first.path.parent == tmp_path and first.path.exists()
     again = _row_kernel.compile_kernel(tmp_path)
     assert (again.path, again.seconds) == (first.path, 0.0)
-    assert [p.name for p in tmp_path.iterdir()] == [first.path.name]  # no scratch left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # no scratch left
+        first.path.with_suffix(".sha256").name, first.path.name]
 
 
 def test_without_a_compiler_the_build_says_so(tmp_path, monkeypatch):
@@ -295,3 +298,72 @@ def test_on_a_gpu_auto_leaves_it_and_true_takes_float32_rows_it_can_hold(monkeyp
     monkeypatch.setattr(_row_kernel, "platform_of", lambda data: "tpu")
     with pytest.raises(ValueError, match="a CPU or a CUDA GPU; the data is on 'tpu'"):
         resolved(KERNEL)
+
+
+def test_a_checkpoint_from_before_the_kernel_resumes_where_no_kernel_runs(tmp_path):
+    """An older checkpoint has no ``plan.row_kernel``: its run had no kernel,
+    so a run without one resumes from it, and a run with one is refused by name."""
+    params, data = problem("linear_mse", 200, 300, np.float32)
+    path = tmp_path / "run.npz"
+    plain = fsgd.Run(speed=PLAIN, chunk_size=5, checkpoint=path)
+    whole = fsgd.fit(fsgd.linear_mse, params, data, lr=0.1, steps=10, run=plain)
+    header, arrays = _checkpoint.read_archive(path)
+    del header["run"]["plan.row_kernel"]  # as a checkpoint written before it
+    _checkpoint.write_atomically(path, {"header": np.array(json.dumps(header)),
+                                        **_checkpoint.as_raw_bytes(arrays)})
+    again = fsgd.fit(fsgd.linear_mse, params, data, lr=0.1, steps=10, run=plain)
+    assert_trees_close(again.params, whole.params)
+    kernel = fsgd.Run(speed=KERNEL, chunk_size=5, checkpoint=path)
+    with pytest.raises(ValueError, match="plan.row_kernel: checkpoint has False, this run has "
+                                         "True"):
+        fsgd.fit(fsgd.linear_mse, params, data, lr=0.1, steps=10, run=kernel)
+
+
+def test_a_library_cut_short_in_the_cache_is_compiled_again(tmp_path):
+    first = _row_kernel.compile_kernel(tmp_path)
+    whole = first.path.read_bytes()
+    first.path.write_bytes(whole[:len(whole) // 2])  # a full disk, a lost write
+    again = _row_kernel.compile_kernel(tmp_path)
+    assert again.path == first.path and again.seconds > 0
+    assert again.path.read_bytes() == whole
+
+
+def test_cxx_may_hold_a_command_of_several_words(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", "c++ -DWORDS_OF_CXX")
+    assert _row_kernel.compile_kernel(tmp_path).why_not is None
+    monkeypatch.setenv("CXX", "true")  # exits 0, writes nothing
+    empty = _row_kernel.compile_kernel(tmp_path)
+    assert empty.path is None and "exited 0 but wrote no library" in empty.why_not
+
+
+def test_row_kernel_true_wins_over_exact_moments_auto_and_clashes_with_true():
+    """On linear_mse, 500 steps: the moments would pay, but the caller asked
+    for a step that reads the data."""
+    at = resolved(SpeedPlan(row_kernel=True), exact_mse=True, n=1000, d=3)
+    assert (at.exact_moments, at.row_kernel) == (False, True)
+    with pytest.raises(ValueError, match="exact_moments=True.*cannot run with one_pass=True or "
+                                         "row_kernel=True"):
+        resolved(SpeedPlan(exact_moments=True, row_kernel=True), exact_mse=True, n=1000, d=3)
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_the_datas_gradient_is_the_plain_losses(name):
+    params, (x, y) = problem(name, 50, 4, np.float32)
+    loss = loss_of(name)
+    stepped, _ = speed.row_kernel(loss, ROWS[name], params, (x, y))
+    got = jax.grad(stepped, argnums=(1, 2))(params, x, y)
+    want = jax.grad(loss, argnums=(1, 2))(params, x, y)
+    assert_trees_close(got, want, rtol=1e-6, atol=1e-7)
+    assert np.abs(got[0]).max() > 0  # not the zeros of a dropped cotangent
+
+
+def test_dtypes_are_judged_as_jax_gives_them():
+    """A NumPy float64 target is float32 in JAX without x64; a Python float
+    bias is float64 with it, beside float32 data: then the plain step runs."""
+    w = np.zeros(1000, np.float32)
+    x, y = np.zeros((2, 1000), np.float32), np.zeros(2, np.float64)
+    assert _row_kernel.why_not("mnist_distance", (w, np.float32(0)), (x, y)) is None
+    with jax.enable_x64(True):
+        assert _row_kernel.why_not("mnist_distance", (w, 0.0), (x, y.astype(np.float32))) == (
+            "it takes x, y and the params all float32 or all float64; got x float32, "
+            "y float32, w float32, b float64")

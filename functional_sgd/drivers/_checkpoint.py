@@ -272,6 +272,19 @@ def _flat(spec, prefix=""):
     return flat
 
 
+ADDED_FIELDS = {"plan.row_kernel": False}
+"""Fingerprint fields added since checkpoints were first written, each with
+the value an older checkpoint's run had in effect (it had no such choice)."""
+
+
+def _saved_field(saved, name):
+    """Field ``name`` of a checkpoint's fingerprint; for a field it predates,
+    the value its run had in effect (:data:`ADDED_FIELDS`)."""
+    if name not in saved and name in ADDED_FIELDS:
+        return describe(ADDED_FIELDS[name])
+    return saved.get(name)
+
+
 def _difference(name, saved, value):
     if len(repr(saved)) + len(repr(value)) <= 160:
         return f"{name}: checkpoint has {saved!r}, this run has {value!r}"
@@ -397,8 +410,8 @@ def _read(path, expected):
     saved = header.get("run")
     if not isinstance(saved, dict):
         raise _corrupt(path, "its header has no run")
-    differences = [_difference(name, saved.get(name), value)
-                   for name, value in expected.items() if saved.get(name) != value]
+    differences = [_difference(name, _saved_field(saved, name), value)
+                   for name, value in expected.items() if _saved_field(saved, name) != value]
     if differences:
         raise ValueError(f"checkpoint {path} was written by another run and was not "
                          "loaded; " + "; ".join(differences) +

@@ -185,6 +185,13 @@ def _use_moments(plan, problem):
     wanted = plan.exact_moments
     if wanted is False:
         return False
+    one_pass_asked = plan.one_pass is True or plan.row_kernel is True
+    if one_pass_asked:  # the caller asked for a step that reads the data: "auto" yields
+        if wanted is True:
+            raise ValueError("SpeedPlan(exact_moments=True) steps from the data's moments; it "
+                             "cannot run with one_pass=True or row_kernel=True, which ask for "
+                             "steps that read the data. Set one of them to \"auto\" or False.")
+        return False
     exact_mse, params, data, full_batch, steps, mesh = (
         problem.exact_mse, problem.params, problem.data, problem.full_batch, problem.steps,
         problem.mesh)

@@ -87,39 +87,66 @@ def _cpu_flags() -> str:
     return platform.processor() or platform.machine()
 
 
+COMPILE_TIMEOUT_S = 300
+"""Longest a compile may take before the kernel is given up as unbuildable."""
+
+
 def compile_kernel(directory: pathlib.Path) -> Build:
     """The kernel compiled into ``directory``, or found there from an earlier
-    compile (its name hashes what went into it); not loaded."""
-    compiler = shutil.which(os.environ.get("CXX", "c++"))
+    compile (its name hashes what went into it); not loaded.
+
+    A compiled library is kept with the SHA-256 of its bytes beside it and
+    used again only when they match: a library cut short (a full disk, a
+    machine that lost power) is compiled afresh, never loaded."""
+    command_words = shlex.split(os.environ.get("CXX", "c++"))  # "ccache c++" is two words
+    compiler = shutil.which(command_words[0]) if command_words else None
     if compiler is None:
         return Build(None, f"no C++ compiler ({os.environ.get('CXX', 'c++')!r} is not on PATH)",
                      0.0)
     try:
         include = jax.ffi.include_dir()
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
-                                 timeout=60).stdout
+        version = subprocess.run([compiler, *command_words[1:], "--version"],
+                                 capture_output=True, text=True, timeout=60).stdout
     except (AttributeError, OSError, subprocess.SubprocessError) as error:
         return Build(None, f"no FFI headers or compiler version ({error})", 0.0)
     key = hashlib.sha256("\0".join([
-        SOURCE.read_text(), jax.__version__, jax.lib.__version__, version, " ".join(FLAGS),
-        platform.machine(), _cpu_flags()]).encode()).hexdigest()[:16]
+        SOURCE.read_text(), jax.__version__, jax.lib.__version__, " ".join(command_words),
+        version, " ".join(FLAGS), platform.machine(), _cpu_flags()]).encode()).hexdigest()[:16]
     path = directory / f"row_kernel-{key}.so"
-    if path.exists():
+    digest_path = path.with_suffix(".sha256")
+    if _intact(path, digest_path):
         return Build(path, None, 0.0)
     start = time.perf_counter()
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=directory) as scratch:
             built = pathlib.Path(scratch) / path.name
-            command = [compiler, *FLAGS, f"-I{include}", str(SOURCE), "-o", str(built)]
-            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-            if done.returncode != 0:
-                return Build(None, f"{shlex.join(command)} failed: "
-                                   f"{done.stderr.strip()[-2000:]}", 0.0)
+            command = [compiler, *command_words[1:], *FLAGS, f"-I{include}", str(SOURCE),
+                       "-o", str(built)]
+            done = subprocess.run(command, capture_output=True, text=True,
+                                  timeout=COMPILE_TIMEOUT_S)
+            if done.returncode != 0 or not built.is_file():
+                why = done.stderr.strip()[-2000:] if done.returncode != 0 else \
+                    "it exited 0 but wrote no library"
+                return Build(None, f"{shlex.join(command)} failed: {why}", 0.0)
+            with open(built, "rb") as library:
+                os.fsync(library.fileno())
+                digest = hashlib.sha256(library.read()).hexdigest()
+            digest_written = pathlib.Path(scratch) / digest_path.name
+            digest_written.write_text(digest)
             os.replace(built, path)  # whole or not at all, if another process races
+            os.replace(digest_written, digest_path)  # last: it vouches for the library
     except (OSError, subprocess.SubprocessError) as error:
         return Build(None, f"could not compile it into {directory} ({error})", 0.0)
     return Build(path, None, time.perf_counter() - start)
+
+
+def _intact(path: pathlib.Path, digest_path: pathlib.Path) -> bool:
+    """Whether ``path`` holds the bytes whose SHA-256 ``digest_path`` records."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() == digest_path.read_text().strip()
+    except OSError:
+        return False
 
 
 @functools.cache
@@ -194,10 +221,19 @@ def why_not(row, params, data) -> str | None:
     if len(shapes[0]) != 2 or shapes[0][0] < 1 or shapes[1] != shapes[0][:1] \
             or shapes[2] != shapes[0][1:] or (len(shapes) == 4 and shapes[3] != ()):
         return f"it takes x (n, d), y (n,), w (d,) and a scalar b; got shapes {shapes}"
-    dtypes = {np.dtype(a.dtype) for a in (x, y, *leaves) if hasattr(a, "dtype")}
-    if len(dtypes) != 1 or dtypes.pop() not in (np.float32, np.float64):
-        return "it takes x, y and the params all float32 or all float64"
+    names = ("x", "y", "w", "b")
+    dtypes = [_dtype_in_jax(a) for a in (x, y, *leaves)]
+    if len(set(dtypes)) != 1 or dtypes[0] not in (np.float32, np.float64):
+        got = ", ".join(f"{name} {dtype.name}" for name, dtype in zip(names, dtypes))
+        return f"it takes x, y and the params all float32 or all float64; got {got}"
     return None
+
+
+def _dtype_in_jax(value) -> np.dtype:
+    """The dtype JAX gives ``value`` (a NumPy float64 array is float32 unless
+    x64 is on; a Python float is float64 with it)."""
+    dtype = value.dtype if hasattr(value, "dtype") else np.result_type(value)
+    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
 
 
 GPU_MAX_COLUMNS = 4096
@@ -300,9 +336,11 @@ def row_kernel(loss, row, params, data):
     place: no copy).
 
     ``kernel_loss(params, x, y)`` gives the value of ``loss(params, x, y)`` and,
-    under ``jax.grad``, its gradient: on the CPU from the C++ kernel (where it
+    under ``jax.grad``, its gradient (first order: reverse mode only), for
+    the params: on the CPU from the C++ kernel (where it
     is built), on a CUDA GPU from :func:`gpu_step` (float32 rows of at most
-    :data:`GPU_MAX_COLUMNS` values), anywhere else from ``loss`` itself.
+    :data:`GPU_MAX_COLUMNS` values), anywhere else from ``loss`` itself; for
+    the data, from ``loss`` itself.
 
     >>> import jax.numpy as jnp
     >>> from functional_sgd import linear_mse
@@ -349,10 +387,17 @@ def row_kernel(loss, row, params, data):
         return value_and_grad(params, x, y)[0]
 
     def forward(params, x, y):
-        return value_and_grad(params, x, y)
+        value, grad = value_and_grad(params, x, y)
+        return value, (grad, params, x, y)
 
-    def backward(grad, cotangent):
-        return jax.tree.map(lambda g: (cotangent * g).astype(g.dtype), grad), None, None
+    def backward(saved, cotangent):
+        # The params' cotangent is the kernel's gradient. The data's (rarely
+        # asked for: fit differentiates the params only) is the plain loss's,
+        # which XLA drops from the program when nothing reads it.
+        grad, params, x, y = saved
+        _, data_vjp = jax.vjp(lambda x, y: loss(params, x, y), x, y)
+        return (jax.tree.map(lambda g: (cotangent * g).astype(g.dtype), grad),
+                *data_vjp(cotangent))
 
     kernel_loss.defvjp(forward, backward)
     return kernel_loss, tuple(data)
