@@ -34,8 +34,11 @@ enum Row : int32_t {
 
 // Lanes of at least this many bytes of rows (fewer lanes for small data)...
 constexpr int64_t kMinLaneBytes = 64 << 10;
-// ...and at most this many lanes: the partial gradients stay small.
+// ...and at most this many lanes...
 constexpr int64_t kMaxLanes = 64;
+// ...whose partial gradients (a row long each) hold at most this many bytes in
+// all: very long rows get fewer lanes.
+constexpr int64_t kMaxPartialBytes = 16 << 20;
 // Independent partial sums of a long row's score.
 constexpr int64_t kDotLanes = 32;
 // Rows of at least this many values are taken one at a time, shorter ones four
@@ -278,7 +281,9 @@ ffi::Error Step(ffi::ThreadPool& pool, int32_t row, const ffi::AnyBuffer& x,
   work->n = n;
   work->d = d;
   const int64_t row_bytes = std::max<int64_t>(1, d * int64_t(sizeof(T)));
-  work->lanes = std::clamp<int64_t>(n * row_bytes / kMinLaneBytes, 1, std::min(kMaxLanes, n));
+  const int64_t most_lanes = std::max<int64_t>(1, kMaxPartialBytes / row_bytes);
+  work->lanes = std::clamp<int64_t>(n * row_bytes / kMinLaneBytes, 1,
+                                    std::min({kMaxLanes, n, most_lanes}));
   work->grads.assign(work->lanes * d, T(0));
   work->losses.assign(work->lanes, T(0));
   work->slopes.assign(work->lanes, T(0));
