@@ -149,7 +149,8 @@ inline T Dot(const T* __restrict x, const T* __restrict w, int64_t d) {
 // The scores of four rows (x0 and the three after it) in one sweep, four
 // independent sums: a short row's one sum is too short to keep the core busy.
 template <typename T>
-inline void Scores4(const T* __restrict x0, const T* __restrict w, int64_t d, T* z) {
+[[gnu::always_inline]] inline void Scores4(const T* __restrict x0, const T* __restrict w,
+                                           int64_t d, T* __restrict z) {
   const T* x1 = x0 + d;
   const T* x2 = x1 + d;
   const T* x3 = x2 + d;
@@ -164,13 +165,13 @@ inline void Scores4(const T* __restrict x0, const T* __restrict w, int64_t d, T*
   z[0] = z0, z[1] = z1, z[2] = z2, z[3] = z3;
 }
 
-// grad += s[k] x_k for four rows, in one update of grad.
+// grad += s_k x_k for four rows, in one update of grad.
 template <typename T>
-inline void AddRows4(const T* __restrict x0, const T* s, int64_t d, T* __restrict grad) {
+[[gnu::always_inline]] inline void AddRows4(const T* __restrict x0, T s0, T s1, T s2, T s3,
+                                            int64_t d, T* __restrict grad) {
   const T* x1 = x0 + d;
   const T* x2 = x1 + d;
   const T* x3 = x2 + d;
-  const T s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
 #pragma omp simd
   for (int64_t j = 0; j < d; ++j) grad[j] += (s0 * x0[j] + s1 * x1[j]) + (s2 * x2[j] + s3 * x3[j]);
 }
@@ -186,23 +187,35 @@ void Lane(const T* __restrict x, const T* __restrict y, const T* __restrict w, T
   std::fill(grad, grad + d, T(0));
   T loss_total = 0, slope_total = 0;
   int64_t i = lo;
-  if (d < kLongRow && kRow == kSquaredError) {
-    for (; i + 4 <= hi; i += 4) {
+  if constexpr (kRow == kSquaredError) {  // four short rows at a time, no exp to take
+    for (; d < kLongRow && i + 4 <= hi; i += 4) {
       const T* x0 = x + i * d;
       const T* x1 = x0 + d;
       const T* x2 = x1 + d;
       const T* x3 = x2 + d;
-      T z[4];
-      Scores4(x0, w, d, z);
-      T l[4], s[4];
-      for (int k = 0; k < 4; ++k) RowTerms<kRow, false>(z[k] + b, y[i + k], &l[k], &s[k]);
-      loss_total += (l[0] + l[1]) + (l[2] + l[3]);
-      slope_total += (s[0] + s[1]) + (s[2] + s[3]);
-      AddRows4(x0, s, d, grad);
+      T z0 = 0, z1 = 0, z2 = 0, z3 = 0;
+#pragma omp simd reduction(+ : z0, z1, z2, z3)
+      for (int64_t j = 0; j < d; ++j) {
+        z0 += x0[j] * w[j];
+        z1 += x1[j] * w[j];
+        z2 += x2[j] * w[j];
+        z3 += x3[j] * w[j];
+      }
+      T l0, l1, l2, l3, s0, s1, s2, s3;
+      RowTerms<kRow, false>(z0 + b, y[i], &l0, &s0);
+      RowTerms<kRow, false>(z1 + b, y[i + 1], &l1, &s1);
+      RowTerms<kRow, false>(z2 + b, y[i + 2], &l2, &s2);
+      RowTerms<kRow, false>(z3 + b, y[i + 3], &l3, &s3);
+      loss_total += (l0 + l1) + (l2 + l3);
+      slope_total += (s0 + s1) + (s2 + s3);
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) {
+        grad[j] += (s0 * x0[j] + s1 * x1[j]) + (s2 * x2[j] + s3 * x3[j]);
+      }
     }
-  } else if (d < kLongRow) {  // a tile's scores, then its terms in one vector loop
+  } else {  // a tile of short rows: its scores, then its terms in one vector loop
     T z[kTileRows], s[kTileRows], losses[kTileRows] = {}, slopes[kTileRows] = {};
-    for (; i + kTileRows <= hi; i += kTileRows) {
+    for (; d < kLongRow && i + kTileRows <= hi; i += kTileRows) {
       const T* tile = x + i * d;
       for (int64_t r = 0; r < kTileRows; r += 4) Scores4(tile + r * d, w, d, z + r);
 #pragma omp simd
@@ -212,7 +225,9 @@ void Lane(const T* __restrict x, const T* __restrict y, const T* __restrict w, T
         losses[k] += l;  // a sum for each place in the tile, added up after the lane
         slopes[k] += s[k];
       }
-      for (int64_t r = 0; r < kTileRows; r += 4) AddRows4(tile + r * d, s + r, d, grad);
+      for (int64_t r = 0; r < kTileRows; r += 4) {
+        AddRows4(tile + r * d, s[r], s[r + 1], s[r + 2], s[r + 3], d, grad);
+      }
     }
     for (int64_t k = 0; k < kTileRows; ++k) loss_total += losses[k], slope_total += slopes[k];
   }
