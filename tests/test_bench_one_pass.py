@@ -30,3 +30,17 @@ def test_the_one_pass_ceiling_prints_each_product_by_block_size(capsys, monkeypa
     assert [row.split(" | ")[1] for row in rows] == ["x a", "r x", "x a, then r x"] * 2
     for row in rows:  # GB/s read, then the busy threads' CPU ticks (or - if none ticked)
         assert re.search(r"\| [\d.]+ \| [\d, ]+ \|$|\| [\d.]+ \| - \|$", row), row
+
+
+def test_the_gpu_checks_one_read_row_says_why_it_failed_and_the_table_goes_on(monkeypatch):
+    from bench import gpu_ratios
+
+    def broken(size):
+        raise ValueError("the kernel did not lower")
+
+    monkeypatch.setattr(gpu_ratios, "one_read_runs", broken)
+    row = gpu_ratios.one_read_row("smoke")
+    assert row == (None, None, "failed: ValueError: the kernel did not lower")
+    table = gpu_ratios.table({"one read": row, "shuffle": (1.0, 1.0, "both ways")})
+    assert "| one read | failed: ValueError: the kernel did not lower | - | - | - |" in table
+    assert "| shuffle | both ways | 1.00 |" in table
