@@ -323,7 +323,8 @@ METHODS = (
 )
 
 
-FIT_FAST_PATH = {"fit": "auto", "fit, general path (fast_path=False)": False,
+FIT_FAST_PATH = {"fit": "auto", "Trainer, built once": "auto",
+                 "fit, general path (fast_path=False)": False,
                  "fit, exact MSE path (fast_path=True)": True}
 
 
