@@ -190,28 +190,12 @@ void Lane(const T* __restrict x, const T* __restrict y, const T* __restrict w, T
   if constexpr (kRow == kSquaredError) {  // four short rows at a time, no exp to take
     for (; d < kLongRow && i + 4 <= hi; i += 4) {
       const T* x0 = x + i * d;
-      const T* x1 = x0 + d;
-      const T* x2 = x1 + d;
-      const T* x3 = x2 + d;
-      T z0 = 0, z1 = 0, z2 = 0, z3 = 0;
-#pragma omp simd reduction(+ : z0, z1, z2, z3)
-      for (int64_t j = 0; j < d; ++j) {
-        z0 += x0[j] * w[j];
-        z1 += x1[j] * w[j];
-        z2 += x2[j] * w[j];
-        z3 += x3[j] * w[j];
-      }
-      T l0, l1, l2, l3, s0, s1, s2, s3;
-      RowTerms<kRow, false>(z0 + b, y[i], &l0, &s0);
-      RowTerms<kRow, false>(z1 + b, y[i + 1], &l1, &s1);
-      RowTerms<kRow, false>(z2 + b, y[i + 2], &l2, &s2);
-      RowTerms<kRow, false>(z3 + b, y[i + 3], &l3, &s3);
-      loss_total += (l0 + l1) + (l2 + l3);
-      slope_total += (s0 + s1) + (s2 + s3);
-#pragma omp simd
-      for (int64_t j = 0; j < d; ++j) {
-        grad[j] += (s0 * x0[j] + s1 * x1[j]) + (s2 * x2[j] + s3 * x3[j]);
-      }
+      T z[4], l[4], s[4];
+      Scores4(x0, w, d, z);
+      for (int k = 0; k < 4; ++k) RowTerms<kRow, false>(z[k] + b, y[i + k], &l[k], &s[k]);
+      loss_total += (l[0] + l[1]) + (l[2] + l[3]);
+      slope_total += (s[0] + s[1]) + (s[2] + s[3]);
+      AddRows4(x0, s[0], s[1], s[2], s[3], d, grad);
     }
   } else {  // a tile of short rows: its scores, then its terms in one vector loop
     T z[kTileRows], s[kTileRows], losses[kTileRows] = {}, slopes[kTileRows] = {};
