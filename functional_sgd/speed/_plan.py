@@ -261,11 +261,13 @@ def _use_row_kernel(plan, problem):
                              "run with one_pass=False.")
         return False
     platform = _row_kernel.platform_of(problem.data)
+    if wanted == "auto" and (problem.row is None or platform != "cpu" or not problem.data or not (
+            plan.one_pass is True or row_kernel_pays(problem.data[0], problem.row, plan))):
+        return False  # the cheap reasons first: most calls stop here
     why_not = (_row_kernel.why_not(problem.row, problem.params, problem.data)
                or _why_not_one_pass(problem))
     if wanted == "auto":
-        if why_not is not None or platform != "cpu" or not (
-                plan.one_pass is True or row_kernel_pays(problem.data[0], problem.row, plan)):
+        if why_not is not None:
             return False
         built = _row_kernel.build()
         if built.why_not is not None:
@@ -281,7 +283,7 @@ def _use_row_kernel(plan, problem):
     return True
 
 
-def row_kernel_pays(x, row, plan):
+def row_kernel_pays(x: Any, row: str | None, plan: SpeedPlan) -> bool:
     """The rule of ``row_kernel="auto"`` where ``one_pass`` is ``"auto"``, for
     data ``x`` and a loss of row function ``row``: data past the last cache
     level (:data:`ONE_PASS_MIN_BYTES`; in cache the plain step's two reads are

@@ -41,7 +41,8 @@ import subprocess
 import tempfile
 import time
 import warnings
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -272,7 +273,8 @@ def _terms(row, s, y):
     return jnp.maximum(s, 0) + jnp.log1p(e) - y * s, p - y
 
 
-def gpu_step(row, x, y, w, b, *, interpret=False):
+def gpu_step(row: str, x: Any, y: Any, w: Any, b: Any, *,
+             interpret: bool = False) -> tuple[Any, Any, Any]:
     """``(value, grad_w, grad_b)`` of ``row``'s loss in one read of ``x``, as a
     Pallas (Triton) kernel for a GPU: each program sweeps its rows a tile at
     a time, takes the tile's scores and adds its gradient terms while the
@@ -330,7 +332,8 @@ def gpu_step(row, x, y, w, b, *, interpret=False):
     return losses.sum() * scale, grads.sum(0)[:d] * scale, slopes.sum() * scale
 
 
-def row_kernel(loss, row, params, data):
+def row_kernel(loss: Callable[..., Any], row: str, params: Any,
+               data: Sequence[Any]) -> tuple[Callable[..., Any], tuple[Any, ...]]:
     """``(kernel_loss, data)``: ``loss`` (row function ``row``) as a loss whose value
     and gradient are one call of the kernel, and the data as it is (read in
     place: no copy).
