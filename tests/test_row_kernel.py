@@ -66,8 +66,8 @@ def problem(name, n, d, dtype, seed=0):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n, d", [(1, 3), (7, 3), (1000, 3), (5000, 40), (333, 257)])
 def test_the_kernel_gives_the_value_and_gradient_of_each_row_mean(name, dtype, n, d, request):
-    """Short rows (four at a time, with a remainder) and long ones (d >= 256,
-    one at a time), one lane or many."""
+    """Short rows (a tile of 16 at a time, with a remainder) and long ones
+    (over 16 chunks of 64 bytes, one at a time), one lane or many."""
     if dtype == np.float64:
         request.getfixturevalue("x64")
     loss = loss_of(name)
@@ -86,6 +86,30 @@ def test_the_kernel_gives_the_value_and_gradient_of_each_row_mean(name, dtype, n
                                                                    jax.tree.leaves(want_grad)))]:
         assert got.dtype == want.dtype == dtype
         np.testing.assert_allclose(got, want, rtol=0, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+@pytest.mark.parametrize("dtype, widths", [
+    (np.float32, [1, 15, 16, 17, 31, 32, 33, 100, 255, 256, 257]),
+    (np.float64, [1, 7, 8, 9, 100, 127, 128, 129])])
+def test_every_kind_of_short_row_counts_each_column_once(name, dtype, widths, request):
+    """Short rows are read in chunks of 64 bytes (16 float32, 8 float64 values),
+    at most 16 of them; the last chunk overlaps the one before, and a row
+    shorter than a chunk is read masked. Widths on each side of every such
+    edge, and 53 rows: three tiles of 16 and five rows after them."""
+    if dtype == np.float64:
+        request.getfixturevalue("x64")
+    loss = loss_of(name)
+    for d in widths:
+        params, data = problem(name, 53, d, dtype, seed=d)
+        stepped, kept = speed.row_kernel(loss, ROWS[name], params, data)
+        got = jax.value_and_grad(stepped)(params, *kept)
+        want = jax.value_and_grad(loss)(params, *data)
+        rtol = 1e-12 if dtype == np.float64 else 2e-5
+        try:
+            assert_trees_close(got, want, rtol=rtol, atol=rtol)
+        except AssertionError as error:
+            raise AssertionError(f"rows of {d} values") from error
 
 
 @pytest.mark.parametrize("name", ["mnist", "cross-entropy"])
@@ -151,6 +175,22 @@ def test_a_diverging_run_is_reported_at_the_step_the_plain_step_reports():
     assert kernel.diverged_at == plain.diverged_at
 
 
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("column", [3, 16])  # read twice (the last chunk's overlap), or once
+def test_a_value_that_is_not_finite_leaves_the_loss_not_finite(bad, column):
+    """Rows of 17 float32 values: the last chunk re-reads columns 1-15 with
+    weight 0, where an infinite value makes the row's score NaN, not +-inf.
+    Either way the loss and the gradient are not finite, as the plain step's."""
+    params, (x, y) = problem("linear_mse", 53, 17, np.float32)
+    x = x.copy()
+    x[20, column] = bad
+    stepped, kept = speed.row_kernel(fsgd.linear_mse, "squared_error", params, (x, y))
+    for value, grad in [jax.value_and_grad(stepped)(params, *kept),
+                        jax.value_and_grad(fsgd.linear_mse)(params, x, y)]:
+        assert not np.isfinite(value)
+        assert not np.isfinite(grad).all()
+
+
 def resolved(plan, loss_name="linear_mse", n=10_000, d=1000, dtype=np.float32, **problem_kw):
     params, _ = problem(loss_name, 2, d, dtype)
     data = (jax.ShapeDtypeStruct((n, d), dtype), jax.ShapeDtypeStruct((n,), dtype))
@@ -163,8 +203,10 @@ def resolved(plan, loss_name="linear_mse", n=10_000, d=1000, dtype=np.float32, *
 def test_auto_takes_the_kernel_for_the_librarys_row_means_past_the_cache(name):
     at = resolved(None, name)  # 40 MB, row-major
     assert (at.one_pass, at.row_kernel) == (True, True)
-    # 40 MB stored column-major: the plain step is level with the kernel where a row costs an exp
-    assert resolved(None, name, n=100_000, d=100).row_kernel is (name == "linear_mse")
+    assert resolved(None, name, n=100_000, d=100).row_kernel is True  # stored column-major
+    assert resolved(None, name, n=625_000, d=16).row_kernel is True  # rows of one chunk
+    # rows shorter than a chunk go one at a time, slower than the plain step
+    assert resolved(None, name, n=1_000_000, d=10).row_kernel is False
     assert resolved(None, name, n=1000).row_kernel is False  # 4 MB: in cache, read twice
     assert resolved(None, name, row=None).one_pass is False  # a loss it does not know
     assert resolved(SpeedPlan(row_kernel=False), name).row_kernel is False

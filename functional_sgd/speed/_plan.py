@@ -15,7 +15,6 @@ any other in XLA's row blocks.
 """
 
 import dataclasses
-import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -262,7 +261,7 @@ def _use_row_kernel(plan, problem):
         return False
     platform = _row_kernel.platform_of(problem.data)
     if wanted == "auto" and (problem.row is None or platform != "cpu" or not problem.data or not (
-            plan.one_pass is True or row_kernel_pays(problem.data[0], problem.row, plan))):
+            plan.one_pass is True or row_kernel_pays(problem.data[0]))):
         return False  # the cheap reasons first: most calls stop here
     why_not = (_row_kernel.why_not(problem.row, problem.params, problem.data)
                or _why_not_one_pass(problem))
@@ -283,21 +282,27 @@ def _use_row_kernel(plan, problem):
     return True
 
 
-def row_kernel_pays(x: Any, row: str | None, plan: SpeedPlan) -> bool:
-    """The rule of ``row_kernel="auto"`` where ``one_pass`` is ``"auto"``, for
-    data ``x`` and a loss of row function ``row``: data past the last cache
-    level (:data:`ONE_PASS_MIN_BYTES`; in cache the plain step's two reads are
-    faster), kept row-major, or of the squared error in either layout.
+ROW_KERNEL_MIN_ROW_BYTES = 64
+"""Shortest row ``row_kernel="auto"`` takes the kernel for: one chunk of the
+kernel's (``kChunk`` in ``speed/_row_kernel.cc``, 16 float32 values). It
+takes rows of 1 to 16 chunks a tile at a time, at 1.6-2.3x the plain step;
+shorter rows go one at a time, at 0.2-0.3x (1e6 x 10 float32)."""
 
-    Data the plain step stores column-major (``d <= 256``) it sweeps fast,
-    and a short row leaves a row's ``exp`` a large share of the kernel's work:
-    there only the squared error gains (``bench/investigations/one_pass.py``
-    measures each; the figures are in ``docs/explanations/time.md``).
+
+def row_kernel_pays(x: Any) -> bool:
+    """The rule of ``row_kernel="auto"`` where ``one_pass`` is ``"auto"``, for
+    data ``x`` (for ``linear_mse``, ``mnist_loss`` and the binary
+    cross-entropy alike, in either layout): data past the last cache level
+    (:data:`ONE_PASS_MIN_BYTES`; in cache the plain step's two reads are
+    faster) in rows of at least :data:`ROW_KERNEL_MIN_ROW_BYTES`
+    (``bench/investigations/one_pass.py`` measures each; the figures are in
+    ``docs/explanations/time.md``).
     """
-    if len(x.shape) != 2 or math.prod(x.shape) * x.dtype.itemsize < ONE_PASS_MIN_BYTES:
+    if len(x.shape) != 2:
         return False
-    column_major = plan.column_major and 1 < x.shape[1] <= _layout.MAX_COLUMNS
-    return not column_major or row == "squared_error"
+    n, d = x.shape
+    return (n * d * x.dtype.itemsize >= ONE_PASS_MIN_BYTES
+            and d * x.dtype.itemsize >= ROW_KERNEL_MIN_ROW_BYTES)
 
 
 def _why_not_one_pass(problem):
