@@ -12,7 +12,9 @@ own ``exp`` and ``log1p`` (the C library's) where XLA has its own.
 """
 
 import json
+import os
 import pathlib
+import time
 
 import jax
 import jax.numpy as jnp
@@ -270,7 +272,15 @@ def test_where_it_cannot_be_built_auto_warns_once_and_steps_in_blocks(monkeypatc
     _row_kernel.warn_unbuilt.cache_clear()
 
 
-def test_a_build_is_kept_in_the_cache_and_found_again(tmp_path, monkeypatch):
+@pytest.fixture
+def unoptimized(monkeypatch):
+    """Compiles at -O0 (2 s, not 14): for the tests of the cache and the
+    compiler's command, which never run what they build."""
+    monkeypatch.setattr(_row_kernel, "FLAGS", tuple(
+        "-O0" if flag == "-O3" else flag for flag in _row_kernel.FLAGS))
+
+
+def test_a_build_is_kept_in_the_cache_and_found_again(tmp_path, monkeypatch, unoptimized):
     monkeypatch.setenv("FUNCTIONAL_SGD_CACHE", str(tmp_path))
     assert _row_kernel.cache_dir() == tmp_path
     first = _row_kernel.compile_kernel(tmp_path)
@@ -280,6 +290,19 @@ def test_a_build_is_kept_in_the_cache_and_found_again(tmp_path, monkeypatch):
     assert (again.path, again.seconds) == (first.path, 0.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == [  # no scratch left
         first.path.with_suffix(".sha256").name, first.path.name]
+
+
+def test_a_compile_killed_long_ago_leaves_no_scratch_behind(tmp_path, unoptimized):
+    """A process killed while compiling leaves its scratch folder; the next
+    compile removes those older than any live compile, and no other."""
+    abandoned, live = (tmp_path / f"{_row_kernel.SCRATCH_PREFIX}{name}" for name in ("a", "b"))
+    for folder in (abandoned, live):
+        folder.mkdir()
+        (folder / "row_kernel.so").write_bytes(b"half a library")
+    long_ago = time.time() - 2 * _row_kernel.COMPILE_TIMEOUT_S - 60
+    os.utime(abandoned, (long_ago, long_ago))
+    assert _row_kernel.compile_kernel(tmp_path).why_not is None
+    assert not abandoned.exists() and live.exists()
 
 
 def test_without_a_compiler_the_build_says_so(tmp_path, monkeypatch):
@@ -361,7 +384,7 @@ def test_a_checkpoint_from_before_the_kernel_resumes_where_no_kernel_runs(tmp_pa
         fsgd.fit(fsgd.linear_mse, params, data, lr=0.1, steps=10, run=kernel)
 
 
-def test_a_library_cut_short_in_the_cache_is_compiled_again(tmp_path):
+def test_a_library_cut_short_in_the_cache_is_compiled_again(tmp_path, unoptimized):
     first = _row_kernel.compile_kernel(tmp_path)
     whole = first.path.read_bytes()
     first.path.write_bytes(whole[:len(whole) // 2])  # a full disk, a lost write
@@ -370,7 +393,7 @@ def test_a_library_cut_short_in_the_cache_is_compiled_again(tmp_path):
     assert again.path.read_bytes() == whole
 
 
-def test_cxx_may_hold_a_command_of_several_words(tmp_path, monkeypatch):
+def test_cxx_may_hold_a_command_of_several_words(tmp_path, monkeypatch, unoptimized):
     monkeypatch.setenv("CXX", "c++ -DWORDS_OF_CXX")
     assert _row_kernel.compile_kernel(tmp_path).why_not is None
     monkeypatch.setenv("CXX", "true")  # exits 0, writes nothing

@@ -154,8 +154,8 @@ inline T Dot(const T* __restrict x, const T* __restrict w, int64_t d) {
   return part[0] + tail;
 }
 
-// The short rows of [lo, hi), d in [W, K W] and over (K - 1) W, with
-// W = kChunk<T>, a tile at a time: the loss and the slopes added into
+// The rows of [lo, hi), of d values with W <= d and (K - 1) W < d <= K W
+// (W = kChunk<T>), a tile at a time: the loss and the slopes added into
 // *loss_sum and *slope_sum, slope_i x_i into grad. Returns the first row not
 // taken (fewer than a tile are left). Chunk k < K - 1 holds columns
 // [k W, k W + W); the last chunk holds [d - W, d), overlapping the one before

@@ -120,7 +120,8 @@ def compile_kernel(directory: pathlib.Path) -> Build:
     start = time.perf_counter()
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        _sweep_abandoned(directory)
+        with tempfile.TemporaryDirectory(dir=directory, prefix=SCRATCH_PREFIX) as scratch:
             built = pathlib.Path(scratch) / path.name
             command = [compiler, *command_words[1:], *FLAGS, f"-I{include}", str(SOURCE),
                        "-o", str(built)]
@@ -140,6 +141,22 @@ def compile_kernel(directory: pathlib.Path) -> Build:
     except (OSError, subprocess.SubprocessError) as error:
         return Build(None, f"could not compile it into {directory} ({error})", 0.0)
     return Build(path, None, time.perf_counter() - start)
+
+
+SCRATCH_PREFIX = "compiling-"
+"""Names of the folders a compile writes in before it publishes its library."""
+
+
+def _sweep_abandoned(directory: pathlib.Path) -> None:
+    """Removes the scratch folders no live compile can own, those older than
+    twice :data:`COMPILE_TIMEOUT_S` (a process killed while compiling leaves
+    its own behind)."""
+    for scratch in directory.glob(SCRATCH_PREFIX + "*"):
+        try:
+            if time.time() - scratch.stat().st_mtime > 2 * COMPILE_TIMEOUT_S:
+                shutil.rmtree(scratch, ignore_errors=True)
+        except OSError:
+            pass  # another process swept it first
 
 
 def _intact(path: pathlib.Path, digest_path: pathlib.Path) -> bool:
