@@ -177,20 +177,35 @@ def test_a_diverging_run_is_reported_at_the_step_the_plain_step_reports():
     assert kernel.diverged_at == plain.diverged_at
 
 
+@pytest.mark.parametrize("name", sorted(ROWS))
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
-@pytest.mark.parametrize("column", [3, 16])  # read twice (the last chunk's overlap), or once
-def test_a_value_that_is_not_finite_leaves_the_loss_not_finite(bad, column):
-    """Rows of 17 float32 values: the last chunk re-reads columns 1-15 with
-    weight 0, where an infinite value makes the row's score NaN, not +-inf.
-    Either way the loss and the gradient are not finite, as the plain step's."""
-    params, (x, y) = problem("linear_mse", 53, 17, np.float32)
+@pytest.mark.parametrize("row, column", [(3, 5), (3, 19), (50, 5)])
+def test_a_value_that_is_not_finite_spreads_as_in_the_plain_step(name, bad, row, column):
+    """Rows of 20 float32 values: the last chunk re-reads columns 4-15 with
+    weight 0, where an infinite value makes the score NaN, and the kernel
+    takes that row's score again; column 19 is read once. Row 3 is in a
+    tile, row 50 after the last one. Which of the value and the gradient's
+    entries are finite is the plain step's: the lesson's ``mnist_loss`` of
+    a score of +-inf is finite, only that column's gradient is not."""
+    params, (x, y) = problem(name, 53, 20, np.float32)
     x = x.copy()
-    x[20, column] = bad
-    stepped, kept = speed.row_kernel(fsgd.linear_mse, "squared_error", params, (x, y))
-    for value, grad in [jax.value_and_grad(stepped)(params, *kept),
-                        jax.value_and_grad(fsgd.linear_mse)(params, x, y)]:
-        assert not np.isfinite(value)
-        assert not np.isfinite(grad).all()
+    x[row, column] = bad
+    loss = loss_of(name)
+    stepped, kept = speed.row_kernel(loss, ROWS[name], params, (x, y))
+    got = jax.value_and_grad(stepped)(params, *kept)
+    want = jax.value_and_grad(loss)(params, x, y)
+    for got_leaf, want_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.isfinite(got_leaf), np.isfinite(want_leaf))
+    assert not np.isfinite(jax.tree.leaves(want[1])[0]).all()  # the bad value reached it
+
+
+def test_auto_judges_the_dtype_jax_runs():
+    """NumPy float64 rows of 8 values are 64 bytes, but without x64 JAX runs
+    them as float32 rows of 32 bytes, which the kernel takes one at a time."""
+    rows = lambda dtype, d: np.broadcast_to(np.zeros((1, d), dtype), (2**20, d))  # no copies
+    assert speed.row_kernel_pays(rows(np.float32, 16)) is True  # 64-byte rows, 64 MiB
+    assert speed.row_kernel_pays(rows(np.float32, 8)) is False  # 32-byte rows
+    assert speed.row_kernel_pays(rows(np.float64, 8)) is False  # the same, as JAX runs it
 
 
 def resolved(plan, loss_name="linear_mse", n=10_000, d=1000, dtype=np.float32, **problem_kw):

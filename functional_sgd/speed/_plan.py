@@ -301,8 +301,8 @@ def row_kernel_pays(x: Any) -> bool:
     if len(x.shape) != 2:
         return False
     n, d = x.shape
-    return (n * d * x.dtype.itemsize >= ONE_PASS_MIN_BYTES
-            and d * x.dtype.itemsize >= ROW_KERNEL_MIN_ROW_BYTES)
+    itemsize = _row_kernel.dtype_in_jax(x).itemsize  # NumPy float64 runs as float32 without x64
+    return n * d * itemsize >= ONE_PASS_MIN_BYTES and d * itemsize >= ROW_KERNEL_MIN_ROW_BYTES
 
 
 def _why_not_one_pass(problem):

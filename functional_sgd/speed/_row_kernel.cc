@@ -161,8 +161,9 @@ inline T Dot(const T* __restrict x, const T* __restrict w, int64_t d) {
 // [k W, k W + W); the last chunk holds [d - W, d), overlapping the one before
 // by `skip` columns, which weigh 0 in it and are not added into grad from it.
 // So no load is masked: masked loads, or a mask on the overlap, measured
-// 1.2-3.4x slower on a 2-core EPYC. The price: a row with an infinite value
-// there scores NaN, not +-inf (its loss is not finite either way).
+// 1.2-3.4x slower on a 2-core EPYC. An infinite value there makes 0 * inf =
+// NaN: a tile holding a NaN score takes that row's score again in one sweep
+// (the sigmoid of +-inf is finite: mnist_loss would turn NaN otherwise).
 template <int32_t kRow, int K, typename T>
 int64_t Tiles(const T* __restrict x, const T* __restrict y, const T* __restrict w, T b, int64_t d,
               int64_t lo, int64_t hi, T* __restrict grad, T* loss_sum, T* slope_sum) {
@@ -193,6 +194,16 @@ int64_t Tiles(const T* __restrict x, const T* __restrict y, const T* __restrict 
         for (int64_t j = 0; j < width; ++j) acc[j] += acc[j + width];
       }
       z[r] = acc[0];
+    }
+    if (skip > 0) {  // an infinite x in the overlap: 0 * inf made its score NaN
+      bool unsure = false;
+#pragma omp simd reduction(|| : unsure)
+      for (int64_t r = 0; r < kTileRows; ++r) unsure = unsure || z[r] != z[r];
+      if (unsure) {
+        for (int64_t r = 0; r < kTileRows; ++r) {
+          if (z[r] != z[r]) z[r] = Dot(tile + r * d, w, d);  // +-inf as read once, or NaN
+        }
+      }
     }
 #pragma omp simd
     for (int64_t r = 0; r < kTileRows; ++r) {

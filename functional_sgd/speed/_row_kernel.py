@@ -240,14 +240,14 @@ def why_not(row, params, data) -> str | None:
             or shapes[2] != shapes[0][1:] or (len(shapes) == 4 and shapes[3] != ()):
         return f"it takes x (n, d), y (n,), w (d,) and a scalar b; got shapes {shapes}"
     names = ("x", "y", "w", "b")
-    dtypes = [_dtype_in_jax(a) for a in (x, y, *leaves)]
+    dtypes = [dtype_in_jax(a) for a in (x, y, *leaves)]
     if len(set(dtypes)) != 1 or dtypes[0] not in (np.float32, np.float64):
         got = ", ".join(f"{name} {dtype.name}" for name, dtype in zip(names, dtypes))
         return f"it takes x, y and the params all float32 or all float64; got {got}"
     return None
 
 
-def _dtype_in_jax(value) -> np.dtype:
+def dtype_in_jax(value) -> np.dtype:
     """The dtype JAX gives ``value`` (a NumPy float64 array is float32 unless
     x64 is on; a Python float is float64 with it)."""
     dtype = value.dtype if hasattr(value, "dtype") else np.result_type(value)
