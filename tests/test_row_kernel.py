@@ -14,6 +14,7 @@ own ``exp`` and ``log1p`` (the C library's) where XLA has its own.
 import json
 import os
 import pathlib
+import re
 import time
 
 import jax
@@ -96,9 +97,10 @@ def test_the_kernel_gives_the_value_and_gradient_of_each_row_mean(name, dtype, n
     (np.float64, [1, 7, 8, 9, 100, 127, 128, 129])])
 def test_every_kind_of_short_row_counts_each_column_once(name, dtype, widths, request):
     """Short rows are read in chunks of 64 bytes (16 float32, 8 float64 values),
-    at most 16 of them; the last chunk overlaps the one before, and a row
-    shorter than a chunk is read masked. Widths on each side of every such
-    edge, and 53 rows: three tiles of 16 and five rows after them."""
+    at most 16 of them, and the last chunk overlaps the one before; rows
+    shorter than a chunk or longer than 16 go one at a time. Widths on each
+    side of every such edge, and 53 rows: three tiles of 16 and five rows
+    after them."""
     if dtype == np.float64:
         request.getfixturevalue("x64")
     loss = loss_of(name)
@@ -197,6 +199,13 @@ def test_a_value_that_is_not_finite_spreads_as_in_the_plain_step(name, bad, row,
     for got_leaf, want_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_array_equal(np.isfinite(got_leaf), np.isfinite(want_leaf))
     assert not np.isfinite(jax.tree.leaves(want[1])[0]).all()  # the bad value reached it
+
+
+def test_the_shortest_row_auto_takes_is_the_kernels_chunk():
+    """``ROW_KERNEL_MIN_ROW_BYTES`` mirrors ``kChunk`` in the C++ source."""
+    chunk = re.search(r"constexpr int64_t kChunk = (\d+) / sizeof\(T\);",
+                      _row_kernel.SOURCE.read_text())
+    assert chunk is not None and int(chunk.group(1)) == speed._plan.ROW_KERNEL_MIN_ROW_BYTES
 
 
 def test_auto_judges_the_dtype_jax_runs():

@@ -247,7 +247,7 @@ def why_not(row, params, data) -> str | None:
     return None
 
 
-def dtype_in_jax(value) -> np.dtype:
+def dtype_in_jax(value: Any) -> np.dtype:
     """The dtype JAX gives ``value`` (a NumPy float64 array is float32 unless
     x64 is on; a Python float is float64 with it)."""
     dtype = value.dtype if hasattr(value, "dtype") else np.result_type(value)
