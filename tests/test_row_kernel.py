@@ -329,6 +329,27 @@ def test_a_compile_killed_long_ago_leaves_no_scratch_behind(tmp_path, unoptimize
     assert not abandoned.exists() and live.exists()
 
 
+def test_a_compile_removes_the_kernels_unused_for_30_days_and_a_load_marks_its_use(
+        tmp_path, unoptimized):
+    """Each jax, compiler or kernel version compiles its own library; one no
+    process has loaded for ``UNUSED_AFTER_S`` goes with the next compile."""
+    unused, recent = (tmp_path / f"row_kernel-{name}.so" for name in ("unused", "recent"))
+    long_ago = time.time() - _row_kernel.UNUSED_AFTER_S - 60
+    for library, when in ((unused, long_ago), (recent, time.time() - 60)):
+        library.write_bytes(b"an older kernel")
+        library.with_suffix(".sha256").write_text("its digest")
+        os.utime(library, (when, when))
+    built = _row_kernel.compile_kernel(tmp_path)
+    assert built.why_not is None and built.seconds > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in (built.path, built.path.with_suffix(".sha256"), recent,
+                         recent.with_suffix(".sha256")))
+    os.utime(built.path, (long_ago, long_ago))
+    found = _row_kernel.compile_kernel(tmp_path)
+    assert (found.path, found.seconds) == (built.path, 0.0)
+    assert time.time() - built.path.stat().st_mtime < 60  # its use, recorded
+
+
 def test_without_a_compiler_the_build_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     unbuilt = _row_kernel.compile_kernel(tmp_path)

@@ -19,7 +19,8 @@ The kernel is compiled on first use with the machine's C++ compiler
 (``$CXX``, else ``c++``) for this CPU (``-march=native``) against the FFI
 headers of the installed jaxlib, and kept in a cache folder
 (``$FUNCTIONAL_SGD_CACHE``, else ``$XDG_CACHE_HOME/functional_sgd``, else
-``~/.cache/functional_sgd``) under a name that hashes all of these. Where it
+``~/.cache/functional_sgd``) under a name that hashes all of these; a compile
+removes the kernels there that no process has loaded for 30 days. Where it
 cannot be built (no compiler) :func:`build` says why; ``SpeedPlan(row_kernel=
 "auto")`` then warns once and steps in XLA's row blocks instead.
 
@@ -116,6 +117,7 @@ def compile_kernel(directory: pathlib.Path) -> Build:
     path = directory / f"row_kernel-{key}.so"
     digest_path = path.with_suffix(".sha256")
     if _intact(path, digest_path):
+        _mark_used(path)
         return Build(path, None, 0.0)
     start = time.perf_counter()
     try:
@@ -140,6 +142,7 @@ def compile_kernel(directory: pathlib.Path) -> Build:
             os.replace(digest_written, digest_path)  # last: it vouches for the library
     except (OSError, subprocess.SubprocessError) as error:
         return Build(None, f"could not compile it into {directory} ({error})", 0.0)
+    _sweep_unused(directory, keep=path)
     return Build(path, None, time.perf_counter() - start)
 
 
@@ -157,6 +160,31 @@ def _sweep_abandoned(directory: pathlib.Path) -> None:
                 shutil.rmtree(scratch, ignore_errors=True)
         except OSError:
             pass  # another process swept it first
+
+
+UNUSED_AFTER_S = 30 * 24 * 3600
+"""A compiled kernel no process has loaded for this long (30 days) is removed
+by the next compile: each jax, compiler or kernel version leaves its own."""
+
+
+def _mark_used(path: pathlib.Path) -> None:
+    """Sets ``path``'s modification time to now: the cache's record of its last use."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # a cache shared read-only: its owner keeps it
+
+
+def _sweep_unused(directory: pathlib.Path, *, keep: pathlib.Path) -> None:
+    """Removes the compiled kernels (and their digests) other than ``keep``
+    that no process has loaded for :data:`UNUSED_AFTER_S`."""
+    for library in directory.glob("row_kernel-*.so"):
+        try:
+            if library != keep and time.time() - library.stat().st_mtime > UNUSED_AFTER_S:
+                library.with_suffix(".sha256").unlink(missing_ok=True)  # first: it vouches
+                library.unlink()
+        except OSError:
+            pass  # another process removed it first
 
 
 def _intact(path: pathlib.Path, digest_path: pathlib.Path) -> bool:
