@@ -285,8 +285,9 @@ def _use_row_kernel(plan, problem):
 ROW_KERNEL_MIN_ROW_BYTES = 64
 """Shortest row ``row_kernel="auto"`` takes the kernel for: one chunk of the
 kernel's (``kChunk`` in ``speed/_row_kernel.cc``, 16 float32 values). It
-takes rows of 1 to 16 chunks a tile at a time, at 1.6-2.4x the plain step;
-shorter rows go one at a time, at 0.2-0.3x (1e6 x 10 float32)."""
+takes rows of 1 to 16 chunks a tile at a time; shorter rows go one at a
+time, slower than the plain step (the figures are in
+``docs/explanations/time.md``)."""
 
 
 def row_kernel_pays(x: Any) -> bool:
