@@ -277,7 +277,7 @@ def _chunked(finish, started, chunk_size, on_chunk):
         return result(*drivers.run_with_checkpoints(
             options.checkpoint, loop, started, chunks=drivers.in_chunks_of(chunk_size),
             on_chunk=on_chunk))
-    return result(*drivers.run_in_chunks(loop, *started, chunk_size=chunk_size,
+    return result(*drivers.run_in_chunks(loop, started, chunk_size=chunk_size,
                                          on_chunk=on_chunk))
 
 
@@ -396,7 +396,8 @@ def _run_on_host(finish, started, block, on_chunk):
                          "drop Run(mesh=), or pass an in-memory array.")
     check_finite = options.check_finite
 
-    def in_blocks(run, spec, carry, inputs, *, on_chunk, done=0):
+    def in_blocks(run, started, *, on_chunk, done=0):
+        spec, carry, inputs = started
         batches, start = spec.batches, int(carry.step)
         blocks = drivers.gathered_blocks(
             inputs.data, lambda first, length: batches.rows(
@@ -412,7 +413,7 @@ def _run_on_host(finish, started, block, on_chunk):
     if options.checkpoint is not None:
         return drivers.run_with_checkpoints(options.checkpoint, finish.loop, started,
                                             chunks=in_blocks, on_chunk=on_chunk)
-    return in_blocks(finish.loop, *started, on_chunk=on_chunk)
+    return in_blocks(finish.loop, started, on_chunk=on_chunk)
 
 
 def _refuse_with_a_stream(spec, resolved, key):
@@ -451,7 +452,8 @@ def _run_stream(prepared, resolved):
     started, fed, example, options = prepared.started, prepared.fed, prepared.example, resolved.run
     steps = fed.steps
 
-    def in_blocks(run, spec, carry, inputs, *, on_chunk, done=0):
+    def in_blocks(run, started, *, on_chunk, done=0):
+        spec, carry, _ = started
         blocks = drivers.stream_blocks(  # a short batch's loss is a mean over its real rows
             fed.rest, fed.source.block, spec.steps, prepared.check_finite,
             lambda: _trace.check_loss_per_row(fed.loss, prepared.params, example,
@@ -461,8 +463,7 @@ def _run_stream(prepared, resolved):
             if first is None:
                 return carry, None
             blocks = itertools.chain([first], blocks)
-        return drivers.run_in_blocks(run, Started(spec, carry, inputs), blocks,
-                                     on_chunk=on_chunk)
+        return drivers.run_in_blocks(run, started, blocks, on_chunk=on_chunk)
 
     on_chunk = options.on_chunk
     on_evaluation = None if resolved.evaluation is None else resolved.evaluation.on_evaluation
@@ -473,7 +474,7 @@ def _run_stream(prepared, resolved):
         if on_chunk is not None:
             on_chunk = partial(_noting_stop, on_chunk, asked_to_stop)
         if options.checkpoint is None:
-            carry, record = in_blocks(run, *started, on_chunk=on_chunk)
+            carry, record = in_blocks(run, started, on_chunk=on_chunk)
         else:
             # The block does not change the bits: a run may resume with another.
             described = {"batch": [f"{a.dtype}{list(a.shape)}" for a in example]}

@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._types import Started
 from ._chunks import (
     Evaluations,
     eval_count,
@@ -73,7 +74,7 @@ def run_with_checkpoints(path, run, started, *, chunks, on_chunk=None, source=No
     The spec, the carry and the inputs decide the run's bits; a checkpoint
     written by a run that differs in them is refused.
 
-    ``chunks(run, spec, carry, inputs, on_chunk=..., done=...)`` runs the
+    ``chunks(run, started, on_chunk=..., done=...)`` runs the ``Started``
     steps left (``done`` of them already in the checkpoint) in chunks
     (:func:`in_chunks_of` for :func:`run_in_chunks`); data read on the host
     passes its own, and describes itself in ``source`` for the fingerprint.
@@ -132,8 +133,8 @@ def run_with_checkpoints(path, run, started, *, chunks, on_chunk=None, source=No
         rest = inputs if inputs.indices is None else inputs._replace(
             indices=inputs.indices[done:])
         carry = carry._replace(step=np.int32(carry.step + done))
-        carry, _ = chunks(run_and_save, spec.part(done, None if steps is None else steps - done),
-                          carry, rest, on_chunk=on_chunk, done=done)
+        left = Started(spec.part(done, None if steps is None else steps - done), carry, rest)
+        carry, _ = chunks(run_and_save, left, on_chunk=on_chunk, done=done)
     losses = np.concatenate(history)  # the checkpointed prefix and the steps run now
     steps = losses.shape[0] if steps is None else steps
     start_step = expected["start_step"]
@@ -172,8 +173,8 @@ def _joined(history):
 def in_chunks_of(chunk_size):
     """The ``chunks`` of :func:`run_with_checkpoints` that runs
     :func:`run_in_chunks` of ``chunk_size``."""
-    def chunks(run, spec, carry, inputs, *, on_chunk, done):
-        return run_in_chunks(run, spec, carry, inputs, chunk_size=chunk_size, on_chunk=on_chunk)
+    def chunks(run, started, *, on_chunk, done):
+        return run_in_chunks(run, started, chunk_size=chunk_size, on_chunk=on_chunk)
     return chunks
 
 

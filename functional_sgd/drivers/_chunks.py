@@ -12,13 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._types import Record, fit_result
+from .._types import Record, Started, fit_result
 from ._periods import asks_to_stop, period_means
 
 
-def run_in_chunks(run, spec, carry, inputs, *, chunk_size, on_chunk=None):
-    """Calls ``run(spec, carry, inputs) -> (Carry, Record)`` on successive
-    chunks and joins their records; returns ``(Carry, Record)`` of the run.
+def run_in_chunks(run, started: Started, *, chunk_size, on_chunk=None):
+    """Runs ``started`` (a ``Started``: spec, carry, inputs) in successive
+    chunks, each a call of ``run(spec, carry, inputs) -> (Carry, Record)``,
+    and joins their records; returns ``(Carry, Record)`` of the run.
 
     ``on_chunk``, if given, gets each chunk's ``FitResult`` (its losses cover
     the chunk; its ``step`` is the global step after it). The run ends early
@@ -30,12 +31,13 @@ def run_in_chunks(run, spec, carry, inputs, *, chunk_size, on_chunk=None):
     >>> spec = LoopSpec(lambda p: (p ** 2).sum(), steps=10)
     >>> carry = initialize(spec, jnp.array([3.0]), None, 0, jnp.float32)
     >>> inputs = Inputs((), 0.1, None, None, None, None)
-    >>> chunked, record = run_in_chunks(run, spec, carry, inputs, chunk_size=4,
+    >>> chunked, record = run_in_chunks(run, Started(spec, carry, inputs), chunk_size=4,
     ...                                 on_chunk=lambda r: print(int(r.step), end=" "))
     4 8 10
     >>> bool((chunked.params == run(spec, carry, inputs)[0].params).all())
     True
     """
+    spec, carry, inputs = started
     records, done, start = [], 0, int(carry.step)
     while done < spec.steps:
         length = min(chunk_size(done) if callable(chunk_size) else chunk_size,
