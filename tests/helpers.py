@@ -41,6 +41,24 @@ def assert_trees_close(actual, expected, *, rtol=0.0, atol=0.0, equal_nan=True):
                                    err_msg=f"leaf {i}")
 
 
+def assert_same_bits(actual, expected):
+    """Same structure, and every leaf the same type of value with the same bits
+    (dtype and shape too: -0.0 is not 0.0, a key is its key data)."""
+    actual_leaves, actual_def = jax.tree.flatten(actual)
+    expected_leaves, expected_def = jax.tree.flatten(expected)
+    assert actual_def == expected_def
+    for a, e in zip(actual_leaves, expected_leaves):
+        if jax.dtypes.issubdtype(getattr(e, "dtype", None), jax.dtypes.prng_key):
+            assert a.dtype == e.dtype
+            a, e = jax.random.key_data(a), jax.random.key_data(e)
+        if hasattr(e, "dtype"):
+            a, e = np.asarray(a), np.asarray(e)
+            assert (a.dtype, a.shape) == (e.dtype, e.shape)
+            assert a.tobytes() == e.tobytes()
+        else:
+            assert type(a) is type(e) and (a is e or a == e)
+
+
 def max_relative_error(actual, expected):
     """Largest ``|a - e| / |e|`` over all leaves (``|e|`` floored at tiny)."""
     worst = 0.0

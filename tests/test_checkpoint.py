@@ -15,7 +15,7 @@ import pytest
 import checkpoint_run
 import functional_sgd as fsgd
 from functional_sgd.drivers import _checkpoint
-from helpers import (DETERMINISTIC_GPU_FLAG, Crash, assert_trees_close, crash_after,
+from helpers import (DETERMINISTIC_GPU_FLAG, Crash, assert_same_bits, crash_after,
                      deterministic_backend)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,10 +28,6 @@ def fit(**kwargs):
     kwargs = {"lr": 0.1, "steps": 120, "batch_size": 10, "key": KEY, **kwargs}
     return fsgd.fit(fsgd.linear_mse, kwargs.pop("params", START), kwargs.pop("data", (X, Y)),
                     **kwargs)
-
-
-def assert_same_bits(actual, expected):
-    assert_trees_close(actual, expected)  # rtol = atol = 0: equal, NaN where NaN
 
 
 RESUMABLE = {

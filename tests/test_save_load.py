@@ -8,26 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import START, X, Y
+from helpers import START, X, Y, assert_same_bits
 
 import functional_sgd as fsgd
-
-
-def assert_same_bits(actual, expected):
-    """Same structure, and every leaf the same type of value with the same bits."""
-    actual_leaves, actual_def = jax.tree.flatten(actual)
-    expected_leaves, expected_def = jax.tree.flatten(expected)
-    assert actual_def == expected_def
-    for a, e in zip(actual_leaves, expected_leaves):
-        if jax.dtypes.issubdtype(getattr(e, "dtype", None), jax.dtypes.prng_key):
-            assert a.dtype == e.dtype
-            a, e = jax.random.key_data(a), jax.random.key_data(e)
-        if hasattr(e, "dtype"):
-            a, e = np.asarray(a), np.asarray(e)
-            assert (a.dtype, a.shape) == (e.dtype, e.shape)
-            assert a.tobytes() == e.tobytes()
-        else:
-            assert type(a) is type(e) and (a is e or a == e)
 
 
 def mixed_params():
