@@ -15,9 +15,15 @@
 
 Each figure is the minimum over interleaved rounds, every call synchronised
 (its params copied to the host). Run by ``python -m bench.gpu_check``.
+
+``--diagnosis FILE.md`` also writes where the shuffle's and the small step's
+time goes, for a session without a GPU to read: each side timed at two run
+lengths, its time split as ``per call + steps x per step`` (a gap per call is
+the host's or the dispatch's; a gap per step is in the compiled loop).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -54,15 +60,15 @@ def interleaved_min(runs, rounds):
     return best
 
 
-def shuffle_runs(device=None):
-    """``fit`` at 1e5 x 10, 1,000 steps of 64, rows drawn both ways."""
+def shuffle_runs(device=None, steps=1_000):
+    """``fit`` at 1e5 x 10, ``steps`` steps of 64, rows drawn both ways."""
     weights = np.linspace(-1, 1, 10, dtype=np.float32)
     x, y = fsgd.lesson_data(jax.random.key(0), 100_000, a=weights)
     x, y, start = (jax.device_put(a, device) for a in (x, y, np.zeros(10, np.float32)))
 
     def run(replace):
         def call():
-            return np.asarray(fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.05, steps=1_000,
+            return np.asarray(fsgd.fit(fsgd.linear_mse, start, (x, y), lr=0.05, steps=steps,
                                        batch_size=64, key=jax.random.key(1),
                                        rows=(fsgd.Shuffled() if not replace else fsgd.Sampled())).params)
         return call
@@ -159,6 +165,39 @@ def one_read_row(size):
             f"read of x ({read_rate:.0f} GB/s); params {error:.1e} from the plain step's")
 
 
+SPLIT_STEPS = {"shuffle": (1_000, 4_000), "small step": (100, 1_000)}
+"""The two run lengths each side is timed at by :func:`split_per_call_and_step`."""
+
+
+def split_runs(name, steps):
+    """The two sides of ratio ``name`` at ``steps`` steps, by side."""
+    if name == "shuffle":
+        return shuffle_runs(steps=steps)
+    problem = make_problem(dataclasses.replace(LESSON, steps=steps))
+    return {"fit": _fit_fused(problem, None), "scan": peers.handwritten_scan(problem, None)}
+
+
+def split_per_call_and_step(name, rounds):
+    """``{side: (per call s, per step s)}`` of ratio ``name``: each side's
+    minimum time at the two lengths of :data:`SPLIT_STEPS` on the line
+    ``per call + steps x per step`` (the longer runs take fewer rounds)."""
+    short, long = SPLIT_STEPS[name]
+    at_short = interleaved_min(split_runs(name, short), rounds)
+    at_long = interleaved_min(split_runs(name, long), max(2, rounds // 6))
+    return {side: ((long * at_short[side] - short * at_long[side]) / (long - short),
+                   (at_long[side] - at_short[side]) / (long - short)) for side in at_short}
+
+
+def diagnosis(size):
+    """Markdown: the shuffle's and the small step's sides split per call and per step."""
+    lines = ["| ratio | side | per call | per step | steps timed |", "|---|---|---|---|---|"]
+    for name in SPLIT_STEPS:
+        for side, (call, step) in split_per_call_and_step(name, ROUNDS[size]).items():
+            lines.append(f"| {name} | {side} | {call * 1e6:.1f} us | {step * 1e6:.3f} us | "
+                         f"{' and '.join(f'{s:,}' for s in SPLIT_STEPS[name])} |")
+    return "\n".join(lines)
+
+
 def table(rows):
     lines = ["| ratio | what | measured | numerator | denominator | target | met |",
              "|---|---|---|---|---|---|---|"]
@@ -178,9 +217,13 @@ def main(argv=None):
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=tuple(ROUNDS), default="short")
     parser.add_argument("--out", type=pathlib.Path, help="also write the table here (.md)")
+    parser.add_argument("--diagnosis", type=pathlib.Path,
+                        help="also split the shuffle's and the small step's time per call "
+                             "and per step, written here (.md)")
     args = parser.parse_args(argv)
     with jax.default_matmul_precision("highest"):
         rows = measure(args.size)
+        split = diagnosis(args.size) if args.diagnosis else None
     devices = ", ".join(sorted({str(d.device_kind) for d in jax.devices()}))
     text = (f"# Issue 24's ratios on {jax.default_backend()} ({devices})\n\n"
             f"Written by `python -m bench.gpu_ratios --size {args.size}`: minimum over "
@@ -190,6 +233,17 @@ def main(argv=None):
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
+    if split is not None:
+        text = (f"# Where the time of two of issue 24's ratios goes, on {jax.default_backend()} "
+                f"({devices})\n\nWritten by `python -m bench.gpu_ratios --size {args.size} "
+                "--diagnosis`: each side's minimum time at two run lengths, split as "
+                "`per call + steps x per step`. A gap per call is the host's or the "
+                "dispatch's; a gap per step is in the compiled loop (its optimized HLO is "
+                "in `gpu_hlo.tar.gz` beside this file when `bench.gpu_check` wrote it).\n\n"
+                + split + "\n")
+        print(text)
+        args.diagnosis.parent.mkdir(parents=True, exist_ok=True)
+        args.diagnosis.write_text(text)
     return 0
 
 
