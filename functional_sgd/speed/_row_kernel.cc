@@ -54,6 +54,12 @@ constexpr int kMaxChunks = 16;
 // Short rows in a tile: their scores, then their terms in one vector loop,
 // then their gradient, all while the tile is in the first-level cache.
 constexpr int64_t kTileRows = 16;
+// A row taken one at a time asks for the row this many ahead while it is
+// added into the gradient, a line per chunk, into the second-level cache: the
+// memory stream goes on while the core adds (1.1-1.7x faster at 300 to 4,000
+// float32 values on a 2-core EPYC; into the first level, or in a burst before
+// the row, or ahead of a tile of short rows, it measured slower).
+constexpr int64_t kAheadRows = 4;
 
 // exp(x) for x <= 0, in operations a vector loop can take (the C library's
 // exp is a call per value): x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its
@@ -254,7 +260,8 @@ int64_t TilesOf(int64_t chunks, std::integer_sequence<int, kChunks...>, const T*
 // Sums over the rows [lo, hi): the loss into *loss, the slopes into *slope_sum,
 // slope_i x_i into grad (d values, zeroed here). Short rows go a tile at a
 // time (Tiles); the others, and the short rows after the last tile, one at a
-// time, the row still in cache when it is added into grad.
+// time, the row still in cache when it is added into grad, the row kAheadRows
+// on asked for meanwhile.
 template <int32_t kRow, typename T>
 void Lane(const T* __restrict x, const T* __restrict y, const T* __restrict w, T b, int64_t d,
           int64_t lo, int64_t hi, T* __restrict grad, T* loss, T* slope_sum) {
@@ -266,14 +273,23 @@ void Lane(const T* __restrict x, const T* __restrict y, const T* __restrict w, T
     i = TilesOf<kRow, T>(chunks, std::make_integer_sequence<int, kMaxChunks>(), x, y, w, b, d,
                          lo, hi, grad, &loss_total, &slope_total);
   }
+  constexpr int64_t W = kChunk<T>;
+  const bool long_rows = chunks > kMaxChunks;  // short ones measured slower asking ahead
   for (; i < hi; ++i) {
     const T* xi = x + i * d;
     T l, slope;
     RowTerms<kRow, false>(Dot(xi, w, d) + b, y[i], &l, &slope);
     loss_total += l;
     slope_total += slope;
+    const char* ahead = reinterpret_cast<const char*>(x + std::min(i + kAheadRows, hi - 1) * d);
+    int64_t j = 0;
+    for (; j + W <= d; j += W) {
+      if (long_rows) __builtin_prefetch(ahead + j * int64_t(sizeof(T)), 0, 1);  // into L2
 #pragma omp simd
-    for (int64_t j = 0; j < d; ++j) grad[j] += slope * xi[j];
+      for (int64_t k = 0; k < W; ++k) grad[j + k] += slope * xi[j + k];
+    }
+    if (long_rows) __builtin_prefetch(ahead + j * int64_t(sizeof(T)), 0, 1);  // never faults
+    for (; j < d; ++j) grad[j] += slope * xi[j];
   }
   *loss = loss_total;
   *slope_sum = slope_total;
