@@ -132,10 +132,8 @@ def one_read_runs(size):
 def measure(size="short"):
     """Rows ``(ratio, numerator s, denominator s, target)`` by name."""
     rounds = ROUNDS[size]
-    shuffle = interleaved_min(shuffle_runs(), rounds)
-    problem = make_problem(LESSON)
-    small = interleaved_min({"fit": _fit_fused(problem, None),
-                             "scan": peers.handwritten_scan(problem, None)}, rounds)
+    shuffle, small = (interleaved_min(split_runs(name, SPLIT_STEPS[name][0]), rounds)
+                      for name in ("shuffle", "small step"))
     on_cpu = lesson_seconds(jax.devices("cpu")[0], rounds)
     cpu_only = cpu_only_lesson_seconds(rounds)
     return {
@@ -165,8 +163,9 @@ def one_read_row(size):
             f"read of x ({read_rate:.0f} GB/s); params {error:.1e} from the plain step's")
 
 
-SPLIT_STEPS = {"shuffle": (1_000, 4_000), "small step": (100, 1_000)}
-"""The two run lengths each side is timed at by :func:`split_per_call_and_step`."""
+SPLIT_STEPS = {"shuffle": (1_000, 4_000), "small step": (LESSON.steps, 1_000)}
+"""Run lengths of the two ratios' sides: the first is the ratio's own, the
+second the longer run :func:`split_per_call_and_step` times beside it."""
 
 
 def split_runs(name, steps):

@@ -301,7 +301,8 @@ void Lane(const T* __restrict x, const T* __restrict y, const T* __restrict w, T
       for (int64_t k = 0; k < W; ++k) grad[j + k] += slope * xi[j + k];
     }
     if (long_rows) __builtin_prefetch(ahead + j * int64_t(sizeof(T)), 0, 1);  // never faults
-    for (; j < d; ++j) grad[j] += slope * xi[j];
+#pragma omp simd
+    for (int64_t k = j; k < d; ++k) grad[k] += slope * xi[k];
   }
   *loss = loss_total;
   *slope_sum = slope_total;

@@ -122,7 +122,6 @@ def compile_kernel(directory: pathlib.Path) -> Build:
     start = time.perf_counter()
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        _sweep_abandoned(directory)
         with tempfile.TemporaryDirectory(dir=directory, prefix=SCRATCH_PREFIX) as scratch:
             built = pathlib.Path(scratch) / path.name
             command = [compiler, *command_words[1:], *FLAGS, f"-I{include}", str(SOURCE),
@@ -142,24 +141,12 @@ def compile_kernel(directory: pathlib.Path) -> Build:
             os.replace(digest_written, digest_path)  # last: it vouches for the library
     except (OSError, subprocess.SubprocessError) as error:
         return Build(None, f"could not compile it into {directory} ({error})", 0.0)
-    _sweep_unused(directory, keep=path)
+    _sweep_stale(directory, keep=path)
     return Build(path, None, time.perf_counter() - start)
 
 
 SCRATCH_PREFIX = "compiling-"
 """Names of the folders a compile writes in before it publishes its library."""
-
-
-def _sweep_abandoned(directory: pathlib.Path) -> None:
-    """Removes the scratch folders no live compile can own, those older than
-    twice :data:`COMPILE_TIMEOUT_S` (a process killed while compiling leaves
-    its own behind)."""
-    for scratch in directory.glob(SCRATCH_PREFIX + "*"):
-        try:
-            if time.time() - scratch.stat().st_mtime > 2 * COMPILE_TIMEOUT_S:
-                shutil.rmtree(scratch, ignore_errors=True)
-        except OSError:
-            pass  # another process swept it first
 
 
 UNUSED_AFTER_S = 30 * 24 * 3600
@@ -175,16 +162,26 @@ def _mark_used(path: pathlib.Path) -> None:
         pass  # a cache shared read-only: its owner keeps it
 
 
-def _sweep_unused(directory: pathlib.Path, *, keep: pathlib.Path) -> None:
-    """Removes the compiled kernels (and their digests) other than ``keep``
-    that no process has loaded for :data:`UNUSED_AFTER_S`."""
-    for library in directory.glob("row_kernel-*.so"):
+def _sweep_stale(directory: pathlib.Path, *, keep: pathlib.Path) -> None:
+    """Removes, after a compile, what no process can still need: scratch
+    folders older than twice :data:`COMPILE_TIMEOUT_S` (a process killed while
+    compiling leaves its own behind), and compiled kernels other than ``keep``
+    that no process has loaded for :data:`UNUSED_AFTER_S`, digest first."""
+    scratches = directory.glob(SCRATCH_PREFIX + "*")
+    libraries = (library for library in directory.glob("row_kernel-*.so") if library != keep)
+    stale = [*((scratch, 2 * COMPILE_TIMEOUT_S) for scratch in scratches),
+             *((library, UNUSED_AFTER_S) for library in libraries)]
+    for path, age_s in stale:
         try:
-            if library != keep and time.time() - library.stat().st_mtime > UNUSED_AFTER_S:
-                library.with_suffix(".sha256").unlink(missing_ok=True)  # first: it vouches
-                library.unlink()
+            if time.time() - path.stat().st_mtime <= age_s:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.with_suffix(".sha256").unlink(missing_ok=True)  # first: it vouches
+                path.unlink()
         except OSError:
-            pass  # another process removed it first
+            pass  # another process swept it first
 
 
 def _intact(path: pathlib.Path, digest_path: pathlib.Path) -> bool:
