@@ -387,6 +387,36 @@ def test_the_gpu_kernel_gives_the_value_and_gradient_of_each_row_mean(name, n, d
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * grad_scale)
 
 
+def kernel_reads(jaxpr):
+    """``(ref shape, mask)`` of each read of a ref in ``jaxpr`` and the jaxprs it holds."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "get":
+            yield tuple(eqn.invars[0].aval.shape), None
+        elif eqn.primitive.name in ("load", "masked_load"):
+            ref, _, mask, _ = jax.tree.unflatten(eqn.params["args_tree"], eqn.invars)
+            yield tuple(ref.aval.shape), mask
+        for value in eqn.params.values():
+            inner = getattr(value, "jaxpr", value)
+            if hasattr(inner, "eqns"):
+                yield from kernel_reads(inner)
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_the_gpu_kernel_reads_only_values_that_exist(name):
+    """A Triton load is not bounds-checked, and the kernel's blocks run past
+    the arrays' ends (the last program's rows, the columns padded to a power
+    of 2): 300 x 100 runs 128-row tiles of 128 columns. So each read of x, y
+    and w is a masked load; unmasked, a GPU would read memory that is not
+    the array's (the interpreter pads, so only the program itself can show it)."""
+    x, y, w = np.ones((300, 100), np.float32), np.ones(300, np.float32), np.ones(100, np.float32)
+    program = jax.make_jaxpr(lambda *a: _row_kernel.gpu_step(ROWS[name], *a))(
+        x, y, w, np.float32(0))
+    (call,) = [eqn for eqn in program.jaxpr.eqns if eqn.primitive.name == "pallas_call"]
+    reads = sorted(kernel_reads(call.params["jaxpr"]), key=lambda read: read[0])
+    assert [shape for shape, _ in reads] == [(1,), (128,), (128,), (128, 128)]  # b, w, y, x
+    assert all(mask is not None for shape, mask in reads if shape != (1,))
+
+
 def test_one_program_calls_the_cpu_kernel_on_a_cpu_and_the_gpu_kernel_on_a_gpu():
     params, data = problem("mnist", 100, 30, np.float32)
     traced = jax.jit(lambda lr: fsgd.fit(LOSSES["mnist"], params, data, lr=lr, steps=3,

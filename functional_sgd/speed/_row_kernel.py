@@ -334,17 +334,21 @@ def gpu_step(row: str, x: Any, y: Any, w: Any, b: Any, *,
     dtype = x.dtype
 
     def kernel(x_ref, y_ref, w_ref, b_ref, grad_ref, loss_ref, slope_ref):
+        # Blocks run past the arrays' ends (the last program's rows, the
+        # padded columns), and a Triton load is not bounds-checked: every
+        # read of x, y and w is masked to the values that exist.
         first = pl.program_id(0) * program_rows
         columns = jnp.arange(padded) < d
-        w = jnp.where(columns, w_ref[...], 0)
+        w = pallas_triton.load(w_ref, mask=columns, other=0)
 
         def tile(k, sums):
             grad, loss, slope = sums
             real = first + k * tile_rows + jnp.arange(tile_rows) < n
             rows = pl.ds(k * tile_rows, tile_rows)
-            xt = jnp.where(real[:, None] & columns[None, :], x_ref[rows, :], 0)
+            xt = pallas_triton.load(x_ref.at[rows, :], mask=real[:, None] & columns[None, :],
+                                    other=0)
             l, s = _terms(row, jnp.sum(xt * w[None, :], axis=1) + b_ref[0],
-                          jnp.where(real, y_ref[rows], 0))
+                          pallas_triton.load(y_ref.at[rows], mask=real, other=0))
             l, s = jnp.where(real, l, 0), jnp.where(real, s, 0)
             return grad + jnp.sum(xt * s[:, None], axis=0), loss + jnp.sum(l), slope + jnp.sum(s)
 
