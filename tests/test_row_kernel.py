@@ -95,14 +95,15 @@ def test_the_kernel_gives_the_value_and_gradient_of_each_row_mean(name, dtype, n
 
 @pytest.mark.parametrize("name", sorted(ROWS))
 @pytest.mark.parametrize("dtype, widths", [
-    (np.float32, [1, 15, 16, 17, 31, 32, 33, 100, 255, 256, 257]),
-    (np.float64, [1, 7, 8, 9, 100, 127, 128, 129])])
-def test_every_kind_of_short_row_counts_each_column_once(name, dtype, widths, request):
+    (np.float32, [1, 15, 16, 17, 31, 32, 33, 100, 255, 256, 257, 1024, 1025]),
+    (np.float64, [1, 7, 8, 9, 100, 127, 128, 129, 512, 513])])
+def test_every_kind_of_row_counts_each_column_once(name, dtype, widths, request):
     """Short rows are read in chunks of 64 bytes (16 float32, 8 float64 values),
     at most 16 of them, and the last chunk overlaps the one before; rows
-    shorter than a chunk or longer than 16 go one at a time. Widths on each
-    side of every such edge, and 53 rows: three tiles of 16 and five rows
-    after them."""
+    shorter than a chunk or longer than 16 go one at a time, and those of at
+    most 64 chunks (4 KB) of a sigmoid loss are scored a row ahead. Widths on
+    each side of every such edge, and 53 rows: three tiles of 16 and five
+    rows after them."""
     if dtype == np.float64:
         request.getfixturevalue("x64")
     loss = loss_of(name)
