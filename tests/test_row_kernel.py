@@ -370,11 +370,12 @@ def test_a_broken_build_names_the_command_and_the_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", sorted(ROWS))
-@pytest.mark.parametrize("n, d", [(1, 3), (300, 3), (1000, 100), (2100, 1000)])
+@pytest.mark.parametrize("n, d", [(1, 3), (300, 3), (1000, 100), (2100, 1000), (50, 4096)])
 def test_the_gpu_kernel_gives_the_value_and_gradient_of_each_row_mean(name, n, d):
     """The Pallas kernel, run by Pallas's interpreter here (its speed is the
     GPU's to measure): one program or many, tiles cut short at the last row,
-    rows padded to a power of 2. Float32 bound as for the CPU kernel."""
+    rows padded to a power of 2, the widest rows it takes (tiles of 4).
+    Float32 bound as for the CPU kernel."""
     loss = loss_of(name)
     params, (x, y) = problem(name, n, d, np.float32)
     w, b = params if name != "linear_mse" else (params, np.float32(0))
@@ -419,12 +420,18 @@ def test_the_gpu_kernel_reads_only_values_that_exist(name):
 
 
 def test_one_program_calls_the_cpu_kernel_on_a_cpu_and_the_gpu_kernel_on_a_gpu():
+    """Lowered for a CPU and for a CUDA GPU, from this machine. The Triton
+    lowering asks which GPU it compiles for (jax 0.11 asks the default
+    device, a CPU here and under this file's fixture): an abstract one answers."""
     params, data = problem("mnist", 100, 30, np.float32)
-    traced = jax.jit(lambda lr: fsgd.fit(LOSSES["mnist"], params, data, lr=lr, steps=3,
-                                         run=fsgd.Run(speed=KERNEL)).params).trace(0.1)
-    on_cpu = traced.lower().as_text()
+    fitted = jax.jit(lambda lr: fsgd.fit(LOSSES["mnist"], params, data, lr=lr, steps=3,
+                                         run=fsgd.Run(speed=KERNEL)).params)
+    on_cpu = fitted.trace(0.1).lower().as_text()
     assert _row_kernel.TARGET in on_cpu and "triton" not in on_cpu
-    on_gpu = traced.lower(lowering_platforms=("cuda",)).as_text()
+    gpu = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu")
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",),
+                                                                  abstract_device=gpu)):
+        on_gpu = fitted.trace(0.1).lower(lowering_platforms=("cuda",)).as_text()
     assert "triton" in on_gpu and _row_kernel.TARGET not in on_gpu
 
 

@@ -283,7 +283,8 @@ GPU_MAX_COLUMNS = 4096
 """Widest rows the GPU kernel takes: a tile of rows is held in registers,
 its columns padded to a power of 2."""
 GPU_TILE_VALUES = 16 * 1024
-"""Values of ``x`` in one tile (rows x padded columns) a GPU program holds at once."""
+"""Values of ``x`` in one tile (rows x padded columns) a GPU program holds
+at once: 64 a thread at 8 warps, in registers."""
 GPU_PROGRAMS = 512
 """Programs the GPU kernel aims to launch (a few per streaming multiprocessor)."""
 
@@ -327,7 +328,7 @@ def gpu_step(row: str, x: Any, y: Any, w: Any, b: Any, *,
 
     n, d = x.shape
     padded = pl.next_power_of_2(d)
-    tile_rows = min(1024, max(16, GPU_TILE_VALUES // padded))
+    tile_rows = min(1024, GPU_TILE_VALUES // padded)  # 4 or more: padded <= 4096
     tiles = int(min(64, max(1, pl.next_power_of_2(pl.cdiv(n, tile_rows * GPU_PROGRAMS)))))
     program_rows = tile_rows * tiles
     programs = pl.cdiv(n, program_rows)
