@@ -14,6 +14,13 @@ SUITE = pathlib.Path("bench") / "bench_workloads.py"
 TUNE_CPU_ENV = "FSGD_BENCH_TUNE_CPU"  # bench.methods.TUNE_CPU_ENV (not imported: no jax here)
 
 
+def outside_xdist(env):
+    """``env`` without pytest-xdist's worker variables (``PYTEST_XDIST_*``):
+    a pytest started from an xdist worker takes itself for one, and
+    pytest-benchmark then turns itself off and writes no JSON."""
+    return {name: value for name, value in env.items() if not name.startswith("PYTEST_XDIST")}
+
+
 def run_suite(checkout, json_path, size, select=None, *, tuned=False, log_path=None,
               plugins=(), env=None):
     """Runs ``checkout``'s own suite in a child ``python -m pytest`` with
@@ -29,8 +36,9 @@ def run_suite(checkout, json_path, size, select=None, *, tuned=False, log_path=N
       env: more environment variables for the child.
     """
     checkout = pathlib.Path(checkout)
-    child_env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(filter(None, [
-        str(checkout), (env or {}).get("PYTHONPATH"), os.environ.get("PYTHONPATH")]))}
+    child_env = {**outside_xdist(os.environ), **(env or {}), "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(checkout), (env or {}).get("PYTHONPATH"),
+                      os.environ.get("PYTHONPATH")]))}
     child_env.pop(TUNE_CPU_ENV, None)
     if tuned:
         child_env[TUNE_CPU_ENV] = "1"

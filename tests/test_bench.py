@@ -17,7 +17,7 @@ import functional_sgd as fsgd
 pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 from bench import (accelerators, machine, peers, peers_torch, report,  # noqa: E402
-                   side_by_side, workloads)
+                   side_by_side, suite, workloads)
 from bench.methods import FASTAI, KERAS, METHODS, SCAN, TORCH_COMPILE, methods_for  # noqa: E402
 from bench.results_table import (TARGETS, Result, by_workload, load, load_skipped,  # noqa: E402
                                  scan_overhead)
@@ -189,7 +189,7 @@ def test_a_peer_that_does_not_import_is_skipped_with_the_reason(tmp_path):
     blocked = tmp_path / "blocked" / "keras"
     blocked.mkdir(parents=True)
     (blocked / "__init__.py").write_text("raise ImportError('keras blocked for this test')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    env = {**suite.outside_xdist(os.environ), "PYTHONPATH": os.pathsep.join(
         [str(blocked.parent), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     json_path = tmp_path / "run.json"
     done = subprocess.run(
@@ -251,7 +251,14 @@ def test_keras_replays_the_schedule():
 
 
 def test_accelerator_comparison_on_cpu(tmp_path):
-    rows = accelerators.compare("smoke", {"lesson", "sweep"}, platforms={"cpu"})
+    so_far = []
+    rows = accelerators.compare("smoke", {"lesson", "sweep"}, platforms={"cpu"},
+                                on_case=so_far.append)
+    # After each case, every row: those measured, then the rest as not yet run.
+    assert len(so_far) == len(rows) > 1 and so_far[-1] == rows
+    first = so_far[0]
+    assert len(first) == len(rows) and first[0] == rows[0]
+    assert {r.get("skipped") for r in first[1:]} == {accelerators.NOT_YET_RUN}
     places = {(r["workload"], r["engine"], r["device"], r["method"]) for r in rows}
     assert ("lesson", "jax", "cpu:0", "fit") in places
     assert ("sweep", "jax", "cpu:0", "jax.jit(jax.vmap(fit))") in places
