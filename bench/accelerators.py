@@ -125,15 +125,21 @@ def targets(workload, slow=True, platforms=None, peers=None):
                 yield "torch", name, name, method
 
 
-def compare(size="full", names=None, platforms=None, peers=None, budget_s=None):
+NOT_YET_RUN = "not yet run when this table was written (the run stopped before it)"
+
+
+def compare(size="full", names=None, platforms=None, peers=None, budget_s=None,
+            on_case=None):
     """One row per (workload, engine, device, method): a dict of what was
     measured, or with ``skipped`` (the reason) for a peer that cannot run here.
     ``platforms``, ``peers``: as for :func:`targets`. ``budget_s``: once this
     many seconds have passed, the cases left are listed as skipped, not run;
     the peers that compile for seconds run last, after every other case of
-    every workload, so a budget cuts them first."""
+    every workload, so a budget cuts them first. ``on_case``: called after
+    each case with every row so far, the cases not yet run skipped as
+    :data:`NOT_YET_RUN` (a run stopped from outside keeps what it measured)."""
     deadline = None if budget_s is None else time.monotonic() + budget_s
-    cases = []  # (pass, order, workload, problem, expected, target)
+    cases = []  # (pass, order, workload, problem, target)
     for w_index, workload in enumerate(SIZES[size]):
         if names and workload.name not in names:
             continue
@@ -142,9 +148,11 @@ def compare(size="full", names=None, platforms=None, peers=None, budget_s=None):
                                                  platforms=platforms, peers=peers)):
             cases.append((target[3].slow, (w_index, t_index), workload, problem, target))
     cases.sort(key=lambda case: case[:2])
+    wheres = [dict(workload=workload.name, engine=engine, device=name, method=method.name)
+              for _, _, workload, _, (engine, name, _, method) in cases]
     truths, rows = {}, []
-    for _, order, workload, problem, (engine, name, device, method) in cases:
-        where = dict(workload=workload.name, engine=engine, device=name, method=method.name)
+    for index, (_, order, workload, problem, (engine, name, device, method)) in enumerate(cases):
+        where = wheres[index]
         if deadline is not None and time.monotonic() > deadline:
             rows.append((order, {**where, "skipped": f"past the run's time budget of "
                                                     f"{budget_s:g} s"}))
@@ -153,6 +161,10 @@ def compare(size="full", names=None, platforms=None, peers=None, budget_s=None):
             truths[workload] = truth(problem)
         row = measure(workload, problem, truths[workload], engine, name, device, method, size)
         rows.append((order, {**where, **row}))
+        if on_case is not None:
+            left = [(case[1], {**wheres[later], "skipped": NOT_YET_RUN})
+                    for later, case in enumerate(cases) if later > index]
+            on_case([row for _, row in sorted(rows + left, key=lambda r: r[0])])
     return [row for _, row in sorted(rows, key=lambda r: r[0])]
 
 
@@ -184,10 +196,11 @@ def measure(workload, problem, expected, engine, name, device, method, size):
                 error=error, agrees=error <= AGREEMENT)
 
 
-def write(rows, out, note="", *, command="python -m bench.run --devices all", size=None):
-    """``accelerators.md`` (one cross-device table) and ``accelerators.png``;
-    ``note``, if any, is printed under the title; ``size``: the workloads'
-    size, whose shapes are listed under the table."""
+def write(rows, out, note="", *, command="python -m bench.run --devices all", size=None,
+          plot=True):
+    """``accelerators.md`` (one cross-device table) and, with ``plot``,
+    ``accelerators.png``; ``note``, if any, is printed under the title;
+    ``size``: the workloads' size, whose shapes are listed under the table."""
     from bench import plots
 
     header = ("workload", "engine", "device", "method", "median", "vs torch reference",
@@ -220,8 +233,9 @@ def write(rows, out, note="", *, command="python -m bench.run --devices all", si
             + (sizes_note(size, {r["workload"] for r in rows}) if size else "")
             + "![time per workload and device](accelerators.png)\n")
     (out / "accelerators.md").write_text(text)
-    plots.device_bars(rows, out / "accelerators.png",
-                      title="Median time per workload, engine and device")
+    if plot:
+        plots.device_bars(rows, out / "accelerators.png",
+                          title="Median time per workload, engine and device")
     return text
 
 
@@ -243,8 +257,13 @@ def devices_run(args, command):
     line, quoted in the table. Returns 0 when every result agrees."""
     platforms = None if args.devices == "all" else {
         platform_of(d) for d in args.devices.split(",")}
-    rows = compare(args.size, args.workloads, platforms, args.peers, args.budget)
     args.out.mkdir(parents=True, exist_ok=True)
+
+    def write_so_far(rows):  # the picture comes with the last write
+        write(rows, args.out, args.note, command=command, size=args.size, plot=False)
+
+    rows = compare(args.size, args.workloads, platforms, args.peers, args.budget,
+                   on_case=write_so_far)
     write(rows, args.out, args.note, command=command, size=args.size)
     print(f"wrote {args.out / 'accelerators.md'}")
     return 0 if all(r["agrees"] for r in measured(rows)) else 1

@@ -35,16 +35,19 @@ Four stages, each with its own time budget, each printed with its outcome:
    ratio was missed;
 4. a summary line per stage; the exit status is 1 if a stage failed.
 
-It writes five files or fewer into ``--out``, none in a subfolder: where a
-machine hands back only what a command leaves in one folder (``$OUT``), pass
-that folder.
+It writes six files or fewer into ``--out``, none in a subfolder (the five
+above and ``gpu_check.log``, every stage's whole output; the console shows
+the end of each): where a machine hands back only what a command leaves in
+one folder (``$OUT``), pass that folder.
 """
 
 import argparse
+import importlib.util
 import os
 import pathlib
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tarfile
@@ -113,15 +116,41 @@ def bundle_hlo(directory, archive):
     return len(kept)
 
 
-def run_stage(name, command, budget_s, env):
-    """Runs ``command`` with a time limit; ``(name, ok, seconds, why)``."""
-    print(f"\n== {name}: {shlex.join(command)}  (budget {budget_s} s)", flush=True)
-    began = time.monotonic()
-    try:
-        done = subprocess.run(command, check=False, cwd=ROOT, env=env, timeout=budget_s)
-        ok, why = done.returncode == 0, f"exit {done.returncode}"
-    except subprocess.TimeoutExpired:
-        ok, why = False, f"past its budget of {budget_s} s"
+LOG_NAME = "gpu_check.log"
+"""Every stage's whole output, in ``--out``: the console shows each stage's
+last :data:`TAIL_CHARS` characters (a device tool may hand back only the
+last few thousand of a command's output, and the log as a file)."""
+TAIL_CHARS = 3000
+TEST_TIMEOUT_S = 150
+"""Seconds one test may take in the tests stage (with pytest-timeout), so a
+hung test fails alone instead of spending the stage's budget."""
+
+
+def run_stage(name, command, budget_s, env, log_path):
+    """Runs ``command`` with a time limit, its output appended to
+    ``log_path``, and prints the output's end; ``(name, ok, seconds, why)``.
+    Past its budget the command's whole process group is killed (pytest-xdist
+    workers with it, so none runs on into the next stage's timings)."""
+    heading = f"\n== {name}: {shlex.join(command)}  (budget {budget_s} s)"
+    print(heading, flush=True)
+    with open(log_path, "a") as log:
+        log.write(heading + "\n")
+        log.flush()
+        start = log.tell()
+        began = time.monotonic()
+        child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = child.wait(timeout=budget_s)
+            ok, why = code == 0, f"exit {code}"
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            ok, why = False, f"past its budget of {budget_s} s"
+    with open(log_path) as log:
+        log.seek(start)
+        output = log.read()
+    print(("..." if len(output) > TAIL_CHARS else "") + output[-TAIL_CHARS:], flush=True)
     return name, ok, time.monotonic() - began, why
 
 
@@ -139,7 +168,11 @@ def pytest_command(size):
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                *[str(pathlib.Path("tests") / f) for f in files]]
     workers = xdist_workers()
-    return command + (["-n", str(workers)] if workers else [])
+    if workers:
+        command += ["-n", str(workers)]
+    if importlib.util.find_spec("pytest_timeout") is not None:
+        command += [f"--timeout={TEST_TIMEOUT_S}"]
+    return command
 
 
 def default_platform():
@@ -165,14 +198,19 @@ def main(argv=None):
                     JAX_DEFAULT_MATMUL_PRECISION="highest")
     began = time.monotonic()
     outcomes = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_path = args.out / LOG_NAME
+    log_path.write_text(shlex.join(["python", "-m", "bench.gpu_check",
+                                     *(sys.argv[1:] if argv is None else argv)]) + "\n")
     if "tests" not in skip:
-        outcomes.append(run_stage("tests", pytest_command(args.size), budgets["tests"], env))
+        outcomes.append(run_stage("tests", pytest_command(args.size), budgets["tests"], env,
+                                  log_path))
     if "table" not in skip:
         platform = default_platform()
         command = [sys.executable, "-m", "bench.run", "--devices", platform, "--size",
                    args.size, "--out", str(args.out), "--budget", str(int(TABLE_SHARE * budgets["table"])),
                    "--note", f"Written by `python -m bench.gpu_check --size {args.size}`."]
-        outcomes.append(run_stage("table", command, budgets["table"], child_env()))
+        outcomes.append(run_stage("table", command, budgets["table"], child_env(), log_path))
     if "ratios" not in skip:
         command = [sys.executable, "-m", "bench.gpu_ratios", "--size", args.size,
                    "--out", str(args.out / "gpu_check.md"),
@@ -182,12 +220,15 @@ def main(argv=None):
             for flag in hlo_dump_flags(dump):
                 flags = with_flag(flags, flag)
             outcomes.append(run_stage("ratios", command, budgets["ratios"],
-                                      child_env(XLA_FLAGS=flags)))
+                                      child_env(XLA_FLAGS=flags), log_path))
             print(f"kept the optimized HLO of {bundle_hlo(dump, args.out / 'gpu_hlo.tar.gz')} "
                   "compiled loops", flush=True)
-    print(f"\n== summary ({time.monotonic() - began:.0f} s in all)")
-    for name, ok, seconds, why in outcomes:
-        print(f"{name:7s} {'ok' if ok else 'FAILED'}  {seconds:6.0f} s  {why}")
+    summary = "\n".join([f"\n== summary ({time.monotonic() - began:.0f} s in all)"] + [
+        f"{name:7s} {'ok' if ok else 'FAILED'}  {seconds:6.0f} s  {why}"
+        for name, ok, seconds, why in outcomes])
+    print(summary)
+    with open(log_path, "a") as log:
+        log.write(summary + "\n")
     return 0 if all(ok for _, ok, _, _ in outcomes) else 1
 
 

@@ -85,8 +85,10 @@ def lesson_seconds(device, rounds):
 def cpu_only_lesson_seconds(rounds):
     """:func:`lesson_seconds` in a child process that sees only the CPU."""
     root = pathlib.Path(__file__).resolve().parent.parent
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
+             if not flag.startswith("--xla_dump")]  # its HLO would mix with this process's
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": " ".join(flags),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     code = ("import json, jax; from bench.gpu_ratios import lesson_seconds; "
             f"print(json.dumps(lesson_seconds(jax.devices('cpu')[0], {rounds})))")
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, check=True,
@@ -222,17 +224,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
     with jax.default_matmul_precision("highest"):
         rows = measure(args.size)
-        split = diagnosis(args.size) if args.diagnosis else None
     devices = ", ".join(sorted({str(d.device_kind) for d in jax.devices()}))
     text = (f"# Issue 24's ratios on {jax.default_backend()} ({devices})\n\n"
             f"Written by `python -m bench.gpu_ratios --size {args.size}`: minimum over "
             f"{ROUNDS[args.size]} interleaved rounds, every call synchronised.\n\n"
             + table(rows) + "\n")
-    print(text)
-    if args.out:
+    print(text, flush=True)
+    if args.out:  # written before the diagnosis, which a time limit may cut short
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
-    if split is not None:
+    if args.diagnosis:
+        with jax.default_matmul_precision("highest"):
+            split = diagnosis(args.size)
         text = (f"# Where the time of two of issue 24's ratios goes, on {jax.default_backend()} "
                 f"({devices})\n\nWritten by `python -m bench.gpu_ratios --size {args.size} "
                 "--diagnosis`: each side's minimum time at two run lengths, split as "

@@ -84,3 +84,54 @@ def test_the_gpu_check_keeps_the_optimized_hlo_of_the_loops_only(tmp_path):
     assert not (tmp_path / "none.tar.gz").exists()
     flags = gpu_check.hlo_dump_flags(tmp_path)
     assert flags[0] == f"--xla_dump_to={tmp_path}" and all(" " not in flag for flag in flags)
+
+
+def process_ended(pid):
+    """Whether process ``pid`` has ended (gone, or a zombie not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_gpu_check_stage_keeps_its_output_and_past_its_budget_ends_all_it_started(
+        tmp_path, capsys):
+    """A stage's whole output goes to the log and its end to the console; a
+    stage past its budget is killed with the processes it started (pytest-xdist
+    workers would otherwise run on into the next stage's timings)."""
+    import os
+    import pathlib
+    import sys
+    import time
+
+    import pytest
+
+    from bench import gpu_check
+
+    if not pathlib.Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc to see whether a process has ended")
+    log = tmp_path / "gpu_check.log"
+    name, ok, _, why = gpu_check.run_stage(
+        "quick", [sys.executable, "-c", "print('x' * 5000); print('the end')"], 60,
+        dict(os.environ), log)
+    assert (name, ok, why) == ("quick", True, "exit 0")
+    printed = capsys.readouterr().out
+    assert "the end" in printed and "x" * 5000 not in printed  # the end only: 3,000 characters
+    assert "x" * 5000 in log.read_text()
+
+    started = tmp_path / "grandchild.pid"
+    code = ("import subprocess, sys, time; "
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+            f"open({str(started)!r}, 'w').write(str(child.pid)); print('waiting', flush=True); "
+            "time.sleep(120)")
+    _, ok, seconds, why = gpu_check.run_stage("hung", [sys.executable, "-c", code], 4,
+                                              dict(os.environ), log)
+    assert not ok and why == "past its budget of 4 s" and seconds < 60
+    text = log.read_text()
+    assert "x" * 5000 in text and "== hung:" in text and "waiting" in text  # appended
+    grandchild = int(started.read_text())
+    deadline = time.monotonic() + 10
+    while not process_ended(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert process_ended(grandchild)
