@@ -69,9 +69,9 @@ constexpr int64_t kAheadTiles = 4;
 // A row of a sigmoid loss waits on its exp (about 20 ns) between its score
 // and its update. For rows of at most this many chunks (4 KB: this row and
 // the next stay in L1 beside the gradient) the next row is scored before
-// this one is added, so the wait overlaps a read (a float32 row of 1,000
-// values: 1.05-1.2x; of 2,000 or 4,000, slower; the squared error has no
-// wait to fill, and tiles of short rows measured level).
+// this one is added, so the wait overlaps a read (float32 rows of 300 to
+// 1,000 values: 1.04-1.24x; of 2,000 or 4,000, slower; the squared error
+// has no wait to fill, and tiles of short rows measured level).
 constexpr int64_t kScoreAheadMaxChunks = 64;
 
 // exp(x) for x <= 0, in operations a vector loop can take (the C library's
