@@ -193,6 +193,7 @@ def main(argv=None):
     parser.add_argument("--skip", default="", help="comma-separated stages to skip: "
                         "tests, table, ratios")
     args = parser.parse_args(argv)
+    args.out = args.out.resolve()  # the stages run from the repository root
     skip = set(filter(None, args.skip.split(",")))
     budgets = BUDGETS_S[args.size]
     env = child_env(XLA_FLAGS=with_flag(os.environ.get("XLA_FLAGS", ""), DETERMINISTIC),
