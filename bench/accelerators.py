@@ -16,6 +16,7 @@ JAX's alike), ``--peers`` those comparisons (``fit`` always runs);
 """
 
 import contextlib
+import os
 import pathlib
 import sys
 import time
@@ -199,8 +200,9 @@ def measure(workload, problem, expected, engine, name, device, method, size):
 def write(rows, out, note="", *, command="python -m bench.run --devices all", size=None,
           plot=True):
     """``accelerators.md`` (one cross-device table) and, with ``plot``,
-    ``accelerators.png``; ``note``, if any, is printed under the title;
-    ``size``: the workloads' size, whose shapes are listed under the table."""
+    ``accelerators.png`` (linked from the table only then); ``note``, if any,
+    is printed under the title; ``size``: the workloads' size, whose shapes
+    are listed under the table."""
     from bench import plots
 
     header = ("workload", "engine", "device", "method", "median", "vs torch reference",
@@ -231,8 +233,10 @@ def write(rows, out, note="", *, command="python -m bench.run --devices all", si
             f"everywhere; agreement is max |p - p64| / (1 + |p64|) <= {AGREEMENT:g} "
             "against a float64 NumPy run.\n\n" + "\n".join(lines) + "\n\n"
             + (sizes_note(size, {r["workload"] for r in rows}) if size else "")
-            + "![time per workload and device](accelerators.png)\n")
-    (out / "accelerators.md").write_text(text)
+            + ("![time per workload and device](accelerators.png)\n" if plot else ""))
+    written = out / "accelerators.md.partial"  # a run stopped mid-write keeps the last table
+    written.write_text(text)
+    os.replace(written, out / "accelerators.md")
     if plot:
         plots.device_bars(rows, out / "accelerators.png",
                           title="Median time per workload, engine and device")

@@ -123,34 +123,51 @@ last :data:`TAIL_CHARS` characters (a device tool may hand back only the
 last few thousand of a command's output, and the log as a file)."""
 TAIL_CHARS = 3000
 TEST_TIMEOUT_S = 150
-"""Seconds one test may take in the tests stage (with pytest-timeout), so a
-hung test fails alone instead of spending the stage's budget."""
+"""Seconds one test may take in the tests stage (with pytest-timeout and
+pytest-xdist), so a hung test fails alone instead of spending the stage's
+budget."""
+
+
+def end_group(child):
+    """Kills ``child``'s process group (whatever is left of it) and reaps ``child``."""
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the group has ended
+        pass
+    child.wait()
 
 
 def run_stage(name, command, budget_s, env, log_path):
     """Runs ``command`` with a time limit, its output appended to
     ``log_path``, and prints the output's end; ``(name, ok, seconds, why)``.
-    Past its budget the command's whole process group is killed (pytest-xdist
-    workers with it, so none runs on into the next stage's timings)."""
+    The command runs in a process group of its own, which is killed when it
+    ends, past its budget, or when this process is stopped: nothing it
+    started (pytest-xdist workers, compile workers) runs on into the next
+    stage's timings, or outlives the check."""
     heading = f"\n== {name}: {shlex.join(command)}  (budget {budget_s} s)"
     print(heading, flush=True)
-    with open(log_path, "a") as log:
-        log.write(heading + "\n")
+    began = time.monotonic()
+    with open(log_path, "ab") as log:
+        log.write(heading.encode() + b"\n")
         log.flush()
         start = log.tell()
-        began = time.monotonic()
-        child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as error:
+            log.write(f"could not start: {error}\n".encode())
+            print(f"could not start: {error}", flush=True)
+            return name, False, time.monotonic() - began, f"could not start: {error}"
         try:
             code = child.wait(timeout=budget_s)
             ok, why = code == 0, f"exit {code}"
         except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
             ok, why = False, f"past its budget of {budget_s} s"
-    with open(log_path) as log:
+        finally:
+            end_group(child)
+    with open(log_path, "rb") as log:
         log.seek(start)
-        output = log.read()
+        output = log.read().decode(errors="replace")  # a kill may cut a character short
     print(("..." if len(output) > TAIL_CHARS else "") + output[-TAIL_CHARS:], flush=True)
     return name, ok, time.monotonic() - began, why
 
@@ -171,8 +188,10 @@ def pytest_command(size):
     workers = xdist_workers()
     if workers:
         command += ["-n", str(workers)]
-    if importlib.util.find_spec("pytest_timeout") is not None:
-        command += [f"--timeout={TEST_TIMEOUT_S}"]
+    if workers and importlib.util.find_spec("pytest_timeout") is not None:
+        # The thread method ends a test stuck in native code too (a compile,
+        # a GPU call), with its worker; xdist reports it and starts another.
+        command += [f"--timeout={TEST_TIMEOUT_S}", "--timeout-method=thread"]
     return command
 
 
@@ -234,5 +253,12 @@ def main(argv=None):
     return 0 if all(ok for _, ok, _, _ in outcomes) else 1
 
 
+def stop_on_sigterm():
+    """Makes a SIGTERM (``timeout``, a device tool's time limit) raise
+    ``SystemExit``, so the running stage's process group is killed on the way out."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 if __name__ == "__main__":
+    stop_on_sigterm()
     sys.exit(main())

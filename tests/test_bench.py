@@ -259,6 +259,9 @@ def test_accelerator_comparison_on_cpu(tmp_path):
     first = so_far[0]
     assert len(first) == len(rows) and first[0] == rows[0]
     assert {r.get("skipped") for r in first[1:]} == {accelerators.NOT_YET_RUN}
+    partial = accelerators.write(first, tmp_path, plot=False)  # as a run writes it on the way
+    assert accelerators.NOT_YET_RUN in partial and "accelerators.png" not in partial
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accelerators.md"]
     places = {(r["workload"], r["engine"], r["device"], r["method"]) for r in rows}
     assert ("lesson", "jax", "cpu:0", "fit") in places
     assert ("sweep", "jax", "cpu:0", "jax.jit(jax.vmap(fit))") in places

@@ -1,10 +1,20 @@
 """bench/investigations/one_pass.py runs (tiny shapes, one round: a smoke run, not a
 timing), and the pieces of the GPU check that report on one read a step and beside it."""
 
+import os
+import pathlib
 import re
+import signal
+import subprocess
+import sys
 import tarfile
+import time
+
+import pytest
 
 from bench.investigations import one_pass
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_the_one_pass_benchmark_prints_its_bandwidths(capsys, monkeypatch):
@@ -95,43 +105,79 @@ def process_ended(pid):
         return True
 
 
-def test_a_gpu_check_stage_keeps_its_output_and_past_its_budget_ends_all_it_started(
-        tmp_path, capsys):
-    """A stage's whole output goes to the log and its end to the console; a
-    stage past its budget is killed with the processes it started (pytest-xdist
-    workers would otherwise run on into the next stage's timings)."""
-    import os
-    import pathlib
-    import sys
-    import time
+def wait_for(condition, what, limit_s=30):
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {limit_s} s"
+        time.sleep(0.05)
 
-    import pytest
 
+def starts_a_sleeper(pid_file, then="exit"):
+    """Python code that starts a process sleeping 120 s, writes its pid into
+    ``pid_file``, and then exits (``then="exit"``) or sleeps too."""
+    return ("import subprocess, sys, time; "
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+            f"open({str(pid_file)!r} + '.tmp', 'w').write(str(child.pid)); "
+            f"import os; os.replace({str(pid_file)!r} + '.tmp', {str(pid_file)!r}); "
+            + ("print('waiting', flush=True); time.sleep(120)" if then == "sleep" else ""))
+
+
+needs_proc = pytest.mark.skipif(not pathlib.Path("/proc/self/stat").exists(),
+                                reason="needs /proc to see whether a process has ended")
+
+
+def test_a_gpu_check_stage_logs_its_output_and_prints_its_end(tmp_path, capsys):
     from bench import gpu_check
 
-    if not pathlib.Path("/proc/self/stat").exists():
-        pytest.skip("needs /proc to see whether a process has ended")
     log = tmp_path / "gpu_check.log"
-    name, ok, _, why = gpu_check.run_stage(
-        "quick", [sys.executable, "-c", "print('x' * 5000); print('the end')"], 60,
-        dict(os.environ), log)
+    code = "import sys; print('x' * 5000); sys.stdout.buffer.write(b'\\xff'); print('the end')"
+    name, ok, _, why = gpu_check.run_stage("quick", [sys.executable, "-c", code], 60,
+                                           dict(os.environ), log)
     assert (name, ok, why) == ("quick", True, "exit 0")
     printed = capsys.readouterr().out
-    assert "the end" in printed and "x" * 5000 not in printed  # the end only: 3,000 characters
-    assert "x" * 5000 in log.read_text()
+    assert "\ufffdthe end" in printed  # a byte that is not UTF-8 read as a replacement
+    assert "x" * 5000 not in printed  # the end only: 3,000 characters
+    assert "x" * 5000 in log.read_text(errors="replace")
+    _, ok, _, why = gpu_check.run_stage("missing", ["/no/such/program"], 60, dict(os.environ),
+                                        log)
+    assert not ok and why.startswith("could not start: ")
+    assert "== quick:" in log.read_text(errors="replace")  # appended, not rewritten
 
-    started = tmp_path / "grandchild.pid"
-    code = ("import subprocess, sys, time; "
-            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
-            f"open({str(started)!r}, 'w').write(str(child.pid)); print('waiting', flush=True); "
-            "time.sleep(120)")
-    _, ok, seconds, why = gpu_check.run_stage("hung", [sys.executable, "-c", code], 4,
-                                              dict(os.environ), log)
-    assert not ok and why == "past its budget of 4 s" and seconds < 60
-    text = log.read_text()
-    assert "x" * 5000 in text and "== hung:" in text and "waiting" in text  # appended
-    grandchild = int(started.read_text())
-    deadline = time.monotonic() + 10
-    while not process_ended(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert process_ended(grandchild)
+
+@needs_proc
+def test_a_gpu_check_stage_ends_what_it_started_when_it_ends(tmp_path):
+    """Past its budget, or done: nothing the stage started runs on into the
+    next stage's timings (pytest-xdist workers, say)."""
+    from bench import gpu_check
+
+    log = tmp_path / "gpu_check.log"
+    _, ok, _, why = gpu_check.run_stage(
+        "hung", [sys.executable, "-c", "import time; time.sleep(120)"], 2, dict(os.environ), log)
+    assert not ok and why == "past its budget of 2 s"
+    started = tmp_path / "left.pid"
+    _, ok, _, _ = gpu_check.run_stage(
+        "done", [sys.executable, "-c", starts_a_sleeper(started)], 60, dict(os.environ), log)
+    assert ok and started.exists()
+    left = int(started.read_text())
+    wait_for(lambda: process_ended(left), "the end of the process the stage left")
+
+
+@needs_proc
+def test_a_stopped_gpu_check_ends_its_running_stage(tmp_path):
+    """A SIGTERM to the check (``timeout``, a device tool's limit) ends the
+    stage it is running, and what that stage started."""
+    started = tmp_path / "stage.pid"
+    check = ("import os, sys; from bench import gpu_check; gpu_check.stop_on_sigterm(); "
+             f"gpu_check.run_stage('stage', [sys.executable, '-c', {starts_a_sleeper(started, 'sleep')!r}], "
+             f"60, dict(os.environ), {str(tmp_path / 'gpu_check.log')!r})")
+    checker = subprocess.Popen([sys.executable, "-c", check], cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        wait_for(started.exists, "the stage's start")
+        checker.send_signal(signal.SIGTERM)
+        assert checker.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        checker.kill()
+        checker.wait()
+    sleeper = int(started.read_text())
+    wait_for(lambda: process_ended(sleeper), "the end of the stage's process")

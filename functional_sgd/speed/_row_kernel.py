@@ -284,7 +284,8 @@ GPU_MAX_COLUMNS = 4096
 its columns padded to a power of 2."""
 GPU_TILE_VALUES = 16 * 1024
 """Values of ``x`` in one tile (rows x padded columns) a GPU program holds
-at once: 64 a thread at 8 warps, in registers."""
+at once, in registers: 64 a thread at 8 warps (rows padded to 512 columns
+or more), 128 at 4."""
 GPU_PROGRAMS = 512
 """Programs the GPU kernel aims to launch (a few per streaming multiprocessor)."""
 
