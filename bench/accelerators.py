@@ -140,20 +140,20 @@ def compare(size="full", names=None, platforms=None, peers=None, budget_s=None,
     each case with every row so far, the cases not yet run skipped as
     :data:`NOT_YET_RUN` (a run stopped from outside keeps what it measured)."""
     deadline = None if budget_s is None else time.monotonic() + budget_s
-    cases = []  # (pass, order, workload, problem, target)
+    cases = []  # (pass, order, where, workload, problem, target)
     for w_index, workload in enumerate(SIZES[size]):
         if names and workload.name not in names:
             continue
         problem = make_problem(workload)
         for t_index, target in enumerate(targets(workload, slow=size != "smoke",
                                                  platforms=platforms, peers=peers)):
-            cases.append((target[3].slow, (w_index, t_index), workload, problem, target))
+            engine, name, _, method = target
+            where = dict(workload=workload.name, engine=engine, device=name, method=method.name)
+            cases.append((method.slow, (w_index, t_index), where, workload, problem, target))
     cases.sort(key=lambda case: case[:2])
-    wheres = [dict(workload=workload.name, engine=engine, device=name, method=method.name)
-              for _, _, workload, _, (engine, name, _, method) in cases]
     truths, rows = {}, []
-    for index, (_, order, workload, problem, (engine, name, device, method)) in enumerate(cases):
-        where = wheres[index]
+    for index, (_, order, where, workload, problem, (engine, name, device, method)) \
+            in enumerate(cases):
         if deadline is not None and time.monotonic() > deadline:
             rows.append((order, {**where, "skipped": f"past the run's time budget of "
                                                     f"{budget_s:g} s"}))
@@ -163,8 +163,8 @@ def compare(size="full", names=None, platforms=None, peers=None, budget_s=None,
         row = measure(workload, problem, truths[workload], engine, name, device, method, size)
         rows.append((order, {**where, **row}))
         if on_case is not None:
-            left = [(case[1], {**wheres[later], "skipped": NOT_YET_RUN})
-                    for later, case in enumerate(cases) if later > index]
+            left = [(later, {**later_where, "skipped": NOT_YET_RUN})
+                    for _, later, later_where, *_ in cases[index + 1:]]
             on_case([row for _, row in sorted(rows + left, key=lambda r: r[0])])
     return [row for _, row in sorted(rows, key=lambda r: r[0])]
 

@@ -300,12 +300,8 @@ void Lane(const T* __restrict x, const T* __restrict y, const T* __restrict w, T
   for (; i < hi; ++i) {
     const T* xi = x + i * d;
     T l, slope;
-    if (score_ahead) {
-      RowTerms<kRow, false>(next_score + b, y[i], &l, &slope);
-      if (i + 1 < hi) next_score = Dot(xi + d, w, d);  // does not wait on slope
-    } else {
-      RowTerms<kRow, false>(Dot(xi, w, d) + b, y[i], &l, &slope);
-    }
+    RowTerms<kRow, false>((score_ahead ? next_score : Dot(xi, w, d)) + b, y[i], &l, &slope);
+    if (score_ahead && i + 1 < hi) next_score = Dot(xi + d, w, d);  // does not wait on slope
     loss_total += l;
     slope_total += slope;
     const char* ahead = reinterpret_cast<const char*>(x + std::min(i + kAheadRows, hi - 1) * d);
