@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 import functional_sgd as fsgd
-from bench import peers
+from bench import gpu_check, peers
 from bench.methods import _fit_fused
 from bench.workloads import FULL, make_problem
 
@@ -84,14 +84,12 @@ def lesson_seconds(device, rounds):
 
 def cpu_only_lesson_seconds(rounds):
     """:func:`lesson_seconds` in a child process that sees only the CPU."""
-    root = pathlib.Path(__file__).resolve().parent.parent
     flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
              if not flag.startswith("--xla_dump")]  # its HLO would mix with this process's
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": " ".join(flags),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    env = gpu_check.child_env(JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
     code = ("import json, jax; from bench.gpu_ratios import lesson_seconds; "
             f"print(json.dumps(lesson_seconds(jax.devices('cpu')[0], {rounds})))")
-    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, check=True,
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=gpu_check.ROOT, check=True,
                           capture_output=True, text=True, timeout=120)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
